@@ -1,0 +1,1 @@
+"""Corruptions that mark affected rows in a boolean column."""

@@ -1,0 +1,1 @@
+"""Offline and Hub dataset loaders returning DatasetDicts with train/test splits."""

@@ -1,0 +1,7 @@
+"""PLACEHOLDER: being implemented."""
+
+class ImageEmbedder:
+    def __init__(self, *a, **k):
+        raise NotImplementedError
+
+

@@ -1,0 +1,1 @@
+"""Shared numeric kernels: column conversion, kNN, k-means, geometric median, sampling, devices."""

@@ -1,0 +1,165 @@
+"""Column <-> array conversion with validation.
+
+Embeddings are fixed-length float lists and scores are float scalars (DESIGN.md). Columns are read
+through Arrow without Python loops over rows; every error names the offending column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+from datasets import Dataset, Features, Sequence as SequenceFeature, Value
+
+__all__ = [
+    "check_columns",
+    "read_matrix",
+    "read_vector",
+    "read_labels",
+    "add_column",
+    "embedding_feature",
+    "score_feature",
+]
+
+
+def check_columns(dataset: Dataset, *columns: str | None) -> None:
+    """Raise `KeyError` naming the first missing column (and listing the ones that exist)."""
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"expected a datasets.Dataset, got {type(dataset).__name__}")
+    for column in columns:
+        if column is not None and column not in dataset.column_names:
+            raise KeyError(f"column {column!r} not found; the dataset has {dataset.column_names}")
+
+
+def _arrow_column(dataset: Dataset, column: str) -> pa.Array:
+    check_columns(dataset, column)
+    # `_indices` is set after select/shuffle: take the selected rows, in order, from the table.
+    if dataset._indices is not None:
+        table = dataset.select_columns([column]).with_format("arrow")[:]
+    else:
+        table = dataset.data.table
+    return table.column(column).combine_chunks()
+
+
+def _flatten_fixed(arr: pa.Array, column: str) -> tuple[np.ndarray, int]:
+    """Flatten a list / fixed-size-list array of numbers to (values, row_length)."""
+    if pa.types.is_fixed_size_list(arr.type):
+        width = arr.type.list_size
+        if arr.null_count:
+            raise ValueError(f"column {column!r} has {arr.null_count} null rows")
+        values = arr.flatten()
+    elif pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+        if arr.null_count:
+            raise ValueError(f"column {column!r} has {arr.null_count} null rows")
+        offsets = np.asarray(arr.offsets)
+        lengths = np.diff(offsets)
+        if len(lengths) and (lengths != lengths[0]).any():
+            raise ValueError(
+                f"column {column!r} is ragged: row lengths range from {lengths.min()} to {lengths.max()}; "
+                "embeddings must have one fixed length"
+            )
+        width = int(lengths[0]) if len(lengths) else 0
+        values = arr.flatten()
+    else:
+        raise ValueError(f"column {column!r} has type {arr.type}; expected a list of numbers per row")
+    if not (pa.types.is_floating(values.type) or pa.types.is_integer(values.type)):
+        raise ValueError(f"column {column!r} holds {values.type} values; expected numbers")
+    return values.to_numpy(zero_copy_only=False), width
+
+
+def read_matrix(dataset: Dataset, column: str, *, dtype=np.float32, allow_nonfinite: bool = False) -> np.ndarray:
+    """Read a fixed-length list column as an ``(N, d)`` array (zero-copy from Arrow when possible).
+
+    Raises `KeyError` for a missing column and `ValueError` for ragged, non-numeric, null or
+    non-finite rows, each naming the column.
+    """
+    arr = _arrow_column(dataset, column)
+    values, width = _flatten_fixed(arr, column)
+    if width == 0 and len(arr):
+        raise ValueError(f"column {column!r} has empty rows")
+    matrix = values.reshape(len(arr), width).astype(dtype, copy=False)
+    if not allow_nonfinite and not np.isfinite(matrix).all():
+        bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
+        raise ValueError(f"column {column!r} has NaN/inf values in {len(bad)} rows (first: row {bad[0]})")
+    return matrix
+
+
+def read_vector(dataset: Dataset, column: str, *, dtype=np.float32, allow_nonfinite: bool = False) -> np.ndarray:
+    """Read a numeric scalar column as an ``(N,)`` array; `ValueError` on nulls, NaN/inf or non-numbers."""
+    arr = _arrow_column(dataset, column)
+    if not (pa.types.is_floating(arr.type) or pa.types.is_integer(arr.type) or pa.types.is_boolean(arr.type)):
+        raise ValueError(f"column {column!r} has type {arr.type}; expected a numeric scalar per row")
+    if arr.null_count:
+        raise ValueError(f"column {column!r} has {arr.null_count} null rows")
+    vector = arr.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    if not allow_nonfinite and np.issubdtype(vector.dtype, np.floating) and not np.isfinite(vector).all():
+        bad = np.flatnonzero(~np.isfinite(vector))
+        raise ValueError(f"column {column!r} has NaN/inf values in {len(bad)} rows (first: row {bad[0]})")
+    return vector
+
+
+def read_labels(dataset: Dataset, column: str) -> np.ndarray:
+    """Read a label column (ints, strings or ClassLabel) as ``(N,)`` integer codes.
+
+    Codes are ClassLabel ids / the integers themselves; any other hashable labels are coded by
+    their sorted unique values so the class order (and hence per-class seeding) is stable.
+    """
+    arr = _arrow_column(dataset, column)
+    if arr.null_count:
+        raise ValueError(f"label column {column!r} has {arr.null_count} null rows")
+    if pa.types.is_integer(arr.type) or pa.types.is_boolean(arr.type):
+        return arr.to_numpy(zero_copy_only=False).astype(np.int64)
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.cast(arr.type.value_type)
+    if pa.types.is_floating(arr.type):
+        values = arr.to_numpy(zero_copy_only=False)
+        if not np.isfinite(values).all() or (values != np.round(values)).any():
+            raise ValueError(f"label column {column!r} holds non-integer floats")
+        return values.astype(np.int64)
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        _, codes = np.unique(arr.to_numpy(zero_copy_only=False).astype(str), return_inverse=True)
+        return codes.astype(np.int64)
+    raise ValueError(f"label column {column!r} has type {arr.type}; expected integer or string labels")
+
+
+def embedding_feature(dim: int | None = None) -> SequenceFeature:
+    """The declared feature of an embedding column: a fixed-length float32 list."""
+    return SequenceFeature(Value("float32"), length=-1 if dim is None else int(dim))
+
+
+def score_feature() -> Value:
+    return Value("float32")
+
+
+def add_column(
+    dataset: Dataset,
+    name: str,
+    values: np.ndarray | Sequence,
+    *,
+    overwrite: bool = False,
+    feature=None,
+) -> Dataset:
+    """Return a new Dataset with ``name`` holding ``values`` (declared float32 feature by default).
+
+    An existing column is replaced only with ``overwrite=True``; the input is never modified.
+    """
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"expected a datasets.Dataset, got {type(dataset).__name__}")
+    values = np.asarray(values)
+    if len(values) != len(dataset):
+        raise ValueError(f"column {name!r} has {len(values)} values for {len(dataset)} rows")
+    if name in dataset.column_names:
+        if not overwrite:
+            raise ValueError(f"column {name!r} already exists; pass overwrite=True to replace it")
+        dataset = dataset.remove_columns(name)
+    if feature is None:
+        feature = score_feature() if values.ndim == 1 else embedding_feature(values.shape[1])
+        values = values.astype(np.float32, copy=False)
+    if values.ndim == 2:
+        flat = pa.array(np.ascontiguousarray(values).reshape(-1))
+        column = pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
+    else:
+        column = pa.array(values)
+    features = Features({**dataset.features, name: feature})
+    return dataset.add_column(name, column.cast(features.arrow_schema.field(name).type), feature=feature)

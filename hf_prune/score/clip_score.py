@@ -1,0 +1,6 @@
+"""PLACEHOLDER: being implemented."""
+
+def clip_score(*a, **k):
+    raise NotImplementedError
+
+

@@ -1,0 +1,6 @@
+"""PLACEHOLDER: being implemented."""
+
+def grand(*a, **k):
+    raise NotImplementedError
+
+

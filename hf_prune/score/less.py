@@ -1,0 +1,6 @@
+"""PLACEHOLDER: being implemented."""
+
+def less(*a, **k):
+    raise NotImplementedError
+
+

@@ -1,0 +1,6 @@
+"""PLACEHOLDER: being implemented."""
+
+def ssp(*a, **k):
+    raise NotImplementedError
+
+

@@ -1,0 +1,6 @@
+"""PLACEHOLDER: being implemented."""
+
+def ccs(*a, **k):
+    raise NotImplementedError
+
+

@@ -1,0 +1,6 @@
+"""PLACEHOLDER: being implemented."""
+
+def combine(*a, **k):
+    raise NotImplementedError
+
+

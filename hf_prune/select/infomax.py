@@ -1,0 +1,6 @@
+"""PLACEHOLDER: being implemented."""
+
+def infomax(*a, **k):
+    raise NotImplementedError
+
+

@@ -1,0 +1,6 @@
+"""PLACEHOLDER: being implemented."""
+
+def k_center_greedy(*a, **k):
+    raise NotImplementedError
+
+

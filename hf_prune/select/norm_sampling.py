@@ -1,0 +1,6 @@
+"""PLACEHOLDER: being implemented."""
+
+def norm_sampling(*a, **k):
+    raise NotImplementedError
+
+

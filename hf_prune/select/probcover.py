@@ -1,0 +1,6 @@
+"""PLACEHOLDER: being implemented."""
+
+def probcover(*a, **k):
+    raise NotImplementedError
+
+

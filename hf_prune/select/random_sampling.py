@@ -1,0 +1,32 @@
+"""Uniform random selection: the baseline every pruning paper reports."""
+
+from __future__ import annotations
+
+from datasets import Dataset
+
+from ._core import run_selection
+
+__all__ = ["random"]
+
+
+def random(
+    dataset: Dataset,
+    *,
+    fraction: float | None = None,
+    size: int | None = None,
+    label_column: str | None = None,
+    seed: int = 0,
+) -> Dataset:
+    """Keep a uniformly random subset (per class when ``label_column`` is given).
+
+    Example:
+        >>> sub = hp.select.random(ds, fraction=0.1, label_column="label", seed=0)
+    """
+
+    def pick(rows, k, rng):
+        return rng.choice(len(rows), size=k, replace=False)
+
+    return run_selection(
+        dataset, method="random", params={}, fraction=fraction, size=size, seed=seed,
+        label_column=label_column, pick=pick,
+    )

@@ -1,0 +1,6 @@
+"""PLACEHOLDER: being implemented."""
+
+def typiclust(*a, **k):
+    raise NotImplementedError
+
+
