@@ -10,8 +10,8 @@ Example:
     'gm_matching'
 """
 
-from . import embed, score, select
+from . import embed, hub, score, select
 from .provenance import provenance
 from .version import __version__
 
-__all__ = ["embed", "score", "select", "provenance", "__version__"]
+__all__ = ["embed", "hub", "score", "select", "provenance", "__version__"]
