@@ -1,6 +1,74 @@
-"""PLACEHOLDER: being implemented."""
+"""GraNd (Paul et al., 2021): the expected norm of a sample's loss gradient early in training."""
 
-def grand(*a, **k):
-    raise NotImplementedError
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from datasets import Dataset
+
+from ..ops.columns import add_column, check_columns, read_matrix
+
+__all__ = ["grand"]
+
+# Rows per block when taking norms, so the float64 copy stays small for wide gradient columns.
+CHUNK = 1 << 14
 
 
+def _row_norms(matrix: np.ndarray) -> np.ndarray:
+    out = np.empty(len(matrix))
+    for start in range(0, len(matrix), CHUNK):
+        block = matrix[start : start + CHUNK].astype(np.float64)
+        out[start : start + CHUNK] = np.sqrt(np.einsum("ij,ij->i", block, block))
+    return out
+
+
+def grand(
+    dataset: Dataset,
+    *,
+    gradient_column: str | Sequence[str],
+    output_column: str = "grand",
+    overwrite: bool = False,
+) -> Dataset:
+    r"""Add GraNd, ‖∇_θ ℓ(f(x; θ), y)‖₂, from per-sample gradient embedding column(s).
+
+    Paul et al. define GraNd(x, y) = E_{θ_t} ‖g_t(x, y)‖₂: the loss-gradient norm at an early
+    epoch t, averaged over independent initialisations. This function takes the gradients as
+    columns (fixed-length float lists) and returns
+
+        GraNd = (1/M) Σ_{m=1}^{M} ‖g^{(m)}‖₂
+
+    over the M columns given in ``gradient_column`` — one per run (the paper's expectation over
+    initialisations) or one per epoch. A column may hold the full gradient, a random projection
+    of it (the norm is then preserved only approximately, Johnson–Lindenstrauss), or the
+    last-layer gradient, e.g. (p − onehot(y)) ⊗ h for a linear head on features h, whose norm is
+    ‖p − onehot(y)‖₂·‖h‖₂ (EL2N is that quantity without ‖h‖₂). Columns may differ in width.
+    Higher = harder / more important (GraNd keeps the highest).
+
+    Args:
+        dataset: rows with the gradient column(s).
+        gradient_column: a column name, or several to average over.
+        output_column: the new float32 column.
+        overwrite: replace ``output_column`` if it exists.
+
+    Raises:
+        KeyError: a gradient column is missing.
+        ValueError: ragged, non-numeric or NaN/inf gradients; an empty dataset or column list.
+
+    Example:
+        >>> ds = hp.score.grand(ds, gradient_column=["grad_run0", "grad_run1"], output_column="grand")
+    """
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"expected a datasets.Dataset, got {type(dataset).__name__}")
+    columns = [gradient_column] if isinstance(gradient_column, str) else list(gradient_column)
+    if not columns or not all(isinstance(c, str) for c in columns):
+        raise ValueError(f"`gradient_column` must be a column name or a non-empty list of names, got {gradient_column!r}")
+    check_columns(dataset, *columns)
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty")
+    if output_column in dataset.column_names and not overwrite:
+        raise ValueError(f"column {output_column!r} already exists; pass overwrite=True to replace it")
+    total = np.zeros(len(dataset))
+    for column in columns:
+        total += _row_norms(read_matrix(dataset, column))
+    return add_column(dataset, output_column, total / len(columns), overwrite=overwrite)
