@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
-from datasets import Dataset, Features, Sequence as SequenceFeature, Value
+from datasets import Dataset, Features, Value
+from datasets import Sequence as SequenceFeature
 
 __all__ = [
     "check_columns",

@@ -18,10 +18,12 @@ def kmeans(
     seed: int = 0,
     spherical: bool = False,
     backend: str = "auto",
+    init: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cluster the rows of ``x``: returns ``(centroids (K, d), assignment (N,), squared_distance (N,))``.
 
     ``spherical=True`` normalises centroids (cosine k-means). Deterministic for a given ``seed``.
+    ``init`` (K, d) gives the starting centroids (e.g. k-means++ seeds) instead of random rows.
 
     Example:
         >>> centroids, assign, dist = kmeans(emb, 100, seed=0)
@@ -29,6 +31,10 @@ def kmeans(
     x = np.ascontiguousarray(x, dtype=np.float32)
     if not isinstance(n_clusters, (int, np.integer)) or not 1 <= n_clusters <= len(x):
         raise ValueError(f"`n_clusters` must be an integer in [1, {len(x)}], got {n_clusters!r}")
+    if init is not None:
+        init = np.ascontiguousarray(init, dtype=np.float32)
+        if init.shape != (n_clusters, x.shape[1]):
+            raise ValueError(f"`init` must have shape ({n_clusters}, {x.shape[1]}), got {init.shape}")
     if backend == "auto":
         backend = "faiss" if faiss_available() else "torch"
     if backend == "faiss":
@@ -37,10 +43,10 @@ def kmeans(
             x.shape[1], int(n_clusters), niter=iterations, seed=seed, spherical=spherical,
             max_points_per_centroid=max(256, len(x) // n_clusters + 1), verbose=False,
         )
-        km.train(x)
+        km.train(x, init_centroids=init)
         centroids = km.centroids.astype(np.float32)
     elif backend == "torch":
-        centroids = _torch_lloyd(x, int(n_clusters), iterations, seed, spherical)
+        centroids = _torch_lloyd(x, int(n_clusters), iterations, seed, spherical, init)
     else:
         raise ValueError(f"`backend` must be 'auto', 'faiss' or 'torch', got {backend!r}")
     assign, dist = _assign(x, centroids)
@@ -60,9 +66,12 @@ def _assign(x: np.ndarray, centroids: np.ndarray, batch_size: int = 65536):
     return np.concatenate(assign).astype(np.int64), np.concatenate(dist).astype(np.float32)
 
 
-def _torch_lloyd(x, k, iterations, seed, spherical):
-    rng = np.random.default_rng(seed)
-    centroids = x[rng.choice(len(x), size=k, replace=False)].copy()
+def _torch_lloyd(x, k, iterations, seed, spherical, init=None):
+    if init is not None:
+        centroids = init.copy()
+    else:
+        rng = np.random.default_rng(seed)
+        centroids = x[rng.choice(len(x), size=k, replace=False)].copy()
     for _ in range(iterations):
         assign, _ = _assign(x, centroids)
         sums = np.zeros_like(centroids)

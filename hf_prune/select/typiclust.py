@@ -1,6 +1,188 @@
-"""PLACEHOLDER: being implemented."""
+"""TypiClust (Hacohen, Dekel & Weinshall, "Active Learning on a Budget", ICML 2022): the low-budget
+baseline of the Gram–Schmidt / feature-norm paper, which also combines it with "+Norm" and "+GS".
 
-def typiclust(*a, **k):
-    raise NotImplementedError
+The embedding space is clustered into as many clusters as the budget, and from the largest clusters not
+yet covered the most *typical* example is taken, typicality being the inverse mean distance to the
+example's nearest neighbours inside its cluster:
+``Typicality(x) = (1/K · Σ_{x_i ∈ KNN(x)} ‖x − x_i‖₂)^{-1}``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from datasets import Dataset
+
+from ..ops.columns import read_matrix
+from ..ops.kmeans import kmeans
+from ..ops.knn import knn, normalize_rows
+from ._core import check_positive_int, run_selection
+
+__all__ = ["typiclust", "typicality", "best_kmeans", "kmeans_plus_plus"]
+
+#: TypiClust caps the number of clusters for large budgets (its public code uses 500).
+MAX_CLUSTERS = 500
 
 
+def typicality(embeddings: np.ndarray, k: int) -> np.ndarray:
+    """``1 / mean Euclidean distance to the k nearest other rows`` for every row of ``embeddings``.
+
+    Duplicate points at distance 0 give ``inf`` (the most typical possible).
+
+    Example:
+        >>> typicality(np.array([[0.0], [1.0], [3.0]]), 1)
+        array([1. , 1. , 0.5])
+    """
+    sq, _ = knn(np.asarray(embeddings, dtype=np.float32), k, metric="l2")
+    mean = np.sqrt(np.maximum(sq, 0.0)).mean(axis=1)
+    with np.errstate(divide="ignore"):
+        return 1.0 / mean
+
+
+def kmeans_plus_plus(x: np.ndarray, n_clusters: int, rng: np.random.Generator) -> np.ndarray:
+    """Row indices of k-means++ seeds: each next seed drawn with probability ∝ squared distance to the
+    nearest seed so far (Arthur & Vassilvitskii). O(N·d) per seed, no N×d temporaries.
+
+    Example:
+        >>> seeds = kmeans_plus_plus(x, 10, np.random.default_rng(0))
+    """
+    x64 = np.asarray(x, dtype=np.float64)
+    sq = np.einsum("ij,ij->i", x64, x64)
+    seeds = np.empty(n_clusters, dtype=np.int64)
+    seeds[0] = rng.integers(len(x64))
+    nearest = np.maximum(sq - 2 * x64 @ x64[seeds[0]] + sq[seeds[0]], 0.0)
+    for j in range(1, n_clusters):
+        cumulative = np.cumsum(nearest)
+        if cumulative[-1] > 0:
+            seeds[j] = min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), len(x64) - 1)
+        else:  # only duplicates of the seeds are left
+            seeds[j] = rng.choice(np.setdiff1d(np.arange(len(x64)), seeds[:j]))
+        nearest = np.minimum(nearest, np.maximum(sq - 2 * x64 @ x64[seeds[j]] + sq[seeds[j]], 0.0))
+    return seeds
+
+
+def best_kmeans(x: np.ndarray, n_clusters: int, rng: np.random.Generator, n_init: int = 3) -> np.ndarray:
+    """Cluster assignment of the best of ``n_init`` k-means runs (lowest inertia), each started from
+    k-means++ seeds and refined by `hf_prune.ops.kmeans`.
+
+    TypiClust's code uses scikit-learn's k-means, i.e. k-means++ seeding with restarts: a single run
+    from random rows often merges two clusters and splits another. Seeds come from ``rng``.
+
+    Example:
+        >>> assign = best_kmeans(unit_embeddings, 10, np.random.default_rng(0))
+    """
+    best, best_inertia = None, np.inf
+    for _ in range(n_init):
+        init = x[kmeans_plus_plus(x, n_clusters, rng)]
+        _, assign, sq = kmeans(x, n_clusters, seed=int(rng.integers(2**31 - 1)), init=init)
+        inertia = float(sq.astype(np.float64).sum())
+        if inertia < best_inertia:
+            best, best_inertia = assign, inertia
+    return best
+
+
+def typiclust(
+    dataset: Dataset,
+    *,
+    fraction: float | None = None,
+    size: int | None = None,
+    embedding_column: str = "emb",
+    k: int = 20,
+    n_clusters: int | None = None,
+    min_cluster_size: int = 5,
+    n_init: int = 3,
+    label_column: str | None = None,
+    seed: int = 0,
+) -> Dataset:
+    """Select the most typical example of each of the largest k-means clusters (TypiClust).
+
+    Follows the paper and its public code: embeddings are L2-normalised (as TypiClust and ProbCover load
+    their self-supervised features), clustered with k-means into ``n_clusters`` clusters (default: the
+    budget, capped at `MAX_CLUSTERS` = 500 for large budgets as TypiClust does; k-means++ seeding and
+    the best of ``n_init`` runs, like the scikit-learn k-means TypiClust uses), clusters with at most
+    ``min_cluster_size`` points are dropped, and the rest are visited from largest to smallest (ties:
+    lower cluster id). From each visited cluster the example with the highest typicality among its
+    not-yet-selected members is taken, the kNN being computed inside the cluster with
+    ``min(k, ⌊m/2⌋)`` neighbours for a cluster of ``m`` points (TypiClust's rule for small clusters; a
+    single remaining point is taken as is). Typicality uses the Euclidean distance of the paper's
+    definition (the public code averages squared distances). When the budget exceeds the number of
+    clusters (the cap, or explicit ``n_clusters``), the clusters are visited again in the same order, each
+    visit recomputing typicality without the points already taken; exhausted clusters are skipped. If
+    the clusters left after dropping small ones hold fewer points than the budget, small clusters are
+    kept after all.
+
+    Args:
+        dataset: the input `datasets.Dataset` (never modified).
+        fraction: kept fraction in (0, 1]; exactly one of ``fraction`` / ``size``.
+        size: number of rows to keep.
+        embedding_column: fixed-length float list column (self-supervised features in the paper).
+        k: neighbours used for typicality (TypiClust: 20); must be smaller than the number of rows.
+        n_clusters: number of k-means clusters; default ``min(budget, 500)``.
+        min_cluster_size: clusters with at most this many points are skipped (TypiClust: 5).
+        n_init: k-means runs with different seeds; the one with the lowest inertia is used.
+        label_column: if given, the budget is split per class and TypiClust runs inside each class.
+        seed: seeds k-means (the selection is otherwise deterministic).
+
+    Returns:
+        The selected rows with a ``row_id`` column and a ``typiclust`` provenance step.
+
+    Example:
+        >>> sub = hp.select.typiclust(ds, size=100, embedding_column="emb", seed=0)
+    """
+    k = check_positive_int("k", k)
+    if n_clusters is not None:
+        n_clusters = check_positive_int("n_clusters", n_clusters)
+    min_cluster_size = check_positive_int("min_cluster_size", min_cluster_size, minimum=0)
+    n_init = check_positive_int("n_init", n_init)
+    features = read_matrix(dataset, embedding_column)
+    if k >= len(features):
+        raise ValueError(f"`k`={k} must be smaller than the number of rows ({len(features)})")
+    unit = normalize_rows(features)
+    used_clusters: list[int] = []
+
+    def pick(rows, budget, rng):
+        x = unit[rows]
+        n_c = min(n_clusters if n_clusters is not None else min(budget, MAX_CLUSTERS), len(rows))
+        used_clusters.append(n_c)
+        assign = best_kmeans(x, n_c, rng, n_init)
+        return _typiclust_pick(x, assign, budget, k=k, min_cluster_size=min_cluster_size)
+
+    params = {
+        "embedding_column": embedding_column,
+        "k": k,
+        "n_clusters": n_clusters,
+        "min_cluster_size": min_cluster_size,
+        "n_init": n_init,
+        "n_clusters_used": used_clusters,
+    }
+    return run_selection(
+        dataset, method="typiclust", params=params, fraction=fraction, size=size, seed=seed,
+        label_column=label_column, pick=pick,
+    )
+
+
+def _typiclust_pick(x: np.ndarray, assign: np.ndarray, budget: int, *, k: int, min_cluster_size: int) -> np.ndarray:
+    sizes = np.bincount(assign)
+    eligible = np.flatnonzero(sizes > min_cluster_size)
+    if sizes[eligible].sum() < budget:
+        eligible = np.flatnonzero(sizes > 0)
+    # Largest clusters first; equal sizes in cluster-id order.
+    order = eligible[np.lexsort((eligible, -sizes[eligible]))]
+    by_cluster = np.argsort(assign, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    members = {int(c): by_cluster[bounds[c] : bounds[c + 1]] for c in order}
+    chosen = np.empty(budget, dtype=np.int64)
+    visit = 0
+    for step in range(budget):
+        while len(members[int(order[visit % len(order)])]) == 0:
+            visit += 1
+        cluster = int(order[visit % len(order)])
+        visit += 1
+        points = members[cluster]
+        if len(points) == 1:
+            best = 0
+        else:
+            # Highest typicality = smallest mean neighbour distance (ties: the earlier row).
+            best = int(np.argmax(typicality(x[points], max(1, min(k, len(points) // 2)))))
+        chosen[step] = points[best]
+        members[cluster] = np.delete(points, best)
+    return chosen

@@ -1,0 +1,172 @@
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+import hf_prune as hp
+from hf_prune.select._core import split_budget
+from hf_prune.select.gram_schmidt import gram_schmidt_order
+from tests.conftest import make_dataset
+
+
+def explicit_projection_order(x, k):
+    """Algorithm 1 with the largest residual, written with explicit projections in float64."""
+    residual = x.astype(np.float64).copy()
+    chosen, norms = [], []
+    for _ in range(k):
+        r = np.linalg.norm(residual, axis=1)
+        r[chosen] = -1
+        i = int(np.argmax(r))
+        chosen.append(i)
+        norms.append(r[i])
+        f_i = residual[i].copy()
+        residual -= np.outer(residual @ f_i / (f_i @ f_i), f_i)
+    return np.array(chosen), np.array(norms)
+
+
+def test_deterministic_matches_pivoted_qr_and_explicit_projections():
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(60, 12)) * rng.uniform(0.2, 3.0, size=(60, 1))).astype(np.float32)
+    picks, norms = gram_schmidt_order(x, 12)
+    _, r, pivots = scipy.linalg.qr(x.T.astype(np.float64), pivoting=True)
+    np.testing.assert_array_equal(picks, pivots[:12])
+    np.testing.assert_allclose(norms, np.abs(np.diag(r)), rtol=1e-4)
+    ref_picks, ref_norms = explicit_projection_order(x, 12)
+    np.testing.assert_array_equal(picks, ref_picks)
+    np.testing.assert_allclose(norms, ref_norms, rtol=1e-4)
+    assert (np.diff(norms) <= 1e-6).all()  # the largest residual norm never grows
+    sub = hp.select.gram_schmidt(make_dataset(x), size=5, mode="deterministic")
+    assert sub["row_id"] == sorted(picks[:5].tolist())
+
+
+def test_random_picks_have_the_residual_norms_of_algorithm_1():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(80, 10)).astype(np.float32)
+    picks, norms = gram_schmidt_order(x, 10, uniforms=rng.random(10))
+    assert len(set(picks.tolist())) == 10
+    for step, i in enumerate(picks):
+        basis = x[picks[:step]].astype(np.float64)
+        f = x[i].astype(np.float64)
+        # Norm of F_i outside span(previous picks), by least squares: what Algorithm 1's residual is.
+        inside = basis.T @ np.linalg.lstsq(basis.T, f, rcond=None)[0] if step else 0.0
+        assert norms[step] == pytest.approx(np.linalg.norm(f - inside), rel=1e-4)
+        assert norms[step] <= np.linalg.norm(f) + 1e-5  # projections only shrink a residual
+
+
+def test_pair_probabilities_by_hand():
+    # a=(3,0), b=(0,1), c=(1,1). First draw ∝ 3, 1, √2. Residuals after a: b,c -> (0,1), (0,1);
+    # after b: a,c -> (3,0), (1,0); after c: a,b -> (1.5,-1.5), (-.5,.5), norms 1.5√2, .5√2.
+    s = 4 + np.sqrt(2)
+    pa, pb, pc = 3 / s, 1 / s, np.sqrt(2) / s
+    expected = {(0, 1): pa / 2 + pb * 3 / 4, (0, 2): pa / 2 + pc * 3 / 4, (1, 2): pb / 4 + pc / 4}
+    assert sum(expected.values()) == pytest.approx(1.0)
+    # Plain norm sampling of the same pairs differs by > 0.05 (above 4σ = 0.044 at 2000 draws), so the
+    # test tells the methods apart.
+    norm_ab = pa * pb / (1 - pa) + pb * pa / (1 - pb)
+    assert abs(norm_ab - expected[(0, 1)]) > 0.05
+    groups = 2000
+    trio = np.array([[3.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    ds = make_dataset(np.tile(trio, (groups, 1)), label=np.repeat(np.arange(groups), 3))
+    sub = hp.select.gram_schmidt(ds, size=2 * groups, label_column="label", seed=2, device="cpu")
+    kept = (np.array(sub["row_id"]) % 3).reshape(groups, 2)
+    for (i, j), p in expected.items():
+        freq = np.mean((kept[:, 0] == i) & (kept[:, 1] == j))
+        assert abs(freq - p) <= 4 * np.sqrt(p * (1 - p) / groups), ((i, j), freq, p)
+
+
+def test_picks_are_linearly_independent_and_span_more_than_norm_sampling():
+    rng = np.random.default_rng(2)
+    # 60 rows that are multiples of one direction (large norms) and 20 rows in other directions.
+    line = np.outer(rng.uniform(5, 10, size=60), rng.normal(size=16))
+    other = rng.normal(size=(20, 16))
+    x = np.concatenate([line, other]).astype(np.float32)
+    ds = make_dataset(x)
+    gs_ranks, norm_ranks = [], []
+    for seed in range(8):
+        gs = np.array(hp.select.gram_schmidt(ds, size=8, seed=seed)["row_id"])
+        gs_ranks.append(np.linalg.matrix_rank(x[gs]))
+        ns = np.array(hp.select.norm_sampling(ds, size=8, seed=seed)["row_id"])
+        norm_ranks.append(np.linalg.matrix_rank(x[ns]))
+    assert gs_ranks == [8] * 8  # never two rows of the same line before the span is exhausted
+    assert max(norm_ranks) < 8  # norm sampling alone keeps picking the collinear large rows
+
+
+def test_more_picks_than_dimensions_restarts_the_basis():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(30, 4)).astype(np.float32)
+    picks, _ = gram_schmidt_order(x, 12, uniforms=rng.random(12))
+    assert len(set(picks.tolist())) == 12
+    for start in (0, 4, 8):  # each round of d picks is a basis
+        assert np.linalg.matrix_rank(x[picks[start : start + 4]]) == 4
+    # Rank-2 data in 6-d: rounds of 2.
+    low_rank = (rng.normal(size=(20, 2)) @ rng.normal(size=(2, 6))).astype(np.float32)
+    picks, norms = gram_schmidt_order(low_rank, 6, uniforms=rng.random(6))
+    for start in (0, 2, 4):
+        assert np.linalg.matrix_rank(low_rank[picks[start : start + 2]], tol=1e-4) == 2
+    assert (norms > 1e-3).all()  # no pick is made on rounding noise
+    sub = hp.select.gram_schmidt(make_dataset(x), size=30, seed=0)  # every row
+    assert sub["row_id"] == list(range(30))
+
+
+def test_zero_rows_come_last():
+    rng = np.random.default_rng(4)
+    x = np.zeros((8, 6), dtype=np.float32)
+    x[[1, 4, 6]] = rng.normal(size=(3, 6))
+    for seed in range(5):
+        ids = hp.select.gram_schmidt(make_dataset(x), size=4, seed=seed)["row_id"]
+        assert {1, 4, 6} < set(ids)
+    ids = hp.select.gram_schmidt(make_dataset(x), size=4, mode="deterministic")["row_id"]
+    assert ids == [0, 1, 4, 6]
+
+
+def test_batch_size_and_dtype_do_not_change_the_rows():
+    rng = np.random.default_rng(5)
+    ds = make_dataset(rng.normal(size=(50, 7)))
+    full = hp.select.gram_schmidt(ds, size=10, seed=3)["row_id"]
+    assert hp.select.gram_schmidt(ds, size=10, seed=3, batch_size=7)["row_id"] == full
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cpu_and_gpu_give_the_same_rows():
+    rng = np.random.default_rng(6)
+    ds = make_dataset(rng.normal(size=(2000, 64)), label=rng.integers(0, 3, size=2000))
+    for mode in ("random", "deterministic"):
+        cpu = hp.select.gram_schmidt(ds, size=100, mode=mode, label_column="label", device="cpu")
+        gpu = hp.select.gram_schmidt(ds, size=100, mode=mode, label_column="label", device="cuda")
+        assert cpu["row_id"] == gpu["row_id"]
+
+
+def test_conventions(blobs):
+    ds, _, labels = blobs
+    before = ds[:]
+    sub = hp.select.gram_schmidt(ds, fraction=0.2, label_column="label", seed=3)
+    assert ds[:] == before and "row_id" not in ds.column_names
+    ids = np.array(sub["row_id"])
+    assert np.bincount(labels[ids]).tolist() == split_budget(np.array([40, 30, 20]), 18).tolist()
+    np.testing.assert_array_equal(np.array(sub["emb"]), np.array(ds.select(ids)["emb"]))
+    assert hp.select.gram_schmidt(ds, fraction=0.2, label_column="label", seed=3)["row_id"] == sub["row_id"]
+    assert hp.select.gram_schmidt(ds, fraction=0.2, label_column="label", seed=4)["row_id"] != sub["row_id"]
+    step = hp.provenance(sub)[-1]
+    assert step["method"] == "gram_schmidt" and step["params"]["mode"] == "random"
+    assert step["params"]["seed"] == 3 and step["params"]["label_column"] == "label"
+
+
+def test_bad_input(blobs):
+    ds, _, _ = blobs
+    with pytest.raises(ValueError, match="mode"):
+        hp.select.gram_schmidt(ds, size=3, mode="max")
+    with pytest.raises(ValueError, match="batch_size"):
+        hp.select.gram_schmidt(ds, size=3, batch_size=0)
+    with pytest.raises(ValueError, match="tol"):
+        hp.select.gram_schmidt(ds, size=3, tol=0)
+    with pytest.raises(KeyError, match="feats"):
+        hp.select.gram_schmidt(ds, size=3, embedding_column="feats")
+    with pytest.raises(KeyError, match="klass"):
+        hp.select.gram_schmidt(ds, size=3, label_column="klass")
+    with pytest.raises(ValueError, match="'emb'.*NaN"):
+        hp.select.gram_schmidt(make_dataset(np.array([[1.0, np.inf], [1.0, 2.0]])), size=1)
+    with pytest.raises(ValueError, match="size"):
+        hp.select.gram_schmidt(ds, size=100)
+    with pytest.raises(ValueError, match="score"):
+        hp.select.gram_schmidt(ds, size=3, embedding_column="score")  # a scalar column, not a list

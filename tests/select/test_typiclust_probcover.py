@@ -1,0 +1,252 @@
+import importlib
+import warnings
+
+import numpy as np
+import pytest
+
+import hf_prune as hp
+from hf_prune.select._core import split_budget
+from hf_prune.select.probcover import coverage_graph, max_coverage, purity_delta
+from hf_prune.select.typiclust import typicality
+from tests.conftest import make_dataset
+
+# Four well-separated directions (tetrahedron vertices): blobs stay apart after L2 normalisation.
+DIRECTIONS = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=float) / np.sqrt(3)
+
+
+def unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def pairwise(x):
+    return np.sqrt(np.maximum(((x[:, None] - x[None]) ** 2).sum(-1), 0))
+
+
+def cored_blobs(sizes, seed=0, core_fraction=0.75):
+    """Blobs around DIRECTIONS, each a dense core (σ=0.02) plus a sparse halo (σ=0.2)."""
+    rng = np.random.default_rng(seed)
+    emb, blob, core = [], [], []
+    for b, n in enumerate(sizes):
+        n_core = int(round(core_fraction * n))
+        scale = np.r_[np.full(n_core, 0.02), np.full(n - n_core, 0.2)][:, None]
+        emb.append(DIRECTIONS[b] + scale * rng.normal(size=(n, 3)))
+        blob.append(np.full(n, b))
+        core.append(np.arange(n) < n_core)
+    return np.concatenate(emb), np.concatenate(blob), np.concatenate(core)
+
+
+# ----------------------------------------------------------------------------------------- TypiClust
+
+
+def test_typicality_by_hand():
+    x = np.array([[0.0], [1.0], [3.0]])
+    np.testing.assert_allclose(typicality(x, 1), [1.0, 1.0, 0.5])
+    np.testing.assert_allclose(typicality(x, 2), [1 / 2, 1 / 1.5, 1 / 2.5])
+
+
+def test_one_most_typical_point_per_cluster():
+    emb, blob, core = cored_blobs([40, 40, 40, 40])
+    ds = make_dataset(emb)
+    x = unit(emb)
+    for seed in range(3):
+        ids = np.array(hp.select.typiclust(ds, size=4, seed=seed)["row_id"])
+        assert sorted(blob[ids]) == [0, 1, 2, 3]  # one per cluster
+        assert core[ids].all()  # dense points, never the halo
+        for i in ids:
+            members = np.flatnonzero(blob == blob[i])
+            d = np.sort(pairwise(x[members]), axis=1)[:, 1:21]  # 20 nearest others (k=min(20, 40//2))
+            assert members[np.argmin(d.mean(1))] == i  # the argmax of 1 / mean distance
+
+
+def test_largest_clusters_first_and_small_clusters_skipped():
+    emb, blob, _ = cored_blobs([60, 45, 30, 15])
+    ds = make_dataset(emb)
+    ids = np.array(hp.select.typiclust(ds, size=2, n_clusters=4)["row_id"])
+    assert sorted(blob[ids]) == [0, 1]
+    # Budget above the cluster count: the clusters are visited again, largest first.
+    ids = np.array(hp.select.typiclust(ds, size=6, n_clusters=4)["row_id"])
+    assert np.bincount(blob[ids], minlength=4).tolist() == [2, 2, 1, 1]
+    # A 4-point cluster (≤ min_cluster_size=5) is skipped unless the threshold is lowered.
+    emb, blob, _ = cored_blobs([40, 30, 4])
+    ds = make_dataset(emb)
+    ids = np.array(hp.select.typiclust(ds, size=3, n_clusters=3)["row_id"])
+    assert np.bincount(blob[ids], minlength=3).tolist() == [2, 1, 0]
+    ids = np.array(hp.select.typiclust(ds, size=3, n_clusters=3, min_cluster_size=0)["row_id"])
+    assert np.bincount(blob[ids], minlength=3).tolist() == [1, 1, 1]
+
+
+def test_typiclust_conventions(blobs, monkeypatch):
+    ds, _, labels = blobs
+    before = ds[:]
+    sub = hp.select.typiclust(ds, fraction=0.2, label_column="label", seed=1)
+    assert ds[:] == before
+    ids = np.array(sub["row_id"])
+    assert np.bincount(labels[ids]).tolist() == split_budget(np.array([40, 30, 20]), 18).tolist()
+    assert hp.select.typiclust(ds, fraction=0.2, label_column="label", seed=1)["row_id"] == sub["row_id"]
+    step = hp.provenance(sub)[-1]
+    assert step["method"] == "typiclust" and step["params"]["n_clusters_used"] == [8, 6, 4]
+    module = importlib.import_module("hf_prune.select.typiclust")  # the name `typiclust` is the function
+    monkeypatch.setattr(module, "MAX_CLUSTERS", 10)  # TypiClust's cap (500), made small
+    many = hp.select.typiclust(make_dataset(np.random.default_rng(0).normal(size=(200, 4))), size=30)
+    assert hp.provenance(many)[-1]["params"]["n_clusters_used"] == [10]
+    assert len(many) == 30
+
+
+def test_typiclust_bad_input(blobs):
+    ds, _, _ = blobs
+    with pytest.raises(ValueError, match="`k`=90"):
+        hp.select.typiclust(ds, size=3, k=90)
+    for name, value in [("k", 0), ("n_clusters", 0), ("min_cluster_size", -1), ("k", 2.5), ("n_init", 0)]:
+        with pytest.raises(ValueError, match=name):
+            hp.select.typiclust(ds, size=3, **{name: value})
+    with pytest.raises(KeyError, match="feats"):
+        hp.select.typiclust(ds, size=3, embedding_column="feats")
+    with pytest.raises(ValueError, match="'emb'.*NaN"):
+        hp.select.typiclust(make_dataset(np.array([[np.nan, 1.0]] + [[1.0, 2.0]] * 5)), size=1, k=2)
+
+
+# ----------------------------------------------------------------------------------------- ProbCover
+
+
+def on_circle(angles):
+    return np.stack([np.cos(angles), np.sin(angles)], axis=1)
+
+
+def test_probcover_hand_case():
+    # A: five points 0.05 rad apart (the middle one covers all five with δ=0.12), B: two points, C: one.
+    angles = np.array([-0.1, -0.05, 0.0, 0.05, 0.1, 1.5, 1.55, 3.0])
+    ds = make_dataset(on_circle(angles) * 3.0)  # scale is irrelevant: embeddings are normalised
+    assert hp.select.probcover(ds, size=1, delta=0.12)["row_id"] == [2]
+    ids = hp.select.probcover(ds, size=2, delta=0.12)["row_id"]
+    assert ids[0] == 2 and ids[1] in (5, 6)
+    ids = hp.select.probcover(ds, size=3, delta=0.12)["row_id"]
+    assert ids[0] == 2 and ids[1] in (5, 6) and ids[2] == 7
+    # Everything is covered after three picks: the fourth is a random unselected point.
+    fourth = {seed: set(hp.select.probcover(ds, size=4, delta=0.12, seed=seed)["row_id"]) for seed in range(6)}
+    assert all({2, 7} < ids for ids in fourth.values())
+    assert len({frozenset(ids) for ids in fourth.values()}) > 1
+
+
+def test_purity_delta_matches_brute_force():
+    rng = np.random.default_rng(0)
+    x = unit(rng.normal(size=(150, 5))).astype(np.float32)
+    labels = (x[:, 0] > 0.1).astype(int) + (x[:, 1] > 0.4)
+    d = pairwise(x.astype(np.float64))
+    other = labels[:, None] != labels[None]
+    radius = np.where(other, d, np.inf).min(1)  # ball B_δ(x) is pure iff δ ≤ radius[x]
+    for alpha in (0.5, 0.9, 0.95, 1.0):
+        delta = purity_delta(x, labels, purity=alpha, first_neighbors=2)  # forces the adaptive search
+        pure = lambda r: np.mean([not (other[i] & (d[i] < r)).any() for i in range(len(x))])  # noqa: E731
+        # δ is computed in float32: compare just inside and just outside it.
+        assert pure(delta * (1 - 1e-5)) >= alpha
+        assert pure(delta * (1 + 1e-5)) < alpha  # the largest such δ
+        assert delta == pytest.approx(np.sort(radius)[len(x) - int(np.ceil(alpha * len(x)))], rel=1e-5)
+    assert purity_delta(x, np.zeros(150, dtype=int)) == np.inf
+
+
+def test_coverage_graph_and_greedy_match_dense_references():
+    rng = np.random.default_rng(1)
+    x = unit(rng.normal(size=(120, 4))).astype(np.float32)
+    delta = 0.5
+    src, dst = coverage_graph(x, delta, first_neighbors=2)
+    dense = pairwise(x.astype(np.float64)) < delta
+    np.fill_diagonal(dense, True)
+    got = np.zeros_like(dense)
+    got[src, dst] = True
+    np.testing.assert_array_equal(got, dense)
+    assert len(src) == dense.sum()  # no duplicate edges
+    # Greedy max coverage, recomputing every count from scratch each step.
+    covered, expected = np.zeros(120, bool), []
+    for _ in range(15):
+        gain = (dense & ~covered).sum(1)
+        expected.append(int(np.argmax(gain)))
+        covered |= dense[expected[-1]]
+    np.testing.assert_array_equal(max_coverage(src, dst, 120, 15, np.random.default_rng(0)), expected)
+    with pytest.warns(UserWarning, match="truncated"):
+        coverage_graph(x, 1.5, max_neighbors=8)
+
+
+def test_probcover_covers_more_than_random():
+    rng = np.random.default_rng(2)
+    centers = rng.normal(size=(20, 16))
+    sizes = rng.integers(5, 40, size=20)
+    emb = np.repeat(centers, sizes, axis=0) + 0.3 * rng.normal(size=(sizes.sum(), 16))
+    ds = make_dataset(emb)
+    x = unit(emb)
+    sub = hp.select.probcover(ds, size=20, n_pseudo_labels=20)
+    delta = hp.provenance(sub)[-1]["params"]["delta_used"][0]
+    assert 0 < delta < 2
+    d = pairwise(x)
+
+    def coverage(ids):
+        return (d[np.asarray(ids)] < delta).any(0).mean()
+
+    ours = coverage(sub["row_id"])
+    random = [coverage(hp.select.random(ds, size=20, seed=s)["row_id"]) for s in range(20)]
+    assert ours > max(random) and ours > np.mean(random) + 0.1, (ours, np.mean(random))
+
+
+def test_probcover_purity_rule_on_separated_blobs():
+    emb, blob, _ = cored_blobs([50, 50, 50, 50], seed=3, core_fraction=0.5)
+    sub = hp.select.probcover(make_dataset(emb), size=4, n_pseudo_labels=4, purity=0.95)
+    delta = hp.provenance(sub)[-1]["params"]["delta_used"][0]
+    d = pairwise(unit(emb))
+    other = blob[:, None] != blob[None]
+    pure = lambda r: np.mean([not (other[i] & (d[i] < r)).any() for i in range(len(d))])  # noqa: E731
+    assert pure(delta * 0.999) >= 0.95 and pure(delta * 1.001) < 0.95  # k-means finds the blobs exactly here
+    assert sorted(blob[np.array(sub["row_id"])]) == [0, 1, 2, 3]
+
+
+def test_probcover_conventions(blobs):
+    ds, _, labels = blobs
+    before = ds[:]
+    sub = hp.select.probcover(ds, fraction=0.2, label_column="label", seed=1)
+    assert ds[:] == before
+    ids = np.array(sub["row_id"])
+    assert np.bincount(labels[ids]).tolist() == split_budget(np.array([40, 30, 20]), 18).tolist()
+    np.testing.assert_array_equal(np.array(sub["emb"]), np.array(ds.select(ids)["emb"]))
+    assert hp.select.probcover(ds, fraction=0.2, label_column="label", seed=1)["row_id"] == sub["row_id"]
+    step = hp.provenance(sub)[-1]
+    assert step["method"] == "probcover" and len(step["params"]["delta_used"]) == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # δ=0.3 on these blobs needs no truncated balls
+        hp.select.probcover(ds, size=5, delta=0.3)
+
+
+def test_probcover_bad_input(blobs):
+    ds, _, _ = blobs
+    for kwargs, word in [
+        ({"delta": 0}, "delta"),
+        ({"delta": -1.0}, "delta"),
+        ({"delta": float("nan")}, "delta"),
+        ({"delta": "big"}, "delta"),
+        ({"purity": 0}, "purity"),
+        ({"purity": 1.5}, "purity"),
+        ({"n_pseudo_labels": 1}, "n_pseudo_labels"),
+        ({"max_neighbors": 0}, "max_neighbors"),
+        ({"n_init": 0}, "n_init"),
+    ]:
+        with pytest.raises(ValueError, match=word):
+            hp.select.probcover(ds, size=3, **kwargs)
+    with pytest.raises(KeyError, match="feats"):
+        hp.select.probcover(ds, size=3, embedding_column="feats")
+    with pytest.raises(ValueError, match="size"):
+        hp.select.probcover(ds, size=91)
+
+
+def test_kmeans_init_and_plus_plus_seeding():
+    from hf_prune.ops.kmeans import kmeans
+    from hf_prune.select.typiclust import kmeans_plus_plus
+
+    emb, blob, _ = cored_blobs([30, 30, 30, 30])
+    x = unit(emb).astype(np.float32)
+    # Seeds drawn ∝ squared distance land in 4 different blobs far more often than uniform seeds
+    # (4!/4⁴ ≈ 9%): a seed in an already seeded blob needs a halo point (7.5% with these seeds).
+    spread = [len(set(blob[kmeans_plus_plus(x, 4, np.random.default_rng(s))])) == 4 for s in range(100)]
+    assert np.mean(spread) > 0.8
+    centers = np.stack([x[blob == b].mean(0) for b in range(4)])
+    for backend in ("faiss", "torch"):
+        _, assign, _ = kmeans(x, 4, init=centers, backend=backend)
+        np.testing.assert_array_equal(assign, blob)  # started at the true centres, Lloyd stays there
+    with pytest.raises(ValueError, match="init"):
+        kmeans(x, 4, init=centers[:3])
