@@ -1,6 +1,259 @@
-"""PLACEHOLDER: being implemented."""
+"""D²-Pruning (Maharana, Yadav & Bansal, ICLR 2024): message passing on a k-NN graph of the data.
 
-def d2_pruning(*a, **k):
-    raise NotImplementedError
+Each row is a node carrying its score ``s`` (difficulty), linked to its ``k`` nearest neighbours in
+embedding space (Euclidean distance ``d``). Two passes:
+
+1. **Forward message passing** spreads difficulty over the graph:
+   ``s_i ← s_i + Σ_{j∈N(i)} exp(−γ_f·d_ij)·s_j``.
+2. **Reverse message passing** selects greedily: take the unselected node ``i`` with the highest
+   score, then down-weight its neighbours, ``s_j ← s_j − exp(−γ_r·d_ij)·s_i``, and repeat.
+
+Choices where the paper leaves room (each one is tested):
+
+* The graph is undirected, as the paper describes it: ``i`` and ``j`` are linked when either is
+  among the other's ``k`` nearest neighbours (the union of the k-NN lists), so messages flow both
+  ways. It is stored as CSR arrays with at most ``2·N·k`` edges; ``d_ij`` is recomputed exactly in
+  float64 for every edge.
+* ``d`` is the plain (not squared) Euclidean distance, as in the authors' code; ``normalize=True``
+  L2-normalises embeddings first so ``d ∈ [0, 2]`` and ``γ`` has a fixed scale.
+* Scores must be non-negative: messages are proportional to the score, so a negative score would
+  turn the reverse message into a boost. Shift or min-max the column first.
+* The selection loop runs on the CPU in float64 with a lazy max-heap: each pick pops the best
+  entry, updates only the picked node's neighbours and pushes their new scores; stale entries are
+  skipped. That is ``O((p + E) log N)`` in total with no re-sort of all N, deterministic on any
+  device, with ties going to the lower row index.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+import numpy as np
+import torch
+from datasets import Dataset
+
+from ..ops.columns import check_columns, read_matrix, read_vector
+from ..ops.device import resolve_device
+from ..ops.knn import knn, normalize_rows
+from ._core import check_positive_int, run_selection
+
+__all__ = ["d2_pruning", "d2_graph", "d2_message_passing", "d2_select"]
+
+_CHUNK_ELEMENTS = 1 << 24
 
 
+def d2_pruning(
+    dataset: Dataset,
+    *,
+    fraction: float | None = None,
+    size: int | None = None,
+    score_column: str,
+    embedding_column: str = "emb",
+    k: int = 10,
+    gamma_f: float = 1.0,
+    gamma_r: float = 1.0,
+    normalize: bool = False,
+    knn_index: str = "flat",
+    label_column: str | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> Dataset:
+    """Keep rows chosen by D²-Pruning: forward then reverse message passing on a k-NN graph.
+
+    Args:
+        dataset: the input Dataset (not modified).
+        fraction / size: kept fraction in (0, 1] or number of rows; exactly one.
+        score_column: non-negative difficulty score per row (e.g. forgetting, EL2N, AUM shifted ≥ 0).
+        embedding_column: fixed-length embedding column that defines the graph.
+        k: neighbours per node in the k-NN graph.
+        gamma_f: forward message weight ``exp(−γ_f·d)``.
+        gamma_r: reverse message weight ``exp(−γ_r·d)``.
+        normalize: L2-normalise embeddings before measuring distances.
+        knn_index: ``"flat"`` (exact) or ``"ivf"`` for the k-NN search of large groups.
+        label_column: when given, the budget is split per class and a graph is built per class.
+        seed: recorded for provenance; D²-Pruning makes no random choice.
+        device: device for the k-NN search; ``None`` picks CUDA when available.
+
+    Returns:
+        ``dataset.select(kept rows)`` with a ``row_id`` column and a provenance step ``"d2_pruning"``.
+
+    Example:
+        >>> sub = hp.select.d2_pruning(ds, fraction=0.3, score_column="forgetting", k=10,
+        ...                            gamma_f=1.0, gamma_r=1.0, label_column="label")
+    """
+    check_columns(dataset, score_column, embedding_column, label_column)
+    k = check_positive_int("k", k)
+    gamma_f = _check_gamma("gamma_f", gamma_f)
+    gamma_r = _check_gamma("gamma_r", gamma_r)
+    if knn_index not in ("flat", "ivf"):
+        raise ValueError(f"`knn_index` must be 'flat' or 'ivf', got {knn_index!r}")
+    scores = read_vector(dataset, score_column, dtype=np.float64)
+    if len(scores) and scores.min() < 0:
+        raise ValueError(
+            f"column {score_column!r} has negative scores (min {scores.min():.4g}); D²-Pruning's messages "
+            "scale with the score, so shift or min-max the column to be non-negative first"
+        )
+    embeddings = read_matrix(dataset, embedding_column)
+    torch_device = resolve_device(device)
+
+    def pick(rows, budget, rng):
+        if budget == len(rows):
+            return np.arange(len(rows))
+        if k >= len(rows):
+            raise ValueError(f"`k`={k} must be smaller than the number of rows in a group ({len(rows)})")
+        neighbours, distances = d2_graph(
+            embeddings[rows], k, normalize=normalize, knn_index=knn_index, device=torch_device
+        )
+        return d2_select(scores[rows], neighbours, distances, budget=budget, gamma_f=gamma_f, gamma_r=gamma_r)
+
+    params = {
+        "score_column": score_column, "embedding_column": embedding_column, "k": k, "gamma_f": gamma_f,
+        "gamma_r": gamma_r, "normalize": normalize, "knn_index": knn_index,
+    }
+    return run_selection(
+        dataset, method="d2_pruning", params=params, fraction=fraction, size=size, seed=seed,
+        label_column=label_column, pick=pick,
+    )
+
+
+def d2_graph(
+    embeddings: np.ndarray,
+    k: int,
+    *,
+    normalize: bool = False,
+    knn_index: str = "flat",
+    device: str | torch.device | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k-NN table ``(neighbours (N, k) int64, distances (N, k) float64)``, Euclidean distances.
+
+    Neighbours come from `hf_prune.ops.knn` (a row is never its own neighbour); distances are
+    recomputed exactly in float64, so near-duplicates get ``d ≈ 0`` rather than round-off.
+
+    Example:
+        >>> neighbours, distances = d2_graph(embeddings, 10)
+    """
+    x = np.asarray(embeddings, dtype=np.float32)
+    if x.ndim != 2 or not np.isfinite(x).all():
+        raise ValueError("`embeddings` must be a finite (N, d) array")
+    if normalize:
+        x = normalize_rows(x)
+    k = check_positive_int("k", k)
+    if k >= len(x):
+        raise ValueError(f"`k`={k} must be smaller than the number of rows ({len(x)})")
+    _, neighbours = knn(x, k, metric="l2", index=knn_index, device=device)
+    n, d = x.shape
+    distances = np.empty((n, k), dtype=np.float64)
+    step = max(1, _CHUNK_ELEMENTS // max(1, k * d))
+    for start in range(0, n, step):
+        diff = x[neighbours[start : start + step]].astype(np.float64) - x[start : start + step, None].astype(np.float64)
+        distances[start : start + step] = np.sqrt(np.einsum("ikd,ikd->ik", diff, diff))
+    return neighbours, distances
+
+
+def d2_message_passing(
+    scores: np.ndarray,
+    neighbours: np.ndarray,
+    distances: np.ndarray,
+    *,
+    gamma_f: float = 1.0,
+) -> np.ndarray:
+    """Forward message passing on the undirected k-NN graph: ``s_i + Σ_j exp(−γ_f·d_ij)·s_j``.
+
+    Example:
+        >>> updated = d2_message_passing(scores, *d2_graph(embeddings, 10), gamma_f=1.0)
+    """
+    scores = _check_scores(scores)
+    indptr, indices, dist = _undirected(neighbours, distances, len(scores))
+    rows = np.repeat(np.arange(len(scores)), np.diff(indptr))
+    messages = np.exp(-_check_gamma("gamma_f", gamma_f) * dist) * scores[indices]
+    return scores + np.bincount(rows, weights=messages, minlength=len(scores))
+
+
+def d2_select(
+    scores: np.ndarray,
+    neighbours: np.ndarray,
+    distances: np.ndarray,
+    *,
+    budget: int,
+    gamma_f: float = 1.0,
+    gamma_r: float = 1.0,
+) -> np.ndarray:
+    """D²-Pruning on a given k-NN table: forward message passing, then ``budget`` greedy picks.
+
+    Returns the picked positions in the order they were picked.
+
+    Example:
+        >>> picks = d2_select(scores, *d2_graph(embeddings, 10), budget=100)
+    """
+    scores = _check_scores(scores)
+    n = len(scores)
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or not 1 <= budget <= n:
+        raise ValueError(f"`budget` must be an integer in [1, {n}], got {budget!r}")
+    gamma_r = _check_gamma("gamma_r", gamma_r)
+    current = d2_message_passing(scores, neighbours, distances, gamma_f=gamma_f)
+    indptr, indices, dist = _undirected(neighbours, distances, n)
+    reverse_weight = np.exp(-gamma_r * dist)
+    selected = np.zeros(n, dtype=bool)
+    # Max-heap through negated keys; (key, index) tuples break ties towards the lower index.
+    heap = list(zip((-current).tolist(), range(n)))
+    heapq.heapify(heap)
+    picks = []
+    while len(picks) < budget:
+        key, i = heapq.heappop(heap)
+        if selected[i] or -key != current[i]:
+            continue  # stale entry: the node was picked or its score changed since it was pushed
+        selected[i] = True
+        picks.append(i)
+        lo, hi = indptr[i], indptr[i + 1]
+        nb = indices[lo:hi]
+        open_ = ~selected[nb]
+        nb = nb[open_]
+        if len(nb) == 0:
+            continue
+        current[nb] -= current[i] * reverse_weight[lo:hi][open_]
+        for j, value in zip(nb.tolist(), current[nb].tolist()):
+            heapq.heappush(heap, (-value, j))
+    return np.asarray(picks, dtype=np.int64)
+
+
+def _undirected(neighbours: np.ndarray, distances: np.ndarray, n: int):
+    """CSR ``(indptr, indices, distances)`` of the union of the k-NN lists, without duplicate edges."""
+    neighbours = np.asarray(neighbours, dtype=np.int64)
+    distances = np.asarray(distances, dtype=np.float64)
+    if neighbours.shape != distances.shape or neighbours.ndim != 2 or len(neighbours) != n:
+        raise ValueError(f"`neighbours` and `distances` must both have shape ({n}, k)")
+    if neighbours.size and (neighbours.min() < 0 or neighbours.max() >= n):
+        raise ValueError("`neighbours` holds indices outside [0, N)")
+    if not np.isfinite(distances).all() or (distances < 0).any():
+        raise ValueError("`distances` must be finite and non-negative")
+    src = np.repeat(np.arange(n, dtype=np.int64), neighbours.shape[1])
+    dst = neighbours.ravel()
+    keep = src != dst
+    src, dst, dist = src[keep], dst[keep], distances.ravel()[keep]
+    both_src = np.concatenate([src, dst])
+    both_dst = np.concatenate([dst, src])
+    both_dist = np.concatenate([dist, dist])
+    # One edge per (i, j): the first occurrence after sorting by (i, j) keeps a distance for it.
+    key = both_src * n + both_dst
+    key, first = np.unique(key, return_index=True)
+    indices = both_dst[first]
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(both_src[first], minlength=n))])
+    return indptr, indices, both_dist[first]
+
+
+def _check_scores(scores) -> np.ndarray:
+    scores = np.array(scores, dtype=np.float64)
+    if scores.ndim != 1 or not np.isfinite(scores).all():
+        raise ValueError("`scores` must be a finite one-dimensional array")
+    if len(scores) and scores.min() < 0:
+        raise ValueError("`scores` must be non-negative for D²-Pruning")
+    return scores
+
+
+def _check_gamma(name, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"`{name}` must be a non-negative number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"`{name}` must be a non-negative number, got {value!r}")
+    return float(value)

@@ -1,0 +1,163 @@
+import importlib.util
+from math import exp
+from pathlib import Path
+
+import numpy as np
+import pytest
+from datasets import Dataset
+
+import hf_prune as hp
+from hf_prune.select._core import split_budget
+from hf_prune.select.d2_pruning import d2_graph, d2_message_passing, d2_select
+from tests.conftest import make_dataset
+
+REFERENCES = Path(__file__).resolve().parents[2] / "recipes" / "benchmarks" / "references" / "infomax.py"
+
+# Five points on a line; with k = 1 the undirected k-NN graph is the path 0–1–2–3–4.
+LINE = np.array([[0.0], [1.0], [3.0], [6.0], [10.0]])
+LINE_SCORES = np.array([1.0, 2.0, 3.0, 1.0, 2.0])
+
+
+def test_graph_on_a_line():
+    neighbours, distances = d2_graph(LINE, 1)
+    np.testing.assert_array_equal(neighbours.ravel(), [1, 0, 1, 2, 3])
+    np.testing.assert_allclose(distances.ravel(), [1, 1, 2, 3, 4])
+
+
+def test_hand_computed_forward_and_reverse_passes():
+    neighbours, distances = d2_graph(LINE, 1)
+    # Forward: s_i + Σ_j exp(−d_ij)·s_j over the path's edges (γ_f = 1).
+    forward = [
+        1 + exp(-1) * 2,
+        2 + exp(-1) * 1 + exp(-2) * 3,
+        3 + exp(-2) * 2 + exp(-3) * 1,
+        1 + exp(-3) * 3 + exp(-4) * 2,
+        2 + exp(-4) * 1,
+    ]
+    np.testing.assert_allclose(d2_message_passing(LINE_SCORES, neighbours, distances), forward)
+    # Reverse (γ_r = 1): pick 2 (3.32); its neighbours 1 and 3 drop by 3.32·e^-2 and 3.32·e^-3.
+    s1 = forward[1] - forward[2] * exp(-2)
+    s3 = forward[3] - forward[2] * exp(-3)
+    assert s1 > forward[4] > forward[0]  # so 1 comes next, and lowers node 0 by s1·e^-1
+    s0 = forward[0] - s1 * exp(-1)
+    assert forward[4] > s3 > s0  # then 4, which lowers 3 by forward[4]·e^-4, still above 0
+    assert s3 - forward[4] * exp(-4) > s0
+    picks = d2_select(LINE_SCORES, neighbours, distances, budget=5)
+    np.testing.assert_array_equal(picks, [2, 1, 4, 3, 0])
+    # Top-4 by the forward scores would keep 0 (next to the picked 1) instead of 3.
+    assert set(np.argsort(forward)[::-1][:4]) == {2, 1, 4, 0}
+    ds = make_dataset(LINE, score=LINE_SCORES.astype(np.float32))
+    assert hp.select.d2_pruning(ds, size=4, score_column="score", k=1)["row_id"] == [1, 2, 3, 4]
+
+
+def test_gamma_controls_the_messages():
+    neighbours, distances = d2_graph(LINE, 1)
+    # γ_f → ∞ silences the forward messages; γ_r = 0 subtracts the full picked score from neighbours.
+    np.testing.assert_allclose(d2_message_passing(LINE_SCORES, neighbours, distances, gamma_f=1e9), LINE_SCORES)
+    picks = d2_select(LINE_SCORES, neighbours, distances, budget=3, gamma_f=1e9, gamma_r=0.0)
+    # Pick 2 (3) → 1 and 3 become 2−3 = −1 and 1−3 = −2; then 4 (2) → 3 becomes −4; then 0 (1).
+    np.testing.assert_array_equal(picks, [2, 4, 0])
+
+
+def test_selection_spreads_over_clusters_where_top_k_does_not():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(scale=10, size=(3, 4))
+    cluster = np.repeat([0, 1, 2], 12)
+    emb = centers[cluster] + 0.1 * rng.normal(size=(36, 4))
+    score = np.where(cluster == 0, 0.9, np.where(cluster == 1, 0.5, 0.2)) + 0.05 * rng.random(36)
+    ds = make_dataset(emb, score=score.astype(np.float32), cluster=cluster)
+    assert np.bincount(cluster[np.argsort(-score)[:6]], minlength=3).tolist() == [6, 0, 0]
+    for k in [5, 10]:
+        sub = hp.select.d2_pruning(ds, size=6, score_column="score", k=k)
+        counts = np.bincount(np.array(sub["cluster"]), minlength=3)
+        assert (counts >= 1).all() and counts.max() <= 3, (k, counts)
+
+
+def test_matches_the_dense_reference_implementation():
+    spec = importlib.util.spec_from_file_location("infomax_references", REFERENCES)
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    rng = np.random.default_rng(4)
+    emb = rng.normal(size=(150, 6))
+    score = rng.random(150)
+    neighbours, distances = d2_graph(emb, 6)
+    # Full budget with γ_r = 0 drives scores negative, so the heap also sees scores that rise.
+    for budget, gamma_f, gamma_r in [(20, 1.0, 1.0), (75, 0.5, 2.0), (150, 1.0, 0.0)]:
+        picks = d2_select(score, neighbours, distances, budget=budget, gamma_f=gamma_f, gamma_r=gamma_r)
+        expected = ref.reference_d2_pruning(score, emb, budget, k=6, gamma_f=gamma_f, gamma_r=gamma_r)
+        np.testing.assert_array_equal(picks, expected)
+
+
+def test_determinism_per_class_and_provenance(blobs):
+    ds, _, labels = blobs
+    before = ds[:3]
+    sub = hp.select.d2_pruning(ds, fraction=0.2, score_column="score", label_column="label", k=5, seed=0)
+    assert ds[:3] == before and "row_id" not in ds.column_names
+    ids = np.array(sub["row_id"])
+    np.testing.assert_array_equal(np.bincount(labels[ids], minlength=3), split_budget(np.bincount(labels), 18))
+    # No random choice: same rows for any seed, and the same again on a second call.
+    again = hp.select.d2_pruning(ds, fraction=0.2, score_column="score", label_column="label", k=5, seed=7)
+    assert again["row_id"] == sub["row_id"]
+    # Each class runs alone on its own graph.
+    scores = np.array(ds["score"], dtype=np.float64)
+    emb = np.array(ds["emb"], dtype=np.float32)
+    for c in range(3):
+        rows = np.flatnonzero(labels == c)
+        budget = int((labels[ids] == c).sum())
+        picks = d2_select(scores[rows], *d2_graph(emb[rows], 5), budget=budget)
+        assert sorted(rows[picks].tolist()) == sorted(ids[labels[ids] == c].tolist())
+    step = hp.provenance(sub)[-1]
+    assert step["method"] == "d2_pruning"
+    assert step["params"]["k"] == 5 and step["params"]["gamma_r"] == 1.0 and step["params"]["label_column"] == "label"
+
+
+def test_normalize_uses_unit_vectors():
+    rng = np.random.default_rng(5)
+    emb = rng.normal(size=(30, 4))
+    scaled = emb * rng.uniform(1, 50, size=(30, 1))
+    score = rng.random(30).astype(np.float32)
+    a = hp.select.d2_pruning(make_dataset(emb, score=score), size=8, score_column="score", k=4, normalize=True)
+    b = hp.select.d2_pruning(make_dataset(scaled, score=score), size=8, score_column="score", k=4, normalize=True)
+    assert a["row_id"] == b["row_id"]
+
+
+def test_bad_input(blobs):
+    ds, emb, _ = blobs
+    with pytest.raises(KeyError, match="nope"):
+        hp.select.d2_pruning(ds, fraction=0.1, score_column="nope")
+    with pytest.raises(KeyError, match="vec"):
+        hp.select.d2_pruning(ds, fraction=0.1, score_column="score", embedding_column="vec")
+    with pytest.raises(ValueError, match="`k`"):
+        hp.select.d2_pruning(ds.select(range(5)), size=2, score_column="score", k=5)
+    with pytest.raises(ValueError, match="`k`"):  # per class: the smallest class has 20 rows
+        hp.select.d2_pruning(ds, fraction=0.5, score_column="score", k=25, label_column="label")
+    with pytest.raises(ValueError, match="'s'.*negative"):
+        hp.select.d2_pruning(make_dataset(emb, s=np.linspace(-1, 1, 90)), fraction=0.1, score_column="s")
+    bad = np.ones(90)
+    bad[3] = np.nan
+    with pytest.raises(ValueError, match="'s'.*NaN"):
+        hp.select.d2_pruning(make_dataset(emb, s=bad), fraction=0.1, score_column="s")
+    ragged = Dataset.from_dict({"emb": [[1.0, 2.0], [1.0], [0.0, 1.0]], "s": [0.1, 0.2, 0.3]})
+    with pytest.raises(ValueError, match="ragged"):
+        hp.select.d2_pruning(ragged, size=1, score_column="s", k=1)
+    for kwargs, word in [
+        ({"fraction": 0.0}, "fraction"), ({"size": 91}, "size"), ({"fraction": 0.1, "gamma_f": -1.0}, "gamma_f"),
+        ({"fraction": 0.1, "gamma_r": float("nan")}, "gamma_r"), ({"fraction": 0.1, "k": 0}, "`k`"),
+        ({"fraction": 0.1, "knn_index": "hnsw"}, "knn_index"),
+    ]:
+        with pytest.raises(ValueError, match=word):
+            hp.select.d2_pruning(ds, score_column="score", **kwargs)
+    with pytest.raises(ValueError, match="budget"):
+        d2_select(LINE_SCORES, *d2_graph(LINE, 1), budget=6)
+    with pytest.raises(TypeError):
+        hp.select.d2_pruning(ds, 0.1, score_column="score")
+
+
+def test_ties_go_to_the_lower_row():
+    neighbours, distances = d2_graph(LINE, 1)
+    np.testing.assert_array_equal(d2_select(np.zeros(5), neighbours, distances, budget=5), [0, 1, 2, 3, 4])
+    # Equal scores on an isolated pair: the lower index is picked first, then the reverse message
+    # lowers its neighbour.
+    pair = np.array([[0.0], [0.0], [100.0], [200.0]])
+    picks = d2_select(np.array([1.0, 1.0, 0.5, 0.5]), *d2_graph(pair, 1), budget=2, gamma_f=1e9)
+    np.testing.assert_array_equal(picks, [0, 2])
