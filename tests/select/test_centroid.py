@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+
+import hf_prune as hp
+from hf_prune.select.centroid import distances_to_center
+from tests.conftest import make_dataset
+
+
+def ids(sub):
+    return set(np.array(sub["row_id"]).tolist())
+
+
+def toy(corrupt_fraction=0.4, distance=5.0, seed=0):
+    rng = np.random.default_rng(seed)
+    cov = [[1.0, 0.5], [0.5, 1.0]]
+    n_bad = int(1000 * corrupt_fraction)
+    x = np.concatenate([rng.multivariate_normal([0, 0], cov, 1000 - n_bad),
+                        rng.multivariate_normal([-distance, distance], cov, n_bad)])
+    return x, np.r_[np.zeros(1000 - n_bad), np.ones(n_bad)].astype(bool)
+
+
+def test_hand_computed_1d():
+    # mean 5 -> distances 5, 4, 2, 1, 10; median distance 4 -> |d - 4| = 1, 0, 2, 3, 6
+    x = np.array([[0.0], [1.0], [3.0], [6.0], [15.0]])
+    ds = make_dataset(x)
+    np.testing.assert_array_equal(distances_to_center(x), [5, 4, 2, 1, 10])
+    assert [ids(hp.select.moderate(ds, size=k)) for k in (1, 2, 3)] == [{1}, {0, 1}, {0, 1, 2}]
+    assert ids(hp.select.easy(ds, size=2)) == {2, 3}
+    assert ids(hp.select.hard(ds, size=2)) == {0, 4}
+    # Even count: the median is the mean of the two middle distances.
+    y = np.array([[0.0], [2.0], [3.0], [9.0]])  # mean 3.5 -> d = 3.5, 1.5, .5, 5.5; median 2.5
+    assert ids(hp.select.moderate(make_dataset(y), size=2)) == {0, 1}  # |d - 2.5| = 1, 1, 2, 3
+
+
+def test_centers():
+    x = np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [100.0, 0.0]])
+    np.testing.assert_allclose(distances_to_center(x, "mean"), [21.2, 20.2, 19.2, 18.2, 78.8])
+    np.testing.assert_allclose(distances_to_center(x, "median"), [2, 1, 0, 1, 98])
+    np.testing.assert_allclose(distances_to_center(x, "geometric_median"), [2, 1, 0, 1, 98], atol=1e-9)
+    # coordinate-wise median and geometric median differ off-axis
+    tri = np.array([[0.0, 0.0], [4.0, 0.0], [0.0, 4.0]])
+    np.testing.assert_allclose(distances_to_center(tri, "median"), [0, 4, 4])
+    assert distances_to_center(tri, "geometric_median")[0] > 0.5
+
+
+def test_ties_broken_by_seed():
+    ds = make_dataset(np.array([[-1.0], [1.0], [-2.0], [2.0]]))  # d = 1, 1, 2, 2
+    easy = {frozenset(ids(hp.select.easy(ds, size=1, seed=s))) for s in range(12)}
+    hard = {frozenset(ids(hp.select.hard(ds, size=1, seed=s))) for s in range(12)}
+    assert easy == {frozenset({0}), frozenset({1})}
+    assert hard == {frozenset({2}), frozenset({3})}
+    assert ids(hp.select.easy(ds, size=1, seed=3)) == ids(hp.select.easy(ds, size=1, seed=3))
+    assert ids(hp.select.easy(ds, size=2, seed=3)) == {0, 1}  # no tie at the boundary: seed irrelevant
+
+
+def test_mean_centre_breaks_under_corruption_geometric_median_does_not():
+    # The GM Matching paper's observation (Fig. 1, Lemma 1): with 40% adversarial points the mean
+    # centre sits between the clusters, so "moderate" keeps many of them; a robust centre does not.
+    x, is_bad = toy()
+    ds = make_dataset(x)
+    with_mean = np.array(sorted(ids(hp.select.moderate(ds, fraction=0.1))))
+    robust = np.array(sorted(ids(hp.select.moderate(ds, fraction=0.1, center="geometric_median"))))
+    assert is_bad[with_mean].mean() > 0.25
+    assert is_bad[robust].mean() < 0.02
+    assert is_bad[np.array(sorted(ids(hp.select.hard(ds, fraction=0.1))))].mean() > 0.9
+
+
+def test_per_class_uses_class_centres(blobs):
+    ds, emb, labels = blobs
+    sub = hp.select.easy(ds, fraction=0.2, label_column="label")
+    rows = np.array(sub["row_id"])
+    assert np.bincount(labels[rows]).tolist() == [8, 6, 4]
+    for c, k in zip(range(3), [8, 6, 4]):
+        members = np.flatnonzero(labels == c)
+        d = np.linalg.norm(emb[members] - emb[members].mean(0), axis=1)
+        assert set(rows[labels[rows] == c].tolist()) == set(members[np.argsort(d)[:k]].tolist())
+    # without labels the centre is the global mean
+    d = np.linalg.norm(emb - emb.mean(0), axis=1)
+    assert ids(hp.select.hard(ds, size=10)) == set(np.argsort(-d)[:10].tolist())
+
+
+def test_conventions_and_provenance(blobs):
+    ds, _, _ = blobs
+    before = ds[:]
+    sub = hp.select.moderate(ds, fraction=0.3, label_column="label", seed=1)
+    assert ds[:] == before and len(sub) == 27
+    assert sub["row_id"] == hp.select.moderate(ds, fraction=0.3, label_column="label", seed=1)["row_id"]
+    for name in ("moderate", "easy", "hard"):
+        step = hp.provenance(getattr(hp.select, name)(ds, size=5))[-1]
+        assert step["method"] == name and step["params"]["center"] == "mean"
+
+
+def test_bad_input(blobs):
+    ds, _, _ = blobs
+    with pytest.raises(KeyError, match="nope"):
+        hp.select.moderate(ds, size=5, embedding_column="nope")
+    with pytest.raises(KeyError, match="nope"):
+        hp.select.easy(ds, size=5, label_column="nope")
+    with pytest.raises(ValueError, match="center"):
+        hp.select.hard(ds, size=5, center="mode")
+    with pytest.raises(ValueError, match="size"):
+        hp.select.moderate(ds, size=91)
+    with pytest.raises(ValueError, match="'emb'"):
+        hp.select.easy(make_dataset(np.array([[0.0, np.nan], [1.0, 1.0]])), size=1)
+    with pytest.raises(ValueError, match="empty"):
+        hp.select.moderate(make_dataset(np.zeros((0, 3))), size=1)

@@ -1,0 +1,236 @@
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import hf_prune as hp
+from hf_prune.ops.median import geometric_median
+from hf_prune.select.gm_matching import herd
+from tests.conftest import make_dataset
+
+REFERENCES = Path(__file__).resolve().parents[2] / "recipes" / "benchmarks" / "references" / "herding.py"
+
+
+def load_references():
+    spec = importlib.util.spec_from_file_location("herding_references", REFERENCES)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def ids(sub):
+    return np.array(sub["row_id"])
+
+
+def loglog_slope(x, order, target, ks):
+    running = np.cumsum(x[order], axis=0)
+    errors = [np.linalg.norm(running[k - 1] / k - target) for k in ks]
+    return np.polyfit(np.log(ks), np.log(errors), 1)[0], errors[-1]
+
+
+def test_hand_computed_herding_sequence():
+    # mean μ = (0.25, -0.5) = θ0. Scores ⟨θ,x⟩: (.5, -.5, -.25, 1.5) -> x3; θ1 = 2μ - x3 = (.5, 2)
+    # -> x1 (2 > 1 > -.5); θ2 = (.75, .5) -> x0 (1.5 > -.75); θ3 = (-1, 0) -> x2.
+    x = np.array([[2.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -3.0]])
+    ds = make_dataset(x)
+    expected = [{3}, {1, 3}, {0, 1, 3}, {0, 1, 2, 3}]
+    for k, want in enumerate(expected, start=1):
+        assert set(ids(hp.select.herding(ds, size=k, geometry="raw")).tolist()) == want
+    mu = torch.tensor(x.mean(0))
+    assert herd(torch.tensor(x, dtype=torch.float32), mu, mu, 4).tolist() == [3, 1, 0, 2]
+
+
+def test_hand_computed_gm_matching_sequence_in_1d():
+    # GM = median = 2 (the mean is 3.2). θ0 = 2: picks 10; θ = -6: picks 0; θ = -4: picks 1;
+    # θ = -3: picks 2, so 4 rows {0, 1, 2, 10}. Herding (μ = 3.2) instead goes 10, 0, 1, then
+    # θ = 1.8 > 0 picks 3: {0, 1, 3, 10}.
+    x = np.array([[0.0], [1.0], [2.0], [10.0], [3.0]])
+    ds = make_dataset(x)
+    gm = [set(ids(hp.select.gm_matching(ds, size=k, geometry="raw")).tolist()) for k in (1, 2, 3, 4)]
+    assert gm == [{3}, {0, 3}, {0, 1, 3}, {0, 1, 2, 3}]
+    assert set(ids(hp.select.herding(ds, size=4, geometry="raw")).tolist()) == {0, 1, 3, 4}
+
+
+def test_herding_error_decays_as_one_over_k_random_as_one_over_sqrt_k():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 4))
+    ds = make_dataset(x)
+    ks = np.unique(np.geomspace(4, 300, 15).astype(int))
+    mean = x.astype(np.float32).astype(np.float64).mean(0)
+    mu = torch.tensor(mean)
+    herd_order = herd(torch.tensor(x, dtype=torch.float32), mu, mu, 300)
+    herd_slope, herd_error = loglog_slope(x, herd_order, mean, ks)
+    random_errors = []
+    for seed in range(8):
+        order = np.random.default_rng(seed).permutation(len(x))[:300]
+        random_errors.append([np.linalg.norm(x[order][:k].mean(0) - mean) for k in ks])
+    random_slope = np.polyfit(np.log(ks), np.log(np.mean(random_errors, axis=0)), 1)[0]
+    assert herd_slope < -0.85  # O(1/k) (fitted ≈ -1.2)
+    assert -0.7 < random_slope < -0.3  # O(1/√k)
+    assert herd_error < np.mean(random_errors, axis=0)[-1] / 5
+    # the selector picks exactly those rows
+    assert set(ids(hp.select.herding(ds, size=300, geometry="raw")).tolist()) == set(herd_order.tolist())
+
+
+def test_gm_matching_converges_to_the_geometric_median_as_one_over_k():
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(size=(2000, 3)), rng.normal(loc=6.0, size=(600, 3))])
+    xt = torch.tensor(x, dtype=torch.float32)
+    median, _ = geometric_median(xt)
+    mu = torch.tensor(median)
+    order = herd(xt, mu, mu, 250)
+    ks = np.unique(np.geomspace(4, 250, 15).astype(int))
+    slope, error = loglog_slope(x, order, median, ks)
+    assert slope < -0.85 and error < 0.02
+
+
+def toy(corrupt_fraction, distance, seed=0):
+    """The paper's toy: clean N([0,0], Σ) plus adversarial N(distance·[-1, 1], Σ), Σ = [[1,.5],[.5,1]]."""
+    rng = np.random.default_rng(seed)
+    cov = [[1.0, 0.5], [0.5, 1.0]]
+    n_bad = int(1000 * corrupt_fraction)
+    clean = rng.multivariate_normal([0.0, 0.0], cov, 1000 - n_bad)
+    bad = rng.multivariate_normal([-distance, distance], cov, n_bad)
+    return np.concatenate([clean, bad]), np.r_[np.zeros(1000 - n_bad), np.ones(n_bad)].astype(bool)
+
+
+def test_gm_matching_is_robust_to_forty_percent_adversarial_points():
+    x, is_bad = toy(0.4, 5.0)
+    ds = make_dataset(x)
+    median, _ = geometric_median(x)
+    gm = ids(hp.select.gm_matching(ds, fraction=0.1, geometry="raw"))
+    hd = ids(hp.select.herding(ds, fraction=0.1, geometry="raw"))
+    rnd = ids(hp.select.random(ds, fraction=0.1, seed=0))
+    err = {name: np.linalg.norm(x[rows].mean(0)) for name, rows in [("gm", gm), ("herding", hd), ("random", rnd)]}
+    # The subset mean tracks the geometric median (Theorem 1: within its error, + O(1/k)) ...
+    assert np.linalg.norm(x[gm].mean(0) - median) < 0.1
+    assert err["gm"] < np.linalg.norm(median) + 0.1
+    # ... which stays far closer to the clean mean than the corrupted mean herding/random match.
+    assert err["herding"] > 2.5 and err["random"] > 2.0
+    assert err["gm"] < 0.45 * min(err["herding"], err["random"])
+    assert is_bad[gm].mean() < is_bad[hd].mean() - 0.1
+
+
+def test_gm_matching_breakdown_bounded_when_adversary_moves_away():
+    errors = {}
+    for distance in (5.0, 50.0):
+        x, is_bad = toy(0.4, distance, seed=1)
+        ds = make_dataset(x)
+        gm = ids(hp.select.gm_matching(ds, fraction=0.1, geometry="raw"))
+        hd = ids(hp.select.herding(ds, fraction=0.1, geometry="raw"))
+        errors[distance] = (np.linalg.norm(x[gm].mean(0)), np.linalg.norm(x[hd].mean(0)), is_bad[gm].mean())
+    # Herding's error grows with the adversary (breakdown 0); GM Matching's stays bounded.
+    assert errors[50.0][1] > 8 * errors[5.0][1]
+    assert errors[50.0][0] < 2.0 and errors[5.0][0] < 2.0
+    assert errors[50.0][2] < 0.1  # far adversarial points are (almost) never picked
+
+
+def test_cosine_geometry_matches_normalised_raw(blobs):
+    ds, emb, _ = blobs
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    cos = hp.select.gm_matching(ds, size=20, geometry="cosine")
+    raw = hp.select.gm_matching(make_dataset(unit), size=20, geometry="raw")
+    assert ids(cos).tolist() == ids(raw).tolist()
+    assert ids(hp.select.gm_matching(ds, size=20, geometry="raw")).tolist() != ids(cos).tolist()
+
+
+def test_per_class_budgets_and_class_medians(blobs):
+    ds, emb, labels = blobs
+    sub = hp.select.gm_matching(ds, fraction=0.2, label_column="label", geometry="raw")
+    rows = ids(sub)
+    assert np.bincount(labels[rows]).tolist() == [8, 6, 4]
+    for c in range(3):
+        # Each class's subset matches that class's median (not the global one) by herding.
+        members = np.flatnonzero(labels == c)
+        median, _ = geometric_median(emb[members])
+        mu = torch.tensor(median)
+        order = herd(torch.tensor(emb[members]), mu, mu, len(rows[labels[rows] == c]))
+        assert set(members[order].tolist()) == set(rows[labels[rows] == c].tolist())
+
+
+def test_conventions_determinism_and_provenance(blobs):
+    ds, _, _ = blobs
+    before = ds[:]
+    sub = hp.select.gm_matching(ds, size=15, seed=0)
+    assert ds[:] == before and "row_id" not in ds.column_names
+    assert len(sub) == 15 and len(set(ids(sub))) == 15
+    assert ids(hp.select.gm_matching(ds, size=15, seed=0)).tolist() == ids(sub).tolist()
+    # deterministic inits ignore the seed; init="random" depends on it
+    assert ids(hp.select.gm_matching(ds, size=15, seed=5)).tolist() == ids(sub).tolist()
+    r0 = ids(hp.select.gm_matching(ds, size=15, init="random", seed=0)).tolist()
+    assert ids(hp.select.gm_matching(ds, size=15, init="random", seed=0)).tolist() == r0
+    assert any(ids(hp.select.gm_matching(ds, size=15, init="random", seed=s)).tolist() != r0 for s in (1, 2, 3))
+    assert len(hp.select.gm_matching(ds, fraction=1.0)) == len(ds)
+    step = hp.provenance(sub)[-1]
+    assert step["method"] == "gm_matching" and step["params"]["eps"] == 1e-5
+    assert step["params"]["geometry"] == "cosine" and step["params"]["init"] == "target"
+    assert hp.provenance(hp.select.herding(ds, size=5))[-1]["method"] == "herding"
+
+
+def test_init_mean_differs_from_target_for_gm_only():
+    x, _ = toy(0.3, 5.0)
+    ds = make_dataset(x)
+    assert ids(hp.select.herding(ds, size=20, geometry="raw", init="mean")).tolist() == \
+        ids(hp.select.herding(ds, size=20, geometry="raw", init="target")).tolist()
+    assert ids(hp.select.gm_matching(ds, size=20, geometry="raw", init="mean")).tolist() != \
+        ids(hp.select.gm_matching(ds, size=20, geometry="raw", init="target")).tolist()
+
+
+def test_agrees_with_the_benchmark_references():
+    refs = load_references()
+    x = torch.tensor(np.random.default_rng(5).normal(size=(400, 6)), dtype=torch.float32)
+    ds = make_dataset(x.numpy())
+    assert set(refs.reference_herding(x, 40)) == set(ids(hp.select.herding(ds, size=40, geometry="raw")).tolist())
+    median, _ = geometric_median(x)
+    mu = torch.tensor(median)
+    assert refs.reference_herding(x, 40, target=mu) == herd(x, mu, mu, 40).tolist()
+    # Eq. 5 bounds the objective, not the point: compare both solvers run to high accuracy
+    precise, _ = geometric_median(x, eps=1e-12)
+    np.testing.assert_allclose(refs.reference_weiszfeld(x, eps=1e-12).numpy(), precise, atol=1e-6)
+
+
+def test_bad_input(blobs):
+    ds, emb, _ = blobs
+    with pytest.raises(KeyError, match="nope"):
+        hp.select.gm_matching(ds, size=5, embedding_column="nope")
+    with pytest.raises(ValueError, match="geometry"):
+        hp.select.gm_matching(ds, size=5, geometry="l1")
+    with pytest.raises(ValueError, match="init"):
+        hp.select.herding(ds, size=5, init="zeros")
+    with pytest.raises(ValueError, match="eps"):
+        hp.select.gm_matching(ds, size=5, eps=-1.0)
+    with pytest.raises(ValueError, match="max_iter"):
+        hp.select.gm_matching(ds, size=5, max_iter=0)
+    with pytest.raises(ValueError, match="size"):
+        hp.select.gm_matching(ds, size=91)
+    with pytest.raises(ValueError, match="fraction"):
+        hp.select.herding(ds, fraction=1.5)
+    with pytest.raises(ValueError, match="'emb'"):
+        bad = emb.copy()
+        bad[3, 2] = np.nan
+        hp.select.gm_matching(make_dataset(bad), size=5)
+    with pytest.raises(ValueError, match="'emb'"):
+        hp.select.herding(make_dataset(None, emb=[[1.0, 2.0], [3.0]]), size=1)
+    with pytest.raises(TypeError):
+        hp.select.gm_matching(ds, 0.5)
+
+
+def test_non_converged_median_warns():
+    x, _ = toy(0.2, 5.0)
+    with pytest.warns(UserWarning, match="did not converge"):
+        hp.select.gm_matching(make_dataset(x), size=10, geometry="raw", eps=1e-15, max_iter=1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cpu_and_gpu_pick_the_same_rows(blobs):
+    ds, _, _ = blobs
+    for f in (hp.select.gm_matching, hp.select.herding):
+        cpu = f(ds, fraction=0.3, label_column="label", device="cpu")
+        gpu = f(ds, fraction=0.3, label_column="label", device="cuda")
+        assert cpu["row_id"] == gpu["row_id"]
+    median_cpu, _ = geometric_median(np.asarray(ds["emb"]), device="cpu")
+    median_gpu, _ = geometric_median(np.asarray(ds["emb"]), device="cuda")
+    np.testing.assert_allclose(median_cpu, median_gpu, rtol=1e-10, atol=1e-12)

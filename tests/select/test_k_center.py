@@ -1,0 +1,129 @@
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+import hf_prune as hp
+from hf_prune.select.k_center import greedy_k_center
+from tests.conftest import make_dataset
+
+
+def ids(sub):
+    return np.array(sub["row_id"])
+
+
+def brute_force_greedy(x, k, first):
+    """Gonzalez's greedy with every distance recomputed from scratch (O(N·k²·d))."""
+    chosen = [first]
+    for _ in range(k - 1):
+        best, best_d = None, -1.0
+        for i in range(len(x)):
+            if i in chosen:
+                continue
+            d = min(np.linalg.norm(x[i] - x[c]) for c in chosen)
+            if d > best_d:
+                best, best_d = i, d
+        chosen.append(best)
+    return chosen
+
+
+def radius(x, rows):
+    d = np.linalg.norm(x[:, None, :] - x[None, rows, :], axis=2)
+    return d.min(1).max()
+
+
+def test_hand_computed_1d():
+    # From 0 the farthest row is 10; then distances to {0, 10} are 1, 4, 4 -> tie between 4 and 6,
+    # the earliest row (4) wins; then 6 (distance 2) beats 1 (distance 1).
+    x = np.array([[0.0], [1.0], [4.0], [6.0], [10.0]])
+    assert greedy_k_center(torch.tensor(x), 4, 0).tolist() == [0, 4, 2, 3]
+    # Without the tie (6 -> 6.5), through the selector: {0, 10, 4}.
+    y = np.array([[0.0], [1.0], [4.0], [6.5], [10.0]])
+    ds = make_dataset(y)
+    assert ids(hp.select.k_center_greedy(ds, size=3, init="first")).tolist() == [0, 2, 4]
+    # init="mean" starts at the row nearest the mean 4.3 (row 2, value 4), then the farthest: 10.
+    assert ids(hp.select.k_center_greedy(ds, size=2, init="mean")).tolist() == [2, 4]
+
+
+def test_equals_brute_force_reference():
+    x = np.random.default_rng(0).normal(size=(60, 5))
+    for first in (0, 17, 42):
+        expected = brute_force_greedy(x, 12, first)
+        got = greedy_k_center(torch.tensor(x, dtype=torch.float32), 12, first).tolist()
+        assert got == expected
+
+
+def test_selector_equals_brute_force_with_random_start_and_cosine():
+    x = np.random.default_rng(1).normal(size=(50, 4)) + 3.0
+    ds = make_dataset(x)
+    sub = hp.select.k_center_greedy(ds, size=8, init="random", seed=7)
+    first = int(np.random.default_rng([7, 0]).integers(50))  # the rng run_selection hands the group
+    assert set(ids(sub).tolist()) == set(brute_force_greedy(x, 8, first))
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    cos = hp.select.k_center_greedy(ds, size=8, metric="cosine", init="first")
+    assert set(ids(cos).tolist()) == set(brute_force_greedy(unit, 8, 0))
+
+
+def test_two_approximation_and_beats_random():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(14, 2))
+    k = 3
+    opt = min(radius(x, list(c)) for c in itertools.combinations(range(len(x)), k))
+    for first in range(len(x)):
+        assert radius(x, greedy_k_center(torch.tensor(x), k, first)) <= 2 * opt + 1e-9
+    # The covering radius beats every random subset of the same size (uniform square: ≈ 0.12 vs ≥ 0.18).
+    square = rng.random((2000, 2))
+    ds = make_dataset(square)
+    greedy_r = radius(square, ids(hp.select.k_center_greedy(ds, size=50, seed=0)))
+    random_r = [radius(square, ids(hp.select.random(ds, size=50, seed=s))) for s in range(10)]
+    assert greedy_r < 0.8 * min(random_r)
+
+
+def test_duplicates_still_give_distinct_rows():
+    x = np.array([[0.0, 0.0]] * 4 + [[1.0, 1.0]] * 3)
+    sub = hp.select.k_center_greedy(make_dataset(x), size=6, init="first")
+    assert len(set(ids(sub).tolist())) == 6
+
+
+def test_per_class_determinism_and_provenance(blobs):
+    ds, _, labels = blobs
+    before = ds[:]
+    sub = hp.select.k_center_greedy(ds, fraction=0.2, label_column="label", seed=0)
+    assert ds[:] == before
+    assert np.bincount(labels[ids(sub)]).tolist() == [8, 6, 4]
+    assert ids(hp.select.k_center_greedy(ds, fraction=0.2, label_column="label", seed=0)).tolist() == ids(sub).tolist()
+    assert any(
+        ids(hp.select.k_center_greedy(ds, fraction=0.2, label_column="label", seed=s)).tolist() != ids(sub).tolist()
+        for s in (1, 2, 3)
+    )
+    first = hp.select.k_center_greedy(ds, size=10, init="first", seed=0)
+    assert ids(hp.select.k_center_greedy(ds, size=10, init="first", seed=9)).tolist() == ids(first).tolist()
+    step = hp.provenance(sub)[-1]
+    assert step["method"] == "k_center_greedy" and step["params"]["metric"] == "l2"
+
+
+def test_bad_input(blobs):
+    ds, _, _ = blobs
+    with pytest.raises(KeyError, match="nope"):
+        hp.select.k_center_greedy(ds, size=5, embedding_column="nope")
+    with pytest.raises(ValueError, match="metric"):
+        hp.select.k_center_greedy(ds, size=5, metric="ip")
+    with pytest.raises(ValueError, match="init"):
+        hp.select.k_center_greedy(ds, size=5, init="kmeans++")
+    with pytest.raises(ValueError, match="size"):
+        hp.select.k_center_greedy(ds, size=1000)
+    with pytest.raises(ValueError, match="'emb'"):
+        hp.select.k_center_greedy(make_dataset(np.array([[0.0, np.inf], [1.0, 1.0]])), size=1)
+    with pytest.raises(ValueError, match="`k`"):
+        greedy_k_center(torch.zeros(3, 2), 4, 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cpu_and_gpu_pick_the_same_rows(blobs):
+    ds, _, _ = blobs
+    for metric in ("l2", "cosine"):
+        cpu = hp.select.k_center_greedy(ds, fraction=0.3, label_column="label", metric=metric, device="cpu")
+        gpu = hp.select.k_center_greedy(ds, fraction=0.3, label_column="label", metric=metric, device="cuda")
+        assert cpu["row_id"] == gpu["row_id"]

@@ -1,0 +1,98 @@
+import numpy as np
+import pytest
+from datasets import Dataset
+
+import hf_prune as hp
+from hf_prune.ops.columns import add_column
+from tests.conftest import make_dataset
+
+
+def ids(sub):
+    return np.array(sub["row_id"]).tolist()
+
+
+def scored(values, **columns):
+    """A float32 ``score`` column, declared as the score convention says."""
+    ds = make_dataset(None, idx=list(range(len(values))), **columns)
+    return add_column(ds, "score", np.asarray(values, dtype=np.float32))
+
+
+def test_top_k_descending_and_ascending():
+    ds = scored([0.3, 0.9, -1.0, 0.5, 2.0, 0.1])
+    assert ids(hp.select.top_k(ds, size=3, score_column="score")) == [1, 3, 4]
+    assert ids(hp.select.top_k(ds, size=2, score_column="score", descending=False)) == [2, 5]
+    assert ids(hp.select.top_k(ds, fraction=0.5, score_column="score")) == [1, 3, 4]
+    assert len(hp.select.top_k(ds, fraction=1.0, score_column="score")) == 6
+
+
+def test_top_k_ties_are_broken_by_a_seeded_permutation():
+    ds = scored([5.0, 1.0, 1.0, 1.0, 1.0, 0.0])
+    picks = {tuple(ids(hp.select.top_k(ds, size=2, score_column="score", seed=s))) for s in range(30)}
+    # 5.0 always wins; the second row is any of the four tied rows, never the lowest one
+    assert {p[0] for p in picks} == {0} and {p[1] for p in picks} == {1, 2, 3, 4}
+    first = ids(hp.select.top_k(ds, size=2, score_column="score", seed=7))
+    assert ids(hp.select.top_k(ds, size=2, score_column="score", seed=7)) == first
+    counts = np.zeros(6)
+    for s in range(120):
+        for i in ids(hp.select.top_k(ds, size=3, score_column="score", seed=s)):
+            counts[i] += 1
+    # two of the four tied rows each time: each tied row is kept about half the time (sd ≈ .046)
+    assert counts[0] == 120 and counts[5] == 0
+    np.testing.assert_allclose(counts[1:5] / 120, 0.5, atol=0.15)
+
+
+def test_top_k_per_class():
+    ds = scored([1, 2, 3, 4, 10, 20, 30, 40], label=[0, 0, 0, 0, 1, 1, 1, 1])
+    sub = hp.select.top_k(ds, size=4, score_column="score", label_column="label")
+    assert ids(sub) == [2, 3, 6, 7]
+    low = hp.select.top_k(ds, size=2, score_column="score", label_column="label", descending=False)
+    assert ids(low) == [0, 4]
+    step = hp.provenance(sub)[-1]
+    assert step["method"] == "top_k" and step["params"]["score_column"] == "score"
+    assert step["params"]["descending"] is True and step["params"]["label_column"] == "label"
+
+
+def test_threshold():
+    ds = scored([0.3, 0.9, -1.0, 0.5, 2.0, 0.1])
+    before = ds[:]
+    assert ids(hp.select.threshold(ds, score_column="score", min_value=0.5)) == [1, 3, 4]
+    assert ids(hp.select.threshold(ds, score_column="score", max_value=0.1)) == [2, 5]  # inclusive
+    sub = hp.select.threshold(ds, score_column="score", min_value=0.0, max_value=0.5)
+    assert ids(sub) == [0, 3, 5]
+    assert ds[:] == before
+    np.testing.assert_allclose(sub["score"], [0.3, 0.5, 0.1], rtol=1e-6)
+    step = hp.provenance(sub)[-1]
+    assert step["method"] == "threshold" and step["params"]["min_value"] == 0.0 and step["output_rows"] == 3
+    # chained: row_id maps back to the original dataset
+    again = hp.select.threshold(sub, score_column="score", min_value=0.2)
+    assert ids(again) == [0, 3]
+
+
+def test_bad_input():
+    ds = scored([0.3, 0.9, -1.0])
+    with pytest.raises(KeyError, match="nope"):
+        hp.select.top_k(ds, size=1, score_column="nope")
+    with pytest.raises(KeyError, match="nope"):
+        hp.select.threshold(ds, score_column="nope", min_value=0)
+    with pytest.raises(ValueError, match="'score'"):
+        hp.select.top_k(scored([0.1, np.nan, 0.2]), size=1, score_column="score")
+    with pytest.raises(ValueError, match="'score'"):
+        hp.select.threshold(scored([0.1, np.nan, 0.2]), score_column="score", min_value=0)
+    with pytest.raises(ValueError, match="no row"):
+        hp.select.threshold(ds, score_column="score", min_value=5.0)
+    with pytest.raises(ValueError, match="min_value"):
+        hp.select.threshold(ds, score_column="score")
+    with pytest.raises(ValueError, match="larger"):
+        hp.select.threshold(ds, score_column="score", min_value=1.0, max_value=0.0)
+    with pytest.raises(ValueError, match="max_value"):
+        hp.select.threshold(ds, score_column="score", max_value=float("nan"))
+    with pytest.raises(ValueError, match="descending"):
+        hp.select.top_k(ds, size=1, score_column="score", descending="yes")
+    with pytest.raises(ValueError, match="size"):
+        hp.select.top_k(ds, size=4, score_column="score")
+    with pytest.raises(ValueError, match="exactly one"):
+        hp.select.top_k(ds, score_column="score")
+    with pytest.raises(ValueError, match="empty"):
+        hp.select.threshold(Dataset.from_dict({"score": []}), score_column="score", min_value=0)
+    with pytest.raises(ValueError, match="'score'"):
+        hp.select.top_k(make_dataset(None, score=["a", "b"]), size=1, score_column="score")
