@@ -1,7 +1,125 @@
-"""PLACEHOLDER: being implemented."""
+"""Sentence embeddings: attention-masked mean of a transformers encoder's token states."""
 
-class TextEmbedder:
-    def __init__(self, *a, **k):
-        raise NotImplementedError
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ._base import Embedder
+from .clip import _text_values
+
+__all__ = ["TextEmbedder"]
 
 
+def _sentence_transformers_max_length(name: str, revision: str | None) -> int | None:
+    """``max_seq_length`` of a sentence-transformers checkpoint (e.g. 256 for all-MiniLM-L6-v2), if any."""
+    try:
+        from transformers.utils import cached_file
+
+        path = cached_file(name, "sentence_bert_config.json", revision=revision,
+                           _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False)
+        if path:
+            with open(path) as f:
+                value = json.load(f).get("max_seq_length")
+            return int(value) if isinstance(value, int) and value > 0 else None
+    except Exception:  # a missing or unreadable file only means: use the model's own limit
+        return None
+    return None
+
+
+class TextEmbedder(Embedder):
+    """Mean-pooled (over non-padding tokens) sentence embeddings from an ``AutoModel``.
+
+    This is the sentence-transformers recipe of models such as all-MiniLM-L6-v2 (mean pooling, then
+    L2 normalisation), so the column equals what that library returns for them.
+
+    Args:
+        model: a Hub id / local path (``AutoModel`` + ``AutoTokenizer``) or a model instance.
+        tokenizer: the tokenizer; loaded from ``model`` when it is a name.
+        text_column, output_column: input (strings) and output columns.
+        normalize: L2-normalise each embedding (sentence-transformers' ``Normalize`` layer).
+        max_length: token limit; default: the checkpoint's sentence-transformers ``max_seq_length``
+            when it ships one (loading by name), else ``min(tokenizer.model_max_length,
+            max_position_embeddings)``.
+        revision, device, dtype, batch_size: as in `ImageEmbedder`.
+
+    Example:
+        >>> emb = hp.embed.TextEmbedder("sentence-transformers/all-MiniLM-L6-v2", text_column="text")
+        >>> ds = emb.map(ds, batch_size=256)
+    """
+
+    def __init__(
+        self,
+        model: str | torch.nn.Module,
+        *,
+        tokenizer=None,
+        text_column: str = "text",
+        output_column: str = "emb",
+        normalize: bool = True,
+        max_length: int | None = None,
+        revision: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        batch_size: int = 64,
+        model_kwargs: dict | None = None,
+    ):
+        if isinstance(model, str):
+            from transformers import AutoModel, AutoTokenizer
+
+            name = model
+            model = AutoModel.from_pretrained(name, revision=revision, **(model_kwargs or {}))
+            if tokenizer is None:
+                tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+            if max_length is None:
+                max_length = _sentence_transformers_max_length(name, revision)
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"`model` must be a name or a torch.nn.Module, got {type(model).__name__}")
+        if tokenizer is None:
+            raise ValueError(f"pass `tokenizer=` (the tokenizer of {type(model).__name__})")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.text_column, self.output_column = text_column, output_column
+        self.normalize = bool(normalize)
+        self.revision = revision
+        if max_length is None:
+            limits = [getattr(tokenizer, "model_max_length", None),
+                      getattr(getattr(model, "config", None), "max_position_embeddings", None)]
+            limits = [x for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
+            max_length = min(limits) if limits else None
+        self.max_length = max_length
+        super().__init__(input_columns=[text_column], device=device, dtype=dtype, batch_size=batch_size)
+        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        try:
+            with torch.inference_mode():
+                self.dim = int(self._forward(["a"], device).shape[1])
+        except Exception as err:
+            raise ValueError(f"{type(self.model).__name__} cannot embed text with this tokenizer: {err}") from err
+
+    def _forward(self, texts: list[str], device: torch.device) -> torch.Tensor:
+        tokens = self.tokenizer(texts, padding=True, truncation=self.max_length is not None,
+                                max_length=self.max_length, return_tensors="pt")
+        inputs = {k: v.to(device) for k, v in tokens.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        hidden = getattr(self.model(**inputs), "last_hidden_state", None)
+        if hidden is None or hidden.ndim != 3:
+            raise ValueError(f"{type(self.model).__name__} returns no (B, T, D) `last_hidden_state`; pass an encoder AutoModel")
+        mask = inputs.get("attention_mask", torch.ones(hidden.shape[:2], device=device)).unsqueeze(-1).to(hidden.dtype)
+        pooled = ((hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)).float()
+        return torch.nn.functional.normalize(pooled, dim=1) if self.normalize else pooled
+
+    def _output_dims(self) -> dict[str, int | None]:
+        return {self.output_column: self.dim}
+
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        return {"model": self.model}
+
+    def _spec(self) -> dict[str, Any]:
+        from datasets.fingerprint import Hasher
+
+        return {"normalize": self.normalize, "max_length": self.max_length, "revision": self.revision,
+                "tokenizer": Hasher.hash(self.tokenizer)}
+
+    def _embed(self, batch: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+        return {self.output_column: self._forward(_text_values(batch[self.text_column], self.text_column), device)}

@@ -1,0 +1,347 @@
+"""The shared base of every map-able embedder.
+
+An embedder is a batched callable for ``Dataset.map(..., batched=True)``: it reads its input
+columns from the batch, runs models on the device and returns new float32 columns. `Embedder`
+provides everything that is not model-specific:
+
+- **device**: chosen automatically (CUDA when available), ``device=`` overrides; under
+  ``map(..., with_rank=True, num_proc=n)`` process ``rank`` uses ``cuda:{rank % n_gpus}``. Models
+  stay where they were built (normally the CPU) until the first batch, so pickling an embedder for
+  worker processes never touches a GPU. A ``num_proc`` worker on CPU runs torch with one thread
+  (forked workers would otherwise deadlock in the OpenMP pool inherited from the parent).
+- **precision**: autocast to bf16 (fp16 on GPUs without bf16) on CUDA, none on CPU; ``dtype=``
+  overrides (``torch.float32`` turns autocast off).
+- **batch_size**: the largest forward batch; a bigger ``map`` batch is split into chunks of it.
+- **inference_mode** around every forward (a subclass that needs gradients sets
+  ``use_inference_mode = False``).
+- **declared outputs**: `Embedder.features` holds fixed-length float32 lists (embeddings) and
+  float32 scalars (scores); `Embedder.map` checks the columns up front, declares the features,
+  refuses to replace a column without ``overwrite=True`` and names the progress bar.
+- **stable fingerprints**: ``datasets`` hashes a map function by pickling it. Every `Embedder`
+  subclass registers a reducer with the ``datasets`` hashing pickler that writes
+  `Embedder.fingerprint` instead of the object, i.e. a hash of a small spec (class, settings, model
+  classes and configs, and a checksum of the weights computed once). Identical embedders give the
+  same hash across processes, so the second identical ``map`` hits the cache, and no weight tensor
+  is ever pickled for hashing. Ordinary pickling (sending the embedder to ``num_proc`` workers) is
+  unchanged and does carry the weights.
+
+Subclass API (what a new embedder implements):
+
+- ``__init__``: build/load the models, then call ``super().__init__(input_columns=..., device=...,
+  dtype=..., batch_size=...)``.
+- ``_output_dims() -> dict[str, int | None]``: each output column and its length (``None`` for a
+  scalar column). Order is the column order.
+- ``_embed(batch, device) -> dict[str, torch.Tensor | np.ndarray]``: one chunk of at most
+  ``batch_size`` rows; ``batch`` maps each input column to a list/array of that chunk's values.
+  Runs under inference mode and autocast; returns a ``(n, dim)`` or ``(n,)`` value per output.
+- ``_modules() -> dict[str, torch.nn.Module]``: the models to move to the device and checksum.
+- ``_spec() -> dict``: JSON-able settings that change the output (pooling, normalisation, column
+  names, processor config, ...); they enter the fingerprint.
+
+Multi-GPU, one process per GPU (the column equals the one-process column up to the numerics of
+each device)::
+
+    import multiprocess  # the library `datasets` uses for num_proc
+
+    multiprocess.set_start_method("spawn", force=True)  # CUDA cannot be used after fork
+    ds = embedder.map(ds, num_proc=torch.cuda.device_count())  # with_rank=True is passed for you
+
+Under ``accelerate launch``, shard instead: ``part = ds.shard(num_shards=state.num_processes,
+index=state.process_index, contiguous=True)``, embed ``part`` (``device=state.device``), save it,
+and ``concatenate_datasets`` the saved parts in rank order on the main process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import xxhash
+from datasets import Dataset, Features
+
+from ..ops.columns import check_columns, embedding_feature, score_feature
+from ..ops.device import autocast_dtype, resolve_device
+
+__all__ = ["Embedder", "weights_checksum"]
+
+
+def weights_checksum(module: torch.nn.Module) -> str:
+    """An xxhash64 hex digest of a module's ``state_dict`` (names, dtypes, shapes and bytes).
+
+    Example:
+        >>> weights_checksum(torch.nn.Linear(2, 2)) != weights_checksum(torch.nn.Linear(2, 2))
+        True
+    """
+    h = xxhash.xxh64()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        # bytes of any dtype (bf16 included): reinterpret as uint8 after flattening.
+        h.update(t.reshape(-1).contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _module_spec(module: torch.nn.Module) -> dict[str, Any]:
+    spec: dict[str, Any] = {"class": f"{type(module).__module__}.{type(module).__qualname__}"}
+    config = getattr(module, "config", None)
+    if config is not None and hasattr(config, "to_dict"):
+        spec["config"] = config.to_dict()
+    return spec
+
+
+def _fingerprint_token(class_path: str, fingerprint: str) -> str:
+    """What the ``datasets`` hashing pickler records for an embedder (never called to unpickle)."""
+    return f"{class_path}:{fingerprint}"
+
+
+def _save_for_hashing(pickler, obj: Embedder) -> None:
+    cls = type(obj)
+    pickler.save_reduce(_fingerprint_token, (f"{cls.__module__}.{cls.__qualname__}", obj.fingerprint()), obj=obj)
+
+
+def _register_hashing_reducer(cls: type) -> None:
+    # `datasets` hashes map functions with its own dill subclass; its `dispatch` table is how
+    # `datasets` itself registers reducers (tokenizers, tensors). Exact types are looked up, so
+    # every subclass registers itself.
+    try:
+        from datasets.utils._dill import Pickler
+    except ImportError:  # pragma: no cover - older `datasets`
+        try:
+            from datasets.utils.py_utils import Pickler
+        except ImportError:
+            return
+    Pickler.dispatch[cls] = _save_for_hashing
+
+
+class Embedder:
+    """Base class of the map-able embedders (see the module docstring for the subclass API).
+
+    Args:
+        input_columns: the columns the embedder reads from each batch.
+        device: ``None``/``"auto"`` (CUDA when available, else CPU) or any `torch.device` spec.
+        dtype: autocast dtype; ``None`` = bf16/fp16 on CUDA and none on CPU, ``torch.float32`` = off.
+        batch_size: the largest forward batch (a larger ``map`` batch is processed in chunks).
+
+    Example:
+        >>> emb = hp.embed.PixelEmbedder(image_column="image", size=16)
+        >>> ds = emb.map(ds, batch_size=256)               # checks columns, declares features
+        >>> ds = ds.map(emb, batched=True, features=emb.features_for(ds))  # the same, by hand
+    """
+
+    use_inference_mode: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _register_hashing_reducer(cls)
+
+    def __init__(
+        self,
+        *,
+        input_columns: Sequence[str],
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        batch_size: int = 64,
+    ):
+        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}")
+        if isinstance(dtype, str):
+            if not isinstance(getattr(torch, dtype, None), torch.dtype):
+                raise ValueError(f"`dtype`={dtype!r} is not a torch dtype")
+            dtype = getattr(torch, dtype)
+        if device is not None and device != "auto":
+            resolve_device(device)  # fail early on an unavailable device
+        self.input_columns = tuple(input_columns)
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = int(batch_size)
+        self._placed_on: torch.device | None = None
+        self._checksums: dict[str, str] | None = None
+        self._owner_pid = os.getpid()
+
+    # ----------------------------------------------------------------- subclass hooks
+    def _output_dims(self) -> dict[str, int | None]:
+        raise NotImplementedError
+
+    def _embed(self, batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        return {}
+
+    def _spec(self) -> dict[str, Any]:
+        return {}
+
+    # ----------------------------------------------------------------- outputs
+    @property
+    def output_columns(self) -> list[str]:
+        """The names of the columns this embedder writes."""
+        return list(self._output_dims())
+
+    @property
+    def features(self) -> Features:
+        """Declared features of the output columns only (fixed-length float32 lists / float32)."""
+        return Features(
+            {c: score_feature() if d is None else embedding_feature(d) for c, d in self._output_dims().items()}
+        )
+
+    def features_for(self, dataset: Dataset) -> Features:
+        """``dataset.features`` plus the output columns: pass it as ``features=`` to ``Dataset.map``."""
+        return Features({**dataset.features, **self.features})
+
+    # ----------------------------------------------------------------- device and precision
+    def target_device(self, rank: int | None = None) -> torch.device:
+        """The device for a process: ``cuda:{rank % n_gpus}`` under ``with_rank=True`` with CUDA."""
+        if self.device is None or self.device == "auto" or str(self.device) == "cuda":
+            device = resolve_device(None if self.device == "auto" else self.device)
+            if device.type == "cuda" and rank is not None:
+                return torch.device("cuda", rank % torch.cuda.device_count())
+            return device
+        return resolve_device(self.device)
+
+    def autocast(self, device: torch.device):
+        """The autocast context for ``device`` (a no-op for float32)."""
+        dtype = autocast_dtype(device, self.dtype)
+        if dtype is None or dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=dtype)
+
+    def _place(self, rank: int | None) -> torch.device:
+        device = self.target_device(rank)
+        if self._placed_on is None and rank is not None and device.type == "cpu" and os.getpid() != self._owner_pid:
+            # A `num_proc` worker on CPU: forked children deadlock in torch's OpenMP pool inherited
+            # from a parent that already ran a forward, and n workers x all cores oversubscribe.
+            torch.set_num_threads(1)
+        if self._placed_on != device:
+            for module in self._modules().values():
+                module.to(device)
+            self._placed_on = device
+        return device
+
+    # ----------------------------------------------------------------- fingerprint
+    def fingerprint(self) -> str:
+        """A hash of the spec that determines the output: class, settings, models and weights.
+
+        The weights checksum is computed once per embedder (the first time it is hashed); build a new
+        embedder after changing a model's weights in place.
+        """
+        if self._checksums is None:
+            self._checksums = {name: weights_checksum(m) for name, m in sorted(self._modules().items())}
+        device = self.target_device()
+        spec = {
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "inputs": list(self.input_columns),
+            "outputs": self._output_dims(),
+            "settings": self._spec(),
+            # bf16 on a GPU and fp32 on a CPU give different numbers: different cache entries.
+            "device_type": device.type,
+            "autocast": str(autocast_dtype(device, self.dtype)),
+            "modules": {
+                name: {**_module_spec(m), "weights": self._checksums[name]} for name, m in sorted(self._modules().items())
+            },
+        }
+        return xxhash.xxh64(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_placed_on"] = None  # a worker process places the models on its own device
+        return state
+
+    # ----------------------------------------------------------------- the map function
+    def __call__(self, batch: Mapping[str, Any], rank: int | None = None) -> dict[str, np.ndarray]:
+        """Embed one ``map`` batch (``batched=True``); ``rank`` comes from ``with_rank=True``."""
+        for column in self.input_columns:
+            if column not in batch:
+                raise KeyError(f"column {column!r} not found in the batch; it has {list(batch.keys())}")
+        n = None
+        for column in self.input_columns:
+            values = batch[column]
+            if not isinstance(values, (list, tuple, np.ndarray, torch.Tensor)):
+                raise TypeError(
+                    f"column {column!r} holds a single {type(values).__name__}, not a batch: "
+                    "call Dataset.map with batched=True"
+                )
+            if n is not None and len(values) != n:
+                raise ValueError(f"column {column!r} has {len(values)} values in a batch of {n}")
+            n = len(values)
+        device = self._place(rank)
+        dims = self._output_dims()
+        parts: dict[str, list[np.ndarray]] = {c: [] for c in dims}
+        grad = torch.inference_mode() if self.use_inference_mode else contextlib.nullcontext()
+        with grad:
+            for start in range(0, n, self.batch_size):
+                chunk = {c: batch[c][start : start + self.batch_size] for c in self.input_columns}
+                rows = min(self.batch_size, n - start)
+                with self.autocast(device):
+                    out = self._embed(chunk, device)
+                for column, dim in dims.items():
+                    parts[column].append(self._as_output(out, column, dim, rows))
+        return {c: np.concatenate(p) if p else np.zeros((0,) if dims[c] is None else (0, dims[c]), np.float32)
+                for c, p in parts.items()}
+
+    def _as_output(self, out: Mapping[str, Any], column: str, dim: int | None, rows: int) -> np.ndarray:
+        if column not in out:
+            raise RuntimeError(f"{type(self).__name__} produced no value for output column {column!r}")
+        value = out[column]
+        if isinstance(value, torch.Tensor):
+            value = value.detach().float().cpu().numpy()
+        value = np.asarray(value, dtype=np.float32)
+        expected = (rows,) if dim is None else (rows, dim)
+        if value.shape != expected:
+            raise RuntimeError(f"{type(self).__name__} produced shape {value.shape} for column {column!r}, expected {expected}")
+        if not np.isfinite(value).all():
+            bad = int(np.flatnonzero(~np.isfinite(value.reshape(rows, -1)).all(1))[0])
+            raise ValueError(
+                f"{type(self).__name__} produced NaN/inf in column {column!r} (row {bad} of the batch); "
+                "check the inputs, or pass dtype=torch.float32 if half precision overflowed"
+            )
+        return value
+
+    def map(
+        self,
+        dataset: Dataset,
+        *,
+        batch_size: int | None = None,
+        overwrite: bool = False,
+        desc: str | None = None,
+        num_proc: int | None = None,
+        **map_kwargs,
+    ) -> Dataset:
+        """``dataset.map(self, batched=True, with_rank=True, features=...)`` with the checks done first.
+
+        Args:
+            dataset: the input; it is never modified.
+            batch_size: rows per ``map`` batch (default: the embedder's ``batch_size``).
+            overwrite: replace output columns that already exist (otherwise `ValueError`).
+            desc: progress-bar label (default: the class and its output columns).
+            num_proc: worker processes; each gets its ``rank`` (one GPU each, see the module docstring).
+            map_kwargs: passed to `datasets.Dataset.map` (``load_from_cache_file``, ``cache_file_name``, ...).
+
+        Example:
+            >>> ds = hp.embed.ImageEmbedder(model, processor=proc).map(ds, batch_size=256)
+        """
+        check_columns(dataset, *self.input_columns)
+        if len(dataset) == 0:
+            raise ValueError("the dataset is empty: nothing to embed")
+        for key in ("function", "batched", "with_rank", "features", "input_columns"):
+            if key in map_kwargs:
+                raise TypeError(f"`{key}` is set by {type(self).__name__}.map; call Dataset.map directly to change it")
+        existing = [c for c in self.output_columns if c in dataset.column_names]
+        if existing:
+            if not overwrite:
+                raise ValueError(f"column(s) {existing} already exist; pass overwrite=True to replace them")
+            dataset = dataset.remove_columns(existing)
+        return dataset.map(
+            self,
+            batched=True,
+            batch_size=batch_size or self.batch_size,
+            with_rank=True,
+            num_proc=num_proc,
+            features=self.features_for(dataset),
+            desc=desc or f"{type(self).__name__} -> {', '.join(self.output_columns)}",
+            **map_kwargs,
+        )
