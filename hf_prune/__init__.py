@@ -10,8 +10,8 @@ Example:
     'gm_matching'
 """
 
-from . import embed, hub, score, select
+from . import corrupt, data, embed, hub, score, select
 from .provenance import provenance
 from .version import __version__
 
-__all__ = ["embed", "hub", "score", "select", "provenance", "__version__"]
+__all__ = ["corrupt", "data", "embed", "hub", "score", "select", "provenance", "__version__"]

@@ -1,1 +1,22 @@
-"""Offline and Hub dataset loaders returning DatasetDicts with train/test splits."""
+"""Offline and Hub dataset loaders returning DatasetDicts with train/test splits.
+
+Example:
+    >>> from hf_prune.data import load_fashion_mnist
+    >>> ds = load_fashion_mnist()        # local IDX files when installed, else the Hub
+"""
+
+from .digits import load_digits
+from .fashion_mnist import (
+    DEFAULT_FASHION_MNIST_DIR,
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_HUB_ID,
+    load_fashion_mnist,
+    read_idx,
+)
+from .hub import load_cifar10, load_cifar100, load_image_dataset
+from .images import encode_png, images_to_arrow, read_images
+
+__all__ = [
+    "DEFAULT_FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "FASHION_MNIST_HUB_ID", "encode_png", "images_to_arrow",
+    "load_cifar10", "load_cifar100", "load_digits", "load_fashion_mnist", "load_image_dataset", "read_idx", "read_images",
+]
