@@ -41,7 +41,7 @@ def kmeans(
         faiss = import_faiss()
         km = faiss.Kmeans(
             x.shape[1], int(n_clusters), niter=iterations, seed=seed, spherical=spherical,
-            max_points_per_centroid=max(256, len(x) // n_clusters + 1), verbose=False,
+            max_points_per_centroid=max(256, len(x) // n_clusters + 1), min_points_per_centroid=1, verbose=False,
         )
         km.train(x, init_centroids=init)
         centroids = km.centroids.astype(np.float32)
