@@ -402,7 +402,9 @@ def _to_tensor(dataset: Dataset, column: str) -> torch.Tensor:
 
 def load_base(cfg: DataConfig) -> _Base:
     """The train/test splits after corruption, decoded once per process (cached across seeds)."""
-    key = json.dumps(asdict(cfg), sort_keys=True)
+    # The base does not depend on which subset is trained on: many subsets of one dataset decode it once.
+    subset_fields = ("subset_path", "subset_hub_id", "subset_split", "selector")
+    key = json.dumps({k: v for k, v in asdict(cfg).items() if k not in subset_fields}, sort_keys=True)
     if key in _BASE_CACHE:
         return _BASE_CACHE[key]
     train, test = _load_splits(cfg)
