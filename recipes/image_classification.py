@@ -74,6 +74,7 @@ from transformers import HfArgumentParser
 
 import hf_prune as hp
 from hf_prune.dynamics import DynamicsRecorder
+from hf_prune.nets import RESNETS, cifar_resnet
 from hf_prune.ops.columns import add_column, read_labels, read_vector
 from hf_prune.select.spec import parse_spec
 
@@ -174,71 +175,6 @@ class SmallCNN(nn.Module):
         return self.head(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
 
 
-class BasicBlock(nn.Module):
-    expansion = 1
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
-class Bottleneck(nn.Module):
-    expansion = 4
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * 4)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != planes * 4:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        return F.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
-
-
-class CifarResNet(nn.Module):
-    """ResNet for small images: 3×3 stride-1 stem, no max-pool, four stages (64–512), average pool, linear."""
-
-    def __init__(self, block, num_blocks: list[int], num_classes: int, in_channels: int = 3):
-        super().__init__()
-        self.in_planes = 64
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        stages = []
-        for planes, blocks, stride in zip((64, 128, 256, 512), num_blocks, (1, 2, 2, 2)):
-            layers = []
-            for s in [stride] + [1] * (blocks - 1):
-                layers.append(block(self.in_planes, planes, s))
-                self.in_planes = planes * block.expansion
-            stages.append(nn.Sequential(*layers))
-        self.layers = nn.Sequential(*stages)
-        self.linear = nn.Linear(512 * block.expansion, num_classes)
-
-    def forward(self, x):
-        out = self.layers(F.relu(self.bn1(self.conv1(x))))
-        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
-
-
-RESNETS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet34": (BasicBlock, [3, 4, 6, 3]), "resnet50": (Bottleneck, [3, 4, 6, 3])}
-
-
 class HFImageModel(nn.Module):
     """A transformers image classifier fed our tensors: channels repeated and images resized as it expects."""
 
@@ -281,8 +217,7 @@ def build_model(name: str, num_classes: int, in_channels: int, *, pretrained: bo
     if name == "small_cnn":
         return SmallCNN(num_classes, in_channels)
     if name in RESNETS:
-        block, blocks = RESNETS[name]
-        return CifarResNet(block, blocks, num_classes, in_channels)
+        return cifar_resnet(name, num_classes=num_classes, in_channels=in_channels)
     from transformers import AutoConfig, AutoModelForImageClassification
 
     labels = {"num_labels": num_classes}

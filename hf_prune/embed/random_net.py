@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..nets import cifar_resnet
 from ._base import Embedder
 from .image import pool_outputs
 from .pixels import _size_pair, images_to_array
 
-__all__ = ["RandomNetEmbedder", "CifarResNet18"]
+__all__ = ["RandomNetEmbedder"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -45,45 +46,6 @@ def _model_from_config(config) -> nn.Module:
     from transformers import AutoModel
 
     return AutoModel.from_config(config)
-
-
-class _BasicBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-
-    def forward(self, x):
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
-class CifarResNet18(nn.Module):
-    """ResNet-18 for small images (3×3 stem, no max-pool); ``forward`` returns the pooled features.
-
-    Example:
-        >>> CifarResNet18()(torch.zeros(2, 3, 32, 32)).shape
-        torch.Size([2, 512])
-    """
-
-    def __init__(self, in_channels: int = 3, widths: tuple[int, ...] = (64, 128, 256, 512)):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
-        blocks, c_in = [], widths[0]
-        for i, width in enumerate(widths):
-            for j in range(2):
-                blocks.append(_BasicBlock(c_in, width, 2 if (i > 0 and j == 0) else 1))
-                c_in = width
-        self.blocks = nn.Sequential(*blocks)
-        self.out_features = widths[-1]
-
-    def forward(self, x):
-        return self.blocks(self.stem(x)).mean(dim=(2, 3))
 
 
 class RandomNetEmbedder(Embedder):
@@ -143,7 +105,7 @@ class RandomNetEmbedder(Embedder):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             if config is None:
-                self.model = CifarResNet18(in_channels=channels)
+                self.model = cifar_resnet("resnet18", num_classes=None, in_channels=channels)
             else:
                 self.model = _model_from_config(config)
         self.model.eval()

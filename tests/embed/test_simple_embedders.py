@@ -13,7 +13,8 @@ from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 import hf_prune as hp
-from hf_prune.embed.random_net import IMAGENET_MEAN, IMAGENET_STD, CifarResNet18
+from hf_prune.embed.random_net import IMAGENET_MEAN, IMAGENET_STD
+from hf_prune.nets import cifar_resnet
 
 
 def images(n=6, size=(12, 10), seed=0):
@@ -31,7 +32,7 @@ def test_random_net_equals_seeded_resnet18_forward():
     emb = hp.embed.RandomNetEmbedder(seed=3, batch_size=2)
     got = np.asarray(emb.map(image_dataset(arrays), batch_size=4)["emb"])
     torch.manual_seed(3)
-    net = CifarResNet18().eval()
+    net = cifar_resnet("resnet18").eval()
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
     x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     with torch.no_grad():
