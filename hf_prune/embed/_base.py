@@ -60,6 +60,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+import pyarrow as pa
 import torch
 import xxhash
 from datasets import Dataset, Features
@@ -254,6 +255,8 @@ class Embedder:
     # ----------------------------------------------------------------- the map function
     def __call__(self, batch: Mapping[str, Any], rank: int | None = None) -> dict[str, np.ndarray]:
         """Embed one ``map`` batch (``batched=True``); ``rank`` comes from ``with_rank=True``."""
+        if isinstance(batch, pa.Table):  # an Arrow-formatted dataset: undecoded values, as Python objects
+            batch = {c: batch.column(c).to_pylist() for c in self.input_columns if c in batch.column_names}
         for column in self.input_columns:
             if column not in batch:
                 raise KeyError(f"column {column!r} not found in the batch; it has {list(batch.keys())}")

@@ -184,3 +184,13 @@ def test_spawn_workers_give_the_one_process_column():
     finally:
         multiprocess.set_start_method(previous, force=True)
     np.testing.assert_allclose(np.asarray(two["emb"]), one, rtol=1e-5, atol=1e-6)
+
+
+def test_arrow_formatted_dataset_gives_the_same_column():
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (6, 6), dtype=np.uint8) for _ in range(5)]
+    ds = Dataset.from_dict({"image": [Image.fromarray(a) for a in arrays]}).cast_column("image", ImageFeature())
+    embedder = hp.embed.PixelEmbedder(image_column="image")
+    expected = np.asarray(embedder.map(ds)["emb"])
+    got = ds.with_format("arrow").map(embedder, batched=True, batch_size=2)
+    np.testing.assert_array_equal(np.asarray(got.with_format(None)["emb"]), expected)
