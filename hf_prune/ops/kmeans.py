@@ -59,7 +59,7 @@ def _assign(x: np.ndarray, centroids: np.ndarray, batch_size: int = 65536):
     assign, dist = [], []
     for start in range(0, len(x), batch_size):
         xt = torch.from_numpy(x[start : start + batch_size])
-        d = (xt * xt).sum(1, keepdim=True) - 2 * xt @ ct.T + c_sq
+        d = (xt * xt).sum(1, keepdim=True) - 2 * (xt @ ct.T) + c_sq
         v, i = d.min(1)
         assign.append(i.numpy())
         dist.append(v.clamp_min(0).numpy())

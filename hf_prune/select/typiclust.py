@@ -49,14 +49,14 @@ def kmeans_plus_plus(x: np.ndarray, n_clusters: int, rng: np.random.Generator) -
     sq = np.einsum("ij,ij->i", x64, x64)
     seeds = np.empty(n_clusters, dtype=np.int64)
     seeds[0] = rng.integers(len(x64))
-    nearest = np.maximum(sq - 2 * x64 @ x64[seeds[0]] + sq[seeds[0]], 0.0)
+    nearest = np.maximum(sq - 2 * (x64 @ x64[seeds[0]]) + sq[seeds[0]], 0.0)
     for j in range(1, n_clusters):
         cumulative = np.cumsum(nearest)
         if cumulative[-1] > 0:
             seeds[j] = min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), len(x64) - 1)
         else:  # only duplicates of the seeds are left
             seeds[j] = rng.choice(np.setdiff1d(np.arange(len(x64)), seeds[:j]))
-        nearest = np.minimum(nearest, np.maximum(sq - 2 * x64 @ x64[seeds[j]] + sq[seeds[j]], 0.0))
+        nearest = np.minimum(nearest, np.maximum(sq - 2 * (x64 @ x64[seeds[j]]) + sq[seeds[j]], 0.0))
     return seeds
 
 
