@@ -5,7 +5,7 @@ at tiny budgets with a linear probe.
 Protocol (per scenario and seed, everything through the public API and the classification recipe):
 
 1. Pool: a class-stratified sample of ``--pool-size`` rows of the Fashion-MNIST train split (fixed,
-   seed 0), and the full 10k test split. Scenarios ``label_noise`` and ``corruption`` corrupt 20% of
+   seed 0), and a stratified ``--test-size`` sample of the test split. Scenarios ``label_noise`` and ``corruption`` corrupt 20% of
    the pool (symmetric label noise, DUAL App. B.1; the GM seed's five image corruptions) with
    `hf_prune.corrupt`, which flags the corrupted rows.
 2. Full run: ``recipes/image_classification.py`` on the whole pool with ``--record_dynamics`` (the
@@ -33,14 +33,18 @@ statistics) and selection, plus the share of the full training run it needs (the
 need the recorded epochs; DUAL only the first T), reported relative to one full training run, as the
 DUAL seed does.
 
-Default (CPU, about 1–2 hours on 2 cores; results are cached per run, so rerunning resumes)::
+Default (CPU: 2,000-row pool, 2,000 test rows, small CNN, 8 epochs, 3 seeds; run the seeds in
+parallel processes and merge; results are cached per run, so rerunning resumes)::
 
-    python recipes/benchmarks/reproduce_fashion_mnist.py --output-dir runs/reproduce_fmnist
+    python recipes/benchmarks/reproduce_fashion_mnist.py --threads 1 --seeds 0 1 --output-dir runs/fm01 &
+    python recipes/benchmarks/reproduce_fashion_mnist.py --threads 1 --seeds 2 --scenarios clean \
+        label_noise corruption --output-dir runs/fm2
+    python recipes/benchmarks/reproduce_fashion_mnist.py --report-only --output-dir runs/fm01 --merge-from runs/fm2
 
 A GPU-sized run (whole train split, ResNet-18, longer schedule)::
 
-    python recipes/benchmarks/reproduce_fashion_mnist.py --pool-size 60000 --model resnet18 --epochs 40 \\
-        --seeds 0 1 2 --output-dir runs/reproduce_fmnist_gpu
+    python recipes/benchmarks/reproduce_fashion_mnist.py --pool-size 60000 --test-size 10000 --model resnet18 \\
+        --epochs 40 --seeds 0 1 2 --output-dir runs/reproduce_fmnist_gpu
 
 ``--report-only`` rebuilds tables and plots from the cached runs. The Markdown report is written to
 ``<output-dir>/report.md`` and the plot to ``<output-dir>/accuracy_vs_fraction.png``.
@@ -84,21 +88,25 @@ FLAG = {"clean": None, "label_noise": "is_noisy_label", "corruption": "is_corrup
 
 
 # --------------------------------------------------------------------------------------------- data
-def build_pool(out: Path, scenario: str, pool_size: int) -> Path:
-    """The scenario's DatasetDict (train = pool, corrupted for noise/corruption; test = full test)."""
+def build_pool(out: Path, scenario: str, pool_size: int, test_size: int) -> Path:
+    """The scenario's DatasetDict (train = pool, corrupted for noise/corruption; test = a stratified
+    ``test_size`` sample of the test split, the same for every scenario)."""
     path = out / scenario / "data"
     if (path / "dataset_dict.json").exists():
         return path
     splits = hp.data.load_fashion_mnist()
-    train = splits["train"]
+    train, test = splits["train"], splits["test"]
     if pool_size < len(train):
-        pool = hp.select.random(train, size=pool_size, label_column="label", seed=0)
-        train = pool.remove_columns("row_id").flatten_indices()
+        train = hp.select.random(train, size=pool_size, label_column="label", seed=0).remove_columns("row_id")
+        train = train.flatten_indices()
+    if test_size < len(test):
+        test = hp.select.random(test, size=test_size, label_column="label", seed=0).remove_columns("row_id")
+        test = test.flatten_indices()
     if scenario == "label_noise":
         train = hp.corrupt.symmetric_label_noise(train, rate=0.2, seed=0)
     elif scenario == "corruption":
         train = hp.corrupt.corrupt_images(train, rate=0.2, seed=0)
-    DatasetDict({"train": train, "test": splits["test"]}).save_to_disk(str(path))
+    DatasetDict({"train": train, "test": test}).save_to_disk(str(path))
     return path
 
 
@@ -144,7 +152,7 @@ def prepare_scored_pool(out: Path, scenario: str, seed: int, args) -> tuple[Data
     info_path = cache / "cost.json"
     if info_path.exists():
         return load_from_disk(str(cache)), json.loads(info_path.read_text())
-    data_dir = build_pool(out, scenario, args.pool_size)
+    data_dir = build_pool(out, scenario, args.pool_size, args.test_size)
     full_dir = out / scenario / "full"
     argv = recipe_args(data_dir, full_dir, seed, args) + ["--record_dynamics", "--save_total_limit", "1"]
     metrics = run_recipe(argv)
@@ -273,7 +281,7 @@ def run_scenario_seed(out: Path, scenario: str, fractions, seed: int, args, resu
 
 
 def run_tiny(out: Path, seeds, args, results: dict) -> None:
-    data_dir = build_pool(out, "clean", args.pool_size)
+    data_dir = build_pool(out, "clean", args.pool_size, args.test_size)
     cache = out / "tiny" / "features"
     if not (cache / "dataset_dict.json").exists():
         splits = load_from_disk(str(data_dir))
@@ -440,8 +448,9 @@ def report(out: Path, results: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output-dir", default="runs/reproduce_fmnist")
-    p.add_argument("--pool-size", type=int, default=4000, help="stratified training pool taken from the 60k train split")
-    p.add_argument("--epochs", type=int, default=10, help="epochs of every run (equal epochs)")
+    p.add_argument("--pool-size", type=int, default=2000, help="stratified training pool taken from the 60k train split")
+    p.add_argument("--test-size", type=int, default=2000, help="stratified sample of the 10k test split")
+    p.add_argument("--epochs", type=int, default=8, help="epochs of every run (equal epochs)")
     p.add_argument("--model", default="small_cnn", help="small_cnn | resnet18 | resnet34 | resnet50 | a transformers id")
     p.add_argument("--learning-rate", type=float, default=0.1)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -461,7 +470,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {"runs": {}, "cost": {}}
-    settings = {k: v for k, v in vars(args).items() if k in ("pool_size", "epochs", "model", "learning_rate")}
+    settings = {k: v for k, v in vars(args).items() if k in ("pool_size", "test_size", "epochs", "model", "learning_rate")}
     if results.get("settings", settings) != settings and not args.report_only:
         raise SystemExit(f"{results_path} was made with {results['settings']}; use another --output-dir")
     results["settings"] = settings
