@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import numpy as np
 from datasets import Dataset
 
 from ..ops.columns import _flatten_fixed, add_column, check_columns
+from ..ops.norms import check_norm_order, row_norms
 
 __all__ = ["feature_norm", "iter_matrix"]
 
@@ -47,14 +47,6 @@ def iter_matrix(dataset: Dataset, column: str, *, batch_size: int = 65536) -> It
         yield start, chunk
 
 
-def _check_p(p) -> float:
-    if isinstance(p, str) and p.lower() == "inf":
-        return math.inf
-    if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) or not (p >= 1):
-        raise ValueError(f"`p` must be a number >= 1 or 'inf' (the seed uses 1, 2 and inf), got {p!r}")
-    return float(p)
-
-
 def feature_norm(
     dataset: Dataset,
     *,
@@ -75,11 +67,11 @@ def feature_norm(
         >>> ds.features["feature_norm"]
         Value('float32')
     """
-    p = _check_p(p)
+    p = check_norm_order(p)
     check_columns(dataset, embedding_column)
     if output_column in dataset.column_names and not overwrite:
         raise ValueError(f"column {output_column!r} already exists; pass overwrite=True to replace it")
     norms = np.empty(len(dataset), dtype=np.float32)
     for start, chunk in iter_matrix(dataset, embedding_column, batch_size=batch_size):
-        norms[start : start + len(chunk)] = np.linalg.norm(chunk.astype(np.float64), ord=p, axis=1)
+        norms[start : start + len(chunk)] = row_norms(chunk, p)
     return add_column(dataset, output_column, norms, overwrite=overwrite)

@@ -8,20 +8,9 @@ import numpy as np
 from datasets import Dataset
 
 from ..ops.columns import add_column, check_columns, read_matrix
+from ..ops.norms import row_norms
 
 __all__ = ["grand"]
-
-# Rows per block when taking norms, so the float64 copy stays small for wide gradient columns.
-CHUNK = 1 << 14
-
-
-def _row_norms(matrix: np.ndarray) -> np.ndarray:
-    out = np.empty(len(matrix))
-    for start in range(0, len(matrix), CHUNK):
-        block = matrix[start : start + CHUNK].astype(np.float64)
-        out[start : start + CHUNK] = np.sqrt(np.einsum("ij,ij->i", block, block))
-    return out
-
 
 def grand(
     dataset: Dataset,
@@ -70,5 +59,5 @@ def grand(
         raise ValueError(f"column {output_column!r} already exists; pass overwrite=True to replace it")
     total = np.zeros(len(dataset))
     for column in columns:
-        total += _row_norms(read_matrix(dataset, column))
+        total += row_norms(read_matrix(dataset, column))
     return add_column(dataset, output_column, total / len(columns), overwrite=overwrite)

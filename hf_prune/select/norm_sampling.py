@@ -9,39 +9,18 @@ its feature vector, ``p_i = ‖F_i‖ / Σ_j ‖F_j‖``; the paper draws the su
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from datasets import Dataset
 
 from ..ops.columns import read_matrix
+from ..ops.norms import check_norm_order
+from ..ops.norms import row_norms as feature_norms  # public here: the ℓp norms the weights use
 from ..ops.sampling import weighted_sample_without_replacement
 from ._core import run_selection
 
 __all__ = ["norm_sampling", "feature_norms", "norm_weights"]
 
 _MODES = ("random", "deterministic")
-
-
-def _check_p(p: Any) -> float:
-    if isinstance(p, str):
-        if p.strip().lower() in ("inf", "infinity", "+inf"):
-            return float("inf")
-        raise ValueError(f"`p` must be a number ≥ 1 or 'inf', got {p!r}")
-    if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) or np.isnan(p) or p < 1:
-        raise ValueError(f"`p` must be a number ≥ 1 or 'inf', got {p!r}")
-    return float(p)
-
-
-def feature_norms(embeddings: np.ndarray, p: float | str = 2) -> np.ndarray:
-    """The ℓp norm of every row of ``embeddings`` (``p`` ≥ 1, or ``"inf"`` / ``float("inf")``), in float64.
-
-    Example:
-        >>> feature_norms(np.array([[3.0, -4.0], [1.0, 0.0]]), p=1)
-        array([7., 1.])
-    """
-    p = _check_p(p)
-    return np.linalg.norm(np.asarray(embeddings, dtype=np.float64), ord=p, axis=1)
 
 
 def norm_weights(norms: np.ndarray, *, inverse: bool = False) -> np.ndarray:
@@ -101,7 +80,7 @@ def norm_sampling(
         >>> sub = hp.select.norm_sampling(ds, size=100, embedding_column="emb", p=2, seed=0)
         >>> low = hp.select.norm_sampling(ds, fraction=0.1, inverse=True, label_column="label")
     """
-    p_value = _check_p(p)
+    p_value = check_norm_order(p)
     if mode not in _MODES:
         raise ValueError(f"`mode` must be one of {_MODES}, got {mode!r}")
     if not isinstance(inverse, (bool, np.bool_)):
