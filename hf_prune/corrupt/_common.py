@@ -36,11 +36,6 @@ def check_seed(seed: Any) -> int:
     return int(seed)
 
 
-def check_new_column(dataset: Dataset, name: str, overwrite: bool) -> None:
-    if name in dataset.column_names and not overwrite:
-        raise ValueError(f"column {name!r} already exists; pass overwrite=True to replace it")
-
-
 def replace_columns(
     dataset: Dataset,
     columns: dict[str, tuple[pa.Array, Any]],

@@ -22,11 +22,10 @@ import torch.nn.functional as F
 from datasets import Dataset
 
 from ..data.images import decode_images
-from ..ops.columns import _arrow_column, check_columns, read_labels
+from ..ops.columns import _arrow_column, check_columns, check_new_column, read_labels
 from ..ops.device import resolve_device
 from ..select._core import check_positive_int
 from ._common import (
-    check_new_column,
     check_seed,
     choose_rows,
     corrupted_count,

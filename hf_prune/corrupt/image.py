@@ -36,10 +36,9 @@ import torch.nn.functional as F
 from datasets import Dataset, Value
 
 from ..data.images import decode_images
-from ..ops.columns import _arrow_column, check_columns
+from ..ops.columns import _arrow_column, check_columns, check_new_column
 from ..select._core import check_positive_int
 from ._common import (
-    check_new_column,
     check_seed,
     choose_rows,
     corrupted_count,

@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 from datasets import ClassLabel, Dataset, Value
 
-from ..ops.columns import check_columns, read_labels
-from ._common import check_new_column, check_seed, choose_rows, corrupted_count, flag_array, replace_columns
+from ..ops.columns import check_columns, check_new_column, read_labels
+from ._common import check_seed, choose_rows, corrupted_count, flag_array, replace_columns
 
 __all__ = ["symmetric_label_noise"]
 

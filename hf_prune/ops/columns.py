@@ -19,6 +19,7 @@ __all__ = [
     "read_vector",
     "read_labels",
     "add_column",
+    "check_new_column",
     "embedding_feature",
     "score_feature",
 ]
@@ -133,6 +134,12 @@ def score_feature() -> Value:
     return Value("float32")
 
 
+def check_new_column(dataset: Dataset, name: str, overwrite: bool) -> None:
+    """`ValueError` if ``name`` exists and ``overwrite`` is false; scorers call it before their work."""
+    if name in dataset.column_names and not overwrite:
+        raise ValueError(f"column {name!r} already exists; pass overwrite=True to replace it")
+
+
 def add_column(
     dataset: Dataset,
     name: str,
@@ -151,8 +158,7 @@ def add_column(
     if len(values) != len(dataset):
         raise ValueError(f"column {name!r} has {len(values)} values for {len(dataset)} rows")
     if name in dataset.column_names:
-        if not overwrite:
-            raise ValueError(f"column {name!r} already exists; pass overwrite=True to replace it")
+        check_new_column(dataset, name, overwrite)
         dataset = dataset.remove_columns(name)
     if feature is None:
         feature = score_feature() if values.ndim == 1 else embedding_feature(values.shape[1])

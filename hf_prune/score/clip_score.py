@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from datasets import Dataset
 
-from ..ops.columns import add_column, check_columns
+from ..ops.columns import add_column, check_columns, check_new_column
 from .feature_norm import iter_matrix
 
 __all__ = ["clip_score"]
@@ -31,8 +31,7 @@ def clip_score(
         >>> ds = hp.score.clip_score(ds, image_embedding_column="image_emb", text_embedding_column="text_emb")
     """
     check_columns(dataset, image_embedding_column, text_embedding_column)
-    if output_column in dataset.column_names and not overwrite:
-        raise ValueError(f"column {output_column!r} already exists; pass overwrite=True to replace it")
+    check_new_column(dataset, output_column, overwrite)
     scores = np.empty(len(dataset), dtype=np.float32)
     image_chunks = iter_matrix(dataset, image_embedding_column, batch_size=batch_size)
     text_chunks = iter_matrix(dataset, text_embedding_column, batch_size=batch_size)

@@ -23,7 +23,7 @@ import numpy as np
 from datasets import Dataset
 
 from ..dynamics import read_dynamics
-from ..ops.columns import add_column, check_columns
+from ..ops.columns import add_column, check_columns, check_new_column
 
 __all__ = [
     "dual",
@@ -95,12 +95,6 @@ def _read(dataset: Dataset, column: str, fields: tuple[str, ...], epochs: Epochs
         raise ValueError("the dataset is empty")
     arrays = read_dynamics(dataset, column, fields)
     return {field: select_epochs(values, epochs) for field, values in arrays.items()}
-
-
-def _check_output(dataset: Dataset, output_column: str, overwrite: bool) -> None:
-    # Fail before the work, not after it.
-    if output_column in dataset.column_names and not overwrite:
-        raise ValueError(f"column {output_column!r} already exists; pass overwrite=True to replace it")
 
 
 def _check_window(window, epochs: int, *, minimum: int = 2) -> int:
@@ -225,7 +219,7 @@ def dual(
         >>> ds = hp.score.dual(ds, dynamics_column="dynamics", window=10, epochs=slice(0, 30))
         >>> sub = hp.select.dual_beta(ds, fraction=0.1, dynamics_column="dynamics", epochs=slice(0, 30))
     """
-    _check_output(dataset, output_column, overwrite)
+    check_new_column(dataset, output_column, overwrite)
     probs = _read(dataset, dynamics_column, ("true_prob",), epochs)["true_prob"]
     _check_probabilities(probs, dynamics_column)
     return add_column(dataset, output_column, dual_from_probs(probs, window), overwrite=overwrite)
@@ -250,7 +244,7 @@ def dyn_unc(
     Example:
         >>> ds = hp.score.dyn_unc(ds, dynamics_column="dynamics", window=10)
     """
-    _check_output(dataset, output_column, overwrite)
+    check_new_column(dataset, output_column, overwrite)
     probs = _read(dataset, dynamics_column, ("true_prob",), epochs)["true_prob"]
     _check_probabilities(probs, dynamics_column)
     return add_column(dataset, output_column, dyn_unc_from_probs(probs, window), overwrite=overwrite)
@@ -273,7 +267,7 @@ def el2n(
     Example:
         >>> ds = hp.score.el2n(ds, dynamics_column="dynamics", epochs=19)
     """
-    _check_output(dataset, output_column, overwrite)
+    check_new_column(dataset, output_column, overwrite)
     values = _read(dataset, dynamics_column, ("el2n",), epochs)["el2n"]
     return add_column(dataset, output_column, values.mean(axis=1, dtype=np.float64), overwrite=overwrite)
 
@@ -299,7 +293,7 @@ def forgetting(
     Example:
         >>> ds = hp.score.forgetting(ds, dynamics_column="dynamics")
     """
-    _check_output(dataset, output_column, overwrite)
+    check_new_column(dataset, output_column, overwrite)
     correct = _read(dataset, dynamics_column, ("correct",), epochs)["correct"] > 0.5
     events = (correct[:, :-1] & ~correct[:, 1:]).sum(axis=1).astype(np.float64)
     events[~correct.any(axis=1)] = correct.shape[1]
@@ -325,7 +319,7 @@ def aum(
     Example:
         >>> ds = hp.score.aum(ds, dynamics_column="dynamics")
     """
-    _check_output(dataset, output_column, overwrite)
+    check_new_column(dataset, output_column, overwrite)
     values = _read(dataset, dynamics_column, ("logit_margin",), epochs)["logit_margin"]
     return add_column(dataset, output_column, values.mean(axis=1, dtype=np.float64), overwrite=overwrite)
 
@@ -346,7 +340,7 @@ def entropy(
     Example:
         >>> ds = hp.score.entropy(ds, dynamics_column="dynamics", epochs=-1)
     """
-    _check_output(dataset, output_column, overwrite)
+    check_new_column(dataset, output_column, overwrite)
     values = _read(dataset, dynamics_column, ("entropy",), epochs)["entropy"]
     return add_column(dataset, output_column, values.mean(axis=1, dtype=np.float64), overwrite=overwrite)
 
@@ -368,7 +362,7 @@ def margin(
     Example:
         >>> ds = hp.score.margin(ds, dynamics_column="dynamics", epochs=-1)
     """
-    _check_output(dataset, output_column, overwrite)
+    check_new_column(dataset, output_column, overwrite)
     arrays = _read(dataset, dynamics_column, ("true_prob", "max_other_prob"), epochs)
     values = arrays["true_prob"] - arrays["max_other_prob"]
     return add_column(dataset, output_column, values.mean(axis=1, dtype=np.float64), overwrite=overwrite)
@@ -404,7 +398,7 @@ def tdds(
     Example:
         >>> ds = hp.score.tdds(ds, dynamics_column="dynamics", window=10, decay=0.9)
     """
-    _check_output(dataset, output_column, overwrite)
+    check_new_column(dataset, output_column, overwrite)
     kl = _read(dataset, dynamics_column, ("kl_to_previous",), None)["kl_to_previous"]
     index = epoch_index(kl.shape[1], epochs)
     # Each recorded KL is to the previous *recorded* epoch, so the epochs used must be consecutive.

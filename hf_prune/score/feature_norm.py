@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 from datasets import Dataset
 
-from ..ops.columns import _flatten_fixed, add_column, check_columns
+from ..ops.columns import _flatten_fixed, add_column, check_columns, check_new_column
 from ..ops.norms import check_norm_order, row_norms
 
 __all__ = ["feature_norm", "iter_matrix"]
@@ -69,8 +69,7 @@ def feature_norm(
     """
     p = check_norm_order(p)
     check_columns(dataset, embedding_column)
-    if output_column in dataset.column_names and not overwrite:
-        raise ValueError(f"column {output_column!r} already exists; pass overwrite=True to replace it")
+    check_new_column(dataset, output_column, overwrite)
     norms = np.empty(len(dataset), dtype=np.float32)
     for start, chunk in iter_matrix(dataset, embedding_column, batch_size=batch_size):
         norms[start : start + len(chunk)] = row_norms(chunk, p)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from datasets import Dataset
 
-from ..ops.columns import add_column, check_columns, read_matrix
+from ..ops.columns import add_column, check_columns, check_new_column, read_matrix
 from ..ops.norms import row_norms
 
 __all__ = ["grand"]
@@ -55,8 +55,7 @@ def grand(
     check_columns(dataset, *columns)
     if len(dataset) == 0:
         raise ValueError("the dataset is empty")
-    if output_column in dataset.column_names and not overwrite:
-        raise ValueError(f"column {output_column!r} already exists; pass overwrite=True to replace it")
+    check_new_column(dataset, output_column, overwrite)
     total = np.zeros(len(dataset))
     for column in columns:
         total += row_norms(read_matrix(dataset, column))

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from ..ops.columns import add_column, check_columns, read_labels, read_matrix
+from ..ops.columns import add_column, check_columns, check_new_column, read_labels, read_matrix
 from ..ops.device import resolve_device
 from .feature_norm import iter_matrix
 
@@ -146,8 +146,7 @@ def less(
     check_columns(dataset, *columns)
     if len(dataset) == 0:
         raise ValueError("the dataset is empty")
-    if output_column in dataset.column_names and not overwrite:
-        raise ValueError(f"column {output_column!r} already exists; pass overwrite=True to replace it")
+    check_new_column(dataset, output_column, overwrite)
     if reduce not in ("max", "mean"):
         raise ValueError(f"`reduce` must be 'max' or 'mean', got {reduce!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:

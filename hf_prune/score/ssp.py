@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from datasets import Dataset
 
-from ..ops.columns import add_column, check_columns, read_labels, read_matrix
+from ..ops.columns import add_column, check_columns, check_new_column, read_labels, read_matrix
 from ..ops.kmeans import kmeans
 
 __all__ = ["ssp"]
@@ -63,8 +63,7 @@ def ssp(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"`seed` must be a non-negative integer, got {seed!r}")
     check_columns(dataset, embedding_column, label_column)
-    if output_column in dataset.column_names and not overwrite:
-        raise ValueError(f"column {output_column!r} already exists; pass overwrite=True to replace it")
+    check_new_column(dataset, output_column, overwrite)
     if len(dataset) == 0:
         raise ValueError("the dataset is empty")
     x = read_matrix(dataset, embedding_column)
