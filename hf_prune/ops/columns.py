@@ -7,6 +7,7 @@ through Arrow without Python loops over rows; every error names the offending co
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +21,7 @@ __all__ = [
     "read_labels",
     "add_column",
     "check_new_column",
+    "column_list",
     "embedding_feature",
     "score_feature",
 ]
@@ -132,6 +134,14 @@ def embedding_feature(dim: int | None = None) -> SequenceFeature:
 
 def score_feature() -> Value:
     return Value("float32")
+
+
+def column_list(value: Any, parameter: str) -> list[str]:
+    """A column name or a non-empty sequence of names as a list; `ValueError` naming ``parameter``."""
+    columns = [value] if isinstance(value, str) else list(value)
+    if not columns or not all(isinstance(c, str) for c in columns):
+        raise ValueError(f"`{parameter}` must be a column name or a non-empty list of names, got {value!r}")
+    return columns
 
 
 def check_new_column(dataset: Dataset, name: str, overwrite: bool) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from datasets import Dataset
 
-from ..ops.columns import add_column, check_columns, check_new_column, read_matrix
+from ..ops.columns import add_column, check_columns, check_new_column, column_list, read_matrix
 from ..ops.norms import row_norms
 
 __all__ = ["grand"]
@@ -49,9 +49,7 @@ def grand(
     """
     if not isinstance(dataset, Dataset):
         raise TypeError(f"expected a datasets.Dataset, got {type(dataset).__name__}")
-    columns = [gradient_column] if isinstance(gradient_column, str) else list(gradient_column)
-    if not columns or not all(isinstance(c, str) for c in columns):
-        raise ValueError(f"`gradient_column` must be a column name or a non-empty list of names, got {gradient_column!r}")
+    columns = column_list(gradient_column, "gradient_column")
     check_columns(dataset, *columns)
     if len(dataset) == 0:
         raise ValueError("the dataset is empty")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from ..ops.columns import add_column, check_columns, check_new_column, read_labels, read_matrix
+from ..ops.columns import add_column, check_columns, check_new_column, column_list, read_labels, read_matrix
 from ..ops.device import resolve_device
 from .feature_norm import iter_matrix
 
@@ -140,9 +140,7 @@ def less(
     """
     if not isinstance(dataset, Dataset):
         raise TypeError(f"expected a datasets.Dataset, got {type(dataset).__name__}")
-    columns = [gradient_column] if isinstance(gradient_column, str) else list(gradient_column)
-    if not columns or not all(isinstance(c, str) for c in columns):
-        raise ValueError(f"`gradient_column` must be a column name or a non-empty list of them, got {gradient_column!r}")
+    columns = column_list(gradient_column, "gradient_column")
     check_columns(dataset, *columns)
     if len(dataset) == 0:
         raise ValueError("the dataset is empty")
