@@ -65,7 +65,7 @@ import torch
 import xxhash
 from datasets import Dataset, Features
 
-from ..ops.columns import check_columns, embedding_feature, score_feature
+from ..ops.columns import check_columns, check_new_columns, embedding_feature, score_feature
 from ..ops.device import autocast_dtype, resolve_device
 
 __all__ = ["Embedder", "weights_checksum"]
@@ -333,10 +333,8 @@ class Embedder:
         for key in ("function", "batched", "with_rank", "features", "input_columns"):
             if key in map_kwargs:
                 raise TypeError(f"`{key}` is set by {type(self).__name__}.map; call Dataset.map directly to change it")
-        existing = [c for c in self.output_columns if c in dataset.column_names]
+        existing = check_new_columns(dataset, self.output_columns, overwrite)
         if existing:
-            if not overwrite:
-                raise ValueError(f"column(s) {existing} already exist; pass overwrite=True to replace them")
             dataset = dataset.remove_columns(existing)
         return dataset.map(
             self,

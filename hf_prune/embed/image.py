@@ -226,10 +226,6 @@ class ImageEmbedder(Embedder):
                 "(pass a vision backbone and its image processor)"
             ) from err
 
-    @property
-    def model_name(self) -> str:
-        return getattr(getattr(self.model, "config", None), "_name_or_path", "") or type(self.model).__name__
-
     def _forward(self, images: list[Image.Image], device: torch.device) -> torch.Tensor:
         pixel_values = self.processor(images=images, return_tensors="pt")["pixel_values"].to(device)
         outputs = self.model(pixel_values=pixel_values)

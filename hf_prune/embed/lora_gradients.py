@@ -35,7 +35,7 @@ import xxhash
 from datasets import Dataset, Features, Value
 from datasets import Sequence as SequenceFeature
 
-from ..ops.columns import check_columns
+from ..ops.columns import check_columns, check_new_columns
 from ..ops.projection import RandomProjection
 from ._base import Embedder
 
@@ -310,7 +310,6 @@ class LoRAGradientEmbedder(Embedder):
         self.model = model
         self.parameter_names = lora_parameter_names(model)
         params = dict(model.named_parameters())
-        self.parameter_shapes = [tuple(params[n].shape) for n in self.parameter_names]
         self.num_parameters = int(sum(params[n].numel() for n in self.parameter_names))
         self.input_ids_column, self.labels_column = input_ids_column, labels_column
         self.output_column = output_column
@@ -324,7 +323,6 @@ class LoRAGradientEmbedder(Embedder):
         if dim is not None:
             self.projection = RandomProjection(self.num_parameters, dim, seed=seed, kind=projection, chunk_size=chunk_size)
         self.dim = self.num_parameters if dim is None else int(dim)
-        self.seed, self.projection_kind = int(seed), projection
         self._set_adam(optimizer_state, adam_betas, adam_eps, adam_step)
         super().__init__(input_columns=[input_ids_column, labels_column], device=device, dtype=dtype,
                          batch_size=batch_size)
@@ -565,9 +563,7 @@ def tokenize_prompt_response(
         >>> ds = hp.embed.LoRAGradientEmbedder(model).map(ds)
     """
     check_columns(dataset, prompt_column, response_column)
-    existing = [c for c in (input_ids_column, labels_column) if c in dataset.column_names]
-    if existing and not overwrite:
-        raise ValueError(f"column(s) {existing} already exist; pass overwrite=True to replace them")
+    existing = check_new_columns(dataset, (input_ids_column, labels_column), overwrite)
     if existing:
         dataset = dataset.remove_columns(existing)
     tokens = SequenceFeature(Value("int64"))

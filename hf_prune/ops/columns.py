@@ -21,6 +21,7 @@ __all__ = [
     "read_labels",
     "add_column",
     "check_new_column",
+    "check_new_columns",
     "column_list",
     "embedding_feature",
     "score_feature",
@@ -148,6 +149,14 @@ def check_new_column(dataset: Dataset, name: str, overwrite: bool) -> None:
     """`ValueError` if ``name`` exists and ``overwrite`` is false; scorers call it before their work."""
     if name in dataset.column_names and not overwrite:
         raise ValueError(f"column {name!r} already exists; pass overwrite=True to replace it")
+
+
+def check_new_columns(dataset: Dataset, names: Sequence[str], overwrite: bool) -> list[str]:
+    """The ``names`` that already exist; `ValueError` listing them unless ``overwrite``."""
+    existing = [c for c in names if c in dataset.column_names]
+    if existing and not overwrite:
+        raise ValueError(f"column(s) {existing} already exist; pass overwrite=True to replace them")
+    return existing
 
 
 def add_column(
