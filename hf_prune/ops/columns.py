@@ -6,7 +6,7 @@ through Arrow without Python loops over rows; every error names the offending co
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,7 @@ from datasets import Sequence as SequenceFeature
 __all__ = [
     "check_columns",
     "read_matrix",
+    "iter_matrix",
     "read_vector",
     "read_labels",
     "add_column",
@@ -73,21 +74,57 @@ def _flatten_fixed(arr: pa.Array, column: str) -> tuple[np.ndarray, int]:
     return values.to_numpy(zero_copy_only=False), width
 
 
+def _to_matrix(arr: pa.Array, column: str, dtype) -> np.ndarray:
+    values, width = _flatten_fixed(arr, column)
+    if width == 0 and len(arr):
+        raise ValueError(f"column {column!r} has empty rows")
+    return values.reshape(len(arr), width).astype(dtype, copy=False)
+
+
 def read_matrix(dataset: Dataset, column: str, *, dtype=np.float32, allow_nonfinite: bool = False) -> np.ndarray:
     """Read a fixed-length list column as an ``(N, d)`` array (zero-copy from Arrow when possible).
 
     Raises `KeyError` for a missing column and `ValueError` for ragged, non-numeric, null or
     non-finite rows, each naming the column.
     """
-    arr = _arrow_column(dataset, column)
-    values, width = _flatten_fixed(arr, column)
-    if width == 0 and len(arr):
-        raise ValueError(f"column {column!r} has empty rows")
-    matrix = values.reshape(len(arr), width).astype(dtype, copy=False)
+    matrix = _to_matrix(_arrow_column(dataset, column), column, dtype)
     if not allow_nonfinite and not np.isfinite(matrix).all():
         bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
         raise ValueError(f"column {column!r} has NaN/inf values in {len(bad)} rows (first: row {bad[0]})")
     return matrix
+
+
+def iter_matrix(dataset: Dataset, column: str, *, batch_size: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
+    """Stream a fixed-length list column as ``(start_row, (rows, d) float32 array)`` chunks.
+
+    Only that column is read (never images or other columns), ``batch_size`` rows at a time.
+    The column, the dataset and ``batch_size`` are checked at the call; chunks then raise
+    `ValueError` naming the column for ragged, non-numeric, null or NaN/inf rows (with the row index).
+
+    Example:
+        >>> for start, chunk in iter_matrix(ds, "emb", batch_size=1024):
+        ...     print(start, chunk.shape)
+    """
+    check_columns(dataset, column)
+    if len(dataset) == 0:
+        raise ValueError(f"the dataset is empty: no rows in column {column!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}")
+    return _matrix_chunks(dataset.select_columns([column]).with_format("arrow"), column, int(batch_size))
+
+
+def _matrix_chunks(view: Dataset, column: str, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+    width = None
+    for start in range(0, len(view), batch_size):
+        chunk = _to_matrix(view[start : start + batch_size].column(column).combine_chunks(), column, np.float32)
+        if width is None:
+            width = chunk.shape[1]
+        if chunk.shape[1] != width:
+            raise ValueError(f"column {column!r} is ragged: rows have lengths {width} and {chunk.shape[1]}")
+        finite = np.isfinite(chunk).all(axis=1)
+        if not finite.all():
+            raise ValueError(f"column {column!r} has NaN/inf values (first: row {start + int(np.argmin(finite))})")
+        yield start, chunk
 
 
 def read_vector(dataset: Dataset, column: str, *, dtype=np.float32, allow_nonfinite: bool = False) -> np.ndarray:

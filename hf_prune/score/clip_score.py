@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 from datasets import Dataset
 
-from ..ops.columns import add_column, check_columns, check_new_column
-from .feature_norm import iter_matrix
+from ..ops.columns import add_column, check_columns, check_new_column, iter_matrix
 
 __all__ = ["clip_score"]
 

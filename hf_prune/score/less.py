@@ -26,9 +26,16 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from ..ops.columns import add_column, check_columns, check_new_column, column_list, read_labels, read_matrix
+from ..ops.columns import (
+    add_column,
+    check_columns,
+    check_new_column,
+    column_list,
+    iter_matrix,
+    read_labels,
+    read_matrix,
+)
 from ..ops.device import resolve_device
-from .feature_norm import iter_matrix
 
 __all__ = ["less"]
 
@@ -164,7 +171,7 @@ def less(
     if validation_column is None:
         val_columns = columns
     else:
-        val_columns = [validation_column] if isinstance(validation_column, str) else list(validation_column)
+        val_columns = column_list(validation_column, "validation_column")
         if len(val_columns) != checkpoints:
             raise ValueError(f"`validation_column` must name {checkpoints} column(s), got {validation_column!r}")
 

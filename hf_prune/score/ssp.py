@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 from datasets import Dataset
 
-from ..ops.columns import add_column, check_columns, check_new_column, read_labels, read_matrix
+from ..ops.columns import add_column, check_columns, check_new_column, read_matrix
 from ..ops.kmeans import kmeans
+from ..select._core import check_positive_int, class_groups
 
 __all__ = ["ssp"]
 
@@ -56,12 +57,9 @@ def ssp(
     """
     if metric not in ("euclidean", "cosine"):
         raise ValueError(f"`metric` must be 'euclidean' or 'cosine', got {metric!r}")
-    if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)) or n_clusters < 1:
-        raise ValueError(f"`n_clusters` must be a positive integer, got {n_clusters!r}")
-    if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 1:
-        raise ValueError(f"`iterations` must be a positive integer, got {iterations!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"`seed` must be a non-negative integer, got {seed!r}")
+    n_clusters = check_positive_int("n_clusters", n_clusters)
+    iterations = check_positive_int("iterations", iterations)
+    seed = check_positive_int("seed", seed, minimum=0)
     check_columns(dataset, embedding_column, label_column)
     check_new_column(dataset, output_column, overwrite)
     if len(dataset) == 0:
@@ -72,20 +70,13 @@ def ssp(
         if (norms == 0).any():
             raise ValueError(f"column {embedding_column!r} has a zero vector (row {int(np.argmin(norms))}); cosine is undefined")
         x = (x / norms).astype(np.float32)
-    if label_column is None:
-        groups = [(None, np.arange(len(x)))]
-    else:
-        labels = read_labels(dataset, label_column)
-        order = np.argsort(labels, kind="stable")
-        classes, starts = np.unique(labels[order], return_index=True)
-        groups = list(zip(classes.tolist(), np.split(order, starts[1:])))
     scores = np.empty(len(x), dtype=np.float32)
-    for index, (code, rows) in enumerate(groups):
+    for index, (code, rows) in enumerate(zip(*class_groups(dataset, label_column))):
         where = "the dataset" if code is None else f"class {code} of {label_column!r}"
         if n_clusters >= len(rows):
             raise ValueError(f"`n_clusters`={n_clusters} must be smaller than the number of rows in {where} ({len(rows)})")
         group_seed = seed if code is None else int(np.random.default_rng([seed, index]).integers(2**31 - 1))
-        centroids, assign, _ = kmeans(x[rows], int(n_clusters), iterations=int(iterations), seed=group_seed,
+        centroids, assign, _ = kmeans(x[rows], n_clusters, iterations=iterations, seed=group_seed,
                                       spherical=metric == "cosine", backend=backend)
         scores[rows] = _distance_to_assigned(x, rows, centroids.astype(np.float64), assign, metric)
     return add_column(dataset, output_column, scores, overwrite=overwrite)
