@@ -56,7 +56,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -176,6 +176,16 @@ class Embedder:
 
     def _spec(self) -> dict[str, Any]:
         return {}
+
+    def _probe(self, forward: Callable[[torch.device], Any], cannot: str, hint: str = "") -> Any:
+        """Run ``forward`` once on the model's device at construction, to check the model and find
+        its output widths; any failure becomes a `ValueError` saying what the model ``cannot`` do."""
+        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        try:
+            with torch.inference_mode():
+                return forward(device)
+        except Exception as err:
+            raise ValueError(f"{type(self.model).__name__} cannot {cannot}: {err}{hint}") from err
 
     # ----------------------------------------------------------------- outputs
     @property

@@ -113,12 +113,8 @@ class CLIPEmbedder(Embedder):
         config = getattr(getattr(self.model, "config", None), "vision_config", None)
         size = getattr(config, "image_size", 224)
         size = size if isinstance(size, int) else int(tuple(size)[0])
-        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
-        try:
-            with torch.inference_mode():
-                image, text = self._forward([Image.new("RGB", (size, size), (128, 128, 128))], ["a"], device)
-        except Exception as err:
-            raise ValueError(f"{type(self.model).__name__} cannot embed an image–text pair: {err}") from err
+        blank = Image.new("RGB", (size, size), (128, 128, 128))
+        image, text = self._probe(lambda device: self._forward([blank], ["a"], device), "embed an image–text pair")
         return int(image.shape[1]), int(text.shape[1])
 
     def _forward(self, images, texts, device):

@@ -216,15 +216,9 @@ class ImageEmbedder(Embedder):
         size = getattr(getattr(self.model, "config", None), "image_size", 224)
         size = size if isinstance(size, int) else int(tuple(size)[0])
         blank = Image.new(self.mode, (size, size), color=128 if self.mode == "L" else (128, 128, 128))
-        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
-        try:
-            with torch.inference_mode():
-                return int(self._forward([blank], device).shape[1])
-        except Exception as err:
-            raise ValueError(
-                f"{type(self.model).__name__} cannot embed an image given as `pixel_values`: {err} "
-                "(pass a vision backbone and its image processor)"
-            ) from err
+        return int(self._probe(lambda device: self._forward([blank], device),
+                               "embed an image given as `pixel_values`",
+                               " (pass a vision backbone and its image processor)").shape[1])
 
     def _forward(self, images: list[Image.Image], device: torch.device) -> torch.Tensor:
         pixel_values = self.processor(images=images, return_tensors="pt")["pixel_values"].to(device)

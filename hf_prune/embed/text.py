@@ -91,12 +91,8 @@ class TextEmbedder(Embedder):
             max_length = min(limits) if limits else None
         self.max_length = max_length
         super().__init__(input_columns=[text_column], device=device, dtype=dtype, batch_size=batch_size)
-        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
-        try:
-            with torch.inference_mode():
-                self.dim = int(self._forward(["a"], device).shape[1])
-        except Exception as err:
-            raise ValueError(f"{type(self.model).__name__} cannot embed text with this tokenizer: {err}") from err
+        self.dim = int(self._probe(lambda device: self._forward(["a"], device),
+                                   "embed text with this tokenizer").shape[1])
 
     def _forward(self, texts: list[str], device: torch.device) -> torch.Tensor:
         tokens = self.tokenizer(texts, padding=True, truncation=self.max_length is not None,
