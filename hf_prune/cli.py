@@ -16,11 +16,12 @@ __all__ = ["main", "make_parser"]
 
 
 def _load(path_or_id: str, split: str | None):
-    import os
-
     from datasets import load_dataset, load_from_disk
 
-    if os.path.exists(path_or_id):
+    from .data.hub import is_saved_dataset
+
+    # A single saved Dataset is fine here (unlike `load_image_dataset`, which needs train/test splits).
+    if is_saved_dataset(path_or_id):
         data = load_from_disk(path_or_id)
     else:
         data = load_dataset(path_or_id, split=split)

@@ -26,3 +26,17 @@ def test_select_reports_bad_input(tmp_path, capsys):
     make_dataset(np.eye(4)).save_to_disk(tmp_path / "in")
     assert main(["select", str(tmp_path / "in"), "--selector", "random:size=9"]) == 2
     assert "size" in capsys.readouterr().err
+
+
+def test_select_reads_a_directory_of_data_files(tmp_path, monkeypatch):
+    # Regression: any existing path went to load_from_disk, so a folder of data files failed to load.
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    (tmp_path / "files").mkdir()
+    make_dataset(label=[0, 1] * 4).to_parquet(tmp_path / "files" / "train.parquet")
+    assert main([
+        "select", str(tmp_path / "files"), "--split", "train", "--selector", "random:size=4,label_column=label,seed=1",
+        "--output", str(tmp_path / "out"),
+    ]) == 0
+    assert sorted(load_from_disk(tmp_path / "out")["label"]) == [0, 0, 1, 1]

@@ -1,8 +1,10 @@
-"""What every corruption shares: the exact number of rows, the row choice, and column replacement."""
+"""What every corruption shares: argument checks, the exact number of rows, the row choice, chunked
+image decoding and column replacement."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -11,10 +13,11 @@ from datasets import Dataset, Features, Value
 from datasets.fingerprint import Hasher
 from datasets.table import InMemoryTable
 
-from ..ops.columns import check_columns
+from ..data.images import decode_images, images_to_arrow
+from ..ops.columns import check_columns, check_new_column
 from ..select._core import check_probability
 
-__all__ = ["corrupted_count", "choose_rows", "replace_columns"]
+__all__ = ["corrupted_count", "choose_rows", "check_corruption_args", "replace_columns", "replace_image_rows"]
 
 
 def corrupted_count(n: int, rate: float) -> int:
@@ -36,6 +39,32 @@ def check_seed(seed: Any) -> int:
     return int(seed)
 
 
+def check_corruption_args(
+    dataset: Dataset,
+    *,
+    rate: float,
+    seed: Any,
+    sources: dict[str, str],
+    outputs: dict[str, str | None],
+    overwrite: bool,
+) -> int:
+    """The checks every corruption opens with; returns ``seed`` as an int.
+
+    ``sources`` and ``outputs`` map argument names to column names: the sources must exist; each
+    output (``None``: not written) must be new unless ``overwrite``, and no output may be a source,
+    else the write would clobber the column being corrupted.
+    """
+    check_columns(dataset, *sources.values())
+    seed = check_seed(seed)
+    corrupted_count(len(dataset), rate)  # validates rate
+    for name in outputs.values():
+        if name is not None:
+            check_new_column(dataset, name, overwrite)
+    if set(outputs.values()) & set(sources.values()):
+        raise ValueError(f"`{'`/`'.join(outputs)}` must differ from `{'`/`'.join(sources)}`")
+    return seed
+
+
 def replace_columns(
     dataset: Dataset,
     columns: dict[str, tuple[pa.Array, Any]],
@@ -49,19 +78,25 @@ def replace_columns(
     derived from the input's fingerprint, ``method`` and ``params``, so it is deterministic.
     """
     check_columns(dataset)
-    base = dataset.flatten_indices() if dataset._indices is not None else dataset
-    table = base.data.table
+    kept = [name for name in dataset.column_names if name not in columns]
+    names = dataset.column_names + [name for name in columns if name not in dataset.column_names]
+    table = dataset.data.table
+    if dataset._indices is not None and kept:
+        # Gather only the kept columns: the caller already gathered the replaced ones (images can be large).
+        table = dataset.select_columns(kept).flatten_indices().data.table
     features = dict(dataset.features)
-    for name, (values, feature) in columns.items():
-        features[name] = feature
-        field_type = Features({name: feature}).arrow_schema.field(name).type
-        values = values.cast(field_type) if values.type != field_type else values
-        if name in table.column_names:
-            table = table.set_column(table.column_names.index(name), pa.field(name, field_type), values)
+    arrays = []
+    for name in names:
+        if name in columns:
+            values, feature = columns[name]
+            features[name] = feature
+            field_type = Features({name: feature}).arrow_schema.field(name).type
+            arrays.append(values.cast(field_type) if values.type != field_type else values)
         else:
-            table = table.append_column(pa.field(name, field_type), values)
+            arrays.append(table.column(name))
+    table = pa.Table.from_arrays(arrays, names=names)
     info = copy.deepcopy(dataset.info)
-    info.features = Features({name: features[name] for name in table.column_names})
+    info.features = Features({name: features[name] for name in names})
     fingerprint = Hasher.hash([dataset._fingerprint, method, params])
     result = Dataset(InMemoryTable(table.cast(info.features.arrow_schema)), info=info, fingerprint=fingerprint)
     fmt = dataset.format
@@ -76,20 +111,46 @@ def flag_array(n: int, rows: np.ndarray) -> tuple[pa.Array, Value]:
     return pa.array(flags), Value("bool")
 
 
-def image_column_with(
-    dataset: Dataset, column: str, rows: np.ndarray, images: np.ndarray, current: pa.Array | None = None
-) -> pa.Array:
-    """The image column (in row order) with ``rows`` replaced by ``images`` (``(M, H, W, C)`` uint8).
+def image_chunks(
+    column: pa.Array, feature: Any, image_column: str, rows: np.ndarray, batch_size: int, stream: tuple[int, ...]
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.random.Generator]]:
+    """``(chunk, decoded uint8 images, rng)`` for each ``batch_size`` rows of ``rows``, in order.
+
+    Each chunk's rng is seeded ``[*stream, chunk index]``, so the batch size is part of the random stream.
+    """
+    for chunk_index, start in enumerate(range(0, len(rows), batch_size)):
+        chunk = rows[start : start + batch_size]
+        images = decode_images(column, feature, image_column, indices=chunk)
+        yield chunk, images, np.random.default_rng([*stream, chunk_index])
+
+
+def image_column_with(current: pa.Array, feature: Any, rows: np.ndarray, images: np.ndarray) -> pa.Array:
+    """The image column ``current`` (in row order) with ``rows`` replaced by ``images`` (``(M, H, W, C)`` uint8).
 
     Untouched rows keep their stored bytes; only the replaced rows are (re-)encoded.
     """
-    from ..data.images import images_to_arrow
-    from ..ops.columns import _arrow_column
-
-    current = _arrow_column(dataset, column) if current is None else current
     if len(rows) == 0:
         return current
-    new = images_to_arrow(images, current.type, dataset.features[column])
+    new = images_to_arrow(images, current.type, feature)
     order = np.arange(len(current), dtype=np.int64)
     order[np.asarray(rows, dtype=np.int64)] = len(current) + np.arange(len(rows))
     return pa.concat_arrays([current, new]).take(pa.array(order))
+
+
+def replace_image_rows(
+    dataset: Dataset,
+    image_column: str,
+    current: pa.Array,
+    rows: np.ndarray,
+    images: list[np.ndarray],
+    columns: dict[str, tuple[pa.Array, Any]],
+    *,
+    method: str,
+    params: dict[str, Any],
+) -> Dataset:
+    """`replace_columns` with ``columns`` plus, when ``rows`` is not empty, the image column ``current``
+    with ``rows`` replaced by the concatenated ``images`` chunks."""
+    if len(rows):
+        feature = dataset.features[image_column]
+        columns = {**columns, image_column: (image_column_with(current, feature, rows, np.concatenate(images)), feature)}
+    return replace_columns(dataset, columns, method=method, params=params)

@@ -21,18 +21,10 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 
-from ..data.images import decode_images
-from ..ops.columns import _arrow_column, check_columns, check_new_column, read_labels
+from ..ops.columns import _arrow_column, read_labels
 from ..ops.device import resolve_device
 from ..select._core import check_positive_int
-from ._common import (
-    check_seed,
-    choose_rows,
-    corrupted_count,
-    flag_array,
-    image_column_with,
-    replace_columns,
-)
+from ._common import check_corruption_args, choose_rows, flag_array, image_chunks, replace_image_rows
 
 __all__ = ["fgsm", "pgd", "adversarial_attack"]
 
@@ -98,7 +90,10 @@ def adversarial_attack(
     Example:
         >>> attacked = adversarial_attack(ds, model=net, rate=0.2, method="pgd", epsilon=8 / 255, seed=0)
     """
-    check_columns(dataset, image_column, label_column)
+    seed = check_corruption_args(
+        dataset, rate=rate, seed=seed, sources={"image_column": image_column, "label_column": label_column},
+        outputs={"flag_column": flag_column}, overwrite=overwrite,
+    )
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
     if method not in ("fgsm", "pgd"):
@@ -108,9 +103,6 @@ def adversarial_attack(
             raise ValueError(f"`{name}` must be a number in (0, 1], got {value!r}")
     steps = check_positive_int("steps", steps)
     batch_size = check_positive_int("batch_size", batch_size)
-    seed = check_seed(seed)
-    corrupted_count(len(dataset), rate)
-    check_new_column(dataset, flag_column, overwrite)
 
     device = resolve_device(device)
     params = list(model.parameters())
@@ -126,10 +118,8 @@ def adversarial_attack(
     net.eval()
     outputs = []
     try:
-        for chunk_index, start in enumerate(range(0, len(rows), batch_size)):
-            chunk = rows[start : start + batch_size]
-            rng = np.random.default_rng([seed, 1, chunk_index])
-            pixels = torch.from_numpy(decode_images(column, feature, image_column, indices=chunk)).to(device)
+        for chunk, images, rng in image_chunks(column, feature, image_column, rows, batch_size, (seed, 1)):
+            pixels = torch.from_numpy(images).to(device)
             x = pixels.permute(0, 3, 1, 2).float() / 255.0
             labels = torch.from_numpy(labels_all[chunk]).to(device)
             with torch.enable_grad():
@@ -144,16 +134,13 @@ def adversarial_attack(
     finally:
         net.train(was_training)
     columns = {flag_column: flag_array(len(dataset), rows)}
-    if len(rows):
-        columns[image_column] = (
-            image_column_with(dataset, image_column, rows, np.concatenate(outputs), column),
-            dataset.features[image_column],
-        )
     params = {
         "rate": rate, "method": method, "epsilon": float(epsilon), "step_size": float(step_size), "steps": steps,
         "random_start": random_start, "seed": seed, "batch_size": batch_size,
     }
-    return replace_columns(dataset, columns, method=f"adversarial_{method}", params=params)
+    return replace_image_rows(
+        dataset, image_column, column, rows, outputs, columns, method=f"adversarial_{method}", params=params
+    )
 
 
 def fgsm(dataset: Dataset, *, model: torch.nn.Module, rate: float, epsilon: float = 8 / 255, **kwargs) -> Dataset:

@@ -35,16 +35,15 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset, Value
 
-from ..data.images import decode_images
-from ..ops.columns import _arrow_column, check_columns, check_new_column
+from ..ops.columns import _arrow_column
 from ..select._core import check_positive_int
 from ._common import (
+    check_corruption_args,
     check_seed,
     choose_rows,
-    corrupted_count,
     flag_array,
-    image_column_with,
-    replace_columns,
+    image_chunks,
+    replace_image_rows,
 )
 
 __all__ = ["CORRUPTIONS", "apply_corruption", "corrupt_images", "plasma_fractal"]
@@ -236,45 +235,32 @@ def corrupt_images(
         >>> corrupted.filter(lambda r: r["is_corrupted"])["corruption"][:3]
         ['fog', 'gaussian_noise', 'motion_blur']
     """
-    check_columns(dataset, image_column)
-    seed = check_seed(seed)
+    seed = check_corruption_args(
+        dataset, rate=rate, seed=seed, sources={"image_column": image_column},
+        outputs={"flag_column": flag_column, "type_column": type_column}, overwrite=overwrite,
+    )
     severity = _check_severity(severity)
     batch_size = check_positive_int("batch_size", batch_size)
-    corrupted_count(len(dataset), rate)
     corruptions = list(corruptions)
     if not corruptions:
         raise ValueError("`corruptions` is empty")
     unknown = [c for c in corruptions if c not in CORRUPTIONS]
     if unknown or len(set(corruptions)) != len(corruptions):
         raise ValueError(f"`corruptions` must be distinct names from {sorted(CORRUPTIONS)}, got {corruptions}")
-    for name in (flag_column, type_column):
-        if name is not None:
-            check_new_column(dataset, name, overwrite)
-    if image_column in (flag_column, type_column):
-        raise ValueError("`flag_column`/`type_column` must differ from `image_column`")
 
     rows = choose_rows(len(dataset), rate, np.random.default_rng([seed, 0]))
-    parts = np.array_split(rows, len(corruptions))
+    parts = [np.sort(part) for part in np.array_split(rows, len(corruptions))]
     column = _arrow_column(dataset, image_column)  # read once; chunks take from it
     feature = dataset.features[image_column]
-    all_rows, all_images, kinds = [], [], np.full(len(dataset), None, dtype=object)
+    corrupted, kinds = [], np.full(len(dataset), None, dtype=object)
     for k, (name, part) in enumerate(zip(corruptions, parts)):
-        part = np.sort(part)
         kinds[part] = name
-        for chunk_index, start in enumerate(range(0, len(part), batch_size)):
-            chunk = part[start : start + batch_size]
-            rng = np.random.default_rng([seed, 1 + k, chunk_index])
-            images = decode_images(column, feature, image_column, indices=chunk)
-            all_rows.append(chunk)
-            all_images.append(apply_corruption(images, name, severity=severity, rng=rng, device=device))
+        for _, images, rng in image_chunks(column, feature, image_column, part, batch_size, (seed, 1 + k)):
+            corrupted.append(apply_corruption(images, name, severity=severity, rng=rng, device=device))
     columns = {flag_column: flag_array(len(dataset), rows)}
-    if all_rows:
-        new_rows, new_images = np.concatenate(all_rows), np.concatenate(all_images)
-        columns[image_column] = (
-            image_column_with(dataset, image_column, new_rows, new_images, column),
-            dataset.features[image_column],
-        )
     if type_column is not None:
         columns[type_column] = (pa.array(kinds.tolist(), type=pa.string()), Value("string"))
     params = {"rate": rate, "corruptions": corruptions, "severity": severity, "seed": seed, "batch_size": batch_size}
-    return replace_columns(dataset, columns, method="corrupt_images", params=params)
+    return replace_image_rows(
+        dataset, image_column, column, np.concatenate(parts), corrupted, columns, method="corrupt_images", params=params
+    )

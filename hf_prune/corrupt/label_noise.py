@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 from datasets import ClassLabel, Dataset, Value
 
-from ..ops.columns import check_columns, check_new_column, read_labels
-from ._common import check_seed, choose_rows, corrupted_count, flag_array, replace_columns
+from ..ops.columns import read_labels
+from ._common import check_corruption_args, choose_rows, flag_array, replace_columns
 
 __all__ = ["symmetric_label_noise"]
 
@@ -40,14 +40,10 @@ def symmetric_label_noise(
         >>> sum(noisy["is_noisy_label"]) == round(0.2 * len(ds))
         True
     """
-    check_columns(dataset, label_column)
-    seed = check_seed(seed)
-    corrupted_count(len(dataset), rate)  # validates rate
-    for name in (flag_column, original_column):
-        if name is not None:
-            check_new_column(dataset, name, overwrite)
-    if original_column == label_column or flag_column == label_column:
-        raise ValueError("`flag_column`/`original_column` must differ from `label_column`")
+    seed = check_corruption_args(
+        dataset, rate=rate, seed=seed, sources={"label_column": label_column},
+        outputs={"flag_column": flag_column, "original_column": original_column}, overwrite=overwrite,
+    )
     feature = dataset.features[label_column]
     labels = read_labels(dataset, label_column)
     if isinstance(feature, ClassLabel):

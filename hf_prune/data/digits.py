@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+from datasets import DatasetDict
 
 from ..select._core import check_probability
-from .images import encode_png
+from .images import png_label_dataset
 
 __all__ = ["load_digits"]
 
@@ -39,10 +39,8 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> DatasetDict:
     for c in np.unique(labels):  # ten classes, not rows
         rows = np.flatnonzero(labels == c)
         is_test[rng.choice(rows, size=int(round(test_fraction * len(rows))), replace=False)] = True
-    features = Features({"image": Image(), "label": ClassLabel(names=[str(d) for d in range(10)])})
-
-    def split(mask):
-        encoded = [{"bytes": b, "path": None} for b in encode_png(images[mask][..., None])]
-        return Dataset.from_dict({"image": encoded, "label": labels[mask]}, features=features)
-
-    return DatasetDict({"train": split(~is_test), "test": split(is_test)})
+    names = [str(d) for d in range(10)]
+    return DatasetDict({
+        "train": png_label_dataset(images[~is_test][..., None], labels[~is_test], names),
+        "test": png_label_dataset(images[is_test][..., None], labels[is_test], names),
+    })

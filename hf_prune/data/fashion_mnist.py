@@ -11,9 +11,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_from_disk
+from datasets import Dataset, DatasetDict, load_from_disk
 
-from .images import encode_png
+from .images import png_label_dataset
 
 __all__ = ["DEFAULT_FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "FASHION_MNIST_HUB_ID", "read_idx", "load_fashion_mnist"]
 
@@ -65,11 +65,7 @@ def _find(directory: Path, stem: str) -> Path | None:
 
 
 def _local_split(images: np.ndarray, labels: np.ndarray) -> Dataset:
-    features = Features({"image": Image(), "label": ClassLabel(names=FASHION_MNIST_CLASSES)})
-    return Dataset.from_dict(
-        {"image": [{"bytes": b, "path": None} for b in encode_png(images[..., None])], "label": labels.astype(np.int64)},
-        features=features,
-    )
+    return png_label_dataset(images[..., None], labels, FASHION_MNIST_CLASSES)
 
 
 def _default_cache_dir() -> Path:

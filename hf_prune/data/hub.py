@@ -7,13 +7,22 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
-__all__ = ["load_image_dataset", "load_cifar10", "load_cifar100"]
+__all__ = ["is_saved_dataset", "load_image_dataset", "load_cifar10", "load_cifar100"]
+
+
+def is_saved_dataset(name_or_path: str | os.PathLike) -> bool:
+    """Whether ``name_or_path`` is a `save_to_disk` directory (for `load_from_disk`, not `load_dataset`).
+
+    Checking for its ``dataset_dict.json``/``state.json`` lets other local paths (data files, a
+    dataset script directory) still go to `load_dataset`.
+    """
+    path = Path(name_or_path)
+    return path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file())
 
 
 def _load(name_or_path: str, **load_kwargs) -> DatasetDict:
-    path = Path(name_or_path)
-    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-        loaded = load_from_disk(str(path))
+    if is_saved_dataset(name_or_path):
+        loaded = load_from_disk(name_or_path)
         if isinstance(loaded, Dataset):
             raise ValueError(f"{name_or_path!r} holds a single Dataset; a DatasetDict with train and test splits is needed")
         return loaded

@@ -12,11 +12,11 @@ import io
 
 import numpy as np
 import pyarrow as pa
-from datasets import Dataset, Image
+from datasets import ClassLabel, Dataset, Features, Image
 
 from ..ops.columns import _arrow_column, check_columns
 
-__all__ = ["read_images", "decode_images", "images_to_arrow", "encode_png"]
+__all__ = ["read_images", "decode_images", "images_to_arrow", "encode_png", "png_label_dataset"]
 
 
 def _decode(entry: dict) -> np.ndarray:
@@ -118,6 +118,14 @@ def encode_png(images: np.ndarray) -> list[bytes]:
         PILImage.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG", compress_level=1)
         out.append(buffer.getvalue())
     return out
+
+
+def png_label_dataset(images: np.ndarray, labels: np.ndarray, class_names: list[str]) -> Dataset:
+    """A Dataset of ``image`` (``(N, H, W, C)`` ``uint8`` images as PNG `datasets.Image`) and ``label``
+    (int64 ids as a `ClassLabel` named ``class_names``), as the offline loaders build it."""
+    features = Features({"image": Image(), "label": ClassLabel(names=class_names)})
+    encoded = [{"bytes": b, "path": None} for b in encode_png(images)]
+    return Dataset.from_dict({"image": encoded, "label": labels.astype(np.int64)}, features=features)
 
 
 def _nest(values: np.ndarray, storage: pa.DataType, dims: list[int]) -> pa.Array:

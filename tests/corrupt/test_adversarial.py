@@ -124,3 +124,11 @@ def test_errors(digits_and_model):
         fgsm(ds, model=lambda x: x, rate=0.1)
     with pytest.raises(KeyError, match="target"):
         fgsm(ds, model=model, rate=0.1, label_column="target")
+
+
+def test_flag_column_must_differ_from_the_source_columns(digits_and_model):
+    # Regression: flag_column="image" with overwrite=True used to overwrite the images with the flags.
+    ds, model = digits_and_model
+    for column in ("image", "label"):
+        with pytest.raises(ValueError, match=f"`flag_column` must differ from .*`{column}_column`"):
+            fgsm(ds, model=model, rate=0.1, flag_column=column, overwrite=True, device="cpu")
