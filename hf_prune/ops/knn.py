@@ -7,18 +7,43 @@ L2-normalised copies); distances are squared Euclidean (``metric="l2"``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
 from .device import resolve_device
 from .faiss_import import faiss_available, import_faiss
 
-__all__ = ["knn", "normalize_rows"]
+__all__ = ["knn", "normalize_rows", "neighbour_pairs"]
+
+# Neighbour rows gathered at once by `neighbour_pairs`: an (rows, k, d) float64 block of ~16M numbers.
+_CHUNK_ELEMENTS = 1 << 24
 
 
 def normalize_rows(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.maximum(norms, eps)).astype(np.float32, copy=False)
+
+
+def neighbour_pairs(
+    x: np.ndarray, neighbours: np.ndarray, reduce: Callable[[np.ndarray, np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """``(N, k)`` float64 values of ``reduce(rows, rows' neighbours)`` over the k-NN table ``neighbours``.
+
+    ``reduce`` gets a float64 ``(b, d)`` block of rows and their ``(b, k, d)`` neighbours and returns
+    ``(b, k)``; rows are processed in chunks so memory stays bounded whatever ``N`` is.
+
+    Example:
+        >>> sims = neighbour_pairs(x, idx, lambda rows, nb: np.einsum("id,ikd->ik", rows, nb))
+    """
+    n, k = neighbours.shape
+    out = np.empty((n, k), dtype=np.float64)
+    step = max(1, _CHUNK_ELEMENTS // max(1, k * x.shape[1]))
+    for start in range(0, n, step):
+        block = slice(start, start + step)
+        out[block] = reduce(x[block].astype(np.float64), x[neighbours[block]].astype(np.float64))
+    return out
 
 
 def knn(

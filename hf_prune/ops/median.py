@@ -8,14 +8,13 @@ half of the (weighted) points arbitrarily far moves it by a bounded amount, unli
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import torch
 
-from .device import resolve_device
+from .device import resolve_device, to_device
 
-__all__ = ["geometric_median"]
+__all__ = ["geometric_median", "check_eps"]
 
 # Rows per chunk so one float64 chunk holds about 2**23 numbers (64 MiB) whatever ``d`` is.
 _CHUNK_NUMBERS = 2**23
@@ -75,8 +74,7 @@ def geometric_median(
     xt = _as_matrix(x, dev)
     n, d = xt.shape
     w = _as_weights(weights, n, dev)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not eps > 0:
-        raise ValueError(f"`eps` must be a positive number, got {eps!r}")
+    check_eps(eps)
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
         raise ValueError(f"`max_iter` must be an integer ≥ 1, got {max_iter!r}")
 
@@ -127,6 +125,12 @@ def geometric_median(
     return z.cpu().numpy(), info
 
 
+def check_eps(eps) -> None:
+    """The relative accuracy ``eps`` must be a positive number (shared with `gm_matching`)."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not eps > 0:
+        raise ValueError(f"`eps` must be a positive number, got {eps!r}")
+
+
 def _vardi_zhang_optimum(stats: dict, z: torch.Tensor) -> torch.Tensor | None:
     """The point at ``z`` when the mass there outweighs the pull ``r`` of all other points."""
     if stats["eta"] > 0 and stats["r"] <= stats["eta"]:
@@ -141,10 +145,8 @@ def _as_matrix(x, dev: torch.device) -> torch.Tensor:
         arr = np.asarray(x)
         if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
             raise ValueError(f"`x` must hold real numbers, got dtype {arr.dtype}")
-        with warnings.catch_warnings():
-            # Arrow-backed arrays are read-only; torch warns although we never write to them.
-            warnings.simplefilter("ignore", UserWarning)
-            xt = torch.from_numpy(np.ascontiguousarray(arr))
+        # Stays on the CPU until validated; the dtype is kept (integers become float64 below).
+        xt = to_device(arr, torch.device("cpu"), dtype=None)
     if xt.ndim != 2:
         raise ValueError(f"`x` must be a 2-d (N, d) array, got shape {tuple(xt.shape)}")
     if xt.shape[0] == 0:

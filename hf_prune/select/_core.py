@@ -8,6 +8,7 @@ positions *into* ``rows``. `run_selection` validates, splits budgets and builds 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,8 @@ __all__ = [
     "finalize",
     "check_positive_int",
     "check_probability",
+    "check_nonnegative",
+    "check_optional_positive",
 ]
 
 ROW_ID = "row_id"
@@ -95,6 +98,24 @@ def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
 def check_probability(name: str, value: Any, *, low: float = 0.0, high: float = 1.0) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not low <= value <= high:
         raise ValueError(f"`{name}` must be a number in [{low}, {high}], got {value!r}")
+    return float(value)
+
+
+def check_nonnegative(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"`{name}` must be a non-negative number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"`{name}` must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+def check_optional_positive(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"`{name}` must be a positive number or None, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive number or None, got {value!r}")
     return float(value)
 
 

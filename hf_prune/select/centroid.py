@@ -56,7 +56,7 @@ def moderate(
         >>> sub = hp.select.moderate(ds, fraction=0.3, embedding_column="emb", label_column="label")
     """
     return _distance_selection(
-        dataset, method="moderate", mode="moderate", fraction=fraction, size=size,
+        dataset, method="moderate", fraction=fraction, size=size,
         embedding_column=embedding_column, center=center, label_column=label_column, seed=seed, device=device,
     )
 
@@ -80,7 +80,7 @@ def easy(
         >>> sub = hp.select.easy(ds, fraction=0.3, embedding_column="emb", label_column="label")
     """
     return _distance_selection(
-        dataset, method="easy", mode="easy", fraction=fraction, size=size,
+        dataset, method="easy", fraction=fraction, size=size,
         embedding_column=embedding_column, center=center, label_column=label_column, seed=seed, device=device,
     )
 
@@ -104,13 +104,13 @@ def hard(
         >>> sub = hp.select.hard(ds, fraction=0.3, embedding_column="emb", label_column="label")
     """
     return _distance_selection(
-        dataset, method="hard", mode="hard", fraction=fraction, size=size,
+        dataset, method="hard", fraction=fraction, size=size,
         embedding_column=embedding_column, center=center, label_column=label_column, seed=seed, device=device,
     )
 
 
 def _distance_selection(
-    dataset, *, method, mode, fraction, size, embedding_column, center, label_column, seed, device,
+    dataset, *, method, fraction, size, embedding_column, center, label_column, seed, device,
 ) -> Dataset:
     if center not in _CENTERS:
         raise ValueError(f"`center` must be one of {_CENTERS}, got {center!r}")
@@ -119,9 +119,9 @@ def _distance_selection(
     def pick(rows, k, rng):
         x = emb if len(rows) == len(emb) else emb[rows]
         dist = distances_to_center(x, center, device=device)
-        if mode == "easy":
+        if method == "easy":
             key = dist
-        elif mode == "hard":
+        elif method == "hard":
             key = -dist
         else:
             key = np.abs(dist - np.median(dist))

@@ -27,7 +27,6 @@ Choices where the paper leaves room (each one is tested):
 from __future__ import annotations
 
 import heapq
-import math
 
 import numpy as np
 import torch
@@ -35,12 +34,10 @@ from datasets import Dataset
 
 from ..ops.columns import check_columns, read_matrix, read_vector
 from ..ops.device import resolve_device
-from ..ops.knn import knn, normalize_rows
-from ._core import check_positive_int, run_selection
+from ..ops.knn import knn, neighbour_pairs, normalize_rows
+from ._core import check_nonnegative, check_positive_int, run_selection
 
 __all__ = ["d2_pruning", "d2_graph", "d2_message_passing", "d2_select"]
-
-_CHUNK_ELEMENTS = 1 << 24
 
 
 def d2_pruning(
@@ -84,8 +81,8 @@ def d2_pruning(
     """
     check_columns(dataset, score_column, embedding_column, label_column)
     k = check_positive_int("k", k)
-    gamma_f = _check_gamma("gamma_f", gamma_f)
-    gamma_r = _check_gamma("gamma_r", gamma_r)
+    gamma_f = check_nonnegative("gamma_f", gamma_f)
+    gamma_r = check_nonnegative("gamma_r", gamma_r)
     if knn_index not in ("flat", "ivf"):
         raise ValueError(f"`knn_index` must be 'flat' or 'ivf', got {knn_index!r}")
     scores = read_vector(dataset, score_column, dtype=np.float64)
@@ -142,13 +139,12 @@ def d2_graph(
     if k >= len(x):
         raise ValueError(f"`k`={k} must be smaller than the number of rows ({len(x)})")
     _, neighbours = knn(x, k, metric="l2", index=knn_index, device=device)
-    n, d = x.shape
-    distances = np.empty((n, k), dtype=np.float64)
-    step = max(1, _CHUNK_ELEMENTS // max(1, k * d))
-    for start in range(0, n, step):
-        diff = x[neighbours[start : start + step]].astype(np.float64) - x[start : start + step, None].astype(np.float64)
-        distances[start : start + step] = np.sqrt(np.einsum("ikd,ikd->ik", diff, diff))
-    return neighbours, distances
+    return neighbours, neighbour_pairs(x, neighbours, _euclidean)
+
+
+def _euclidean(rows: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    diff = neighbours - rows[:, None]
+    return np.sqrt(np.einsum("ikd,ikd->ik", diff, diff))
 
 
 def d2_message_passing(
@@ -164,9 +160,15 @@ def d2_message_passing(
         >>> updated = d2_message_passing(scores, *d2_graph(embeddings, 10), gamma_f=1.0)
     """
     scores = _check_scores(scores)
-    indptr, indices, dist = _undirected(neighbours, distances, len(scores))
+    graph = _undirected(neighbours, distances, len(scores))
+    return _forward(scores, graph, check_nonnegative("gamma_f", gamma_f))
+
+
+def _forward(scores: np.ndarray, graph: tuple, gamma_f: float) -> np.ndarray:
+    """`d2_message_passing` on validated scores and the CSR graph of `_undirected`."""
+    indptr, indices, dist = graph
     rows = np.repeat(np.arange(len(scores)), np.diff(indptr))
-    messages = np.exp(-_check_gamma("gamma_f", gamma_f) * dist) * scores[indices]
+    messages = np.exp(-gamma_f * dist) * scores[indices]
     return scores + np.bincount(rows, weights=messages, minlength=len(scores))
 
 
@@ -190,9 +192,11 @@ def d2_select(
     n = len(scores)
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or not 1 <= budget <= n:
         raise ValueError(f"`budget` must be an integer in [1, {n}], got {budget!r}")
-    gamma_r = _check_gamma("gamma_r", gamma_r)
-    current = d2_message_passing(scores, neighbours, distances, gamma_f=gamma_f)
-    indptr, indices, dist = _undirected(neighbours, distances, n)
+    gamma_r = check_nonnegative("gamma_r", gamma_r)
+    # Build the graph once and share it between the forward and the reverse pass.
+    graph = _undirected(neighbours, distances, n)
+    current = _forward(scores, graph, check_nonnegative("gamma_f", gamma_f))
+    indptr, indices, dist = graph
     reverse_weight = np.exp(-gamma_r * dist)
     selected = np.zeros(n, dtype=bool)
     # Max-heap through negated keys; (key, index) tuples break ties towards the lower index.
@@ -249,11 +253,3 @@ def _check_scores(scores) -> np.ndarray:
     if len(scores) and scores.min() < 0:
         raise ValueError("`scores` must be non-negative for D²-Pruning")
     return scores
-
-
-def _check_gamma(name, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"`{name}` must be a non-negative number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"`{name}` must be a non-negative number, got {value!r}")
-    return float(value)

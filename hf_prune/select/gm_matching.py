@@ -19,9 +19,9 @@ import torch
 from datasets import Dataset
 
 from ..ops.columns import read_matrix
-from ..ops.device import resolve_device
+from ..ops.device import resolve_device, to_device
 from ..ops.knn import normalize_rows
-from ..ops.median import geometric_median
+from ..ops.median import check_eps, geometric_median
 from ._core import check_positive_int, run_selection
 
 __all__ = ["gm_matching", "herding"]
@@ -87,7 +87,7 @@ def gm_matching(
     Example:
         >>> sub = hp.select.gm_matching(ds, fraction=0.1, embedding_column="emb", label_column="label")
     """
-    _check_eps(eps)
+    check_eps(eps)
     check_positive_int("max_iter", max_iter)
     return _herding_selection(
         dataset, method="gm_matching", target="geometric_median", fraction=fraction, size=size,
@@ -125,11 +125,6 @@ def herding(
     )
 
 
-def _check_eps(eps) -> None:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not eps > 0:
-        raise ValueError(f"`eps` must be a positive number, got {eps!r}")
-
-
 def _herding_selection(
     dataset, *, method, target, fraction, size, embedding_column, geometry, init, label_column,
     seed, device, eps=None, max_iter=None,
@@ -162,7 +157,7 @@ def _herding_selection(
         if init == "target":
             theta0 = mu
         elif init == "mean":
-            theta0 = x.to(torch.float64).mean(0)
+            theta0 = mu if target == "mean" else x.to(torch.float64).mean(0)  # herd() copies theta0
         else:
             theta0 = x[int(rng.integers(len(rows)))].to(torch.float64)
         return herd(x, mu, theta0, k)
@@ -174,15 +169,6 @@ def _herding_selection(
         dataset, method=method, params=params, fraction=fraction, size=size, seed=seed,
         label_column=label_column, pick=pick,
     )
-
-
-def to_device(matrix: np.ndarray, dev: torch.device) -> torch.Tensor:
-    """A float32 tensor on ``dev`` over ``matrix``, zero-copy on CPU (callers never write to it)."""
-    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
-    with warnings.catch_warnings():
-        # Arrow-backed arrays are read-only; torch warns about that even though we only read.
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(matrix).to(dev)
 
 
 def herd(x: torch.Tensor, mu: torch.Tensor, theta0: torch.Tensor, k: int) -> np.ndarray:

@@ -66,15 +66,13 @@ from datasets import Dataset
 
 from ..ops.columns import check_columns, read_matrix, read_vector
 from ..ops.device import resolve_device
-from ..ops.knn import knn, normalize_rows
-from ._core import check_positive_int, run_selection, split_budget
+from ..ops.knn import knn, neighbour_pairs, normalize_rows
+from ._core import check_nonnegative, check_optional_positive, check_positive_int, run_selection, split_budget
 
 __all__ = ["infomax", "infomax_kernel", "infomax_solve", "infomax_objective", "DENSE_MAX_ROWS"]
 
 DENSE_MAX_ROWS = 4096
 _KERNELS = ("sparse", "dense", "auto")
-# Rows of the (N, k, d) neighbour differences/products materialised at once (~16M floats).
-_CHUNK_ELEMENTS = 1 << 24
 
 
 def infomax(
@@ -138,9 +136,9 @@ def infomax(
     k = check_positive_int("k", k)
     iterations = check_positive_int("iterations", iterations)
     partitions = check_positive_int("partitions", partitions)
-    alpha = _check_nonnegative("alpha", alpha)
-    temperature = _check_optional_positive("temperature", temperature)
-    step_size = _check_optional_positive("step_size", step_size)
+    alpha = check_nonnegative("alpha", alpha)
+    temperature = check_optional_positive("temperature", temperature)
+    step_size = check_optional_positive("step_size", step_size)
     if kernel not in _KERNELS:
         raise ValueError(f"`kernel` must be one of {_KERNELS}, got {kernel!r}")
     if knn_index not in ("flat", "ivf"):
@@ -234,7 +232,8 @@ def infomax_kernel(
     if k >= n:
         raise ValueError(f"`k`={k} must be smaller than the number of rows ({n})")
     _, neighbours = knn(x, k, metric="ip", index=knn_index, device=device)
-    values = _pair_inner_products(x, neighbours)
+    # Exact float64 ⟨x_i, x_j⟩ for each row and its neighbours.
+    values = neighbour_pairs(x, neighbours, lambda rows, nb: np.einsum("id,ikd->ik", rows, nb))
     rows = np.repeat(np.arange(n), k)
     K = sp.csr_matrix((values.ravel(), (rows, neighbours.ravel())), shape=(n, n))
     return ((K + K.T) * 0.5).tocsr()
@@ -273,8 +272,8 @@ def infomax_solve(
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or not 1 <= budget <= n:
         raise ValueError(f"`budget` must be an integer in [1, {n}], got {budget!r}")
     log_x, _ = _solve(
-        scores, K, int(budget), _check_nonnegative("alpha", alpha), check_positive_int("iterations", iterations),
-        _check_optional_positive("temperature", temperature), _check_optional_positive("step_size", step_size),
+        scores, K, int(budget), check_nonnegative("alpha", alpha), check_positive_int("iterations", iterations),
+        check_optional_positive("temperature", temperature), check_optional_positive("step_size", step_size),
         resolve_device(device),
     )
     return np.exp(log_x)
@@ -368,37 +367,8 @@ def _matvec(K, device):
     return lambda x: dense @ x
 
 
-def _pair_inner_products(x: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
-    """Exact float64 ``⟨x_i, x_j⟩`` for each row ``i`` and its neighbours ``j``, chunked over rows."""
-    n, k = neighbours.shape
-    out = np.empty((n, k), dtype=np.float64)
-    step = max(1, _CHUNK_ELEMENTS // max(1, k * x.shape[1]))
-    for start in range(0, n, step):
-        block = x[start : start + step].astype(np.float64)
-        nb = x[neighbours[start : start + step]].astype(np.float64)
-        out[start : start + step] = np.einsum("id,ikd->ik", block, nb)
-    return out
-
-
 def _top(logits: np.ndarray, budget: int) -> np.ndarray:
     """Positions of the ``budget`` largest logits, ties to the lower position."""
     order = np.lexsort((np.arange(len(logits)), -logits))
     return order[:budget]
 
-
-def _check_nonnegative(name, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"`{name}` must be a non-negative number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"`{name}` must be a non-negative number, got {value!r}")
-    return float(value)
-
-
-def _check_optional_positive(name, value) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"`{name}` must be a positive number or None, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive number or None, got {value!r}")
-    return float(value)

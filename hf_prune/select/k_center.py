@@ -7,10 +7,9 @@ import torch
 from datasets import Dataset
 
 from ..ops.columns import read_matrix
-from ..ops.device import resolve_device
+from ..ops.device import resolve_device, to_device
 from ..ops.knn import normalize_rows
 from ._core import run_selection
-from .gm_matching import to_device
 
 __all__ = ["k_center_greedy"]
 

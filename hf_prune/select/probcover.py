@@ -19,7 +19,7 @@ from datasets import Dataset
 from ..ops.columns import read_matrix
 from ..ops.device import resolve_device
 from ..ops.knn import knn, normalize_rows
-from ._core import check_positive_int, check_probability, run_selection
+from ._core import check_optional_positive, check_positive_int, check_probability, run_selection
 from .typiclust import best_kmeans
 
 __all__ = ["probcover", "purity_delta", "coverage_graph", "max_coverage"]
@@ -87,11 +87,7 @@ def probcover(
     Example:
         >>> sub = hp.select.probcover(ds, size=100, embedding_column="emb", n_pseudo_labels=10)
     """
-    if delta is not None and (
-        isinstance(delta, bool) or not isinstance(delta, (int, float, np.floating, np.integer))
-        or not np.isfinite(delta) or delta <= 0
-    ):
-        raise ValueError(f"`delta` must be a positive number or None, got {delta!r}")
+    check_optional_positive("delta", delta)  # `delta` itself is recorded as given
     purity = check_probability("purity", purity)
     if purity == 0:
         raise ValueError("`purity` must be a number in (0, 1], got 0")
@@ -108,17 +104,20 @@ def probcover(
         n = len(rows)
         perm = rng.permutation(n)  # random tie-breaking: argmax takes the first maximum
         x = unit[rows[perm]]
+        first_search = None
         if delta is None:
             if n == 1:
                 radius = float("inf")
             else:
                 n_labels = n_pseudo_labels if n_pseudo_labels is not None else max(2, min(k, MAX_PSEUDO_LABELS))
                 labels = best_kmeans(x, min(n_labels, n), rng, n_init)
-                radius = purity_delta(x, labels, purity=purity, device=dev)
+                # Both the purity rule and the graph start with this search: run it once.
+                first_search = knn(x, min(n, _FIRST_NEIGHBOURS), queries=x, metric="ip", device=dev)
+                radius = purity_delta(x, labels, purity=purity, device=dev, first_search=first_search)
         else:
             radius = float(delta)
         deltas.append(radius)
-        src, dst = coverage_graph(x, radius, max_neighbors=max_neighbors, device=dev)
+        src, dst = coverage_graph(x, radius, max_neighbors=max_neighbors, device=dev, first_search=first_search)
         return perm[max_coverage(src, dst, n, k, rng)]
 
     params = {
@@ -140,6 +139,17 @@ def _unit_distances(sims: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(2.0 - 2.0 * sims.astype(np.float64), 0.0, None))
 
 
+def _candidates(x, m, pending, device, first_search):
+    """``(sims, idx)`` of the ``m`` most similar rows for each row in ``pending``.
+
+    ``first_search`` is a caller's ``knn(x, m0, queries=x, metric="ip")``; it is the same search
+    when every row is pending and ``m == m0``, so it is reused then.
+    """
+    if first_search is not None and len(pending) == len(x) and first_search[1].shape[1] == m:
+        return first_search
+    return knn(x, m, queries=x[pending], metric="ip", device=device)
+
+
 def purity_delta(
     x: np.ndarray,
     labels: np.ndarray,
@@ -147,6 +157,7 @@ def purity_delta(
     purity: float = 0.95,
     device: str | torch.device | None = "cpu",
     first_neighbors: int = _FIRST_NEIGHBOURS,
+    first_search: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> float:
     """The largest δ such that at least ``purity`` of the balls ``{y : ‖x − y‖ < δ}`` are label-pure.
 
@@ -155,6 +166,8 @@ def purity_delta(
     neighbours are searched with ``first_neighbors`` candidates; points without another label among
     them only get a lower bound, and are searched again with twice as many candidates while that bound
     could still change the order statistic. Returns ``inf`` when every point has the same label.
+    ``first_search`` may pass ``knn(x, min(N, first_neighbors), queries=x, metric="ip")`` when the
+    caller already ran it.
 
     Example:
         >>> purity_delta(unit_embeddings, kmeans_labels, purity=0.95)
@@ -167,7 +180,7 @@ def purity_delta(
     pending = np.arange(n)
     m = min(n, first_neighbors)
     while True:
-        sims, idx = knn(x, m, queries=x[pending], metric="ip", device=device)
+        sims, idx = _candidates(x, m, pending, device, first_search)
         dist = _unit_distances(sims)
         other = labels[idx] != labels[pending][:, None]
         found = other.any(axis=1)
@@ -196,11 +209,14 @@ def coverage_graph(
     max_neighbors: int = 256,
     device: str | torch.device | None = "cpu",
     first_neighbors: int = _FIRST_NEIGHBOURS,
+    first_search: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Edges ``(src, dst)`` with ``‖x_src − x_dst‖ < delta`` on L2-normalised rows, self-loops included.
 
     Memory is bounded by ``N · max_neighbors`` edges: each row's ball is searched with
     ``first_neighbors`` candidates, doubled while its farthest candidate is still inside the ball.
+    ``first_search`` may pass an earlier ``knn(x, m, queries=x, metric="ip")``; it is used when ``m``
+    equals this first candidate count.
 
     Example:
         >>> src, dst = coverage_graph(unit_embeddings, 0.5)
@@ -212,7 +228,7 @@ def coverage_graph(
     srcs, dsts = [pending], [pending]
     truncated = 0
     while len(pending):
-        sims, idx = knn(x, m, queries=x[pending], metric="ip", device=device)
+        sims, idx = _candidates(x, m, pending, device, first_search)
         inside = _unit_distances(sims) < delta
         grow = inside[:, -1] & (m < n)
         if m >= cap:

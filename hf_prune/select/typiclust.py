@@ -38,15 +38,20 @@ def typicality(embeddings: np.ndarray, k: int) -> np.ndarray:
         return 1.0 / mean
 
 
-def kmeans_plus_plus(x: np.ndarray, n_clusters: int, rng: np.random.Generator) -> np.ndarray:
+def kmeans_plus_plus(
+    x: np.ndarray, n_clusters: int, rng: np.random.Generator, *, sq: np.ndarray | None = None
+) -> np.ndarray:
     """Row indices of k-means++ seeds: each next seed drawn with probability ∝ squared distance to the
     nearest seed so far (Arthur & Vassilvitskii). O(N·d) per seed, no N×d temporaries.
+
+    ``sq`` optionally passes the float64 squared row norms of ``x`` (`best_kmeans` reuses them).
 
     Example:
         >>> seeds = kmeans_plus_plus(x, 10, np.random.default_rng(0))
     """
     x64 = np.asarray(x, dtype=np.float64)
-    sq = np.einsum("ij,ij->i", x64, x64)
+    if sq is None:
+        sq = np.einsum("ij,ij->i", x64, x64)
     seeds = np.empty(n_clusters, dtype=np.int64)
     seeds[0] = rng.integers(len(x64))
     nearest = np.maximum(sq - 2 * (x64 @ x64[seeds[0]]) + sq[seeds[0]], 0.0)
@@ -70,9 +75,12 @@ def best_kmeans(x: np.ndarray, n_clusters: int, rng: np.random.Generator, n_init
     Example:
         >>> assign = best_kmeans(unit_embeddings, 10, np.random.default_rng(0))
     """
+    # Convert and take the norms once for all n_init seedings.
+    x64 = np.asarray(x, dtype=np.float64)
+    norms = np.einsum("ij,ij->i", x64, x64)
     best, best_inertia = None, np.inf
     for _ in range(n_init):
-        init = x[kmeans_plus_plus(x, n_clusters, rng)]
+        init = x[kmeans_plus_plus(x64, n_clusters, rng, sq=norms)]
         _, assign, sq = kmeans(x, n_clusters, seed=int(rng.integers(2**31 - 1)), init=init)
         inertia = float(sq.astype(np.float64).sum())
         if inertia < best_inertia:
