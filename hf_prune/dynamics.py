@@ -26,7 +26,7 @@ from datasets.table import InMemoryTable
 
 from .ops.columns import check_columns
 
-__all__ = ["DYNAMICS_FIELDS", "dynamics_features", "read_dynamics", "DynamicsRecorder", "epoch_statistics"]
+__all__ = ["DYNAMICS_FIELDS", "dynamics_features", "dynamics_struct", "read_dynamics", "DynamicsRecorder", "epoch_statistics"]
 
 DYNAMICS_FIELDS = (
     "true_prob",
@@ -42,6 +42,19 @@ DYNAMICS_FIELDS = (
 def dynamics_features(epochs: int) -> dict:
     """The declared feature of a dynamics column recorded over ``epochs`` epochs."""
     return {name: Sequence(Value("float32"), length=epochs) for name in DYNAMICS_FIELDS}
+
+
+def dynamics_struct(arrays: dict[str, np.ndarray]) -> pa.StructArray:
+    """The Arrow struct array of a dynamics column from ``{field: (N, T) array}`` (every field needed).
+
+    Each field becomes a fixed-length list of ``T`` float32 values per row, the layout that
+    ``dynamics_features(T)`` declares.
+    """
+    children = []
+    for name in DYNAMICS_FIELDS:
+        values = np.asarray(arrays[name], dtype=np.float32)
+        children.append(pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1]))
+    return pa.StructArray.from_arrays(children, names=list(DYNAMICS_FIELDS))
 
 
 def read_dynamics(dataset: Dataset, column: str, fields: tuple[str, ...] = ("true_prob",)) -> dict[str, np.ndarray]:
@@ -171,12 +184,7 @@ class DynamicsRecorder:
 
     def to_dataset(self, column: str = "dynamics") -> Dataset:
         """A Dataset with ``row_id`` and the struct ``column``, joinable to the training set by ``row_id``."""
-        arrays = self.arrays()
-        epochs = self.epochs
-        children = [
-            pa.FixedSizeListArray.from_arrays(pa.array(arrays[name].reshape(-1)), epochs) for name in DYNAMICS_FIELDS
-        ]
-        struct = pa.StructArray.from_arrays(children, names=list(DYNAMICS_FIELDS))
+        struct = dynamics_struct(self.arrays())
         table = pa.table({"row_id": pa.array(np.arange(self.num_rows, dtype=np.int64)), column: struct})
-        features = Features({"row_id": Value("int64"), column: dynamics_features(epochs)})
+        features = Features({"row_id": Value("int64"), column: dynamics_features(self.epochs)})
         return Dataset(InMemoryTable(table.cast(features.arrow_schema)), info=DatasetInfo(features=features))

@@ -1,4 +1,4 @@
-"""Helpers shared by the recipes: config parsing (CLI + YAML), run metadata, metrics JSON, seed aggregation."""
+"""Helpers shared by the recipes: config parsing (CLI + YAML), run metadata, metrics JSON, seed aggregation, timing."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,11 @@ __all__ = [
     "parse_config",
     "git_sha",
     "write_json",
+    "library_versions",
     "run_metadata",
     "aggregate",
     "aggregate_runs",
+    "timed",
 ]
 
 
@@ -98,8 +102,8 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     tmp.replace(path)
 
 
-def run_metadata(configs: dict[str, Any], argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Everything needed to rerun: the configs, the command line, git SHA and library versions."""
+def library_versions() -> dict[str, str]:
+    """Versions of hf_prune, its main dependencies and Python."""
     import accelerate
     import datasets
     import torch
@@ -108,14 +112,19 @@ def run_metadata(configs: dict[str, Any], argv: Sequence[str] | None = None) -> 
     import hf_prune
 
     return {
+        "hf_prune": hf_prune.__version__, "torch": torch.__version__, "datasets": datasets.__version__,
+        "transformers": transformers.__version__, "accelerate": accelerate.__version__, "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def run_metadata(configs: dict[str, Any], argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Everything needed to rerun: the configs, the command line, git SHA and library versions."""
+    return {
         "configs": _jsonable(configs),
         "argv": list(sys.argv if argv is None else argv),
         "git_sha": git_sha(),
-        "versions": {
-            "hf_prune": hf_prune.__version__, "torch": torch.__version__, "datasets": datasets.__version__,
-            "transformers": transformers.__version__, "accelerate": accelerate.__version__, "numpy": np.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": library_versions(),
     }
 
 
@@ -133,3 +142,21 @@ def aggregate_runs(runs: Sequence[dict[str, Any]], keys: Sequence[str], nested: 
         names = list(runs[0][key])
         out[key] = {name: aggregate([run[key][name] for run in runs]) for name in names}
     return out
+
+
+def timed(fn: Callable[[], Any], repeats: int = 1, *, cuda_sync: bool = False) -> tuple[float, Any]:
+    """Run ``fn`` ``repeats`` times; returns the median wall time in seconds and the last result.
+
+    ``cuda_sync=True`` waits for queued CUDA work (when CUDA is available) before each time is taken.
+    """
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        if cuda_sync:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result

@@ -83,8 +83,6 @@ try:
 except ImportError:  # run as a script: the recipes folder itself is on sys.path
     from common import aggregate_runs, parse_config, run_metadata, write_json
 
-BUILTIN_DATASETS = ("fashion_mnist", "digits", "cifar10", "cifar100")
-
 
 @dataclass
 class DataConfig:
@@ -370,8 +368,13 @@ def load_base(cfg: DataConfig) -> _Base:
     return base
 
 
-def select_training_rows(cfg: DataConfig, train: Dataset, seed: int) -> tuple[np.ndarray, Dataset | None, dict[str, Any]]:
-    """Positions of the training rows in ``train`` (or a stand-alone subset Dataset) and a description."""
+def select_training_rows(
+    cfg: DataConfig, train: Dataset, train_labels: np.ndarray, seed: int
+) -> tuple[np.ndarray, Dataset | None, dict[str, Any]]:
+    """Positions of the training rows in ``train`` (or a stand-alone subset Dataset) and a description.
+
+    ``train_labels`` are the labels of ``train`` (as `load_base` holds them); a subset's labels are checked against them.
+    """
     given = [x for x in (cfg.subset_path, cfg.subset_hub_id, cfg.selector) if x]
     if len(given) > 1:
         raise ValueError("pass at most one of --subset_path, --subset_hub_id, --selector")
@@ -401,7 +404,7 @@ def select_training_rows(cfg: DataConfig, train: Dataset, seed: int) -> tuple[np
     if row_ids.min() < 0 or row_ids.max() >= len(train) or len(np.unique(row_ids)) != len(row_ids):
         raise ValueError(f"the subset's row_id values must be distinct positions in the train split (0..{len(train) - 1})")
     if cfg.label_column in subset.column_names:
-        mismatch = read_labels(subset, cfg.label_column) != read_labels(train, cfg.label_column)[row_ids]
+        mismatch = read_labels(subset, cfg.label_column) != train_labels[row_ids]
         if mismatch.any():
             raise ValueError(
                 f"{int(mismatch.sum())} subset rows have a different {cfg.label_column!r} than the train split at their "
@@ -444,7 +447,7 @@ def get_dataloaders(config: RunConfig, accelerator: Accelerator) -> DataBundle:
     """Build the training and test loaders for one run (swap this function to feed other data)."""
     cfg, train_cfg = config.data, config.train
     base = load_base(cfg)
-    row_ids, standalone, info = select_training_rows(cfg, base.train, config.seed)
+    row_ids, standalone, info = select_training_rows(cfg, base.train, base.train_labels, config.seed)
     full_size = len(base.train)
     if standalone is None:
         pixels, labels, flags_source = base.train_pixels[torch.from_numpy(row_ids)], base.train_labels[row_ids], base.train.select(row_ids)

@@ -28,11 +28,11 @@ A larger GPU run with a real checkpoint:
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import statistics
+import sys
 import tempfile
-import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,11 +40,14 @@ from datasets import Dataset, disable_progress_bars, load_from_disk
 from datasets import Image as ImageFeature
 from PIL import Image
 
-import hf_prune as hp
-from hf_prune.embed.image import load_images, pool_outputs
-from hf_prune.ops.device import autocast_dtype
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-FASHION_MNIST = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
+import hf_prune as hp  # noqa: E402
+from hf_prune.embed.image import load_images, pool_outputs  # noqa: E402
+from hf_prune.ops.device import autocast_dtype  # noqa: E402
+from recipes.common import timed  # noqa: E402
+
+FASHION_MNIST = os.path.join(hp.data.DEFAULT_FASHION_MNIST_DIR, "t10k-images-idx3-ubyte.gz")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -66,9 +69,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def load_images_array(kind: str, n: int) -> np.ndarray:
     if kind in ("auto", "fashion-mnist") and os.path.exists(FASHION_MNIST):
-        with gzip.open(FASHION_MNIST, "rb") as f:
-            raw = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)
-        return np.resize(raw, (n, 28, 28))  # repeats rows when n > 10,000
+        return np.resize(hp.data.read_idx(FASHION_MNIST), (n, 28, 28))  # repeats rows when n > 10,000
     if kind == "fashion-mnist":
         raise FileNotFoundError(f"{FASHION_MNIST} not found; use --data synthetic")
     return np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
@@ -106,12 +107,6 @@ def model_only(model, pixel_batches, embedder, device) -> None:
             model(pixel_values=pixel_values).last_hidden_state.float().cpu()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def timed(fn):
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
 
 
 def main(argv=None) -> dict:

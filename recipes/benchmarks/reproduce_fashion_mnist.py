@@ -74,7 +74,7 @@ import hf_prune as hp  # noqa: E402
 from hf_prune.ops.columns import add_column, read_labels, read_vector  # noqa: E402
 from hf_prune.probe import linear_probe_accuracy  # noqa: E402
 from recipes import image_classification as recipe  # noqa: E402
-from recipes.common import aggregate, run_metadata, write_json  # noqa: E402
+from recipes.common import aggregate, run_metadata, timed, write_json  # noqa: E402
 
 CLEAN_FRACTIONS = (0.7, 0.5, 0.3, 0.2, 0.1)
 NOISE_FRACTIONS = (0.3, 0.2, 0.1)
@@ -125,13 +125,16 @@ def run_recipe(argv: list[str], quiet: bool = True) -> dict:
 
 
 # ------------------------------------------------------------------------------- full run and scores
-def proxy_features(run_dir: Path, pool: Dataset, args) -> np.ndarray:
+def proxy_features(run_dir: Path, data_dir: Path, args) -> np.ndarray:
     """Penultimate (pooled) features of the full run's final model on the pool images."""
     from safetensors.torch import load_file
 
-    checkpoint = sorted((run_dir / "checkpoints").glob("epoch_*"), key=lambda p: int(p.name.split("_")[1]))[-1]
-    pixels = torch.from_numpy(hp.data.read_images(pool)).permute(0, 3, 1, 2).contiguous()
-    backbone = recipe.build_model(args.model, 10, pixels.shape[1])
+    # The full run (`recipe_args`: only --dataset among the data options) decoded the pool in this
+    # process; the same data config finds it in the recipe's cache.
+    base = recipe.load_base(recipe.DataConfig(dataset=str(data_dir)))
+    pixels = base.train_pixels
+    checkpoint = recipe._checkpoints(run_dir / "checkpoints")[-1]
+    backbone = recipe.build_model(args.model, base.num_classes, pixels.shape[1])
     model = recipe.ImageClassifier(backbone, [0.0] * pixels.shape[1], [1.0] * pixels.shape[1])
     model.load_state_dict(load_file(str(checkpoint / "model.safetensors")))
     model.eval()
@@ -155,37 +158,28 @@ def prepare_scored_pool(out: Path, scenario: str, seed: int, args) -> tuple[Data
     data_dir = build_pool(out, scenario, args.pool_size, args.test_size)
     full_dir = out / scenario / "full"
     argv = recipe_args(data_dir, full_dir, seed, args) + ["--record_dynamics", "--save_total_limit", "1"]
-    metrics = run_recipe(argv)
+    metrics = run_recipe(argv)  # one seed: its mean is that run's value
     run_dir = full_dir / f"seed_{seed}"
-    run_metrics = json.loads((run_dir / "metrics.json").read_text())
     pool = load_from_disk(str(data_dir))["train"]
     dynamics = load_from_disk(str(run_dir / "dynamics"))
     if not np.array_equal(read_vector(dynamics, "row_id", dtype=np.int64), np.arange(len(pool))):
         raise RuntimeError("the full run's dynamics are not in pool order")
     pool = pool.add_column("dynamics", dynamics["dynamics"], feature=dynamics.features["dynamics"])
-    cost: dict[str, float] = {"full_train_s": run_metrics["train_time_s"], "epochs": run_metrics["epochs"],
+    cost: dict[str, float] = {"full_train_s": metrics["train_time_s"]["mean"], "epochs": metrics["epochs"],
                               "full_test_accuracy": metrics["test_accuracy"]["mean"]}
-
-    def timed(name, fn):
-        start = time.perf_counter()
-        result = fn()
-        cost[name] = time.perf_counter() - start
-        return result
-
-    feats = timed("proxy_features_s", lambda: proxy_features(run_dir, pool, args))
+    cost["proxy_features_s"], feats = timed(lambda: proxy_features(run_dir, data_dir, args))
     pool = add_column(pool, "proxy", feats)
     randnet = hp.embed.RandomNetEmbedder(image_column="image", output_column="randnet", seed=0)
-    pool = timed("randnet_features_s", lambda: randnet.map(pool))
-    epochs = run_metrics["epochs"]
-    t_dual = max(2, math.ceil(epochs / 2))
+    cost["randnet_features_s"], pool = timed(lambda: randnet.map(pool))
+    t_dual = max(2, math.ceil(metrics["epochs"] / 2))
     window = max(2, t_dual // 2)
-    pool = timed("el2n_s", lambda: hp.score.el2n(pool))
-    pool = timed("forgetting_s", lambda: hp.score.forgetting(pool))
-    pool = timed("aum_s", lambda: hp.score.aum(pool))
-    pool = timed("entropy_s", lambda: hp.score.entropy(pool))
-    pool = timed("dyn_unc_s", lambda: hp.score.dyn_unc(pool, window=window))
-    pool = timed("dual_s", lambda: hp.score.dual(pool, window=window, epochs=list(range(t_dual))))
-    pool = timed("ssp_s", lambda: hp.score.ssp(pool, embedding_column="randnet", n_clusters=10))
+    cost["el2n_s"], pool = timed(lambda: hp.score.el2n(pool))
+    cost["forgetting_s"], pool = timed(lambda: hp.score.forgetting(pool))
+    cost["aum_s"], pool = timed(lambda: hp.score.aum(pool))
+    cost["entropy_s"], pool = timed(lambda: hp.score.entropy(pool))
+    cost["dyn_unc_s"], pool = timed(lambda: hp.score.dyn_unc(pool, window=window))
+    cost["dual_s"], pool = timed(lambda: hp.score.dual(pool, window=window, epochs=list(range(t_dual))))
+    cost["ssp_s"], pool = timed(lambda: hp.score.ssp(pool, embedding_column="randnet", n_clusters=10))
     cost.update(dual_epochs=t_dual, window=window)
     pool.save_to_disk(str(cache))
     write_json(info_path, cost)
@@ -193,42 +187,44 @@ def prepare_scored_pool(out: Path, scenario: str, seed: int, args) -> tuple[Data
 
 
 # ------------------------------------------------------------------------------------------ methods
-def methods(window: int, t_dual: int) -> dict[str, tuple[Callable[[Dataset, float, int], Dataset], str]]:
-    """Name → (``select(pool, fraction, seed)``, what the method needs from the full run)."""
+def methods(window: int, t_dual: int) -> dict[str, tuple[Callable[[Dataset, float, int], Dataset], str, str | None]]:
+    """Name → (``select(pool, fraction, seed)``, what the method needs from the full run, the score whose
+    ``<score>_s`` seconds in the cost record count towards its selection cost, or None)."""
     lab = {"label_column": "label"}
 
     def top(column, descending=True):
         return lambda d, f, s: hp.select.top_k(d, fraction=f, score_column=column, descending=descending, seed=s, **lab)
 
     return {
-        "random": (lambda d, f, s: hp.select.random(d, fraction=f, seed=s, **lab), "none"),
-        "EL2N": (top("el2n"), "dynamics"),
-        "forgetting": (top("forgetting"), "dynamics"),
-        "AUM": (top("aum", descending=False), "dynamics"),
-        "entropy": (top("entropy"), "dynamics"),
-        "Dyn-Unc": (top("dyn_unc"), "dynamics"),
-        "DUAL": (lambda d, f, s: hp.select.dual(d, fraction=f, window=window, epochs=list(range(t_dual)), seed=s, **lab), "dual"),
+        "random": (lambda d, f, s: hp.select.random(d, fraction=f, seed=s, **lab), "none", None),
+        "EL2N": (top("el2n"), "dynamics", "el2n"),
+        "forgetting": (top("forgetting"), "dynamics", "forgetting"),
+        "AUM": (top("aum", descending=False), "dynamics", "aum"),
+        "entropy": (top("entropy"), "dynamics", "entropy"),
+        "Dyn-Unc": (top("dyn_unc"), "dynamics", "dyn_unc"),
+        "DUAL": (lambda d, f, s: hp.select.dual(d, fraction=f, window=window, epochs=list(range(t_dual)), seed=s, **lab),
+                 "dual", "dual"),
         "DUAL+β": (lambda d, f, s: hp.select.dual_beta(d, fraction=f, window=window, epochs=list(range(t_dual)), c_d=5.5, seed=s, **lab),
-                   "dual"),
+                   "dual", "dual"),
         "CCS": (lambda d, f, s: hp.select.ccs(d, fraction=f, score_column="aum", descending=False,
-                                              hard_cutoff=CCS_CUTOFF.get(f, 0.0), seed=s, **lab), "dynamics"),
+                                              hard_cutoff=CCS_CUTOFF.get(f, 0.0), seed=s, **lab), "dynamics", "aum"),
         "D²": (lambda d, f, s: hp.select.d2_pruning(d, fraction=f, score_column="forgetting", embedding_column="proxy",
-                                                    seed=s, **lab), "dynamics+proxy"),
-        "Moderate": (lambda d, f, s: hp.select.moderate(d, fraction=f, embedding_column="proxy", seed=s, **lab), "proxy"),
-        "herding": (lambda d, f, s: hp.select.herding(d, fraction=f, embedding_column="proxy", seed=s, **lab), "proxy"),
+                                                    seed=s, **lab), "dynamics+proxy", "forgetting"),
+        "Moderate": (lambda d, f, s: hp.select.moderate(d, fraction=f, embedding_column="proxy", seed=s, **lab), "proxy", None),
+        "herding": (lambda d, f, s: hp.select.herding(d, fraction=f, embedding_column="proxy", seed=s, **lab), "proxy", None),
         "GM matching": (lambda d, f, s: hp.select.gm_matching(d, fraction=f, embedding_column="proxy", seed=s, **lab),
-                        "proxy"),
+                        "proxy", None),
         "InfoMax (sup.)": (lambda d, f, s: hp.select.infomax(d, fraction=f, score_column="el2n", embedding_column="proxy",
-                                                             seed=s), "dynamics+proxy"),
+                                                             seed=s), "dynamics+proxy", "el2n"),
         # InfoMax's Alg. 1 is global; per class (same budget split as the others) isolates class balance.
         "InfoMax (sup., per class)": (lambda d, f, s: hp.select.infomax(d, fraction=f, score_column="el2n",
                                                                         embedding_column="proxy", seed=s, **lab),
-                                      "dynamics+proxy"),
+                                      "dynamics+proxy", "el2n"),
         "InfoMax (unsup.)": (lambda d, f, s: hp.select.infomax(d, fraction=f, score_column="ssp",
-                                                               embedding_column="randnet", seed=s), "randnet"),
-        "norm": (lambda d, f, s: hp.select.norm_sampling(d, fraction=f, embedding_column="proxy", seed=s, **lab), "proxy"),
+                                                               embedding_column="randnet", seed=s), "randnet", "ssp"),
+        "norm": (lambda d, f, s: hp.select.norm_sampling(d, fraction=f, embedding_column="proxy", seed=s, **lab), "proxy", None),
         "Gram–Schmidt": (lambda d, f, s: hp.select.gram_schmidt(d, fraction=f, embedding_column="proxy", seed=s, **lab),
-                         "proxy"),
+                         "proxy", None),
     }
 
 
@@ -255,10 +251,11 @@ def tiny_methods() -> dict[str, Callable[[Dataset, int, int], Dataset]]:
 # ------------------------------------------------------------------------------------------ running
 def run_scenario_seed(out: Path, scenario: str, fractions, seed: int, args, results: dict) -> None:
     pool, cost = prepare_scored_pool(out, scenario, seed, args)
+    results["cost"][f"{scenario}|{seed}"] = cost
     data_dir = out / scenario / "data"
     flag = FLAG[scenario]
     selected = methods(cost["window"], cost["dual_epochs"])
-    for name, (select, _) in selected.items():
+    for name, (select, _, _) in selected.items():
         if args.methods and name not in args.methods:
             continue
         for fraction in fractions:
@@ -278,7 +275,6 @@ def run_scenario_seed(out: Path, scenario: str, fractions, seed: int, args, resu
             if flag:
                 entry["corrupted_kept"] = float(np.mean(read_vector(subset, flag, dtype=np.float64)))
             results["runs"][key] = entry
-            results["cost"][f"{scenario}|{seed}"] = cost
             save_results(out, results)
             print(f"{key}: acc {entry['accuracy'] * 100:.2f}%  select {select_s:.1f}s  train {entry['train_s']:.0f}s"
                   + (f"  corrupted kept {entry['corrupted_kept']:.1%}" if flag else ""), flush=True)
@@ -356,23 +352,19 @@ def selection_cost_table(results: dict) -> str:
         scen, name, fraction, _ = run_key.split("|")
         if scen == "clean" and float(fraction) == 0.1:
             select_s.setdefault(name, []).append(entry["select_s"])
-    needs = {name: need for name, (_, need) in methods(costs[0]["window"], costs[0]["dual_epochs"]).items()}
-    score_cost = {"EL2N": "el2n_s", "forgetting": "forgetting_s", "AUM": "aum_s", "entropy": "entropy_s",
-                  "Dyn-Unc": "dyn_unc_s", "DUAL": "dual_s", "DUAL+β": "dual_s", "CCS": "aum_s", "D²": "forgetting_s",
-                  "InfoMax (sup.)": "el2n_s", "InfoMax (sup., per class)": "el2n_s", "InfoMax (unsup.)": "ssp_s"}
     lines = [
         f"One full training run (the proxy, {epochs} epochs, dynamics recorded): {full:.0f} s.",
         "",
         "| method | training it needs | features + scores (s) | selection at 10% (s) | total / full run |",
         "|---|---|---|---|---|",
     ]
-    for name, need in needs.items():
+    for name, (_, need, score) in methods(costs[0]["window"], costs[0]["dual_epochs"]).items():
         if name not in select_s:
             continue
         train_share = {"none": 0.0, "randnet": 0.0, "dual": costs[0]["dual_epochs"] / epochs}.get(need, 1.0)
         features = (mean["proxy_features_s"] if "proxy" in need else 0.0) + (
             mean["randnet_features_s"] if need == "randnet" else 0.0)
-        scores = features + (mean[score_cost[name]] if name in score_cost else 0.0)
+        scores = features + (mean[f"{score}_s"] if score else 0.0)
         sel = float(np.mean(select_s[name]))
         train_label = {0.0: "none"}.get(train_share, f"{train_share:.0%} of the full run")
         lines.append(f"| {name} | {train_label} | {scores:.1f} | {sel:.2f} | {(train_share * full + scores + sel) / full:.2f} |")

@@ -83,7 +83,7 @@ import importlib.util
 import json
 import os
 import platform
-import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -96,10 +96,15 @@ import torch
 from datasets import Dataset, DatasetInfo, Features, Sequence, Value, disable_progress_bars
 from datasets.table import InMemoryTable
 
-import hf_prune as hp
-from hf_prune.dynamics import DYNAMICS_FIELDS, dynamics_features
-
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+
+import hf_prune as hp  # noqa: E402
+from hf_prune.dynamics import DYNAMICS_FIELDS, dynamics_features, dynamics_struct  # noqa: E402
+from hf_prune.select._core import resolve_budget  # noqa: E402
+from hf_prune.select.ccs import ccs_strata  # noqa: E402
+from recipes.common import library_versions, timed, write_json  # noqa: E402
+
 EPOCHS, WINDOW = 30, 10
 
 
@@ -170,6 +175,7 @@ class Data:
         logits = start_logit + drift * t + rng.normal(0, 0.6, (rows, EPOCHS))
         self.true_prob = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
         self._cache: dict[tuple[int, bool], Dataset] = {}
+        self._deltas: dict[int, float] = {}
 
     def dataset(self, n: int, *, dynamics: bool = False) -> Dataset:
         key = (n, dynamics)
@@ -186,19 +192,19 @@ class Data:
                 "score": Value("float32"),
             }
             if dynamics:
-                zeros = np.zeros(n * EPOCHS, dtype=np.float32)
-                children = [
-                    pa.FixedSizeListArray.from_arrays(
-                        pa.array(self.true_prob[:n].reshape(-1) if name == "true_prob" else zeros), EPOCHS
-                    )
-                    for name in DYNAMICS_FIELDS
-                ]
-                columns["dynamics"] = pa.StructArray.from_arrays(children, names=list(DYNAMICS_FIELDS))
+                fields = dict.fromkeys(DYNAMICS_FIELDS, np.zeros((n, EPOCHS), dtype=np.float32))
+                columns["dynamics"] = dynamics_struct(fields | {"true_prob": self.true_prob[:n]})
                 features["dynamics"] = dynamics_features(EPOCHS)
             features = Features(features)
             table = pa.table(columns).cast(features.arrow_schema)
             self._cache[key] = Dataset(InMemoryTable(table), info=DatasetInfo(features=features))
         return self._cache[key]
+
+    def delta(self, n: int) -> float:
+        """ProbCover's δ on the first n rows (`probcover_delta`, cached)."""
+        if n not in self._deltas:
+            self._deltas[n] = probcover_delta(self.emb[:n])
+        return self._deltas[n]
 
 
 def probcover_delta(x: np.ndarray, target_degree: int = 20, queries: int = 256, seed: int = 1) -> float:
@@ -224,10 +230,12 @@ class Case:
     # "jaccard"; "context" (overlap shown, not expected equal); "coverage" (ProbCover: overlap and the
     # fraction of rows covered by each selection); "scores"; "strata"; "random"
     agreement: str
-    reference_rows: int | None = None  # None: the headline N
-    reference_kept: int | None = None  # None: fraction × N
+    reference_rows: int | None = None  # None: the headline N (set in main from REFERENCE_ROWS / --reference-rows)
+    reference_kept: int | None = None  # None: fraction × N (set in main from REFERENCE_KEPT / --reference-kept)
     dynamics: bool = False
     note: str = ""
+    reference_warmup_rows: int | None = None  # a smaller warm-up input for the reference (None: --warmup-rows)
+    ours_at_headline: bool = True  # also time ours alone at the headline N when the reference ran smaller
 
 
 def jaccard(a, b) -> float:
@@ -249,13 +257,6 @@ def build_cases(data: Data, args) -> list[Case]:
         s = data.score[:n].astype(np.float64)
         return (s - s.min()) / (s.max() - s.min())
 
-    deltas: dict[int, float] = {}
-
-    def delta(n):
-        if n not in deltas:
-            deltas[n] = probcover_delta(data.emb[:n])
-        return deltas[n]
-
     def moderate_reference(n, k):
         x = data.emb[:n].astype(np.float64)
         dist = np.linalg.norm(x - x.mean(0), axis=1)
@@ -273,54 +274,48 @@ def build_cases(data: Data, args) -> list[Case]:
              lambda n, k: REF_NORM_GS.norm_sampling_reference(x_np(n), k, p=2, seed=0), "random"),
         Case("gram_schmidt", "gram_schmidt (random)",
              lambda ds, n, k: sel.gram_schmidt(ds, size=k, embedding_column="emb", mode="random", seed=0, **dev_kw),
-             lambda n, k: REF_NORM_GS.gram_schmidt_reference(x_np(n), k, seed=0), "random",
-             reference_rows=REFERENCE_ROWS["gram_schmidt"]),
+             lambda n, k: REF_NORM_GS.gram_schmidt_reference(x_np(n), k, seed=0), "random"),
         Case("gram_schmidt_det", "gram_schmidt (deterministic)",
              lambda ds, n, k: sel.gram_schmidt(ds, size=k, embedding_column="emb", mode="deterministic", **dev_kw),
-             lambda n, k: REF_NORM_GS.gram_schmidt_reference(x_np(n), k, deterministic=True), "jaccard",
-             reference_rows=REFERENCE_ROWS["gram_schmidt_det"]),
+             lambda n, k: REF_NORM_GS.gram_schmidt_reference(x_np(n), k, deterministic=True), "jaccard"),
         Case("herding", "herding (geometry=raw)",
              lambda ds, n, k: sel.herding(ds, size=k, embedding_column="emb", geometry="raw", seed=0, **dev_kw),
-             lambda n, k: REF_HERDING.reference_herding(x_torch(n), k), "jaccard",
-             reference_kept=REFERENCE_KEPT["herding"]),
+             lambda n, k: REF_HERDING.reference_herding(x_torch(n), k), "jaccard"),
         Case("gm_matching", "gm_matching (geometry=raw)",
              lambda ds, n, k: sel.gm_matching(ds, size=k, embedding_column="emb", geometry="raw", eps=1e-5, seed=0, **dev_kw),
              lambda n, k: REF_HERDING.reference_gm_matching(x_torch(n), k, eps=1e-5), "jaccard",
-             reference_kept=REFERENCE_KEPT["gm_matching"],
              note="ours: relative ε=1e-5; ref.: absolute ε=1e-5"),
         Case("k_center_greedy", "k_center_greedy (l2, init=first)",
              lambda ds, n, k: sel.k_center_greedy(ds, size=k, embedding_column="emb", init="first", **dev_kw),
-             lambda n, k: REF_HERDING.reference_k_center_greedy(x_torch(n), k, first=0), "jaccard",
-             reference_rows=REFERENCE_ROWS["k_center_greedy"]),
+             lambda n, k: REF_HERDING.reference_k_center_greedy(x_torch(n), k, first=0), "jaccard"),
         Case("infomax", "infomax (sparse k=5) vs dense",
              lambda ds, n, k: sel.infomax(ds, size=k, score_column="score", embedding_column="emb", k=5,
                                           kernel="sparse", seed=0, **dev_kw),
-             lambda n, k: REF_INFOMAX.reference_infomax(minmax(n), x_np(n), k, k=5), "jaccard",
-             reference_rows=REFERENCE_ROWS["infomax"]),
+             lambda n, k: REF_INFOMAX.reference_infomax(minmax(n), x_np(n), k, k=5), "jaccard"),
         Case("infomax_literal", "infomax (sparse) vs literal Alg. 1",
              lambda ds, n, k: sel.infomax(ds, size=k, score_column="score", embedding_column="emb", k=5,
                                           kernel="sparse", seed=0, **dev_kw),
              lambda n, k: REF_INFOMAX.reference_infomax_literal(minmax(n), x_np(n), k), "context",
-             reference_rows=REFERENCE_ROWS["infomax_literal"], note="different update (Eq. 3 as printed)"),
+             note="different update (Eq. 3 as printed)", ours_at_headline=False),  # ours: as "infomax"
         Case("d2_pruning", "d2_pruning (k=10)",
              lambda ds, n, k: sel.d2_pruning(ds, size=k, score_column="score", embedding_column="emb", k=10, **dev_kw),
              lambda n, k: REF_INFOMAX.reference_d2_pruning(data.score[:n], x_np(n), k, k=10), "jaccard",
-             reference_rows=REFERENCE_ROWS["d2_pruning"]),
+             reference_warmup_rows=200),  # its reference materialises an N×N×d float64 tensor
         Case("typiclust", "typiclust",
              lambda ds, n, k: sel.typiclust(ds, size=k, embedding_column="emb", seed=0),
              lambda n, k: REF_NORM_GS.typiclust_reference(x_np(n), k, seed=0), "context",
-             reference_rows=REFERENCE_ROWS["typiclust"], note="different k-means (faiss vs scikit-learn)"),
+             note="different k-means (faiss vs scikit-learn)"),
         Case("probcover", "probcover (same δ)",
-             lambda ds, n, k: sel.probcover(ds, size=k, embedding_column="emb", delta=delta(n), seed=0, **dev_kw),
-             lambda n, k: REF_NORM_GS.probcover_reference(x_np(n), k, delta=delta(n)), "coverage",
-             reference_rows=REFERENCE_ROWS["probcover"], note="ours breaks ties at random"),
+             lambda ds, n, k: sel.probcover(ds, size=k, embedding_column="emb", delta=data.delta(n), seed=0, **dev_kw),
+             lambda n, k: REF_NORM_GS.probcover_reference(x_np(n), k, delta=data.delta(n)), "coverage",
+             note="ours breaks ties at random"),
         Case("dual_score", "hp.score.dual vs window loop",
              lambda ds, n, k: hp.score.dual(ds, dynamics_column="dynamics", window=WINDOW),
              lambda n, k: REF_DUAL.dual_window_loop(data.true_prob[:n].T, WINDOW), "scores", dynamics=True),
         Case("dual_per_sample", "hp.score.dual vs per-sample loop",
              lambda ds, n, k: hp.score.dual(ds, dynamics_column="dynamics", window=WINDOW),
              lambda n, k: REF_DUAL.dual_per_sample(data.true_prob[:n].T, WINDOW), "scores", dynamics=True,
-             reference_rows=REFERENCE_ROWS["dual_per_sample"]),
+             ours_at_headline=False),  # ours: as "dual_score"
         Case("dual_beta", "dual_beta (DUAL + β-sampling)",
              lambda ds, n, k: sel.dual_beta(ds, size=k, dynamics_column="dynamics", window=WINDOW, c_d=5.5, C=15, seed=0),
              dual_beta_reference, "random", dynamics=True),
@@ -342,18 +337,7 @@ def build_cases(data: Data, args) -> list[Case]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Timing
-
-
-def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+# Timing and agreement
 
 
 def kept_rows(result: Dataset) -> np.ndarray:
@@ -368,16 +352,14 @@ def compare(case: Case, data: Data, n: int, ours_out, ref_out) -> str:
         diff = float(np.max(np.abs(ours - np.asarray(ref_out, dtype=np.float64))))
         return f"max abs diff {diff:.1e}"
     if case.agreement == "strata":
-        score = data.score[:n].astype(np.float64)
-        strata = np.minimum(((score - score.min()) / (score.max() - score.min()) * 50).astype(int), 49)
+        strata = ccs_strata(data.score[:n], 50)
         same = np.array_equal(np.bincount(strata[kept_rows(ours_out)], minlength=50),
                               np.bincount(strata[np.asarray(ref_out)], minlength=50))
         return "strata counts equal" if same else "strata counts differ"
     j = jaccard(kept_rows(ours_out), ref_out)
     if case.agreement == "coverage":
-        delta = probcover_delta(data.emb[:n])
-        ours_cov = coverage(data.emb[:n], kept_rows(ours_out), delta)
-        ref_cov = coverage(data.emb[:n], np.asarray(ref_out), delta)
+        ours_cov = coverage(data.emb[:n], kept_rows(ours_out), data.delta(n))
+        ref_cov = coverage(data.emb[:n], np.asarray(ref_out), data.delta(n))
         return f"J={j:.3f} (context); δ-coverage {ours_cov:.3f} vs {ref_cov:.3f}"
     return f"J={j:.3f}" + (" (context)" if case.agreement == "context" else "")
 
@@ -396,9 +378,11 @@ def coverage(x: np.ndarray, selected: np.ndarray, delta: float, chunk: int = 819
 def run_case(case: Case, data: Data, args, log) -> list[dict]:
     headline_n = args.rows
     ref_n = headline_n if case.reference_rows is None else min(case.reference_rows, headline_n)
-    ref_k = case.reference_kept if case.reference_kept is not None else max(1, int(round(args.fraction * ref_n)))
+    ref_k = case.reference_kept
+    if ref_k is None:
+        ref_k = resolve_budget(ref_n, fraction=args.fraction, size=None)
     ref_k = min(ref_k, ref_n)
-    headline_k = max(1, int(round(args.fraction * headline_n)))
+    headline_k = resolve_budget(headline_n, fraction=args.fraction, size=None)
 
     # Warm-up on a tiny input (imports, faiss/BLAS initialisation, Arrow paths).
     tiny = min(args.warmup_rows, headline_n)
@@ -406,8 +390,7 @@ def run_case(case: Case, data: Data, args, log) -> list[dict]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         case.ours(data.dataset(tiny, dynamics=case.dynamics), tiny, tiny_k)
-        # D²'s reference materialises an N×N×d float64 tensor: warm it up on fewer rows.
-        ref_tiny = min(tiny, 200) if case.name == "d2_pruning" else tiny
+        ref_tiny = tiny if case.reference_warmup_rows is None else min(tiny, case.reference_warmup_rows)
         case.reference(ref_tiny, max(2, ref_tiny // 10))
 
     rows = []
@@ -416,12 +399,12 @@ def run_case(case: Case, data: Data, args, log) -> list[dict]:
         ds = data.dataset(n, dynamics=case.dynamics)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return timed(lambda: case.ours(ds, n, k), args.repeats)
+            return timed(lambda: case.ours(ds, n, k), args.repeats, cuda_sync=True)
 
     log(f"[{case.name}] ours N={ref_n} kept={ref_k} ...")
     ours_t, ours_out = ours_at(ref_n, ref_k)
     log(f"[{case.name}]   ours {ours_t:.3f}s; reference ...")
-    ref_t, ref_out = timed(lambda: case.reference(ref_n, ref_k), args.repeats)
+    ref_t, ref_out = timed(lambda: case.reference(ref_n, ref_k), args.repeats, cuda_sync=True)
     agreement = compare(case, data, ref_n, ours_out, ref_out)
     log(f"[{case.name}]   reference {ref_t:.3f}s; ratio {fmt_ratio(ref_t / ours_t)}; {agreement}")
     rows.append({
@@ -429,7 +412,7 @@ def run_case(case: Case, data: Data, args, log) -> list[dict]:
         "ours_s": ours_t, "reference_s": ref_t, "ratio": ref_t / ours_t, "agreement": agreement,
         "note": case.note, "scores_only": case.agreement == "scores",
     })
-    if (ref_n, ref_k) != (headline_n, headline_k) and case.name not in ("infomax_literal", "dual_per_sample"):
+    if (ref_n, ref_k) != (headline_n, headline_k) and case.ours_at_headline:
         log(f"[{case.name}] ours alone N={headline_n} kept={headline_k} ...")
         t, _ = ours_at(headline_n, headline_k)
         log(f"[{case.name}]   ours {t:.3f}s")
@@ -445,17 +428,11 @@ def run_case(case: Case, data: Data, args, log) -> list[dict]:
 
 
 def versions() -> dict:
-    import datasets
-
     out = {
-        "python": platform.python_version(),
+        **library_versions(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "datasets": datasets.__version__,
         "pyarrow": pa.__version__,
-        "hf_prune": getattr(hp, "__version__", "?"),
         "torch_threads": torch.get_num_threads(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "cpu_count": os.cpu_count(),
@@ -578,20 +555,17 @@ def main(argv=None) -> None:
     results = []
     for name in methods:
         case = cases[name]
-        if case.reference_rows is not None:
-            case.reference_rows = reference_rows[name]
-        if case.reference_kept is not None:
-            case.reference_kept = reference_kept[name]
+        case.reference_rows = reference_rows.get(name)
+        case.reference_kept = reference_kept.get(name)
         results.extend(run_case(case, data, args, log))
     total = time.perf_counter() - start
     log(f"\ntotal wall time {total / 60:.1f} min\n")
     table = markdown_table(results)
     print(table)
     if args.output:
-        with open(args.output, "w") as f:
-            json.dump({"environment": env, "settings": {k: v for k, v in vars(args).items()},
-                       "reference_rows": reference_rows, "reference_kept": reference_kept,
-                       "total_seconds": total, "results": results, "table": table}, f, indent=2)
+        write_json(args.output, {"environment": env, "settings": vars(args), "reference_rows": reference_rows,
+                                 "reference_kept": reference_kept, "total_seconds": total, "results": results,
+                                 "table": table})
         log(f"wrote {args.output}")
 
 
