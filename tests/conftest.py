@@ -32,3 +32,31 @@ def blobs():
     score = rng.random(90)
     ds = make_dataset(emb, label=labels, score=score.astype(np.float32))
     return ds, emb.astype(np.float32), labels
+
+
+@pytest.fixture
+def random_hash_records(monkeypatch):
+    """Messages in which `datasets` says it hashed a transform randomly (so it can never be cached).
+
+    `datasets` logs this once per process as a warning and afterwards at INFO on the
+    ``datasets.fingerprint`` logger: the once-flag is reset and INFO records are collected.
+    """
+    import logging
+
+    from datasets import fingerprint
+
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            if "random hash" in record.getMessage():
+                records.append(record.getMessage())
+
+    logger = logging.getLogger(fingerprint.__name__)
+    handler, level = Collect(logging.INFO), logger.level
+    monkeypatch.setattr(fingerprint, "fingerprint_warnings", {})
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+    logger.setLevel(level)

@@ -20,10 +20,17 @@ provides everything that is not model-specific:
 - **stable fingerprints**: ``datasets`` hashes a map function by pickling it. Every `Embedder`
   subclass registers a reducer with the ``datasets`` hashing pickler that writes
   `Embedder.fingerprint` instead of the object, i.e. a hash of a small spec (class, settings, model
-  classes and configs, and a checksum of the weights computed once). Identical embedders give the
-  same hash across processes, so the second identical ``map`` hits the cache, and no weight tensor
-  is ever pickled for hashing. Ordinary pickling (sending the embedder to ``num_proc`` workers) is
+  classes and configs, and a checksum of the weights). Identical embedders give the same hash
+  across processes, so the second identical ``map`` hits the cache, and no weight tensor is ever
+  pickled for hashing. Ordinary pickling (sending the embedder to ``num_proc`` workers) is
   unchanged and does carry the weights.
+- **fingerprints follow the weights**: the checksum is of the weights as they are when ``map``
+  hashes the embedder, so a model changed in place (an optimizer step, ``load_state_dict``,
+  ``.half()``) gets a new fingerprint and a fresh column, never the stale cached one. It is reused
+  while every ``state_dict`` tensor is the same object with the same torch in-place version
+  counter, storage, dtype, shape and device, so an unchanged model is not re-read. Edits through
+  ``tensor.data`` bypass torch's version counter: after ``p.data.add_(...)``, call
+  `Embedder.refresh_fingerprint`, or edit under ``torch.no_grad()`` instead.
 
 Subclass API (what a new embedder implements):
 
@@ -56,6 +63,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -71,6 +79,16 @@ from ..ops.device import autocast_dtype, resolve_device
 __all__ = ["Embedder", "weights_checksum"]
 
 
+def _checksum_tensors(items: Sequence[tuple[str, torch.Tensor]]) -> str:
+    h = xxhash.xxh64()
+    for name, tensor in items:
+        t = tensor.detach()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        # bytes of any dtype (bf16 included): reinterpret as uint8 after flattening.
+        h.update(t.reshape(-1).contiguous().cpu().view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
 def weights_checksum(module: torch.nn.Module) -> str:
     """An xxhash64 hex digest of a module's ``state_dict`` (names, dtypes, shapes and bytes).
 
@@ -78,13 +96,41 @@ def weights_checksum(module: torch.nn.Module) -> str:
         >>> weights_checksum(torch.nn.Linear(2, 2)) != weights_checksum(torch.nn.Linear(2, 2))
         True
     """
-    h = xxhash.xxh64()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        # bytes of any dtype (bf16 included): reinterpret as uint8 after flattening.
-        h.update(t.reshape(-1).contiguous().cpu().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return _checksum_tensors(sorted(module.state_dict().items()))
+
+
+def _tensor_state(tensor: torch.Tensor) -> tuple | None:
+    """What changes whenever a tensor's contents may have changed, read without its bytes.
+
+    torch bumps ``_version`` on every in-place op (``no_grad`` and inference mode included);
+    ``data_ptr`` catches a new storage (``p.data = ...``), dtype/shape/device a conversion.
+    ``None`` when the tensor cannot tell (inference tensors have no version counter).
+    """
+    try:
+        return (tensor._version, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tuple(tensor.stride()),
+                str(tensor.device))
+    except RuntimeError:
+        return None
+
+
+class _CachedChecksum:
+    """A module's weights checksum with the identity and state of each tensor it was computed from."""
+
+    def __init__(self, items: Sequence[tuple[str, torch.Tensor]]):
+        self.names = [name for name, _ in items]
+        self.refs = [weakref.ref(t) for _, t in items]  # weak: a replaced tensor can be freed
+        self.states = [_tensor_state(t) for _, t in items]
+        self.checksum = _checksum_tensors(items)
+
+    def matches(self, items: Sequence[tuple[str, torch.Tensor]]) -> bool:
+        return (
+            len(items) == len(self.names)
+            and all(state is not None for state in self.states)
+            and all(
+                name == known and ref() is t and _tensor_state(t) == state
+                for (name, t), known, ref, state in zip(items, self.names, self.refs, self.states)
+            )
+        )
 
 
 def _module_spec(module: torch.nn.Module) -> dict[str, Any]:
@@ -161,7 +207,7 @@ class Embedder:
         self.dtype = dtype
         self.batch_size = int(batch_size)
         self._placed_on: torch.device | None = None
-        self._checksums: dict[str, str] | None = None
+        self._checksums: dict[str, _CachedChecksum] | None = None
         self._owner_pid = os.getpid()
 
     # ----------------------------------------------------------------- subclass hooks
@@ -176,6 +222,10 @@ class Embedder:
 
     def _spec(self) -> dict[str, Any]:
         return {}
+
+    def _hashed_outputs(self) -> dict[str, Any]:
+        """The outputs as they enter the fingerprint; override when a width is learned from the data."""
+        return self._output_dims()
 
     def _probe(self, forward: Callable[[torch.device], Any], cannot: str, hint: str = "") -> Any:
         """Run ``forward`` once on the model's device at construction, to check the model and find
@@ -234,25 +284,55 @@ class Embedder:
         return device
 
     # ----------------------------------------------------------------- fingerprint
+    def _weights_checksums(self) -> dict[str, str]:
+        cached = self._checksums or {}
+        fresh = {}
+        for name, module in sorted(self._modules().items()):
+            # keep_vars: the parameter objects themselves, whose identity and version we can track.
+            items = sorted(module.state_dict(keep_vars=True).items())
+            known = cached.get(name)
+            fresh[name] = known if known is not None and known.matches(items) else _CachedChecksum(items)
+        self._checksums = fresh  # replaced, not mutated: copies of this embedder may share the old one
+        return {name: entry.checksum for name, entry in fresh.items()}
+
+    def refresh_fingerprint(self) -> str:
+        """Forget the cached weights checksum and return the fingerprint of the weights as they are now.
+
+        Only needed after editing weights through ``tensor.data``, which torch does not count as a change.
+
+        Example:
+            >>> emb.model.weight.data.mul_(2)  # invisible to torch's version counter
+            >>> fp = emb.refresh_fingerprint()
+        """
+        self._checksums = None
+        return self.fingerprint()
+
     def fingerprint(self) -> str:
         """A hash of the spec that determines the output: class, settings, models and weights.
 
-        The weights checksum is computed once per embedder (the first time it is hashed); build a new
-        embedder after changing a model's weights in place.
+        The weights enter as a checksum of the model's current ``state_dict``; it is recomputed when
+        a tensor was changed in place, replaced or converted since the last call (see the module
+        docstring), so a changed model never reuses the cached column of the old one.
+
+        Example:
+            >>> before = emb.fingerprint()
+            >>> with torch.no_grad():
+            ...     next(emb.model.parameters()).add_(1)
+            >>> emb.fingerprint() != before
+            True
         """
-        if self._checksums is None:
-            self._checksums = {name: weights_checksum(m) for name, m in sorted(self._modules().items())}
+        checksums = self._weights_checksums()
         device = self.target_device()
         spec = {
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
             "inputs": list(self.input_columns),
-            "outputs": self._output_dims(),
+            "outputs": self._hashed_outputs(),
             "settings": self._spec(),
             # bf16 on a GPU and fp32 on a CPU give different numbers: different cache entries.
             "device_type": device.type,
             "autocast": str(autocast_dtype(device, self.dtype)),
             "modules": {
-                name: {**_module_spec(m), "weights": self._checksums[name]} for name, m in sorted(self._modules().items())
+                name: {**_module_spec(m), "weights": checksums[name]} for name, m in sorted(self._modules().items())
             },
         }
         return xxhash.xxh64(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
@@ -260,6 +340,7 @@ class Embedder:
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_placed_on"] = None  # a worker process places the models on its own device
+        state["_checksums"] = None  # weak references to this process's tensors
         return state
 
     # ----------------------------------------------------------------- the map function

@@ -112,8 +112,17 @@ class PixelEmbedder(Embedder):
             self._learn_shape(batch[self.image_column][0])
         return super().__call__(batch, rank)
 
+    @property
+    def output_columns(self) -> list[str]:
+        return [self.output_column]  # known before the width is learned
+
     def _output_dims(self) -> dict[str, int | None]:
         return {self.output_column: self.dim}
+
+    def _hashed_outputs(self) -> dict[str, Any]:
+        # Without `size` the width is learned from the data, which the dataset fingerprint covers; the
+        # hash must not depend on whether it was learned yet (`ds.map(emb, batched=True)` hashes first).
+        return {self.output_column: self.dim if self.size is not None else "from the data"}
 
     def _spec(self) -> dict[str, Any]:
         # The learned shape is a function of the data, which the dataset fingerprint already covers.

@@ -15,7 +15,7 @@ from datasets.utils import _dill
 from PIL import Image
 
 import hf_prune as hp
-from hf_prune.embed._base import Embedder, weights_checksum
+from hf_prune.embed._base import Embedder, _checksum_tensors
 
 ViTProcessor = getattr(T, "ViTImageProcessorPil", T.ViTImageProcessor)
 
@@ -85,8 +85,8 @@ def test_hash_is_a_small_spec_not_the_weights(monkeypatch):
 def test_checksum_is_computed_once(monkeypatch):
     emb = embedder()
     calls = []
-    original = weights_checksum
-    monkeypatch.setattr("hf_prune.embed._base.weights_checksum", lambda m: calls.append(1) or original(m))
+    original = _checksum_tensors
+    monkeypatch.setattr("hf_prune.embed._base._checksum_tensors", lambda items: calls.append(1) or original(items))
     first = emb.fingerprint()
     assert emb.fingerprint() == first and Hasher.hash(emb) == Hasher.hash(emb)
     assert len(calls) == 1
