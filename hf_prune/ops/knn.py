@@ -2,7 +2,8 @@
 
 Memory stays bounded: the torch path scores ``batch_size`` queries at a time (never N×N), and faiss
 holds only the index. Similarities are inner products (``metric="ip"``, or ``"cosine"`` on
-L2-normalised copies); distances are squared Euclidean (``metric="l2"``).
+L2-normalised copies); distances are squared Euclidean (``metric="l2"``). `radius_neighbors` finds
+every pair closer than a radius (a CSR graph whose memory is bounded by its number of edges).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from .device import resolve_device
 from .faiss_import import faiss_available, import_faiss
 
-__all__ = ["knn", "normalize_rows", "neighbour_pairs"]
+__all__ = ["knn", "normalize_rows", "neighbour_pairs", "radius_neighbors", "RadiusGraphTooLarge"]
 
 # Neighbour rows gathered at once by `neighbour_pairs`: an (rows, k, d) float64 block of ~16M numbers.
 _CHUNK_ELEMENTS = 1 << 24
@@ -148,3 +149,129 @@ def _drop_self(values, indices, k):
     keep = np.ones_like(is_self)
     keep[np.arange(len(indices)), first] = False
     return values[keep].reshape(len(indices), k), indices[keep].reshape(len(indices), k)
+
+
+class RadiusGraphTooLarge(ValueError):
+    """`radius_neighbors` found more pairs than its ``max_edges`` allows."""
+
+
+def radius_neighbors(
+    x: np.ndarray,
+    radius: float,
+    *,
+    metric: str = "l2",
+    max_edges: int | None = 1 << 28,
+    backend: str = "auto",
+    device: str | torch.device | None = "cpu",
+    chunk_size: int = 4096,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair of rows closer than ``radius``: a CSR graph ``(indptr, indices)``, self-pairs included.
+
+    Row ``i``'s neighbours are ``indices[indptr[i]:indptr[i + 1]]`` (in no particular order): every
+    ``j`` with ``‖x_i − x_j‖ < radius`` (Euclidean; ``metric="cosine"`` measures it between
+    L2-normalised copies, so ``cos ≥ 1 − radius²/2``). The search is exact: faiss ``range_search`` on
+    a flat index (or a chunked torch matmul on ``device``) over blocks of at most ``chunk_size`` query
+    rows, run in float32 with a margin above the float32 rounding bound; the pairs inside that margin
+    are then decided in float64 from the rows' differences. So the graph equals the float64 one, is
+    symmetric, and holds the same pairs on every backend. Memory is the edges (int32 ``indices``,
+    about 8 bytes per edge at the peak) plus one block, which shrinks when balls are large so it
+    holds about 16M pairs. More than ``max_edges`` pairs raise `RadiusGraphTooLarge` (a
+    `ValueError`) with the count found so far; ``max_edges=None`` removes the cap.
+
+    Example:
+        >>> indptr, indices = radius_neighbors(embeddings, 0.5, metric="cosine")
+        >>> ball_sizes = np.diff(indptr)
+    """
+    if metric not in ("l2", "cosine"):
+        raise ValueError(f"`metric` must be 'l2' or 'cosine' for a radius search, got {metric!r}")
+    if isinstance(radius, bool) or not isinstance(radius, (int, float, np.integer, np.floating)):
+        raise ValueError(f"`radius` must be a positive finite number, got {radius!r}")
+    if not np.isfinite(radius) or radius <= 0:
+        raise ValueError(f"`radius` must be a positive finite number, got {radius!r}")
+    if max_edges is not None and (isinstance(max_edges, bool) or not isinstance(max_edges, (int, np.integer))
+                                  or max_edges < 1):
+        raise ValueError(f"`max_edges` must be a positive integer or None, got {max_edges!r}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size!r}")
+    x = np.asarray(x)
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"`x` must be a non-empty 2-D array, got shape {x.shape}")
+    exact = normalize_rows(x) if metric == "cosine" else x  # the values the float64 check uses
+    x32 = np.ascontiguousarray(exact, dtype=np.float32)
+    n, d = x32.shape
+    r2 = float(radius) ** 2
+    if backend == "auto":
+        backend = "faiss" if faiss_available() and resolve_device(device).type == "cpu" else "torch"
+    if backend not in ("faiss", "torch"):
+        raise ValueError(f"`backend` must be 'auto', 'faiss' or 'torch', got {backend!r}")
+    dev = resolve_device(device) if backend == "torch" else torch.device("cpu")
+    # A float32 ‖a‖² + ‖b‖² − 2a·b is off by at most about (4d + 16)·u·max‖x‖² (u the unit roundoff;
+    # TF32 matmuls on CUDA have u = 2⁻¹¹): twice that is searched, and only that band is re-decided.
+    unit_roundoff = 2.0**-11 if dev.type == "cuda" and torch.backends.cuda.matmul.allow_tf32 else 2.0**-24
+    max_sq = float(np.max(np.einsum("ij,ij->i", x32, x32)))
+    margin = 2 * (4 * d + 16) * unit_roundoff * max(max_sq, 1e-30)
+    search = _faiss_range(x32, r2 + margin) if backend == "faiss" else _torch_range(x32, r2 + margin, dev)
+    counts = np.zeros(n, dtype=np.int64)
+    parts: list[np.ndarray] = []
+    total = 0
+    index_dtype = np.int32 if n < 2**31 else np.int64
+    start, block = 0, min(chunk_size, 256)
+    while start < n:
+        stop = min(n, start + block)
+        rows, cols, sq = search(start, stop)
+        band = np.flatnonzero(sq > r2 - margin)
+        if len(band):
+            keep = np.ones(len(rows), dtype=bool)
+            step = max(1, (_CHUNK_ELEMENTS >> 2) // d)
+            for lo in range(0, len(band), step):
+                part = band[lo : lo + step]
+                diff = exact[rows[part]].astype(np.float64) - exact[cols[part]].astype(np.float64)
+                keep[part] = np.einsum("ij,ij->i", diff, diff) < r2
+            rows, cols = rows[keep], cols[keep]
+        total += len(cols)
+        if max_edges is not None and total > max_edges:
+            raise RadiusGraphTooLarge(
+                f"the radius-{radius:g} graph holds more than max_edges={max_edges:,} edges: {total:,} in "
+                f"its first {stop:,} of {n:,} rows (≈{total / stop:,.0f} per row, ≈{total / stop * n:,.0f} "
+                "in all); lower the radius or raise `max_edges`"
+            )
+        counts[start:stop] = np.bincount(rows - start, minlength=stop - start)
+        parts.append(cols.astype(index_dtype, copy=False))
+        # Dense balls make a block's pairs (int64 + float32 each) large: size blocks by the pairs seen.
+        block = int(np.clip(_CHUNK_ELEMENTS * stop // max(total, 1), 1, chunk_size))
+        start = stop
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return indptr, np.concatenate(parts) if parts else np.zeros(0, dtype=index_dtype)
+
+
+def _faiss_range(x, threshold):
+    """``search(start, stop)`` → pairs ``(rows, cols, squared float32 distances)`` below ``threshold``."""
+    faiss = import_faiss()
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(x)
+
+    def search(start, stop):
+        lims, sq, cols = index.range_search(x[start:stop], threshold)
+        rows = np.repeat(np.arange(start, stop, dtype=np.int64), np.diff(lims.astype(np.int64)))
+        return rows, cols.astype(np.int64, copy=False), sq
+
+    return search
+
+
+def _torch_range(x, threshold, device):
+    xt = torch.from_numpy(x).to(device)
+    x_sq = (xt * xt).sum(1)
+
+    step = max(1, _CHUNK_ELEMENTS // len(x))  # an N-wide block of at most ~16M distances
+
+    def search(start, stop):
+        out = []
+        for lo in range(start, stop, step):
+            hi = min(stop, lo + step)
+            sq = (x_sq[lo:hi, None] - 2 * xt[lo:hi] @ xt.T + x_sq[None]).clamp_min_(0)
+            rows, cols = torch.nonzero(sq < threshold, as_tuple=True)  # row-major: grouped by row
+            out.append(((rows + lo).cpu().numpy(), cols.cpu().numpy(), sq[rows, cols].cpu().numpy()))
+        return tuple(np.concatenate(parts) for parts in zip(*out))
+
+    return search

@@ -10,7 +10,7 @@ points as possible. δ is the largest radius for which at least a fraction α (0
 
 from __future__ import annotations
 
-import warnings
+import math
 
 import numpy as np
 import torch
@@ -18,13 +18,15 @@ from datasets import Dataset
 
 from ..ops.columns import read_matrix
 from ..ops.device import resolve_device
-from ..ops.knn import knn, normalize_rows
+from ..ops.knn import RadiusGraphTooLarge, knn, normalize_rows, radius_neighbors
 from ._core import check_optional_positive, check_positive_int, check_probability, run_selection
 from .typiclust import best_kmeans
 
 __all__ = ["probcover", "purity_delta", "coverage_graph", "max_coverage"]
 
 _FIRST_NEIGHBOURS = 32
+#: Default cap on the δ-graph's edges (2²⁸ ≈ 268M, about 2 GiB while it is built).
+MAX_EDGES = 1 << 28
 #: Default number of k-means pseudo-labels is the budget, capped like TypiClust's cluster count.
 MAX_PSEUDO_LABELS = 500
 
@@ -39,7 +41,7 @@ def probcover(
     purity: float = 0.95,
     n_pseudo_labels: int | None = None,
     n_init: int = 3,
-    max_neighbors: int = 256,
+    max_edges: int | None = MAX_EDGES,
     label_column: str | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
@@ -48,14 +50,15 @@ def probcover(
 
     Embeddings are L2-normalised (as ProbCover loads its self-supervised features), so ``δ`` is a
     Euclidean distance between unit vectors (``cos ≥ 1 − δ²/2``). The graph has an edge ``x → y`` iff
-    ``‖x − y‖ < δ`` (strict, as in ProbCover's code; every point covers itself) and is built sparsely
-    from `hf_prune.ops.knn`: each point's neighbours are searched with 32 candidates, doubled for the
-    points whose farthest candidate is still inside the ball, up to ``max_neighbors`` (balls larger
-    than that are truncated, with a warning). The greedy loop picks the point with the most uncovered
-    points in its ball, marks them covered and subtracts their in-edges from the counts (incremental,
-    never a re-scan of the graph). Ties go to a random point (a seeded permutation). Once everything
-    is covered, the remaining picks are uniform among the points not yet selected (the counts are all
-    zero, so ProbCover's argmax would otherwise return arbitrary points).
+    ``‖x − y‖ < δ`` (strict, as in ProbCover's code; every point covers itself). It holds *every* such
+    pair, found by an exact radius search (`hf_prune.ops.knn.radius_neighbors`: faiss ``range_search``
+    in row blocks, boundary pairs decided in float64), stored as a CSR graph whose memory is its
+    edges, never an N×N matrix; more than ``max_edges`` edges raise a `ValueError` with the count.
+    The greedy loop is exact: each step picks the point whose ball holds the most uncovered points
+    (ties to the lower row position), marks them covered and subtracts them from the counts of the
+    balls that hold them (O(edges) over the whole run, never a recount). Once everything is covered
+    every gain is zero, and the remaining picks are drawn uniformly (seeded) among the points not
+    yet selected rather than taken in row order.
 
     With ``delta=None`` δ follows ProbCover's purity rule: k-means into ``n_pseudo_labels`` clusters
     gives pseudo-labels, a ball ``B_δ(x)`` is pure iff no point of another cluster lies within ``δ`` of
@@ -76,9 +79,9 @@ def probcover(
         purity: the purity threshold α in (0, 1] (ProbCover: 0.95).
         n_pseudo_labels: k-means clusters for the purity rule; default ``min(budget, 500)``, at least 2.
         n_init: k-means runs with different seeds for the pseudo-labels; the lowest inertia is used.
-        max_neighbors: cap on the ball size stored per point (bounds the graph to N·max_neighbors edges).
+        max_edges: cap on the δ-graph's edges (about 8 bytes each while it is built); ``None`` for no cap.
         label_column: if given, the budget is split per class and ProbCover runs inside each class.
-        seed: seeds k-means and tie-breaking.
+        seed: seeds k-means and the picks made once everything is covered.
         device: device of the kNN search (faiss on CPU, torch on CUDA); ``None`` picks CUDA when available.
 
     Returns:
@@ -94,31 +97,36 @@ def probcover(
     if n_pseudo_labels is not None:
         n_pseudo_labels = check_positive_int("n_pseudo_labels", n_pseudo_labels, minimum=2)
     n_init = check_positive_int("n_init", n_init)
-    max_neighbors = check_positive_int("max_neighbors", max_neighbors)
+    if max_edges is not None:
+        max_edges = check_positive_int("max_edges", max_edges)
     features = read_matrix(dataset, embedding_column)
     unit = normalize_rows(features)
     dev = resolve_device(device)
     deltas: list[float] = []
 
+    edges: list[int] = []
+
     def pick(rows, k, rng):
         n = len(rows)
-        perm = rng.permutation(n)  # random tie-breaking: argmax takes the first maximum
-        x = unit[rows[perm]]
-        first_search = None
+        x = unit[rows]
         if delta is None:
             if n == 1:
                 radius = float("inf")
             else:
                 n_labels = n_pseudo_labels if n_pseudo_labels is not None else max(2, min(k, MAX_PSEUDO_LABELS))
                 labels = best_kmeans(x, min(n_labels, n), rng, n_init)
-                # Both the purity rule and the graph start with this search: run it once.
-                first_search = knn(x, min(n, _FIRST_NEIGHBOURS), queries=x, metric="ip", device=dev)
-                radius = purity_delta(x, labels, purity=purity, device=dev, first_search=first_search)
+                radius = purity_delta(x, labels, purity=purity, device=dev)
         else:
             radius = float(delta)
         deltas.append(radius)
-        src, dst = coverage_graph(x, radius, max_neighbors=max_neighbors, device=dev, first_search=first_search)
-        return perm[max_coverage(src, dst, n, k, rng)]
+        if math.isinf(radius):
+            # Every ball holds every point (one point, or one pseudo-label): the first row covers all.
+            edges.append(n * n)
+            rest = rng.choice(np.arange(1, n), size=k - 1, replace=False)
+            return np.concatenate([[0], rest]).astype(np.int64)
+        indptr, indices = coverage_graph(x, radius, max_edges=max_edges, device=dev)
+        edges.append(len(indices))
+        return max_coverage(indptr, indices, k, rng)
 
     params = {
         "embedding_column": embedding_column,
@@ -126,8 +134,9 @@ def probcover(
         "purity": purity,
         "n_pseudo_labels": n_pseudo_labels,
         "n_init": n_init,
-        "max_neighbors": max_neighbors,
+        "max_edges": max_edges,
         "delta_used": deltas,
+        "graph_edges": edges,
     }
     return run_selection(
         dataset, method="probcover", params=params, fraction=fraction, size=size, seed=seed,
@@ -206,81 +215,81 @@ def coverage_graph(
     x: np.ndarray,
     delta: float,
     *,
-    max_neighbors: int = 256,
+    max_edges: int | None = MAX_EDGES,
     device: str | torch.device | None = "cpu",
-    first_neighbors: int = _FIRST_NEIGHBOURS,
-    first_search: tuple[np.ndarray, np.ndarray] | None = None,
+    chunk_size: int = 4096,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Edges ``(src, dst)`` with ``‖x_src − x_dst‖ < delta`` on L2-normalised rows, self-loops included.
+    """ProbCover's δ-graph on L2-normalised rows as CSR ``(indptr, indices)``: all ``‖x_i − x_j‖ < delta``.
 
-    Memory is bounded by ``N · max_neighbors`` edges: each row's ball is searched with
-    ``first_neighbors`` candidates, doubled while its farthest candidate is still inside the ball.
-    ``first_search`` may pass an earlier ``knn(x, m, queries=x, metric="ip")``; it is used when ``m``
-    equals this first candidate count.
-
-    Example:
-        >>> src, dst = coverage_graph(unit_embeddings, 0.5)
-    """
-    n = len(x)
-    cap = max(1, min(n, max_neighbors))
-    m = min(cap, first_neighbors)
-    pending = np.arange(n)
-    srcs, dsts = [pending], [pending]
-    truncated = 0
-    while len(pending):
-        sims, idx = _candidates(x, m, pending, device, first_search)
-        inside = _unit_distances(sims) < delta
-        grow = inside[:, -1] & (m < n)
-        if m >= cap:
-            truncated += int(grow.sum())
-            grow[:] = False
-        done = ~grow
-        inside &= idx != pending[:, None]  # self-loops are added explicitly
-        rows, cols = np.nonzero(inside[done])
-        srcs.append(pending[done][rows])
-        dsts.append(idx[done][rows, cols])
-        pending = pending[grow]
-        m = min(cap, 2 * m)
-    if truncated:
-        warnings.warn(
-            f"ProbCover: {truncated} balls hold more than max_neighbors={max_neighbors} points and were "
-            "truncated; raise `max_neighbors` or lower `delta` for exact coverage",
-            stacklevel=3,
-        )
-    return np.concatenate(srcs).astype(np.int64), np.concatenate(dsts).astype(np.int64)
-
-
-def max_coverage(src: np.ndarray, dst: np.ndarray, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Greedy max coverage over the graph ``src → dst`` (``src`` covers ``dst``): ``k`` distinct rows.
-
-    Each step takes the row covering the most uncovered rows (first index on ties), marks its ball
-    covered and removes the in-edges of the newly covered rows from the counts. When nothing is left
-    to cover, the remaining picks are uniform among unselected rows.
+    Row ``i``'s ball (self included) is ``indices[indptr[i]:indptr[i + 1]]``. Exact and symmetric (see
+    `hf_prune.ops.knn.radius_neighbors`); memory is the edges. More than ``max_edges`` edges raise a
+    `ValueError` naming ``delta`` and ``max_edges`` with the number of edges found.
 
     Example:
-        >>> picks = max_coverage(src, dst, n, 10, np.random.default_rng(0))
+        >>> indptr, indices = coverage_graph(unit_embeddings, 0.5)
+        >>> ball_sizes = np.diff(indptr)
     """
-    out_order = np.argsort(src, kind="stable")
-    out_dst = dst[out_order]
-    out_ptr = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n))])
-    in_order = np.argsort(dst, kind="stable")
-    in_src = src[in_order]
-    in_ptr = np.concatenate([[0], np.cumsum(np.bincount(dst, minlength=n))])
-    degree = np.bincount(src, minlength=n).astype(np.int64)
+    try:
+        return radius_neighbors(x, delta, metric="l2", max_edges=max_edges, device=device, chunk_size=chunk_size)
+    except RadiusGraphTooLarge as err:
+        raise ValueError(
+            f"ProbCover: delta={delta:.6g} makes the coverage graph too large ({err}); pass a smaller "
+            "`delta` (or `n_pseudo_labels`/`purity` that give one), or raise `max_edges`"
+        ) from err
+
+
+def _gather(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The neighbour lists of ``rows`` concatenated, without a Python loop."""
+    starts, lengths = indptr[rows], indptr[rows + 1] - indptr[rows]
+    offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return indices[offsets + np.arange(offsets.size)]
+
+
+def max_coverage(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    *,
+    symmetric: bool = True,
+) -> np.ndarray:
+    """Greedy maximum coverage over a CSR graph (row ``i`` covers ``indices[indptr[i]:indptr[i+1]]``): ``k`` rows.
+
+    Each step takes the row covering the most uncovered rows, ties to the lower row position, marks
+    its ball covered and decrements the counts of every row whose ball holds a newly covered row. A
+    row's in-edges are its out-edges when the graph is ``symmetric`` (a radius graph); otherwise the
+    transpose is built once. Each row is covered once, so the updates cost O(edges) in all. When
+    nothing is left to cover, the remaining picks are uniform among unselected rows. The graph must
+    not hold duplicate edges.
+
+    Example:
+        >>> picks = max_coverage(indptr, indices, 10, np.random.default_rng(0))
+    """
+    n = len(indptr) - 1
+    degree = np.diff(indptr).astype(np.int64)
+    if symmetric:
+        in_ptr, in_src = indptr, indices
+    else:
+        order = np.argsort(indices, kind="stable")
+        in_src = np.repeat(np.arange(n), np.diff(indptr))[order]
+        in_ptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(indices, minlength=n), out=in_ptr[1:])
     covered = np.zeros(n, dtype=bool)
     chosen = np.zeros(n, dtype=bool)
     picks: list[int] = []
     for _ in range(k):
-        cur = int(np.argmax(degree))
+        cur = int(np.argmax(degree))  # the first maximum: ties to the lower row position
         if degree[cur] == 0:
             break
-        ball = out_dst[out_ptr[cur] : out_ptr[cur + 1]]
-        new = np.unique(ball[~covered[ball]])
+        ball = indices[indptr[cur] : indptr[cur + 1]]
+        new = ball[~covered[ball]]
         covered[new] = True
-        starts, lengths = in_ptr[new], in_ptr[new + 1] - in_ptr[new]
-        # Positions of all in-edges of the newly covered rows, without a Python loop.
-        offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-        degree -= np.bincount(in_src[offsets + np.arange(lengths.sum())], minlength=n)
+        holders = _gather(in_ptr, in_src, new)
+        # A few holders: subtract in place; many: one bincount pass over all rows is faster.
+        if len(holders) * 8 < n:
+            np.subtract.at(degree, holders, 1)
+        else:
+            degree -= np.bincount(holders, minlength=n)
         picks.append(cur)
         chosen[cur] = True
     rest = k - len(picks)

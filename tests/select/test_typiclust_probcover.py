@@ -1,5 +1,4 @@
 import importlib
-import warnings
 
 import numpy as np
 import pytest
@@ -117,10 +116,9 @@ def test_probcover_hand_case():
     angles = np.array([-0.1, -0.05, 0.0, 0.05, 0.1, 1.5, 1.55, 3.0])
     ds = make_dataset(on_circle(angles) * 3.0)  # scale is irrelevant: embeddings are normalised
     assert hp.select.probcover(ds, size=1, delta=0.12)["row_id"] == [2]
-    ids = hp.select.probcover(ds, size=2, delta=0.12)["row_id"]
-    assert ids[0] == 2 and ids[1] in (5, 6)
-    ids = hp.select.probcover(ds, size=3, delta=0.12)["row_id"]
-    assert ids[0] == 2 and ids[1] in (5, 6) and ids[2] == 7
+    # 5 and 6 both cover B: the tie goes to the lower row position.
+    assert hp.select.probcover(ds, size=2, delta=0.12)["row_id"] == [2, 5]
+    assert hp.select.probcover(ds, size=3, delta=0.12)["row_id"] == [2, 5, 7]
     # Everything is covered after three picks: the fourth is a random unselected point.
     fourth = {seed: set(hp.select.probcover(ds, size=4, delta=0.12, seed=seed)["row_id"]) for seed in range(6)}
     assert all({2, 7} < ids for ids in fourth.values())
@@ -148,22 +146,22 @@ def test_coverage_graph_and_greedy_match_dense_references():
     rng = np.random.default_rng(1)
     x = unit(rng.normal(size=(120, 4))).astype(np.float32)
     delta = 0.5
-    src, dst = coverage_graph(x, delta, first_neighbors=2)
+    indptr, indices = coverage_graph(x, delta, chunk_size=7)
     dense = pairwise(x.astype(np.float64)) < delta
     np.fill_diagonal(dense, True)
     got = np.zeros_like(dense)
-    got[src, dst] = True
+    got[np.repeat(np.arange(120), np.diff(indptr)), indices] = True
     np.testing.assert_array_equal(got, dense)
-    assert len(src) == dense.sum()  # no duplicate edges
+    assert len(indices) == dense.sum()  # no duplicate edges
     # Greedy max coverage, recomputing every count from scratch each step.
     covered, expected = np.zeros(120, bool), []
     for _ in range(15):
         gain = (dense & ~covered).sum(1)
         expected.append(int(np.argmax(gain)))
         covered |= dense[expected[-1]]
-    np.testing.assert_array_equal(max_coverage(src, dst, 120, 15, np.random.default_rng(0)), expected)
-    with pytest.warns(UserWarning, match="truncated"):
-        coverage_graph(x, 1.5, max_neighbors=8)
+    np.testing.assert_array_equal(max_coverage(indptr, indices, 15, np.random.default_rng(0)), expected)
+    with pytest.raises(ValueError, match=r"delta=1\.5.*max_edges=100\b.*edges"):
+        coverage_graph(x, 1.5, max_edges=100)
 
 
 def test_probcover_covers_more_than_random():
@@ -208,9 +206,9 @@ def test_probcover_conventions(blobs):
     assert hp.select.probcover(ds, fraction=0.2, label_column="label", seed=1)["row_id"] == sub["row_id"]
     step = hp.provenance(sub)[-1]
     assert step["method"] == "probcover" and len(step["params"]["delta_used"]) == 3
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # δ=0.3 on these blobs needs no truncated balls
-        hp.select.probcover(ds, size=5, delta=0.3)
+    x = unit(np.array(ds["emb"]))
+    edges = hp.provenance(hp.select.probcover(ds, size=5, delta=0.3))[-1]["params"]["graph_edges"]
+    assert edges == [int((pairwise(x) < 0.3).sum())]
 
 
 def test_probcover_bad_input(blobs):
@@ -223,7 +221,8 @@ def test_probcover_bad_input(blobs):
         ({"purity": 0}, "purity"),
         ({"purity": 1.5}, "purity"),
         ({"n_pseudo_labels": 1}, "n_pseudo_labels"),
-        ({"max_neighbors": 0}, "max_neighbors"),
+        ({"max_edges": 0}, "max_edges"),
+        ({"max_edges": 2.5}, "max_edges"),
         ({"n_init": 0}, "n_init"),
     ]:
         with pytest.raises(ValueError, match=word):

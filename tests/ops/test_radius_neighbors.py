@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+
+from hf_prune.ops.knn import RadiusGraphTooLarge, normalize_rows, radius_neighbors
+
+
+def as_dense(indptr, indices, n):
+    out = np.zeros((n, n), dtype=bool)
+    out[np.repeat(np.arange(n), np.diff(indptr)), indices] = True
+    return out
+
+
+def distances(x):
+    x = np.asarray(x, dtype=np.float64)
+    return np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+
+
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_radius_graph_equals_dense_float64(backend):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(700, 6)) * rng.uniform(0.5, 2.0, size=(700, 1))  # float64, varied norms
+    for radius in (0.8, 2.5):
+        indptr, indices = radius_neighbors(x, radius, backend=backend, chunk_size=64)
+        dense = distances(x) < radius
+        np.testing.assert_array_equal(as_dense(indptr, indices, len(x)), dense)
+        assert len(indices) == dense.sum() and indices.dtype == np.int32  # no duplicates
+    unit = normalize_rows(x)
+    indptr, indices = radius_neighbors(x, 0.4, metric="cosine", backend=backend)
+    np.testing.assert_array_equal(as_dense(indptr, indices, len(x)), distances(unit) < 0.4)
+    # Every pair within the radius: the complete graph, found in blocks that shrink to fit.
+    indptr, indices = radius_neighbors(unit, 2.5, backend=backend, chunk_size=512)
+    assert np.diff(indptr).tolist() == [len(x)] * len(x)
+
+
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_pairs_at_the_radius_are_decided_in_float64(backend):
+    # Two unit vectors and one far point; the radius sits a hair (1e-9, far below float32's
+    # resolution) above or below their float64 distance.
+    x = np.array([[1.0, 0.0], [np.cos(0.3), np.sin(0.3)], [-1.0, 0.0]], dtype=np.float32)
+    gap = distances(x)[0, 1]
+    for radius, linked in ((gap * (1 + 1e-9), True), (gap * (1 - 1e-9), False)):
+        indptr, indices = radius_neighbors(x, radius, backend=backend)
+        dense = as_dense(indptr, indices, 3)
+        assert dense[0, 1] == dense[1, 0] == linked
+        assert dense.diagonal().all() and not dense[2, :2].any()
+
+
+def test_too_many_edges_and_bad_input():
+    x = normalize_rows(np.random.default_rng(1).normal(size=(300, 4)))
+    with pytest.raises(RadiusGraphTooLarge, match=r"max_edges=500 edges: [\d,]+ in its first \d+ of 300 rows"):
+        radius_neighbors(x, 1.0, max_edges=500)
+    assert len(radius_neighbors(x, 1.0, max_edges=None)[1]) == (distances(x) < 1.0).sum()
+    for kwargs, word in [
+        ({"radius": 0.0}, "radius"),
+        ({"radius": float("inf")}, "radius"),
+        ({"radius": 0.5, "metric": "ip"}, "metric"),
+        ({"radius": 0.5, "max_edges": 0}, "max_edges"),
+        ({"radius": 0.5, "chunk_size": 0}, "chunk_size"),
+        ({"radius": 0.5, "backend": "annoy"}, "backend"),
+    ]:
+        with pytest.raises(ValueError, match=word):
+            radius_neighbors(x, **kwargs)
+    before = x.copy()
+    radius_neighbors(x, 0.5, metric="cosine")
+    np.testing.assert_array_equal(x, before)
