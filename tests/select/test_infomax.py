@@ -9,7 +9,7 @@ from scipy.optimize import brentq
 
 import hf_prune as hp
 from hf_prune.select._core import split_budget
-from hf_prune.select.infomax import infomax_kernel, infomax_objective, infomax_solve
+from hf_prune.select.infomax import infomax_hard_cut, infomax_kernel, infomax_objective, infomax_solve
 from tests.conftest import make_dataset
 
 # The package re-exports the function under the module's name; the tests patch the module itself.
@@ -289,3 +289,116 @@ def test_ties_go_to_the_lower_row():
     ds = make_dataset(emb, score=np.array([0.5, 1.0, 1.0, 1.0, 0.0], dtype=np.float32))
     assert hp.select.infomax(ds, size=2, score_column="score", k=2)["row_id"] == [1, 2]
     assert hp.select.infomax(ds, size=4, score_column="score", k=2)["row_id"] == [0, 1, 2, 3]
+
+
+# --- hard cutoff ---------------------------------------------------------------------------------
+
+
+def test_hard_cut_by_hand():
+    scores = np.array([0.2, 0.9, 0.5, 0.9, 0.1])
+    # ⌊0.5·5⌋ = 2: the two 0.9s; ⌊0.39·5⌋ = 1: of the tied 0.9s the lower position goes first (as CCS).
+    assert infomax_hard_cut(scores, 0.5).tolist() == [1, 3]
+    assert infomax_hard_cut(scores, 0.39).tolist() == [1]
+    assert infomax_hard_cut(scores, 0.7).tolist() == [1, 2, 3]
+    assert infomax_hard_cut(scores, 0.19).tolist() == [] and infomax_hard_cut(scores, 0.0).tolist() == []
+
+
+def _orthogonal(scores, labels=None):
+    """Orthogonal embeddings make K = 0, so InfoMax keeps the top scores of the rows left in play."""
+    n = len(scores)
+    columns = {"score": np.asarray(scores, dtype=np.float32)}
+    if labels is not None:
+        columns["label"] = labels
+    return make_dataset(np.eye(n, dtype=np.float32), **columns)
+
+
+def test_hard_cutoff_per_class_by_hand():
+    # class 0: rows 0–5, class 1: rows 6–9.
+    scores = [0.9, 0.1, 0.8, 0.3, 0.5, 0.7, 0.6, 0.2, 1.0, 0.4]
+    labels = [0] * 6 + [1] * 4
+    ds = _orthogonal(scores, labels)
+    # Per class: ⌊0.34·6⌋ = 2 cut in class 0 (rows 0, 2), ⌊0.34·4⌋ = 1 in class 1 (row 8).
+    # Budget 5 splits as [3, 2]: class 0 keeps the top 3 of rows 1, 3, 4, 5 → 5, 4, 3;
+    # class 1 the top 2 of rows 6, 7, 9 → 6, 9.
+    sub = hp.select.infomax(ds, size=5, score_column="score", k=2, hard_cutoff=0.34, label_column="label")
+    assert sub["row_id"] == [3, 4, 5, 6, 9]
+    # Without the cutoff the hardest rows win: 0, 2, 5 and 8, 6.
+    plain = hp.select.infomax(ds, size=5, score_column="score", k=2, label_column="label")
+    assert plain["row_id"] == [0, 2, 5, 6, 8]
+    # Globally: ⌊0.34·10⌋ = 3 cut over all rows (8, 0, 2); the top 5 of the rest are 5, 6, 4, 9, 3.
+    glob = hp.select.infomax(ds, size=5, score_column="score", k=2, hard_cutoff=0.34)
+    assert glob["row_id"] == [3, 4, 5, 6, 9]
+    assert hp.provenance(sub)[-1]["params"]["hard_cutoff"] == 0.34
+
+
+def test_hard_cutoff_drops_the_same_rows_as_ccs(mixture):
+    ds, _, scores = mixture
+    for cutoff in [0.1, 0.25, 0.5]:
+        cut = set(infomax_hard_cut(scores["ssp"], cutoff).tolist())
+        rest = len(ds) - len(cut)
+        # With the budget equal to what the cutoff leaves, both keep exactly the uncut rows.
+        ours = hp.select.infomax(ds, size=rest, score_column="ssp", hard_cutoff=cutoff)
+        theirs = hp.select.ccs(ds, size=rest, score_column="ssp", hard_cutoff=cutoff)
+        assert ours["row_id"] == theirs["row_id"] == sorted(set(range(len(ds))) - cut)
+
+
+def test_hard_cut_rows_are_never_selected(mixture):
+    ds, _, scores = mixture
+    labels = np.array(ds["label"])
+    for cutoff in [0.1, 0.3, 0.5]:
+        cut_global = set(infomax_hard_cut(scores["ssp"], cutoff).tolist())
+        cut_class = set()
+        for c in range(3):
+            rows = np.flatnonzero(labels == c)
+            cut_class |= set(rows[infomax_hard_cut(scores["ssp"][rows], cutoff)].tolist())
+        for kwargs, cut in [({}, cut_global), ({"label_column": "label"}, cut_class),
+                            ({"partitions": 3, "seed": 2}, cut_global),
+                            ({"label_column": "label", "partitions": 2, "seed": 1}, cut_class)]:
+            for fraction in [0.05, 0.2, 0.45]:
+                sub = hp.select.infomax(ds, fraction=fraction, score_column="ssp", hard_cutoff=cutoff, **kwargs)
+                assert len(sub) == round(fraction * len(ds)) and not set(sub["row_id"]) & cut, (cutoff, kwargs)
+
+
+def test_hard_cutoff_solves_on_the_rows_left(mixture):
+    ds, _, scores = mixture
+    # A global cutoff is InfoMax on the uncut rows alone (scores normalised over those rows).
+    for cutoff in [0.1, 0.4]:
+        left = np.setdiff1d(np.arange(len(ds)), infomax_hard_cut(scores["ssp"], cutoff))
+        sub = hp.select.infomax(ds, size=50, score_column="ssp", hard_cutoff=cutoff)
+        alone = hp.select.infomax(ds.select(left), size=50, score_column="ssp")
+        assert sub["row_id"] == left[np.array(alone["row_id"])].tolist()
+    # α = 0 keeps the next-hardest rows after the cut: positions 60..119 of the ranking for cutoff 0.1.
+    order = np.argsort(-scores["ssp"], kind="stable")
+    sub = hp.select.infomax(ds, size=60, score_column="ssp", hard_cutoff=0.1, alpha=0.0)
+    assert sub["row_id"] == sorted(order[60:120].tolist())
+
+
+def test_hard_cutoff_zero_is_bit_identical(mixture):
+    ds, _, _ = mixture
+    # Selections recorded before the option existed.
+    before = {
+        (("size", 12),): [81, 172, 238, 294, 338, 353, 358, 411, 477, 492, 537, 582],
+        (("size", 12), ("label_column", "label")): [81, 172, 178, 238, 338, 346, 353, 358, 402, 411, 582, 594],
+        (("size", 12), ("partitions", 3), ("seed", 4)): [81, 172, 238, 282, 294, 338, 346, 353, 358, 411, 477, 582],
+    }
+    for kwargs, expected in before.items():
+        assert hp.select.infomax(ds, score_column="ssp", **dict(kwargs))["row_id"] == expected
+        assert hp.select.infomax(ds, score_column="ssp", hard_cutoff=0.0, **dict(kwargs))["row_id"] == expected
+    kwargs = dict(fraction=0.3, score_column="ssp", label_column="label", partitions=2, seed=1)
+    assert hp.select.infomax(ds, hard_cutoff=0, **kwargs)["row_id"] == hp.select.infomax(ds, **kwargs)["row_id"]
+
+
+def test_hard_cutoff_bad_values(mixture):
+    ds, _, _ = mixture
+    for value in [1.0, 1.5, -0.1, "0.1", True, None, float("nan")]:
+        with pytest.raises(ValueError, match="hard_cutoff"):
+            hp.select.infomax(ds, fraction=0.1, score_column="ssp", hard_cutoff=value)
+    # The cutoff leaves 300 of 600 rows: a budget of 301 cannot be met.
+    with pytest.raises(ValueError, match="`hard_cutoff`=0.5 leaves 300 of 600 rows, fewer than the budget 301"):
+        hp.select.infomax(ds, size=301, score_column="ssp", hard_cutoff=0.5)
+    hp.select.infomax(ds, size=300, score_column="ssp", hard_cutoff=0.5)
+    with pytest.raises(ValueError, match="hard_cutoff"):  # per class: 60% of each class after cutting half
+        hp.select.infomax(ds, fraction=0.6, score_column="ssp", hard_cutoff=0.5, label_column="label")
+    before = ds[:3]
+    hp.select.infomax(ds, fraction=0.1, score_column="ssp", hard_cutoff=0.2, label_column="label")
+    assert ds[:3] == before and "row_id" not in ds.column_names
