@@ -49,6 +49,13 @@ Outputs in ``--output_dir``: ``config.json`` (configs, argv, git SHA, versions),
 epoch; ``--resume_from_checkpoint latest|PATH`` continues from the next epoch with model, optimizer,
 scheduler, dynamics and progress restored), and ``metrics.json`` with test top-1 and per-class
 accuracy as mean ± std over ``--seeds``.
+
+Checkpoints are written into ``epoch_<k>.incomplete`` and renamed to ``epoch_<k>`` once every process has
+written its files and the main process has listed them in ``checkpoint_complete.json`` (see
+`recipes.common.save_checkpoint`), so a kill mid-save never leaves a folder that looks finished.
+``latest`` picks the newest complete checkpoint and reports the incomplete ones it skips; a corrupt
+checkpoint given by path is an error naming it and the previous good one; ``--save_total_limit`` counts
+and deletes complete checkpoints only, so it never removes the last good one.
 """
 
 from __future__ import annotations
@@ -56,7 +63,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -79,9 +85,31 @@ from hf_prune.ops.columns import add_column, read_labels, read_vector
 from hf_prune.select.spec import parse_spec
 
 try:
-    from recipes.common import aggregate_runs, parse_config, run_metadata, write_json
+    from recipes.common import (
+        aggregate_runs,
+        complete_checkpoints,
+        find_checkpoint,
+        load_checkpoint,
+        parse_config,
+        prune_checkpoints,
+        replace_folder,
+        run_metadata,
+        save_checkpoint,
+        write_json,
+    )
 except ImportError:  # run as a script: the recipes folder itself is on sys.path
-    from common import aggregate_runs, parse_config, run_metadata, write_json
+    from common import (
+        aggregate_runs,
+        complete_checkpoints,
+        find_checkpoint,
+        load_checkpoint,
+        parse_config,
+        prune_checkpoints,
+        replace_folder,
+        run_metadata,
+        save_checkpoint,
+        write_json,
+    )
 
 
 @dataclass
@@ -575,8 +603,8 @@ def evaluate(model, loader, accelerator: Accelerator, num_classes: int) -> dict[
 
 
 def _checkpoints(directory: Path) -> list[Path]:
-    found = [(int(m.group(1)), p) for p in directory.glob("epoch_*") if (m := re.fullmatch(r"epoch_(\d+)", p.name))]
-    return [p for _, p in sorted(found)]
+    """The complete ``epoch_<k>`` checkpoints in ``directory``, oldest first (incomplete folders left out)."""
+    return complete_checkpoints(directory, "epoch_")
 
 
 def train_run(config: RunConfig, get_dataloaders=get_dataloaders) -> dict[str, Any]:
@@ -584,6 +612,8 @@ def train_run(config: RunConfig, get_dataloaders=get_dataloaders) -> dict[str, A
     cfg = config.train
     if cfg.budget not in ("epochs", "iterations"):
         raise ValueError(f"--budget must be 'epochs' or 'iterations', got {cfg.budget!r}")
+    if cfg.save_total_limit is not None and cfg.save_total_limit < 1:
+        raise ValueError(f"--save_total_limit must be at least 1 (or unset), got {cfg.save_total_limit}")
     accelerator = Accelerator(cpu=cfg.cpu, step_scheduler_with_optimizer=False)
     out = config.output_dir
     set_seed(config.seed)
@@ -615,18 +645,12 @@ def train_run(config: RunConfig, get_dataloaders=get_dataloaders) -> dict[str, A
 
     checkpoint_dir = out / "checkpoints"
     if cfg.resume_from_checkpoint:
-        path = None
-        if cfg.resume_from_checkpoint == "latest":
-            found = _checkpoints(checkpoint_dir)
-            path = found[-1] if found else None
-            if path is None:
-                accelerator.print(f"no checkpoint in {checkpoint_dir}; starting from scratch")
+        # `latest` skips folders a kill left half-written; a bad explicit path names the previous good one.
+        path = find_checkpoint(checkpoint_dir, cfg.resume_from_checkpoint, log=accelerator.print)
+        if path is None:
+            accelerator.print(f"no complete checkpoint in {checkpoint_dir}; starting from scratch")
         else:
-            path = Path(cfg.resume_from_checkpoint)
-            if not path.is_dir():
-                raise FileNotFoundError(f"checkpoint {path} not found")
-        if path is not None:
-            accelerator.load_state(str(path))
+            load_checkpoint(accelerator, path)
             accelerator.print(f"resumed from {path} after epoch {state.epoch} (step {state.step})")
 
     criterion = nn.CrossEntropyLoss()
@@ -680,10 +704,9 @@ def train_run(config: RunConfig, get_dataloaders=get_dataloaders) -> dict[str, A
         state.history.append(entry)
         accelerator.print(json.dumps({"seed": config.seed, **entry}))
         if cfg.checkpointing:
-            accelerator.save_state(str(checkpoint_dir / f"epoch_{epoch + 1}"))
+            saved = save_checkpoint(accelerator, checkpoint_dir / f"epoch_{epoch + 1}")
             if cfg.save_total_limit and accelerator.is_main_process:
-                for old in _checkpoints(checkpoint_dir)[: -cfg.save_total_limit]:
-                    shutil.rmtree(old, ignore_errors=True)
+                prune_checkpoints(checkpoint_dir, cfg.save_total_limit, saved)
             accelerator.wait_for_everyone()
 
     result = evaluate(model, test_loader, accelerator, data.num_classes)
@@ -716,10 +739,11 @@ def train_run(config: RunConfig, get_dataloaders=get_dataloaders) -> dict[str, A
             dynamics = recorder.to_dataset(cfg.dynamics_column)
             dynamics = add_column(dynamics, "row_id", data.row_ids.astype(np.int64), overwrite=True, feature=dynamics.features["row_id"])
             dynamics = dynamics.select_columns(["row_id", cfg.dynamics_column])
-            target = out / "dynamics"
-            if target.exists():
-                shutil.rmtree(target)
-            dynamics.save_to_disk(str(target))
+            target, staging = out / "dynamics", out / "dynamics.incomplete"
+            if staging.exists():
+                shutil.rmtree(staging)  # left by a run killed while writing it
+            dynamics.save_to_disk(str(staging))
+            replace_folder(staging, target)
             metrics["dynamics_path"] = str(target)
             metrics["dynamics_epochs"] = recorder.epochs
         write_json(out / "metrics.json", metrics)

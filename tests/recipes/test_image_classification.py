@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -9,11 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from accelerate import Accelerator
 
 import hf_prune as hp
 from hf_prune.data import load_digits
 from hf_prune.dynamics import DYNAMICS_FIELDS, read_dynamics
-from recipes.common import aggregate
+from recipes.common import (
+    CHECKPOINT_MARKER,
+    CheckpointError,
+    aggregate,
+    checkpoint_problem,
+    complete_checkpoints,
+)
 from recipes.image_classification import (
     TrainConfig,
     _batch_size_for,
@@ -42,9 +50,41 @@ def dynamics_arrays(path):
     return ds, read_dynamics(ds, "dynamics", DYNAMICS_FIELDS)
 
 
-def test_end_to_end_dynamics_checkpoint_and_resume(tmp_path):
-    full = tmp_path / "full"
-    summary = main(BASE + ["--epochs", "3", "--record_dynamics", "--output_dir", str(full)])
+FULL = BASE + ["--epochs", "3", "--record_dynamics"]
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """An uninterrupted 3-epoch run with dynamics (read-only: tests copy it before changing anything)."""
+    full = tmp_path_factory.mktemp("full_run") / "full"
+    summary = main(FULL + ["--output_dir", str(full)])
+    return full, summary
+
+
+def copy_run(full, target, drop=()):
+    """A copy of ``full`` as a run interrupted after its checkpoints, with the ``drop`` checkpoints removed."""
+    shutil.copytree(full, target)
+    for name in drop:
+        shutil.rmtree(target / "seed_0" / "checkpoints" / name)
+    shutil.rmtree(target / "seed_0" / "dynamics")
+    (target / "seed_0" / "metrics.json").unlink()
+    return target
+
+
+def assert_same_results(run, full):
+    """``run`` ended with exactly the metrics and dynamics of the uninterrupted ``full`` run."""
+    metrics, again = read(full / "seed_0" / "metrics.json"), read(run / "seed_0" / "metrics.json")
+    for key in ("test_accuracy", "test_loss", "per_class_accuracy", "iterations", "epochs"):
+        assert again[key] == metrics[key], key
+    assert [h["train_loss"] for h in again["history"]] == [h["train_loss"] for h in metrics["history"]]
+    _, dyn = dynamics_arrays(full / "seed_0" / "dynamics")
+    _, dyn_again = dynamics_arrays(run / "seed_0" / "dynamics")
+    for field in DYNAMICS_FIELDS:
+        np.testing.assert_array_equal(dyn_again[field], dyn[field])
+
+
+def test_end_to_end_dynamics_checkpoint_and_resume(tmp_path, full_run):
+    full, summary = full_run
     metrics = read(full / "seed_0" / "metrics.json")
     assert metrics["epochs"] == 3 and metrics["iterations"] == 3 * math.ceil(400 / 64)
     assert metrics["train_size"] == 400 and metrics["test_size"] == 200 and metrics["batch_size"] == 64
@@ -67,20 +107,119 @@ def test_end_to_end_dynamics_checkpoint_and_resume(tmp_path):
     np.testing.assert_allclose(dyn["correct"].mean(0), logged, atol=1e-6)
 
     # Interrupt after epoch 1 (drop later checkpoints and outputs), resume: identical final results.
-    resumed = tmp_path / "resumed"
-    shutil.copytree(full, resumed)
-    for name in ("epoch_2", "epoch_3"):
-        shutil.rmtree(resumed / "seed_0" / "checkpoints" / name)
-    shutil.rmtree(resumed / "seed_0" / "dynamics")
-    (resumed / "seed_0" / "metrics.json").unlink()
-    main(BASE + ["--epochs", "3", "--record_dynamics", "--output_dir", str(resumed), "--resume_from_checkpoint", "latest"])
-    again = read(resumed / "seed_0" / "metrics.json")
-    assert again["test_accuracy"] == metrics["test_accuracy"] and again["test_loss"] == metrics["test_loss"]
-    assert again["per_class_accuracy"] == metrics["per_class_accuracy"] and again["iterations"] == metrics["iterations"]
-    assert [h["train_loss"] for h in again["history"]] == [h["train_loss"] for h in metrics["history"]]
-    _, dyn_again = dynamics_arrays(resumed / "seed_0" / "dynamics")
-    for field in DYNAMICS_FIELDS:
-        np.testing.assert_array_equal(dyn_again[field], dyn[field])
+    resumed = copy_run(full, tmp_path / "resumed", drop=("epoch_2", "epoch_3"))
+    main(FULL + ["--output_dir", str(resumed), "--resume_from_checkpoint", "latest"])
+    assert_same_results(resumed, full)
+
+
+class Killed(BaseException):
+    """Stands in for a kill: a BaseException, so nothing in the recipe catches it."""
+
+
+def kill_during_save(monkeypatch, name):
+    """Make the save of checkpoint ``name`` die half-way: weights truncated, recorder state not written yet."""
+    original = Accelerator.save_state
+
+    def save_state(self, output_dir=None, **kwargs):
+        if Path(output_dir).name.split(".")[0] != name:
+            return original(self, output_dir, **kwargs)
+        original(self, output_dir, **kwargs)
+        weights = Path(output_dir) / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        for state in Path(output_dir).glob("custom_checkpoint_*.pkl"):
+            state.unlink()
+        raise Killed
+
+    monkeypatch.setattr(Accelerator, "save_state", save_state)
+
+
+def test_a_kill_during_a_save_resumes_from_the_previous_checkpoint(tmp_path, monkeypatch, full_run):
+    full, _ = full_run
+    out = tmp_path / "killed"
+    kill_during_save(monkeypatch, "epoch_3")
+    with pytest.raises(Killed):
+        main(FULL + ["--output_dir", str(out)])
+    monkeypatch.undo()
+    main(FULL + ["--output_dir", str(out), "--resume_from_checkpoint", "latest"])
+    assert_same_results(out, full)
+    checkpoints = out / "seed_0" / "checkpoints"
+    # The re-save of epoch 3 cleared what the kill left; only complete checkpoints remain.
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch_1", "epoch_2", "epoch_3"]
+    assert all(checkpoint_problem(p) is None for p in checkpoints.iterdir())
+
+
+def test_latest_skips_a_partial_checkpoint_folder(tmp_path, capsys, full_run):
+    full, _ = full_run
+    # An `epoch_3` without marker and weights, as a kill left it when checkpoints were written in place.
+    out = copy_run(full, tmp_path / "partial")
+    partial = out / "seed_0" / "checkpoints" / "epoch_3"
+    (partial / CHECKPOINT_MARKER).unlink(missing_ok=True)
+    (partial / "model.safetensors").unlink()
+    main(FULL + ["--output_dir", str(out), "--resume_from_checkpoint", "latest"])
+    printed = capsys.readouterr().out
+    assert f"skipping incomplete checkpoint {partial}" in printed and "resumed from" in printed and "epoch_2" in printed
+    assert_same_results(out, full)
+    assert checkpoint_problem(partial) is None  # rewritten whole
+
+
+def test_a_corrupt_checkpoint_names_it_and_the_previous_good_one(tmp_path, full_run):
+    full, _ = full_run
+    out = copy_run(full, tmp_path / "corrupt")
+    checkpoints = out / "seed_0" / "checkpoints"
+    epoch_1, epoch_2, epoch_3 = (checkpoints / f"epoch_{k}" for k in (1, 2, 3))
+
+    def resume(spec):
+        main(FULL + ["--output_dir", str(out), "--resume_from_checkpoint", str(spec)])
+
+    def names(path):
+        return rf"checkpoint {re.escape(str(path))} .*the previous good checkpoint is {re.escape(str(epoch_2))}\b"
+
+    weights = epoch_3 / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated after its save
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(epoch_3))} is corrupt: .*model.safetensors.* size"):
+        resume(epoch_3)
+    with pytest.raises(CheckpointError, match=names(epoch_3)):
+        resume("latest")  # the newest checkpoint has a marker: corrupt, not skipped
+
+    # A folder without a marker (an older layout) is tried; the failure names it and the previous good one.
+    (epoch_3 / CHECKPOINT_MARKER).unlink()
+    weights.unlink()
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(epoch_3))} could not be loaded .*pytorch_model.bin"):
+        resume(epoch_3)
+    with pytest.raises(CheckpointError, match=names(epoch_3)):
+        resume(epoch_3)
+
+    # Same size, garbled bytes: the checksum catches it, and the previous good one is now epoch_1.
+    recorder = epoch_2 / "custom_checkpoint_1.pkl"
+    recorder.write_bytes(b"\0" * recorder.stat().st_size)
+    for spec in (epoch_2, "latest"):  # latest skips the unmarked epoch_3 and stops at the corrupt epoch_2
+        with pytest.raises(CheckpointError, match=rf"{re.escape(str(epoch_2))} is corrupt: .*SHA-256") as info:
+            resume(spec)
+        assert f"the previous good checkpoint is {epoch_1} " in str(info.value)
+    with pytest.raises(CheckpointError, match=rf"epoch_7 not found; the previous good checkpoint is {re.escape(str(epoch_1))} "):
+        resume(checkpoints / "epoch_7")
+    (epoch_1 / "optimizer.bin").unlink()
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(epoch_1))} is corrupt: .*optimizer.bin.*no complete checkpoint before it"):
+        resume(epoch_1)
+    assert not (out / "seed_0" / "metrics.json").exists()  # nothing was resumed, so nothing was written
+
+
+def test_save_total_limit_never_deletes_the_last_good_checkpoint(tmp_path, full_run):
+    full, _ = full_run
+    out = copy_run(full, tmp_path / "limit", drop=("epoch_2",))
+    checkpoints = out / "seed_0" / "checkpoints"
+    # A newer partial folder (a kill mid-save in the old in-place layout) must not count as one of the kept.
+    (checkpoints / "epoch_3" / CHECKPOINT_MARKER).unlink(missing_ok=True)
+    (checkpoints / "epoch_3" / "model.safetensors").unlink()
+    main(
+        BASE + ["--epochs", "2", "--record_dynamics", "--save_total_limit", "1", "--output_dir", str(out),
+                "--resume_from_checkpoint", str(checkpoints / "epoch_1")]
+    )
+    assert (checkpoints / "epoch_2").is_dir() and not (checkpoints / "epoch_1").exists()
+    assert [p.name for p in complete_checkpoints(checkpoints)] == ["epoch_2"]
+    assert (checkpoints / "epoch_3").is_dir()  # not ours to count or delete: numbered after the run's last save
+    with pytest.raises(ValueError, match="save_total_limit"):
+        main(BASE + ["--epochs", "1", "--save_total_limit", "0", "--output_dir", str(tmp_path / "zero")])
 
 
 def test_inline_selector_subset_and_row_ids(tmp_path):
