@@ -218,3 +218,13 @@ def test_refresh_fingerprint_sees_edits_through_data():
     assert emb.fingerprint() == before  # the documented limit of the version counter
     changed = emb.refresh_fingerprint()
     assert changed != before and emb.fingerprint() == changed
+
+
+def test_tokenize_prompt_response_hashes_deterministically(tmp_path, random_hash_records):
+    Dataset.from_dict({"prompt": ["a red", "blue"], "response": [" cat", " dog dog"]}).save_to_disk(str(tmp_path / "ds"))
+    ds = load_from_disk(str(tmp_path / "ds"))
+    first = hp.embed.tokenize_prompt_response(ds, word_tokenizer())
+    second = hp.embed.tokenize_prompt_response(ds, word_tokenizer())
+    assert second._fingerprint == first._fingerprint
+    assert [f["filename"] for f in second.cache_files] == [f["filename"] for f in first.cache_files]
+    assert random_hash_records == []
