@@ -37,7 +37,7 @@ def test_hand_computed_herding_sequence():
     ds = make_dataset(x)
     expected = [{3}, {1, 3}, {0, 1, 3}, {0, 1, 2, 3}]
     for k, want in enumerate(expected, start=1):
-        assert set(ids(hp.select.herding(ds, size=k, geometry="raw")).tolist()) == want
+        assert set(ids(hp.select.herding(ds, size=k, metric="l2")).tolist()) == want
     mu = torch.tensor(x.mean(0))
     assert herd(torch.tensor(x, dtype=torch.float32), mu, mu, 4).tolist() == [3, 1, 0, 2]
 
@@ -48,9 +48,9 @@ def test_hand_computed_gm_matching_sequence_in_1d():
     # θ = 1.8 > 0 picks 3: {0, 1, 3, 10}.
     x = np.array([[0.0], [1.0], [2.0], [10.0], [3.0]])
     ds = make_dataset(x)
-    gm = [set(ids(hp.select.gm_matching(ds, size=k, geometry="raw")).tolist()) for k in (1, 2, 3, 4)]
+    gm = [set(ids(hp.select.gm_matching(ds, size=k, metric="l2")).tolist()) for k in (1, 2, 3, 4)]
     assert gm == [{3}, {0, 3}, {0, 1, 3}, {0, 1, 2, 3}]
-    assert set(ids(hp.select.herding(ds, size=4, geometry="raw")).tolist()) == {0, 1, 3, 4}
+    assert set(ids(hp.select.herding(ds, size=4, metric="l2")).tolist()) == {0, 1, 3, 4}
 
 
 def test_herding_error_decays_as_one_over_k_random_as_one_over_sqrt_k():
@@ -71,7 +71,7 @@ def test_herding_error_decays_as_one_over_k_random_as_one_over_sqrt_k():
     assert -0.7 < random_slope < -0.3  # O(1/√k)
     assert herd_error < np.mean(random_errors, axis=0)[-1] / 5
     # the selector picks exactly those rows
-    assert set(ids(hp.select.herding(ds, size=300, geometry="raw")).tolist()) == set(herd_order.tolist())
+    assert set(ids(hp.select.herding(ds, size=300, metric="l2")).tolist()) == set(herd_order.tolist())
 
 
 def test_gm_matching_converges_to_the_geometric_median_as_one_over_k():
@@ -100,8 +100,9 @@ def test_gm_matching_is_robust_to_forty_percent_adversarial_points():
     x, is_bad = toy(0.4, 5.0)
     ds = make_dataset(x)
     median, _ = geometric_median(x)
-    gm = ids(hp.select.gm_matching(ds, fraction=0.1, geometry="raw"))
-    hd = ids(hp.select.herding(ds, fraction=0.1, geometry="raw"))
+    # the defaults: the paper's claim must hold for what a user gets without options
+    gm = ids(hp.select.gm_matching(ds, fraction=0.1))
+    hd = ids(hp.select.herding(ds, fraction=0.1))
     rnd = ids(hp.select.random(ds, fraction=0.1, seed=0))
     err = {name: np.linalg.norm(x[rows].mean(0)) for name, rows in [("gm", gm), ("herding", hd), ("random", rnd)]}
     # The subset mean tracks the geometric median (Theorem 1: within its error, + O(1/k)) ...
@@ -118,8 +119,8 @@ def test_gm_matching_breakdown_bounded_when_adversary_moves_away():
     for distance in (5.0, 50.0):
         x, is_bad = toy(0.4, distance, seed=1)
         ds = make_dataset(x)
-        gm = ids(hp.select.gm_matching(ds, fraction=0.1, geometry="raw"))
-        hd = ids(hp.select.herding(ds, fraction=0.1, geometry="raw"))
+        gm = ids(hp.select.gm_matching(ds, fraction=0.1, metric="l2"))
+        hd = ids(hp.select.herding(ds, fraction=0.1, metric="l2"))
         errors[distance] = (np.linalg.norm(x[gm].mean(0)), np.linalg.norm(x[hd].mean(0)), is_bad[gm].mean())
     # Herding's error grows with the adversary (breakdown 0); GM Matching's stays bounded.
     assert errors[50.0][1] > 8 * errors[5.0][1]
@@ -127,18 +128,113 @@ def test_gm_matching_breakdown_bounded_when_adversary_moves_away():
     assert errors[50.0][2] < 0.1  # far adversarial points are (almost) never picked
 
 
+def digits_with_far_cluster(corrupt_fraction=0.2, distance=10.0, seed=0):
+    """sklearn digits pixels with rows replaced by a cluster far from the clean rows (as in the benchmark).
+
+    The cluster is centred at clean mean + distance · r · u, with u a random unit direction and r the
+    RMS distance of the clean rows to their mean, and has isotropic noise of RMS radius r.
+    """
+    from sklearn.datasets import load_digits
+
+    x = load_digits().data.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    is_bad = np.zeros(len(x), dtype=bool)
+    is_bad[rng.permutation(len(x))[: int(round(corrupt_fraction * len(x)))]] = True
+    mean = x[~is_bad].mean(0)
+    radius = np.sqrt(((x[~is_bad] - mean) ** 2).sum(1).mean())
+    u = rng.normal(size=x.shape[1])
+    u /= np.linalg.norm(u)
+    noise = rng.normal(size=(is_bad.sum(), x.shape[1])) * radius / np.sqrt(x.shape[1])
+    x[is_bad] = mean + distance * radius * u + noise
+    return x, is_bad
+
+
+def relative_error(x, is_bad, rows):
+    """‖subset mean − clean mean‖ over the clean rows' RMS radius (the benchmark's "error")."""
+    clean = x[~is_bad]
+    radius = np.sqrt(((clean - clean.mean(0)) ** 2).sum(1).mean())
+    return np.linalg.norm(x[rows].mean(0) - clean.mean(0)) / radius
+
+
+def test_far_away_corrupted_cluster_is_left_out_by_the_default():
+    x, is_bad = digits_with_far_cluster()
+    ds = make_dataset(x)
+    runs = {
+        "default": hp.select.gm_matching(ds, fraction=0.1),
+        "cosine": hp.select.gm_matching(ds, fraction=0.1, metric="cosine"),
+        "cosine_unit": hp.select.gm_matching(ds, fraction=0.1, metric="cosine", renormalize_median=True),
+        "herding": hp.select.herding(ds, fraction=0.1),
+    }
+    kept = {name: is_bad[ids(sub)].mean() for name, sub in runs.items()}
+    error = {name: relative_error(x, is_bad, ids(sub)) for name, sub in runs.items()}
+    # The previous default (cosine, median not renormalised) kept ~12% of the cluster (error ~1.2).
+    assert kept["default"] <= 0.05 and error["default"] < 0.5
+    assert kept["cosine_unit"] <= 0.05 and error["cosine_unit"] < 0.8
+    assert kept["cosine"] > 0.08 and error["cosine"] > 0.8
+    assert kept["herding"] > 0.15  # the mean target has no robustness at all
+
+
+def test_renormalised_median_trades_diversity_for_robustness():
+    # The paper's toy moved off the origin (cosine geometry needs a direction): 40% adversarial.
+    x, is_bad = toy(0.4, 5.0)
+    x = x + 2.0
+    ds = make_dataset(x)
+    unit = ids(hp.select.gm_matching(ds, fraction=0.1, metric="cosine", renormalize_median=True))
+    plain = ids(hp.select.gm_matching(ds, fraction=0.1, metric="cosine"))
+    assert is_bad[unit].mean() <= 0.01 < 0.04 <= is_bad[plain].mean()
+    # On clean data the unit-norm target drags the subset towards the median's direction.
+    clean, no_bad = digits_with_far_cluster(corrupt_fraction=0.0)
+    ds = make_dataset(clean)
+    unit = ids(hp.select.gm_matching(ds, fraction=0.1, metric="cosine", renormalize_median=True))
+    plain = ids(hp.select.gm_matching(ds, fraction=0.1, metric="cosine"))
+    assert relative_error(clean, no_bad, unit) > 4 * relative_error(clean, no_bad, plain)
+
+
+def test_renormalised_cosine_matches_the_released_code_reference():
+    refs = load_references()
+    x = np.random.default_rng(6).normal(size=(300, 5)) + [3.0, 1.0, 0.0, 0.0, 0.0]
+    ds = make_dataset(x)
+    xt = torch.tensor(x, dtype=torch.float32)
+    unit = ids(hp.select.gm_matching(ds, size=30, metric="cosine", renormalize_median=True, eps=1e-10))
+    plain = ids(hp.select.gm_matching(ds, size=30, metric="cosine", eps=1e-10))
+    assert set(refs.reference_gm_matching_cosine(xt, 30, eps=1e-12)) == set(unit.tolist())
+    assert set(refs.reference_gm_matching_cosine(xt, 30, renormalize=False, eps=1e-12)) == set(plain.tolist())
+    assert set(unit.tolist()) != set(plain.tolist())
+
+
+def test_median_without_direction_is_not_renormalised():
+    # Unit rows in all directions: their geometric median is the origin, which has no direction.
+    angles = np.arange(8) * np.pi / 4
+    x = np.stack([np.cos(angles), np.sin(angles)], axis=1) * np.arange(1, 9)[:, None]
+    ds = make_dataset(x)
+    with pytest.warns(UserWarning, match="cannot be renormalised"):
+        unit = hp.select.gm_matching(ds, size=3, metric="cosine", renormalize_median=True)
+    assert ids(unit).tolist() == ids(hp.select.gm_matching(ds, size=3, metric="cosine")).tolist()
+
+
+def test_deprecated_geometry_spelling_maps_to_metric(blobs):
+    ds, _, _ = blobs
+    with pytest.warns(FutureWarning, match="metric='l2'"):
+        raw = hp.select.gm_matching(ds, size=10, geometry="raw")
+    with pytest.warns(FutureWarning, match="metric='cosine'"):
+        cos = hp.select.herding(ds, size=10, geometry="cosine")
+    assert ids(raw).tolist() == ids(hp.select.gm_matching(ds, size=10, metric="l2")).tolist()
+    assert ids(cos).tolist() == ids(hp.select.herding(ds, size=10, metric="cosine")).tolist()
+    assert hp.provenance(raw)[-1]["params"]["metric"] == "l2"
+
+
 def test_cosine_geometry_matches_normalised_raw(blobs):
     ds, emb, _ = blobs
     unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
-    cos = hp.select.gm_matching(ds, size=20, geometry="cosine")
-    raw = hp.select.gm_matching(make_dataset(unit), size=20, geometry="raw")
+    cos = hp.select.gm_matching(ds, size=20, metric="cosine")
+    raw = hp.select.gm_matching(make_dataset(unit), size=20, metric="l2")
     assert ids(cos).tolist() == ids(raw).tolist()
-    assert ids(hp.select.gm_matching(ds, size=20, geometry="raw")).tolist() != ids(cos).tolist()
+    assert ids(hp.select.gm_matching(ds, size=20, metric="l2")).tolist() != ids(cos).tolist()
 
 
 def test_per_class_budgets_and_class_medians(blobs):
     ds, emb, labels = blobs
-    sub = hp.select.gm_matching(ds, fraction=0.2, label_column="label", geometry="raw")
+    sub = hp.select.gm_matching(ds, fraction=0.2, label_column="label", metric="l2")
     rows = ids(sub)
     assert np.bincount(labels[rows]).tolist() == [8, 6, 4]
     for c in range(3):
@@ -165,24 +261,26 @@ def test_conventions_determinism_and_provenance(blobs):
     assert len(hp.select.gm_matching(ds, fraction=1.0)) == len(ds)
     step = hp.provenance(sub)[-1]
     assert step["method"] == "gm_matching" and step["params"]["eps"] == 1e-5
-    assert step["params"]["geometry"] == "cosine" and step["params"]["init"] == "target"
+    assert step["params"]["metric"] == "l2" and step["params"]["init"] == "target"
+    assert step["params"]["renormalize_median"] is False
+    assert hp.provenance(hp.select.herding(ds, size=5))[-1]["params"]["metric"] == "l2"
     assert hp.provenance(hp.select.herding(ds, size=5))[-1]["method"] == "herding"
 
 
 def test_init_mean_differs_from_target_for_gm_only():
     x, _ = toy(0.3, 5.0)
     ds = make_dataset(x)
-    assert ids(hp.select.herding(ds, size=20, geometry="raw", init="mean")).tolist() == \
-        ids(hp.select.herding(ds, size=20, geometry="raw", init="target")).tolist()
-    assert ids(hp.select.gm_matching(ds, size=20, geometry="raw", init="mean")).tolist() != \
-        ids(hp.select.gm_matching(ds, size=20, geometry="raw", init="target")).tolist()
+    assert ids(hp.select.herding(ds, size=20, metric="l2", init="mean")).tolist() == \
+        ids(hp.select.herding(ds, size=20, metric="l2", init="target")).tolist()
+    assert ids(hp.select.gm_matching(ds, size=20, metric="l2", init="mean")).tolist() != \
+        ids(hp.select.gm_matching(ds, size=20, metric="l2", init="target")).tolist()
 
 
 def test_agrees_with_the_benchmark_references():
     refs = load_references()
     x = torch.tensor(np.random.default_rng(5).normal(size=(400, 6)), dtype=torch.float32)
     ds = make_dataset(x.numpy())
-    assert set(refs.reference_herding(x, 40)) == set(ids(hp.select.herding(ds, size=40, geometry="raw")).tolist())
+    assert set(refs.reference_herding(x, 40)) == set(ids(hp.select.herding(ds, size=40, metric="l2")).tolist())
     median, _ = geometric_median(x)
     mu = torch.tensor(median)
     assert refs.reference_herding(x, 40, target=mu) == herd(x, mu, mu, 40).tolist()
@@ -195,6 +293,14 @@ def test_bad_input(blobs):
     ds, emb, _ = blobs
     with pytest.raises(KeyError, match="nope"):
         hp.select.gm_matching(ds, size=5, embedding_column="nope")
+    with pytest.raises(ValueError, match="metric"):
+        hp.select.gm_matching(ds, size=5, metric="l1")
+    with pytest.raises(ValueError, match="metric"):
+        hp.select.herding(ds, size=5, metric="ip")
+    with pytest.raises(ValueError, match="renormalize_median.*cosine"):
+        hp.select.gm_matching(ds, size=5, renormalize_median=True)
+    with pytest.raises(ValueError, match="renormalize_median"):
+        hp.select.gm_matching(ds, size=5, metric="cosine", renormalize_median="yes")
     with pytest.raises(ValueError, match="geometry"):
         hp.select.gm_matching(ds, size=5, geometry="l1")
     with pytest.raises(ValueError, match="init"):
@@ -220,7 +326,7 @@ def test_bad_input(blobs):
 def test_non_converged_median_warns():
     x, _ = toy(0.2, 5.0)
     with pytest.warns(UserWarning, match="did not converge"):
-        hp.select.gm_matching(make_dataset(x), size=10, geometry="raw", eps=1e-15, max_iter=1)
+        hp.select.gm_matching(make_dataset(x), size=10, metric="l2", eps=1e-15, max_iter=1)
 
 
 @pytest.mark.gpu

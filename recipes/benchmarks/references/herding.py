@@ -60,6 +60,23 @@ def reference_gm_matching(x: torch.Tensor, k: int, *, eps: float = 1e-5, max_ite
     return reference_herding(x, k, target=reference_weiszfeld(x, eps=eps, max_iter=max_iter))
 
 
+def reference_gm_matching_cosine(
+    x: torch.Tensor, k: int, *, renormalize: bool = True, eps: float = 1e-5, max_iter: int = 1000
+) -> list[int]:
+    """GM Matching in cosine geometry, the way the authors' released code computes it.
+
+    Every row is divided by its L2 norm, the geometric median of those unit rows is computed
+    (`reference_weiszfeld`), the median itself is divided by its norm (``renormalize=True``), and
+    herding runs on the unit rows towards it. ``renormalize=False`` skips the median's rescaling.
+    """
+    unit = x.to(torch.float64)
+    unit = (unit / unit.norm(dim=1, keepdim=True).clamp_min(1e-12)).to(torch.float32)
+    target = reference_weiszfeld(unit, eps=eps, max_iter=max_iter)
+    if renormalize:
+        target = target / target.norm()
+    return reference_herding(unit, k, target=target)
+
+
 def reference_k_center_greedy(x: torch.Tensor, k: int, *, first: int = 0) -> list[int]:
     """k-center greedy over the full N×N distance matrix, re-taking the min over all centres per step.
 
