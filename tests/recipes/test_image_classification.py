@@ -382,3 +382,32 @@ def test_accelerate_launch_with_the_cpu_config(tmp_path):
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert read(out / "seed_0" / "metrics.json")["train_size"] == 128
+
+
+@pytest.mark.slow  # two torch.distributed CPU processes (gloo), started twice: ~1 min
+def test_two_processes_write_whole_checkpoints_and_resume(tmp_path):
+    # accelerate starts several CPU processes only through MPI; torchrun gives the same MULTI_CPU state.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    args = BASE + ["--max_train_samples", "128", "--batch_size", "32", "--eval_batch_size", "64", "--epochs", "2", "--record_dynamics"]
+
+    def launch(out, *extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(REPO / "recipes/image_classification.py"), *args, "--output_dir", str(out), *extra]
+        done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    full = tmp_path / "full"
+    launch(full)
+    epoch_2 = full / "seed_0" / "checkpoints" / "epoch_2"
+    marker = json.loads((epoch_2 / CHECKPOINT_MARKER).read_text())
+    assert marker["num_processes"] == 2 and {"random_states_0.pkl", "random_states_1.pkl"} <= set(marker["files"])
+    assert checkpoint_problem(epoch_2) is None
+    # A kill while saving epoch 2 left its staging folder (here with the second process's file only).
+    resumed = copy_run(full, tmp_path / "resumed", drop=("epoch_2",))
+    staging = resumed / "seed_0" / "checkpoints" / "epoch_2.incomplete"
+    staging.mkdir()
+    shutil.copy(epoch_2 / "random_states_1.pkl", staging)
+    assert "resumed from" in launch(resumed, "--resume_from_checkpoint", "latest")
+    assert_same_results(resumed, full)
+    assert sorted(p.name for p in (resumed / "seed_0" / "checkpoints").iterdir()) == ["epoch_1", "epoch_2"]
