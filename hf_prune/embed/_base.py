@@ -24,6 +24,18 @@ provides everything that is not model-specific:
   across processes, so the second identical ``map`` hits the cache, and no weight tensor is ever
   pickled for hashing. Ordinary pickling (sending the embedder to ``num_proc`` workers) is
   unchanged and does carry the weights.
+- **SIGTERM stops a map cleanly**: ``datasets`` writes a map's output to a ``tmpXXXX`` file in the
+  dataset's cache folder and removes it when the map raises, but SIGTERM's default action (what
+  ``kill``, ``docker stop``, a scheduler's preemption send) ends the process on the spot and leaves
+  that file behind. For the duration of a one-process `Embedder.map` whose program has no SIGTERM
+  handler of its own, SIGTERM instead stops the map at the next forward chunk, ``datasets`` removes
+  its partial file, and the map raises ``SystemExit(143)`` (128 + SIGTERM, the shell's status for a
+  terminated process), so the caller's ``finally`` blocks run. A second SIGTERM ends the process at
+  once. A program's own handler, SIGTERM ignored, ``num_proc`` maps and maps called by hand keep
+  the plain ``datasets`` behaviour. Nothing can run on SIGKILL; stale ``tmp*`` files of a killed
+  process are not swept automatically, because a cache folder may be shared by live maps of other
+  processes or machines (a shared filesystem) whose files look the same: delete them by hand once
+  no map runs.
 - **fingerprints follow the weights**: the checksum is of the weights as they are when ``map``
   hashes the embedder, so a model changed in place (an optimizer step, ``load_state_dict``,
   ``.half()``) gets a new fingerprint and a fresh column, never the stale cached one. It is reused
@@ -63,6 +75,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
+import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -131,6 +145,37 @@ class _CachedChecksum:
                 for (name, t), known, ref, state in zip(items, self.names, self.refs, self.states)
             )
         )
+
+
+class _Terminated(Exception):
+    """Raised inside ``datasets``' write loop after SIGTERM, so that it removes its temporary file."""
+
+
+class _SigtermGuard:
+    """Turn SIGTERM into a request that `Embedder.__call__` honours at its next chunk (see module docstring)."""
+
+    def __init__(self, enabled: bool):
+        self.requested = False
+        self.previous = None
+        self.enabled = (
+            enabled
+            and hasattr(signal, "SIGTERM")
+            and threading.current_thread() is threading.main_thread()  # signal handlers live there only
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # never override the program's choice
+        )
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+
+    def __enter__(self) -> _SigtermGuard:
+        if self.enabled:
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 def _module_spec(module: torch.nn.Module) -> dict[str, Any]:
@@ -209,6 +254,7 @@ class Embedder:
         self._placed_on: torch.device | None = None
         self._checksums: dict[str, _CachedChecksum] | None = None
         self._owner_pid = os.getpid()
+        self._sigterm: _SigtermGuard | None = None
 
     # ----------------------------------------------------------------- subclass hooks
     def _output_dims(self) -> dict[str, int | None]:
@@ -341,6 +387,7 @@ class Embedder:
         state = self.__dict__.copy()
         state["_placed_on"] = None  # a worker process places the models on its own device
         state["_checksums"] = None  # weak references to this process's tensors
+        state["_sigterm"] = None  # signal handling belongs to the process that runs `map`
         return state
 
     # ----------------------------------------------------------------- the map function
@@ -368,6 +415,9 @@ class Embedder:
         grad = torch.inference_mode() if self.use_inference_mode else contextlib.nullcontext()
         with grad:
             for start in range(0, n, self.batch_size):
+                guard = getattr(self, "_sigterm", None)
+                if guard is not None and guard.requested:
+                    raise _Terminated("SIGTERM received: the map was stopped")
                 chunk = {c: batch[c][start : start + self.batch_size] for c in self.input_columns}
                 rows = min(self.batch_size, n - start)
                 with self.autocast(device):
@@ -427,13 +477,25 @@ class Embedder:
         existing = check_new_columns(dataset, self.output_columns, overwrite)
         if existing:
             dataset = dataset.remove_columns(existing)
-        return dataset.map(
-            self,
-            batched=True,
-            batch_size=batch_size or self.batch_size,
-            with_rank=True,
-            num_proc=num_proc,
-            features=self.features_for(dataset),
-            desc=desc or f"{type(self).__name__} -> {', '.join(self.output_columns)}",
-            **map_kwargs,
-        )
+        features = self.features_for(dataset)
+        # One process only: workers of a `num_proc` pool cannot be stopped this way without hanging the pool.
+        with _SigtermGuard(enabled=num_proc is None or num_proc <= 1) as guard:
+            self._sigterm = guard
+            try:
+                result = dataset.map(
+                    self,
+                    batched=True,
+                    batch_size=batch_size or self.batch_size,
+                    with_rank=True,
+                    num_proc=num_proc,
+                    features=features,
+                    desc=desc or f"{type(self).__name__} -> {', '.join(self.output_columns)}",
+                    **map_kwargs,
+                )
+            except _Terminated as err:
+                raise SystemExit(128 + signal.SIGTERM) from err
+            finally:
+                self._sigterm = None
+        if guard.requested:  # SIGTERM after the last chunk: the cache file is complete, still stop
+            raise SystemExit(128 + signal.SIGTERM)
+        return result
