@@ -1,41 +1,163 @@
-"""Provenance of a selection: which method, parameters and seed produced a subset, from which input.
+"""Provenance of a subset: which steps (method, parameters, seed) produced it, from which input.
 
 Stored as JSON inside ``dataset.info.description`` (between markers), because DatasetInfo travels
 with ``select``/``map``/``save_to_disk`` and into the Hub card, while attributes on a Dataset object
-do not. Chained selections append a step, so the full history of a subset is readable.
+do not. Chained steps append to the list, so the full history of a subset is readable.
+
+Each step records what it read and what it produced: ``input_fingerprint``/``input_rows`` and
+``output_fingerprint``/``output_rows``, plus a short digest of the ``row_id`` column on either side
+(``input_row_id_digest``/``output_row_id_digest``, ``None`` without such a column). The first step
+also records ``source``: what `datasets` knows about where its input came from (builder, config,
+split and, for data loaded from the Hub, the repo id and commit of its cache folder).
+
+The DatasetInfo also survives operations hf_prune does not record (``filter``, ``shuffle``, another
+``select``), so `provenance` checks that each step still describes the rows after it; see there.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import re
-from typing import Any
-
-from datasets import Dataset
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .version import __version__
 
-__all__ = ["provenance", "with_provenance", "input_fingerprint"]
+if TYPE_CHECKING:  # datasets is imported lazily so `import hf_prune` stays light
+    from datasets import Dataset
+
+__all__ = ["provenance", "with_provenance", "input_fingerprint", "row_id_digest", "source_info"]
 
 _START, _END = "<!-- hf_prune:provenance ", " -->"
 _PATTERN = re.compile(re.escape(_START) + r"(.*?)" + re.escape(_END), re.DOTALL)
+_ROW_ID = "row_id"
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
-def provenance(dataset: Dataset) -> list[dict[str, Any]]:
-    """The list of selection steps that produced ``dataset`` (oldest first); empty when none.
-
-    Example:
-        >>> sub = hp.select.random(ds, fraction=0.5, seed=0)
-        >>> hp.provenance(sub)[-1]["method"]
-        'random'
-    """
+def _stored_steps(dataset: Dataset) -> list[dict[str, Any]]:
     match = _PATTERN.search(dataset.info.description or "")
     return json.loads(match.group(1)) if match else []
 
 
+def provenance(dataset: Dataset, *, warn: bool = True) -> list[dict[str, Any]]:
+    """The list of steps that produced ``dataset`` (oldest first); empty when none is recorded.
+
+    Every returned step carries ``stale``: ``True`` when the rows it produced are no longer the rows
+    after it — the next step's input, or ``dataset`` itself for the last step — because they were
+    filtered, reordered or re-selected by an operation hf_prune does not record. The check: the same
+    fingerprint means unchanged; a different row count means changed; with the same row count the
+    ``row_id`` digests (row ids in row order) decide, so adding columns with ``map``, saving and
+    reloading, or pushing to the Hub keep a step current while ``shuffle`` makes it stale. With the same
+    row count and no ``row_id`` on one side the step is taken as current (nothing tells a ``map``
+    from a reorder there). With ``warn=True`` a `UserWarning` names the stale steps.
+
+    Example:
+        >>> sub = hp.select.random(ds, fraction=0.5, seed=0)
+        >>> hp.provenance(sub)[-1]["method"], hp.provenance(sub)[-1]["stale"]
+        ('random', False)
+        >>> hp.provenance(sub.filter(lambda row: row["label"] == 0))[-1]["stale"]  # also warns
+        True
+    """
+    steps = _stored_steps(dataset)
+    # The dataset in hand, described like a step's input; the digest reads a column, so only on demand.
+    hand = {"input_fingerprint": lambda: dataset._fingerprint, "input_rows": lambda: len(dataset),
+            "input_row_id_digest": lambda: row_id_digest(dataset)}
+
+    def hand_value(key: str) -> Any:
+        return hand[key]()
+
+    for i, step in enumerate(steps):
+        after = steps[i + 1] if i + 1 < len(steps) else None
+        step["stale"] = not _describes(step, (after.get if after is not None else hand_value))
+    stale = [i + 1 for i, step in enumerate(steps) if step["stale"]]
+    if warn and stale:
+        last = steps[-1]
+        if not last["stale"]:
+            detail = "an earlier step's rows were changed before the next step read them"
+        elif last["output_rows"] != len(dataset):
+            detail = f"the last step ({last['method']}) produced {last['output_rows']:,} rows; this dataset has {len(dataset):,}"
+        else:
+            detail = f"this dataset's rows are not the ones the last step ({last['method']}) produced, in its order"
+        warnings.warn(
+            f"provenance steps {stale} no longer describe the rows after them: {detail} "
+            "(filter/shuffle/select are not recorded); see each step's 'stale' field",
+            UserWarning,
+            stacklevel=2,
+        )
+    return steps
+
+
+def _describes(step: dict[str, Any], after) -> bool:
+    """Whether the rows ``step`` produced are the rows described by ``after`` (an input_* lookup)."""
+    fingerprint = step.get("output_fingerprint")
+    if fingerprint is not None and fingerprint == after("input_fingerprint"):
+        return True
+    if step["output_rows"] != after("input_rows"):
+        return False
+    expected, found = step.get("output_row_id_digest"), after("input_row_id_digest")
+    return expected is None or found is None or expected == found
+
+
 def input_fingerprint(dataset: Dataset) -> str:
     return dataset._fingerprint
+
+
+def row_id_digest(dataset: Dataset) -> str | None:
+    """A 16-hex digest of the ``row_id`` column in row order (``None`` without an integer one).
+
+    Two views with the same digest hold the same rows in the same order, whatever columns were added.
+
+    Example:
+        >>> row_id_digest(sub) == row_id_digest(sub.map(lambda row: {"x": 1}))
+        True
+    """
+    if _ROW_ID not in dataset.column_names:
+        return None
+    import numpy as np
+    import pyarrow as pa
+
+    column = dataset.data.table.column(_ROW_ID)
+    if not pa.types.is_integer(column.type) or column.null_count:
+        return None  # a user's own row_id of another kind: nothing to compare
+    ids = column.to_numpy()
+    if dataset._indices is not None:  # after select/shuffle: the rows in view order, gathered in NumPy
+        ids = ids[dataset._indices.column(0).to_numpy()]
+    return hashlib.blake2b(np.ascontiguousarray(ids, dtype="<i8").tobytes(), digest_size=8).hexdigest()
+
+
+def source_info(dataset: Dataset) -> dict[str, Any]:
+    """What `datasets` reliably knows about where ``dataset`` came from; keys only when known.
+
+    ``dataset_name``, ``config_name``, ``builder_name``, ``version`` (from ``dataset.info``) and
+    ``split``; for data loaded from the Hub with `load_dataset`, ``hub_id`` and ``revision`` (the
+    commit) read from its cache folder ``<namespace>___<name>/<config>/<version>/<commit>/``. The
+    name part of ``hub_id`` is the one `datasets` caches: lower ``snake_case``. In-memory datasets
+    (``Dataset.from_dict``) have none of these; their fingerprint is all there is.
+
+    Example:
+        >>> source_info(load_dataset("uoft-cs/cifar10", split="train"))["hub_id"]
+        'uoft-cs/cifar10'
+    """
+    info, out = dataset.info, {}
+    for key in ("dataset_name", "config_name", "builder_name"):
+        if getattr(info, key, None):
+            out[key] = str(getattr(info, key))
+    if info.version is not None:
+        out["version"] = str(info.version)
+    if dataset.split is not None:
+        out["split"] = str(dataset.split)
+    files = dataset.cache_files
+    if files and info.dataset_name:
+        parts = Path(files[0]["filename"]).parts
+        # <namespace>___<name>/<config>/<version>/<commit>/<file>: the layout load_dataset gives a Hub repo.
+        if len(parts) >= 5 and _COMMIT.fullmatch(parts[-2]) and "___" in parts[-5]:
+            namespace, _, name = parts[-5].partition("___")
+            if name == info.dataset_name:
+                out["hub_id"], out["revision"] = f"{namespace}/{name}", parts[-2]
+    return out
 
 
 def _jsonable(value: Any) -> Any:
@@ -53,19 +175,31 @@ def _jsonable(value: Any) -> Any:
 
 
 def with_provenance(result: Dataset, source: Dataset, *, method: str, params: dict[str, Any]) -> Dataset:
-    """Return ``result`` with one more provenance step describing how it was made from ``source``."""
-    steps = provenance(source)
-    steps.append(
-        {
-            "method": method,
-            "params": _jsonable(params),
-            "input_fingerprint": input_fingerprint(source),
-            "input_rows": len(source),
-            "output_rows": len(result),
-            "library": "hf_prune",
-            "version": __version__,
-        }
-    )
+    """Return ``result`` with one more provenance step describing how it was made from ``source``.
+
+    Generic over steps: selectors, scorers and embedders call it with the Dataset they read and the
+    one they return (``result`` is the final object; a later transform would change its fingerprint).
+    ``result`` is updated in place (its info only) and returned.
+
+    Example:
+        >>> scored = with_provenance(scored, ds, method="el2n", params={"output_column": "el2n"})
+    """
+    steps = _stored_steps(source)
+    step = {
+        "method": method,
+        "params": _jsonable(params),
+        "input_fingerprint": input_fingerprint(source),
+        "input_rows": len(source),
+        "input_row_id_digest": row_id_digest(source),
+        "output_fingerprint": input_fingerprint(result),
+        "output_rows": len(result),
+        "output_row_id_digest": row_id_digest(result),
+        "library": "hf_prune",
+        "version": __version__,
+    }
+    if not steps:
+        step["source"] = source_info(source)
+    steps.append(step)
     info = copy.deepcopy(result.info)
     base = _PATTERN.sub("", info.description or "").rstrip()
     blob = _START + json.dumps(steps, sort_keys=True) + _END

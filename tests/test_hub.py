@@ -1,8 +1,14 @@
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import huggingface_hub
 import numpy as np
+import pytest
 from datasets import load_from_disk
-from huggingface_hub import DatasetCard
+from huggingface_hub import DatasetCard, constants
 
 import hf_prune as hp
 from tests.conftest import make_dataset
@@ -19,7 +25,7 @@ def test_card_lists_every_step_with_parameters():
     card = hp.hub.dataset_card(sub, repo_id="me/tiny", source="toy")
     text = card.content
     assert "# tiny" in text and "Source dataset: `toy`" in text
-    assert text.count("`random`") == 2 and "`seed=2`" in text and ds._fingerprint in text
+    assert text.count("| `random` |") == 2 and "`seed=2`" in text and ds._fingerprint in text
     blob = text.split("```json\n")[1].split("```")[0]
     assert json.loads(blob) == hp.provenance(sub)
     assert card.data.tags == ["hf_prune", "data-pruning", "coreset"]
@@ -37,8 +43,168 @@ def test_save_subset_round_trip(tmp_path):
 def test_push_subset_pushes_data_then_card(monkeypatch):
     _, sub = _subset()
     calls = []
+    # Online with a token the Hub accepts; the transfers themselves are recorded, not sent.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "whoami", lambda token: {"name": "me"})
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
     monkeypatch.setattr(type(sub), "push_to_hub", lambda self, repo_id, **kw: calls.append(("data", repo_id, kw)))
     monkeypatch.setattr(DatasetCard, "push_to_hub", lambda self, repo_id, **kw: calls.append(("card", repo_id, kw)))
     hp.hub.push_subset(sub, "me/tiny", private=True)
     assert [c[0] for c in calls] == ["data", "card"] and calls[0][2]["private"] is True
     assert calls[1][2]["repo_type"] == "dataset"
+
+
+def test_card_says_what_row_id_refers_to():
+    ds, sub = _subset()
+    text = hp.hub.dataset_card(sub).content
+    assert "original dataset" not in text
+    assert f"position (0-based) in the Dataset passed to step 1 (`random`): the 10-row view with fingerprint `{ds._fingerprint}`" in text
+    assert "Warning" not in text
+
+
+def test_card_of_a_filtered_subset_says_the_steps_no_longer_match():
+    _, sub = _subset()
+    kept = sub.filter(lambda row: row["label"] == 0)
+    text = hp.hub.dataset_card(kept).content
+    assert f"**Warning:** this dataset ({len(kept)} rows) is not the output of the last recorded step (`random`, 3 rows)" in text
+    assert text.count("changed afterwards") == 1 and text.count("| current |") == 1
+
+
+def test_card_names_the_source_and_revision_given():
+    _, sub = _subset()
+    text = hp.hub.dataset_card(sub, source="me/data", source_revision="v1.0").content
+    assert "Source dataset: `me/data` at revision `v1.0`." in text
+
+
+def _listing(path):
+    return sorted(p.name for p in path.iterdir())
+
+
+def test_save_subset_refuses_a_non_empty_folder(tmp_path):
+    _, sub = _subset()
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "README.md").write_text("my own notes")
+    with pytest.raises(FileExistsError, match="not empty; pass overwrite=True"):
+        hp.hub.save_subset(sub, target)
+    # overwrite=True does not delete a folder that is not a saved dataset
+    with pytest.raises(FileExistsError, match="holds no saved dataset"):
+        hp.hub.save_subset(sub, target, overwrite=True)
+    assert (target / "README.md").read_text() == "my own notes" and _listing(target) == ["README.md"]
+    assert _listing(tmp_path) == ["mine"]
+    (tmp_path / "empty").mkdir()
+    hp.hub.save_subset(sub, tmp_path / "empty")  # an empty folder is fine
+    assert len(load_from_disk(tmp_path / "empty")) == 3
+
+
+def test_save_subset_overwrite_replaces_the_old_shards(tmp_path):
+    ds, sub = _subset()
+    target = tmp_path / "sub"
+    ds.save_to_disk(target, num_shards=3)
+    assert "data-00002-of-00003.arrow" in _listing(target)
+    hp.hub.save_subset(sub, target, overwrite=True)
+    assert _listing(target) == ["README.md", "data-00000-of-00001.arrow", "dataset_info.json", "state.json"]
+    assert load_from_disk(target)["row_id"] == sub["row_id"]
+    assert _listing(tmp_path) == ["sub"]  # no temporary sibling left
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_interrupted_save_keeps_the_old_folder(tmp_path, monkeypatch, error):
+    ds, sub = _subset()
+    target = tmp_path / "sub"
+    hp.hub.save_subset(ds, target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+
+    def fail(self, path):
+        raise error("interrupted while writing the card")
+
+    monkeypatch.setattr(DatasetCard, "save", fail)
+    with pytest.raises(error):
+        hp.hub.save_subset(sub, target, overwrite=True)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert len(load_from_disk(target)) == 10 and _listing(tmp_path) == ["sub"]
+
+
+def test_failure_between_the_renames_restores_the_old_folder(tmp_path, monkeypatch):
+    ds, sub = _subset()
+    target = tmp_path / "sub"
+    hp.hub.save_subset(ds, target)
+    rename, calls = os.rename, []
+
+    def second_rename_fails(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:  # old folder moved aside, new one not yet in place
+            raise OSError("disk full")
+        return rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", second_rename_fails)
+    with pytest.raises(OSError, match="disk full"):
+        hp.hub.save_subset(sub, target, overwrite=True)
+    monkeypatch.undo()
+    assert len(load_from_disk(target)) == 10 and _listing(tmp_path) == ["sub"]
+
+
+def test_save_subset_refuses_to_replace_the_folder_its_data_is_read_from(tmp_path):
+    ds, _ = _subset()
+    hp.hub.save_subset(ds, tmp_path / "sub")
+    loaded = load_from_disk(tmp_path / "sub")
+    sub = hp.select.random(loaded, size=3, seed=0)
+    with pytest.raises(ValueError, match="reads its data from that folder"):
+        hp.hub.save_subset(sub, tmp_path / "sub", overwrite=True)
+    assert len(load_from_disk(tmp_path / "sub")) == 10
+
+
+def test_save_subset_refuses_a_file(tmp_path):
+    _, sub = _subset()
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(FileExistsError, match="not a folder"):
+        hp.hub.save_subset(sub, tmp_path / "f", overwrite=True)
+
+
+def test_push_subset_offline_says_what_to_do_before_any_work(monkeypatch):
+    # The test session runs with HF_HUB_OFFLINE=1 (conftest).
+    _, sub = _subset()
+    calls = []
+    monkeypatch.setattr(type(sub), "push_to_hub", lambda self, repo_id, **kw: calls.append(repo_id))
+    with pytest.raises(hp.hub.HubAccessError, match="offline mode is on \\(HF_HUB_OFFLINE=1\\).*save the subset locally"):
+        hp.hub.push_subset(sub, "me/tiny", token="hf_not_checked")
+    assert calls == []
+    with pytest.raises(ValueError, match="`repo_id`"):
+        hp.hub.push_subset(sub, "not a repo id")
+
+
+def _run_push(tmp_path, monkeypatch, **env):
+    """push_subset in a fresh interpreter: the Hub client reads HF_* variables at import."""
+    for key in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no stored token there
+    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "hf_home" / "token"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    code = (
+        "from datasets import Dataset\nimport hf_prune as hp\n"
+        "sub = hp.select.random(Dataset.from_dict({'x': list(range(6))}), size=3, seed=0)\n"
+        "Dataset.push_to_hub = lambda *a, **k: print('PUSHED')\n"
+        "try:\n    hp.hub.push_subset(sub, 'me/tiny')\n"
+        "except hp.hub.HubAccessError as err:\n    print('ERROR', err)\n"
+    )
+    # The child imports the same hf_prune as this test run.
+    monkeypatch.setenv("PYTHONPATH", str(Path(hp.__file__).resolve().parents[1]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_push_subset_without_a_token_says_log_in(tmp_path, monkeypatch):
+    out = _run_push(tmp_path, monkeypatch)
+    assert "ERROR cannot push to 'me/tiny': no Hugging Face token found. Log in with `hf auth login`" in out
+    assert "HF_HUB_OFFLINE=1" in out and "PUSHED" not in out
+
+
+def test_push_subset_without_a_network_says_so(tmp_path, monkeypatch):
+    # A closed local port: the connection is refused at once, as with no network.
+    out = _run_push(tmp_path, monkeypatch, HF_TOKEN="hf_unchecked", HF_ENDPOINT="http://127.0.0.1:9")
+    assert "ERROR cannot push to 'me/tiny': could not reach the Hub at http://127.0.0.1:9" in out
+    assert "Check the network connection" in out and "PUSHED" not in out
