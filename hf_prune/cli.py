@@ -4,63 +4,141 @@
     hf-prune select INPUT --selector "gm_matching:fraction=0.1,embedding_column=emb" --output OUT [--push REPO]
     hf-prune info PATH          # the provenance of a saved subset
     hf-prune list               # available selectors
+
+INPUT is a saved dataset folder, a folder of data files, a single ``.parquet``/``.csv``/``.jsonl``
+(``.json``, ``.tsv``, ``.arrow``, ``.txt``, optionally compressed) file, or a Hub dataset id. Every
+check that needs no data (selector options, output folder, Hub login) runs before anything is loaded.
+Only the standard library is imported until a command runs, so ``--help`` is instant.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 
 __all__ = ["main", "make_parser"]
 
+# Builder of `datasets.load_dataset` for a single data file, by extension.
+_FILE_BUILDERS = {
+    ".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".arrow": "arrow",
+    ".txt": "text",
+}
+_COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".lz4")
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 
-def _load(path_or_id: str, split: str | None):
+
+def _file_builder(path: str) -> tuple[str | None, str]:
+    name = path.lower()
+    for ext in _COMPRESSION:
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+    return _FILE_BUILDERS.get(os.path.splitext(name)[1]), os.path.splitext(name)[1]
+
+
+def _is_path_like(text: str) -> bool:
+    """Whether ``text`` can only be a local path (it cannot be a Hub id like ``name`` or ``namespace/name``)."""
+    return (
+        text.startswith((".", "~", os.sep)) or "\\" in text or not _HUB_ID.fullmatch(text)
+        or _file_builder(text)[0] is not None
+    )
+
+
+def _load(path_or_id: str, split: str | None, revision: str | None = None):
     from datasets import load_dataset, load_from_disk
 
     from .data.hub import is_saved_dataset
 
-    # A single saved Dataset is fine here (unlike `load_image_dataset`, which needs train/test splits).
-    if is_saved_dataset(path_or_id):
-        data = load_from_disk(path_or_id)
+    path = os.path.expanduser(path_or_id)
+    if os.path.exists(path) and revision is not None:
+        raise ValueError(f"--revision applies to a Hub dataset id, and {path_or_id!r} is a local path")
+    if os.path.isfile(path):
+        builder, ext = _file_builder(path)
+        if builder is None:
+            raise ValueError(
+                f"cannot read {path_or_id!r}: {ext or 'no extension'} is not a data file type; expected one of "
+                f"{', '.join(sorted(_FILE_BUILDERS))}, or a folder"
+            )
+        if split not in (None, "train"):
+            raise ValueError(f"{path_or_id!r} is a single file: it has one split, 'train'; drop --split {split}")
+        extra = {"delimiter": "\t"} if ext == ".tsv" else {}
+        return load_dataset(builder, data_files={"train": path}, split="train", **extra)
+    if is_saved_dataset(path):
+        # A single saved Dataset is fine here (unlike `load_image_dataset`, which needs train/test splits).
+        data = load_from_disk(path)
+    elif os.path.isdir(path):
+        data = load_dataset(path, split=split)
+    elif _is_path_like(path_or_id):
+        raise FileNotFoundError(f"no such file or folder: {path_or_id!r}")
     else:
-        data = load_dataset(path_or_id, split=split)
+        try:
+            data = load_dataset(path_or_id, split=split, revision=revision)
+        except (ConnectionError, FileNotFoundError) as err:  # offline, unknown repo, or a mistyped path
+            raise FileNotFoundError(
+                f"no such file or folder: {path_or_id!r}, and loading it as a Hub dataset id failed: {err}"
+            ) from None
     if hasattr(data, "keys"):  # a DatasetDict
         if split is None:
-            raise SystemExit(f"{path_or_id} has splits {list(data.keys())}; pass --split")
+            raise ValueError(f"{path_or_id} has splits {list(data.keys())}; pass --split")
+        if split not in data:
+            raise KeyError(f"split {split!r} not found in {path_or_id}; it has {list(data.keys())}")
         data = data[split]
     return data
 
 
 def _cmd_select(args) -> int:
     from . import hub
-    from .select.spec import run_spec
+    from .select.spec import check_spec
 
-    dataset = _load(args.input, args.split)
-    subset = run_spec(dataset, args.selector)
+    # Everything that can fail without the data fails here, before a long load and selection.
+    fn, kwargs = check_spec(args.selector)
+    if args.output:
+        hub.check_save_path(args.output, overwrite=args.overwrite)
+    if args.push:
+        hub.check_push(args.push)
+    dataset = _load(args.input, args.split, args.revision)
+    if args.output:  # now that the data is known: it must not be read from the folder it would replace
+        hub.check_save_path(args.output, overwrite=args.overwrite, dataset=dataset)
+    subset = fn(dataset, **kwargs)
     print(f"kept {len(subset):,} of {len(dataset):,} rows")
     if args.output:
-        hub.save_subset(subset, args.output, source=args.input)
+        hub.save_subset(subset, args.output, source=args.input, source_revision=args.revision, overwrite=args.overwrite)
         print(f"saved to {args.output}")
     if args.push:
-        hub.push_subset(subset, args.push, source=args.input, private=args.private)
+        hub.push_subset(subset, args.push, source=args.input, source_revision=args.revision, private=args.private)
         print(f"pushed to {args.push}")
     return 0
 
 
 def _cmd_info(args) -> int:
-    from datasets import load_from_disk
-
     from .provenance import provenance
 
-    print(json.dumps(provenance(load_from_disk(args.path)), indent=2, sort_keys=True))
+    steps = provenance(_load(args.path, args.split), warn=False)
+    print(json.dumps(steps, indent=2, sort_keys=True))
+    # Notes go to stderr so stdout stays JSON for scripts.
+    if not steps:
+        print(f"{args.path}: no hf_prune step is recorded on this dataset (it has no provenance)", file=sys.stderr)
+    stale = [i + 1 for i, step in enumerate(steps) if step["stale"]]
+    if stale:
+        print(
+            f"note: steps {stale} no longer describe the rows after them (the data was filtered, reordered or "
+            "re-selected by an operation hf_prune does not record)",
+            file=sys.stderr,
+        )
     return 0
 
 
 def _cmd_list(args) -> int:
+    from . import select
     from .select.spec import available_selectors
 
-    print("\n".join(available_selectors()))
+    names = available_selectors()
+    width = max(map(len, names))
+    for name in names:
+        doc = (getattr(select, name).__doc__ or "").strip()
+        print(f"{name:<{width}}  {doc.splitlines()[0] if doc else ''}".rstrip())
     return 0
 
 
@@ -87,30 +165,47 @@ def make_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", default="demo_output")
     demo.set_defaults(func=_cmd_demo)
 
-    select = sub.add_parser("select", help="run a selector on a saved dataset or Hub id")
-    select.add_argument("input", help="path of a saved dataset, or a Hub dataset id")
-    select.add_argument("--split", default=None)
+    select = sub.add_parser("select", help="run a selector on a saved dataset, a data file or folder, or a Hub id")
+    select.add_argument(
+        "input", help="a saved dataset folder, a folder of data files, a .parquet/.csv/.jsonl file, or a Hub dataset id"
+    )
+    select.add_argument("--split", default=None, help="the split to use when INPUT has several")
+    select.add_argument("--revision", default=None, help="the Hub revision (branch, tag or commit) of a Hub INPUT")
     select.add_argument("--selector", required=True, help='e.g. "gm_matching:fraction=0.1,embedding_column=emb"')
-    select.add_argument("--output", default=None, help="save the subset (with a dataset card) here")
+    select.add_argument("--output", default=None, help="save the subset (with a dataset card) here; must be new or empty")
+    select.add_argument("--overwrite", action="store_true", help="replace an existing saved dataset at --output")
     select.add_argument("--push", default=None, help="push the subset to this Hub repo id")
     select.add_argument("--private", action="store_true")
     select.set_defaults(func=_cmd_select)
 
-    info = sub.add_parser("info", help="print the provenance of a saved subset")
+    info = sub.add_parser("info", help="print the provenance of a saved subset (JSON)")
     info.add_argument("path")
+    info.add_argument("--split", default=None, help="the split to use when PATH has several")
     info.set_defaults(func=_cmd_info)
 
-    lister = sub.add_parser("list", help="list the selectors")
+    lister = sub.add_parser("list", help="list the selectors, one line each")
     lister.set_defaults(func=_cmd_list)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``hf-prune``; bad input and unusable paths or Hub access end with ``hf-prune: error: ...`` and 2.
+
+    Example:
+        >>> main(["select", "data.parquet", "--selector", "random:fraction=0.1,seed=0", "--output", "sub"])
+        0
+    """
     args = make_parser().parse_args(argv)
+    from_hub = ()
+    if args.command in ("select", "info"):
+        from .hub import HubAccessError
+
+        from_hub = (HubAccessError,)
     try:
         return args.func(args)
-    except (KeyError, ValueError) as err:
-        print(f"hf-prune: error: {err}", file=sys.stderr)
+    except (KeyError, ValueError, OSError, *from_hub) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err  # no repr quotes
+        print(f"hf-prune: error: {message}", file=sys.stderr)
         return 2
 
 

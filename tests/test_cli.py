@@ -1,7 +1,12 @@
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
-from datasets import load_from_disk
+import pytest
+from datasets import Dataset, load_from_disk
 
 from hf_prune.cli import main
 from tests.conftest import make_dataset
@@ -40,3 +45,124 @@ def test_select_reads_a_directory_of_data_files(tmp_path, monkeypatch):
         "--output", str(tmp_path / "out"),
     ]) == 0
     assert sorted(load_from_disk(tmp_path / "out")["label"]) == [0, 0, 1, 1]
+
+
+def _use_cache(monkeypatch, tmp_path):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "csv", "jsonl"])
+def test_select_reads_a_single_data_file(tmp_path, monkeypatch, suffix):
+    _use_cache(monkeypatch, tmp_path)
+    ds = Dataset.from_dict({"x": list(range(8)), "label": [0, 1] * 4})
+    path = tmp_path / f"data.{suffix}"
+    {"parquet": ds.to_parquet, "csv": ds.to_csv, "jsonl": ds.to_json}[suffix](path)
+    assert main(["select", str(path), "--selector", "random:size=4,label_column=label,seed=1", "--output",
+                 str(tmp_path / "out")]) == 0
+    out = load_from_disk(tmp_path / "out")
+    assert sorted(out["label"]) == [0, 0, 1, 1] and sorted(out["x"]) == sorted(ds.select(out["row_id"])["x"])
+
+
+def test_a_missing_local_path_says_no_such_file(tmp_path, capsys):
+    for missing in (str(tmp_path / "nothing"), "nothing.parquet", "./data"):
+        assert main(["select", missing, "--selector", "random:size=1"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("hf-prune: error: no such file or folder") and "ConnectionError" not in err
+    assert main(["info", str(tmp_path / "nothing")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("random:size=2,sede=1", "random has no option 'sede'; its options are: fraction, size, label_column, seed"),
+        ("random:size=2,seed=1,seed=2", "option 'seed' is given twice"),
+        ("top_k:size=2", "top_k needs option(s) score_column"),
+        ("nope:size=2", "unknown selector 'nope'; available: "),
+    ],
+)
+def test_bad_selector_options_are_errors_before_loading(tmp_path, capsys, spec, message):
+    # The input does not exist: the spec is rejected before anything is loaded.
+    assert main(["select", str(tmp_path / "absent"), "--selector", spec]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hf-prune: error: ") and message in err and "Traceback" not in err
+
+
+def test_output_is_checked_before_loading_and_overwrite_replaces(tmp_path, capsys):
+    make_dataset(np.eye(8), label=[0, 1] * 4).save_to_disk(tmp_path / "in")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "README.md").write_text("mine")
+    # Input absent: the output error must come first (before any load or selection).
+    assert main(["select", str(tmp_path / "absent"), "--selector", "random:size=4", "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "output folder" in err and "--overwrite" in err
+    assert (tmp_path / "out" / "README.md").read_text() == "mine"
+    args = ["select", str(tmp_path / "in"), "--selector", "random:size=4,seed=0", "--output", str(tmp_path / "sub")]
+    assert main(args) == 0
+    assert main([*args[:3], "random:size=2,seed=0", *args[4:]]) == 2  # exists now
+    assert main([*args[:3], "random:size=2,seed=0", *args[4:], "--overwrite"]) == 0
+    assert len(load_from_disk(tmp_path / "sub")) == 2
+
+
+def test_push_is_checked_before_loading(tmp_path, capsys):
+    # The test session is offline (HF_HUB_OFFLINE=1): say so before loading or selecting.
+    assert main(["select", str(tmp_path / "absent"), "--selector", "random:size=1", "--push", "me/x"]) == 2
+    captured = capsys.readouterr()
+    assert "HF_HUB_OFFLINE" in captured.err and "kept" not in captured.out
+
+
+def test_list_shows_a_description_per_selector(capsys):
+    import hf_prune as hp
+
+    assert main(["list"]) == 0
+    lines = dict(line.split(None, 1) for line in capsys.readouterr().out.strip().splitlines())
+    assert sorted(lines) == sorted(hp.select.__all__)
+    assert lines["random"] == hp.select.random.__doc__.strip().splitlines()[0]
+
+
+def test_info_says_when_there_is_no_provenance_or_it_is_stale(tmp_path, capsys):
+    make_dataset(np.eye(4)).save_to_disk(tmp_path / "plain")
+    assert main(["info", str(tmp_path / "plain")]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == [] and "no hf_prune step is recorded" in captured.err
+    import hf_prune as hp
+
+    sub = hp.select.random(make_dataset(np.eye(6), label=[0, 1] * 3), size=4, seed=0)
+    sub.filter(lambda row: row["label"] == 0).save_to_disk(tmp_path / "filtered")
+    assert main(["info", str(tmp_path / "filtered")]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)[0]["stale"] is True and "no longer describe" in captured.err
+
+
+def _same_package_env():
+    import hf_prune
+
+    return {**os.environ, "PYTHONPATH": str(Path(hf_prune.__file__).resolve().parents[1])}
+
+
+def test_help_imports_no_heavy_library():
+    code = (
+        "import sys\nfrom hf_prune.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "try:\n    main(['select', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print('LOADED', [m for m in ('torch', 'datasets', 'transformers', 'huggingface_hub') if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=_same_package_env())
+    assert out.returncode == 0, out.stderr
+    assert "usage: hf-prune" in out.stdout and "--overwrite" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "LOADED []"
+
+
+def test_lazy_package_still_offers_every_subpackage():
+    code = (
+        "import sys\nimport hf_prune as hp\n"
+        "assert 'torch' not in sys.modules and 'datasets' not in sys.modules\n"
+        "assert {'select', 'hub', 'embed', 'score', 'data', 'corrupt', 'provenance'} <= set(dir(hp))\n"
+        "assert callable(hp.select.random) and callable(hp.provenance) and hp.hub.save_subset\n"
+        "from hf_prune import score\nprint('OK', callable(hp.provenance))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=_same_package_env())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "OK True"
