@@ -14,19 +14,34 @@ Per training sample and epoch the recorder keeps seven scalars, enough for every
 
 The column is a struct of fixed-length float32 lists (one value per epoch). A plain fixed-length
 list column is also accepted wherever only ``true_prob`` is needed (DUAL, Dyn-Unc).
+
+The image-classification recipe (``--record_dynamics``) writes the record as a saved Dataset with
+``row_id`` (position in the train split) and ``dynamics`` columns; `attach_dynamics` joins it onto the
+rows of a Dataset by ``row_id``, keeping the declared float32 types, for `hf_prune.score` to read.
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import torch
-from datasets import Dataset, DatasetInfo, Features, Sequence, Value
+from datasets import Dataset, DatasetInfo, Features, Sequence, Value, load_from_disk
+from datasets.fingerprint import Hasher
 from datasets.table import InMemoryTable
 
-from .ops.columns import check_columns
+from .ops.columns import _arrow_column, check_columns, check_new_column
 
-__all__ = ["DYNAMICS_FIELDS", "dynamics_features", "dynamics_struct", "read_dynamics", "DynamicsRecorder", "epoch_statistics"]
+__all__ = [
+    "DYNAMICS_FIELDS",
+    "dynamics_features",
+    "dynamics_struct",
+    "read_dynamics",
+    "attach_dynamics",
+    "DynamicsRecorder",
+    "epoch_statistics",
+]
 
 DYNAMICS_FIELDS = (
     "true_prob",
@@ -63,7 +78,7 @@ def read_dynamics(dataset: Dataset, column: str, fields: tuple[str, ...] = ("tru
     A plain list column counts as ``true_prob``. Raises `KeyError` for a missing column or field,
     `ValueError` for ragged, null or non-finite records (naming ``column.field``).
     """
-    from .ops.columns import _arrow_column, _flatten_fixed
+    from .ops.columns import _flatten_fixed
 
     check_columns(dataset, column)
     arr = _arrow_column(dataset, column)
@@ -89,6 +104,143 @@ def read_dynamics(dataset: Dataset, column: str, fields: tuple[str, ...] = ("tru
             raise ValueError(f"column {label!r} has NaN/inf values")
         out[field] = matrix
     return out
+
+
+def _read_ids(dataset: Dataset, column: str, what: str) -> np.ndarray:
+    """An integer id column as int64, with `ValueError` naming it for other types, nulls and duplicates."""
+    arr = _arrow_column(dataset, column)
+    if not pa.types.is_integer(arr.type):
+        raise ValueError(f"column {column!r} of {what} has type {arr.type}; expected integer row ids")
+    if arr.null_count:
+        raise ValueError(f"column {column!r} of {what} has {arr.null_count} null rows")
+    ids = arr.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    ordered = np.sort(ids)
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    if len(repeated):
+        raise ValueError(
+            f"column {column!r} of {what} has duplicate values ({len(np.unique(repeated))} ids, first: {repeated[0]}); "
+            "each row id must name one row"
+        )
+    return ids
+
+
+def _is_identity_view(dataset: Dataset) -> bool:
+    """Whether row positions of ``dataset`` are positions of its underlying table (no reorder or filter)."""
+    if dataset._indices is None:
+        return True
+    indices = dataset._indices.column(0).to_numpy()
+    return bool(np.array_equal(indices, np.arange(len(indices))))
+
+
+def attach_dynamics(
+    dataset: Dataset,
+    dynamics: Dataset | str | os.PathLike,
+    *,
+    dynamics_column: str = "dynamics",
+    row_id_column: str | None = "row_id",
+    output_column: str = "dynamics",
+    overwrite: bool = False,
+) -> Dataset:
+    """Return ``dataset`` with each row's recorded training dynamics as ``output_column``, joined by row id.
+
+    ``dynamics`` is what the image-classification recipe writes with ``--record_dynamics``
+    (``<output_dir>/seed_<s>/dynamics``, a path or the loaded Dataset) or `DynamicsRecorder.to_dataset`
+    returns: a ``row_id`` column and the record ``dynamics_column``. Each row of ``dataset`` gets the
+    record whose ``row_id`` equals its own ``row_id_column`` value, so a shuffled, filtered or selected
+    view works as long as it carries ``row_id`` (every `hf_prune.select` selector keeps it); recorded rows
+    that ``dataset`` does not hold are ignored. When ``dataset`` has no ``row_id`` column its positions
+    are the ids: the dynamics must then cover exactly rows ``0 … len(dataset) − 1`` and ``dataset`` must
+    not be a reordered or filtered view (``row_id_column=None`` matches by position regardless).
+
+    The new column has the dynamics' declared feature (float32 stays float32; ``datasets.add_column``
+    on Python lists would infer float64), and `hf_prune.score` (DUAL, Dyn-Unc, EL2N, …) reads it.
+    Neither input is modified.
+
+    Args:
+        dataset: the rows to attach to.
+        dynamics: a saved-dataset path or a Dataset with ``row_id`` and ``dynamics_column``.
+        dynamics_column: the record column in ``dynamics``.
+        row_id_column: the column of ``dataset`` holding each row's id; ``None`` matches by position.
+        output_column: the new column of ``dataset``.
+        overwrite: replace ``output_column`` if ``dataset`` already has it.
+
+    Raises:
+        KeyError: a missing column (``row_id`` or ``dynamics_column`` in ``dynamics``, an explicitly
+            named ``row_id_column`` in ``dataset``).
+        ValueError: non-integer, null or duplicate ids; rows of ``dataset`` with no recorded dynamics;
+            (by position) recorded ids outside ``0 … len(dataset) − 1`` or a reordered view; an
+            existing ``output_column`` without ``overwrite=True``.
+
+    Example:
+        >>> train = hp.data.load_digits()["train"]
+        >>> # accelerate launch recipes/image_classification.py --dataset digits --record_dynamics --output_dir runs/d
+        >>> ds = hp.dynamics.attach_dynamics(train, "runs/d/seed_0/dynamics")
+        >>> ds = hp.score.dual(ds, dynamics_column="dynamics", window=3)
+        >>> sub = hp.select.dual_beta(ds, fraction=0.3, dynamics_column="dynamics", window=3, seed=0)
+    """
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"expected a datasets.Dataset, got {type(dataset).__name__}")
+    if isinstance(dynamics, (str, os.PathLike)):
+        source = os.fspath(dynamics)
+        dynamics = load_from_disk(source)
+        if not isinstance(dynamics, Dataset):
+            raise ValueError(f"{source} holds a {type(dynamics).__name__}; pass the folder of one split's dynamics")
+    elif not isinstance(dynamics, Dataset):
+        raise TypeError(f"`dynamics` must be a datasets.Dataset or a save_to_disk path, got {type(dynamics).__name__}")
+    for column in ("row_id", dynamics_column):
+        if column not in dynamics.column_names:
+            raise KeyError(f"the dynamics have no column {column!r}; they have {dynamics.column_names}")
+    if row_id_column is not None and output_column == row_id_column:
+        raise ValueError(f"`output_column` {output_column!r} is the row id column")
+    check_new_column(dataset, output_column, overwrite)
+
+    recorded = _read_ids(dynamics, "row_id", "the dynamics")
+    by_position = row_id_column is None or row_id_column not in dataset.column_names
+    if by_position:
+        if row_id_column is not None and row_id_column != "row_id":
+            check_columns(dataset, row_id_column)  # an explicitly named id column must exist
+        if row_id_column is not None and not _is_identity_view(dataset):
+            raise ValueError(
+                "the dataset has no 'row_id' column and is a reordered or filtered view (select/shuffle/filter), so "
+                "its positions are not the recorded row ids: keep 'row_id' (hf_prune selectors do; add it with "
+                "add_column('row_id', range(len(ds))) before shuffling) or pass row_id_column=None to match by position"
+            )
+        outside = recorded[(recorded < 0) | (recorded >= len(dataset))]
+        if len(outside):
+            raise ValueError(
+                f"the dataset has no 'row_id' column, so its {len(dataset)} positions are the row ids, but the dynamics "
+                f"hold {len(outside)} other ids (first: {outside[0]}): they were recorded on other rows; give the "
+                "dataset its 'row_id' column"
+            )
+        wanted = np.arange(len(dataset), dtype=np.int64)
+    else:
+        wanted = _read_ids(dataset, row_id_column, "the dataset")
+
+    order = np.argsort(recorded, kind="stable")
+    known = recorded[order]
+    slot = np.minimum(np.searchsorted(known, wanted), max(len(known) - 1, 0))
+    found = known[slot] == wanted if len(known) else np.zeros(len(wanted), dtype=bool)
+    if not found.all():
+        missing = wanted[~found]
+        key = "position" if by_position else repr(row_id_column)
+        raise ValueError(
+            f"{len(missing)} of {len(dataset)} rows have no recorded dynamics (by {key}; first ids: "
+            f"{missing[:5].tolist()}); the dynamics hold {len(recorded)} rows"
+        )
+    index = order[slot]
+
+    feature = dynamics.features[dynamics_column]
+    values = _arrow_column(dynamics, dynamics_column)
+    if not np.array_equal(index, np.arange(len(recorded))):  # the identity join keeps the column as it is
+        values = values.take(pa.array(index))
+    if output_column in dataset.column_names:
+        dataset = dataset.remove_columns(output_column)
+    # Hashing the gathered column would cost a pass over every value; the inputs' fingerprints fix the result.
+    fingerprint = Hasher.hash(
+        ("attach_dynamics", dataset._fingerprint, dynamics._fingerprint, dynamics_column, row_id_column, by_position, output_column)
+    )
+    values = values.cast(Features({output_column: feature}).arrow_schema.field(output_column).type)
+    return dataset.add_column(output_column, values, feature=feature, new_fingerprint=fingerprint)
 
 
 @torch.no_grad()

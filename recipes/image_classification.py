@@ -42,7 +42,8 @@ EL2N, logit margin, KL to the previous epoch) from the logits of the training fo
 batch, as DUAL and Dyn-Unc do), so it costs no extra forward pass. It is written to
 ``<output_dir>/seed_<s>/dynamics`` (`save_to_disk`) with a ``row_id`` column = position of the row in
 the ``--dataset`` train split (for a subset: its ``row_id``), joinable to the train split or to the
-subset. An epoch cut short by ``--budget iterations`` is not recorded.
+subset with `hf_prune.dynamics.attach_dynamics` (by ``row_id``, float32 kept) before `hf_prune.score`.
+An epoch cut short by ``--budget iterations`` is not recorded.
 
 Outputs in ``--output_dir``: ``config.json`` (configs, argv, git SHA, versions), per seed
 ``seed_<s>/metrics.json`` and ``seed_<s>/checkpoints/epoch_<k>`` (`accelerator.save_state` after every

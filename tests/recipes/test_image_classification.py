@@ -112,6 +112,25 @@ def test_end_to_end_dynamics_checkpoint_and_resume(tmp_path, full_run):
     assert_same_results(resumed, full)
 
 
+def test_recorded_dynamics_attach_to_the_train_split_and_a_shuffled_subset_and_score(full_run):
+    from datasets import load_from_disk
+
+    full, _ = full_run
+    path = full / "seed_0" / "dynamics"
+    train = load_digits()["train"].select(range(400))  # the run's --max_train_samples 400: no row_id, positions
+    attached = hp.dynamics.attach_dynamics(train, path)
+    assert attached.features["dynamics"] == load_from_disk(str(path)).features["dynamics"]  # float32 kept
+    scored = hp.score.dual(attached, window=2)
+    reference = hp.score.dual(load_from_disk(str(path)), window=2)["dual"]  # the record itself, rows in order
+    assert scored.features["dual"].dtype == "float32" and scored["dual"] == reference
+    # A selected, shuffled subset carries row_id: each row gets its own record.
+    sub = hp.select.random(train, size=100, label_column="label", seed=4).shuffle(seed=1)
+    sub_scored = hp.score.dual(hp.dynamics.attach_dynamics(sub, path), window=2)
+    np.testing.assert_array_equal(sub_scored["dual"], np.asarray(reference, dtype=np.float32)[sub["row_id"]])
+    picked = hp.select.dual_beta(hp.dynamics.attach_dynamics(sub, path), size=30, window=2, seed=0)
+    assert len(picked) == 30 and set(picked["row_id"]) <= set(sub["row_id"])
+
+
 class Killed(BaseException):
     """Stands in for a kill: a BaseException, so nothing in the recipe catches it."""
 
