@@ -346,3 +346,24 @@ def test_spec_strings(blobs):
 
     sub = run_spec(ds, "graph_cut:size=10,lambdaVal=0.4,k=5,metric=l2")
     assert sub["row_id"] == hp.select.graph_cut(ds, size=10, lambdaVal=0.4, k=5, metric="l2")["row_id"]
+
+
+@pytest.mark.slow
+def test_same_picks_as_apricot_and_submodlib():
+    apricot = pytest.importorskip("apricot")
+    submodlib = pytest.importorskip("submodlib")
+    x = random_points(13, n=300, d=8)
+    W = similarity_graph(x, metric="l2", k=10)
+    ours = facility_location_order(W, 30)
+    peer = apricot.FacilityLocationSelection(30, metric="precomputed", optimizer="lazy").fit(W).ranking
+    np.testing.assert_array_equal(peer, ours)
+    fl = submodlib.FacilityLocationFunction(n=300, mode="sparse", sijs=W, num_neighbors=10)
+    peer = [i for i, _ in fl.maximize(budget=30, optimizer="LazyGreedy", show_progress=False)]
+    np.testing.assert_array_equal(peer, ours)
+    # Graph cut: submodlib's λ; apricot's α·Σ_V Σ_S − Σ_S Σ_S is α·f_λ with α = 1/λ.
+    ours = graph_cut_order(W, 30, lambdaVal=0.5)
+    gc = submodlib.GraphCutFunction(n=300, mode="sparse", lambdaVal=0.5, ggsijs=W, num_neighbors=10)
+    peer = [i for i, _ in gc.maximize(budget=30, optimizer="LazyGreedy", show_progress=False)]
+    np.testing.assert_array_equal(peer, ours)
+    peer = apricot.GraphCutSelection(30, metric="precomputed", alpha=2.0, optimizer="lazy").fit(W).ranking
+    np.testing.assert_array_equal(peer, ours)
