@@ -19,16 +19,18 @@ from .provenance import provenance
 from .version import __version__
 
 _SUBPACKAGES = ("corrupt", "data", "embed", "hub", "score", "select")
+# Reachable as attributes too (``hp.dynamics.attach_dynamics``), as they were when everything was eager.
+_MODULES = ("cli", "demo", "dynamics", "nets", "ops", "probe")
 
 __all__ = [*_SUBPACKAGES, "provenance", "__version__"]
 
 
 def __getattr__(name: str):
-    if name in _SUBPACKAGES:
+    if name in _SUBPACKAGES or name in _MODULES:
         # import_module also binds the submodule on this package, so this runs once per name.
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | set(_MODULES))

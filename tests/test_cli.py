@@ -161,6 +161,7 @@ def test_lazy_package_still_offers_every_subpackage():
         "assert 'torch' not in sys.modules and 'datasets' not in sys.modules\n"
         "assert {'select', 'hub', 'embed', 'score', 'data', 'corrupt', 'provenance'} <= set(dir(hp))\n"
         "assert callable(hp.select.random) and callable(hp.provenance) and hp.hub.save_subset\n"
+        "assert callable(hp.dynamics.attach_dynamics) and callable(hp.ops.columns.read_matrix)\n"
         "from hf_prune import score\nprint('OK', callable(hp.provenance))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=_same_package_env())
