@@ -24,6 +24,13 @@ provides everything that is not model-specific:
   across processes, so the second identical ``map`` hits the cache, and no weight tensor is ever
   pickled for hashing. Ordinary pickling (sending the embedder to ``num_proc`` workers) is
   unchanged and does carry the weights.
+- **fingerprints follow the weights**: the checksum is of the weights as they are when ``map``
+  hashes the embedder, so a model changed in place (an optimizer step, ``load_state_dict``,
+  ``.half()``) gets a new fingerprint and a fresh column, never the stale cached one. It is reused
+  while every ``state_dict`` tensor is the same object with the same torch in-place version
+  counter, storage, dtype, shape and device, so an unchanged model is not re-read. Edits through
+  ``tensor.data`` bypass torch's version counter: after ``p.data.add_(...)``, call
+  `Embedder.refresh_fingerprint`, or edit under ``torch.no_grad()`` instead.
 - **SIGTERM stops a map cleanly**: ``datasets`` writes a map's output to a ``tmpXXXX`` file in the
   dataset's cache folder and removes it when the map raises, but SIGTERM's default action (what
   ``kill``, ``docker stop``, a scheduler's preemption send) ends the process on the spot and leaves
@@ -36,13 +43,6 @@ provides everything that is not model-specific:
   process are not swept automatically, because a cache folder may be shared by live maps of other
   processes or machines (a shared filesystem) whose files look the same: delete them by hand once
   no map runs.
-- **fingerprints follow the weights**: the checksum is of the weights as they are when ``map``
-  hashes the embedder, so a model changed in place (an optimizer step, ``load_state_dict``,
-  ``.half()``) gets a new fingerprint and a fresh column, never the stale cached one. It is reused
-  while every ``state_dict`` tensor is the same object with the same torch in-place version
-  counter, storage, dtype, shape and device, so an unchanged model is not re-read. Edits through
-  ``tensor.data`` bypass torch's version counter: after ``p.data.add_(...)``, call
-  `Embedder.refresh_fingerprint`, or edit under ``torch.no_grad()`` instead.
 
 Subclass API (what a new embedder implements):
 
@@ -56,6 +56,8 @@ Subclass API (what a new embedder implements):
 - ``_modules() -> dict[str, torch.nn.Module]``: the models to move to the device and checksum.
 - ``_spec() -> dict``: JSON-able settings that change the output (pooling, normalisation, column
   names, processor config, ...); they enter the fingerprint.
+- ``_hashed_outputs() -> dict`` (optional): the outputs as they enter the fingerprint; override it
+  when a width is learned from the data, so hashing never needs the data (see `PixelEmbedder`).
 
 Multi-GPU, one process per GPU (the column equals the one-process column up to the numerics of
 each device)::
@@ -464,6 +466,10 @@ class Embedder:
             desc: progress-bar label (default: the class and its output columns).
             num_proc: worker processes; each gets its ``rank`` (one GPU each, see the module docstring).
             map_kwargs: passed to `datasets.Dataset.map` (``load_from_cache_file``, ``cache_file_name``, ...).
+
+        Raises:
+            SystemExit: code 143 when SIGTERM arrives during a one-process map (it stops at the next
+                chunk and leaves no partial cache file; see the module docstring).
 
         Example:
             >>> ds = hp.embed.ImageEmbedder(model, processor=proc).map(ds, batch_size=256)
