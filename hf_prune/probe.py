@@ -4,11 +4,80 @@ low-budget protocol, and the demo's per-selector accuracy)."""
 from __future__ import annotations
 
 import numpy as np
-from datasets import Dataset
+from datasets import Dataset, Value
 
 from .ops.columns import read_labels, read_matrix
 
-__all__ = ["linear_probe_accuracy"]
+__all__ = ["LinearProbe", "linear_probe_accuracy"]
+
+
+def _labels(dataset: Dataset, column: str) -> np.ndarray:
+    # String labels stay strings: `read_labels` codes them by each dataset's own sorted values, so a
+    # subset missing a class would shift its codes against the test set's.
+    if column in dataset.column_names and dataset.features[column] in (Value("string"), Value("large_string")):
+        labels = np.asarray(dataset[column], dtype=object)
+        if any(label is None for label in labels):
+            raise ValueError(f"label column {column!r} has null rows")
+        return labels.astype(str)
+    return read_labels(dataset, column)
+
+
+class LinearProbe:
+    """Multinomial logistic regression on a feature column, scored on a fixed test set.
+
+    The test features and labels are read once, so scoring many subsets (the demo's hundreds of
+    selections) reads only each subset. Features are standardised with statistics of the *training
+    subset* (what a user of the subset would have). Classes absent from the subset are simply never
+    predicted. The fit is deterministic (L-BFGS from zero weights): the same rows give the same accuracy.
+
+    Args:
+        test: the evaluation `datasets.Dataset` (never modified).
+        feature_column: fixed-length float list column the probe is trained on.
+        label_column: integer, ClassLabel or string labels.
+        C: inverse L2 regularisation strength of the logistic regression.
+        max_iter: cap on L-BFGS iterations.
+        standardize: standardise features with the training subset's mean and std.
+
+    Example:
+        >>> probe = LinearProbe(test, feature_column="emb")
+        >>> acc = probe.accuracy(sub)
+    """
+
+    def __init__(
+        self, test: Dataset, *, feature_column: str, label_column: str = "label", C: float = 1.0,
+        max_iter: int = 1000, standardize: bool = True,
+    ):
+        if len(test) == 0:
+            raise ValueError("the probe's test dataset is empty")
+        self.feature_column, self.label_column = feature_column, label_column
+        self.C, self.max_iter, self.standardize = C, max_iter, standardize
+        self.x_test = read_matrix(test, feature_column)
+        self.y_test = _labels(test, label_column)
+
+    def accuracy(self, train: Dataset) -> float:
+        """Top-1 test accuracy of the probe fitted on ``train``'s features and labels."""
+        if len(train) == 0:
+            raise ValueError("the probe's training subset is empty")
+        return self.accuracy_of(read_matrix(train, self.feature_column), _labels(train, self.label_column))
+
+    def accuracy_of(self, x_train: np.ndarray, y_train: np.ndarray) -> float:
+        """`accuracy` for features and labels already read as arrays."""
+        from sklearn.linear_model import LogisticRegression
+
+        if x_train.ndim != 2 or x_train.shape[1] != self.x_test.shape[1]:
+            raise ValueError(
+                f"{self.feature_column!r} has shape {x_train.shape} in the subset but "
+                f"{self.x_test.shape[1]} features in the test set"
+            )
+        x_test = self.x_test
+        if self.standardize:
+            mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+            x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+        if len(np.unique(y_train)) < 2:
+            return float((self.y_test == y_train[0]).mean())
+        model = LogisticRegression(C=self.C, max_iter=self.max_iter)
+        model.fit(x_train, y_train)
+        return float((model.predict(x_test) == self.y_test).mean())
 
 
 def linear_probe_accuracy(
@@ -23,21 +92,13 @@ def linear_probe_accuracy(
 ) -> float:
     """Fit multinomial logistic regression on ``train``'s features, return top-1 accuracy on ``test``.
 
-    Features are standardised with statistics of the *training subset* (what a user of the subset
-    would have). Classes absent from the subset are simply never predicted.
+    A one-off `LinearProbe`; build a `LinearProbe` once to score many subsets against one test set.
 
     Example:
         >>> acc = linear_probe_accuracy(sub, test, feature_column="emb")
     """
-    from sklearn.linear_model import LogisticRegression
-
-    x_train, y_train = read_matrix(train, feature_column), read_labels(train, label_column)
-    x_test, y_test = read_matrix(test, feature_column), read_labels(test, label_column)
-    if standardize:
-        mean, std = x_train.mean(0), x_train.std(0) + 1e-6
-        x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
-    if len(np.unique(y_train)) < 2:
-        return float((y_test == y_train[0]).mean())
-    model = LogisticRegression(C=C, max_iter=max_iter)
-    model.fit(x_train, y_train)
-    return float((model.predict(x_test) == y_test).mean())
+    probe = LinearProbe(
+        test, feature_column=feature_column, label_column=label_column, C=C, max_iter=max_iter,
+        standardize=standardize,
+    )
+    return probe.accuracy(train)
