@@ -185,12 +185,15 @@ def _resolve_metric(metric: str, geometry: str | None, method: str) -> str:
     if geometry is not None:
         if geometry not in _GEOMETRY_TO_METRIC:
             raise ValueError(f"`geometry` must be one of {tuple(_GEOMETRY_TO_METRIC)}, got {geometry!r}")
+        renamed = _GEOMETRY_TO_METRIC[geometry]
+        if metric != "l2" and metric != renamed:  # "l2" is the default, so it cannot be told apart
+            raise ValueError(f"`geometry={geometry!r}` contradicts `metric={metric!r}`; pass only `metric`")
         warnings.warn(
-            f"{method}: `geometry` is deprecated, use metric={_GEOMETRY_TO_METRIC[geometry]!r} "
+            f"{method}: `geometry` is deprecated, use metric={renamed!r} "
             "(`geometry` will be removed in a future version)",
             FutureWarning, stacklevel=3,
         )
-        metric = _GEOMETRY_TO_METRIC[geometry]
+        metric = renamed
     if metric not in _METRICS:
         # Herding's ⟨θ, x⟩ on raw rows matches means in Euclidean space: that is metric="l2".
         raise ValueError(f"`metric` must be one of {_METRICS} (raw inner products are 'l2'), got {metric!r}")

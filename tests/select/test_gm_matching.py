@@ -221,6 +221,8 @@ def test_deprecated_geometry_spelling_maps_to_metric(blobs):
     assert ids(raw).tolist() == ids(hp.select.gm_matching(ds, size=10, metric="l2")).tolist()
     assert ids(cos).tolist() == ids(hp.select.herding(ds, size=10, metric="cosine")).tolist()
     assert hp.provenance(raw)[-1]["params"]["metric"] == "l2"
+    with pytest.raises(ValueError, match="contradicts"):
+        hp.select.gm_matching(ds, size=10, metric="cosine", geometry="raw")
 
 
 def test_cosine_geometry_matches_normalised_raw(blobs):
