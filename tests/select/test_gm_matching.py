@@ -1,3 +1,4 @@
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -335,7 +336,8 @@ def test_non_converged_median_warns():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cpu_and_gpu_pick_the_same_rows(blobs):
     ds, _, _ = blobs
-    for f in (hp.select.gm_matching, hp.select.herding):
+    renormalised = functools.partial(hp.select.gm_matching, metric="cosine", renormalize_median=True)
+    for f in (hp.select.gm_matching, hp.select.herding, renormalised):
         cpu = f(ds, fraction=0.3, label_column="label", device="cpu")
         gpu = f(ds, fraction=0.3, label_column="label", device="cuda")
         assert cpu["row_id"] == gpu["row_id"]
