@@ -66,7 +66,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from datasets import disable_progress_bars  # noqa: E402
+from datasets import Dataset, disable_progress_bars  # noqa: E402
 
 import hf_prune as hp  # noqa: E402
 from hf_prune.ops.columns import add_column  # noqa: E402
@@ -167,6 +167,10 @@ def _embedded(proxy, pixels, is_bad, labels):
     return proxy(pixels), is_bad, labels
 
 
+def _base(n: int) -> Dataset:
+    return Dataset.from_dict({"idx": np.arange(n)})
+
+
 def relative_error(x: np.ndarray, is_bad: np.ndarray, rows: np.ndarray) -> float:
     clean = x[~is_bad]
     mean = clean.mean(0)
@@ -195,12 +199,6 @@ def run(cases, names, variants, budgets, seeds, modes):
                         cell["error"].append(relative_error(x, is_bad, rows))
         print(f"  {name}: done", file=sys.stderr, flush=True)
     return results
-
-
-def _base(n):
-    from datasets import Dataset
-
-    return Dataset.from_dict({"idx": np.arange(n)})
 
 
 def agreement(cases) -> dict[str, float]:
