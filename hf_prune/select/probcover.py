@@ -68,7 +68,9 @@ def probcover(
     uses as many pseudo-labels as classes; without that knowledge the default is the budget (capped at
     500, like TypiClust's clusters), which equals the class count at ProbCover's typical budgets. Pass
     ``n_pseudo_labels`` (e.g. the number of classes) to follow the paper exactly. The δ used per group
-    is recorded in the provenance (``delta_used``).
+    and its graph's edge count are recorded in the provenance (``delta_used``, ``graph_edges``). When
+    every ball holds every point (δ = ∞: a group of one row, or a single pseudo-label) the first row
+    covers everything and no graph is built.
 
     Args:
         dataset: the input `datasets.Dataset` (never modified).
@@ -82,7 +84,8 @@ def probcover(
         max_edges: cap on the δ-graph's edges (about 8 bytes each while it is built); ``None`` for no cap.
         label_column: if given, the budget is split per class and ProbCover runs inside each class.
         seed: seeds k-means and the picks made once everything is covered.
-        device: device of the kNN search (faiss on CPU, torch on CUDA); ``None`` picks CUDA when available.
+        device: device of the kNN and radius searches (faiss on CPU, torch on CUDA); ``None`` picks CUDA
+            when available. The graph, and so the selection, is the same on every device.
 
     Returns:
         The selected rows with a ``row_id`` column and a ``probcover`` provenance step.
@@ -103,7 +106,6 @@ def probcover(
     unit = normalize_rows(features)
     dev = resolve_device(device)
     deltas: list[float] = []
-
     edges: list[int] = []
 
     def pick(rows, k, rng):
@@ -121,7 +123,7 @@ def probcover(
         deltas.append(radius)
         if math.isinf(radius):
             # Every ball holds every point (one point, or one pseudo-label): the first row covers all.
-            edges.append(n * n)
+            edges.append(n * n)  # the complete graph, implied rather than built
             rest = rng.choice(np.arange(1, n), size=k - 1, replace=False)
             return np.concatenate([[0], rest]).astype(np.int64)
         indptr, indices = coverage_graph(x, radius, max_edges=max_edges, device=dev)

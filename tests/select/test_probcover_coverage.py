@@ -110,3 +110,16 @@ def test_graph_too_large_is_a_clear_error():
         hp.select.probcover(make_dataset(emb), size=10, delta=0.5, max_edges=1000)
     sub = hp.select.probcover(make_dataset(emb), size=10, delta=0.5, max_edges=n_edges)  # exactly enough
     assert hp.provenance(sub)[-1]["params"]["graph_edges"] == [n_edges]
+
+
+def test_infinite_delta_groups():
+    # A class of one row, and a class whose points coincide (one pseudo-label, so δ = ∞ by the
+    # purity rule): the first row covers its class, the rest are seeded draws.
+    emb = np.r_[np.ones((6, 3)), [[1.0, -1.0, 0.0]], np.random.default_rng(0).normal(size=(8, 3))]
+    labels = np.r_[np.zeros(6, int), [1], np.full(8, 2)]
+    ds = make_dataset(emb, label=labels)
+    sub = hp.select.probcover(ds, size=10, label_column="label", seed=3)  # budgets 4, 1, 5
+    step = hp.provenance(sub)[-1]["params"]
+    assert step["delta_used"][:2] == [float("inf"), float("inf")] and step["graph_edges"][:2] == [36, 1]
+    ids = np.array(sub["row_id"])
+    assert 0 in ids and 6 in ids and np.bincount(labels[ids]).tolist() == [4, 1, 5]
