@@ -11,14 +11,19 @@ from hf_prune.ops.median import geometric_median
 from hf_prune.select.gm_matching import herd
 from tests.conftest import make_dataset
 
-REFERENCES = Path(__file__).resolve().parents[2] / "recipes" / "benchmarks" / "references" / "herding.py"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "recipes" / "benchmarks"
+REFERENCES = BENCHMARKS / "references" / "herding.py"
 
 
-def load_references():
-    spec = importlib.util.spec_from_file_location("herding_references", REFERENCES)
+def load_module(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_references():
+    return load_module("herding_references", REFERENCES)
 
 
 def ids(sub):
@@ -201,6 +206,23 @@ def test_renormalised_cosine_matches_the_released_code_reference():
     assert set(refs.reference_gm_matching_cosine(xt, 30, eps=1e-12)) == set(unit.tolist())
     assert set(refs.reference_gm_matching_cosine(xt, 30, renormalize=False, eps=1e-12)) == set(plain.tolist())
     assert set(unit.tolist()) != set(plain.tolist())
+
+
+def test_robustness_benchmark_runs_and_measures_what_it_says():
+    bench = load_module("gm_matching_robustness", BENCHMARKS / "gm_matching_robustness.py")
+    cases = bench.make_cases(proxy=None)
+    variants = ["random", "gm l2", "gm cosine renormalised"]
+    results = bench.run(cases, ["toy_off_origin", "digits_far"], variants, [0.1], [0], ["global", "per_class"])
+    assert ("toy_off_origin", "per_class", "gm l2", 0.1) not in results  # the toy has no labels
+    x, is_bad, _ = cases["digits_far"](0)
+    assert is_bad.mean() == pytest.approx(0.2, abs=1e-3)
+    sub = hp.select.gm_matching(make_dataset(x), fraction=0.1)
+    cell = results[("digits_far", "global", "gm l2", 0.1)]
+    assert cell["kept"] == [is_bad[ids(sub)].mean()]
+    assert cell["error"] == [pytest.approx(relative_error(x, is_bad, ids(sub)))]
+    assert results[("toy_off_origin", "global", "gm cosine renormalised", 0.1)]["kept"] == [0.0]
+    text = bench.report(results, variants, [0.1])
+    assert "### digits_far, per_class" in text and "Most robust GM variant" in text
 
 
 def test_median_without_direction_is_not_renormalised():
