@@ -74,6 +74,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--ivf-above", type=int, default=50_000, help="use the IVF k-NN index above this N")
     p.add_argument("--dense-rows", type=int, default=5000, help="N for log-det and the disparities")
     p.add_argument("--dense-budget", type=int, default=200)
+    p.add_argument("--no-dense", action="store_true", help="skip log-det and the disparities")
+    p.add_argument("--dense-scale-rows", type=int, default=100_000, help="N for timing ours alone (0: skip)")
     p.add_argument("--peer-max-rows", type=int, default=100_000, help="skip peers above this N")
     p.add_argument("--submodlib-max-rows", type=int, default=20_000, help="skip submodlib's sparse mode above")
     p.add_argument("--random-seeds", type=int, default=5)
@@ -256,6 +258,17 @@ def run_dense_functions(args) -> dict:
                 run["same_set_as_ours"] = bool(set(run["picks"]) == set(reference))
                 run["same_order_as_ours"] = bool(np.array_equal(run["picks"], reference))
     out["functions"] = results
+    if args.dense_scale_rows:
+        # Ours alone at a size where the peers' dense kernels (N² floats) would not fit.
+        big = gaussian_mixture(args.dense_scale_rows, args.dim, args.components, args.seed + 2)
+        scale = {"rows": args.dense_scale_rows, "budget": budget}
+        for key, fn in (
+            ("log_determinant", lambda: log_determinant_order(big, budget, metric="cosine", regularizer=1.0)),
+            ("disparity_sum", lambda: disparity_order(big, budget, metric="cosine", reduce="sum")),
+            ("disparity_min", lambda: disparity_order(big, budget, metric="cosine", reduce="min")),
+        ):
+            scale[key] = clock(fn)[0]
+        out["ours_at_scale"] = scale
     return out
 
 
@@ -278,7 +291,7 @@ def versions() -> dict:
 
 def report(result: dict) -> None:
     print(f"versions: {result['versions']}")
-    for block in result["graph"] + [result["dense"]]:
+    for block in result["graph"] + ([result["dense"]] if result["dense"] else []):
         print(f"\nN = {block['rows']}, budget = {block['budget']}"
               + (f", k-NN {block['knn_index']} graph {block['graph_seconds']:.1f}s, nnz {block['nnz']}"
                  if "knn_index" in block else " (dense kernels)"))
@@ -292,6 +305,11 @@ def report(result: dict) -> None:
                 speed = run["seconds"] / ours["seconds"] if ours.get("seconds") else float("nan")
                 print(f"  {key:18s} {name:18s} objective {run['objective']:.6g}  (÷ ours {ratio:.6f})  "
                       f"time {run['seconds']:.3f}s (÷ ours {speed:.2f})  same set {run['same_set_as_ours']}")
+        if "ours_at_scale" in block:
+            scale = block["ours_at_scale"]
+            print(f"  hf_prune alone at N = {scale['rows']}, budget = {scale['budget']}: "
+                  + ", ".join(f"{key} {scale[key]:.2f}s" for key in ("log_determinant", "disparity_sum",
+                                                                      "disparity_min")))
         if "mean_nearest_distance" in block:
             m = block["mean_nearest_distance"]
             fl = m["facility_location"]
@@ -303,7 +321,7 @@ def report(result: dict) -> None:
 def warm_up(args) -> None:
     """Run every method once on a tiny input so imports and numba's compilation stay out of the timings."""
     tiny = argparse.Namespace(**{**vars(args), "dim": 8, "components": 5, "dense_rows": 100, "dense_budget": 5,
-                                 "random_seeds": 1})
+                                 "random_seeds": 1, "dense_scale_rows": 0})
     run_graph_functions(tiny, 300)
     run_dense_functions(tiny)
 
@@ -314,7 +332,7 @@ def main(argv=None) -> dict:
     warm_up(args)
     for n in args.rows:
         result["graph"].append(run_graph_functions(args, n))
-    result["dense"] = run_dense_functions(args)
+    result["dense"] = None if args.no_dense else run_dense_functions(args)
     report(result)
     if args.output:
         with open(args.output, "w") as f:
