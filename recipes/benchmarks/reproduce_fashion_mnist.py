@@ -25,7 +25,8 @@ Parameters come from the papers, scaled only where the schedule forces it: DUAL 
 ``ceil(E/2)`` of ``E`` recorded epochs (the seed uses T=30 of 200, which at our E would be shorter than
 its window), window ``J = max(2, T//2)``, ``c_D = 5.5`` (its CIFAR-10 value) and ``C = 15``; Dyn-Unc
 uses all epochs with the same window; CCS uses AUM with the CCS paper's CIFAR-10 hard-cutoff rates; D²
-uses forgetting scores with ``k=10``, ``γ=1``; InfoMax ``k=5``, ``α=0.3``, ``T=20`` iterations.
+uses forgetting scores with ``k=10``, ``γ=1``; InfoMax ``k=5``, ``α=0.3``, ``T=20`` iterations. The
+``InfoMax (…, cutoff)`` rows add `hf_prune.select.infomax`'s ``hard_cutoff`` with the same CCS rates.
 Nothing is tuned per method.
 
 Selection cost: for each method, the seconds of its own scoring (features, k-means, dynamics
@@ -220,6 +221,15 @@ def methods(window: int, t_dual: int) -> dict[str, tuple[Callable[[Dataset, floa
         "InfoMax (sup., per class)": (lambda d, f, s: hp.select.infomax(d, fraction=f, score_column="el2n",
                                                                         embedding_column="proxy", seed=s, **lab),
                                       "dynamics+proxy", "el2n"),
+        # The paper's supervised setting with our hard cutoff (CCS's rates by pruning ratio) taken
+        # off the EL2N ranking first: globally as Alg. 1, and per class.
+        "InfoMax (sup., cutoff)": (lambda d, f, s: hp.select.infomax(d, fraction=f, score_column="el2n",
+                                                                     embedding_column="proxy",
+                                                                     hard_cutoff=CCS_CUTOFF.get(f, 0.0), seed=s),
+                                   "dynamics+proxy", "el2n"),
+        "InfoMax (sup., per class, cutoff)": (lambda d, f, s: hp.select.infomax(
+            d, fraction=f, score_column="el2n", embedding_column="proxy", hard_cutoff=CCS_CUTOFF.get(f, 0.0),
+            seed=s, **lab), "dynamics+proxy", "el2n"),
         "InfoMax (unsup.)": (lambda d, f, s: hp.select.infomax(d, fraction=f, score_column="ssp",
                                                                embedding_column="randnet", seed=s), "randnet", "ssp"),
         "norm": (lambda d, f, s: hp.select.norm_sampling(d, fraction=f, embedding_column="proxy", seed=s, **lab), "proxy", None),
@@ -453,6 +463,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scenarios", nargs="+", default=["tiny", "clean", "label_noise", "corruption"],
                    choices=["tiny", "clean", "label_noise", "corruption"])
     p.add_argument("--methods", nargs="+", default=None, help="only these methods (names as in the tables)")
+    p.add_argument("--fractions", type=float, nargs="+", default=None,
+                   help="only these kept fractions of the clean/noise/corruption scenarios (default: all)")
     p.add_argument("--cpu", action="store_true", help="train on CPU even when a GPU is present")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--report-only", action="store_true")
@@ -479,6 +491,8 @@ def main(argv: list[str] | None = None) -> None:
     results["metadata"] = run_metadata({"args": vars(args)}, argv)
     if not args.report_only:
         fractions = {"clean": CLEAN_FRACTIONS, "label_noise": NOISE_FRACTIONS, "corruption": CORRUPTION_FRACTIONS}
+        if args.fractions:
+            fractions = {k: tuple(f for f in v if f in args.fractions) for k, v in fractions.items()}
         if "tiny" in args.scenarios:
             run_tiny(out, args.seeds, args, results)
         # Seeds outermost: a run cut short still has complete tables for the seeds it finished.
