@@ -170,13 +170,14 @@ def radius_neighbors(
     Row ``i``'s neighbours are ``indices[indptr[i]:indptr[i + 1]]`` (in no particular order): every
     ``j`` with ``‖x_i − x_j‖ < radius`` (Euclidean; ``metric="cosine"`` measures it between
     L2-normalised copies, so ``cos ≥ 1 − radius²/2``). The search is exact: faiss ``range_search`` on
-    a flat index (or a chunked torch matmul on ``device``) over blocks of at most ``chunk_size`` query
-    rows, run in float32 with a margin above the float32 rounding bound; the pairs inside that margin
-    are then decided in float64 from the rows' differences. So the graph equals the float64 one, is
-    symmetric, and holds the same pairs on every backend. Memory is the edges (int32 ``indices``,
-    about 8 bytes per edge at the peak) plus one block, which shrinks when balls are large so it
-    holds about 16M pairs. More than ``max_edges`` pairs raise `RadiusGraphTooLarge` (a
-    `ValueError`) with the count found so far; ``max_edges=None`` removes the cap.
+    a flat index (or a chunked torch matmul on ``device``; in float64 if torch is set to TF32/bf16
+    matmuls) over blocks of at most ``chunk_size`` query rows, run in float32 with a margin above the
+    float32 rounding bound; the pairs inside that margin are then decided in float64 from the rows'
+    differences. So the graph equals the float64 one, is symmetric, and holds the same pairs on every
+    backend. Memory is the edges (int32 ``indices``, about 8 bytes per edge at the peak) plus one
+    block, which shrinks when balls are large so it holds about 16M pairs. More than ``max_edges``
+    pairs raise `RadiusGraphTooLarge` (a `ValueError`) with the count found so far;
+    ``max_edges=None`` removes the cap.
 
     Example:
         >>> indptr, indices = radius_neighbors(embeddings, 0.5, metric="cosine")
@@ -205,12 +206,19 @@ def radius_neighbors(
     if backend not in ("faiss", "torch"):
         raise ValueError(f"`backend` must be 'auto', 'faiss' or 'torch', got {backend!r}")
     dev = resolve_device(device) if backend == "torch" else torch.device("cpu")
-    # A float32 ‖a‖² + ‖b‖² − 2a·b is off by at most about (4d + 16)·u·max‖x‖² (u the unit roundoff;
-    # TF32 matmuls on CUDA have u = 2⁻¹¹): twice that is searched, and only that band is re-decided.
-    unit_roundoff = 2.0**-11 if dev.type == "cuda" and torch.backends.cuda.matmul.allow_tf32 else 2.0**-24
-    max_sq = float(np.max(np.einsum("ij,ij->i", x32, x32)))
+    # torch may run float32 matmuls in TF32/bf16 (a global setting); then its blocks use float64.
+    reduced = torch.get_float32_matmul_precision() != "highest" or torch.backends.cuda.matmul.allow_tf32
+    dtype = torch.float64 if backend == "torch" and reduced else torch.float32
+    # ‖a‖² + ‖b‖² − 2a·b is off by at most about (4d + 16)·u·max‖x‖² (u the unit roundoff), and
+    # rounding float64 rows to float32 by 8u·max‖x‖²: twice the first covers both, and only the pairs
+    # in that band are re-decided in float64.
+    unit_roundoff = 2.0**-53 if dtype == torch.float64 else 2.0**-24
+    max_sq = float(np.max(np.einsum("ij,ij->i", x32, x32, dtype=np.float64)))
     margin = 2 * (4 * d + 16) * unit_roundoff * max(max_sq, 1e-30)
-    search = _faiss_range(x32, r2 + margin) if backend == "faiss" else _torch_range(x32, r2 + margin, dev)
+    if backend == "faiss":
+        search = _faiss_range(x32, r2 + margin)
+    else:
+        search = _torch_range(x32 if dtype == torch.float32 else exact, r2 + margin, dev, dtype)
     counts = np.zeros(n, dtype=np.int64)
     parts: list[np.ndarray] = []
     total = 0
@@ -259,8 +267,8 @@ def _faiss_range(x, threshold):
     return search
 
 
-def _torch_range(x, threshold, device):
-    xt = torch.from_numpy(x).to(device)
+def _torch_range(x, threshold, device, dtype):
+    xt = torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=dtype)
     x_sq = (xt * xt).sum(1)
 
     step = max(1, _CHUNK_ELEMENTS // len(x))  # an N-wide block of at most ~16M distances

@@ -63,3 +63,16 @@ def test_too_many_edges_and_bad_input():
     before = x.copy()
     radius_neighbors(x, 0.5, metric="cosine")
     np.testing.assert_array_equal(x, before)
+
+
+def test_torch_blocks_switch_to_float64_under_reduced_matmul_precision():
+    import torch
+
+    x = np.random.default_rng(2).normal(size=(400, 5)).astype(np.float32)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")  # TF32/bf16 matmuls where the hardware has them
+    try:
+        indptr, indices = radius_neighbors(x, 1.5, backend="torch", chunk_size=100)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    np.testing.assert_array_equal(as_dense(indptr, indices, len(x)), distances(x) < 1.5)
