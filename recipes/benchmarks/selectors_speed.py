@@ -23,7 +23,7 @@ code writes these methods:
   past the rows already chosen; ``reference_gm_matching`` = plain Weiszfeld + that herding;
   ``reference_k_center_greedy`` builds the N×N distance matrix and takes the minimum over all
   chosen columns again every step. Compared with ``herding`` / ``gm_matching`` with
-  ``geometry="raw"`` (the reference works on raw inner products) and ``k_center_greedy`` with
+  ``metric="l2"`` (the reference works on raw inner products) and ``k_center_greedy`` with
   ``init="first"`` (the reference starts from row 0); these pick the same rows by design.
 * ``norm_gs.py``: ``norm_sampling_reference`` (``np.random.choice`` with p ∝ norm);
   ``gram_schmidt_reference`` re-orthogonalises every remaining row against the whole basis every
@@ -278,11 +278,11 @@ def build_cases(data: Data, args) -> list[Case]:
         Case("gram_schmidt_det", "gram_schmidt (deterministic)",
              lambda ds, n, k: sel.gram_schmidt(ds, size=k, embedding_column="emb", mode="deterministic", **dev_kw),
              lambda n, k: REF_NORM_GS.gram_schmidt_reference(x_np(n), k, deterministic=True), "jaccard"),
-        Case("herding", "herding (geometry=raw)",
-             lambda ds, n, k: sel.herding(ds, size=k, embedding_column="emb", geometry="raw", seed=0, **dev_kw),
+        Case("herding", "herding (metric=l2)",
+             lambda ds, n, k: sel.herding(ds, size=k, embedding_column="emb", metric="l2", seed=0, **dev_kw),
              lambda n, k: REF_HERDING.reference_herding(x_torch(n), k), "jaccard"),
-        Case("gm_matching", "gm_matching (geometry=raw)",
-             lambda ds, n, k: sel.gm_matching(ds, size=k, embedding_column="emb", geometry="raw", eps=1e-5, seed=0, **dev_kw),
+        Case("gm_matching", "gm_matching (metric=l2)",
+             lambda ds, n, k: sel.gm_matching(ds, size=k, embedding_column="emb", metric="l2", eps=1e-5, seed=0, **dev_kw),
              lambda n, k: REF_HERDING.reference_gm_matching(x_torch(n), k, eps=1e-5), "jaccard",
              note="ours: relative ε=1e-5; ref.: absolute ε=1e-5"),
         Case("k_center_greedy", "k_center_greedy (l2, init=first)",
