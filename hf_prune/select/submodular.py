@@ -107,8 +107,9 @@ def facility_location(
     Every row ``i`` is credited with its similarity to the most similar kept row, on the sparse
     k-NN similarity described in the module docstring (a row with no kept neighbour counts 0).
     Monotone submodular, so the lazy greedy is exact and within ``1 − 1/e`` of the optimum
-    (Nemhauser, Wolsey & Fisher 1978). Gains are re-evaluated over a row's ``≤ 2k + 1`` graph
-    entries, so a selection costs one k-NN search plus ``O(E)`` per re-evaluation.
+    (Nemhauser, Wolsey & Fisher 1978). A gain is re-evaluated over one row of the graph (its ``k``
+    neighbours, the rows that list it, itself), so a selection costs one k-NN search plus a few
+    re-evaluations per pick.
 
     Args:
         dataset: the input Dataset (not modified).
