@@ -147,7 +147,8 @@ def _cmd_demo(args) -> int:
 
     run_demo(
         dataset=args.dataset, fractions=args.fractions, output_dir=args.output_dir, seeds=args.seeds,
-        epochs=args.epochs, max_train_rows=args.max_train_rows,
+        epochs=args.epochs, max_train_rows=args.max_train_rows, selectors=args.selectors,
+        threads=args.threads or None,
     )
     return 0
 
@@ -163,6 +164,11 @@ def make_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=15, help="epochs of the proxy model that records dynamics")
     demo.add_argument("--max-train-rows", type=int, default=None, help="subsample the training split first")
     demo.add_argument("--output-dir", default="demo_output")
+    demo.add_argument("--selectors", nargs="+", default=None, help="demo selector names to run (default: all)")
+    demo.add_argument(
+        "--threads", type=int, default=1,
+        help="threads for torch/BLAS/OpenMP during the demo (0: the libraries' defaults); one stays fast on a shared CPU",
+    )
     demo.set_defaults(func=_cmd_demo)
 
     select = sub.add_parser("select", help="run a selector on a saved dataset, a data file or folder, or a Hub id")
@@ -203,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
         from_hub = (HubAccessError,)
     try:
         return args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`hf-prune list | head`): stop quietly, as Unix tools do; the
+        # redirect keeps Python from failing again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (KeyError, ValueError, OSError, *from_hub) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err  # no repr quotes
         print(f"hf-prune: error: {message}", file=sys.stderr)

@@ -167,3 +167,25 @@ def test_lazy_package_still_offers_every_subpackage():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=_same_package_env())
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "OK True"
+
+
+def test_list_into_a_closed_pipe_ends_quietly():
+    # `hf-prune list | head -0`: the reader is gone before anything is written; no traceback, exit 0.
+    code = "import sys, time\nfrom hf_prune.cli import main\ntime.sleep(0.5)\nsys.exit(main(['list']))\n"
+    with subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_same_package_env()
+    ) as proc:
+        proc.stdout.close()
+        stderr = proc.stderr.read().decode()
+        proc.wait(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "Error" not in stderr and "error" not in stderr, stderr
+
+
+def test_demo_options_reach_run_demo(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = main(["demo", "--fractions", "0.3", "--seeds", "0", "--epochs", "2", "--max-train-rows", "300",
+                 "--selectors", "random", "GM matching", "--threads", "1", "--output-dir", str(out)])
+    assert code == 0
+    saved = json.loads((out / "results.json").read_text())
+    assert set(saved["accuracy"]) == {"random", "GM matching"}
