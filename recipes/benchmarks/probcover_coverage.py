@@ -37,6 +37,13 @@ Default (about 30 minutes of CPU on 2 cores; scikit-activeml peaks near 6 GB at 
 Smoke check (seconds):
     python recipes/benchmarks/probcover_coverage.py --sizes 2000 --budget 20 --features mixture
 
+Tie-breaking: the greedy's coverage depends a little on how equal gains are broken. With
+``--tie-seeds K`` each method also runs K − 1 more times (scikit-activeml with ``random_state`` 1…K−1,
+ours on the rows in K − 1 seeded shuffled orders, since ours takes the lower row position) and the
+coverage range is printed:
+    python recipes/benchmarks/probcover_coverage.py --features fashion_mnist --delta 0.4 --sizes 5000,20000 \
+        --tie-seeds 5
+
 Needs ``pip install scikit-activeml`` for the reference (``--skip-reference`` runs ours alone).
 """
 
@@ -122,10 +129,15 @@ def _reset_peak() -> None:
         handle.write("5")
 
 
-def _child(method: str, path: str, n: int, budget: int, delta: float, queue) -> None:
-    """Run one method on the first ``n`` rows of the features at ``path``; report picks, times, memory."""
+def _child(method: str, path: str, n: int, budget: int, delta: float, tie_seed: int, queue) -> None:
+    """Run one method on the first ``n`` rows of the features at ``path``; report picks, times, memory.
+
+    ``tie_seed`` > 0 changes how ties are broken: scikit-activeml's ``random_state``, and for ours
+    (ties to the lower row position) a seeded shuffle of the rows, mapped back.
+    """
     try:
         features = np.load(path, mmap_mode="r")[:n]
+        order = np.arange(n) if tie_seed == 0 else np.random.default_rng(tie_seed).permutation(n)
         if method == "ours":
             from datasets import Dataset, disable_progress_bars
 
@@ -133,12 +145,12 @@ def _child(method: str, path: str, n: int, budget: int, delta: float, queue) -> 
             from hf_prune.ops.columns import add_column
 
             disable_progress_bars()
-            ds = add_column(Dataset.from_dict({"idx": np.arange(n)}), "emb", np.ascontiguousarray(features))
+            ds = add_column(Dataset.from_dict({"idx": np.arange(n)}), "emb", np.ascontiguousarray(features[order]))
 
             def run():
                 sub = hp.select.probcover(ds, size=budget, embedding_column="emb", delta=delta, seed=0)
                 edges = hp.provenance(sub)[-1]["params"].get("graph_edges", [None])[0]
-                return np.asarray(sub["row_id"]), edges
+                return order[np.asarray(sub["row_id"])], edges
         else:
             from skactiveml.pool import ProbCover
 
@@ -148,7 +160,7 @@ def _child(method: str, path: str, n: int, budget: int, delta: float, queue) -> 
                 with warnings.catch_warnings():
                     # A single δ skips its purity search, which it then reports as "maximum purity -1".
                     warnings.filterwarnings("ignore", message="The maximum purity")
-                    picks = ProbCover(deltas=[delta], random_state=0).query(
+                    picks = ProbCover(deltas=[delta], random_state=tie_seed).query(
                         unit, np.full(n, np.nan), batch_size=budget
                     )
                 return np.asarray(picks), None
@@ -165,10 +177,10 @@ def _child(method: str, path: str, n: int, budget: int, delta: float, queue) -> 
         queue.put({"error": f"{type(err).__name__}: {err}"})
 
 
-def run_isolated(method: str, path: str, n: int, budget: int, delta: float, timeout: float) -> dict:
+def run_isolated(method: str, path: str, n: int, budget: int, delta: float, tie_seed: int, timeout: float) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(method, path, n, budget, delta, queue))
+    proc = ctx.Process(target=_child, args=(method, path, n, budget, delta, tie_seed, queue))
     proc.start()
     try:
         result = queue.get(timeout=timeout)
@@ -214,6 +226,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--delta-rows", type=int, default=5000, help="rows on which scikit-activeml's δ rule runs")
     parser.add_argument("--reference-max-rows", type=int, default=20_000, help="largest N given to scikit-activeml")
     parser.add_argument("--skip-reference", action="store_true", help="run ours alone (needs --delta)")
+    parser.add_argument("--tie-seeds", type=int, default=1,
+                        help="runs per method with different tie-breaking (coverage spread shown when > 1)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per run")
     parser.add_argument("--output", default=None, help="write the measurements as JSON here")
     return parser
@@ -238,7 +252,7 @@ def main(argv=None) -> None:
             row = {"features": name, "rows": n, "dim": features.shape[1], "budget": args.budget, "delta": delta}
             methods = ["ours"] + ([] if args.skip_reference or n > args.reference_max_rows else ["skactiveml"])
             for method in methods:
-                result = run_isolated(method, path, n, args.budget, delta, args.timeout)
+                result = run_isolated(method, path, n, args.budget, delta, 0, args.timeout)
                 if "error" not in result:
                     result["coverage"], result["coverage_closed"] = coverage(unit[:n], result["picks"], delta)
                     result["picks"] = result["picks"].tolist()
@@ -247,10 +261,36 @@ def main(argv=None) -> None:
                       f"coverage {result['coverage']:.4f} (≤δ {result['coverage_closed']:.4f}), "
                       f"{result['wall_s']:.1f} s wall, {result['cpu_s']:.1f} s CPU, peak {gib(result['peak_rss'])} GiB "
                       f"(+{gib(result['peak_rss'] - result['rss_before'])})"), flush=True)
+                if args.tie_seeds > 1 and "error" not in result:
+                    spread = [result["coverage"]]
+                    for tie_seed in range(1, args.tie_seeds):
+                        other = run_isolated(method, path, n, args.budget, delta, tie_seed, args.timeout)
+                        if "error" in other:
+                            raise RuntimeError(f"{method} at N={n} with tie seed {tie_seed}: {other['error']}")
+                        spread.append(coverage(unit[:n], other["picks"], delta)[0])
+                    result["coverage_by_tie_seed"] = spread
+                    print(f"    over {len(spread)} tie-breakings: {min(spread):.4f} – {max(spread):.4f} "
+                          f"(mean {np.mean(spread):.4f})", flush=True)
             rows.append(row)
     print("\n" + markdown_table(rows))
+    if args.tie_seeds > 1:
+        print("\n" + spread_table(rows))
     if args.output:
         write_json(args.output, {"args": vars(args), "versions": info, "rows": rows})
+
+
+def spread_table(rows: list[dict]) -> str:
+    """Coverage min – max (mean) over the tie-breaking seeds, per method."""
+    lines = ["| features | N | δ | budget | ours coverage over tie seeds | skactiveml coverage over tie seeds |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        cells = []
+        for method in ("ours", "skactiveml"):
+            values = r.get(method, {}).get("coverage_by_tie_seed")
+            cells.append("n/a" if not values else
+                         f"{min(values):.4f} – {max(values):.4f} (mean {np.mean(values):.4f}, {len(values)} runs)")
+        lines.append(f"| {r['features']} | {r['rows']:,} | {r['delta']:g} | {r['budget']} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
 
 
 def markdown_table(rows: list[dict]) -> str:
