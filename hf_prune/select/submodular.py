@@ -45,7 +45,7 @@ naive greedy that recomputes every gain; a smaller budget's picks are a prefix o
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -99,6 +99,7 @@ def facility_location(
     label_column: str | None = None,
     rank_column: str | None = None,
     overwrite: bool = False,
+    initial_subset: Sequence[int] | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
 ) -> Dataset:
@@ -123,6 +124,9 @@ def facility_location(
         rank_column: if given, an int64 column with each kept row's pick position (0 first; per
             class when ``label_column`` is given).
         overwrite: replace an existing ``rank_column``.
+        initial_subset: row positions (in ``dataset``) that are kept first, in the given order; the
+            greedy continues from them and they count towards the budget (per class: towards their
+            class's budget, which they must not exceed).
         seed: seeds the IVF training; the greedy itself makes no random choice.
         device: device of the k-NN search (``None`` → CUDA when available).
 
@@ -133,8 +137,8 @@ def facility_location(
     return _graph_selector(
         "facility_location", dataset, fraction=fraction, size=size, embedding_column=embedding_column,
         metric=metric, k=k, knn_index=knn_index, bandwidth=bandwidth, label_column=label_column,
-        rank_column=rank_column, overwrite=overwrite, seed=seed, device=device,
-        order=lambda W, budget: facility_location_order(W, budget), extra={},
+        rank_column=rank_column, overwrite=overwrite, initial_subset=initial_subset, seed=seed, device=device,
+        order=lambda W, budget, initial: facility_location_order(W, budget, initial=initial), extra={},
     )
 
 
@@ -152,6 +156,7 @@ def graph_cut(
     label_column: str | None = None,
     rank_column: str | None = None,
     overwrite: bool = False,
+    initial_subset: Sequence[int] | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
 ) -> Dataset:
@@ -170,7 +175,7 @@ def graph_cut(
         embedding_column: fixed-length numeric embedding column.
         lambdaVal: the redundancy weight ``λ ≥ 0`` (named as in submodlib; default 0.5).
         metric, k, knn_index, bandwidth: the sparse similarity, as in `facility_location`.
-        label_column, rank_column, overwrite, seed, device: as in `facility_location`.
+        label_column, rank_column, overwrite, initial_subset, seed, device: as in `facility_location`.
 
     Example:
         >>> sub = hp.select.graph_cut(ds, fraction=0.1, lambdaVal=0.4, k=10)
@@ -179,8 +184,9 @@ def graph_cut(
     return _graph_selector(
         "graph_cut", dataset, fraction=fraction, size=size, embedding_column=embedding_column,
         metric=metric, k=k, knn_index=knn_index, bandwidth=bandwidth, label_column=label_column,
-        rank_column=rank_column, overwrite=overwrite, seed=seed, device=device,
-        order=lambda W, budget: graph_cut_order(W, budget, lambdaVal=lam), extra={"lambdaVal": lam},
+        rank_column=rank_column, overwrite=overwrite, initial_subset=initial_subset, seed=seed, device=device,
+        order=lambda W, budget, initial: graph_cut_order(W, budget, lambdaVal=lam, initial=initial),
+        extra={"lambdaVal": lam},
     )
 
 
@@ -196,6 +202,7 @@ def log_determinant(
     label_column: str | None = None,
     rank_column: str | None = None,
     overwrite: bool = False,
+    initial_subset: Sequence[int] | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
 ) -> Dataset:
@@ -217,7 +224,7 @@ def log_determinant(
         metric: ``"cosine"`` (default; Gram matrix of normalised rows), ``"ip"`` or ``"l2"``
             (Gaussian kernel).
         bandwidth: ``σ`` for ``metric="l2"`` (``None``: ``σ²`` = mean squared pairwise distance).
-        label_column, rank_column, overwrite: as in `facility_location`.
+        label_column, rank_column, overwrite, initial_subset: as in `facility_location`.
         seed: recorded for provenance; the greedy makes no random choice.
         device: torch device of the factorisation (``None`` → CUDA when available).
 
@@ -230,14 +237,14 @@ def log_determinant(
     dev = resolve_device(device)
     emb = read_matrix(dataset, embedding_column)
 
-    def order(rows, budget):
+    def order(rows, budget, initial):
         return log_determinant_order(emb[rows], budget, regularizer=lam, metric=metric, bandwidth=bandwidth,
-                                     device=dev)
+                                     device=dev, initial=initial)
 
     params = {"embedding_column": embedding_column, "regularizer": lam, "metric": metric, "bandwidth": bandwidth,
               "device": str(dev)}
     return _select("log_determinant", dataset, fraction, size, seed, label_column, rank_column, overwrite,
-                   params, order)
+                   initial_subset, params, order)
 
 
 def disparity_sum(
@@ -250,6 +257,7 @@ def disparity_sum(
     label_column: str | None = None,
     rank_column: str | None = None,
     overwrite: bool = False,
+    initial_subset: Sequence[int] | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
 ) -> Dataset:
@@ -265,7 +273,7 @@ def disparity_sum(
         fraction / size: the budget (exactly one).
         embedding_column: fixed-length numeric embedding column.
         metric: ``"cosine"`` (default) or ``"l2"``.
-        label_column, rank_column, overwrite: as in `facility_location`.
+        label_column, rank_column, overwrite, initial_subset: as in `facility_location`.
         seed: recorded for provenance; the greedy makes no random choice.
         device: torch device (``None`` → CUDA when available).
 
@@ -273,7 +281,7 @@ def disparity_sum(
         >>> sub = hp.select.disparity_sum(ds, size=100, metric="cosine")
     """
     return _disparity_selector("disparity_sum", "sum", dataset, fraction, size, embedding_column, metric,
-                               label_column, rank_column, overwrite, seed, device)
+                               label_column, rank_column, overwrite, initial_subset, seed, device)
 
 
 def disparity_min(
@@ -286,6 +294,7 @@ def disparity_min(
     label_column: str | None = None,
     rank_column: str | None = None,
     overwrite: bool = False,
+    initial_subset: Sequence[int] | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
 ) -> Dataset:
@@ -303,7 +312,7 @@ def disparity_min(
         fraction / size: the budget (exactly one).
         embedding_column: fixed-length numeric embedding column.
         metric: ``"cosine"`` (default) or ``"l2"``.
-        label_column, rank_column, overwrite: as in `facility_location`.
+        label_column, rank_column, overwrite, initial_subset: as in `facility_location`.
         seed: recorded for provenance; the greedy makes no random choice.
         device: torch device (``None`` → CUDA when available).
 
@@ -311,11 +320,11 @@ def disparity_min(
         >>> sub = hp.select.disparity_min(ds, size=100, metric="l2")
     """
     return _disparity_selector("disparity_min", "min", dataset, fraction, size, embedding_column, metric,
-                               label_column, rank_column, overwrite, seed, device)
+                               label_column, rank_column, overwrite, initial_subset, seed, device)
 
 
 def _graph_selector(method, dataset, *, fraction, size, embedding_column, metric, k, knn_index, bandwidth,
-                    label_column, rank_column, overwrite, seed, device, order, extra):
+                    label_column, rank_column, overwrite, initial_subset, seed, device, order, extra):
     _check_metric(metric, _METRICS)
     k = check_positive_int("k", k)
     if knn_index not in _KNN_INDEXES:
@@ -324,46 +333,54 @@ def _graph_selector(method, dataset, *, fraction, size, embedding_column, metric
     dev = resolve_device(device)
     emb = read_matrix(dataset, embedding_column)
 
-    def group_order(rows, budget):
+    def group_order(rows, budget, initial):
         if k >= len(rows):
             raise ValueError(f"`k`={k} must be smaller than the number of rows in a group ({len(rows)})")
         W = similarity_graph(emb[rows], metric=metric, k=k, knn_index=knn_index, bandwidth=bandwidth,
                              device=dev, seed=seed)
-        return order(W, budget)
+        return order(W, budget, initial)
 
     params = {"embedding_column": embedding_column, **extra, "metric": metric, "k": k, "knn_index": knn_index,
               "bandwidth": bandwidth, "device": str(dev)}
-    return _select(method, dataset, fraction, size, seed, label_column, rank_column, overwrite, params,
-                   group_order)
+    return _select(method, dataset, fraction, size, seed, label_column, rank_column, overwrite, initial_subset,
+                   params, group_order)
 
 
 def _disparity_selector(method, reduce, dataset, fraction, size, embedding_column, metric, label_column,
-                        rank_column, overwrite, seed, device):
+                        rank_column, overwrite, initial_subset, seed, device):
     _check_metric(metric, _DISTANCE_METRICS)
     dev = resolve_device(device)
     emb = read_matrix(dataset, embedding_column)
 
-    def order(rows, budget):
-        return disparity_order(emb[rows], budget, metric=metric, reduce=reduce, device=dev)
+    def order(rows, budget, initial):
+        return disparity_order(emb[rows], budget, metric=metric, reduce=reduce, device=dev, initial=initial)
 
     params = {"embedding_column": embedding_column, "metric": metric, "device": str(dev)}
-    return _select(method, dataset, fraction, size, seed, label_column, rank_column, overwrite, params, order)
+    return _select(method, dataset, fraction, size, seed, label_column, rank_column, overwrite, initial_subset,
+                   params, order)
 
 
-def _select(method, dataset, fraction, size, seed, label_column, rank_column, overwrite, params, order):
-    """`run_selection` with a greedy ``order(rows, budget)``, optionally writing the pick order."""
+def _select(method, dataset, fraction, size, seed, label_column, rank_column, overwrite, initial_subset, params,
+            order):
+    """`run_selection` with a greedy ``order(rows, budget, initial)``, optionally writing the pick order."""
     if rank_column is not None:
         if not isinstance(rank_column, str) or not rank_column or rank_column == "row_id":
             raise ValueError(f"`rank_column` must be a column name other than 'row_id', got {rank_column!r}")
         check_new_column(dataset, rank_column, overwrite)
+    initial = _check_initial_subset(initial_subset, len(dataset))
     rank = np.full(len(dataset), -1, dtype=np.int64)
 
     def pick(rows, budget, rng):
-        picks = np.asarray(order(rows, budget), dtype=np.int64)
+        # Group rows are sorted positions, so the initial rows of this group map back by bisection.
+        mine = initial[np.isin(initial, rows)]
+        if len(mine) > budget:
+            raise ValueError(f"`initial_subset` has {len(mine)} rows in a group whose budget is {budget}")
+        picks = np.asarray(order(rows, budget, np.searchsorted(rows, mine)), dtype=np.int64)
         rank[rows[picks]] = np.arange(len(picks))
         return picks
 
-    params = {**params, "rank_column": rank_column}
+    params = {**params, "rank_column": rank_column,
+              "initial_subset": None if initial_subset is None else initial.tolist()}
     result = run_selection(dataset, method=method, params=params, fraction=fraction, size=size, seed=seed,
                            label_column=label_column, pick=pick)
     if rank_column is None:
@@ -371,6 +388,18 @@ def _select(method, dataset, fraction, size, seed, label_column, rank_column, ov
     # Kept rows come back in input order, which is the order of the positions that got a rank.
     ranks = rank[np.flatnonzero(rank >= 0)]
     return add_column(result, rank_column, ranks, overwrite=overwrite, feature=Value("int64"))
+
+
+def _check_initial_subset(initial_subset, n) -> np.ndarray:
+    if initial_subset is None:
+        return np.empty(0, dtype=np.int64)
+    values = np.asarray(initial_subset)
+    if values.ndim != 1 or (values.size and not np.issubdtype(values.dtype, np.integer)):
+        raise ValueError(f"`initial_subset` must be a sequence of row positions, got {initial_subset!r}")
+    values = values.astype(np.int64)
+    if values.size and (values.min() < 0 or values.max() >= n or len(np.unique(values)) != len(values)):
+        raise ValueError(f"`initial_subset` must hold distinct row positions in [0, {n})")
+    return values
 
 
 def _check_metric(metric, allowed):
@@ -389,6 +418,15 @@ def _check_budget(budget, n) -> int:
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or not 1 <= budget <= n:
         raise ValueError(f"`budget` must be an integer in [1, {n}], got {budget!r}")
     return int(budget)
+
+
+def _check_initial(initial, n, budget) -> np.ndarray:
+    initial = np.asarray(initial if initial is not None else (), dtype=np.int64).ravel()
+    if initial.size and (initial.min() < 0 or initial.max() >= n or len(np.unique(initial)) != len(initial)):
+        raise ValueError(f"`initial` must hold distinct row positions in [0, {n})")
+    if len(initial) > budget:
+        raise ValueError(f"`initial` has {len(initial)} rows, more than the budget ({budget})")
+    return initial
 
 
 def _check_embeddings(embeddings) -> np.ndarray:
@@ -519,6 +557,7 @@ def lazy_greedy(
     budget: int,
     gain: Callable[[int], float],
     commit: Callable[[int], None],
+    initial=(),
 ) -> np.ndarray:
     """Lazy greedy maximisation of a submodular function; returns the picks in order.
 
@@ -526,6 +565,7 @@ def lazy_greedy(
     and ``commit(j)`` adds ``j`` to the set. A max-heap keyed by ``(−bound, row)`` holds upper
     bounds (diminishing returns: a gain never grows); the top is re-evaluated until it was
     evaluated at the current step, which makes it the exact argmax, ties to the lower row.
+    ``initial`` rows are committed first and count towards ``budget`` (they open the result).
 
     Example:
         >>> cover = np.zeros(3, bool); sets = [[0], [0, 1], [2]]
@@ -536,10 +576,15 @@ def lazy_greedy(
     gains = np.asarray(gains, dtype=np.float64)
     n = len(gains)
     budget = _check_budget(budget, n)
-    heap = list(zip((-gains).tolist(), range(n)))
+    initial = _check_initial(initial, n, budget)
+    picks: list[int] = initial.tolist()
+    for j in picks:
+        commit(j)
+    rest = np.setdiff1d(np.arange(n), initial)
+    heap = list(zip((-gains[rest]).tolist(), rest.tolist()))
     heapq.heapify(heap)
-    evaluated_at = np.zeros(n, dtype=np.int64)
-    picks: list[int] = []
+    # Empty-set gains are still upper bounds after the initial rows; they are stale unless S is empty.
+    evaluated_at = np.full(n, 0 if not len(initial) else -1, dtype=np.int64)
     while len(picks) < budget:
         _, j = heap[0]
         if evaluated_at[j] == len(picks):
@@ -562,7 +607,7 @@ def _check_graph(W) -> sp.csr_matrix:
     return W
 
 
-def facility_location_order(W: sp.spmatrix, budget: int) -> np.ndarray:
+def facility_location_order(W: sp.spmatrix, budget: int, *, initial=()) -> np.ndarray:
     """Lazy-greedy facility-location picks on a symmetric non-negative similarity ``W``, in pick order.
 
     Example:
@@ -582,10 +627,10 @@ def facility_location_order(W: sp.spmatrix, budget: int) -> np.ndarray:
         best[cols] = np.maximum(best[cols], data[lo:hi])
 
     # W is symmetric, so row j lists the rows j would cover and the empty-set gain is a row sum.
-    return lazy_greedy(np.asarray(W.sum(1)).ravel(), budget, gain, commit)
+    return lazy_greedy(np.asarray(W.sum(1)).ravel(), budget, gain, commit, initial)
 
 
-def graph_cut_order(W: sp.spmatrix, budget: int, *, lambdaVal: float = 0.5) -> np.ndarray:
+def graph_cut_order(W: sp.spmatrix, budget: int, *, lambdaVal: float = 0.5, initial=()) -> np.ndarray:
     """Lazy-greedy graph-cut picks (submodlib's definition, see `graph_cut`) on ``W``, in pick order.
 
     Example:
@@ -605,7 +650,7 @@ def graph_cut_order(W: sp.spmatrix, budget: int, *, lambdaVal: float = 0.5) -> n
         lo, hi = indptr[j], indptr[j + 1]
         with_subset[indices[lo:hi]] += data[lo:hi]
 
-    return lazy_greedy(total - lam * diagonal, budget, gain, commit)
+    return lazy_greedy(total - lam * diagonal, budget, gain, commit, initial)
 
 
 @torch.inference_mode()
@@ -617,8 +662,11 @@ def log_determinant_order(
     metric: str = "cosine",
     bandwidth: float | None = None,
     device: str | torch.device | None = "cpu",
+    initial=(),
 ) -> np.ndarray:
     """Greedy ``log det(L_S + λI)`` picks by incremental Cholesky (see `log_determinant`), in pick order.
+
+    ``initial`` rows are taken first (in the given order) and count towards ``budget``.
 
     Example:
         >>> log_determinant_order(embeddings, 20, regularizer=1.0)
@@ -628,6 +676,7 @@ def log_determinant_order(
     bandwidth = check_optional_positive("bandwidth", bandwidth)
     x_np = _check_embeddings(embeddings)
     budget = _check_budget(budget, len(x_np))
+    initial = _check_initial(initial, len(x_np), budget)
     scale = (bandwidth**2 if bandwidth is not None else _pairwise_scale(x_np)) if metric == "l2" else 1.0
     x = _prepare_rows(x_np, metric, device)
     column, diagonal = _kernel_columns(x, metric, scale)
@@ -638,7 +687,8 @@ def log_determinant_order(
     factor = torch.zeros((budget, n), dtype=x.dtype, device=x.device)
     picks = np.empty(budget, dtype=np.int64)
     for t in range(budget):
-        j = int(torch.argmax(d2))  # the first maximum: ties go to the lower row
+        # The first maximum: ties go to the lower row.
+        j = int(initial[t]) if t < len(initial) else int(torch.argmax(d2))
         picks[t] = j
         if t == budget - 1:
             break
@@ -660,11 +710,13 @@ def disparity_order(
     metric: str = "cosine",
     reduce: str = "sum",
     device: str | torch.device | None = "cpu",
+    initial=(),
 ) -> np.ndarray:
     """Plain-greedy disparity-sum (``reduce="sum"``) or disparity-min (``"min"``) picks, in pick order.
 
     Each row keeps ``Σ_{i∈S} d_ij`` (sum) or ``min_{i∈S} d_ij`` (min), updated with one distance
     column per pick; the next pick is the unpicked row with the largest value, ties to the lower row.
+    ``initial`` rows are taken first (in the given order) and count towards ``budget``.
 
     Example:
         >>> disparity_order(embeddings, 10, metric="l2", reduce="min")
@@ -675,10 +727,11 @@ def disparity_order(
     x = _prepare_rows(embeddings, metric, device)
     n = x.shape[0]
     budget = _check_budget(budget, n)
+    initial = _check_initial(initial, n, budget)
     distance = _distance_column(x, metric)
     value = torch.full((n,), 0.0 if reduce == "sum" else torch.inf, dtype=x.dtype, device=x.device)
     picks = np.empty(budget, dtype=np.int64)
-    j = 0  # every gain on the empty set is 0: the lower row
+    j = int(initial[0]) if len(initial) else 0  # every gain on the empty set is 0: the lower row
     for t in range(budget):
         picks[t] = j
         if t == budget - 1:
@@ -688,7 +741,7 @@ def disparity_order(
         else:
             torch.minimum(value, distance(j), out=value)
         value[j] = -torch.inf  # picked rows stay at −inf under both updates
-        j = int(torch.argmax(value))
+        j = int(initial[t + 1]) if t + 1 < len(initial) else int(torch.argmax(value))
     return picks
 
 

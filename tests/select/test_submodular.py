@@ -109,15 +109,15 @@ def test_similarity_graph_values():
 # --- greedy == brute-force greedy --------------------------------------------------------------------
 
 
-def brute_force_greedy(objective, n, budget, tie=None, tol=1e-9):
+def brute_force_greedy(objective, n, budget, tie=None, tol=1e-9, start=()):
     """Naive greedy: recompute f(S ∪ {j}) − f(S) for every row at every step; ties to the lower row.
 
     Gains within ``tol`` (relative) of the best count as ties: differences of objectives carry
     rounding that the incremental gains do not, and symmetric data produces exact ties. ``tie(S, j)``
     breaks them first where a method defines a secondary key.
     """
-    chosen = []
-    for _ in range(budget):
+    chosen = list(start)
+    for _ in range(budget - len(chosen)):
         base = objective(chosen)
         rest = [j for j in range(n) if j not in chosen]
         rest = _near_best(rest, [objective(chosen + [j]) - base for j in rest], tol)
@@ -204,6 +204,32 @@ def test_lazy_greedy_on_a_coverage_function():
     assert len(evaluations) < 14 * 60  # lazy: fewer re-evaluations than the naive greedy's
 
 
+def test_initial_rows_then_brute_force_greedy():
+    x = random_points(21)
+    start = [17, 3, 30]
+    W = similarity_graph(x, metric="cosine", k=6)
+    np.testing.assert_array_equal(
+        facility_location_order(W, 10, initial=start),
+        brute_force_greedy(lambda s: facility_location_objective(W, s), 40, 10, start=start),
+    )
+    np.testing.assert_array_equal(
+        graph_cut_order(W, 10, lambdaVal=0.4, initial=start),
+        brute_force_greedy(lambda s: graph_cut_objective(W, s, lambdaVal=0.4), 40, 10, start=start),
+    )
+    np.testing.assert_array_equal(
+        log_determinant_order(x, 10, initial=start),
+        brute_force_greedy(lambda s: log_determinant_objective(x, s), 40, 10, start=start),
+    )
+    np.testing.assert_array_equal(
+        disparity_order(x, 10, metric="l2", reduce="sum", initial=start),
+        brute_force_greedy(lambda s: disparity_sum_objective(x, s, metric="l2"), 40, 10, start=start),
+    )
+    # The initial rows open the order, also when they are the whole budget.
+    np.testing.assert_array_equal(disparity_order(x, 3, reduce="min", initial=start), start)
+    with pytest.raises(ValueError, match="`initial`"):
+        facility_location_order(W, 2, initial=start)
+
+
 # --- the Dataset API ---------------------------------------------------------------------------------
 
 
@@ -240,6 +266,34 @@ def test_rank_column_and_prefix(selector):
     assert sorted(again["rank"]) == list(range(5))
     with pytest.raises(ValueError, match="rank_column"):
         selector(ds, size=5, rank_column="row_id")
+
+
+@pytest.mark.parametrize("selector", SELECTORS, ids=lambda f: f.__name__)
+def test_initial_subset(selector, blobs):
+    ds, _, labels = blobs
+    sub = selector(ds, size=12, initial_subset=[50, 7], rank_column="rank")
+    ranks = dict(zip(sub["row_id"], sub["rank"]))
+    assert ranks[50] == 0 and ranks[7] == 1 and len(sub) == 12
+    assert hp.provenance(sub)[-1]["params"]["initial_subset"] == [50, 7]
+    # Starting from the greedy's own first picks changes nothing.
+    free = selector(ds, size=12, rank_column="rank")
+    order = np.array(free["row_id"])[np.argsort(free["rank"])]
+    again = selector(ds, size=12, initial_subset=order[:4].tolist(), rank_column="rank")
+    assert again["row_id"] == free["row_id"] and again["rank"] == free["rank"]
+    # Per class: the initial rows count towards their own class's budget.
+    per_class = selector(ds, fraction=0.1, label_column="label", initial_subset=[0, 45, 46], rank_column="rank")
+    kept = dict(zip(per_class["row_id"], per_class["rank"]))
+    assert kept[0] == 0 and {kept[45], kept[46]} == {0, 1}
+    with pytest.raises(ValueError, match="`initial_subset` has 3 rows in a group whose budget is 2"):
+        selector(ds, fraction=0.1, label_column="label", initial_subset=[80, 81, 82])
+    with pytest.raises(ValueError, match="`initial_subset` must hold distinct row positions in \\[0, 90\\)"):
+        selector(ds, size=5, initial_subset=[3, 3])
+    with pytest.raises(ValueError, match="`initial_subset` must hold distinct"):
+        selector(ds, size=5, initial_subset=[90])
+    with pytest.raises(ValueError, match="`initial_subset` must be a sequence"):
+        selector(ds, size=5, initial_subset=[1.5])
+    with pytest.raises(ValueError, match="more than the budget|budget is 2"):
+        selector(ds, size=2, initial_subset=[1, 2, 3])
 
 
 def test_selector_matches_the_order_functions():
