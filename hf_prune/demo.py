@@ -48,7 +48,9 @@ DEMO_FAMILIES: dict[str, list[str]] = {
     "seed methods: scores": ["DUAL", "DUAL+β", "InfoMax (DUAL)", "InfoMax (SSP)"],
     "seed methods: geometry": ["GM matching", "norm", "Gram–Schmidt", "ProbCover+Norm"],
     "score baselines": ["EL2N (hard)", "forgetting", "AUM (low)", "CCS (EL2N)", "D² (EL2N)"],
-    "coverage and geometry baselines": ["herding", "Moderate", "k-center", "TypiClust", "ProbCover"],
+    "coverage and geometry baselines": [
+        "herding", "Moderate", "k-center", "TypiClust", "ProbCover", "facility location",
+    ],
 }
 SAME_ROWS_MARK = "†"
 
@@ -110,6 +112,7 @@ def demo_selectors(window: int) -> dict[str, Callable[[Dataset, float, int], Dat
         "D² (EL2N)": lambda d, f, s: select.d2_pruning(d, fraction=f, score_column="el2n", embedding_column=rnd, seed=s, **lab),
         "Moderate": lambda d, f, s: select.moderate(d, fraction=f, embedding_column=rnd, seed=s, **lab),
         "k-center": lambda d, f, s: select.k_center_greedy(d, fraction=f, embedding_column=rnd, seed=s, **lab),
+        "facility location": lambda d, f, s: select.facility_location(d, fraction=f, embedding_column=rnd, seed=s, **lab),
         "herding": lambda d, f, s: select.herding(d, fraction=f, embedding_column=rnd, seed=s, **lab),
         "GM matching": lambda d, f, s: select.gm_matching(d, fraction=f, embedding_column=rnd, seed=s, **lab),
         "InfoMax (DUAL)": lambda d, f, s: select.infomax(d, fraction=f, score_column="dual", embedding_column=rnd, seed=s),
