@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from datasets import Dataset
@@ -9,7 +11,7 @@ from datasets import Dataset
 from ..ops.columns import read_matrix
 from ..ops.device import resolve_device, to_device
 from ..ops.knn import normalize_rows
-from ._core import run_selection
+from ._ordered import run_ordered_selection
 
 __all__ = ["k_center_greedy"]
 
@@ -26,6 +28,10 @@ def k_center_greedy(
     metric: str = "l2",
     init: str = "random",
     label_column: str | None = None,
+    rank_column: str | None = None,
+    gain_column: str | None = None,
+    overwrite: bool = False,
+    initial_subset: Sequence[int] | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
 ) -> Dataset:
@@ -44,6 +50,15 @@ def k_center_greedy(
     once every row is covered (all distances 0) further picks go to the earliest uncovered rows.
     Ties in the argmax go to the earliest row.
 
+    **Order.** The picks are a greedy permutation: with the same ``init`` and ``seed`` a smaller
+    budget's picks are the first picks of a larger one's (per class when ``label_column`` is given),
+    so ``rank_column`` turns one run into every smaller budget (keep ``rank < b``). ``gain_column``
+    holds each pick's *insertion radius*: its distance to the nearest row picked before it (``inf``
+    for a group's first pick), i.e. the covering radius of the rows picked before it, which never
+    grows along the order. ``initial_subset`` (rows already kept, e.g. already labelled in an
+    active-learning round) are the first centres, in the given order, instead of ``init``: the
+    distances start from them, so the result is what a run whose first picks were those rows gives.
+
     Args:
         dataset: the input Dataset (not modified).
         fraction / size: the budget (exactly one).
@@ -53,11 +68,20 @@ def k_center_greedy(
         init: the first centre: ``"random"`` (a row drawn with ``seed``), ``"first"`` (the
             group's first row) or ``"mean"`` (the row closest to the group mean).
         label_column: run per class with a proportional budget split.
+        rank_column: if given, an int64 column with each kept row's pick position (0 first; per
+            class when ``label_column`` is given).
+        gain_column: if given, a float64 column with each kept row's insertion radius (above).
+        overwrite: replace an existing ``rank_column`` / ``gain_column``.
+        initial_subset: row positions (in ``dataset``) kept first, in the given order; they count
+            towards the budget (per class: towards their class's budget, which they must not exceed).
         seed: used only by ``init="random"``.
         device: torch device (``None`` → CUDA when available).
 
     Example:
         >>> sub = hp.select.k_center_greedy(ds, fraction=0.1, embedding_column="emb", metric="cosine")
+        >>> ranked = hp.select.k_center_greedy(ds, size=1000, rank_column="rank", gain_column="radius")
+        >>> first_100 = ranked.filter(lambda r: r < 100, input_columns="rank")  # the size=100 selection
+        >>> next_round = hp.select.k_center_greedy(ds, size=200, initial_subset=labelled_positions)
     """
     if metric not in _METRICS:
         raise ValueError(f"`metric` must be one of {_METRICS}, got {metric!r}")
@@ -69,7 +93,7 @@ def k_center_greedy(
         emb = normalize_rows(emb)
     x_all = to_device(emb, dev)
 
-    def pick(rows, k, rng):
+    def order(rows, k, rng, initial):
         x = x_all if len(rows) == len(x_all) else x_all[torch.from_numpy(rows).to(dev)]
         x = x - x.mean(0)  # distances are translation invariant; centring keeps them accurate
         sq = (x * x).sum(1)
@@ -79,42 +103,68 @@ def k_center_greedy(
             first = 0
         else:
             first = int(torch.argmin(sq))  # nearest to the mean, which is now the origin
-        return greedy_k_center(x, k, first, sq=sq)
+        return greedy_k_center(x, k, first, sq=sq, initial=initial, return_gains=gain_column is not None)
 
     params = {"embedding_column": embedding_column, "metric": metric, "init": init, "device": str(dev)}
-    return run_selection(
+    return run_ordered_selection(
         dataset, method="k_center_greedy", params=params, fraction=fraction, size=size, seed=seed,
-        label_column=label_column, pick=pick,
+        label_column=label_column, order=order, rank_column=rank_column, gain_column=gain_column,
+        overwrite=overwrite, initial_subset=initial_subset,
     )
 
 
-def greedy_k_center(x: torch.Tensor, k: int, first: int, *, sq: torch.Tensor | None = None) -> np.ndarray:
+def greedy_k_center(
+    x: torch.Tensor,
+    k: int,
+    first: int,
+    *,
+    sq: torch.Tensor | None = None,
+    initial: Sequence[int] = (),
+    return_gains: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Positions of ``k`` greedy k-center picks in ``x`` (float tensor), starting from row ``first``.
 
-    Returns the picks in the order they were made.
+    Returns the picks in the order they were made. With ``initial`` (distinct row positions, at
+    most ``k``) those rows are the first centres, in the given order, and ``first`` is not used.
+    With ``return_gains``, also each pick's insertion radius (distance to the nearest earlier pick,
+    ``inf`` for the first), as float64.
 
     Example:
         >>> greedy_k_center(torch.tensor([[0.0], [1.0], [5.0]]), 2, 0)
         array([0, 2])
+        >>> greedy_k_center(torch.tensor([[0.0], [1.0], [5.0]]), 2, 0, initial=[1], return_gains=True)
+        (array([1, 2]), array([inf,  4.]))
     """
     n = x.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"`k` must be in [1, {n}], got {k}")
     if not 0 <= first < n:
         raise ValueError(f"`first` must be a row position in [0, {n}), got {first}")
+    initial = np.asarray(initial, dtype=np.int64).ravel()
+    if len(initial) and (initial.min() < 0 or initial.max() >= n or len(np.unique(initial)) != len(initial)):
+        raise ValueError(f"`initial` must hold distinct row positions in [0, {n})")
+    if len(initial) > k:
+        raise ValueError(f"`initial` has {len(initial)} rows, more than `k` ({k})")
     if sq is None:
         sq = (x * x).sum(1)
     # Squared distance of every row to its nearest centre; chosen rows hold -1 so they are never
     # picked again (the elementwise minimum keeps them there).
     nearest = torch.full((n,), torch.inf, dtype=x.dtype, device=x.device)
     chosen = torch.empty(k, dtype=torch.long, device=x.device)
-    current = torch.tensor(first, device=x.device)
+    radii = torch.empty(k, dtype=x.dtype, device=x.device) if return_gains else None
+    forced = initial.tolist() if len(initial) else [first]
     for t in range(k):
+        if t < len(forced):
+            current = torch.tensor(forced[t], device=x.device)
         chosen[t] = current
+        if radii is not None:
+            radii[t] = nearest[current]
         if t == k - 1:
             break
         dist = torch.addmv(sq, x, x[current], alpha=-2.0).add_(sq[current]).clamp_min_(0.0)
         torch.minimum(nearest, dist, out=nearest)
         nearest[current] = -1.0
         current = torch.argmax(nearest)
-    return chosen.cpu().numpy()
+    if radii is None:
+        return chosen.cpu().numpy()
+    return chosen.cpu().numpy(), radii.double().sqrt_().cpu().numpy()

@@ -127,3 +127,53 @@ def test_cpu_and_gpu_pick_the_same_rows(blobs):
         cpu = hp.select.k_center_greedy(ds, fraction=0.3, label_column="label", metric=metric, device="cpu")
         gpu = hp.select.k_center_greedy(ds, fraction=0.3, label_column="label", metric=metric, device="cuda")
         assert cpu["row_id"] == gpu["row_id"]
+
+
+def test_hand_computed_rank_and_insertion_radius():
+    # From 0: the farthest row is 10 (radius 10); distances to {0, 10} are 1, 4, 3.5 -> 4 (radius 4);
+    # then row 1 is 1 away and 6.5 is 2.5 away -> 6.5.
+    ds = make_dataset(np.array([[0.0], [1.0], [4.0], [6.5], [10.0]]))
+    sub = hp.select.k_center_greedy(ds, size=4, init="first", rank_column="rank", gain_column="radius")
+    assert sub["row_id"] == [0, 2, 3, 4] and sub["rank"] == [0, 2, 3, 1]
+    np.testing.assert_allclose(sub["radius"], [np.inf, 4.0, 2.5, 10.0])
+    # Starting from the rows at 4 and 1 (in that order): 10 is 6 away, then 6.5 (2.5) beats 0 (1).
+    start = hp.select.k_center_greedy(ds, size=4, initial_subset=[2, 1], rank_column="rank", gain_column="radius")
+    assert start["row_id"] == [1, 2, 3, 4] and start["rank"] == [1, 0, 3, 2]
+    np.testing.assert_allclose(start["radius"], [3.0, np.inf, 2.5, 6.0])
+
+
+def brute_force_greedy_from(x, k, start):
+    chosen = list(start)
+    while len(chosen) < k:
+        d = np.min(np.linalg.norm(x[:, None] - x[None, chosen], axis=2), axis=1)
+        d[chosen] = -1
+        chosen.append(int(np.argmax(d)))
+    return chosen
+
+
+def test_initial_subset_matches_brute_force_and_ignores_init(blobs):
+    ds, emb, labels = blobs
+    for init in ("random", "first", "mean"):
+        sub = hp.select.k_center_greedy(ds, size=15, init=init, initial_subset=[50, 7, 88], rank_column="rank")
+        order = np.array(sub["row_id"])[np.argsort(sub["rank"])]
+        assert order.tolist() == brute_force_greedy_from(emb.astype(np.float64), 15, [50, 7, 88])
+    # Per class the distances start from that class's initial rows only.
+    per_class = hp.select.k_center_greedy(ds, fraction=0.2, label_column="label", initial_subset=[3, 60],
+                                          rank_column="rank")
+    ids, ranks = np.array(per_class["row_id"]), np.array(per_class["rank"])
+    for c, start in ((0, [3]), (1, [60])):
+        rows = np.flatnonzero(labels == c)
+        mine = ids[labels[ids] == c][np.argsort(ranks[labels[ids] == c])]
+        local = brute_force_greedy_from(emb[rows].astype(np.float64), len(mine), np.searchsorted(rows, start))
+        assert mine.tolist() == rows[local].tolist()
+
+
+def test_greedy_k_center_initial_and_gains():
+    x = torch.tensor([[0.0], [1.0], [5.0]])
+    picks, radii = greedy_k_center(x, 3, 0, initial=[1], return_gains=True)
+    assert picks.tolist() == [1, 2, 0] and radii.tolist() == [np.inf, 4.0, 1.0]
+    assert greedy_k_center(x, 2, 0).tolist() == [0, 2]
+    with pytest.raises(ValueError, match="`initial` must hold distinct"):
+        greedy_k_center(x, 2, 0, initial=[1, 1])
+    with pytest.raises(ValueError, match="more than `k`"):
+        greedy_k_center(x, 1, 0, initial=[1, 2])
