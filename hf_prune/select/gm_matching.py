@@ -13,6 +13,7 @@ points can be arbitrarily corrupted without dragging the target (and the subset)
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -22,7 +23,8 @@ from ..ops.columns import read_matrix
 from ..ops.device import resolve_device, to_device
 from ..ops.knn import normalize_rows
 from ..ops.median import check_eps, geometric_median
-from ._core import check_positive_int, run_selection
+from ._core import check_positive_int
+from ._ordered import run_ordered_selection
 
 __all__ = ["gm_matching", "herding"]
 
@@ -46,6 +48,10 @@ def gm_matching(
     eps: float = 1e-5,
     max_iter: int = 500,
     label_column: str | None = None,
+    rank_column: str | None = None,
+    gain_column: str | None = None,
+    overwrite: bool = False,
+    initial_subset: Sequence[int] | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
     geometry: str | None = None,
@@ -103,6 +109,14 @@ def gm_matching(
       deterministic: ties in the argmax go to the earliest row.
     * ``eps`` is the *relative* accuracy of Eq. 5; a warning is raised if the median did not
       converge within ``max_iter`` iterations.
+    * **Order.** The target and ``θ_0`` do not depend on the budget, so a smaller budget's picks
+      are the first picks of a larger one's (per class when ``label_column`` is given; with
+      ``init="random"`` for the same ``seed``): ``rank_column`` turns one run into every smaller
+      budget. ``gain_column`` holds the herding score ``⟨θ_t, φ(x)⟩`` each pick had at its step
+      (the largest among the candidates; it is not monotone along the order).
+      ``initial_subset`` rows are taken first, in the given order, as herding steps: ``θ`` moves
+      by ``μ − φ(x)`` for each of them, so the greedy continues exactly as a run whose first picks
+      were those rows (the target is still computed from all rows of the group).
 
     In hf_prune 0.1.0 the default was ``metric="cosine"`` (then spelled ``geometry="cosine"``):
     pass ``metric="cosine"`` to get the rows that default selected.
@@ -123,6 +137,12 @@ def gm_matching(
         eps: relative ε of the ε-approximate geometric median.
         max_iter: maximum Weiszfeld iterations.
         label_column: run per class with a proportional budget split.
+        rank_column: if given, an int64 column with each kept row's pick position (0 first; per
+            class when ``label_column`` is given).
+        gain_column: if given, a float64 column with each kept row's herding score at its step.
+        overwrite: replace an existing ``rank_column`` / ``gain_column``.
+        initial_subset: row positions (in ``dataset``) kept first, in the given order; they count
+            towards the budget (per class: towards their class's budget, which they must not exceed).
         seed: used only by ``init="random"``.
         device: torch device (``None`` → CUDA when available).
         geometry: deprecated spelling of ``metric`` (``"raw"`` is ``"l2"``).
@@ -130,6 +150,7 @@ def gm_matching(
     Example:
         >>> sub = hp.select.gm_matching(ds, fraction=0.1, embedding_column="emb", label_column="label")
         >>> official = hp.select.gm_matching(ds, fraction=0.1, metric="cosine", renormalize_median=True)
+        >>> ranked = hp.select.gm_matching(ds, fraction=0.2, rank_column="rank")  # every budget ≤ 20%
     """
     check_eps(eps)
     check_positive_int("max_iter", max_iter)
@@ -144,6 +165,7 @@ def gm_matching(
     return _herding_selection(
         dataset, method="gm_matching", target="geometric_median", fraction=fraction, size=size,
         embedding_column=embedding_column, metric=metric, init=init, label_column=label_column,
+        rank_column=rank_column, gain_column=gain_column, overwrite=overwrite, initial_subset=initial_subset,
         seed=seed, device=device, eps=eps, max_iter=max_iter, renormalize_median=bool(renormalize_median),
     )
 
@@ -157,6 +179,10 @@ def herding(
     metric: str = "l2",
     init: str = "target",
     label_column: str | None = None,
+    rank_column: str | None = None,
+    gain_column: str | None = None,
+    overwrite: bool = False,
+    initial_subset: Sequence[int] | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
     geometry: str | None = None,
@@ -168,15 +194,18 @@ def herding(
     which gives the O(1/k) decay of ‖mean(S_k) − μ‖ on clean data but has breakdown point 0.
     ``init="target"`` and ``init="mean"`` coincide here. The default ``metric="l2"`` is the same
     as `gm_matching`'s (in hf_prune 0.1.0 both defaulted to ``"cosine"``), so the two differ only
-    in the target. Parameters and cost as in `gm_matching`.
+    in the target. Parameters (``rank_column``, ``gain_column`` and ``initial_subset`` included)
+    and cost as in `gm_matching`.
 
     Example:
         >>> sub = hp.select.herding(ds, size=1000, embedding_column="emb", label_column="label")
+        >>> next_round = hp.select.herding(ds, size=2000, initial_subset=kept_positions, rank_column="rank")
     """
     metric = _resolve_metric(metric, geometry, "herding")
     return _herding_selection(
         dataset, method="herding", target="mean", fraction=fraction, size=size,
         embedding_column=embedding_column, metric=metric, init=init, label_column=label_column,
+        rank_column=rank_column, gain_column=gain_column, overwrite=overwrite, initial_subset=initial_subset,
         seed=seed, device=device,
     )
 
@@ -202,7 +231,8 @@ def _resolve_metric(metric: str, geometry: str | None, method: str) -> str:
 
 def _herding_selection(
     dataset, *, method, target, fraction, size, embedding_column, metric, init, label_column,
-    seed, device, eps=None, max_iter=None, renormalize_median=False,
+    rank_column, gain_column, overwrite, initial_subset, seed, device, eps=None, max_iter=None,
+    renormalize_median=False,
 ) -> Dataset:
     if init not in _INITS:
         raise ValueError(f"`init` must be one of {_INITS}, got {init!r}")
@@ -212,9 +242,11 @@ def _herding_selection(
         emb = normalize_rows(emb)
     x_all = to_device(emb, dev)
 
-    def pick(rows, k, rng):
-        if k == len(rows):
-            return np.arange(k)
+    ordered = rank_column is not None or gain_column is not None
+
+    def order(rows, k, rng, initial):
+        if k == len(rows) and not ordered and not len(initial):
+            return np.arange(k)  # every row is kept: their order is not asked for
         x = x_all if len(rows) == len(x_all) else x_all[torch.from_numpy(rows).to(dev)]
         if target == "geometric_median":
             median, info = geometric_median(x, eps=eps, max_iter=max_iter, device=dev)
@@ -235,14 +267,15 @@ def _herding_selection(
             theta0 = mu if target == "mean" else x.to(torch.float64).mean(0)  # herd() copies theta0
         else:
             theta0 = x[int(rng.integers(len(rows)))].to(torch.float64)
-        return herd(x, mu, theta0, k)
+        return herd(x, mu, theta0, k, initial=initial, return_gains=gain_column is not None)
 
     params = {"embedding_column": embedding_column, "metric": metric, "init": init, "device": str(dev)}
     if target == "geometric_median":
         params.update(eps=eps, max_iter=max_iter, renormalize_median=renormalize_median)
-    return run_selection(
+    return run_ordered_selection(
         dataset, method=method, params=params, fraction=fraction, size=size, seed=seed,
-        label_column=label_column, pick=pick,
+        label_column=label_column, order=order, rank_column=rank_column, gain_column=gain_column,
+        overwrite=overwrite, initial_subset=initial_subset,
     )
 
 
@@ -259,12 +292,22 @@ def _unit_target(mu: torch.Tensor, method: str) -> torch.Tensor:
     return mu / norm
 
 
-def herd(x: torch.Tensor, mu: torch.Tensor, theta0: torch.Tensor, k: int) -> np.ndarray:
+def herd(
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    theta0: torch.Tensor,
+    k: int,
+    *,
+    initial: Sequence[int] = (),
+    return_gains: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """``k`` distinct rows of ``x`` chosen by herding towards ``mu`` from ``theta0`` (Eq. 7–8).
 
     Returns the picks in the order they were made. Each step is one matrix–vector product over
     all rows on ``x``'s device (chosen rows get a -inf penalty); the picked index stays on the
-    device, so a GPU run does not synchronise with the host per pick.
+    device, so a GPU run does not synchronise with the host per pick. ``initial`` rows (distinct,
+    at most ``k``) are the first picks, in the given order, each moving ``θ`` as a herding step
+    does. With ``return_gains``, also each pick's score ``⟨θ_t, x⟩`` at its step (float64).
 
     Example:
         >>> order = herd(torch.randn(100, 4), torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64), 10)
@@ -272,6 +315,11 @@ def herd(x: torch.Tensor, mu: torch.Tensor, theta0: torch.Tensor, k: int) -> np.
     n = x.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"`k` must be in [1, {n}], got {k}")
+    initial = np.asarray(initial, dtype=np.int64).ravel()
+    if len(initial) and (initial.min() < 0 or initial.max() >= n or len(np.unique(initial)) != len(initial)):
+        raise ValueError(f"`initial` must hold distinct row positions in [0, {n})")
+    if len(initial) > k:
+        raise ValueError(f"`initial` has {len(initial)} rows, more than `k` ({k})")
     x32 = x.to(torch.float32)
     x64 = x.to(torch.float64) if x.dtype == torch.float64 else None
     mu = mu.to(device=x.device, dtype=torch.float64)
@@ -279,10 +327,17 @@ def herd(x: torch.Tensor, mu: torch.Tensor, theta0: torch.Tensor, k: int) -> np.
     # 0 for candidates, -inf for chosen rows; adding it is much cheaper than a masked fill.
     penalty = torch.zeros(n, dtype=torch.float32, device=x.device)
     chosen = torch.empty(k, dtype=torch.long, device=x.device)
+    gains = torch.empty(k, dtype=torch.float32, device=x.device) if return_gains else None
     for t in range(k):
-        scores = torch.addmv(penalty, x32, theta.to(torch.float32))
-        i = torch.argmax(scores)
+        forced = t < len(initial)
+        if not forced or gains is not None:
+            scores = torch.addmv(penalty, x32, theta.to(torch.float32))
+        i = torch.tensor(int(initial[t]), device=x.device) if forced else torch.argmax(scores)
         chosen[t] = i
+        if gains is not None:
+            gains[t] = scores[i]
         penalty[i] = -torch.inf
         theta += mu - (x64[i] if x64 is not None else x32[i].to(torch.float64))
-    return chosen.cpu().numpy()
+    if gains is None:
+        return chosen.cpu().numpy()
+    return chosen.cpu().numpy(), gains.double().cpu().numpy()

@@ -366,3 +366,34 @@ def test_cpu_and_gpu_pick_the_same_rows(blobs):
     median_cpu, _ = geometric_median(np.asarray(ds["emb"]), device="cpu")
     median_gpu, _ = geometric_median(np.asarray(ds["emb"]), device="cuda")
     np.testing.assert_allclose(median_cpu, median_gpu, rtol=1e-10, atol=1e-12)
+
+
+def test_hand_computed_rank_gains_and_initial_subset():
+    # The sequence of test_hand_computed_herding_sequence: 3, 1, 0, 2 with scores 1.5, 2, 1.5, 1.
+    x = np.array([[2.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -3.0]])
+    ds = make_dataset(x)
+    sub = hp.select.herding(ds, size=4, metric="l2", rank_column="rank", gain_column="score")
+    assert sub["rank"] == [2, 1, 3, 0]  # every row is kept, yet the rank is the herding order
+    np.testing.assert_allclose(sub["score"], [1.5, 2.0, 1.0, 1.5])
+    # Row 2 first: its score is ⟨μ, x2⟩ = -0.25 and θ1 = 2μ - x2 = (1.5, -1); x0 and x3 then tie at 3,
+    # the lower row wins; θ2 = (-0.25, -1.5) -> x3 (4.5).
+    start = hp.select.herding(ds, size=3, metric="l2", initial_subset=[2], rank_column="rank", gain_column="score")
+    assert start["row_id"] == [0, 2, 3] and start["rank"] == [1, 0, 2]
+    np.testing.assert_allclose(start["score"], [3.0, -0.25, 4.5])
+    mu = torch.tensor(x.mean(0))
+    picks, scores = herd(torch.tensor(x, dtype=torch.float32), mu, mu, 3, initial=[2], return_gains=True)
+    assert picks.tolist() == [2, 0, 3] and scores.tolist() == [-0.25, 3.0, 4.5]
+    with pytest.raises(ValueError, match="more than `k`"):
+        herd(torch.tensor(x, dtype=torch.float32), mu, mu, 1, initial=[2, 0])
+
+
+def test_gm_matching_initial_rows_move_theta_but_not_the_target():
+    # 1-d, GM = 2 (see test_hand_computed_gm_matching_sequence_in_1d). Starting from row 0 (x = 0):
+    # θ1 = 2 + 2 - 0 = 4 -> 10; θ2 = 4 + 2 - 10 = -4 -> 1; θ3 = -4 + 2 - 1 = -3 -> 2.
+    x = np.array([[0.0], [1.0], [2.0], [10.0], [3.0]])
+    ds = make_dataset(x)
+    sub = hp.select.gm_matching(ds, size=4, metric="l2", initial_subset=[0], rank_column="rank")
+    assert sub["row_id"] == [0, 1, 2, 3] and sub["rank"] == [0, 2, 3, 1]
+    # Starting from row 4 (x = 3): θ1 = 1 -> 10; θ2 = -7 -> 0; θ3 = -5 -> 1.
+    sub = hp.select.gm_matching(ds, size=4, metric="l2", initial_subset=[4], rank_column="rank")
+    assert sub["row_id"] == [0, 1, 3, 4] and sub["rank"] == [2, 3, 1, 0]
