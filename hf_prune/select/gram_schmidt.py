@@ -10,13 +10,16 @@ Gram–Schmidt, as the paper prescribes for stability): O(N·d) per pick, O(s·N
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from datasets import Dataset
 
 from ..ops.columns import read_matrix
 from ..ops.device import resolve_device
-from ._core import check_positive_int, run_selection
+from ._core import check_positive_int
+from ._ordered import run_ordered_selection
 
 __all__ = ["gram_schmidt", "gram_schmidt_order"]
 
@@ -31,6 +34,10 @@ def gram_schmidt(
     embedding_column: str = "emb",
     mode: str = "random",
     label_column: str | None = None,
+    rank_column: str | None = None,
+    gain_column: str | None = None,
+    overwrite: bool = False,
+    initial_subset: Sequence[int] | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
     batch_size: int | None = None,
@@ -63,6 +70,15 @@ def gram_schmidt(
     so each round of up to ``d`` picks is again linearly independent and norm-driven. Rows whose
     features are all zero are picked last, uniformly at random (first ones in deterministic mode).
 
+    **Order.** Step ``t`` uses the ``t``-th uniform number of the group's generator (drawn in order,
+    whatever the budget), so in both modes a smaller budget's picks are the first picks of a larger
+    one's with the same ``seed`` (per class when ``label_column`` is given): ``rank_column`` turns
+    one run into every smaller budget. ``gain_column`` holds each pick's residual norm ``‖R_i‖``
+    when it was picked (the ``|R_ii|`` of pivoted QR in deterministic mode; it starts again from the
+    original norms after a basis restart). ``initial_subset`` rows are the first picks, in the given
+    order: the basis starts from them (they take the first steps and their uniforms), so with the
+    same ``seed`` the result is exactly what a run whose first picks were those rows gives.
+
     Args:
         dataset: the input `datasets.Dataset` (never modified).
         fraction: kept fraction in (0, 1]; exactly one of ``fraction`` / ``size``.
@@ -70,6 +86,12 @@ def gram_schmidt(
         embedding_column: fixed-length float list column holding the features ``F_i``.
         mode: ``"random"`` or ``"deterministic"``.
         label_column: if given, the budget is split per class and Algorithm 1 runs inside each class.
+        rank_column: if given, an int64 column with each kept row's pick position (0 first; per
+            class when ``label_column`` is given).
+        gain_column: if given, a float64 column with each kept row's residual norm when picked.
+        overwrite: replace an existing ``rank_column`` / ``gain_column``.
+        initial_subset: row positions (in ``dataset``) kept first, in the given order; they count
+            towards the budget (per class: towards their class's budget, which they must not exceed).
         seed: seed of the random draws.
         device: torch device for the residual matrix; ``None`` picks CUDA when available.
         batch_size: rows per block of the in-place residual update (``None``: all rows at once). The
@@ -83,6 +105,7 @@ def gram_schmidt(
     Example:
         >>> sub = hp.select.gram_schmidt(ds, size=100, embedding_column="emb", seed=0)
         >>> per_class = hp.select.gram_schmidt(ds, fraction=0.01, label_column="label")
+        >>> ranked = hp.select.gram_schmidt(ds, size=400, rank_column="rank", gain_column="residual")
     """
     if mode not in _MODES:
         raise ValueError(f"`mode` must be one of {_MODES}, got {mode!r}")
@@ -93,18 +116,19 @@ def gram_schmidt(
     features = read_matrix(dataset, embedding_column)
     dev = resolve_device(device)
 
-    def pick(rows, k, rng):
+    def order(rows, k, rng, initial):
         uniforms = rng.random(k)
-        picks, _ = gram_schmidt_order(
+        picks, norms = gram_schmidt_order(
             features[rows], k, uniforms=None if mode == "deterministic" else uniforms,
-            device=dev, batch_size=batch_size, tol=tol,
+            device=dev, batch_size=batch_size, tol=tol, initial=initial,
         )
-        return picks
+        return picks if gain_column is None else (picks, norms)
 
     params = {"embedding_column": embedding_column, "mode": mode, "tol": tol}
-    return run_selection(
+    return run_ordered_selection(
         dataset, method="gram_schmidt", params=params, fraction=fraction, size=size, seed=seed,
-        label_column=label_column, pick=pick,
+        label_column=label_column, order=order, rank_column=rank_column, gain_column=gain_column,
+        overwrite=overwrite, initial_subset=initial_subset,
     )
 
 
@@ -117,12 +141,14 @@ def gram_schmidt_order(
     device: str | torch.device | None = "cpu",
     batch_size: int | None = None,
     tol: float = 1e-4,
+    initial: Sequence[int] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """The first ``k`` rows chosen by Algorithm 1 on ``features`` (N, d), in the order chosen.
 
     ``uniforms`` (k numbers in [0, 1)) drive the norm-proportional draws; ``None`` picks the largest
     residual each step. Returns ``(picks, picked_residual_norms)``; the norms are those of the picked
-    residuals (the ``|R_ii|`` of pivoted QR in deterministic mode).
+    residuals (the ``|R_ii|`` of pivoted QR in deterministic mode). ``initial`` rows (distinct, at
+    most ``k``) take the first steps, in the given order, instead of a draw: the basis starts from them.
 
     Residual norms are downdated, ``‖r − (r·q)q‖² = ‖r‖² − (r·q)²``, from the inner products the
     projection computes anyway, and recomputed exactly for the rows whose norm has fallen below
@@ -134,6 +160,11 @@ def gram_schmidt_order(
     """
     x = np.ascontiguousarray(features, dtype=np.float32)
     n, d = x.shape
+    initial = np.asarray(initial, dtype=np.int64).ravel()
+    if len(initial) and (initial.min() < 0 or initial.max() >= n or len(np.unique(initial)) != len(initial)):
+        raise ValueError(f"`initial` must hold distinct row positions in [0, {n})")
+    if len(initial) > k:
+        raise ValueError(f"`initial` has {len(initial)} rows, more than `k` ({k})")
     dev = resolve_device(device)
     residual = torch.from_numpy(x.copy()).to(dev)
     original_sq = _row_sq_norms(residual)
@@ -155,7 +186,9 @@ def gram_schmidt_order(
             squares[left] = reference[left] = original_sq[left]
             rank = 0
             norms = squares.sqrt().masked_fill_(~available, 0.0)
-        if scale == 0.0:
+        if step < len(initial):
+            i = int(initial[step])
+        elif scale == 0.0:
             # Only all-zero rows remain: no direction to prefer.
             left = torch.nonzero(available).squeeze(1)
             u = 0.0 if uniforms is None else float(uniforms[step])

@@ -170,3 +170,34 @@ def test_bad_input(blobs):
         hp.select.gram_schmidt(ds, size=100)
     with pytest.raises(ValueError, match="score"):
         hp.select.gram_schmidt(ds, size=3, embedding_column="score")  # a scalar column, not a list
+
+
+def test_hand_computed_rank_residual_norms_and_initial_subset():
+    # Norms 3, √2, 2 -> row 0; residuals (0, 1), (0, 2) -> row 2 (2); then nothing is left outside the
+    # span, the basis restarts and row 1 comes with its own norm √2.
+    ds = make_dataset(np.array([[3.0, 0.0], [1.0, 1.0], [0.0, 2.0]]))
+    sub = hp.select.gram_schmidt(ds, size=3, mode="deterministic", rank_column="rank", gain_column="residual")
+    assert sub["rank"] == [0, 2, 1]
+    np.testing.assert_allclose(sub["residual"], [3.0, np.sqrt(2), 2.0], rtol=1e-6)
+    # Row 1 first: residuals (1.5, -1.5) (norm 3/√2) and (-1, 1) (√2) -> row 0; row 2 is then in the span.
+    start = hp.select.gram_schmidt(ds, size=3, mode="deterministic", initial_subset=[1], rank_column="rank",
+                                   gain_column="residual")
+    assert start["rank"] == [1, 0, 2]
+    np.testing.assert_allclose(start["residual"], [3 / np.sqrt(2), np.sqrt(2), 2.0], rtol=1e-6)
+
+
+def test_random_mode_draws_one_uniform_per_step_in_order(blobs):
+    ds, emb, _ = blobs
+    # The picks of the free run are those of gram_schmidt_order with the group generator's uniforms,
+    # and a shorter run uses the first of the same uniforms: hence the prefix property.
+    sub = hp.select.gram_schmidt(ds, size=20, seed=9, rank_column="rank")
+    picks, _ = gram_schmidt_order(emb, 20, uniforms=np.random.default_rng([9, 0]).random(20))
+    assert np.array(sub["row_id"])[np.argsort(sub["rank"])].tolist() == picks.tolist()
+    assert np.array_equal(np.random.default_rng([9, 0]).random(20)[:7], np.random.default_rng([9, 0]).random(7))
+    # Initial rows take the first steps (and their uniforms): rows 5 and 6 first, then the same draws.
+    start = hp.select.gram_schmidt(ds, size=20, seed=9, initial_subset=[5, 6], rank_column="rank")
+    expected, _ = gram_schmidt_order(emb, 20, uniforms=np.random.default_rng([9, 0]).random(20), initial=[5, 6])
+    assert np.array(start["row_id"])[np.argsort(start["rank"])].tolist() == expected.tolist()
+    assert expected[:2].tolist() == [5, 6]
+    with pytest.raises(ValueError, match="more than `k`"):
+        gram_schmidt_order(emb, 1, initial=[5, 6])
