@@ -33,9 +33,9 @@ from tqdm.auto import tqdm
 from . import data as hp_data
 from . import embed, score, select
 from .dynamics import DynamicsRecorder
+from .ops.checks import check_positive_int
 from .ops.columns import read_labels, read_matrix
 from .probe import LinearProbe
-from .select._core import check_positive_int
 
 __all__ = ["run_demo", "demo_selectors", "record_proxy_dynamics", "plot_results", "DEMO_FAMILIES"]
 

@@ -31,7 +31,8 @@ from datasets import Dataset, DatasetInfo, Features, Sequence, Value, load_from_
 from datasets.fingerprint import Hasher
 from datasets.table import InMemoryTable
 
-from .ops.columns import _arrow_column, check_columns, check_new_column
+from .ops.arrow import column_array, fingerprint, indices_mapping
+from .ops.columns import _flatten_fixed, check_columns, check_new_column
 
 __all__ = [
     "DYNAMICS_FIELDS",
@@ -78,10 +79,8 @@ def read_dynamics(dataset: Dataset, column: str, fields: tuple[str, ...] = ("tru
     A plain list column counts as ``true_prob``. Raises `KeyError` for a missing column or field,
     `ValueError` for ragged, null or non-finite records (naming ``column.field``).
     """
-    from .ops.columns import _flatten_fixed
-
     check_columns(dataset, column)
-    arr = _arrow_column(dataset, column)
+    arr = column_array(dataset, column)
     out = {}
     for field in fields:
         if pa.types.is_struct(arr.type):
@@ -108,7 +107,7 @@ def read_dynamics(dataset: Dataset, column: str, fields: tuple[str, ...] = ("tru
 
 def _read_ids(dataset: Dataset, column: str, what: str) -> np.ndarray:
     """An integer id column as int64, with `ValueError` naming it for other types, nulls and duplicates."""
-    arr = _arrow_column(dataset, column)
+    arr = column_array(dataset, column)
     if not pa.types.is_integer(arr.type):
         raise ValueError(f"column {column!r} of {what} has type {arr.type}; expected integer row ids")
     if arr.null_count:
@@ -126,9 +125,9 @@ def _read_ids(dataset: Dataset, column: str, what: str) -> np.ndarray:
 
 def _is_identity_view(dataset: Dataset) -> bool:
     """Whether row positions of ``dataset`` are positions of its underlying table (no reorder or filter)."""
-    if dataset._indices is None:
+    indices = indices_mapping(dataset)
+    if indices is None:
         return True
-    indices = dataset._indices.column(0).to_numpy()
     return bool(np.array_equal(indices, np.arange(len(indices))))
 
 
@@ -230,17 +229,17 @@ def attach_dynamics(
     index = order[slot]
 
     feature = dynamics.features[dynamics_column]
-    values = _arrow_column(dynamics, dynamics_column)
+    values = column_array(dynamics, dynamics_column)
     if not np.array_equal(index, np.arange(len(recorded))):  # the identity join keeps the column as it is
         values = values.take(pa.array(index))
     if output_column in dataset.column_names:
         dataset = dataset.remove_columns(output_column)
     # Hashing the gathered column would cost a pass over every value; the inputs' fingerprints fix the result.
-    fingerprint = Hasher.hash(
-        ("attach_dynamics", dataset._fingerprint, dynamics._fingerprint, dynamics_column, row_id_column, by_position, output_column)
+    new_fingerprint = Hasher.hash(
+        ("attach_dynamics", fingerprint(dataset), fingerprint(dynamics), dynamics_column, row_id_column, by_position, output_column)
     )
     values = values.cast(Features({output_column: feature}).arrow_schema.field(output_column).type)
-    return dataset.add_column(output_column, values, feature=feature, new_fingerprint=fingerprint)
+    return dataset.add_column(output_column, values, feature=feature, new_fingerprint=new_fingerprint)
 
 
 @torch.no_grad()

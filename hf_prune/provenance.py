@@ -63,7 +63,7 @@ def provenance(dataset: Dataset, *, warn: bool = True) -> list[dict[str, Any]]:
     """
     steps = _stored_steps(dataset)
     # The dataset in hand, described like a step's input; the digest reads a column, so only on demand.
-    hand = {"input_fingerprint": lambda: dataset._fingerprint, "input_rows": lambda: len(dataset),
+    hand = {"input_fingerprint": lambda: input_fingerprint(dataset), "input_rows": lambda: len(dataset),
             "input_row_id_digest": lambda: row_id_digest(dataset)}
 
     def hand_value(key: str) -> Any:
@@ -102,7 +102,9 @@ def _describes(step: dict[str, Any], after) -> bool:
 
 
 def input_fingerprint(dataset: Dataset) -> str:
-    return dataset._fingerprint
+    from .ops.arrow import fingerprint  # on use, like datasets itself: `import hf_prune` stays light
+
+    return fingerprint(dataset)
 
 
 def row_id_digest(dataset: Dataset) -> str | None:
@@ -119,12 +121,15 @@ def row_id_digest(dataset: Dataset) -> str | None:
     import numpy as np
     import pyarrow as pa
 
-    column = dataset.data.table.column(_ROW_ID)
+    from .ops.arrow import arrow_table, indices_mapping
+
+    column = arrow_table(dataset).column(_ROW_ID)
     if not pa.types.is_integer(column.type) or column.null_count:
         return None  # a user's own row_id of another kind: nothing to compare
     ids = column.to_numpy()
-    if dataset._indices is not None:  # after select/shuffle: the rows in view order, gathered in NumPy
-        ids = ids[dataset._indices.column(0).to_numpy()]
+    mapping = indices_mapping(dataset)
+    if mapping is not None:  # after select/shuffle: the rows in view order, gathered in NumPy
+        ids = ids[mapping]
     return hashlib.blake2b(np.ascontiguousarray(ids, dtype="<i8").tobytes(), digest_size=8).hexdigest()
 
 
@@ -204,6 +209,7 @@ def with_provenance(result: Dataset, source: Dataset, *, method: str, params: di
     base = _PATTERN.sub("", info.description or "").rstrip()
     blob = _START + json.dumps(steps, sort_keys=True) + _END
     info.description = f"{base}\n\n{blob}" if base else blob
-    # Dataset.info is a property over a private attribute; set it on the new object only.
-    result._info = info
-    return result
+    from .ops.arrow import with_info
+
+    # Dataset.info is read-only; set it on the new object only.
+    return with_info(result, info)

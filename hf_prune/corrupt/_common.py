@@ -14,8 +14,8 @@ from datasets.fingerprint import Hasher
 from datasets.table import InMemoryTable
 
 from ..data.images import decode_images, images_to_arrow
-from ..ops.columns import check_columns, check_new_column
-from ..select._core import check_probability
+from ..ops.arrow import arrow_table, fingerprint, has_indices_mapping
+from ..ops.checks import check_columns, check_new_column, check_probability, check_seed, seed_int
 
 __all__ = ["corrupted_count", "choose_rows", "check_corruption_args", "replace_columns", "replace_image_rows"]
 
@@ -33,12 +33,6 @@ def choose_rows(n: int, rate: float, rng: np.random.Generator) -> np.ndarray:
     return rng.permutation(n)[: corrupted_count(n, rate)]
 
 
-def check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"`seed` must be an integer, got {seed!r}")
-    return int(seed)
-
-
 def check_corruption_args(
     dataset: Dataset,
     *,
@@ -50,19 +44,23 @@ def check_corruption_args(
 ) -> int:
     """The checks every corruption opens with; returns ``seed`` as an int.
 
+    ``seed`` is an integer ≥ 0 or a NumPy Generator; a Generator gives one draw
+    (`hf_prune.ops.checks.seed_int`), after the other checks pass, and the corruption then runs as
+    with that integer (which its provenance records).
+
     ``sources`` and ``outputs`` map argument names to column names: the sources must exist; each
     output (``None``: not written) must be new unless ``overwrite``, and no output may be a source,
     else the write would clobber the column being corrupted.
     """
     check_columns(dataset, *sources.values())
-    seed = check_seed(seed)
+    check_seed(seed)
     corrupted_count(len(dataset), rate)  # validates rate
     for name in outputs.values():
         if name is not None:
             check_new_column(dataset, name, overwrite)
     if set(outputs.values()) & set(sources.values()):
         raise ValueError(f"`{'`/`'.join(outputs)}` must differ from `{'`/`'.join(sources)}`")
-    return seed
+    return seed_int(seed)
 
 
 def replace_columns(
@@ -80,10 +78,10 @@ def replace_columns(
     check_columns(dataset)
     kept = [name for name in dataset.column_names if name not in columns]
     names = dataset.column_names + [name for name in columns if name not in dataset.column_names]
-    table = dataset.data.table
-    if dataset._indices is not None and kept:
+    table = arrow_table(dataset)
+    if has_indices_mapping(dataset) and kept:
         # Gather only the kept columns: the caller already gathered the replaced ones (images can be large).
-        table = dataset.select_columns(kept).flatten_indices().data.table
+        table = arrow_table(dataset.select_columns(kept).flatten_indices())
     features = dict(dataset.features)
     arrays = []
     for name in names:
@@ -97,8 +95,8 @@ def replace_columns(
     table = pa.Table.from_arrays(arrays, names=names)
     info = copy.deepcopy(dataset.info)
     info.features = Features({name: features[name] for name in names})
-    fingerprint = Hasher.hash([dataset._fingerprint, method, params])
-    result = Dataset(InMemoryTable(table.cast(info.features.arrow_schema)), info=info, fingerprint=fingerprint)
+    new_fingerprint = Hasher.hash([fingerprint(dataset), method, params])
+    result = Dataset(InMemoryTable(table.cast(info.features.arrow_schema)), info=info, fingerprint=new_fingerprint)
     fmt = dataset.format
     # `format["columns"]` lists every column when no subset was chosen; then the new ones show too.
     shown = None if fmt["columns"] is None or set(fmt["columns"]) >= set(dataset.column_names) else fmt["columns"]

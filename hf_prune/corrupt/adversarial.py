@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 
-from ..ops.columns import _arrow_column, read_labels
+from ..ops.arrow import column_array
+from ..ops.checks import check_positive_int
+from ..ops.columns import read_labels
 from ..ops.device import resolve_device
-from ..select._core import check_positive_int
 from ._common import check_corruption_args, choose_rows, flag_array, image_chunks, replace_image_rows
 
 __all__ = ["fgsm", "pgd", "adversarial_attack"]
@@ -113,7 +114,7 @@ def adversarial_attack(
     labels_all = read_labels(dataset, label_column)
     rows = np.sort(choose_rows(len(dataset), rate, np.random.default_rng([seed, 0])))
     levels = math.floor(epsilon * 255 + 1e-9)
-    column, feature = _arrow_column(dataset, image_column), dataset.features[image_column]
+    column, feature = column_array(dataset, image_column), dataset.features[image_column]
     was_training = net.training
     net.eval()
     outputs = []

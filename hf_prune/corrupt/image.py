@@ -35,11 +35,10 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset, Value
 
-from ..ops.columns import _arrow_column
-from ..select._core import check_positive_int
+from ..ops.arrow import column_array
+from ..ops.checks import as_generator, check_positive_int
 from ._common import (
     check_corruption_args,
-    check_seed,
     choose_rows,
     flag_array,
     image_chunks,
@@ -197,8 +196,7 @@ def apply_corruption(
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f"`images` must be a (N, H, W, C) uint8 array, got {images.dtype} {images.shape}")
-    if not isinstance(rng, np.random.Generator):
-        rng = np.random.default_rng(check_seed(rng))
+    rng = as_generator(rng, name="rng")
     x = torch.tensor(images, device=device).permute(0, 3, 1, 2).float() / 255.0
     out = CORRUPTIONS[name](x, rng, severity)
     return (out * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -250,7 +248,7 @@ def corrupt_images(
 
     rows = choose_rows(len(dataset), rate, np.random.default_rng([seed, 0]))
     parts = [np.sort(part) for part in np.array_split(rows, len(corruptions))]
-    column = _arrow_column(dataset, image_column)  # read once; chunks take from it
+    column = column_array(dataset, image_column)  # read once; chunks take from it
     feature = dataset.features[image_column]
     corrupted, kinds = [], np.full(len(dataset), None, dtype=object)
     for k, (name, part) in enumerate(zip(corruptions, parts)):

@@ -5,19 +5,20 @@ from __future__ import annotations
 import numpy as np
 from datasets import DatasetDict
 
-from ..select._core import check_probability
+from ..ops.checks import as_generator, check_probability
 from .images import png_label_dataset
 
 __all__ = ["load_digits"]
 
 
-def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> DatasetDict:
+def load_digits(*, test_fraction: float = 0.2, seed: int | np.random.Generator = 0) -> DatasetDict:
     """The sklearn digits as a `DatasetDict` with ``train``/``test`` splits (stratified by class).
 
     Pixels (0–16 in sklearn) are rescaled to ``uint8`` as ``round(v · 255 / 16)`` and stored as
     8×8 grayscale `datasets.Image` PNGs in ``image``; ``label`` is a `ClassLabel` ``"0"``–``"9"``.
-    Each class puts ``round(test_fraction · n_c)`` randomly chosen rows (seeded) into ``test``;
-    rows keep their original order inside each split.
+    Each class puts ``round(test_fraction · n_c)`` randomly chosen rows into ``test``, drawn with
+    ``seed`` (an integer ≥ 0, or a NumPy Generator used as is); rows keep their original order
+    inside each split.
 
     Example:
         >>> ds = load_digits(test_fraction=0.2, seed=0)
@@ -29,12 +30,10 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> DatasetDict:
     test_fraction = check_probability("test_fraction", test_fraction)
     if not 0 < test_fraction < 1:
         raise ValueError(f"`test_fraction` must be in (0, 1), got {test_fraction}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"`seed` must be an integer, got {seed!r}")
+    rng = as_generator(seed)
     bunch = sk_load_digits()
     images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
     labels = bunch.target.astype(np.int64)
-    rng = np.random.default_rng(seed)
     is_test = np.zeros(len(labels), dtype=bool)
     for c in np.unique(labels):  # ten classes, not rows
         rows = np.flatnonzero(labels == c)

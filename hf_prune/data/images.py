@@ -14,7 +14,8 @@ import numpy as np
 import pyarrow as pa
 from datasets import ClassLabel, Dataset, Features, Image
 
-from ..ops.columns import _arrow_column, check_columns
+from ..ops.arrow import column_array
+from ..ops.checks import check_columns
 
 __all__ = ["read_images", "decode_images", "images_to_arrow", "encode_png", "png_label_dataset"]
 
@@ -87,7 +88,7 @@ def read_images(dataset: Dataset, *, image_column: str = "image", indices=None) 
         >>> pixels = read_images(ds, image_column="image")   # (N, 28, 28, 1) uint8 for Fashion-MNIST
     """
     check_columns(dataset, image_column)
-    arr = _arrow_column(dataset, image_column)
+    arr = column_array(dataset, image_column)
     return decode_images(arr, dataset.features[image_column], image_column, indices=indices)
 
 

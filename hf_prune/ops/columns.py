@@ -1,7 +1,9 @@
 """Column <-> array conversion with validation.
 
 Embeddings are fixed-length float lists and scores are float scalars (DESIGN.md). Columns are read
-through Arrow without Python loops over rows; every error names the offending column.
+through Arrow without Python loops over rows; every error names the offending column. The column
+checks (`check_columns`, `check_new_column(s)`, `column_list`) are defined in `hf_prune.ops.checks`,
+below the Arrow access in `hf_prune.ops.arrow`, and re-exported here next to the readers.
 """
 
 from __future__ import annotations
@@ -14,12 +16,16 @@ import pyarrow as pa
 from datasets import Dataset, Features, Value
 from datasets import Sequence as SequenceFeature
 
+from .arrow import column_array
+from .checks import check_columns, check_new_column, check_new_columns, column_list
+
 __all__ = [
     "check_columns",
     "read_matrix",
     "iter_matrix",
     "read_vector",
     "read_labels",
+    "class_groups",
     "add_column",
     "check_new_column",
     "check_new_columns",
@@ -27,25 +33,6 @@ __all__ = [
     "embedding_feature",
     "score_feature",
 ]
-
-
-def check_columns(dataset: Dataset, *columns: str | None) -> None:
-    """Raise `KeyError` naming the first missing column (and listing the ones that exist)."""
-    if not isinstance(dataset, Dataset):
-        raise TypeError(f"expected a datasets.Dataset, got {type(dataset).__name__}")
-    for column in columns:
-        if column is not None and column not in dataset.column_names:
-            raise KeyError(f"column {column!r} not found; the dataset has {dataset.column_names}")
-
-
-def _arrow_column(dataset: Dataset, column: str) -> pa.Array:
-    check_columns(dataset, column)
-    # `_indices` is set after select/shuffle: take the selected rows, in order, from the table.
-    if dataset._indices is not None:
-        table = dataset.select_columns([column]).with_format("arrow")[:]
-    else:
-        table = dataset.data.table
-    return table.column(column).combine_chunks()
 
 
 def _flatten_fixed(arr: pa.Array, column: str) -> tuple[np.ndarray, int]:
@@ -87,7 +74,7 @@ def read_matrix(dataset: Dataset, column: str, *, dtype=np.float32, allow_nonfin
     Raises `KeyError` for a missing column and `ValueError` for ragged, non-numeric, null or
     non-finite rows, each naming the column.
     """
-    matrix = _to_matrix(_arrow_column(dataset, column), column, dtype)
+    matrix = _to_matrix(column_array(dataset, column), column, dtype)
     if not allow_nonfinite and not np.isfinite(matrix).all():
         bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
         raise ValueError(f"column {column!r} has NaN/inf values in {len(bad)} rows (first: row {bad[0]})")
@@ -129,7 +116,7 @@ def _matrix_chunks(view: Dataset, column: str, batch_size: int) -> Iterator[tupl
 
 def read_vector(dataset: Dataset, column: str, *, dtype=np.float32, allow_nonfinite: bool = False) -> np.ndarray:
     """Read a numeric scalar column as an ``(N,)`` array; `ValueError` on nulls, NaN/inf or non-numbers."""
-    arr = _arrow_column(dataset, column)
+    arr = column_array(dataset, column)
     if not (pa.types.is_floating(arr.type) or pa.types.is_integer(arr.type) or pa.types.is_boolean(arr.type)):
         raise ValueError(f"column {column!r} has type {arr.type}; expected a numeric scalar per row")
     if arr.null_count:
@@ -147,7 +134,7 @@ def read_labels(dataset: Dataset, column: str) -> np.ndarray:
     Codes are ClassLabel ids / the integers themselves; any other hashable labels are coded by
     their sorted unique values so the class order (and hence per-class seeding) is stable.
     """
-    arr = _arrow_column(dataset, column)
+    arr = column_array(dataset, column)
     if arr.null_count:
         raise ValueError(f"label column {column!r} has {arr.null_count} null rows")
     if pa.types.is_integer(arr.type) or pa.types.is_boolean(arr.type):
@@ -165,6 +152,17 @@ def read_labels(dataset: Dataset, column: str) -> np.ndarray:
     raise ValueError(f"label column {column!r} has type {arr.type}; expected integer or string labels")
 
 
+def class_groups(dataset: Dataset, label_column: str | None) -> tuple[list[Any], list[np.ndarray]]:
+    """``(class_ids, row_positions_per_class)``; a single group of all rows when no label column."""
+    if label_column is None:
+        return [None], [np.arange(len(dataset))]
+    labels = read_labels(dataset, label_column)
+    classes, inverse = np.unique(labels, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.cumsum(np.bincount(inverse, minlength=len(classes)))[:-1]
+    return [c.item() for c in classes], np.split(order, bounds)
+
+
 def embedding_feature(dim: int | None = None) -> SequenceFeature:
     """The declared feature of an embedding column: a fixed-length float32 list."""
     return SequenceFeature(Value("float32"), length=-1 if dim is None else int(dim))
@@ -172,28 +170,6 @@ def embedding_feature(dim: int | None = None) -> SequenceFeature:
 
 def score_feature() -> Value:
     return Value("float32")
-
-
-def column_list(value: Any, parameter: str) -> list[str]:
-    """A column name or a non-empty sequence of names as a list; `ValueError` naming ``parameter``."""
-    columns = [value] if isinstance(value, str) else list(value)
-    if not columns or not all(isinstance(c, str) for c in columns):
-        raise ValueError(f"`{parameter}` must be a column name or a non-empty list of names, got {value!r}")
-    return columns
-
-
-def check_new_column(dataset: Dataset, name: str, overwrite: bool) -> None:
-    """`ValueError` if ``name`` exists and ``overwrite`` is false; scorers call it before their work."""
-    if name in dataset.column_names and not overwrite:
-        raise ValueError(f"column {name!r} already exists; pass overwrite=True to replace it")
-
-
-def check_new_columns(dataset: Dataset, names: Sequence[str], overwrite: bool) -> list[str]:
-    """The ``names`` that already exist; `ValueError` listing them unless ``overwrite``."""
-    existing = [c for c in names if c in dataset.column_names]
-    if existing and not overwrite:
-        raise ValueError(f"column(s) {existing} already exist; pass overwrite=True to replace them")
-    return existing
 
 
 def add_column(

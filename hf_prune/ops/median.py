@@ -12,9 +12,10 @@ import math
 import numpy as np
 import torch
 
+from .checks import check_positive, check_positive_int
 from .device import resolve_device, to_device
 
-__all__ = ["geometric_median", "check_eps"]
+__all__ = ["geometric_median"]
 
 # Rows per chunk so one float64 chunk holds about 2**23 numbers (64 MiB) whatever ``d`` is.
 _CHUNK_NUMBERS = 2**23
@@ -74,9 +75,8 @@ def geometric_median(
     xt = _as_matrix(x, dev)
     n, d = xt.shape
     w = _as_weights(weights, n, dev)
-    check_eps(eps)
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise ValueError(f"`max_iter` must be an integer ≥ 1, got {max_iter!r}")
+    check_positive("eps", eps)
+    check_positive_int("max_iter", max_iter)
 
     total = float(w.sum())
     keep = w > 0
@@ -123,12 +123,6 @@ def geometric_median(
         f_prev = f
     info.update(iterations=int(max_iter), objective=_objective(xt, w, z, chunk), converged=False)
     return z.cpu().numpy(), info
-
-
-def check_eps(eps) -> None:
-    """The relative accuracy ``eps`` must be a positive number (shared with `gm_matching`)."""
-    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not eps > 0:
-        raise ValueError(f"`eps` must be a positive number, got {eps!r}")
 
 
 def _vardi_zhang_optimum(stats: dict, z: torch.Tensor) -> torch.Tensor | None:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 from datasets import Dataset
 
-from ..ops.columns import add_column, check_columns, check_new_column, read_matrix
+from ..ops.checks import check_positive_int, seed_int
+from ..ops.columns import add_column, check_columns, check_new_column, class_groups, read_matrix
 from ..ops.kmeans import kmeans
-from ..select._core import check_positive_int, class_groups
 
 __all__ = ["ssp"]
 
@@ -28,7 +28,7 @@ def ssp(
     output_column: str = "ssp",
     metric: str = "euclidean",
     iterations: int = 25,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
     overwrite: bool = False,
     backend: str = "auto",
 ) -> Dataset:
@@ -46,8 +46,9 @@ def ssp(
             the cosine distance ``1 - cos`` to the nearest (unit) centroid, Sorscher et al.'s setting.
             The seeds only say "distance to the cluster center", so Euclidean is the default.
         iterations: k-means iterations.
-        seed: k-means seed, a non-negative integer (per class: derived from ``seed`` and the class's
-            position in the sorted class order).
+        seed: k-means seed, an integer ≥ 0 or a NumPy Generator (one draw from it gives the integer,
+            `hf_prune.ops.checks.seed_int`); per class it is derived from that integer and the
+            class's position in the sorted class order.
         overwrite: replace an existing ``output_column``.
         backend: ``"auto"`` (faiss when installed), ``"faiss"`` or ``"torch"``.
 
@@ -59,7 +60,7 @@ def ssp(
         raise ValueError(f"`metric` must be 'euclidean' or 'cosine', got {metric!r}")
     n_clusters = check_positive_int("n_clusters", n_clusters)
     iterations = check_positive_int("iterations", iterations)
-    seed = check_positive_int("seed", seed, minimum=0)
+    seed = seed_int(seed)
     check_columns(dataset, embedding_column, label_column)
     check_new_column(dataset, output_column, overwrite)
     if len(dataset) == 0:

@@ -8,26 +8,22 @@ positions *into* ``rows``. `run_selection` validates, splits budgets and builds 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from datasets import Dataset, Value
 
-from ..ops.columns import add_column, check_columns, read_labels
+from ..ops.arrow import has_indices_mapping
+from ..ops.checks import check_columns, check_seed, seed_int
+from ..ops.columns import add_column, class_groups
 from ..provenance import with_provenance
 
 __all__ = [
     "resolve_budget",
     "split_budget",
-    "class_groups",
     "run_selection",
     "finalize",
-    "check_positive_int",
-    "check_probability",
-    "check_nonnegative",
-    "check_optional_positive",
 ]
 
 ROW_ID = "row_id"
@@ -78,47 +74,6 @@ def split_budget(counts: np.ndarray, total: int) -> np.ndarray:
     return budgets
 
 
-def class_groups(dataset: Dataset, label_column: str | None) -> tuple[list[Any], list[np.ndarray]]:
-    """``(class_ids, row_positions_per_class)``; a single group of all rows when no label column."""
-    if label_column is None:
-        return [None], [np.arange(len(dataset))]
-    labels = read_labels(dataset, label_column)
-    classes, inverse = np.unique(labels, return_inverse=True)
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.cumsum(np.bincount(inverse, minlength=len(classes)))[:-1]
-    return [c.item() for c in classes], np.split(order, bounds)
-
-
-def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer ≥ {minimum}, got {value!r}")
-    return int(value)
-
-
-def check_probability(name: str, value: Any, *, low: float = 0.0, high: float = 1.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not low <= value <= high:
-        raise ValueError(f"`{name}` must be a number in [{low}, {high}], got {value!r}")
-    return float(value)
-
-
-def check_nonnegative(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"`{name}` must be a non-negative number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"`{name}` must be a non-negative number, got {value!r}")
-    return float(value)
-
-
-def check_optional_positive(name: str, value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"`{name}` must be a positive number or None, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive number or None, got {value!r}")
-    return float(value)
-
-
 def run_selection(
     dataset: Dataset,
     *,
@@ -126,24 +81,31 @@ def run_selection(
     params: dict[str, Any],
     fraction: float | None,
     size: int | None,
-    seed: int,
+    seed: int | np.random.Generator,
     label_column: str | None,
     pick: Pick,
 ) -> Dataset:
-    """Split the budget (per class when ``label_column`` is given), call ``pick`` per group, finalize."""
+    """Split the budget (per class when ``label_column`` is given), call ``pick`` per group, finalize.
+
+    ``seed`` is an int ≥ 0 or a `numpy.random.Generator`. Group ``g`` (the classes in sorted
+    order, or the one group of all rows) gets ``rng = default_rng([seed, g])``. A Generator is first
+    turned into an int by one draw (`hf_prune.ops.checks.seed_int`), after the other arguments are
+    checked; that int is used as above and recorded as the step's ``seed``, so the same Generator
+    state gives the same rows and the provenance can replay them.
+    """
     if not isinstance(dataset, Dataset):
         raise TypeError(f"expected a datasets.Dataset, got {type(dataset).__name__}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"`seed` must be an integer, got {seed!r}")
+    check_seed(seed)
     check_columns(dataset, label_column)
     total = resolve_budget(len(dataset), fraction=fraction, size=size)
     classes, groups = class_groups(dataset, label_column)
     budgets = split_budget(np.array([len(g) for g in groups]), total)
+    seed = seed_int(seed)
     chosen = []
     for group_index, (label, rows, k) in enumerate(zip(classes, groups, budgets)):
         if k == 0:
             continue
-        rng = np.random.default_rng([int(seed), group_index])
+        rng = np.random.default_rng([seed, group_index])
         local = np.asarray(pick(rows, int(k), rng), dtype=np.int64)
         where = "" if label is None else f" in class {label!r}"
         if local.shape != (k,) or len(np.unique(local)) != k or local.min() < 0 or local.max() >= len(rows):
@@ -163,7 +125,7 @@ def finalize(dataset: Dataset, indices: np.ndarray, *, method: str, params: dict
     indices = np.sort(np.asarray(indices, dtype=np.int64))
     if ROW_ID in dataset.column_names:
         result = dataset.select(indices)
-    elif dataset._indices is None:
+    elif not has_indices_mapping(dataset):
         # Adding the column to the unindexed table is a cheap horizontal concat; select stays lazy.
         with_ids = add_column(dataset, ROW_ID, np.arange(len(dataset), dtype=np.int64), feature=Value("int64"))
         result = with_ids.select(indices)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 from datasets import Dataset
 
+from ..ops.checks import check_positive_int, check_probability
 from ..ops.columns import check_columns, read_vector
-from ._core import check_positive_int, check_probability, run_selection
+from ._core import run_selection
 
 __all__ = ["ccs", "ccs_allocation", "ccs_strata"]
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
+from ..ops.checks import seed_int
 from ._core import resolve_budget
 
 __all__ = ["combine"]
@@ -110,5 +111,6 @@ def combine(
     budget = resolve_budget(len(dataset), fraction=fraction, size=size)
     # Round up, tolerating float noise such as 2.0000000001 * b.
     expanded = min(len(dataset), math.ceil(float(expansion) * budget - 1e-9))
+    seed = seed_int(seed)  # a Generator gives one draw, so both steps see the same int seed
     pool = first_fn(dataset, size=expanded, label_column=label_column, seed=seed, **first_kwargs)
     return second_fn(pool, size=budget, label_column=label_column, seed=seed, **second_kwargs)

@@ -32,10 +32,11 @@ import numpy as np
 import torch
 from datasets import Dataset
 
+from ..ops.checks import check_nonnegative, check_positive_int
 from ..ops.columns import check_columns, read_matrix, read_vector
 from ..ops.device import resolve_device
 from ..ops.knn import knn, neighbour_pairs, normalize_rows
-from ._core import check_nonnegative, check_positive_int, run_selection
+from ._core import run_selection
 
 __all__ = ["d2_pruning", "d2_graph", "d2_message_passing", "d2_select"]
 

@@ -12,10 +12,11 @@ from datasets import Dataset
 from scipy.stats import beta as beta_distribution
 
 from ..dynamics import read_dynamics
+from ..ops.checks import check_positive_int
 from ..ops.columns import check_columns, read_vector
 from ..ops.sampling import weighted_sample_without_replacement
 from ..score.dynamics import Epochs, dual_from_probs, select_epochs
-from ._core import check_positive_int, resolve_budget, run_selection
+from ._core import resolve_budget, run_selection
 
 __all__ = ["dual", "dual_beta", "beta_sampling", "beta_parameters", "beta_weights"]
 

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from datasets import Dataset
 
+from ..ops.checks import check_positive, check_positive_int
 from ..ops.columns import read_matrix
 from ..ops.device import resolve_device, to_device
 from ..ops.knn import normalize_rows
-from ..ops.median import check_eps, geometric_median
-from ._core import check_positive_int
+from ..ops.median import geometric_median
 from ._ordered import run_ordered_selection
 
 __all__ = ["gm_matching", "herding"]
@@ -152,7 +152,7 @@ def gm_matching(
         >>> official = hp.select.gm_matching(ds, fraction=0.1, metric="cosine", renormalize_median=True)
         >>> ranked = hp.select.gm_matching(ds, fraction=0.2, rank_column="rank")  # every budget ≤ 20%
     """
-    check_eps(eps)
+    check_positive("eps", eps)
     check_positive_int("max_iter", max_iter)
     metric = _resolve_metric(metric, geometry, "gm_matching")
     if not isinstance(renormalize_median, (bool, np.bool_)):

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from datasets import Dataset
 
+from ..ops.checks import check_positive_int
 from ..ops.columns import read_matrix
 from ..ops.device import resolve_device
-from ._core import check_positive_int
 from ._ordered import run_ordered_selection
 
 __all__ = ["gram_schmidt", "gram_schmidt_order"]

@@ -72,18 +72,11 @@ import scipy.sparse as sp
 import torch
 from datasets import Dataset
 
-from ..ops.columns import check_columns, read_matrix, read_vector
+from ..ops.checks import check_nonnegative, check_optional_positive, check_positive_int, check_probability
+from ..ops.columns import check_columns, class_groups, read_matrix, read_vector
 from ..ops.device import resolve_device
 from ..ops.knn import knn, neighbour_pairs, normalize_rows
-from ._core import (
-    check_nonnegative,
-    check_optional_positive,
-    check_positive_int,
-    check_probability,
-    class_groups,
-    run_selection,
-    split_budget,
-)
+from ._core import run_selection, split_budget
 
 __all__ = ["infomax", "infomax_kernel", "infomax_solve", "infomax_objective", "infomax_hard_cut", "DENSE_MAX_ROWS"]
 

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from datasets import Dataset
 
+from ..ops.checks import check_optional_positive, check_positive_int, check_probability
 from ..ops.columns import read_matrix
 from ..ops.device import resolve_device
 from ..ops.knn import RadiusGraphTooLarge, knn, normalize_rows, radius_neighbors
-from ._core import check_optional_positive, check_positive_int, check_probability, run_selection
+from ._core import run_selection
 from .typiclust import best_kmeans
 
 __all__ = ["probcover", "purity_delta", "coverage_graph", "max_coverage"]

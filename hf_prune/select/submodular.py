@@ -52,10 +52,11 @@ import scipy.sparse as sp
 import torch
 from datasets import Dataset, Value
 
+from ..ops.checks import check_nonnegative, check_optional_positive, check_positive_int
 from ..ops.columns import add_column, check_new_column, read_matrix
 from ..ops.device import resolve_device, to_device
 from ..ops.knn import knn, neighbour_pairs, normalize_rows
-from ._core import check_nonnegative, check_optional_positive, check_positive_int, run_selection
+from ._core import run_selection
 
 __all__ = [
     "facility_location",

@@ -12,10 +12,11 @@ from __future__ import annotations
 import numpy as np
 from datasets import Dataset
 
+from ..ops.checks import check_positive_int
 from ..ops.columns import read_matrix
 from ..ops.kmeans import kmeans
 from ..ops.knn import knn, normalize_rows
-from ._core import check_positive_int, run_selection
+from ._core import run_selection
 
 __all__ = ["typiclust", "typicality", "best_kmeans", "kmeans_plus_plus"]
 
