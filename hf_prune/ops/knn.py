@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from .checks import check_choice, check_positive, check_positive_int
 from .device import resolve_device
 from .faiss_import import faiss_available, import_faiss
 
@@ -183,17 +184,11 @@ def radius_neighbors(
         >>> indptr, indices = radius_neighbors(embeddings, 0.5, metric="cosine")
         >>> ball_sizes = np.diff(indptr)
     """
-    if metric not in ("l2", "cosine"):
-        raise ValueError(f"`metric` must be 'l2' or 'cosine' for a radius search, got {metric!r}")
-    if isinstance(radius, bool) or not isinstance(radius, (int, float, np.integer, np.floating)):
-        raise ValueError(f"`radius` must be a positive finite number, got {radius!r}")
-    if not np.isfinite(radius) or radius <= 0:
-        raise ValueError(f"`radius` must be a positive finite number, got {radius!r}")
-    if max_edges is not None and (isinstance(max_edges, bool) or not isinstance(max_edges, (int, np.integer))
-                                  or max_edges < 1):
-        raise ValueError(f"`max_edges` must be a positive integer or None, got {max_edges!r}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size!r}")
+    check_choice("metric", metric, ("l2", "cosine"))  # a radius needs a distance, not "ip"
+    radius = check_positive("radius", radius)
+    if max_edges is not None:
+        max_edges = check_positive_int("max_edges", max_edges)
+    chunk_size = check_positive_int("chunk_size", chunk_size)
     x = np.asarray(x)
     if x.ndim != 2 or len(x) == 0:
         raise ValueError(f"`x` must be a non-empty 2-D array, got shape {x.shape}")
@@ -201,10 +196,8 @@ def radius_neighbors(
     x32 = np.ascontiguousarray(exact, dtype=np.float32)
     n, d = x32.shape
     r2 = float(radius) ** 2
-    if backend == "auto":
+    if check_choice("backend", backend, ("auto", "faiss", "torch")) == "auto":
         backend = "faiss" if faiss_available() and resolve_device(device).type == "cpu" else "torch"
-    if backend not in ("faiss", "torch"):
-        raise ValueError(f"`backend` must be 'auto', 'faiss' or 'torch', got {backend!r}")
     dev = resolve_device(device) if backend == "torch" else torch.device("cpu")
     # torch may run float32 matmuls in TF32/bf16 (a global setting); then its blocks use float64.
     reduced = torch.get_float32_matmul_precision() != "highest" or torch.backends.cuda.matmul.allow_tf32
