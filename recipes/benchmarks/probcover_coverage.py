@@ -31,7 +31,8 @@ Features (``--features``):
 * ``mixture``: a seeded Gaussian mixture in 64 dimensions, 10 classes × 20 sub-clusters whose
   spreads range from 0.15 to 0.6 (dense and sparse regions), 100,000 rows.
 
-Default (about 30 minutes of CPU on 2 cores; scikit-activeml peaks near 6 GB at 20,000 rows):
+Default (about 5 minutes of CPU, 13 minutes wall on a busy 2-core machine; scikit-activeml peaks near
+2.7 GB at 20,000 rows):
     python recipes/benchmarks/probcover_coverage.py --output probcover_coverage.json
 
 Smoke check (seconds):
