@@ -50,13 +50,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import scipy.sparse as sp
 import torch
-from datasets import Dataset, Value
+from datasets import Dataset
 
-from ..ops.checks import check_nonnegative, check_optional_positive, check_positive_int
-from ..ops.columns import add_column, check_new_column, read_matrix
+from ..ops.columns import read_matrix
 from ..ops.device import resolve_device, to_device
 from ..ops.knn import knn, neighbour_pairs, normalize_rows
-from ._core import run_selection
+from ._core import check_nonnegative, check_optional_positive, check_positive_int
+from ._ordered import run_ordered_selection
 
 __all__ = [
     "facility_location",
@@ -363,44 +363,12 @@ def _disparity_selector(method, reduce, dataset, fraction, size, embedding_colum
 
 def _select(method, dataset, fraction, size, seed, label_column, rank_column, overwrite, initial_subset, params,
             order):
-    """`run_selection` with a greedy ``order(rows, budget, initial)``, optionally writing the pick order."""
-    if rank_column is not None:
-        if not isinstance(rank_column, str) or not rank_column or rank_column == "row_id":
-            raise ValueError(f"`rank_column` must be a column name other than 'row_id', got {rank_column!r}")
-        check_new_column(dataset, rank_column, overwrite)
-    initial = _check_initial_subset(initial_subset, len(dataset))
-    rank = np.full(len(dataset), -1, dtype=np.int64)
-
-    def pick(rows, budget, rng):
-        # Group rows are sorted positions, so the initial rows of this group map back by bisection.
-        mine = initial[np.isin(initial, rows)]
-        if len(mine) > budget:
-            raise ValueError(f"`initial_subset` has {len(mine)} rows in a group whose budget is {budget}")
-        picks = np.asarray(order(rows, budget, np.searchsorted(rows, mine)), dtype=np.int64)
-        rank[rows[picks]] = np.arange(len(picks))
-        return picks
-
-    params = {**params, "rank_column": rank_column,
-              "initial_subset": None if initial_subset is None else initial.tolist()}
-    result = run_selection(dataset, method=method, params=params, fraction=fraction, size=size, seed=seed,
-                           label_column=label_column, pick=pick)
-    if rank_column is None:
-        return result
-    # Kept rows come back in input order, which is the order of the positions that got a rank.
-    ranks = rank[np.flatnonzero(rank >= 0)]
-    return add_column(result, rank_column, ranks, overwrite=overwrite, feature=Value("int64"))
-
-
-def _check_initial_subset(initial_subset, n) -> np.ndarray:
-    if initial_subset is None:
-        return np.empty(0, dtype=np.int64)
-    values = np.asarray(initial_subset)
-    if values.ndim != 1 or (values.size and not np.issubdtype(values.dtype, np.integer)):
-        raise ValueError(f"`initial_subset` must be a sequence of row positions, got {initial_subset!r}")
-    values = values.astype(np.int64)
-    if values.size and (values.min() < 0 or values.max() >= n or len(np.unique(values)) != len(values)):
-        raise ValueError(f"`initial_subset` must hold distinct row positions in [0, {n})")
-    return values
+    """`run_ordered_selection` with a greedy ``order(rows, budget, initial)`` (which draws nothing)."""
+    return run_ordered_selection(
+        dataset, method=method, params=params, fraction=fraction, size=size, seed=seed, label_column=label_column,
+        order=lambda rows, budget, rng, initial: order(rows, budget, initial), rank_column=rank_column,
+        overwrite=overwrite, initial_subset=initial_subset,
+    )
 
 
 def _check_metric(metric, allowed):

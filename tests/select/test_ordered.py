@@ -155,3 +155,19 @@ def test_helper_rejects_an_order_that_drops_the_initial_rows():
     with pytest.raises(TypeError, match="no gains"):
         run_ordered_selection(ds, method="broken", params={}, fraction=None, size=3, seed=0, label_column=None,
                               order=order, gain_column="gain")
+
+
+SUBMODULAR = [hp.select.facility_location, hp.select.graph_cut, hp.select.log_determinant,
+              hp.select.disparity_sum, hp.select.disparity_min]
+
+
+@pytest.mark.parametrize("selector", [*SELECTORS.values(), *SUBMODULAR],
+                         ids=[*SELECTORS, *(f.__name__ for f in SUBMODULAR)])
+def test_initial_rows_in_a_class_without_budget_are_an_error(selector, blobs):
+    ds, _, _ = blobs
+    # size=2 splits 40/30/20 rows into budgets 1/1/0: row 85 (last class) cannot be kept. The
+    # submodular selectors used to drop it silently.
+    kwargs = {"k": 5} if selector in (hp.select.facility_location, hp.select.graph_cut) else {}
+    with pytest.raises(ValueError, match="`initial_subset` has 1 rows in a group whose budget is 0"):
+        selector(ds, size=2, label_column="label", initial_subset=[85], **kwargs)
+    assert len(selector(ds, size=2, label_column="label", initial_subset=[45], **kwargs)) == 2
