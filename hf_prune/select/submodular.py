@@ -52,10 +52,10 @@ import scipy.sparse as sp
 import torch
 from datasets import Dataset
 
+from ..ops.checks import check_nonnegative, check_optional_positive, check_positive_int
 from ..ops.columns import read_matrix
 from ..ops.device import resolve_device, to_device
 from ..ops.knn import knn, neighbour_pairs, normalize_rows
-from ._core import check_nonnegative, check_optional_positive, check_positive_int
 from ._ordered import run_ordered_selection
 
 __all__ = [
