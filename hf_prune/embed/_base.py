@@ -89,6 +89,7 @@ import torch
 import xxhash
 from datasets import Dataset, Features
 
+from ..ops.checks import check_positive_int
 from ..ops.columns import check_columns, check_new_columns, embedding_feature, score_feature
 from ..ops.device import autocast_dtype, resolve_device
 
@@ -241,8 +242,7 @@ class Embedder:
         dtype: torch.dtype | str | None = None,
         batch_size: int = 64,
     ):
-        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}")
+        check_positive_int("batch_size", batch_size)
         if isinstance(dtype, str):
             if not isinstance(getattr(torch, dtype, None), torch.dtype):
                 raise ValueError(f"`dtype`={dtype!r} is not a torch dtype")

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..nets import cifar_resnet
+from ..ops.checks import seed_int
 from ._base import Embedder
 from .image import pool_outputs
 from .pixels import _size_pair, images_to_array
@@ -52,7 +53,8 @@ class RandomNetEmbedder(Embedder):
     """Embed images with a randomly initialised network built from ``seed``.
 
     Args:
-        seed: the initialisation seed (same seed → same weights → same column).
+        seed: the initialisation seed, an integer ≥ 0 or a NumPy Generator (one draw from it gives the
+            integer, which the fingerprint holds); same seed → same weights → same column.
         config: a transformers config to build with ``AutoModel.from_config`` instead of the default
             CIFAR ResNet-18 (see the module docstring); its outputs are pooled with ``pooling``.
         image_size: resize to this size (int or ``(height, width)``, PIL bilinear) before the network;
@@ -71,7 +73,7 @@ class RandomNetEmbedder(Embedder):
     def __init__(
         self,
         *,
-        seed: int = 0,
+        seed: int | np.random.Generator = 0,
         config=None,
         image_size: int | tuple[int, int] | None = None,
         image_column: str = "image",
@@ -84,8 +86,7 @@ class RandomNetEmbedder(Embedder):
         dtype: torch.dtype | str | None = None,
         batch_size: int = 128,
     ):
-        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-            raise ValueError(f"`seed` must be an integer, got {seed!r}")
+        seed = seed_int(seed)
         if image_size is None and config is not None and isinstance(getattr(config, "image_size", None), int):
             image_size = config.image_size
         self.image_size = _size_pair(image_size)

@@ -17,7 +17,7 @@ from datasets import Dataset, Features, Value
 from datasets import Sequence as SequenceFeature
 
 from .arrow import column_array
-from .checks import check_columns, check_new_column, check_new_columns, column_list
+from .checks import check_columns, check_new_column, check_new_columns, check_positive_int, column_list
 
 __all__ = [
     "check_columns",
@@ -95,9 +95,8 @@ def iter_matrix(dataset: Dataset, column: str, *, batch_size: int = 65536) -> It
     check_columns(dataset, column)
     if len(dataset) == 0:
         raise ValueError(f"the dataset is empty: no rows in column {column!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}")
-    return _matrix_chunks(dataset.select_columns([column]).with_format("arrow"), column, int(batch_size))
+    batch_size = check_positive_int("batch_size", batch_size)
+    return _matrix_chunks(dataset.select_columns([column]).with_format("arrow"), column, batch_size)
 
 
 def _matrix_chunks(view: Dataset, column: str, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:

@@ -30,6 +30,7 @@ import math
 import numpy as np
 import torch
 
+from .checks import check_choice, check_positive_int
 from .device import resolve_device
 
 __all__ = ["RandomProjection", "random_projection"]
@@ -115,17 +116,14 @@ class RandomProjection:
         kind: str = "rademacher",
         chunk_size: int | None = None,
     ):
-        for name, value in (("in_features", in_features), ("dim", dim)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        check_positive_int("in_features", in_features)
+        check_positive_int("dim", dim)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 1 << 64:
             raise ValueError(f"`seed` must be an integer in [0, 2**64), got {seed!r}")
-        if kind not in _KINDS:
-            raise ValueError(f"`kind` must be one of {_KINDS}, got {kind!r}")
+        check_choice("kind", kind, _KINDS)
         if chunk_size is None:
             chunk_size = max(1, _CHUNK_ENTRIES // int(dim))
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-            raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size!r}")
+        check_positive_int("chunk_size", chunk_size)
         self.in_features = int(in_features)
         self.dim = int(dim)
         self.seed = int(seed)

@@ -23,6 +23,7 @@ import numpy as np
 from datasets import Dataset
 
 from ..dynamics import read_dynamics
+from ..ops.checks import check_positive_int
 from ..ops.columns import add_column, check_columns, check_new_column
 
 __all__ = [
@@ -98,8 +99,7 @@ def _read(dataset: Dataset, column: str, fields: tuple[str, ...], epochs: Epochs
 
 
 def _check_window(window, epochs: int, *, minimum: int = 2) -> int:
-    if isinstance(window, (bool, np.bool_)) or not isinstance(window, (int, np.integer)) or window < minimum:
-        raise ValueError(f"`window` must be an integer ≥ {minimum}, got {window!r}")
+    window = check_positive_int("window", window, minimum=minimum)
     if window > epochs:
         raise ValueError(f"`window`={window} is larger than the number of recorded epochs used ({epochs})")
     return int(window)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 
+from ..ops.checks import check_positive_int
 from ..ops.columns import (
     add_column,
     check_columns,
@@ -154,8 +155,7 @@ def less(
     check_new_column(dataset, output_column, overwrite)
     if reduce not in ("max", "mean"):
         raise ValueError(f"`reduce` must be 'max' or 'mean', got {reduce!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}")
+    check_positive_int("batch_size", batch_size)
     checkpoints = len(columns)
 
     # A list is one validation set per checkpoint when its items are sets (Dataset / 2-d arrays);

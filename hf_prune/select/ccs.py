@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from datasets import Dataset
 
-from ..ops.checks import check_positive_int, check_probability
+from ..ops.checks import check_bool, check_positive_int, check_probability
 from ..ops.columns import check_columns, read_vector
 from ._core import run_selection
 
@@ -100,8 +100,7 @@ def ccs(
     if hard_cutoff >= 1:
         raise ValueError(f"`hard_cutoff` must be in [0, 1), got {hard_cutoff}")
     bins = check_positive_int("bins", bins)
-    if not isinstance(descending, (bool, np.bool_)):
-        raise ValueError(f"`descending` must be True or False, got {descending!r}")
+    check_bool("descending", descending)
     score = read_vector(dataset, score_column, dtype=np.float64)
 
     def pick(rows, k, rng):

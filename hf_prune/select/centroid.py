@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 
+from ..ops.checks import check_choice
 from ..ops.columns import read_matrix
 from ..ops.median import geometric_median
 from ._core import run_selection
@@ -112,8 +113,7 @@ def hard(
 def _distance_selection(
     dataset, *, method, fraction, size, embedding_column, center, label_column, seed, device,
 ) -> Dataset:
-    if center not in _CENTERS:
-        raise ValueError(f"`center` must be one of {_CENTERS}, got {center!r}")
+    check_choice("center", center, _CENTERS)
     emb = read_matrix(dataset, embedding_column)
 
     def pick(rows, k, rng):

@@ -72,7 +72,13 @@ import scipy.sparse as sp
 import torch
 from datasets import Dataset
 
-from ..ops.checks import check_nonnegative, check_optional_positive, check_positive_int, check_probability
+from ..ops.checks import (
+    check_choice,
+    check_nonnegative,
+    check_optional_positive,
+    check_positive_int,
+    check_probability,
+)
 from ..ops.columns import check_columns, class_groups, read_matrix, read_vector
 from ..ops.device import resolve_device
 from ..ops.knn import knn, neighbour_pairs, normalize_rows
@@ -176,8 +182,7 @@ def infomax(
     alpha = check_nonnegative("alpha", alpha)
     temperature = check_optional_positive("temperature", temperature)
     step_size = check_optional_positive("step_size", step_size)
-    if kernel not in _KERNELS:
-        raise ValueError(f"`kernel` must be one of {_KERNELS}, got {kernel!r}")
+    check_choice("kernel", kernel, _KERNELS)
     if knn_index not in ("flat", "ivf"):
         raise ValueError(f"`knn_index` must be 'flat' or 'ivf', got {knn_index!r}")
     scores = read_vector(dataset, score_column, dtype=np.float64)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from datasets import Dataset
 
+from ..ops.checks import check_bool, check_choice
 from ..ops.columns import read_matrix
 from ..ops.norms import check_norm_order
 from ..ops.norms import row_norms as feature_norms  # public here: the ℓp norms the weights use
@@ -81,10 +82,8 @@ def norm_sampling(
         >>> low = hp.select.norm_sampling(ds, fraction=0.1, inverse=True, label_column="label")
     """
     p_value = check_norm_order(p)
-    if mode not in _MODES:
-        raise ValueError(f"`mode` must be one of {_MODES}, got {mode!r}")
-    if not isinstance(inverse, (bool, np.bool_)):
-        raise ValueError(f"`inverse` must be a bool, got {inverse!r}")
+    check_choice("mode", mode, _MODES)
+    check_bool("inverse", inverse)
     norms = feature_norms(read_matrix(dataset, embedding_column), p_value)
 
     def pick(rows, k, rng):

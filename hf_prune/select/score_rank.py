@@ -11,6 +11,7 @@ import math
 import numpy as np
 from datasets import Dataset
 
+from ..ops.checks import check_bool
 from ..ops.columns import check_columns, read_vector
 from ._core import finalize, run_selection
 
@@ -44,8 +45,7 @@ def top_k(
     Example:
         >>> hardest = hp.select.top_k(ds, fraction=0.3, score_column="el2n", label_column="label")
     """
-    if not isinstance(descending, (bool, np.bool_)):
-        raise ValueError(f"`descending` must be a bool, got {descending!r}")
+    check_bool("descending", descending)
     scores = read_vector(dataset, score_column, dtype=np.float64)
 
     def pick(rows, k, rng):

@@ -119,3 +119,23 @@ def test_generator_seeds_outside_select():
     a = hp.score.ssp(ds, n_clusters=2, seed=np.random.default_rng(5), backend="torch")
     b = hp.score.ssp(ds, n_clusters=2, seed=seed_int(np.random.default_rng(5)), backend="torch")
     assert a["ssp"] == b["ssp"]
+
+
+def test_embedder_seed_follows_the_same_rule():
+    with pytest.raises(ValueError, match="`seed`"):
+        hp.embed.RandomNetEmbedder(seed=-1, image_column="img")
+    drawn = seed_int(np.random.default_rng(9))
+    assert hp.embed.RandomNetEmbedder(seed=np.random.default_rng(9), image_column="img").seed == drawn
+
+
+def test_shared_checks_replace_local_copies(blobs):
+    ds, _, _ = blobs
+    for call, name in [
+        (lambda: hp.select.top_k(ds, fraction=0.5, score_column="score", descending=1), "descending"),
+        (lambda: hp.select.ccs(ds, fraction=0.5, score_column="score", descending="yes"), "descending"),
+        (lambda: hp.select.norm_sampling(ds, fraction=0.5, inverse=0), "inverse"),
+        (lambda: hp.select.norm_sampling(ds, fraction=0.5, mode="greedy"), "mode"),
+        (lambda: hp.select.moderate(ds, fraction=0.5, center="mode"), "center"),
+    ]:
+        with pytest.raises(ValueError, match=f"`{name}` must be"):
+            call()
