@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 from datasets import Dataset, Value
 
-from ..ops.columns import add_column, check_new_column
+from ..ops.checks import check_new_column
+from ..ops.columns import add_column
 from ._core import ROW_ID, run_selection
 
 __all__ = ["check_initial_subset", "check_output_name", "run_ordered_selection"]
@@ -88,7 +89,7 @@ def run_ordered_selection(
         ...     return np.concatenate([initial, rest])[:budget]
         >>> sub = run_ordered_selection(ds, method="first_rows", params={}, fraction=None, size=3, seed=0,
         ...                             label_column=None, order=order, rank_column="rank", initial_subset=[7])
-        >>> sub["row_id"], sub["rank"]
+        >>> list(sub["row_id"]), list(sub["rank"])
         ([0, 1, 7], [1, 2, 0])
     """
     if not isinstance(dataset, Dataset):
