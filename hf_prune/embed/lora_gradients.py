@@ -35,6 +35,7 @@ import xxhash
 from datasets import Dataset, Features, Value
 from datasets import Sequence as SequenceFeature
 
+from ..ops.checks import seed_int
 from ..ops.columns import check_columns, check_new_columns
 from ..ops.projection import RandomProjection
 from ._base import Embedder
@@ -249,7 +250,8 @@ class LoRAGradientEmbedder(Embedder):
         input_ids_column, labels_column: the token columns.
         output_column: the new column (fixed-length float32 list of length ``dim``).
         dim: projection dimension (LESS uses 8192); ``None`` stores the raw gradient.
-        seed, projection: the random projection's seed and kind (``"rademacher"`` as in LESS, or
+        seed, projection: the random projection's seed (an integer in [0, 2**64), or a NumPy
+            Generator: one draw from it gives the integer) and kind (``"rademacher"`` as in LESS, or
             ``"gaussian"``); train and validation embedders must use the same ones.
         chunk_size: rows of the projection matrix generated at a time (memory only, never the result).
         optimizer_state: warm-up Adam state for the Adam-normalised features. Accepted forms: the
@@ -321,7 +323,7 @@ class LoRAGradientEmbedder(Embedder):
         self.pad_token_id = int(pad_token_id)
         self.projection = None
         if dim is not None:
-            self.projection = RandomProjection(self.num_parameters, dim, seed=seed, kind=projection, chunk_size=chunk_size)
+            self.projection = RandomProjection(self.num_parameters, dim, seed=_projection_seed(seed), kind=projection, chunk_size=chunk_size)
         self.dim = self.num_parameters if dim is None else int(dim)
         self._set_adam(optimizer_state, adam_betas, adam_eps, adam_step)
         super().__init__(input_columns=[input_ids_column, labels_column], device=device, dtype=dtype,
@@ -588,3 +590,7 @@ class _Encoder:
                                      max_length=self.max_length, add_eos=self.add_eos)
         return {ids_column: out["input_ids"], labels_column: out["labels"]}
 
+
+def _projection_seed(seed):
+    """A Generator gives one draw (the shared rule); an int keeps the projection's own 64-bit range check."""
+    return seed_int(seed) if isinstance(seed, np.random.Generator) else seed

@@ -139,3 +139,14 @@ def test_shared_checks_replace_local_copies(blobs):
     ]:
         with pytest.raises(ValueError, match=f"`{name}` must be"):
             call()
+
+
+def test_gradient_projection_seed_takes_a_generator():
+    pytest.importorskip("peft")
+    from tests.embed.test_lora_gradients import _tiny_lora_model
+
+    model = _tiny_lora_model()
+    emb = hp.embed.LoRAGradientEmbedder(model, dim=8, seed=np.random.default_rng(3), device="cpu")
+    assert emb.projection.seed == seed_int(np.random.default_rng(3))
+    with pytest.raises(ValueError, match="`seed`"):
+        hp.embed.LoRAGradientEmbedder(model, dim=8, seed="3", device="cpu")
