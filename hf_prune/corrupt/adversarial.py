@@ -69,7 +69,7 @@ def adversarial_attack(
     image_column: str = "image",
     label_column: str = "label",
     preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
     batch_size: int = 128,
     device: str | torch.device | None = None,
     flag_column: str = "is_adversarial",

@@ -209,7 +209,7 @@ def corrupt_images(
     image_column: str = "image",
     corruptions: Sequence[str] = tuple(CORRUPTIONS),
     severity: int = 3,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
     batch_size: int = 256,
     flag_column: str = "is_corrupted",
     type_column: str | None = "corruption",

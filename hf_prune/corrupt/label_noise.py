@@ -18,7 +18,7 @@ def symmetric_label_noise(
     rate: float,
     label_column: str = "label",
     num_classes: int | None = None,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
     flag_column: str = "is_noisy_label",
     original_column: str | None = "clean_label",
     overwrite: bool = False,

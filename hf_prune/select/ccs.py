@@ -63,7 +63,7 @@ def ccs(
     bins: int = 50,
     descending: bool = True,
     label_column: str | None = None,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
 ) -> Dataset:
     r"""Coverage-centric Coreset Selection: drop the hardest rows, then sample evenly across score strata.
 

@@ -31,7 +31,7 @@ def moderate(
     embedding_column: str = "emb",
     center: str = "mean",
     label_column: str | None = None,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
     device: str | torch.device | None = None,
 ) -> Dataset:
     """Keep the rows whose distance to their class centre is closest to the median distance (Moderate-DS).
@@ -70,7 +70,7 @@ def easy(
     embedding_column: str = "emb",
     center: str = "mean",
     label_column: str | None = None,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
     device: str | torch.device | None = None,
 ) -> Dataset:
     """Keep the rows closest to their class centre (the most prototypical; "EASY").
@@ -94,7 +94,7 @@ def hard(
     embedding_column: str = "emb",
     center: str = "mean",
     label_column: str | None = None,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
     device: str | torch.device | None = None,
 ) -> Dataset:
     """Keep the rows farthest from their class centre (the least prototypical; "HARD").

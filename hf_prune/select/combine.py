@@ -60,7 +60,7 @@ def combine(
     fraction: float | None = None,
     size: int | None = None,
     label_column: str | None = None,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
     baseline_kwargs: dict[str, Any] | None = None,
     then_kwargs: dict[str, Any] | None = None,
 ) -> Dataset:

@@ -125,7 +125,7 @@ def dual(
     window: int = 10,
     epochs: Epochs = None,
     label_column: str | None = None,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
 ) -> Dataset:
     """Keep the rows with the highest DUAL score (Alg. 1 without β-sampling).
 
@@ -168,7 +168,7 @@ def dual_beta(
     epochs: Epochs = None,
     anchor_size: int = 10,
     label_column: str | None = None,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
 ) -> Dataset:
     r"""DUAL pruning with pruning-ratio-adaptive Beta sampling (Eq. 5, App. C Alg. 1).
 
@@ -232,7 +232,7 @@ def beta_sampling(
     epochs: Epochs = None,
     anchor_size: int = 10,
     label_column: str | None = None,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
 ) -> Dataset:
     r"""Ratio-adaptive Beta sampling (Eq. 5) over any score column (the paper's App. B.4 / Table 4).
 

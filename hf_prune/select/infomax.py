@@ -109,7 +109,7 @@ def infomax(
     step_size: float | None = 1.0,
     knn_index: str = "flat",
     label_column: str | None = None,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
     device: str | torch.device | None = None,
 ) -> Dataset:
     """Keep the rows that maximise InfoMax's set information (score minus pairwise redundancy).

@@ -50,7 +50,7 @@ def norm_sampling(
     mode: str = "random",
     inverse: bool = False,
     label_column: str | None = None,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
 ) -> Dataset:
     """Keep rows sampled with probability proportional to the norm of their embedding (Eq. 1).
 

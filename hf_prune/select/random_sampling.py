@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from datasets import Dataset
 
 from ._core import run_selection
@@ -15,7 +16,7 @@ def random(
     fraction: float | None = None,
     size: int | None = None,
     label_column: str | None = None,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
 ) -> Dataset:
     """Keep a uniformly random subset (per class when ``label_column`` is given).
 

@@ -26,7 +26,7 @@ def top_k(
     score_column: str,
     descending: bool = True,
     label_column: str | None = None,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
 ) -> Dataset:
     """Keep the rows with the highest scores (``descending=False``: the lowest).
 

@@ -101,7 +101,7 @@ def facility_location(
     rank_column: str | None = None,
     overwrite: bool = False,
     initial_subset: Sequence[int] | None = None,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
     device: str | torch.device | None = None,
 ) -> Dataset:
     """Keep the rows that best represent all others: maximise ``f(S) = Σ_i max_{j∈S} s_ij``.
@@ -158,7 +158,7 @@ def graph_cut(
     rank_column: str | None = None,
     overwrite: bool = False,
     initial_subset: Sequence[int] | None = None,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
     device: str | torch.device | None = None,
 ) -> Dataset:
     """Keep rows similar to the whole data but not to each other: the graph-cut function.
@@ -204,7 +204,7 @@ def log_determinant(
     rank_column: str | None = None,
     overwrite: bool = False,
     initial_subset: Sequence[int] | None = None,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
     device: str | torch.device | None = None,
 ) -> Dataset:
     """Keep a diverse set of rows: maximise ``log det(L_S + λ I)`` (a DPP's MAP objective).
@@ -259,7 +259,7 @@ def disparity_sum(
     rank_column: str | None = None,
     overwrite: bool = False,
     initial_subset: Sequence[int] | None = None,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
     device: str | torch.device | None = None,
 ) -> Dataset:
     """Keep rows far apart on average: maximise the sum of pairwise distances ``Σ_{i<j∈S} d_ij``.
@@ -296,7 +296,7 @@ def disparity_min(
     rank_column: str | None = None,
     overwrite: bool = False,
     initial_subset: Sequence[int] | None = None,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
     device: str | torch.device | None = None,
 ) -> Dataset:
     """Keep rows no two of which are close: maximise the smallest pairwise distance ``min_{i≠j∈S} d_ij``.
@@ -418,7 +418,7 @@ def similarity_graph(
     knn_index: str = "exact",
     bandwidth: float | None = None,
     device: str | torch.device | None = None,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
 ) -> sp.csr_matrix:
     """The sparse symmetric similarity ``W`` (float64 CSR, ``W ≥ 0``, diagonal included) of the module docstring.
 
