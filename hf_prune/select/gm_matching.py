@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from ..ops.checks import check_positive, check_positive_int
+from ..ops.checks import check_bool, check_choice, check_positive, check_positive_int
 from ..ops.columns import read_matrix
 from ..ops.device import resolve_device, to_device
 from ..ops.knn import normalize_rows
@@ -52,7 +52,7 @@ def gm_matching(
     gain_column: str | None = None,
     overwrite: bool = False,
     initial_subset: Sequence[int] | None = None,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
     device: str | torch.device | None = None,
     geometry: str | None = None,
 ) -> Dataset:
@@ -155,8 +155,7 @@ def gm_matching(
     check_positive("eps", eps)
     check_positive_int("max_iter", max_iter)
     metric = _resolve_metric(metric, geometry, "gm_matching")
-    if not isinstance(renormalize_median, (bool, np.bool_)):
-        raise ValueError(f"`renormalize_median` must be True or False, got {renormalize_median!r}")
+    check_bool("renormalize_median", renormalize_median)
     if renormalize_median and metric != "cosine":
         raise ValueError(
             "`renormalize_median=True` rescales the median of L2-normalised rows and needs "
@@ -183,7 +182,7 @@ def herding(
     gain_column: str | None = None,
     overwrite: bool = False,
     initial_subset: Sequence[int] | None = None,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
     device: str | torch.device | None = None,
     geometry: str | None = None,
 ) -> Dataset:
@@ -234,8 +233,7 @@ def _herding_selection(
     rank_column, gain_column, overwrite, initial_subset, seed, device, eps=None, max_iter=None,
     renormalize_median=False,
 ) -> Dataset:
-    if init not in _INITS:
-        raise ValueError(f"`init` must be one of {_INITS}, got {init!r}")
+    check_choice("init", init, _INITS)
     dev = resolve_device(device)
     emb = read_matrix(dataset, embedding_column)
     if metric == "cosine":

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from ..ops.checks import check_positive_int
+from ..ops.checks import check_choice, check_positive_int
 from ..ops.columns import read_matrix
 from ..ops.device import resolve_device
 from ._ordered import run_ordered_selection
@@ -38,7 +38,7 @@ def gram_schmidt(
     gain_column: str | None = None,
     overwrite: bool = False,
     initial_subset: Sequence[int] | None = None,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
     device: str | torch.device | None = None,
     batch_size: int | None = None,
     tol: float = 1e-4,
@@ -107,8 +107,7 @@ def gram_schmidt(
         >>> per_class = hp.select.gram_schmidt(ds, fraction=0.01, label_column="label")
         >>> ranked = hp.select.gram_schmidt(ds, size=400, rank_column="rank", gain_column="residual")
     """
-    if mode not in _MODES:
-        raise ValueError(f"`mode` must be one of {_MODES}, got {mode!r}")
+    check_choice("mode", mode, _MODES)
     if batch_size is not None:
         batch_size = check_positive_int("batch_size", batch_size)
     if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating)) or not 0 < tol < 1:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 
+from ..ops.checks import check_choice
 from ..ops.columns import read_matrix
 from ..ops.device import resolve_device, to_device
 from ..ops.knn import normalize_rows
@@ -32,7 +33,7 @@ def k_center_greedy(
     gain_column: str | None = None,
     overwrite: bool = False,
     initial_subset: Sequence[int] | None = None,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
     device: str | torch.device | None = None,
 ) -> Dataset:
     """Keep rows that cover the embedding space: each pick is the row farthest from those kept so far.
@@ -85,8 +86,7 @@ def k_center_greedy(
     """
     if metric not in _METRICS:
         raise ValueError(f"`metric` must be one of {_METRICS}, got {metric!r}")
-    if init not in _INITS:
-        raise ValueError(f"`init` must be one of {_INITS}, got {init!r}")
+    check_choice("init", init, _INITS)
     dev = resolve_device(device)
     emb = read_matrix(dataset, embedding_column)
     if metric == "cosine":

@@ -44,7 +44,7 @@ def probcover(
     n_init: int = 3,
     max_edges: int | None = MAX_EDGES,
     label_column: str | None = None,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
     device: str | torch.device | None = None,
 ) -> Dataset:
     """Greedy maximum coverage with δ-balls on the L2-normalised embeddings (ProbCover).

@@ -100,7 +100,7 @@ def typiclust(
     min_cluster_size: int = 5,
     n_init: int = 3,
     label_column: str | None = None,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
 ) -> Dataset:
     """Select the most typical example of each of the largest k-means clusters (TypiClust).
 
