@@ -54,7 +54,7 @@ def d2_pruning(
     normalize: bool = False,
     knn_index: str = "flat",
     label_column: str | None = None,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
     device: str | torch.device | None = None,
 ) -> Dataset:
     """Keep rows chosen by D²-Pruning: forward then reverse message passing on a k-NN graph.
