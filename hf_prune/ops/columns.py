@@ -152,7 +152,15 @@ def read_labels(dataset: Dataset, column: str) -> np.ndarray:
 
 
 def class_groups(dataset: Dataset, label_column: str | None) -> tuple[list[Any], list[np.ndarray]]:
-    """``(class_ids, row_positions_per_class)``; a single group of all rows when no label column."""
+    """``(class_ids, row_positions_per_class)``; a single group of all rows when no label column.
+
+    Classes come in sorted code order (see `read_labels`), rows in input order inside each class;
+    selectors and scorers seed per-class work by this order.
+
+    Example:
+        >>> class_groups(Dataset.from_dict({"label": [1, 0, 1]}), "label")
+        ([0, 1], [array([1]), array([0, 2])])
+    """
     if label_column is None:
         return [None], [np.arange(len(dataset))]
     labels = read_labels(dataset, label_column)
