@@ -68,7 +68,7 @@ def run_ordered_selection(
     params: dict[str, Any],
     fraction: float | None,
     size: int | None,
-    seed: int,
+    seed: int | np.random.Generator,
     label_column: str | None,
     order: Order,
     rank_column: str | None = None,
