@@ -22,11 +22,17 @@ Choices where the paper leaves room (each one is tested):
   entry, updates only the picked node's neighbours and pushes their new scores; stale entries are
   skipped. That is ``O((p + E) log N)`` in total with no re-sort of all N, deterministic on any
   device, with ties going to the lower row index.
+* The reverse pass is the same for every budget, so a smaller budget's picks are the first picks of
+  a larger one (``rank_column=`` records the order). ``initial_subset`` rows take the first steps of
+  the reverse pass, in the given order: each is marked selected and down-weights its neighbours
+  exactly as a greedy pick does, then the greedy continues. Starting from the first ``j`` picks of a
+  run therefore gives that run's selection.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -36,7 +42,7 @@ from ..ops.checks import check_nonnegative, check_positive_int
 from ..ops.columns import check_columns, read_matrix, read_vector
 from ..ops.device import resolve_device
 from ..ops.knn import knn, neighbour_pairs, normalize_rows
-from ._core import run_selection
+from ._ordered import run_ordered_selection
 
 __all__ = ["d2_pruning", "d2_graph", "d2_message_passing", "d2_select"]
 
@@ -54,6 +60,10 @@ def d2_pruning(
     normalize: bool = False,
     knn_index: str = "flat",
     label_column: str | None = None,
+    rank_column: str | None = None,
+    gain_column: str | None = None,
+    overwrite: bool = False,
+    initial_subset: Sequence[int] | None = None,
     seed: int | np.random.Generator = 0,
     device: str | torch.device | None = None,
 ) -> Dataset:
@@ -70,6 +80,14 @@ def d2_pruning(
         normalize: L2-normalise embeddings before measuring distances.
         knn_index: ``"flat"`` (exact) or ``"ivf"`` for the k-NN search of large groups.
         label_column: when given, the budget is split per class and a graph is built per class.
+        rank_column: if given, an int64 column with each kept row's pick position in the reverse pass
+            (0 first; per class when ``label_column`` is given).
+        gain_column: if given, a float64 column with each kept row's score when it was picked (after
+            the forward pass and the down-weighting by earlier picks).
+        overwrite: replace an existing ``rank_column`` / ``gain_column``.
+        initial_subset: row positions (in ``dataset``) kept first, in the given order; they
+            down-weight their neighbours before the greedy continues and count towards the budget (per
+            class: towards their class's budget, which they must not exceed).
         seed: recorded for provenance; D²-Pruning makes no random choice.
         device: device for the k-NN search; ``None`` picks CUDA when available.
 
@@ -79,6 +97,8 @@ def d2_pruning(
     Example:
         >>> sub = hp.select.d2_pruning(ds, fraction=0.3, score_column="forgetting", k=10,
         ...                            gamma_f=1.0, gamma_r=1.0, label_column="label")
+        >>> ranked = hp.select.d2_pruning(ds, size=1000, score_column="forgetting", rank_column="rank")
+        >>> smaller = ranked.filter(lambda r: r < 100, input_columns="rank")  # = the size=100 selection
     """
     check_columns(dataset, score_column, embedding_column, label_column)
     k = check_positive_int("k", k)
@@ -95,23 +115,26 @@ def d2_pruning(
     embeddings = read_matrix(dataset, embedding_column)
     torch_device = resolve_device(device)
 
-    def pick(rows, budget, rng):
-        if budget == len(rows):
-            return np.arange(len(rows))
+    def order(rows, budget, rng, initial):
+        if budget == len(rows) and rank_column is None and gain_column is None:
+            # Every row is kept and no order was asked for: no graph is needed.
+            return np.concatenate([initial, np.setdiff1d(np.arange(len(rows)), initial)])
         if k >= len(rows):
             raise ValueError(f"`k`={k} must be smaller than the number of rows in a group ({len(rows)})")
         neighbours, distances = d2_graph(
             embeddings[rows], k, normalize=normalize, knn_index=knn_index, device=torch_device
         )
-        return d2_select(scores[rows], neighbours, distances, budget=budget, gamma_f=gamma_f, gamma_r=gamma_r)
+        return d2_select(scores[rows], neighbours, distances, budget=budget, gamma_f=gamma_f, gamma_r=gamma_r,
+                         initial=initial, return_gains=True)
 
     params = {
         "score_column": score_column, "embedding_column": embedding_column, "k": k, "gamma_f": gamma_f,
         "gamma_r": gamma_r, "normalize": normalize, "knn_index": knn_index,
     }
-    return run_selection(
+    return run_ordered_selection(
         dataset, method="d2_pruning", params=params, fraction=fraction, size=size, seed=seed,
-        label_column=label_column, pick=pick,
+        label_column=label_column, order=order, rank_column=rank_column, gain_column=gain_column,
+        overwrite=overwrite, initial_subset=initial_subset,
     )
 
 
@@ -181,19 +204,31 @@ def d2_select(
     budget: int,
     gamma_f: float = 1.0,
     gamma_r: float = 1.0,
-) -> np.ndarray:
+    initial: Sequence[int] = (),
+    return_gains: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """D²-Pruning on a given k-NN table: forward message passing, then ``budget`` greedy picks.
 
-    Returns the picked positions in the order they were picked.
+    Returns the picked positions in the order they were picked (and, with ``return_gains``, each
+    pick's score when it was picked). ``initial`` rows (distinct, at most ``budget``) take the first
+    steps in the given order: each down-weights its neighbours like a greedy pick, then the greedy
+    continues.
 
     Example:
         >>> picks = d2_select(scores, *d2_graph(embeddings, 10), budget=100)
+        >>> picks, gains = d2_select(scores, *d2_graph(embeddings, 10), budget=100, initial=[7],
+        ...                          return_gains=True)
     """
     scores = _check_scores(scores)
     n = len(scores)
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or not 1 <= budget <= n:
         raise ValueError(f"`budget` must be an integer in [1, {n}], got {budget!r}")
     gamma_r = check_nonnegative("gamma_r", gamma_r)
+    initial = np.asarray(initial, dtype=np.int64).reshape(-1)
+    if len(initial) > budget or len(np.unique(initial)) != len(initial) or (len(initial) and not (
+            0 <= initial.min() and initial.max() < n)):
+        raise ValueError(f"`initial` must hold at most budget={budget} distinct rows in [0, {n}), "
+                         f"got {initial.tolist()}")
     # Build the graph once and share it between the forward and the reverse pass.
     graph = _undirected(neighbours, distances, n)
     current = _forward(scores, graph, check_nonnegative("gamma_f", gamma_f))
@@ -203,13 +238,17 @@ def d2_select(
     # Max-heap through negated keys; (key, index) tuples break ties towards the lower index.
     heap = list(zip((-current).tolist(), range(n)))
     heapq.heapify(heap)
-    picks = []
+    picks, gains = [], []
     while len(picks) < budget:
-        key, i = heapq.heappop(heap)
-        if selected[i] or -key != current[i]:
-            continue  # stale entry: the node was picked or its score changed since it was pushed
+        if len(picks) < len(initial):
+            i = int(initial[len(picks)])  # its heap entries go stale once it is marked selected
+        else:
+            key, i = heapq.heappop(heap)
+            if selected[i] or -key != current[i]:
+                continue  # stale entry: the node was picked or its score changed since it was pushed
         selected[i] = True
         picks.append(i)
+        gains.append(float(current[i]))
         lo, hi = indptr[i], indptr[i + 1]
         nb = indices[lo:hi]
         open_ = ~selected[nb]
@@ -219,7 +258,8 @@ def d2_select(
         current[nb] -= current[i] * reverse_weight[lo:hi][open_]
         for j, value in zip(nb.tolist(), current[nb].tolist()):
             heapq.heappush(heap, (-value, j))
-    return np.asarray(picks, dtype=np.int64)
+    picks = np.asarray(picks, dtype=np.int64)
+    return (picks, np.asarray(gains, dtype=np.float64)) if return_gains else picks
 
 
 def _undirected(neighbours: np.ndarray, distances: np.ndarray, n: int):
