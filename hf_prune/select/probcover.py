@@ -11,6 +11,7 @@ points as possible. δ is the largest radius for which at least a fraction α (0
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from ..ops.checks import check_optional_positive, check_positive_int, check_prob
 from ..ops.columns import read_matrix
 from ..ops.device import resolve_device
 from ..ops.knn import RadiusGraphTooLarge, knn, normalize_rows, radius_neighbors
-from ._core import run_selection
+from ._ordered import run_ordered_selection
 from .typiclust import best_kmeans
 
 __all__ = ["probcover", "purity_delta", "coverage_graph", "max_coverage"]
@@ -44,6 +45,10 @@ def probcover(
     n_init: int = 3,
     max_edges: int | None = MAX_EDGES,
     label_column: str | None = None,
+    rank_column: str | None = None,
+    gain_column: str | None = None,
+    overwrite: bool = False,
+    initial_subset: Sequence[int] | None = None,
     seed: int | np.random.Generator = 0,
     device: str | torch.device | None = None,
 ) -> Dataset:
@@ -73,6 +78,17 @@ def probcover(
     every ball holds every point (δ = ∞: a group of one row, or a single pseudo-label) the first row
     covers everything and no graph is built.
 
+    **Order and labelled rows.** ``rank_column`` records the pick order and ``gain_column`` how many
+    not-yet-covered points each pick covered. ``initial_subset`` holds rows already kept or labelled
+    (an active-learning round): they are kept first, count towards the budget, and the points in
+    their balls start covered, as scikit-activeml's ``ProbCover`` treats labelled samples (it removes
+    the edges into points covered by labelled samples before each query); the greedy then continues
+    among the other rows. With a fixed δ (``delta=``, or ``n_pseudo_labels=`` so the purity rule does
+    not depend on the budget) the greedy picks of a budget are the first picks of any larger budget,
+    and starting from the first ``j`` picks of a run gives that run's selection. The prefix property
+    covers the picks with a positive gain: once everything is covered, the rest of the budget is a
+    seeded uniform draw that depends on how many rows are drawn.
+
     Args:
         dataset: the input `datasets.Dataset` (never modified).
         fraction: kept fraction in (0, 1]; exactly one of ``fraction`` / ``size``.
@@ -84,6 +100,13 @@ def probcover(
         n_init: k-means runs with different seeds for the pseudo-labels; the lowest inertia is used.
         max_edges: cap on the δ-graph's edges (about 8 bytes each while it is built); ``None`` for no cap.
         label_column: if given, the budget is split per class and ProbCover runs inside each class.
+        rank_column: if given, an int64 column with each kept row's pick position (0 first; per
+            class when ``label_column`` is given).
+        gain_column: if given, a float64 column with the number of points each pick newly covered.
+        overwrite: replace an existing ``rank_column`` / ``gain_column``.
+        initial_subset: row positions (in ``dataset``) already kept or labelled: kept first, in the
+            given order, their balls start covered, and they count towards the budget (per class:
+            towards their class's budget, which they must not exceed).
         seed: seeds k-means and the picks made once everything is covered.
         device: device of the kNN and radius searches (faiss on CPU, torch on CUDA); ``None`` picks CUDA
             when available. The graph, and so the selection, is the same on every device.
@@ -93,6 +116,8 @@ def probcover(
 
     Example:
         >>> sub = hp.select.probcover(ds, size=100, embedding_column="emb", n_pseudo_labels=10)
+        >>> # An active-learning round: rows 3 and 17 are labelled, pick 8 more by coverage.
+        >>> more = hp.select.probcover(ds, size=10, delta=0.4, initial_subset=[3, 17], rank_column="rank")
     """
     check_optional_positive("delta", delta)  # `delta` itself is recorded as given
     purity = check_probability("purity", purity)
@@ -109,7 +134,7 @@ def probcover(
     deltas: list[float] = []
     edges: list[int] = []
 
-    def pick(rows, k, rng):
+    def order(rows, k, rng, initial):
         n = len(rows)
         x = unit[rows]
         if delta is None:
@@ -125,11 +150,14 @@ def probcover(
         if math.isinf(radius):
             # Every ball holds every point (one point, or one pseudo-label): the first row covers all.
             edges.append(n * n)  # the complete graph, implied rather than built
-            rest = rng.choice(np.arange(1, n), size=k - 1, replace=False)
-            return np.concatenate([[0], rest]).astype(np.int64)
+            first = initial if len(initial) else np.array([0], dtype=np.int64)
+            rest = rng.choice(np.setdiff1d(np.arange(n), first), size=k - len(first), replace=False)
+            gains = np.zeros(k)
+            gains[0] = n
+            return np.concatenate([first, rest]).astype(np.int64), gains
         indptr, indices = coverage_graph(x, radius, max_edges=max_edges, device=dev)
         edges.append(len(indices))
-        return max_coverage(indptr, indices, k, rng)
+        return max_coverage(indptr, indices, k, rng, initial=initial, return_gains=True)
 
     params = {
         "embedding_column": embedding_column,
@@ -141,9 +169,10 @@ def probcover(
         "delta_used": deltas,
         "graph_edges": edges,
     }
-    return run_selection(
+    return run_ordered_selection(
         dataset, method="probcover", params=params, fraction=fraction, size=size, seed=seed,
-        label_column=label_column, pick=pick,
+        label_column=label_column, order=order, rank_column=rank_column, gain_column=gain_column,
+        overwrite=overwrite, initial_subset=initial_subset,
     )
 
 
@@ -255,7 +284,9 @@ def max_coverage(
     rng: np.random.Generator,
     *,
     symmetric: bool = True,
-) -> np.ndarray:
+    initial: Sequence[int] = (),
+    return_gains: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Greedy maximum coverage over a CSR graph (row ``i`` covers ``indices[indptr[i]:indptr[i+1]]``): ``k`` rows.
 
     Each step takes the row covering the most uncovered rows, ties to the lower row position, marks
@@ -265,8 +296,14 @@ def max_coverage(
     nothing is left to cover, the remaining picks are uniform among unselected rows. The graph must
     not hold duplicate edges.
 
+    ``initial`` rows (distinct, at most ``k``) are taken first, in the given order, whatever their
+    gain: their balls start covered and the greedy continues from there. The picks come back in pick
+    order; with ``return_gains`` also the number of rows each pick newly covered.
+
     Example:
         >>> picks = max_coverage(indptr, indices, 10, np.random.default_rng(0))
+        >>> picks, gains = max_coverage(indptr, indices, 10, np.random.default_rng(0), initial=[4],
+        ...                             return_gains=True)
     """
     n = len(indptr) - 1
     degree = np.diff(indptr).astype(np.int64)
@@ -277,13 +314,23 @@ def max_coverage(
         in_src = np.repeat(np.arange(n), np.diff(indptr))[order]
         in_ptr = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(np.bincount(indices, minlength=n), out=in_ptr[1:])
+    initial = np.asarray(initial, dtype=np.int64).reshape(-1)
+    if len(initial) > k or len(np.unique(initial)) != len(initial) or (len(initial) and not (
+            0 <= initial.min() and initial.max() < n)):
+        raise ValueError(f"`initial` must hold at most k={k} distinct rows in [0, {n}), "
+                         f"got {initial.tolist()}")
     covered = np.zeros(n, dtype=bool)
     chosen = np.zeros(n, dtype=bool)
     picks: list[int] = []
-    for _ in range(k):
-        cur = int(np.argmax(degree))  # the first maximum: ties to the lower row position
-        if degree[cur] == 0:
-            break
+    gains: list[int] = []
+    for step in range(k):
+        if step < len(initial):
+            cur = int(initial[step])
+        else:
+            # The first maximum (ties to the lower row); a picked row's ball is covered, so its count is 0.
+            cur = int(np.argmax(degree))
+            if degree[cur] == 0:
+                break
         ball = indices[indptr[cur] : indptr[cur + 1]]
         new = ball[~covered[ball]]
         covered[new] = True
@@ -294,8 +341,11 @@ def max_coverage(
         else:
             degree -= np.bincount(holders, minlength=n)
         picks.append(cur)
+        gains.append(len(new))
         chosen[cur] = True
     rest = k - len(picks)
     if rest:
         picks.extend(rng.choice(np.flatnonzero(~chosen), size=rest, replace=False).tolist())
-    return np.asarray(picks, dtype=np.int64)
+        gains.extend([0] * rest)
+    picks = np.asarray(picks, dtype=np.int64)
+    return (picks, np.asarray(gains, dtype=np.float64)) if return_gains else picks

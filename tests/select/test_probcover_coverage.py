@@ -123,3 +123,159 @@ def test_infinite_delta_groups():
     assert step["delta_used"][:2] == [float("inf"), float("inf")] and step["graph_edges"][:2] == [36, 1]
     ids = np.array(sub["row_id"])
     assert 0 in ids and 6 in ids and np.bincount(labels[ids]).tolist() == [4, 1, 5]
+
+
+# ------------------------------------------------------------------------------ ordered selection
+
+
+def pick_order(sub, column="row_id"):
+    """``column`` of the kept rows in pick order (a single group)."""
+    return np.array(sub[column])[np.argsort(sub["rank"], kind="stable")]
+
+
+def test_max_coverage_from_initial_rows_by_hand():
+    # The path 0-1-2-3-4 again. Row 4 is labelled: {3, 4} start covered, so row 1 gains 3 ({0, 1, 2})
+    # and row 2 only 1; after row 1 everything is covered and the third pick is a seeded draw.
+    balls = [[0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4]]
+    indptr = np.cumsum([0] + [len(b) for b in balls])
+    indices = np.concatenate(balls)
+    picks, gains = max_coverage(indptr, indices, 3, np.random.default_rng(0), initial=[4], return_gains=True)
+    assert picks[:2].tolist() == [4, 1] and picks[2] in (0, 2, 3) and gains.tolist() == [2, 3, 0]
+    # Initial rows are taken whatever their gain, in the given order, even when they cover nothing new.
+    picks, gains = max_coverage(indptr, indices, 3, np.random.default_rng(0), initial=[3, 4],
+                                return_gains=True)
+    assert picks.tolist() == [3, 4, 0] and gains.tolist() == [3, 0, 2]
+    for initial in ([1, 1], [5], [-1], [0, 1, 2, 3]):
+        with pytest.raises(ValueError, match="`initial`"):
+            max_coverage(indptr, indices, 3, np.random.default_rng(0), initial=initial)
+
+
+def test_rank_gain_and_labelled_rows_by_hand():
+    # A: five points 0.05 rad apart, B: two points, C: one (as in test_probcover_hand_case). With δ =
+    # 0.12 a point covers the points at most 0.1 rad away: row 2 covers A (5), then B (2), then C (1).
+    angles = np.array([-0.1, -0.05, 0.0, 0.05, 0.1, 1.5, 1.55, 3.0])
+    ds = make_dataset(on_circle(angles))
+    sub = hp.select.probcover(ds, size=3, delta=0.12, rank_column="rank", gain_column="gain")
+    assert pick_order(sub).tolist() == [2, 5, 7] and pick_order(sub, "gain").tolist() == [5, 2, 1]
+    # C labelled: it is kept first and covers itself; then A and B as before.
+    sub = hp.select.probcover(ds, size=3, delta=0.12, initial_subset=[7], rank_column="rank",
+                              gain_column="gain")
+    assert pick_order(sub).tolist() == [7, 2, 5] and pick_order(sub, "gain").tolist() == [1, 5, 2]
+    # Row 0 labelled covers rows 0-2; rows 2, 3, 4 and 5 then each cover two new points: the lowest, 2.
+    sub = hp.select.probcover(ds, size=3, delta=0.12, initial_subset=[0], rank_column="rank",
+                              gain_column="gain")
+    assert pick_order(sub).tolist() == [0, 2, 5] and pick_order(sub, "gain").tolist() == [3, 2, 2]
+    assert sub.features["rank"].dtype == "int64" and sub.features["gain"].dtype == "float64"
+    step = hp.provenance(sub)[-1]["params"]
+    assert step["initial_subset"] == [0] and step["rank_column"] == "rank"
+
+
+@pytest.mark.parametrize("radius", [{"delta": 0.3}, {"n_pseudo_labels": 12}])
+def test_smaller_budget_is_a_prefix_and_initial_rows_continue_a_run(radius):
+    # A fixed δ, or a purity rule with a fixed number of pseudo-labels: the graph does not depend on
+    # the budget, so the greedy order does not either.
+    ds = make_dataset(clustered_sphere(n=600))
+    small = hp.select.probcover(ds, size=10, rank_column="rank", gain_column="gain", seed=1, **radius)
+    large = hp.select.probcover(ds, size=30, rank_column="rank", gain_column="gain", seed=1, **radius)
+    assert min(large["gain"]) > 0  # every pick is a greedy one
+    np.testing.assert_array_equal(pick_order(small), pick_order(large)[:10])
+    np.testing.assert_array_equal(pick_order(small, "gain"), pick_order(large, "gain")[:10])
+    first = pick_order(large)[:12].tolist()
+    resumed = hp.select.probcover(ds, size=30, initial_subset=first, rank_column="rank", gain_column="gain",
+                                  seed=1, **radius)
+    assert resumed[:] == large[:]
+
+
+def test_per_class_prefix_and_initial_rows():
+    emb = clustered_sphere(n=600, seed=2)
+    labels = np.arange(600) % 3
+    ds = make_dataset(emb, label=labels)
+    small = hp.select.probcover(ds, fraction=0.02, delta=0.3, label_column="label", rank_column="rank")
+    large = hp.select.probcover(ds, fraction=0.05, delta=0.3, label_column="label", rank_column="rank")
+    for c in range(3):
+        s, lg = (np.array(sub["row_id"])[np.argsort(sub["rank"])] for sub in (small, large))
+        s, lg = s[labels[s] == c], lg[labels[lg] == c]
+        np.testing.assert_array_equal(s, lg[: len(s)])
+        assert len(s) == 4 and len(lg) == 10
+    # One labelled row per class starts its class's order; the rest of each class is its own greedy.
+    initial = [5, 1, 0]  # classes 2, 1, 0
+    sub = hp.select.probcover(ds, fraction=0.05, delta=0.3, label_column="label", rank_column="rank",
+                              initial_subset=initial)
+    ranks = dict(zip(sub["row_id"], sub["rank"]))
+    assert [ranks[i] for i in initial] == [0, 0, 0]
+    rows = np.flatnonzero(labels == 2)
+    indptr, indices = coverage_graph(normalize_rows(emb[rows]), 0.3)
+    expected = max_coverage(indptr, indices, 10, np.random.default_rng(0), initial=[5 // 3])
+    assert sorted(rows[expected].tolist()) == [i for i in sub["row_id"] if labels[i] == 2]
+
+
+# Its purity search is skipped with a single δ, which it reports as a purity of -1.
+@pytest.mark.filterwarnings("ignore:The maximum purity:UserWarning")
+def test_labelled_rows_as_scikit_activeml_probcover():
+    # scikit-activeml's ProbCover with labelled samples: covered points lose their in-edges, and each
+    # query takes a candidate with the most uncovered points in its ball (random among ties). Asked
+    # one query at a time with our picks so far as labelled, every one of our picks must be one of its
+    # maxima, the lowest of them (our tie rule), and our gain its utility.
+    skactiveml = pytest.importorskip("skactiveml.pool")
+    emb = clustered_sphere(n=300, d=4, seed=4)
+    x = normalize_rows(emb).astype(np.float64)
+    delta, labelled = 0.45, [11, 200, 42, 7]
+    sub = hp.select.probcover(make_dataset(emb), size=16, delta=delta, initial_subset=labelled,
+                              rank_column="rank", gain_column="gain")
+    picks, gains = pick_order(sub), pick_order(sub, "gain")
+    assert picks[:4].tolist() == labelled and gains.min() > 0
+    ties = 0
+    for step in range(4, 16):
+        y = np.full(len(x), np.nan)
+        y[picks[:step]] = np.arange(step) % 2
+        _, utilities = skactiveml.ProbCover(n_classes=2, deltas=[delta], random_state=0).query(
+            x, y, batch_size=1, return_utilities=True
+        )
+        best = np.flatnonzero(utilities[0] == np.nanmax(utilities[0]))
+        assert picks[step] == best[0] and utilities[0][picks[step]] == gains[step]
+        ties += len(best) > 1
+    # The same coverage: what the labelled and picked rows cover under scikit-activeml's δ-graph.
+    covered = (np.sqrt(((x[picks][:, None] - x[None]) ** 2).sum(-1)) <= delta).any(0)
+    assert covered.sum() == gains.sum()
+    assert ties < 12  # not every step was decided by the tie rule alone
+
+
+def test_infinite_delta_with_initial_rows():
+    # Class 0's six rows coincide (δ = ∞): its labelled row 3 covers the class, the rest are drawn.
+    emb = np.r_[np.ones((6, 3)), np.random.default_rng(0).normal(size=(8, 3))]
+    labels = np.r_[np.zeros(6, int), np.ones(8, int)]
+    ds = make_dataset(emb, label=labels)
+    sub = hp.select.probcover(ds, size=6, label_column="label", initial_subset=[3], rank_column="rank",
+                              gain_column="gain", seed=3)  # budgets 3 and 3
+    ids, ranks, gains = np.array(sub["row_id"]), np.array(sub["rank"]), np.array(sub["gain"])
+    mine = np.argsort(np.where(labels[ids] == 0, ranks, 99))[:3]
+    assert ids[mine].tolist()[0] == 3 and gains[mine].tolist() == [6.0, 0.0, 0.0]
+    assert hp.provenance(sub)[-1]["params"]["delta_used"][0] == float("inf")
+
+
+def test_ordering_leaves_the_default_selection_unchanged():
+    ds = make_dataset(clustered_sphere(n=600, seed=5), label=np.arange(600) % 2)
+    before = ds[:]
+    # Includes a saturated run (δ = 1.2 covers everything in a few picks; the rest are seeded draws).
+    for kwargs in [dict(size=20, n_pseudo_labels=12), dict(size=200, delta=1.2),
+                   dict(fraction=0.05, delta=0.3, label_column="label")]:
+        plain = hp.select.probcover(ds, seed=2, **kwargs)
+        ranked = hp.select.probcover(ds, seed=2, rank_column="rank", gain_column="gain", **kwargs)
+        assert plain.column_names == ds.column_names + ["row_id"]
+        assert ranked.remove_columns(["rank", "gain"])[:] == plain[:]
+    assert ds[:] == before
+
+
+def test_ordered_bad_input():
+    ds = make_dataset(clustered_sphere(n=60, seed=6), label=np.arange(60) % 3)
+    for kwargs, pattern in [
+        ({"initial_subset": [60]}, r"`initial_subset`.*\[0, 60\)"),
+        ({"initial_subset": [2, 2]}, "`initial_subset`.*distinct"),
+        ({"initial_subset": ["a"]}, "`initial_subset`"),
+        ({"initial_subset": list(range(7))}, r"`initial_subset` has 7 rows, more than the budget \(6\)"),
+        ({"initial_subset": [0, 3, 6], "label_column": "label"}, r"`initial_subset`.*budget is 2"),
+        ({"rank_column": "emb"}, "'emb' already exists"),
+        ({"gain_column": ""}, "`gain_column`"),
+    ]:
+        with pytest.raises(ValueError, match=pattern):
+            hp.select.probcover(ds, size=6, delta=0.3, **kwargs)
