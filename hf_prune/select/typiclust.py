@@ -9,6 +9,8 @@ example's nearest neighbours inside its cluster:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from datasets import Dataset
 
@@ -16,7 +18,7 @@ from ..ops.checks import check_positive_int
 from ..ops.columns import read_matrix
 from ..ops.kmeans import kmeans
 from ..ops.knn import knn, normalize_rows
-from ._core import run_selection
+from ._ordered import run_ordered_selection
 
 __all__ = ["typiclust", "typicality", "best_kmeans", "kmeans_plus_plus"]
 
@@ -100,6 +102,9 @@ def typiclust(
     min_cluster_size: int = 5,
     n_init: int = 3,
     label_column: str | None = None,
+    rank_column: str | None = None,
+    overwrite: bool = False,
+    initial_subset: Sequence[int] | None = None,
     seed: int | np.random.Generator = 0,
 ) -> Dataset:
     """Select the most typical example of each of the largest k-means clusters (TypiClust).
@@ -119,6 +124,18 @@ def typiclust(
     the clusters left after dropping small ones hold fewer points than the budget, small clusters are
     kept after all.
 
+    **Labelled rows and order.** ``initial_subset`` holds rows already kept or labelled (an
+    active-learning round). They count towards the budget, so the default clustering has (labelled +
+    new) clusters, and a cluster holding a labelled row counts as already visited once per labelled
+    row: the first round takes the most typical example of each cluster *without* a labelled row,
+    which is how scikit-activeml's ``TypiClust`` treats labelled samples (``n_clusters`` = labelled +
+    batch size, clusters with a labelled sample skipped). ``rank_column`` records the pick order,
+    labelled rows first. The clustering depends on the budget through the default ``n_clusters``, so
+    a smaller budget's picks are in general *not* the first picks of a larger budget. What holds:
+    with a fixed ``n_clusters`` (and no fallback to small clusters) the picks of a budget are the
+    first picks of a larger one; and for any ``n_clusters``, starting a run of the same budget from
+    its first ``j`` picks gives the same selection.
+
     Args:
         dataset: the input `datasets.Dataset` (never modified).
         fraction: kept fraction in (0, 1]; exactly one of ``fraction`` / ``size``.
@@ -129,6 +146,12 @@ def typiclust(
         min_cluster_size: clusters with at most this many points are skipped (TypiClust: 5).
         n_init: k-means runs with different seeds; the one with the lowest inertia is used.
         label_column: if given, the budget is split per class and TypiClust runs inside each class.
+        rank_column: if given, an int64 column with each kept row's pick position (0 first; per
+            class when ``label_column`` is given).
+        overwrite: replace an existing ``rank_column``.
+        initial_subset: row positions (in ``dataset``) already kept or labelled: kept first, in the
+            given order, their clusters skipped in the first round, and they count towards the budget
+            (per class: towards their class's budget, which they must not exceed).
         seed: seeds k-means (the selection is otherwise deterministic).
 
     Returns:
@@ -136,6 +159,8 @@ def typiclust(
 
     Example:
         >>> sub = hp.select.typiclust(ds, size=100, embedding_column="emb", seed=0)
+        >>> # An active-learning round: 20 rows are labelled, query 10 more (30 clusters).
+        >>> more = hp.select.typiclust(ds, size=30, initial_subset=labelled_rows, seed=0)
     """
     k = check_positive_int("k", k)
     if n_clusters is not None:
@@ -148,12 +173,12 @@ def typiclust(
     unit = normalize_rows(features)
     used_clusters: list[int] = []
 
-    def pick(rows, budget, rng):
+    def order(rows, budget, rng, initial):
         x = unit[rows]
         n_c = min(n_clusters if n_clusters is not None else min(budget, MAX_CLUSTERS), len(rows))
         used_clusters.append(n_c)
         assign = best_kmeans(x, n_c, rng, n_init)
-        return _typiclust_pick(x, assign, budget, k=k, min_cluster_size=min_cluster_size)
+        return _typiclust_pick(x, assign, budget, k=k, min_cluster_size=min_cluster_size, initial=initial)
 
     params = {
         "embedding_column": embedding_column,
@@ -163,29 +188,47 @@ def typiclust(
         "n_init": n_init,
         "n_clusters_used": used_clusters,
     }
-    return run_selection(
+    return run_ordered_selection(
         dataset, method="typiclust", params=params, fraction=fraction, size=size, seed=seed,
-        label_column=label_column, pick=pick,
+        label_column=label_column, order=order, rank_column=rank_column, overwrite=overwrite,
+        initial_subset=initial_subset,
     )
 
 
-def _typiclust_pick(x: np.ndarray, assign: np.ndarray, budget: int, *, k: int, min_cluster_size: int) -> np.ndarray:
+def _typiclust_pick(
+    x: np.ndarray,
+    assign: np.ndarray,
+    budget: int,
+    *,
+    k: int,
+    min_cluster_size: int,
+    initial: Sequence[int] = (),
+) -> np.ndarray:
+    """TypiClust's picks (positions into ``x``) in pick order, the ``initial`` rows first."""
+    initial = np.asarray(initial, dtype=np.int64).reshape(-1)
     sizes = np.bincount(assign)
+    # A cluster is visited once per initial row it holds before the greedy starts.
+    visits = np.bincount(assign[initial], minlength=len(sizes))
     eligible = np.flatnonzero(sizes > min_cluster_size)
-    if sizes[eligible].sum() < budget:
+    if (sizes - visits)[eligible].sum() < budget - len(initial):
         eligible = np.flatnonzero(sizes > 0)
     # Largest clusters first; equal sizes in cluster-id order.
     order = eligible[np.lexsort((eligible, -sizes[eligible]))]
     by_cluster = np.argsort(assign, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(sizes)])
-    members = {int(c): by_cluster[bounds[c] : bounds[c + 1]] for c in order}
+    taken = np.zeros(len(x), dtype=bool)
+    taken[initial] = True
+    members = {int(c): (m := by_cluster[bounds[c] : bounds[c + 1]])[~taken[m]] for c in order}
+    left = np.array([len(members[int(c)]) for c in order], dtype=np.int64)
+    # Round-robin in `order`: the next cluster is the one visited least so far (ties: earlier in
+    # `order`); exhausted clusters are skipped.
+    visits = visits[order].astype(np.float64)
     chosen = np.empty(budget, dtype=np.int64)
-    visit = 0
-    for step in range(budget):
-        while len(members[int(order[visit % len(order)])]) == 0:
-            visit += 1
-        cluster = int(order[visit % len(order)])
-        visit += 1
+    chosen[: len(initial)] = initial
+    for step in range(len(initial), budget):
+        slot = int(np.argmin(np.where(left > 0, visits, np.inf)))
+        cluster = int(order[slot])
+        visits[slot] += 1
         points = members[cluster]
         if len(points) == 1:
             best = 0
@@ -194,4 +237,5 @@ def _typiclust_pick(x: np.ndarray, assign: np.ndarray, budget: int, *, k: int, m
             best = int(np.argmax(typicality(x[points], max(1, min(k, len(points) // 2)))))
         chosen[step] = points[best]
         members[cluster] = np.delete(points, best)
+        left[slot] -= 1
     return chosen

@@ -1,3 +1,4 @@
+import functools
 import importlib
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 import hf_prune as hp
 from hf_prune.select._core import split_budget
 from hf_prune.select.probcover import coverage_graph, max_coverage, purity_delta
-from hf_prune.select.typiclust import typicality
+from hf_prune.select.typiclust import _typiclust_pick, typicality
 from tests.conftest import make_dataset
 
 # Four well-separated directions (tetrahedron vertices): blobs stay apart after L2 normalisation.
@@ -102,6 +103,132 @@ def test_typiclust_bad_input(blobs):
         hp.select.typiclust(ds, size=3, embedding_column="feats")
     with pytest.raises(ValueError, match="'emb'.*NaN"):
         hp.select.typiclust(make_dataset(np.array([[np.nan, 1.0]] + [[1.0, 2.0]] * 5)), size=1, k=2)
+
+
+def typiclust_order(sub):
+    """Kept row ids in pick order (a single group)."""
+    return np.array(sub["row_id"])[np.argsort(sub["rank"], kind="stable")]
+
+
+def most_typical(x, members, k=20):
+    d = np.sort(pairwise(x[members]), axis=1)[:, 1 : min(k, len(members) // 2) + 1]
+    return members[np.argmin(d.mean(1))]
+
+
+def test_typiclust_labelled_rows_skip_their_clusters_by_hand():
+    emb, blob, _ = cored_blobs([60, 45, 30, 15])
+    ds, x = make_dataset(emb), unit(emb)
+    # Row 59 (a halo point of blob 0) is labelled: 1 labelled + 3 new = 4 clusters, the blobs. Blob 0
+    # already holds a labelled row, so the three new picks are the most typical points of blobs 1-3,
+    # largest first; without the labelled row blob 0's most typical point would be taken.
+    sub = hp.select.typiclust(ds, size=4, initial_subset=[59], rank_column="rank")
+    order = typiclust_order(sub)
+    assert order[0] == 59 and blob[order].tolist() == [0, 1, 2, 3]
+    assert order[1:].tolist() == [most_typical(x, np.flatnonzero(blob == b)) for b in (1, 2, 3)]
+    assert hp.provenance(sub)[-1]["params"]["n_clusters_used"] == [4]
+    assert most_typical(x, np.flatnonzero(blob == 0)) in hp.select.typiclust(ds, size=4)["row_id"]
+    # Two labelled rows in blob 1: it counts as visited twice, so the second round starts with blob 0.
+    sub = hp.select.typiclust(ds, size=7, n_clusters=4, initial_subset=[60, 61], rank_column="rank")
+    assert blob[typiclust_order(sub)].tolist() == [1, 1, 0, 2, 3, 0, 2]
+
+
+def test_typiclust_labelled_rows_as_scikit_activeml():
+    # scikit-activeml's TypiClust on the same clustering: (labelled + batch) clusters, those with a
+    # labelled sample skipped, the most typical point of each of the largest others. Same picks.
+    skactiveml = pytest.importorskip("skactiveml.pool")
+    rng = np.random.default_rng(3)
+    x = unit(rng.normal(size=(210, 3)))
+    blob = rng.permutation(np.repeat(np.arange(6), [50, 44, 38, 32, 26, 20]))
+
+    class Fixed:  # the clustering both sides use: the blobs
+        def __init__(self, n_clusters=None, random_state=None):
+            self.n_clusters = n_clusters
+
+        def fit_predict(self, X):
+            return blob
+
+    sizes = np.bincount(blob)
+    labelled = [int(np.flatnonzero(blob == 0)[7]), int(np.flatnonzero(blob == 3)[2])]
+    y = np.full(len(x), np.nan)
+    y[labelled] = [0, 1]
+    theirs = skactiveml.TypiClust(cluster_algo=Fixed, k=5, random_state=0).query(x, y, batch_size=4)
+    ours = _typiclust_pick(x, blob, 6, k=5, min_cluster_size=0, initial=labelled)
+    assert ours[:2].tolist() == labelled and ours[2:].tolist() == theirs.tolist()
+    assert len(set(sizes)) == len(sizes)  # distinct cluster sizes: neither side broke a tie
+
+
+def test_typiclust_round_robin_matches_the_plain_visit_loop():
+    # The visit loop as first written (cycle through the clusters largest first, skip exhausted ones):
+    # the least-visited rule without initial rows is the same order.
+    def reference(x, assign, budget, k, min_cluster_size):
+        sizes = np.bincount(assign)
+        eligible = np.flatnonzero(sizes > min_cluster_size)
+        if sizes[eligible].sum() < budget:
+            eligible = np.flatnonzero(sizes > 0)
+        order = eligible[np.lexsort((eligible, -sizes[eligible]))]
+        members = {int(c): np.flatnonzero(assign == c) for c in order}
+        chosen, visit = [], 0
+        while len(chosen) < budget:
+            cluster = int(order[visit % len(order)])
+            visit += 1
+            points = members[cluster]
+            if len(points) == 0:
+                continue
+            neighbours = max(1, min(k, len(points) // 2))
+            best = 0 if len(points) == 1 else int(np.argmax(typicality(x[points], neighbours)))
+            chosen.append(points[best])
+            members[cluster] = np.delete(points, best)
+        return chosen
+
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        x = rng.normal(size=(80, 3))
+        assign = rng.choice(6, size=80, p=[0.4, 0.25, 0.15, 0.1, 0.06, 0.04])
+        for budget in (17, 60):  # the second visits the clusters 17 times: exhausted ones skipped
+            np.testing.assert_array_equal(
+                _typiclust_pick(x, assign, budget, k=4, min_cluster_size=5),
+                reference(x, assign, budget, 4, 5),
+            )
+
+
+def test_typiclust_what_holds_of_the_order():
+    emb, blob, _ = cored_blobs([60, 45, 30, 15], seed=2)
+    ds = make_dataset(emb, label=np.arange(150) % 2)
+    typiclust = functools.partial(hp.select.typiclust, n_init=1)
+    # A fixed number of clusters does not depend on the budget: 5 picks are the first of 11.
+    small = typiclust(ds, size=5, n_clusters=4, rank_column="rank", seed=4)
+    large = typiclust(ds, size=11, n_clusters=4, rank_column="rank", seed=4)
+    np.testing.assert_array_equal(typiclust_order(small), typiclust_order(large)[:5])
+    # The default clustering has `budget` clusters, so budgets differ in their clustering; a run of the
+    # same budget started from its own first picks gives it back (order included).
+    for kwargs in [dict(size=12), dict(size=12, label_column="label")]:
+        run = typiclust(ds, rank_column="rank", seed=4, **kwargs)
+        first = np.array(run["row_id"])[np.array(run["rank"]) < 2].tolist()  # two picks (per class)
+        resumed = typiclust(ds, rank_column="rank", seed=4, initial_subset=first, **kwargs)
+        assert resumed["row_id"] == run["row_id"]
+        ranks = dict(zip(resumed["row_id"], resumed["rank"]))
+        assert sorted(ranks[i] for i in first) == sorted(np.array(run["rank"])[np.isin(run["row_id"], first)])
+    # The pick order comes with the default selection unchanged.
+    before = ds[:]
+    for kwargs in [dict(size=12), dict(fraction=0.2, label_column="label"), dict(size=40, n_clusters=4)]:
+        plain = typiclust(ds, seed=4, **kwargs)
+        ranked = typiclust(ds, seed=4, rank_column="rank", **kwargs)
+        assert ranked.remove_columns("rank")[:] == plain[:] and "rank" not in plain.column_names
+    assert ds[:] == before
+
+
+def test_typiclust_ordered_bad_input(blobs):
+    ds, _, _ = blobs
+    for kwargs, pattern in [
+        ({"initial_subset": [90]}, r"`initial_subset`.*\[0, 90\)"),
+        ({"initial_subset": [1, 1]}, "`initial_subset`.*distinct"),
+        ({"initial_subset": 3}, "`initial_subset`"),
+        ({"initial_subset": list(range(5))}, r"`initial_subset` has 5 rows, more than the budget \(4\)"),
+        ({"initial_subset": [0, 1, 2], "label_column": "label"}, r"`initial_subset`.*budget is 2"),
+        ({"rank_column": "label"}, "'label' already exists"),
+    ]:
+        with pytest.raises(ValueError, match=pattern):
+            hp.select.typiclust(ds, size=4, k=5, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------- ProbCover
