@@ -81,7 +81,8 @@ def d2_pruning(
         knn_index: ``"flat"`` (exact) or ``"ivf"`` for the k-NN search of large groups.
         label_column: when given, the budget is split per class and a graph is built per class.
         rank_column: if given, an int64 column with each kept row's pick position in the reverse pass
-            (0 first; per class when ``label_column`` is given).
+            (0 first; per class when ``label_column`` is given). A group kept whole then still runs the
+            reverse pass for its order, so it needs ``k`` < its rows.
         gain_column: if given, a float64 column with each kept row's score when it was picked (after
             the forward pass and the down-weighting by earlier picks).
         overwrite: replace an existing ``rank_column`` / ``gain_column``.
