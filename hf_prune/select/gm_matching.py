@@ -21,6 +21,7 @@ from datasets import Dataset
 
 from ..ops.checks import check_bool, check_choice, check_positive, check_positive_int
 from ..ops.columns import read_matrix
+from ..ops.deprecation import renamed
 from ..ops.device import resolve_device, to_device
 from ..ops.knn import normalize_rows
 from ..ops.median import geometric_median
@@ -210,18 +211,9 @@ def herding(
 
 
 def _resolve_metric(metric: str, geometry: str | None, method: str) -> str:
-    if geometry is not None:
-        if geometry not in _GEOMETRY_TO_METRIC:
-            raise ValueError(f"`geometry` must be one of {tuple(_GEOMETRY_TO_METRIC)}, got {geometry!r}")
-        renamed = _GEOMETRY_TO_METRIC[geometry]
-        if metric != "l2" and metric != renamed:  # "l2" is the default, so it cannot be told apart
-            raise ValueError(f"`geometry={geometry!r}` contradicts `metric={metric!r}`; pass only `metric`")
-        warnings.warn(
-            f"{method}: `geometry` is deprecated, use metric={renamed!r} "
-            "(`geometry` will be removed in a future version)",
-            FutureWarning, stacklevel=3,
-        )
-        metric = renamed
+    # "l2" is the default, so it cannot be told apart from "not passed" and yields to `geometry`.
+    metric = renamed(method, "geometry", geometry, "metric", metric, default="l2", values=_GEOMETRY_TO_METRIC,
+                     stacklevel=4)
     if metric not in _METRICS:
         # Herding's ⟨θ, x⟩ on raw rows matches means in Euclidean space: that is metric="l2".
         raise ValueError(f"`metric` must be one of {_METRICS} (raw inner products are 'l2'), got {metric!r}")
