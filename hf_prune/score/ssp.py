@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 from datasets import Dataset
 
-from ..ops.checks import check_positive_int, seed_int
+from ..ops.checks import check_choice, check_positive_int, seed_int
 from ..ops.columns import add_column, check_columns, check_new_column, class_groups, read_matrix
+from ..ops.deprecation import renamed_value
 from ..ops.kmeans import kmeans
 
 __all__ = ["ssp"]
@@ -26,7 +27,7 @@ def ssp(
     n_clusters: int,
     label_column: str | None = None,
     output_column: str = "ssp",
-    metric: str = "euclidean",
+    metric: str = "l2",
     iterations: int = 25,
     seed: int | np.random.Generator = 0,
     overwrite: bool = False,
@@ -41,11 +42,14 @@ def ssp(
             than the number of rows clustered (a cluster per row makes every distance 0).
         label_column: cluster each class separately (prototypes of the class), else one global k-means.
         output_column: the score column to write.
-        metric: ``"euclidean"``: k-means on the embeddings and the Euclidean (not squared) distance
+        metric: ``"l2"``: k-means on the embeddings and the Euclidean (not squared) distance
             to the nearest centroid; ``"cosine"``: spherical k-means on L2-normalised embeddings and
             the cosine distance ``1 - cos`` to the nearest (unit) centroid, Sorscher et al.'s setting.
-            The seeds only say "distance to the cluster center", so Euclidean is the default.
-        iterations: k-means iterations.
+            The seeds only say "distance to the cluster center", so ``"l2"`` is the default.
+            ``"euclidean"``, the spelling of hf_prune 0.1.0, still means ``"l2"`` (with a
+            `FutureWarning`) for one release.
+        iterations: the exact number of Lloyd iterations (faiss's ``niter``: neither backend stops
+            early on convergence, so this is a count, not a ``max_iter`` cap).
         seed: k-means seed, an integer ≥ 0 or a NumPy Generator (one draw from it gives the integer,
             `hf_prune.ops.checks.seed_int`); per class it is derived from that integer and the
             class's position in the sorted class order.
@@ -56,8 +60,8 @@ def ssp(
         >>> ds = hp.score.ssp(ds, embedding_column="emb", n_clusters=100, output_column="ssp")
         >>> sub = hp.select.infomax(ds, fraction=0.1, score_column="ssp", embedding_column="emb")
     """
-    if metric not in ("euclidean", "cosine"):
-        raise ValueError(f"`metric` must be 'euclidean' or 'cosine', got {metric!r}")
+    metric = renamed_value("ssp", "metric", metric, {"euclidean": "l2"})
+    check_choice("metric", metric, ("l2", "cosine"))
     n_clusters = check_positive_int("n_clusters", n_clusters)
     iterations = check_positive_int("iterations", iterations)
     seed = seed_int(seed)
