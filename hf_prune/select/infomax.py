@@ -38,8 +38,8 @@ Choices where the paper is ambiguous or degenerate (each one is tested):
 * **Scores.** ``I`` is min-max normalised to ``[0, 1]`` over the whole column (``normalize_scores``),
   so ``α`` (recommended 0.3–4, Sec. 4.4) weighs the same against any score (EL2N, SSP, CLIP, LESS)
   and cosine similarities in ``[−1, 1]``. The paper does not state a normalisation.
-* **K.** Inner products of the embeddings, L2-normalised first (``normalize=True``: cosine, a
-  scale-free choice). The diagonal is dropped (the derivation in Sec. 3.3/Eq. 5 sums over
+* **K.** Inner products of the embeddings, L2-normalised first (``metric="cosine"``, the default: a
+  scale-free choice; ``metric="ip"`` takes the raw inner products). The diagonal is dropped (the derivation in Sec. 3.3/Eq. 5 sums over
   ``z ≠ s``; for cosine and binary ``X`` it is the constant ``α·p``). The k-NN sparsified ``K`` is
   not symmetric; we use ``(K + Kᵀ)/2``, which leaves the objective ``XᵀKX`` unchanged and makes
   ``2αK X`` in Eq. 3 the exact gradient.
@@ -80,6 +80,7 @@ from ..ops.checks import (
     check_probability,
 )
 from ..ops.columns import check_columns, class_groups, read_matrix, read_vector
+from ..ops.deprecation import renamed
 from ..ops.device import resolve_device
 from ..ops.knn import knn, neighbour_pairs, normalize_rows
 from ._core import run_selection, split_budget
@@ -88,6 +89,7 @@ __all__ = ["infomax", "infomax_kernel", "infomax_solve", "infomax_objective", "i
 
 DENSE_MAX_ROWS = 4096
 _KERNELS = ("sparse", "dense", "auto")
+_METRICS = ("cosine", "ip")
 
 
 def infomax(
@@ -103,7 +105,7 @@ def infomax(
     partitions: int = 1,
     hard_cutoff: float = 0.0,
     kernel: str = "sparse",
-    normalize: bool = True,
+    metric: str = "cosine",
     normalize_scores: bool = True,
     temperature: float | None = None,
     step_size: float | None = 1.0,
@@ -111,6 +113,7 @@ def infomax(
     label_column: str | None = None,
     seed: int | np.random.Generator = 0,
     device: str | torch.device | None = None,
+    normalize: bool | None = None,
 ) -> Dataset:
     """Keep the rows that maximise InfoMax's set information (score minus pairwise redundancy).
 
@@ -131,7 +134,8 @@ def infomax(
             as CCS's ``hard_cutoff`` (see "Hard cutoff" below). ``0`` (default) keeps every row.
         kernel: ``"sparse"`` (k-NN ``K``), ``"dense"`` (all pairs, at most ``DENSE_MAX_ROWS`` rows
             per solved group) or ``"auto"`` (dense for groups up to that size).
-        normalize: L2-normalise embeddings first, so ``K`` holds cosine similarities.
+        metric: ``"cosine"`` (default: embeddings L2-normalised first, so ``K`` holds cosine
+            similarities) or ``"ip"`` (raw inner products).
         normalize_scores: min-max the score column to ``[0, 1]`` before solving.
         temperature: entropy weight ``τ``; ``None`` is the paper's ``λ = 1``, i.e. ``τ = 1/p``.
         step_size: proximal step (normalised by the gradient's standard deviation each iteration);
@@ -140,6 +144,8 @@ def infomax(
         label_column: when given, the budget is split per class and InfoMax runs inside each class.
         seed: seeds the random partition (the only random choice; ``partitions=1`` is deterministic).
         device: torch device for the solver and k-NN search; ``None`` picks CUDA when available.
+        normalize: deprecated spelling of ``metric`` (hf_prune 0.1.0): ``True`` is ``"cosine"``,
+            ``False`` is ``"ip"``; it warns with a `FutureWarning` and will be removed.
 
     When to use ``hard_cutoff``: when ``I`` is a hardest-first score (EL2N, forgetting, GraNd,
     entropy), a small share is kept (10% or less on digits, 20% or less on Fashion-MNIST, whose
@@ -172,6 +178,7 @@ def infomax(
         >>> sub = hp.select.infomax(ds, fraction=0.1, score_column="el2n", embedding_column="emb",
         ...                         hard_cutoff=0.1, label_column="label")
     """
+    metric = _resolve_metric("infomax", metric, normalize)
     check_columns(dataset, score_column, embedding_column, label_column)
     k = check_positive_int("k", k)
     iterations = check_positive_int("iterations", iterations)
@@ -211,7 +218,7 @@ def infomax(
         if not use_dense and k >= n:
             raise ValueError(f"`k`={k} must be smaller than the number of rows in a solved group ({n})")
         K = infomax_kernel(
-            embeddings[rows], k=k, kernel="dense" if use_dense else "sparse", normalize=normalize,
+            embeddings[rows], k=k, kernel="dense" if use_dense else "sparse", metric=metric,
             knn_index=knn_index, device=torch_device,
         )
         _, logits = _solve(scores[rows], K, budget, alpha, iterations, temperature, step_size, torch_device)
@@ -240,7 +247,7 @@ def infomax(
     params = {
         "score_column": score_column, "embedding_column": embedding_column, "k": k, "alpha": alpha,
         "iterations": iterations, "partitions": partitions, "hard_cutoff": hard_cutoff, "kernel": kernel,
-        "normalize": normalize, "normalize_scores": normalize_scores, "temperature": temperature,
+        "metric": metric, "normalize_scores": normalize_scores, "temperature": temperature,
         "step_size": step_size, "knn_index": knn_index,
     }
     return run_selection(
@@ -269,16 +276,19 @@ def infomax_kernel(
     *,
     k: int = 5,
     kernel: str = "sparse",
-    normalize: bool = True,
+    metric: str = "cosine",
     knn_index: str = "flat",
     device: str | torch.device | None = None,
+    normalize: bool | None = None,
 ) -> sp.csr_matrix | np.ndarray:
     """The similarity matrix ``K`` InfoMax uses: inner products, zero diagonal, symmetric.
 
     ``kernel="sparse"`` keeps each row's ``k`` nearest neighbours (found with `hf_prune.ops.knn`,
     values recomputed exactly in float64) and returns ``(K + Kᵀ)/2`` as a SciPy CSR matrix with
     at most ``2·N·k`` entries. ``kernel="dense"`` returns the full ``(N, N)`` float64 array
-    (at most ``DENSE_MAX_ROWS`` rows).
+    (at most ``DENSE_MAX_ROWS`` rows). ``metric="cosine"`` (default) L2-normalises the rows first,
+    ``metric="ip"`` keeps them as they are; ``normalize`` is the deprecated spelling (``True`` is
+    ``"cosine"``, ``False`` is ``"ip"``).
 
     Example:
         >>> K = infomax_kernel(embeddings, k=5)
@@ -287,7 +297,8 @@ def infomax_kernel(
     x = np.asarray(embeddings, dtype=np.float32)
     if x.ndim != 2 or not np.isfinite(x).all():
         raise ValueError("`embeddings` must be a finite (N, d) array")
-    if normalize:
+    metric = _resolve_metric("infomax_kernel", metric, normalize)
+    if metric == "cosine":
         x = normalize_rows(x)
     n = len(x)
     if kernel == "dense":
@@ -308,6 +319,16 @@ def infomax_kernel(
     rows = np.repeat(np.arange(n), k)
     K = sp.csr_matrix((values.ravel(), (rows, neighbours.ravel())), shape=(n, n))
     return ((K + K.T) * 0.5).tocsr()
+
+
+def _resolve_metric(method: str, metric: str, normalize: bool | None) -> str:
+    # "cosine" is the default, so it cannot be told apart from "not passed" and yields to `normalize`.
+    metric = renamed(method, "normalize", normalize, "metric", metric, default="cosine",
+                     values={True: "cosine", False: "ip"}, stacklevel=4)
+    if metric not in _METRICS:
+        # K must be a similarity (larger = more redundant): a distance such as "l2" has no place here.
+        raise ValueError(f"`metric` must be one of {_METRICS} (K holds inner products), got {metric!r}")
+    return metric
 
 
 def infomax_solve(
