@@ -14,8 +14,10 @@ Choices where the paper leaves room (each one is tested):
   among the other's ``k`` nearest neighbours (the union of the k-NN lists), so messages flow both
   ways. It is stored as CSR arrays with at most ``2·N·k`` edges; ``d_ij`` is recomputed exactly in
   float64 for every edge.
-* ``d`` is the plain (not squared) Euclidean distance, as in the authors' code; ``normalize=True``
-  L2-normalises embeddings first so ``d ∈ [0, 2]`` and ``γ`` has a fixed scale.
+* ``d`` is the plain (not squared) Euclidean distance, as in the authors' code (``metric="l2"``,
+  the default); ``metric="cosine"`` L2-normalises embeddings first, so ``d = √(2 − 2 cos) ∈ [0, 2]``
+  (a monotone function of the cosine distance: the same neighbours) and ``γ`` has a fixed scale.
+  ``normalize=True`` / ``False``, the hf_prune 0.1.0 spelling, still means ``"cosine"`` / ``"l2"``.
 * Scores must be non-negative: messages are proportional to the score, so a negative score would
   turn the reverse message into a boost. Shift or min-max the column first.
 * The selection loop runs on the CPU in float64 with a lazy max-heap: each pick pops the best
@@ -38,8 +40,9 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from ..ops.checks import check_nonnegative, check_positive_int
+from ..ops.checks import check_choice, check_nonnegative, check_positive_int
 from ..ops.columns import check_columns, read_matrix, read_vector
+from ..ops.deprecation import renamed
 from ..ops.device import resolve_device
 from ..ops.knn import knn, neighbour_pairs, normalize_rows
 from ._ordered import run_ordered_selection
@@ -57,7 +60,7 @@ def d2_pruning(
     k: int = 10,
     gamma_f: float = 1.0,
     gamma_r: float = 1.0,
-    normalize: bool = False,
+    metric: str = "l2",
     knn_index: str = "flat",
     label_column: str | None = None,
     rank_column: str | None = None,
@@ -66,6 +69,7 @@ def d2_pruning(
     initial_subset: Sequence[int] | None = None,
     seed: int | np.random.Generator = 0,
     device: str | torch.device | None = None,
+    normalize: bool | None = None,
 ) -> Dataset:
     """Keep rows chosen by D²-Pruning: forward then reverse message passing on a k-NN graph.
 
@@ -77,7 +81,8 @@ def d2_pruning(
         k: neighbours per node in the k-NN graph.
         gamma_f: forward message weight ``exp(−γ_f·d)``.
         gamma_r: reverse message weight ``exp(−γ_r·d)``.
-        normalize: L2-normalise embeddings before measuring distances.
+        metric: ``"l2"`` (default: Euclidean distance of the embeddings) or ``"cosine"`` (Euclidean
+            distance of the L2-normalised embeddings, ``√(2 − 2 cos)``).
         knn_index: ``"flat"`` (exact) or ``"ivf"`` for the k-NN search of large groups.
         label_column: when given, the budget is split per class and a graph is built per class.
         rank_column: if given, an int64 column with each kept row's pick position in the reverse pass
@@ -91,6 +96,8 @@ def d2_pruning(
             class: towards their class's budget, which they must not exceed).
         seed: recorded for provenance; D²-Pruning makes no random choice.
         device: device for the k-NN search; ``None`` picks CUDA when available.
+        normalize: deprecated spelling of ``metric`` (hf_prune 0.1.0): ``False`` is ``"l2"``, ``True``
+            is ``"cosine"``; it warns with a `FutureWarning` and will be removed.
 
     Returns:
         ``dataset.select(kept rows)`` with a ``row_id`` column and a provenance step ``"d2_pruning"``.
@@ -101,6 +108,7 @@ def d2_pruning(
         >>> ranked = hp.select.d2_pruning(ds, size=1000, score_column="forgetting", rank_column="rank")
         >>> smaller = ranked.filter(lambda r: r < 100, input_columns="rank")  # = the size=100 selection
     """
+    metric = _resolve_metric("d2_pruning", metric, normalize)
     check_columns(dataset, score_column, embedding_column, label_column)
     k = check_positive_int("k", k)
     gamma_f = check_nonnegative("gamma_f", gamma_f)
@@ -123,14 +131,14 @@ def d2_pruning(
         if k >= len(rows):
             raise ValueError(f"`k`={k} must be smaller than the number of rows in a group ({len(rows)})")
         neighbours, distances = d2_graph(
-            embeddings[rows], k, normalize=normalize, knn_index=knn_index, device=torch_device
+            embeddings[rows], k, metric=metric, knn_index=knn_index, device=torch_device
         )
         return d2_select(scores[rows], neighbours, distances, budget=budget, gamma_f=gamma_f, gamma_r=gamma_r,
                          initial=initial, return_gains=True)
 
     params = {
         "score_column": score_column, "embedding_column": embedding_column, "k": k, "gamma_f": gamma_f,
-        "gamma_r": gamma_r, "normalize": normalize, "knn_index": knn_index,
+        "gamma_r": gamma_r, "metric": metric, "knn_index": knn_index,
     }
     return run_ordered_selection(
         dataset, method="d2_pruning", params=params, fraction=fraction, size=size, seed=seed,
@@ -143,14 +151,17 @@ def d2_graph(
     embeddings: np.ndarray,
     k: int,
     *,
-    normalize: bool = False,
+    metric: str = "l2",
     knn_index: str = "flat",
     device: str | torch.device | None = None,
+    normalize: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k-NN table ``(neighbours (N, k) int64, distances (N, k) float64)``, Euclidean distances.
 
     Neighbours come from `hf_prune.ops.knn` (a row is never its own neighbour); distances are
     recomputed exactly in float64, so near-duplicates get ``d ≈ 0`` rather than round-off.
+    ``metric="cosine"`` L2-normalises the rows first; ``normalize`` is its deprecated spelling
+    (``True`` is ``"cosine"``, ``False`` is ``"l2"``).
 
     Example:
         >>> neighbours, distances = d2_graph(embeddings, 10)
@@ -158,13 +169,21 @@ def d2_graph(
     x = np.asarray(embeddings, dtype=np.float32)
     if x.ndim != 2 or not np.isfinite(x).all():
         raise ValueError("`embeddings` must be a finite (N, d) array")
-    if normalize:
+    metric = _resolve_metric("d2_graph", metric, normalize)
+    if metric == "cosine":
         x = normalize_rows(x)
     k = check_positive_int("k", k)
     if k >= len(x):
         raise ValueError(f"`k`={k} must be smaller than the number of rows ({len(x)})")
     _, neighbours = knn(x, k, metric="l2", index=knn_index, device=device)
     return neighbours, neighbour_pairs(x, neighbours, _euclidean)
+
+
+def _resolve_metric(method: str, metric: str, normalize: bool | None) -> str:
+    # "l2" is the default, so it cannot be told apart from "not passed" and yields to `normalize`.
+    metric = renamed(method, "normalize", normalize, "metric", metric, default="l2",
+                     values={False: "l2", True: "cosine"}, stacklevel=4)
+    return check_choice("metric", metric, ("l2", "cosine"))
 
 
 def _euclidean(rows: np.ndarray, neighbours: np.ndarray) -> np.ndarray:

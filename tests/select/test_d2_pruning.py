@@ -116,8 +116,8 @@ def test_normalize_uses_unit_vectors():
     emb = rng.normal(size=(30, 4))
     scaled = emb * rng.uniform(1, 50, size=(30, 1))
     score = rng.random(30).astype(np.float32)
-    a = hp.select.d2_pruning(make_dataset(emb, score=score), size=8, score_column="score", k=4, normalize=True)
-    b = hp.select.d2_pruning(make_dataset(scaled, score=score), size=8, score_column="score", k=4, normalize=True)
+    a = hp.select.d2_pruning(make_dataset(emb, score=score), size=8, score_column="score", k=4, metric="cosine")
+    b = hp.select.d2_pruning(make_dataset(scaled, score=score), size=8, score_column="score", k=4, metric="cosine")
     assert a["row_id"] == b["row_id"]
 
 
