@@ -35,7 +35,7 @@ from . import embed, score, select
 from .dynamics import DynamicsRecorder
 from .ops.checks import check_positive_int
 from .ops.columns import read_labels, read_matrix
-from .probe import LinearProbe
+from .probe import LinearProbe, required_embedding_column
 
 __all__ = ["run_demo", "demo_selectors", "record_proxy_dynamics", "plot_results", "DEMO_FAMILIES"]
 
@@ -56,19 +56,22 @@ SAME_ROWS_MARK = "†"
 
 
 def record_proxy_dynamics(
-    train: Dataset, *, feature_column: str, label_column: str = "label", epochs: int = 15, seed: int = 0,
-    batch_size: int = 128, lr: float = 0.1,
+    train: Dataset, *, embedding_column: str | None = None, label_column: str = "label", epochs: int = 15,
+    seed: int = 0, batch_size: int = 128, lr: float = 0.1, feature_column: str | None = None,
 ) -> Dataset:
-    """Train softmax regression on a feature column, recording the compact dynamics of every row.
+    """Train softmax regression on an embedding column, recording the compact dynamics of every row.
 
-    Returns ``train`` with a ``dynamics`` column (the input is not modified).
+    Returns ``train`` with a ``dynamics`` column (the input is not modified). ``embedding_column``
+    (required) is the fixed-length float column the proxy is trained on; ``feature_column`` is its
+    deprecated spelling (hf_prune 0.1.0), accepted with a `FutureWarning`.
 
     Example:
-        >>> train = record_proxy_dynamics(train, feature_column="pixels", epochs=15)
+        >>> train = record_proxy_dynamics(train, embedding_column="pixels", epochs=15)
         >>> train = hp.score.dual(train, window=7)
     """
+    embedding_column = required_embedding_column("record_proxy_dynamics", embedding_column, feature_column)
     torch.manual_seed(seed)
-    x = torch.from_numpy(np.array(read_matrix(train, feature_column)))  # writable copy
+    x = torch.from_numpy(np.array(read_matrix(train, embedding_column)))  # writable copy
     x = (x - x.mean(0)) / (x.std(0) + 1e-6)
     y = torch.from_numpy(read_labels(train, label_column))
     classes = int(y.max()) + 1
@@ -332,7 +335,7 @@ def _run(dataset, fractions, seeds, epochs, output_dir, max_train_rows, names, t
     train = randnet.map(train)
 
     window = max(2, epochs // 2)
-    train = record_proxy_dynamics(train, feature_column=PROBE, epochs=epochs, seed=seeds[0])
+    train = record_proxy_dynamics(train, embedding_column=PROBE, epochs=epochs, seed=seeds[0])
     train = score.dual(train, window=window)
     train = score.el2n(train)
     train = score.forgetting(train)
@@ -340,7 +343,7 @@ def _run(dataset, fractions, seeds, epochs, output_dir, max_train_rows, names, t
     train = score.ssp(train, embedding_column="randnet", n_clusters=10)
     print(f"features, dynamics ({epochs} proxy epochs) and scores ready in {time.perf_counter() - t0:.1f}s")
 
-    probe = LinearProbe(test, feature_column=PROBE)
+    probe = LinearProbe(test, embedding_column=PROBE)
     # The train set is built above without a `row_id`, so a subset's `row_id`s are positions in it.
     train_x, train_y = read_matrix(train, PROBE), read_labels(train, "label")
     full_accuracy = probe.accuracy_of(train_x, train_y)

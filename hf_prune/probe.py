@@ -7,8 +7,24 @@ import numpy as np
 from datasets import Dataset, Value
 
 from .ops.columns import read_labels, read_matrix
+from .ops.deprecation import renamed
 
 __all__ = ["LinearProbe", "linear_probe_accuracy"]
+
+
+def required_embedding_column(method: str, embedding_column: str | None, feature_column: str | None) -> str:
+    """``embedding_column``, accepting its deprecated spelling ``feature_column`` with a `FutureWarning`.
+
+    Example:
+        >>> required_embedding_column("LinearProbe", "emb", None)
+        'emb'
+    """
+    # stacklevel 4: renamed → this helper → the public function → the user's call.
+    column = renamed(method, "feature_column", feature_column, "embedding_column", embedding_column,
+                     default=None, stacklevel=4)
+    if column is None:
+        raise ValueError(f"{method}: `embedding_column` is required (the column the probe is trained on)")
+    return column
 
 
 def _labels(dataset: Dataset, column: str) -> np.ndarray:
@@ -32,33 +48,36 @@ class LinearProbe:
 
     Args:
         test: the evaluation `datasets.Dataset` (never modified).
-        feature_column: fixed-length float list column the probe is trained on.
+        embedding_column: fixed-length float list column the probe is trained on (required).
         label_column: integer, ClassLabel or string labels.
         C: inverse L2 regularisation strength of the logistic regression.
         max_iter: cap on L-BFGS iterations.
         standardize: standardise features with the training subset's mean and std.
+        feature_column: deprecated spelling of ``embedding_column`` (hf_prune 0.1.0), accepted with a
+            `FutureWarning`.
 
     Example:
-        >>> probe = LinearProbe(test, feature_column="emb")
+        >>> probe = LinearProbe(test, embedding_column="emb")
         >>> acc = probe.accuracy(sub)
     """
 
     def __init__(
-        self, test: Dataset, *, feature_column: str, label_column: str = "label", C: float = 1.0,
-        max_iter: int = 1000, standardize: bool = True,
+        self, test: Dataset, *, embedding_column: str | None = None, label_column: str = "label", C: float = 1.0,
+        max_iter: int = 1000, standardize: bool = True, feature_column: str | None = None,
     ):
+        embedding_column = required_embedding_column("LinearProbe", embedding_column, feature_column)
         if len(test) == 0:
             raise ValueError("the probe's test dataset is empty")
-        self.feature_column, self.label_column = feature_column, label_column
+        self.embedding_column, self.label_column = embedding_column, label_column
         self.C, self.max_iter, self.standardize = C, max_iter, standardize
-        self.x_test = read_matrix(test, feature_column)
+        self.x_test = read_matrix(test, embedding_column)
         self.y_test = _labels(test, label_column)
 
     def accuracy(self, train: Dataset) -> float:
         """Top-1 test accuracy of the probe fitted on ``train``'s features and labels."""
         if len(train) == 0:
             raise ValueError("the probe's training subset is empty")
-        return self.accuracy_of(read_matrix(train, self.feature_column), _labels(train, self.label_column))
+        return self.accuracy_of(read_matrix(train, self.embedding_column), _labels(train, self.label_column))
 
     def accuracy_of(self, x_train: np.ndarray, y_train: np.ndarray) -> float:
         """`accuracy` for features and labels already read as arrays."""
@@ -66,7 +85,7 @@ class LinearProbe:
 
         if x_train.ndim != 2 or x_train.shape[1] != self.x_test.shape[1]:
             raise ValueError(
-                f"{self.feature_column!r} has shape {x_train.shape} in the subset but "
+                f"{self.embedding_column!r} has shape {x_train.shape} in the subset but "
                 f"{self.x_test.shape[1]} features in the test set"
             )
         x_test = self.x_test
@@ -84,21 +103,24 @@ def linear_probe_accuracy(
     train: Dataset,
     test: Dataset,
     *,
-    feature_column: str,
+    embedding_column: str | None = None,
     label_column: str = "label",
     C: float = 1.0,
     max_iter: int = 1000,
     standardize: bool = True,
+    feature_column: str | None = None,
 ) -> float:
     """Fit multinomial logistic regression on ``train``'s features, return top-1 accuracy on ``test``.
 
     A one-off `LinearProbe`; build a `LinearProbe` once to score many subsets against one test set.
+    ``embedding_column`` is required; ``feature_column`` is its deprecated spelling (hf_prune 0.1.0).
 
     Example:
-        >>> acc = linear_probe_accuracy(sub, test, feature_column="emb")
+        >>> acc = linear_probe_accuracy(sub, test, embedding_column="emb")
     """
+    embedding_column = required_embedding_column("linear_probe_accuracy", embedding_column, feature_column)
     probe = LinearProbe(
-        test, feature_column=feature_column, label_column=label_column, C=C, max_iter=max_iter,
+        test, embedding_column=embedding_column, label_column=label_column, C=C, max_iter=max_iter,
         standardize=standardize,
     )
     return probe.accuracy(train)

@@ -18,11 +18,11 @@ def _features(x, y):
 def test_linear_probe_on_separable_and_single_class_subsets():
     train = _features([[0, 0], [0, 1], [5, 5], [5, 6]], [0, 0, 1, 1])
     test = _features([[0, 0.5], [5, 5.5], [4.5, 5]], [0, 1, 1])
-    assert linear_probe_accuracy(train, test, feature_column="emb") == 1.0
+    assert linear_probe_accuracy(train, test, embedding_column="emb") == 1.0
     # A subset with one class predicts that class: accuracy is that class's share of the test set.
     one_class = _features([[5, 5], [5, 6]], [1, 1])
-    assert linear_probe_accuracy(one_class, test, feature_column="emb") == pytest.approx(2 / 3)
-    probe = LinearProbe(test, feature_column="emb")
+    assert linear_probe_accuracy(one_class, test, embedding_column="emb") == pytest.approx(2 / 3)
+    probe = LinearProbe(test, embedding_column="emb")
     assert probe.accuracy(train) == 1.0 and probe.accuracy(one_class) == pytest.approx(2 / 3)
 
 
@@ -30,12 +30,12 @@ def test_linear_probe_string_labels_when_the_subset_misses_a_class():
     # Coding labels per dataset would map the subset's "b"/"c" to 0/1 and the test set's to 1/2.
     train = _features([[0, 0], [0, 1], [5, 5], [5, 6]], ["b", "b", "c", "c"])
     test = _features([[0, 0.5], [5, 5.5], [-9, -9]], ["b", "c", "a"])
-    assert linear_probe_accuracy(train, test, feature_column="emb") == pytest.approx(2 / 3)
+    assert linear_probe_accuracy(train, test, embedding_column="emb") == pytest.approx(2 / 3)
 
 
 def test_linear_probe_rejects_mismatched_features_and_empty_subsets():
     test = _features([[0, 0.5], [5, 5.5]], [0, 1])
-    probe = LinearProbe(test, feature_column="emb")
+    probe = LinearProbe(test, embedding_column="emb")
     with pytest.raises(ValueError, match="'emb'"):
         probe.accuracy(_features([[0, 0, 0], [1, 1, 1]], [0, 1]))
     with pytest.raises(ValueError, match="empty"):

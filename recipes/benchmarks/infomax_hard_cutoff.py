@@ -81,7 +81,7 @@ def prepare(seed: int, embedding: str, proxy_epochs: int) -> tuple[Dataset, Data
     train, test = pixels.map(splits["train"]), pixels.map(splits["test"])
     if embedding == "randnet":
         train = hp.embed.RandomNetEmbedder(image_column="image", output_column="randnet", seed=0).map(train)
-    train = record_proxy_dynamics(train, feature_column="pixels", epochs=proxy_epochs, seed=seed)
+    train = record_proxy_dynamics(train, embedding_column="pixels", epochs=proxy_epochs, seed=seed)
     return hp.score.el2n(train), test
 
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     full = []
     for seed in args.seeds:
         train, test = prepare(seed, args.embedding, args.proxy_epochs)
-        full.append(linear_probe_accuracy(train, test, feature_column="pixels"))
+        full.append(linear_probe_accuracy(train, test, embedding_column="pixels"))
         el2n, labels = read_vector(train, "el2n"), read_labels(train, "label")
         top_decile = np.zeros(len(train), dtype=bool)
         for c in np.unique(labels):
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
             for fraction in args.fractions:
                 subset = select(train, fraction, seed)
                 ids = np.asarray(subset["row_id"])
-                accuracy[name][fraction].append(linear_probe_accuracy(subset, test, feature_column="pixels"))
+                accuracy[name][fraction].append(linear_probe_accuracy(subset, test, embedding_column="pixels"))
                 hardest[name][fraction].append(float(top_decile[ids].mean()))
                 smallest[name][fraction].append(int(np.bincount(labels[ids], minlength=10).min()))
         print(f"seed {seed} done ({time.perf_counter() - start:.0f}s)", flush=True)

@@ -308,7 +308,7 @@ def run_tiny(out: Path, seeds, args, results: dict) -> None:
                 start = time.perf_counter()
                 subset = select(pool, budget, seed)
                 select_s = time.perf_counter() - start
-                accuracy = linear_probe_accuracy(subset, test, feature_column="randnet")
+                accuracy = linear_probe_accuracy(subset, test, embedding_column="randnet")
                 classes = len(np.unique(read_labels(subset, "label")))
                 results["runs"][key] = {"accuracy": accuracy, "select_s": select_s, "classes_covered": classes}
         save_results(out, results)
