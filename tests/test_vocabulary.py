@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 import hf_prune as hp
 from hf_prune.demo import record_proxy_dynamics
@@ -167,3 +168,38 @@ def test_record_proxy_dynamics_embedding_column(ds):
     assert old["dynamics"] == new["dynamics"]
     with pytest.raises(ValueError, match="`embedding_column` is required"):
         record_proxy_dynamics(ds, epochs=2)
+
+
+# --- device wherever torch or faiss runs --------------------------------------------------------
+
+def test_every_selector_running_torch_or_faiss_takes_device():
+    import inspect
+    import sys
+
+    for name in hp.select.__all__:
+        fn = getattr(hp.select, name)
+        module = sys.modules[fn.__module__]
+        if "torch" in vars(module) or "knn" in vars(module) or "kmeans" in vars(module):
+            assert "device" in inspect.signature(fn).parameters, name
+
+
+def test_typiclust_device(ds):
+    kw = dict(size=9, k=4, label_column="label", rank_column="rank", seed=1)
+    default = hp.select.typiclust(ds, **kw)
+    on_cpu = hp.select.typiclust(ds, device="cpu", **kw)
+    assert _ids(on_cpu) == _ids(default) and on_cpu["rank"] == default["rank"]
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            hp.select.typiclust(ds, device="cuda", **kw)
+
+
+@pytest.mark.gpu
+def test_typiclust_and_torch_kmeans_on_gpu_match_cpu(ds):
+    from hf_prune.ops.kmeans import kmeans
+
+    x = np.asarray(ds["emb"], dtype=np.float32)
+    cpu = kmeans(x, 4, seed=0, backend="torch", device="cpu")
+    gpu = kmeans(x, 4, seed=0, backend="torch", device="cuda")
+    np.testing.assert_array_equal(cpu[1], gpu[1])
+    kw = dict(size=9, k=4, label_column="label", seed=1)
+    assert _ids(hp.select.typiclust(ds, device="cuda", **kw)) == _ids(hp.select.typiclust(ds, device="cpu", **kw))

@@ -142,7 +142,7 @@ def probcover(
                 radius = float("inf")
             else:
                 n_labels = n_pseudo_labels if n_pseudo_labels is not None else max(2, min(k, MAX_PSEUDO_LABELS))
-                labels = best_kmeans(x, min(n_labels, n), rng, n_init)
+                labels = best_kmeans(x, min(n_labels, n), rng, n_init, device=dev)
                 radius = purity_delta(x, labels, purity=purity, device=dev)
         else:
             radius = float(delta)

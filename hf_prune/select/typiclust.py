@@ -12,10 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from datasets import Dataset
 
 from ..ops.checks import check_positive_int
 from ..ops.columns import read_matrix
+from ..ops.device import resolve_device
 from ..ops.kmeans import kmeans
 from ..ops.knn import knn, normalize_rows
 from ._ordered import run_ordered_selection
@@ -26,16 +28,17 @@ __all__ = ["typiclust", "typicality", "best_kmeans", "kmeans_plus_plus"]
 MAX_CLUSTERS = 500
 
 
-def typicality(embeddings: np.ndarray, k: int) -> np.ndarray:
+def typicality(embeddings: np.ndarray, k: int, *, device: str | torch.device | None = "cpu") -> np.ndarray:
     """``1 / mean Euclidean distance to the k nearest other rows`` for every row of ``embeddings``.
 
-    Duplicate points at distance 0 give ``inf`` (the most typical possible).
+    Duplicate points at distance 0 give ``inf`` (the most typical possible). ``device`` is where the
+    k-NN search runs (`hf_prune.ops.knn`: faiss on the CPU, torch on CUDA).
 
     Example:
         >>> typicality(np.array([[0.0], [1.0], [3.0]]), 1)
         array([1. , 1. , 0.5])
     """
-    sq, _ = knn(np.asarray(embeddings, dtype=np.float32), k, metric="l2")
+    sq, _ = knn(np.asarray(embeddings, dtype=np.float32), k, metric="l2", device=device)
     mean = np.sqrt(np.maximum(sq, 0.0)).mean(axis=1)
     with np.errstate(divide="ignore"):
         return 1.0 / mean
@@ -68,12 +71,16 @@ def kmeans_plus_plus(
     return seeds
 
 
-def best_kmeans(x: np.ndarray, n_clusters: int, rng: np.random.Generator, n_init: int = 3) -> np.ndarray:
+def best_kmeans(
+    x: np.ndarray, n_clusters: int, rng: np.random.Generator, n_init: int = 3, *,
+    device: str | torch.device | None = "cpu",
+) -> np.ndarray:
     """Cluster assignment of the best of ``n_init`` k-means runs (lowest inertia), each started from
     k-means++ seeds and refined by `hf_prune.ops.kmeans`.
 
     TypiClust's code uses scikit-learn's k-means, i.e. k-means++ seeding with restarts: a single run
-    from random rows often merges two clusters and splits another. Seeds come from ``rng``.
+    from random rows often merges two clusters and splits another. Seeds come from ``rng``;
+    ``device`` is passed to `hf_prune.ops.kmeans.kmeans`.
 
     Example:
         >>> assign = best_kmeans(unit_embeddings, 10, np.random.default_rng(0))
@@ -84,7 +91,7 @@ def best_kmeans(x: np.ndarray, n_clusters: int, rng: np.random.Generator, n_init
     best, best_inertia = None, np.inf
     for _ in range(n_init):
         init = x[kmeans_plus_plus(x64, n_clusters, rng, sq=norms)]
-        _, assign, sq = kmeans(x, n_clusters, seed=int(rng.integers(2**31 - 1)), init=init)
+        _, assign, sq = kmeans(x, n_clusters, seed=int(rng.integers(2**31 - 1)), init=init, device=device)
         inertia = float(sq.astype(np.float64).sum())
         if inertia < best_inertia:
             best, best_inertia = assign, inertia
@@ -106,6 +113,7 @@ def typiclust(
     overwrite: bool = False,
     initial_subset: Sequence[int] | None = None,
     seed: int | np.random.Generator = 0,
+    device: str | torch.device | None = None,
 ) -> Dataset:
     """Select the most typical example of each of the largest k-means clusters (TypiClust).
 
@@ -153,6 +161,8 @@ def typiclust(
             given order, their clusters skipped in the first round, and they count towards the budget
             (per class: towards their class's budget, which they must not exceed).
         seed: seeds k-means (the selection is otherwise deterministic).
+        device: where the typicality k-NN searches (and k-means assignments without faiss) run;
+            ``None`` picks CUDA when available. k-means uses faiss on the CPU whenever it is installed.
 
     Returns:
         The selected rows with a ``row_id`` column and a ``typiclust`` provenance step.
@@ -171,14 +181,16 @@ def typiclust(
     if k >= len(features):
         raise ValueError(f"`k`={k} must be smaller than the number of rows ({len(features)})")
     unit = normalize_rows(features)
+    dev = resolve_device(device)
     used_clusters: list[int] = []
 
     def order(rows, budget, rng, initial):
         x = unit[rows]
         n_c = min(n_clusters if n_clusters is not None else min(budget, MAX_CLUSTERS), len(rows))
         used_clusters.append(n_c)
-        assign = best_kmeans(x, n_c, rng, n_init)
-        return _typiclust_pick(x, assign, budget, k=k, min_cluster_size=min_cluster_size, initial=initial)
+        assign = best_kmeans(x, n_c, rng, n_init, device=dev)
+        return _typiclust_pick(x, assign, budget, k=k, min_cluster_size=min_cluster_size, initial=initial,
+                               device=dev)
 
     params = {
         "embedding_column": embedding_column,
@@ -203,6 +215,7 @@ def _typiclust_pick(
     k: int,
     min_cluster_size: int,
     initial: Sequence[int] = (),
+    device: str | torch.device | None = "cpu",
 ) -> np.ndarray:
     """TypiClust's picks (positions into ``x``) in pick order, the ``initial`` rows first."""
     initial = np.asarray(initial, dtype=np.int64).reshape(-1)
@@ -234,7 +247,7 @@ def _typiclust_pick(
             best = 0
         else:
             # Highest typicality = smallest mean neighbour distance (ties: the earlier row).
-            best = int(np.argmax(typicality(x[points], max(1, min(k, len(points) // 2)))))
+            best = int(np.argmax(typicality(x[points], max(1, min(k, len(points) // 2)), device=device)))
         chosen[step] = points[best]
         members[cluster] = np.delete(points, best)
         left[slot] -= 1
