@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..ops.deprecation import renamed
 from ._base import Embedder
 from .image import load_images
 
@@ -45,11 +46,13 @@ class CLIPEmbedder(Embedder):
         processor: a processor holding ``image_processor`` and ``tokenizer`` (e.g. ``CLIPProcessor``).
         image_processor, tokenizer: give these instead of ``processor``.
         image_column, text_column: the input columns (images as in `load_image`; strings).
-        image_output_column, text_output_column, score_column: the three output columns.
+        image_output_column, text_output_column, score_output_column: the three output columns.
         normalize: L2-normalise the stored embeddings (the score is a cosine either way).
         max_length: token limit (default: the text model's ``max_position_embeddings``).
         tokenizer_kwargs: extra tokenizer arguments (e.g. ``{"padding": "max_length"}`` for SigLIP).
         revision, device, dtype, batch_size: as in `ImageEmbedder`.
+        score_column: deprecated spelling of ``score_output_column`` (hf_prune 0.1.0; ``score_column``
+            names an input everywhere else), accepted with a `FutureWarning`.
 
     Example:
         >>> clip = hp.embed.CLIPEmbedder("openai/clip-vit-base-patch32", image_column="image", text_column="caption")
@@ -67,7 +70,7 @@ class CLIPEmbedder(Embedder):
         text_column: str = "text",
         image_output_column: str = "image_emb",
         text_output_column: str = "text_emb",
-        score_column: str = "clip_score",
+        score_output_column: str = "clip_score",
         normalize: bool = True,
         max_length: int | None = None,
         tokenizer_kwargs: dict | None = None,
@@ -76,7 +79,10 @@ class CLIPEmbedder(Embedder):
         dtype: torch.dtype | str | None = None,
         batch_size: int = 64,
         model_kwargs: dict | None = None,
+        score_column: str | None = None,
     ):
+        score_output_column = renamed("CLIPEmbedder", "score_column", score_column, "score_output_column",
+                                      score_output_column, default="clip_score")
         if isinstance(model, str):
             from transformers import AutoModel, AutoProcessor
 
@@ -93,12 +99,12 @@ class CLIPEmbedder(Embedder):
         self.tokenizer = tokenizer or getattr(processor, "tokenizer", None)
         if self.image_processor is None or self.tokenizer is None:
             raise ValueError("pass `processor=` (with image_processor and tokenizer) or both `image_processor=` and `tokenizer=`")
-        names = [image_output_column, text_output_column, score_column]
+        names = [image_output_column, text_output_column, score_output_column]
         if len(set(names)) != 3:
             raise ValueError(f"the output columns must be distinct, got {names}")
         self.model = model.eval()
         self.image_column, self.text_column = image_column, text_column
-        self.image_output_column, self.text_output_column, self.score_column = names
+        self.image_output_column, self.text_output_column, self.score_output_column = names
         self.normalize = bool(normalize)
         self.revision = revision
         if max_length is None:
@@ -129,7 +135,7 @@ class CLIPEmbedder(Embedder):
         return image, text
 
     def _output_dims(self) -> dict[str, int | None]:
-        return {self.image_output_column: self.dim_image, self.text_output_column: self.dim_text, self.score_column: None}
+        return {self.image_output_column: self.dim_image, self.text_output_column: self.dim_text, self.score_output_column: None}
 
     def _modules(self) -> dict[str, torch.nn.Module]:
         return {"model": self.model}
@@ -159,5 +165,5 @@ class CLIPEmbedder(Embedder):
         return {
             self.image_output_column: image_n if self.normalize else image,
             self.text_output_column: text_n if self.normalize else text,
-            self.score_column: (image_n * text_n).sum(1),
+            self.score_output_column: (image_n * text_n).sum(1),
         }

@@ -77,7 +77,7 @@ def test_unnormalised_columns_and_processor_object(setup):
     model, proc, tok, ds, images, texts = setup
     processor = SimpleNamespace(image_processor=proc, tokenizer=tok)
     clip = hp.embed.CLIPEmbedder(model, processor=processor, text_column="caption", normalize=False,
-                                 image_output_column="i", text_output_column="t", score_column="s")
+                                 image_output_column="i", text_output_column="t", score_output_column="s")
     out = clip.map(ds)
     image, text = direct(model, proc, tok, images, texts)
     np.testing.assert_allclose(np.asarray(out["i"]), image, rtol=1e-5, atol=1e-5)
@@ -112,3 +112,16 @@ def test_bad_inputs(setup):
     out = clip.map(ds)
     with pytest.raises(ValueError, match="overwrite=True"):
         clip.map(out)
+
+
+def test_score_column_is_the_deprecated_spelling_of_score_output_column(setup):
+    model, proc, tok, ds, _, _ = setup
+    kw = dict(processor=SimpleNamespace(image_processor=proc, tokenizer=tok), text_column="caption")
+    new = hp.embed.CLIPEmbedder(model, score_output_column="s", **kw)
+    with pytest.warns(FutureWarning, match="use score_output_column='s'") as record:
+        old = hp.embed.CLIPEmbedder(model, score_column="s", **kw)
+    assert record[0].filename == __file__
+    assert old.output_columns == new.output_columns and old.fingerprint() == new.fingerprint()
+    assert old.map(ds)["s"] == new.map(ds)["s"]
+    with pytest.raises(ValueError, match="contradicts"):
+        hp.embed.CLIPEmbedder(model, score_column="s", score_output_column="t", **kw)
