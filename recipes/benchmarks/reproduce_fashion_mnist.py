@@ -215,6 +215,12 @@ def methods(window: int, t_dual: int) -> dict[str, tuple[Callable[[Dataset, floa
         "herding": (lambda d, f, s: hp.select.herding(d, fraction=f, embedding_column="proxy", seed=s, **lab), "proxy", None),
         "GM matching": (lambda d, f, s: hp.select.gm_matching(d, fraction=f, embedding_column="proxy", seed=s, **lab),
                         "proxy", None),
+        # The other two geometries of GM matching (the robustness benchmark compares them on synthetic cases).
+        "GM matching (cosine)": (lambda d, f, s: hp.select.gm_matching(d, fraction=f, embedding_column="proxy",
+                                                                       metric="cosine", seed=s, **lab), "proxy", None),
+        "GM matching (cosine, renormalised)": (
+            lambda d, f, s: hp.select.gm_matching(d, fraction=f, embedding_column="proxy", metric="cosine",
+                                                  renormalize_median=True, seed=s, **lab), "proxy", None),
         "InfoMax (sup.)": (lambda d, f, s: hp.select.infomax(d, fraction=f, score_column="el2n", embedding_column="proxy",
                                                              seed=s), "dynamics+proxy", "el2n"),
         # InfoMax's Alg. 1 is global; per class (same budget split as the others) isolates class balance.
