@@ -13,46 +13,22 @@ from datasets import Dataset, load_from_disk
 from datasets import Image as ImageFeature
 from datasets.fingerprint import Hasher
 from PIL import Image
-from tokenizers import Tokenizer, models, pre_tokenizers
 
 import hf_prune as hp
 from hf_prune.embed import _base
 from hf_prune.embed._base import Embedder
+from tests.embed.test_clip import WORDS, tiny_clip, word_tokenizer
+from tests.embed.test_image import processor, tiny_dinov2
 
 peft = pytest.importorskip("peft")
 
-ViTProcessor = getattr(T, "ViTImageProcessorPil", T.ViTImageProcessor)
-WORDS = ["[PAD]", "[UNK]", "[EOS]", "a", "red", "blue", "cat", "dog", "photo", "of"]
-
-
-def word_tokenizer():
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return T.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", eos_token="[EOS]")
-
-
-def dinov2(seed=0):
-    torch.manual_seed(seed)
-    config = T.Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                            image_size=32, patch_size=8)
-    return T.Dinov2Model(config).eval()
-
-
 def image_embedder(model=None):
-    return hp.embed.ImageEmbedder(dinov2() if model is None else model, processor=ViTProcessor(size={"height": 32, "width": 32}))
+    return hp.embed.ImageEmbedder(tiny_dinov2() if model is None else model, processor=processor())
 
 
 def clip_embedder():
-    torch.manual_seed(0)
-    config = T.CLIPConfig(
-        text_config=dict(hidden_size=16, intermediate_size=20, num_hidden_layers=1, num_attention_heads=2,
-                         vocab_size=len(WORDS), max_position_embeddings=12, eos_token_id=2, bos_token_id=1, pad_token_id=0),
-        vision_config=dict(hidden_size=16, intermediate_size=20, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=8,
-    )
-    return hp.embed.CLIPEmbedder(T.CLIPModel(config).eval(), image_processor=ViTProcessor(size={"height": 32, "width": 32}),
-                                 tokenizer=word_tokenizer(), text_column="caption")
+    return hp.embed.CLIPEmbedder(tiny_clip(), image_processor=processor(), tokenizer=word_tokenizer(),
+                                 text_column="caption")
 
 
 def text_embedder():
@@ -161,17 +137,17 @@ def test_in_place_weight_change_gives_a_fresh_column(saved):
 
 @pytest.mark.parametrize("assign", [False, True])
 def test_loading_a_state_dict_changes_the_fingerprint(assign):
-    emb = image_embedder(dinov2(0))
+    emb = image_embedder(tiny_dinov2(0))
     before = Hasher.hash(emb)
-    emb.model.load_state_dict(dinov2(1).state_dict(), assign=assign)
+    emb.model.load_state_dict(tiny_dinov2(1).state_dict(), assign=assign)
     assert Hasher.hash(emb) != before
-    assert Hasher.hash(emb) == Hasher.hash(image_embedder(dinov2(1)))
-    emb.model.load_state_dict(dinov2(0).state_dict(), assign=assign)
+    assert Hasher.hash(emb) == Hasher.hash(image_embedder(tiny_dinov2(1)))
+    emb.model.load_state_dict(tiny_dinov2(0).state_dict(), assign=assign)
     assert Hasher.hash(emb) == before
 
 
 def test_dtype_and_replaced_data_change_the_fingerprint():
-    emb = image_embedder(dinov2(0))
+    emb = image_embedder(tiny_dinov2(0))
     before = emb.fingerprint()
     emb.model.double()  # same parameter objects and versions, other bytes
     assert emb.fingerprint() != before
@@ -212,7 +188,7 @@ def test_fingerprint_is_the_same_in_another_process():
 
 
 def test_refresh_fingerprint_sees_edits_through_data():
-    emb = image_embedder(dinov2(0))
+    emb = image_embedder(tiny_dinov2(0))
     before = emb.fingerprint()
     emb.model.embeddings.patch_embeddings.projection.weight.data.add_(1)  # torch does not count this edit
     assert emb.fingerprint() == before  # the documented limit of the version counter

@@ -26,6 +26,11 @@ def load_references():
     return load_module("herding_references", REFERENCES)
 
 
+@functools.cache
+def load_benchmark():
+    return load_module("gm_matching_robustness", BENCHMARKS / "gm_matching_robustness.py")
+
+
 def ids(sub):
     return np.array(sub["row_id"])
 
@@ -135,24 +140,12 @@ def test_gm_matching_breakdown_bounded_when_adversary_moves_away():
 
 
 def digits_with_far_cluster(corrupt_fraction=0.2, distance=10.0, seed=0):
-    """sklearn digits pixels with rows replaced by a cluster far from the clean rows (as in the benchmark).
-
-    The cluster is centred at clean mean + distance · r · u, with u a random unit direction and r the
-    RMS distance of the clean rows to their mean, and has isotropic noise of RMS radius r.
-    """
+    """sklearn digits pixels with rows replaced by the benchmark's far-away cluster (`far_cluster` there)."""
     from sklearn.datasets import load_digits
 
+    bench = load_benchmark()
     x = load_digits().data.astype(np.float64)
-    rng = np.random.default_rng(seed)
-    is_bad = np.zeros(len(x), dtype=bool)
-    is_bad[rng.permutation(len(x))[: int(round(corrupt_fraction * len(x)))]] = True
-    mean = x[~is_bad].mean(0)
-    radius = np.sqrt(((x[~is_bad] - mean) ** 2).sum(1).mean())
-    u = rng.normal(size=x.shape[1])
-    u /= np.linalg.norm(u)
-    noise = rng.normal(size=(is_bad.sum(), x.shape[1])) * radius / np.sqrt(x.shape[1])
-    x[is_bad] = mean + distance * radius * u + noise
-    return x, is_bad
+    return bench.far_cluster(x, corrupt_fraction, np.random.default_rng(seed), distance=distance)
 
 
 def relative_error(x, is_bad, rows):
@@ -209,7 +202,7 @@ def test_renormalised_cosine_matches_the_released_code_reference():
 
 
 def test_robustness_benchmark_runs_and_measures_what_it_says():
-    bench = load_module("gm_matching_robustness", BENCHMARKS / "gm_matching_robustness.py")
+    bench = load_benchmark()
     cases = bench.make_cases(proxy=None)
     variants = ["random", "gm l2", "gm cosine renormalised"]
     results = bench.run(cases, ["toy_off_origin", "digits_far"], variants, [0.1], [0], ["global", "per_class"])
