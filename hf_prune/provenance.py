@@ -62,16 +62,15 @@ def provenance(dataset: Dataset, *, warn: bool = True) -> list[dict[str, Any]]:
         True
     """
     steps = _stored_steps(dataset)
-    # The dataset in hand, described like a step's input; the digest reads a column, so only on demand.
-    hand = {"input_fingerprint": lambda: input_fingerprint(dataset), "input_rows": lambda: len(dataset),
-            "input_row_id_digest": lambda: row_id_digest(dataset)}
+    describe = {"input_fingerprint": input_fingerprint, "input_rows": len, "input_row_id_digest": row_id_digest}
 
-    def hand_value(key: str) -> Any:
-        return hand[key]()
+    def in_hand(key: str) -> Any:
+        # The dataset in hand, described like a step's input; the digest reads a column, so only on demand.
+        return describe[key](dataset)
 
     for i, step in enumerate(steps):
         after = steps[i + 1] if i + 1 < len(steps) else None
-        step["stale"] = not _describes(step, (after.get if after is not None else hand_value))
+        step["stale"] = not _describes(step, (after.get if after is not None else in_hand))
     stale = [i + 1 for i, step in enumerate(steps) if step["stale"]]
     if warn and stale:
         last = steps[-1]

@@ -84,8 +84,7 @@ def k_center_greedy(
         >>> first_100 = ranked.filter(lambda r: r < 100, input_columns="rank")  # the size=100 selection
         >>> next_round = hp.select.k_center_greedy(ds, size=200, initial_subset=labelled_positions)
     """
-    if metric not in _METRICS:
-        raise ValueError(f"`metric` must be one of {_METRICS}, got {metric!r}")
+    check_choice("metric", metric, _METRICS)
     check_choice("init", init, _INITS)
     dev = resolve_device(device)
     emb = read_matrix(dataset, embedding_column)

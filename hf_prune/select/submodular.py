@@ -52,7 +52,13 @@ import scipy.sparse as sp
 import torch
 from datasets import Dataset
 
-from ..ops.checks import check_nonnegative, check_optional_positive, check_positive_int
+from ..ops.checks import (
+    check_choice,
+    check_nonnegative,
+    check_optional_positive,
+    check_positive,
+    check_positive_int,
+)
 from ..ops.columns import read_matrix
 from ..ops.device import resolve_device, to_device
 from ..ops.knn import knn, neighbour_pairs, normalize_rows
@@ -232,8 +238,8 @@ def log_determinant(
     Example:
         >>> sub = hp.select.log_determinant(ds, size=500, regularizer=1.0, metric="cosine")
     """
-    lam = _check_positive("regularizer", regularizer)
-    _check_metric(metric, _METRICS)
+    lam = check_positive("regularizer", regularizer)
+    check_choice("metric", metric, _METRICS)
     bandwidth = check_optional_positive("bandwidth", bandwidth)
     dev = resolve_device(device)
     emb = read_matrix(dataset, embedding_column)
@@ -326,10 +332,9 @@ def disparity_min(
 
 def _graph_selector(method, dataset, *, fraction, size, embedding_column, metric, k, knn_index, bandwidth,
                     label_column, rank_column, overwrite, initial_subset, seed, device, order, extra):
-    _check_metric(metric, _METRICS)
+    check_choice("metric", metric, _METRICS)
     k = check_positive_int("k", k)
-    if knn_index not in _KNN_INDEXES:
-        raise ValueError(f"`knn_index` must be one of {tuple(_KNN_INDEXES)}, got {knn_index!r}")
+    check_choice("knn_index", knn_index, _KNN_INDEXES)
     bandwidth = check_optional_positive("bandwidth", bandwidth)
     dev = resolve_device(device)
     emb = read_matrix(dataset, embedding_column)
@@ -349,7 +354,7 @@ def _graph_selector(method, dataset, *, fraction, size, embedding_column, metric
 
 def _disparity_selector(method, reduce, dataset, fraction, size, embedding_column, metric, label_column,
                         rank_column, overwrite, initial_subset, seed, device):
-    _check_metric(metric, _DISTANCE_METRICS)
+    check_choice("metric", metric, _DISTANCE_METRICS)
     dev = resolve_device(device)
     emb = read_matrix(dataset, embedding_column)
 
@@ -369,18 +374,6 @@ def _select(method, dataset, fraction, size, seed, label_column, rank_column, ov
         order=lambda rows, budget, rng, initial: order(rows, budget, initial), rank_column=rank_column,
         overwrite=overwrite, initial_subset=initial_subset,
     )
-
-
-def _check_metric(metric, allowed):
-    if metric not in allowed:
-        raise ValueError(f"`metric` must be one of {allowed}, got {metric!r}")
-
-
-def _check_positive(name, value) -> float:
-    value = check_nonnegative(name, value)
-    if value == 0:
-        raise ValueError(f"`{name}` must be a positive number, got {value!r}")
-    return value
 
 
 def _check_budget(budget, n) -> int:
@@ -426,11 +419,10 @@ def similarity_graph(
         >>> W = similarity_graph(embeddings, metric="l2", k=10)
         >>> facility_location_objective(W, facility_location_order(W, 100))
     """
-    _check_metric(metric, _METRICS)
+    check_choice("metric", metric, _METRICS)
     x = _check_embeddings(embeddings)
     k = check_positive_int("k", k)
-    if knn_index not in _KNN_INDEXES:
-        raise ValueError(f"`knn_index` must be one of {tuple(_KNN_INDEXES)}, got {knn_index!r}")
+    check_choice("knn_index", knn_index, _KNN_INDEXES)
     bandwidth = check_optional_positive("bandwidth", bandwidth)
     n = len(x)
     if k >= n:
@@ -640,8 +632,8 @@ def log_determinant_order(
     Example:
         >>> log_determinant_order(embeddings, 20, regularizer=1.0)
     """
-    lam = _check_positive("regularizer", regularizer)
-    _check_metric(metric, _METRICS)
+    lam = check_positive("regularizer", regularizer)
+    check_choice("metric", metric, _METRICS)
     bandwidth = check_optional_positive("bandwidth", bandwidth)
     x_np = _check_embeddings(embeddings)
     budget = _check_budget(budget, len(x_np))
@@ -690,7 +682,7 @@ def disparity_order(
     Example:
         >>> disparity_order(embeddings, 10, metric="l2", reduce="min")
     """
-    _check_metric(metric, _DISTANCE_METRICS)
+    check_choice("metric", metric, _DISTANCE_METRICS)
     if reduce not in ("sum", "min"):
         raise ValueError(f"`reduce` must be 'sum' or 'min', got {reduce!r}")
     x = _prepare_rows(embeddings, metric, device)
@@ -760,8 +752,8 @@ def log_determinant_objective(
     Example:
         >>> log_determinant_objective(embeddings, [0, 5, 9], regularizer=1.0)
     """
-    lam = _check_positive("regularizer", regularizer)
-    _check_metric(metric, _METRICS)
+    lam = check_positive("regularizer", regularizer)
+    check_choice("metric", metric, _METRICS)
     x_np = _check_embeddings(embeddings)
     subset = _subset(subset, len(x_np))
     if not subset.size:
@@ -779,7 +771,7 @@ def log_determinant_objective(
 
 
 def _pair_distances(embeddings, subset, metric) -> np.ndarray:
-    _check_metric(metric, _DISTANCE_METRICS)
+    check_choice("metric", metric, _DISTANCE_METRICS)
     x_np = _check_embeddings(embeddings)
     subset = _subset(subset, len(x_np))
     x = _prepare_rows(x_np, metric, "cpu")[torch.from_numpy(subset)]
