@@ -18,6 +18,7 @@ from typing import Any
 from datasets import Dataset
 from huggingface_hub import DatasetCard
 
+from .ops.files import replace_folder
 from .provenance import provenance
 from .version import __version__
 
@@ -221,24 +222,15 @@ def save_subset(
     parent, name = os.path.split(target)
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:12]}")
-    old = f"{tmp}-old"
-    moved = False
     os.mkdir(tmp)  # respects the umask, unlike mkdtemp's 0700
     try:
         dataset.save_to_disk(tmp)
         dataset_card(dataset, source=source, source_revision=source_revision).save(os.path.join(tmp, "README.md"))
-        if os.path.lexists(target):
-            os.rename(target, old)
-            moved = True
-        os.rename(tmp, target)
-    except BaseException:  # KeyboardInterrupt too: never leave the old folder moved aside
-        if moved and not os.path.lexists(target):
-            os.rename(old, target)
-            moved = False
+        # A hidden, unique name for the old folder while it is swapped: never one of the user's own.
+        replace_folder(tmp, target, aside=f"{tmp}-old")
+    except BaseException:  # KeyboardInterrupt too
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if moved:
-        shutil.rmtree(old, ignore_errors=True)
     return os.fspath(path)
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from hf_prune.ops.files import replace_folder  # re-exported for the recipes
+
 __all__ = [
     "parse_config",
     "git_sha",
@@ -185,7 +187,7 @@ def timed(fn: Callable[[], Any], repeats: int = 1, *, cuda_sync: bool = False) -
 # corrupt, and resuming from it is an error that names it and the previous good checkpoint.
 
 CHECKPOINT_MARKER = "checkpoint_complete.json"
-_INCOMPLETE, _REPLACED = ".incomplete", ".replaced"
+_INCOMPLETE = ".incomplete"
 
 
 class CheckpointError(ValueError):
@@ -261,19 +263,9 @@ def _previous_hint(path: Path, prefix: str) -> str:
     return f"there is no complete checkpoint before it in {path.parent}"
 
 
-def _fsync(path: Path, directory: bool = False) -> None:
-    if not directory:
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
-        return
-    try:  # makes the rename durable; some platforms/filesystems cannot open or sync a folder
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def save_checkpoint(accelerator, path: str | os.PathLike) -> Path:
@@ -303,30 +295,6 @@ def save_checkpoint(accelerator, path: str | os.PathLike) -> Path:
         _fsync(staging / CHECKPOINT_MARKER)
         replace_folder(staging, path)
     accelerator.wait_for_everyone()
-    return path
-
-
-def replace_folder(staging: str | os.PathLike, path: str | os.PathLike) -> Path:
-    """Rename the finished folder ``staging`` to ``path``, replacing an older ``path`` only once the new one is whole.
-
-    A kill at any point leaves either the old ``path`` or the new one (plus a leftover ``staging`` or
-    ``<path>.replaced`` folder), never a half-written ``path``.
-
-    Example:
-        >>> dataset.save_to_disk("out/dynamics.incomplete")
-        >>> replace_folder("out/dynamics.incomplete", "out/dynamics")
-    """
-    staging, path = Path(staging), Path(path)
-    replaced = None
-    if path.exists():
-        replaced = path.with_name(path.name + _REPLACED)
-        if replaced.exists():
-            shutil.rmtree(replaced)
-        path.rename(replaced)
-    staging.rename(path)
-    _fsync(path.parent, directory=True)
-    if replaced is not None:
-        shutil.rmtree(replaced)
     return path
 
 
