@@ -131,14 +131,17 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_list(args) -> int:
-    from . import select
-    from .select.spec import available_selectors
+    from .select import combine, registry
 
-    names = available_selectors()
-    width = max(map(len, names))
-    for name in names:
-        doc = (getattr(select, name).__doc__ or "").strip()
-        print(f"{name:<{width}}  {doc.splitlines()[0] if doc else ''}".rstrip())
+    # One row per registered selector (name, family, the input columns a call names, summary), then
+    # the spec-able helper `combine`; the table is the registry's, as the README's is.
+    rows = [(info.name, info.family, ",".join(info.needs) or "-", info.summary) for info in registry.selectors()]
+    summary = (combine.__doc__ or "").strip().splitlines()[0]
+    rows.append(("combine", "helper", "-", summary))
+    header = ("name", "family", "needs", "summary")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
+    for row in [header, *rows]:
+        print("  ".join(f"{cell:<{width}}" for cell, width in zip(row, widths)) + f"  {row[3]}".rstrip())
     return 0
 
 

@@ -29,7 +29,7 @@ from .version import __version__
 if TYPE_CHECKING:  # datasets is imported lazily so `import hf_prune` stays light
     from datasets import Dataset
 
-__all__ = ["provenance", "with_provenance", "input_fingerprint", "row_id_digest", "source_info"]
+__all__ = ["provenance", "with_provenance", "stamp_output", "input_fingerprint", "row_id_digest", "source_info"]
 
 _START, _END = "<!-- hf_prune:provenance ", " -->"
 _PATTERN = re.compile(re.escape(_START) + r"(.*?)" + re.escape(_END), re.DOTALL)
@@ -204,6 +204,10 @@ def with_provenance(result: Dataset, source: Dataset, *, method: str, params: di
     if not steps:
         step["source"] = source_info(source)
     steps.append(step)
+    return _with_steps(result, steps)
+
+
+def _with_steps(result: Dataset, steps: list[dict[str, Any]]) -> Dataset:
     info = copy.deepcopy(result.info)
     base = _PATTERN.sub("", info.description or "").rstrip()
     blob = _START + json.dumps(steps, sort_keys=True) + _END
@@ -212,3 +216,24 @@ def with_provenance(result: Dataset, source: Dataset, *, method: str, params: di
 
     # Dataset.info is read-only; set it on the new object only.
     return with_info(result, info)
+
+
+def stamp_output(result: Dataset, fingerprint: str) -> Dataset:
+    """``result`` with the fingerprint ``fingerprint``, recorded as its last step's ``output_fingerprint``.
+
+    For a step that derives its output's fingerprint from its input and parameters (selectors do,
+    see `hf_prune.select.registry`), so the recorded fingerprint is the returned Dataset's.
+    ``result`` must be the Dataset the step just created; it is updated in place and returned.
+
+    Example:
+        >>> sub = stamp_output(sub, "0123456789abcdef")
+        >>> provenance(sub)[-1]["output_fingerprint"]
+        '0123456789abcdef'
+    """
+    steps = _stored_steps(result)
+    if not steps:
+        raise ValueError("the dataset has no provenance step to stamp")
+    steps[-1]["output_fingerprint"] = fingerprint
+    from .ops.arrow import with_fingerprint
+
+    return with_fingerprint(_with_steps(result, steps), fingerprint)

@@ -115,11 +115,22 @@ def test_push_is_checked_before_loading(tmp_path, capsys):
 
 def test_list_shows_a_description_per_selector(capsys):
     import hf_prune as hp
+    from hf_prune.select import registry
 
     assert main(["list"]) == 0
-    lines = dict(line.split(None, 1) for line in capsys.readouterr().out.strip().splitlines())
-    assert sorted(lines) == sorted(hp.select.__all__)
-    assert lines["random"] == hp.select.random.__doc__.strip().splitlines()[0]
+    header, *lines = capsys.readouterr().out.strip().splitlines()
+    assert header.split() == ["name", "family", "needs", "summary"]
+    rows = {line.split()[0]: line for line in lines}
+    # Every registered selector and the spec-able `combine`; `prefix` takes a ranked selection, not a spec.
+    assert sorted(rows) == sorted([*registry.names(), "combine"]) == sorted(set(hp.select.__all__) - {"prefix"})
+    for info in registry.selectors():
+        # Columns line up under the header: family, needs and summary start where their titles do.
+        line = rows[info.name]
+        assert line[header.index("family"):].startswith(info.family + " ")
+        assert line[header.index("needs"):].split()[0] == (",".join(info.needs) or "-")
+        assert line[header.index("summary"):] == info.summary
+    assert rows["random"].endswith(hp.select.random.__doc__.strip().splitlines()[0])
+    assert rows["infomax"][header.index("needs"):].startswith("score_column,embedding_column ")
 
 
 def test_info_says_when_there_is_no_provenance_or_it_is_stale(tmp_path, capsys):

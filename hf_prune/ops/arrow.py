@@ -13,10 +13,12 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 from datasets import Dataset, DatasetInfo
+from datasets.fingerprint import validate_fingerprint
 
 from .checks import check_columns
 
-__all__ = ["fingerprint", "has_indices_mapping", "indices_mapping", "arrow_table", "column_array", "with_info"]
+__all__ = ["fingerprint", "has_indices_mapping", "indices_mapping", "arrow_table", "column_array", "with_info",
+           "with_fingerprint"]
 
 
 def fingerprint(dataset: Dataset) -> str:
@@ -89,4 +91,20 @@ def with_info(dataset: Dataset, info: DatasetInfo) -> Dataset:
         >>> result = with_info(ds.select([0]), info)
     """
     dataset._info = info
+    return dataset
+
+
+def with_fingerprint(dataset: Dataset, fingerprint: str) -> Dataset:
+    """``dataset`` with its fingerprint set to ``fingerprint`` (a derived, deterministic one).
+
+    Only for a Dataset the caller has just created, as `with_info`: `datasets` derives a transform's
+    fingerprint from its input's and its arguments, and a step that is several transforms (a
+    selection: ``select``, then columns added) sets one derived the same way for the whole step.
+
+    Example:
+        >>> fingerprint(with_fingerprint(ds.select([0]), "0123456789abcdef"))
+        '0123456789abcdef'
+    """
+    validate_fingerprint(fingerprint)
+    dataset._fingerprint = fingerprint
     return dataset

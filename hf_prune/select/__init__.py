@@ -1,10 +1,18 @@
-"""Selectors: plain functions ``Dataset -> Dataset`` (conventions in `hf_prune.select._core`)."""
+"""Selectors: plain functions ``Dataset -> Dataset``, each declared with `hf_prune.select.registry.selector`.
 
+``__all__`` is the registry's names plus the helpers that take a Dataset but are not selectors
+themselves (`combine` chains two selectors, `prefix` cuts an ordered selection to a smaller budget).
+"""
+
+# ruff: noqa: F401  (the imports are the exports: importing a module registers its selectors, and
+# ``__all__`` is built from the registry, which a linter cannot read)
+from . import dual as _dual
+from . import registry
+from ._ordered import prefix
 from .ccs import ccs
 from .centroid import easy, hard, moderate
 from .combine import combine
 from .d2_pruning import d2_pruning
-from .dual import beta_sampling, dual, dual_beta
 from .gm_matching import gm_matching, herding
 from .gram_schmidt import gram_schmidt
 from .infomax import infomax
@@ -16,9 +24,10 @@ from .score_rank import threshold, top_k
 from .submodular import disparity_min, disparity_sum, facility_location, graph_cut, log_determinant
 from .typiclust import typiclust
 
-__all__ = [
-    "beta_sampling", "ccs", "combine", "d2_pruning", "dual", "dual_beta", "easy", "gm_matching",
-    "gram_schmidt", "hard", "herding", "infomax", "k_center_greedy", "moderate", "norm_sampling",
-    "probcover", "random", "threshold", "top_k", "typiclust",
-    "facility_location", "graph_cut", "log_determinant", "disparity_min", "disparity_sum",
-]
+# The DUAL selectors are registered here until their module carries the decorator itself.
+dual = registry.selector(family="seed paper", needs=("dynamics_column",))(_dual.dual)
+dual_beta = registry.selector(family="seed paper", needs=("dynamics_column",))(_dual.dual_beta)
+beta_sampling = registry.selector(family="seed paper", needs=("score_column", "dynamics_column"))(_dual.beta_sampling)
+
+HELPERS = ("combine", "prefix")
+__all__ = [*registry.names(), *HELPERS]

@@ -25,11 +25,14 @@ from typing import Any
 import numpy as np
 from datasets import Dataset, Value
 
-from ..ops.checks import check_new_column
-from ..ops.columns import add_column
-from ._core import ROW_ID, run_selection
+from ..ops.arrow import fingerprint
+from ..ops.checks import check_columns, check_new_column, check_positive_int
+from ..ops.columns import add_column, class_groups, read_vector
+from ..provenance import provenance, stamp_output
+from ._core import ROW_ID, finalize, run_selection, split_budget
+from .registry import derive_fingerprint
 
-__all__ = ["check_initial_subset", "check_output_name", "run_ordered_selection"]
+__all__ = ["check_initial_subset", "check_output_name", "run_ordered_selection", "prefix"]
 
 Order = Callable[[np.ndarray, int, np.random.Generator, np.ndarray], Any]
 
@@ -43,8 +46,13 @@ def check_output_name(dataset: Dataset, name: str | None, parameter: str, overwr
     check_new_column(dataset, name, overwrite)
 
 
-def check_initial_subset(initial_subset: Sequence[int] | None, n: int) -> np.ndarray:
+def check_initial_subset(
+    initial_subset: Sequence[int] | None, n: int, *, budget: int | None = None, name: str = "initial_subset",
+) -> np.ndarray:
     """``initial_subset`` as an int64 array of distinct row positions in ``[0, n)`` (empty for ``None``).
+
+    With ``budget``, more than ``budget`` rows is an error too. ``name`` is the parameter the
+    messages name (the greedy order functions call theirs ``initial``).
 
     Example:
         >>> check_initial_subset([4, 1], 10)
@@ -54,10 +62,12 @@ def check_initial_subset(initial_subset: Sequence[int] | None, n: int) -> np.nda
         return np.empty(0, dtype=np.int64)
     values = np.asarray(initial_subset)
     if values.ndim != 1 or (values.size and not np.issubdtype(values.dtype, np.integer)):
-        raise ValueError(f"`initial_subset` must be a sequence of row positions, got {initial_subset!r}")
+        raise ValueError(f"`{name}` must be a sequence of row positions, got {initial_subset!r}")
     values = values.astype(np.int64)
     if values.size and (values.min() < 0 or values.max() >= n or len(np.unique(values)) != len(values)):
-        raise ValueError(f"`initial_subset` must hold distinct row positions in [0, {n})")
+        raise ValueError(f"`{name}` must hold distinct row positions in [0, {n})")
+    if budget is not None and len(values) > budget:
+        raise ValueError(f"`{name}` has {len(values)} rows, more than the budget ({budget})")
     return values
 
 
@@ -145,3 +155,67 @@ def _check_initial_budget(count: int, budget: int, label_column: str | None) -> 
         f"`initial_subset` has {count} rows in a group whose budget is {budget} "
         f"(the budget is split per `label_column`={label_column!r})"
     )
+
+
+def prefix(dataset: Dataset, *, size: int, rank_column: str = "rank") -> Dataset:
+    """The first ``size`` picks of an ordered selection: its rows whose rank is below the budget.
+
+    ``dataset`` is what an ordered selector returned with ``rank_column=`` (or a `prefix` of it),
+    unchanged since: its last provenance step must be that selection and must still describe its rows
+    (a ``filter`` or ``shuffle`` in between is an error). The result keeps the columns and the
+    ``row_id`` of ``dataset`` (so the ids still map to the original data) and gets a provenance step
+    ``"prefix"`` of its own, so it is not flagged stale the way ``dataset.filter(rank < size)`` is.
+
+    Without a ``label_column`` in that selection, the rows with ``rank < size`` are kept: exactly the
+    rows a run with ``size=size`` picks, for every selector whose order does not depend on the budget
+    (each selector's docstring says so under "Order"). With one, ranks restart at 0 in every class:
+    ``size`` is split over the classes in proportion to the rows each class has in ``dataset`` (the
+    larger selection's per-class budgets), by largest remainders as `split_budget` does, and each class
+    keeps its rows with ``rank <`` its share. A direct per-class run splits ``size`` over the classes of
+    the input instead, so the two can differ by rounding (at most one row per class).
+
+    Args:
+        dataset: the ordered selection (never modified).
+        size: the number of rows to keep, in ``[1, len(dataset)]``.
+        rank_column: the pick-order column that selection wrote.
+
+    Returns:
+        ``size`` rows of ``dataset`` in its row order.
+
+    Raises:
+        KeyError: ``rank_column`` (or the selection's ``label_column``) is missing.
+        ValueError: a bad ``size``, a dataset that is not an unchanged ordered selection, or a rank
+            column that is not a pick order (0, 1, 2, … per group).
+
+    Example:
+        >>> ranked = hp.select.k_center_greedy(ds, size=1000, embedding_column="emb", rank_column="rank")
+        >>> first_100 = hp.select.prefix(ranked, size=100)  # the rows of size=100, without a second run
+        >>> hp.provenance(first_100)[-1]["method"], hp.provenance(first_100)[-1]["stale"]
+        ('prefix', False)
+    """
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"expected a datasets.Dataset, got {type(dataset).__name__}")
+    check_columns(dataset, rank_column)
+    size = check_positive_int("size", size)
+    if size > len(dataset):
+        raise ValueError(f"`size`={size} is larger than the number of rows ({len(dataset)})")
+    steps = provenance(dataset, warn=False)
+    if not steps or steps[-1]["params"].get("rank_column") != rank_column or steps[-1]["stale"]:
+        raise ValueError(
+            f"`dataset` must be an ordered selection made with rank_column={rank_column!r} and unchanged since "
+            "(its last provenance step is that selection, still describing its rows)"
+        )
+    label_column = steps[-1]["params"].get("label_column")
+    rank = read_vector(dataset, rank_column, dtype=np.float64)
+    _, groups = class_groups(dataset, label_column)
+    budgets = split_budget(np.array([len(group) for group in groups]), size)
+    keep = []
+    for rows, budget in zip(groups, budgets):
+        ranks = rank[rows]
+        if not np.array_equal(np.sort(ranks), np.arange(len(rows))):
+            where = "" if label_column is None else f" per {label_column!r} class"
+            raise ValueError(f"column {rank_column!r} is not a pick order (0, 1, 2, …{where})")
+        keep.append(rows[ranks < budget])
+    params = {"size": size, "rank_column": rank_column, "label_column": label_column}
+    result = finalize(dataset, np.concatenate(keep), method="prefix", params=params)
+    return stamp_output(result, derive_fingerprint(fingerprint(dataset), "prefix", params))

@@ -8,6 +8,7 @@ from datasets import Dataset
 from ..ops.checks import check_bool, check_positive_int, check_probability
 from ..ops.columns import check_columns, read_vector
 from ._core import run_selection
+from .registry import selector
 
 __all__ = ["ccs", "ccs_allocation", "ccs_strata"]
 
@@ -53,6 +54,7 @@ def ccs_allocation(counts: np.ndarray, budget: int) -> np.ndarray:
     return allocation
 
 
+@selector(family="score-based", needs=("score_column",))
 def ccs(
     dataset: Dataset,
     *,

@@ -16,6 +16,7 @@ from ..ops.checks import check_choice
 from ..ops.columns import read_matrix
 from ..ops.median import geometric_median
 from ._core import run_selection
+from .registry import selector
 
 __all__ = ["moderate", "easy", "hard"]
 
@@ -23,6 +24,7 @@ _CENTERS = ("mean", "median", "geometric_median")
 _CHUNK_NUMBERS = 2**23
 
 
+@selector(family="baseline", needs=("embedding_column",), device=True)
 def moderate(
     dataset: Dataset,
     *,
@@ -62,6 +64,7 @@ def moderate(
     )
 
 
+@selector(family="baseline", needs=("embedding_column",), device=True)
 def easy(
     dataset: Dataset,
     *,
@@ -86,6 +89,7 @@ def easy(
     )
 
 
+@selector(family="baseline", needs=("embedding_column",), device=True)
 def hard(
     dataset: Dataset,
     *,

@@ -17,6 +17,7 @@ import numpy as np
 from datasets import Dataset
 
 from ..ops.checks import seed_int
+from . import registry
 from ._core import resolve_budget
 
 __all__ = ["combine"]
@@ -29,15 +30,13 @@ _RESERVED = ("fraction", "size", "seed", "label_column")
 def _resolve(selector: str | Selector, role: str) -> Selector:
     if callable(selector):
         return selector
-    from .. import select  # the package namespace; imported here to avoid a circular import
-
     if not isinstance(selector, str):
         raise ValueError(f"`{role}` must be a selector function or name, got {selector!r}")
     name = _ALIASES.get(selector, selector)
-    names = sorted(set(select.__all__) - {"combine"})
+    names = [info.name for info in registry.selectors() if info.budget]
     if name not in names:
         raise ValueError(f"unknown selector {selector!r} for `{role}`; available: {', '.join(['norm', *names])}")
-    return getattr(select, name)
+    return registry.get(name).fn
 
 
 def _kwargs(value: dict[str, Any] | None, role: str) -> dict[str, Any]:

@@ -46,10 +46,12 @@ from ..ops.deprecation import renamed
 from ..ops.device import resolve_device
 from ..ops.knn import knn, neighbour_pairs, normalize_rows
 from ._ordered import run_ordered_selection
+from .registry import selector
 
 __all__ = ["d2_pruning", "d2_graph", "d2_message_passing", "d2_select"]
 
 
+@selector(family="coverage", needs=("score_column", "embedding_column"), device=True)
 def d2_pruning(
     dataset: Dataset,
     *,

@@ -26,6 +26,7 @@ from ..ops.device import resolve_device, to_device
 from ..ops.knn import normalize_rows
 from ..ops.median import geometric_median
 from ._ordered import run_ordered_selection
+from .registry import selector
 
 __all__ = ["gm_matching", "herding"]
 
@@ -37,6 +38,7 @@ _GEOMETRY_TO_METRIC = {"raw": "l2", "cosine": "cosine"}
 _MIN_MEDIAN_NORM = 1e-6
 
 
+@selector(family="seed paper", needs=("embedding_column",), device=True)
 def gm_matching(
     dataset: Dataset,
     *,
@@ -182,6 +184,7 @@ def gm_matching(
     )
 
 
+@selector(family="baseline", needs=("embedding_column",), device=True)
 def herding(
     dataset: Dataset,
     *,

@@ -20,12 +20,14 @@ from ..ops.checks import check_choice, check_positive_int
 from ..ops.columns import read_matrix
 from ..ops.device import resolve_device
 from ._ordered import run_ordered_selection
+from .registry import selector
 
 __all__ = ["gram_schmidt", "gram_schmidt_order"]
 
 _MODES = ("random", "deterministic")
 
 
+@selector(family="seed paper", needs=("embedding_column",), device=True)
 def gram_schmidt(
     dataset: Dataset,
     *,

@@ -84,6 +84,7 @@ from ..ops.deprecation import renamed
 from ..ops.device import resolve_device
 from ..ops.knn import knn, neighbour_pairs, normalize_rows
 from ._core import run_selection, split_budget
+from .registry import selector
 
 __all__ = ["infomax", "infomax_kernel", "infomax_solve", "infomax_objective", "infomax_hard_cut", "DENSE_MAX_ROWS"]
 
@@ -92,6 +93,7 @@ _KERNELS = ("sparse", "dense", "auto")
 _METRICS = ("cosine", "ip")
 
 
+@selector(family="seed paper", needs=("score_column", "embedding_column"), device=True)
 def infomax(
     dataset: Dataset,
     *,

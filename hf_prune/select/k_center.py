@@ -13,6 +13,7 @@ from ..ops.columns import read_matrix
 from ..ops.device import resolve_device, to_device
 from ..ops.knn import normalize_rows
 from ._ordered import run_ordered_selection
+from .registry import selector
 
 __all__ = ["k_center_greedy"]
 
@@ -20,6 +21,7 @@ _METRICS = ("l2", "cosine")
 _INITS = ("random", "first", "mean")
 
 
+@selector(family="coverage", needs=("embedding_column",), device=True)
 def k_center_greedy(
     dataset: Dataset,
     *,

@@ -18,6 +18,7 @@ from ..ops.norms import check_norm_order
 from ..ops.norms import row_norms as feature_norms  # public here: the ℓp norms the weights use
 from ..ops.sampling import weighted_sample_without_replacement
 from ._core import run_selection
+from .registry import selector
 
 __all__ = ["norm_sampling", "feature_norms", "norm_weights"]
 
@@ -40,6 +41,7 @@ def norm_weights(norms: np.ndarray, *, inverse: bool = False) -> np.ndarray:
     return norms.max() - norms if inverse else norms
 
 
+@selector(family="seed paper", needs=("embedding_column",))
 def norm_sampling(
     dataset: Dataset,
     *,

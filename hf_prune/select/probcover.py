@@ -22,6 +22,7 @@ from ..ops.columns import read_matrix
 from ..ops.device import resolve_device
 from ..ops.knn import RadiusGraphTooLarge, knn, normalize_rows, radius_neighbors
 from ._ordered import run_ordered_selection
+from .registry import selector
 from .typiclust import best_kmeans
 
 __all__ = ["probcover", "purity_delta", "coverage_graph", "max_coverage"]
@@ -33,6 +34,7 @@ MAX_EDGES = 1 << 28
 MAX_PSEUDO_LABELS = 500
 
 
+@selector(family="coverage", needs=("embedding_column",), device=True)
 def probcover(
     dataset: Dataset,
     *,

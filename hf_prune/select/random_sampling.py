@@ -6,10 +6,12 @@ import numpy as np
 from datasets import Dataset
 
 from ._core import run_selection
+from .registry import selector
 
 __all__ = ["random"]
 
 
+@selector(family="baseline")
 def random(
     dataset: Dataset,
     *,

@@ -14,10 +14,12 @@ from datasets import Dataset
 from ..ops.checks import check_bool
 from ..ops.columns import check_columns, read_vector
 from ._core import finalize, run_selection
+from .registry import selector
 
 __all__ = ["top_k", "threshold"]
 
 
+@selector(family="score-based", needs=("score_column",))
 def top_k(
     dataset: Dataset,
     *,
@@ -59,6 +61,7 @@ def top_k(
     )
 
 
+@selector(family="score-based", needs=("score_column",), budget=False)
 def threshold(
     dataset: Dataset,
     *,

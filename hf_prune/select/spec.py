@@ -16,13 +16,24 @@ from typing import Any
 
 from datasets import Dataset
 
+from . import registry
+from .combine import combine
+
 __all__ = ["parse_spec", "parse_value", "run_spec", "check_spec", "available_selectors", "selector_options"]
 
 
-def available_selectors() -> list[str]:
-    from . import __all__ as names
+# Spec strings can also name `combine` (baseline + Norm/GS), which chains two registered selectors.
+_HELPERS: dict[str, Callable[..., Dataset]] = {"combine": combine}
 
-    return sorted(names)
+
+def available_selectors() -> list[str]:
+    """The names a spec can start with: every registered selector, and ``combine``.
+
+    Example:
+        >>> "gm_matching" in available_selectors()
+        True
+    """
+    return sorted([*registry.names(), *_HELPERS])
 
 
 def parse_value(text: str) -> Any:
@@ -52,13 +63,11 @@ def parse_spec(spec: str) -> tuple[Callable[..., Dataset], dict[str, Any]]:
         >>> parse_spec("random:fraction=0.5,seed=1")[1]
         {'fraction': 0.5, 'seed': 1}
     """
-    from .. import select
-
     name, _, rest = spec.partition(":")
     name = name.strip()
     if name not in available_selectors():
         raise ValueError(f"unknown selector {name!r}; available: {', '.join(available_selectors())}")
-    fn = getattr(select, name)
+    fn = _HELPERS[name] if name in _HELPERS else registry.get(name).fn
     options, _ = selector_options(fn)
     kwargs: dict[str, Any] = {}
     for item in filter(None, (part.strip() for part in _split_items(rest))):

@@ -62,7 +62,8 @@ from ..ops.checks import (
 from ..ops.columns import read_matrix
 from ..ops.device import resolve_device, to_device
 from ..ops.knn import knn, neighbour_pairs, normalize_rows
-from ._ordered import run_ordered_selection
+from ._ordered import check_initial_subset, run_ordered_selection
+from .registry import selector
 
 __all__ = [
     "facility_location",
@@ -93,6 +94,7 @@ _KNN_INDEXES = {"exact": "flat", "flat": "flat", "ivf": "ivf"}
 # --------------------------------------------------------------------------------------------------
 
 
+@selector(family="submodular", needs=("embedding_column",), device=True)
 def facility_location(
     dataset: Dataset,
     *,
@@ -149,6 +151,7 @@ def facility_location(
     )
 
 
+@selector(family="submodular", needs=("embedding_column",), device=True)
 def graph_cut(
     dataset: Dataset,
     *,
@@ -197,6 +200,7 @@ def graph_cut(
     )
 
 
+@selector(family="submodular", needs=("embedding_column",), device=True)
 def log_determinant(
     dataset: Dataset,
     *,
@@ -254,6 +258,7 @@ def log_determinant(
                    initial_subset, params, order)
 
 
+@selector(family="submodular", needs=("embedding_column",), device=True)
 def disparity_sum(
     dataset: Dataset,
     *,
@@ -291,6 +296,7 @@ def disparity_sum(
                                label_column, rank_column, overwrite, initial_subset, seed, device)
 
 
+@selector(family="submodular", needs=("embedding_column",), device=True)
 def disparity_min(
     dataset: Dataset,
     *,
@@ -380,15 +386,6 @@ def _check_budget(budget, n) -> int:
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or not 1 <= budget <= n:
         raise ValueError(f"`budget` must be an integer in [1, {n}], got {budget!r}")
     return int(budget)
-
-
-def _check_initial(initial, n, budget) -> np.ndarray:
-    initial = np.asarray(initial if initial is not None else (), dtype=np.int64).ravel()
-    if initial.size and (initial.min() < 0 or initial.max() >= n or len(np.unique(initial)) != len(initial)):
-        raise ValueError(f"`initial` must hold distinct row positions in [0, {n})")
-    if len(initial) > budget:
-        raise ValueError(f"`initial` has {len(initial)} rows, more than the budget ({budget})")
-    return initial
 
 
 def _check_embeddings(embeddings) -> np.ndarray:
@@ -537,7 +534,7 @@ def lazy_greedy(
     gains = np.asarray(gains, dtype=np.float64)
     n = len(gains)
     budget = _check_budget(budget, n)
-    initial = _check_initial(initial, n, budget)
+    initial = check_initial_subset(initial, n, budget=budget, name="initial")
     picks: list[int] = initial.tolist()
     for j in picks:
         commit(j)
@@ -637,7 +634,7 @@ def log_determinant_order(
     bandwidth = check_optional_positive("bandwidth", bandwidth)
     x_np = _check_embeddings(embeddings)
     budget = _check_budget(budget, len(x_np))
-    initial = _check_initial(initial, len(x_np), budget)
+    initial = check_initial_subset(initial, len(x_np), budget=budget, name="initial")
     scale = (bandwidth**2 if bandwidth is not None else _pairwise_scale(x_np)) if metric == "l2" else 1.0
     x = _prepare_rows(x_np, metric, device)
     column, diagonal = _kernel_columns(x, metric, scale)
@@ -688,7 +685,7 @@ def disparity_order(
     x = _prepare_rows(embeddings, metric, device)
     n = x.shape[0]
     budget = _check_budget(budget, n)
-    initial = _check_initial(initial, n, budget)
+    initial = check_initial_subset(initial, n, budget=budget, name="initial")
     distance = _distance_column(x, metric)
     value = torch.full((n,), 0.0 if reduce == "sum" else torch.inf, dtype=x.dtype, device=x.device)
     picks = np.empty(budget, dtype=np.int64)

@@ -21,6 +21,7 @@ from ..ops.device import resolve_device
 from ..ops.kmeans import kmeans
 from ..ops.knn import knn, normalize_rows
 from ._ordered import run_ordered_selection
+from .registry import selector
 
 __all__ = ["typiclust", "typicality", "best_kmeans", "kmeans_plus_plus"]
 
@@ -98,6 +99,7 @@ def best_kmeans(
     return best
 
 
+@selector(family="coverage", needs=("embedding_column",), device=True)
 def typiclust(
     dataset: Dataset,
     *,
