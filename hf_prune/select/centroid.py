@@ -42,7 +42,9 @@ def moderate(
     the two middle values for an even count), keep the ``k`` rows with the smallest ``|d_i − m|``,
     as the Moderate-DS paper states ("scores close to the score median"). The authors' code keeps
     the rank window around the middle instead; the two agree when the distances are locally
-    symmetric around the median. Ties are broken by a random permutation drawn with ``seed``.
+    symmetric around the median. Ties go to the lower row position (a stable sort); hf_prune 0.1.0
+    broke them by a random permutation drawn with ``seed``, which no longer affects the rows (it is
+    still accepted and recorded).
 
     Args:
         dataset: the input Dataset (not modified).
@@ -52,7 +54,7 @@ def moderate(
             ``label_column``), ``"median"`` (coordinate-wise median, as in the Moderate-DS code) or
             ``"geometric_median"`` (robust to corrupted rows, see `hf_prune.ops.median`).
         label_column: run per class with a proportional budget split.
-        seed: seeds the tie-breaking permutation.
+        seed: accepted for the common selector signature; nothing here is random.
         device: torch device for ``center="geometric_median"`` only.
 
     Example:
@@ -78,7 +80,7 @@ def easy(
 ) -> Dataset:
     """Keep the rows closest to their class centre (the most prototypical; "EASY").
 
-    Parameters as in `moderate`; ties broken by a permutation drawn with ``seed``.
+    Parameters and the tie rule (the lower row position) as in `moderate`.
 
     Example:
         >>> sub = hp.select.easy(ds, fraction=0.3, embedding_column="emb", label_column="label")
@@ -103,7 +105,7 @@ def hard(
 ) -> Dataset:
     """Keep the rows farthest from their class centre (the least prototypical; "HARD").
 
-    Parameters as in `moderate`; ties broken by a permutation drawn with ``seed``.
+    Parameters and the tie rule (the lower row position) as in `moderate`.
 
     Example:
         >>> sub = hp.select.hard(ds, fraction=0.3, embedding_column="emb", label_column="label")
@@ -129,9 +131,8 @@ def _distance_selection(
             key = -dist
         else:
             key = np.abs(dist - np.median(dist))
-        # Sort by key; equal keys fall back to a seeded random order.
-        order = np.lexsort((rng.permutation(len(rows)), key))
-        return order[:k]
+        # Stable: equal keys keep their row order, so ties go to the lower row position.
+        return np.argsort(key, kind="stable")[:k]
 
     params = {"embedding_column": embedding_column, "center": center}
     return run_selection(

@@ -32,9 +32,10 @@ def top_k(
 ) -> Dataset:
     """Keep the rows with the highest scores (``descending=False``: the lowest).
 
-    Rows with equal scores are ordered by a random permutation drawn with ``seed``, so a tie at
-    the budget boundary is broken uniformly at random (and reproducibly) rather than by row
-    order, which often correlates with how the data was collected.
+    Rows with equal scores go to the lower row position (a stable sort), the one tie rule of every
+    selector. hf_prune 0.1.0 broke such ties by a random permutation drawn with ``seed``; ``seed``
+    no longer affects the rows (it is still accepted and recorded), and the rows differ from 0.1.0
+    only where exactly tied scores straddle the budget boundary.
 
     Args:
         dataset: the input Dataset (not modified).
@@ -42,7 +43,7 @@ def top_k(
         score_column: numeric scalar column (NaN/inf or nulls are rejected).
         descending: keep the largest scores (``True``) or the smallest (``False``).
         label_column: rank within each class with a proportional budget split.
-        seed: seeds the tie-breaking permutation.
+        seed: accepted for the common selector signature; nothing here is random.
 
     Example:
         >>> hardest = hp.select.top_k(ds, fraction=0.3, score_column="el2n", label_column="label")
@@ -52,8 +53,8 @@ def top_k(
 
     def pick(rows, k, rng):
         key = scores[rows]
-        order = np.lexsort((rng.permutation(len(rows)), -key if descending else key))
-        return order[:k]
+        # Stable: equal scores keep their row order, so ties go to the lower row position.
+        return np.argsort(-key if descending else key, kind="stable")[:k]
 
     return run_selection(
         dataset, method="top_k", params={"score_column": score_column, "descending": bool(descending)},
