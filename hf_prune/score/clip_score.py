@@ -6,8 +6,42 @@ import numpy as np
 from datasets import Dataset
 
 from ..ops.columns import add_column, check_columns, check_new_column, iter_matrix
+from ..provenance import with_provenance
 
-__all__ = ["clip_score"]
+__all__ = ["clip_score", "pair_cosine"]
+
+
+def pair_cosine(
+    image: np.ndarray,
+    text: np.ndarray,
+    *,
+    image_column: str = "image_emb",
+    text_column: str = "text_emb",
+    start: int = 0,
+) -> np.ndarray:
+    """``cos(image_i, text_i)`` of two ``(n, d)`` arrays as ``(n,)`` float32, computed in float64.
+
+    The one CLIP-score computation: `clip_score` runs it on stored embedding columns and
+    `hf_prune.embed.CLIPEmbedder` on the two embeddings it is about to store, so both routes give
+    the same float32 values. A zero-norm row raises `ValueError` naming its column and row
+    (``start`` + its position, for messages about a chunk of a larger column), as does a width mismatch.
+
+    Example:
+        >>> pair_cosine(np.array([[1.0, 0.0]]), np.array([[1.0, 1.0]])).round(4)
+        array([0.7071], dtype=float32)
+    """
+    if image.shape[1] != text.shape[1]:
+        raise ValueError(
+            f"columns {image_column!r} ({image.shape[1]}-d) and {text_column!r} ({text.shape[1]}-d) must have the same width"
+        )
+    image, text = image.astype(np.float64), text.astype(np.float64)
+    norms = []
+    for name, x in ((image_column, image), (text_column, text)):
+        norm = np.linalg.norm(x, axis=1)
+        if (norm == 0).any():
+            raise ValueError(f"column {name!r} has a zero vector (row {start + int(np.argmin(norm))}); its cosine is undefined")
+        norms.append(norm)
+    return ((image * text).sum(1) / (norms[0] * norms[1])).astype(np.float32)
 
 
 def clip_score(
@@ -24,7 +58,8 @@ def clip_score(
     This is the score used for CLIP-score filtering (e.g. DataComp); Hessel et al.'s CLIPScore is
     ``2.5 * max(cos, 0)``. The cosine of a zero vector is undefined, so a zero-norm row raises
     `ValueError` naming its column and row, as do width mismatches and NaN/inf rows.
-    `hp.embed.CLIPEmbedder` writes the same score directly while embedding.
+    `hp.embed.CLIPEmbedder` writes the same values (`pair_cosine` of its two outputs) while
+    embedding. Records a ``"score.clip_score"`` provenance step.
 
     Example:
         >>> ds = hp.score.clip_score(ds, image_embedding_column="image_emb", text_embedding_column="text_emb")
@@ -35,16 +70,10 @@ def clip_score(
     image_chunks = iter_matrix(dataset, image_embedding_column, batch_size=batch_size)
     text_chunks = iter_matrix(dataset, text_embedding_column, batch_size=batch_size)
     for (start, image), (_, text) in zip(image_chunks, text_chunks):
-        if image.shape[1] != text.shape[1]:
-            raise ValueError(
-                f"columns {image_embedding_column!r} ({image.shape[1]}-d) and {text_embedding_column!r} "
-                f"({text.shape[1]}-d) must have the same width"
-            )
-        image, text = image.astype(np.float64), text.astype(np.float64)
-        norms = {}
-        for name, x in ((image_embedding_column, image), (text_embedding_column, text)):
-            norms[name] = np.linalg.norm(x, axis=1)
-            if (norms[name] == 0).any():
-                raise ValueError(f"column {name!r} has a zero vector (row {start + int(np.argmin(norms[name]))}); its cosine is undefined")
-        scores[start : start + len(image)] = (image * text).sum(1) / (norms[image_embedding_column] * norms[text_embedding_column])
-    return add_column(dataset, output_column, scores, overwrite=overwrite)
+        scores[start : start + len(image)] = pair_cosine(
+            image, text, image_column=image_embedding_column, text_column=text_embedding_column, start=start
+        )
+    result = add_column(dataset, output_column, scores, overwrite=overwrite)
+    params = {"image_embedding_column": image_embedding_column, "text_embedding_column": text_embedding_column,
+              "output_column": output_column}
+    return with_provenance(result, dataset, method="score.clip_score", params=params)

@@ -13,11 +13,18 @@ the lowest margins).
 ``epochs`` selects the recorded epochs a score uses, with NumPy indexing along the epoch axis:
 ``None`` (all), an int (one epoch; negative counts from the end), a slice, or a list of ints. The
 DUAL paper's "computed at epoch T = 30" is ``epochs=slice(0, 30)``.
+
+The eight scores are one table, `SCORES`: each entry names the record fields it reads and its
+reducer over epochs, and one body checks the arguments, reads the fields, selects the epochs,
+writes the float32 column and records a provenance step ``"score.<name>"`` with its parameters
+(`hf_prune.provenance`). `score_arrays` gives the same values as float64 arrays without writing
+them; the selectors that score on the fly use it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from datasets import Dataset
@@ -25,6 +32,7 @@ from datasets import Dataset
 from ..dynamics import read_dynamics
 from ..ops.checks import check_positive_int
 from ..ops.columns import add_column, check_columns, check_new_column
+from ..provenance import with_provenance
 
 __all__ = [
     "dual",
@@ -35,6 +43,10 @@ __all__ = [
     "entropy",
     "margin",
     "tdds",
+    "score_arrays",
+    "prediction_mean",
+    "SCORES",
+    "DynamicsScore",
     "dual_from_probs",
     "dyn_unc_from_probs",
     "tdds_from_kl",
@@ -46,6 +58,7 @@ __all__ = [
 # keeps them cache-sized (4× faster than 64k-row blocks at T = 60).
 CHUNK = 1 << 13
 Epochs = int | slice | Sequence[int] | None
+Reducer = Callable[..., np.ndarray]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -86,16 +99,6 @@ def select_epochs(values: np.ndarray, epochs: Epochs, *, name: str = "epochs") -
     if epochs is None:
         return values
     return values[:, epoch_index(values.shape[1], epochs, name=name)]
-
-
-def _read(dataset: Dataset, column: str, fields: tuple[str, ...], epochs: Epochs) -> dict[str, np.ndarray]:
-    if not isinstance(dataset, Dataset):
-        raise TypeError(f"expected a datasets.Dataset, got {type(dataset).__name__}")
-    check_columns(dataset, column)
-    if len(dataset) == 0:
-        raise ValueError("the dataset is empty")
-    arrays = read_dynamics(dataset, column, fields)
-    return {field: select_epochs(values, epochs) for field, values in arrays.items()}
 
 
 def _check_window(window, epochs: int, *, minimum: int = 2) -> int:
@@ -182,6 +185,157 @@ def tdds_from_kl(kl_to_previous: np.ndarray, window: int, decay: float) -> np.nd
     return out
 
 
+# --------------------------------------------------------------------------- the table of scores
+#
+# Every Dataset-level score below is one row of `SCORES`: the record fields it reads and a reducer
+# over the selected epochs. One body (`_score`) does the rest for all of them: validation, reading,
+# the epochs selection, the output column(s) and the provenance step.
+
+
+def _mean(name: str) -> Reducer:
+    def reduce(arrays: dict[str, np.ndarray]) -> np.ndarray:
+        return arrays[name].mean(axis=1, dtype=np.float64)
+
+    return reduce
+
+
+def _forgetting_events(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    correct = arrays["correct"] > 0.5
+    events = (correct[:, :-1] & ~correct[:, 1:]).sum(axis=1).astype(np.float64)
+    events[~correct.any(axis=1)] = correct.shape[1]
+    return events
+
+
+def _margin(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    return (arrays["true_prob"] - arrays["max_other_prob"]).mean(axis=1, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class DynamicsScore:
+    """One dynamics score: the record ``fields`` it reads and ``reduce(arrays, **params)`` over epochs.
+
+    ``arrays`` maps each field to its ``(N, T')`` float32 array over the selected epochs; ``reduce``
+    returns the ``(N,)`` float64 score. ``probabilities``: the ``true_prob`` values are checked to lie
+    in [0, 1]. ``consecutive``: the epochs used must be consecutive and in order (a per-epoch value
+    that refers to the previous recorded epoch). ``extras``: further reducers a caller may write as
+    additional columns (``{"mean": ...}`` is DUAL's prediction mean P̄, which Beta sampling needs).
+    """
+
+    name: str
+    fields: tuple[str, ...]
+    reduce: Reducer
+    probabilities: bool = False
+    consecutive: bool = False
+    extras: dict[str, Reducer] = field(default_factory=dict)
+
+
+SCORES: dict[str, DynamicsScore] = {
+    spec.name: spec
+    for spec in (
+        DynamicsScore("dual", ("true_prob",), lambda a, window: dual_from_probs(a["true_prob"], window),
+                      probabilities=True, extras={"mean": _mean("true_prob")}),
+        DynamicsScore("dyn_unc", ("true_prob",), lambda a, window: dyn_unc_from_probs(a["true_prob"], window),
+                      probabilities=True),
+        DynamicsScore("el2n", ("el2n",), _mean("el2n")),
+        DynamicsScore("forgetting", ("correct",), _forgetting_events),
+        DynamicsScore("aum", ("logit_margin",), _mean("logit_margin")),
+        DynamicsScore("entropy", ("entropy",), _mean("entropy")),
+        DynamicsScore("margin", ("true_prob", "max_other_prob"), _margin),
+        DynamicsScore("tdds", ("kl_to_previous",),
+                      lambda a, window, decay: tdds_from_kl(a["kl_to_previous"], window, decay), consecutive=True),
+    )
+}
+
+
+def _read(dataset: Dataset, column: str, spec: DynamicsScore, epochs: Epochs) -> dict[str, np.ndarray]:
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"expected a datasets.Dataset, got {type(dataset).__name__}")
+    check_columns(dataset, column)
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty")
+    arrays = read_dynamics(dataset, column, spec.fields)
+    if epochs is None:
+        return arrays
+    index = epoch_index(next(iter(arrays.values())).shape[1], epochs)
+    # A value recorded relative to the previous *recorded* epoch (TDDS's KL) needs consecutive epochs.
+    if spec.consecutive and (np.diff(index) != 1).any():
+        raise ValueError(f"`epochs`={epochs!r} must select consecutive epochs in order for {spec.name.upper()}")
+    return {name: values[:, index] for name, values in arrays.items()}
+
+
+def score_arrays(
+    method: str,
+    dataset: Dataset,
+    *,
+    dynamics_column: str = "dynamics",
+    epochs: Epochs = None,
+    extras: Sequence[str] = (),
+    **params,
+) -> dict[str, np.ndarray]:
+    """The float64 values the dynamics score ``method`` (a key of `SCORES`) writes, as arrays.
+
+    Returns ``{"score": (N,), **{extra: (N,)}}``; the Dataset-level functions (`dual`, `el2n`, ...)
+    store exactly these as float32 columns. Selectors that score on the fly (``hp.select.dual`` and
+    ``dual_beta`` with ``dynamics_column=``) call this, so both routes run the same computation.
+
+    Example:
+        >>> values = score_arrays("dual", ds, dynamics_column="dynamics", window=10, extras=("mean",))
+        >>> values["score"].shape == values["mean"].shape == (len(ds),)
+        True
+    """
+    spec = SCORES[method]
+    arrays = _read(dataset, dynamics_column, spec, epochs)
+    if spec.probabilities:
+        _check_probabilities(arrays["true_prob"], dynamics_column)
+    values = {"score": spec.reduce(arrays, **params)}
+    for extra in extras:
+        values[extra] = spec.extras[extra](arrays)
+    return values
+
+
+def prediction_mean(dataset: Dataset, *, dynamics_column: str = "dynamics", epochs: Epochs = None) -> np.ndarray:
+    """Each row's mean true-class probability P̄ over ``epochs``, ``(N,)`` float64 (DUAL's ``"mean"``).
+
+    The x-axis of DUAL's Beta sampling; ``hp.score.dual(..., mean_output_column=...)`` writes it.
+
+    Example:
+        >>> prediction_mean(ds, dynamics_column="dynamics", epochs=slice(0, 30)).shape == (len(ds),)
+        True
+    """
+    spec = SCORES["dual"]
+    arrays = _read(dataset, dynamics_column, spec, epochs)
+    _check_probabilities(arrays["true_prob"], dynamics_column)
+    return spec.extras["mean"](arrays)
+
+
+def _score(
+    method: str,
+    dataset: Dataset,
+    *,
+    dynamics_column: str,
+    epochs: Epochs,
+    output_column: str,
+    overwrite: bool,
+    extra_columns: dict[str, str | None] | None = None,
+    **params,
+) -> Dataset:
+    """The one body of every dynamics score: check, compute (`score_arrays`), write, record."""
+    extra_columns = {key: name for key, name in (extra_columns or {}).items() if name is not None}
+    outputs = [output_column, *extra_columns.values()]
+    if len(set(outputs)) != len(outputs):
+        raise ValueError(f"the output columns must be distinct, got {outputs}")
+    for name in outputs:
+        check_new_column(dataset, name, overwrite)
+    values = score_arrays(method, dataset, dynamics_column=dynamics_column, epochs=epochs,
+                          extras=tuple(extra_columns), **params)
+    result = add_column(dataset, output_column, values["score"], overwrite=overwrite)
+    for key, name in extra_columns.items():
+        result = add_column(result, name, values[key], overwrite=overwrite)
+    recorded = {"dynamics_column": dynamics_column, **params, "epochs": epochs, "output_column": output_column,
+                **{f"{key}_output_column": name for key, name in extra_columns.items()}}
+    return with_provenance(result, dataset, method=f"score.{method}", params=recorded)
+
+
 # --------------------------------------------------------------------------- Dataset-level scores
 
 
@@ -192,6 +346,7 @@ def dual(
     window: int = 10,
     epochs: Epochs = None,
     output_column: str = "dual",
+    mean_output_column: str | None = None,
     overwrite: bool = False,
 ) -> Dataset:
     r"""Add the DUAL score (Difficulty and Uncertainty-Aware Lightweight; Cho et al., Eq. 3–4).
@@ -206,6 +361,10 @@ def dual(
     The authors' code multiplies U_k by 10; that constant does not change any ranking and is left
     out here so the values are exactly Eq. 3–4.
 
+    DUAL's Beta sampling (`hf_prune.select.beta_sampling`, App. C Alg. 1) also needs each row's
+    prediction mean P̄ = (1/T) Σ_t P_t over the same epochs: ``mean_output_column`` writes it as a
+    second float32 column, so the selection can read both columns instead of the dynamics.
+
     Args:
         dataset: rows with a dynamics column (struct with ``true_prob``, or a plain list column of
             true-class probabilities).
@@ -213,16 +372,17 @@ def dual(
         window: J, the sliding-window length (≥ 2; `ValueError` when larger than the epochs used).
         epochs: which recorded epochs to use (see the module docstring); all by default.
         output_column: the new float32 column.
-        overwrite: replace ``output_column`` if it exists.
+        mean_output_column: also write P̄ to this float32 column (``None``: not written).
+        overwrite: replace existing output columns.
 
     Example:
-        >>> ds = hp.score.dual(ds, dynamics_column="dynamics", window=10, epochs=slice(0, 30))
-        >>> sub = hp.select.dual_beta(ds, fraction=0.1, dynamics_column="dynamics", epochs=slice(0, 30))
+        >>> ds = hp.score.dual(ds, dynamics_column="dynamics", window=10, epochs=slice(0, 30),
+        ...                    mean_output_column="dual_mean")
+        >>> sub = hp.select.dual(ds, fraction=0.1, score_column="dual")
+        >>> sub = hp.select.beta_sampling(ds, fraction=0.1, score_column="dual", mean_column="dual_mean")
     """
-    check_new_column(dataset, output_column, overwrite)
-    probs = _read(dataset, dynamics_column, ("true_prob",), epochs)["true_prob"]
-    _check_probabilities(probs, dynamics_column)
-    return add_column(dataset, output_column, dual_from_probs(probs, window), overwrite=overwrite)
+    return _score("dual", dataset, dynamics_column=dynamics_column, epochs=epochs, output_column=output_column,
+                  overwrite=overwrite, extra_columns={"mean": mean_output_column}, window=window)
 
 
 def dyn_unc(
@@ -244,10 +404,8 @@ def dyn_unc(
     Example:
         >>> ds = hp.score.dyn_unc(ds, dynamics_column="dynamics", window=10)
     """
-    check_new_column(dataset, output_column, overwrite)
-    probs = _read(dataset, dynamics_column, ("true_prob",), epochs)["true_prob"]
-    _check_probabilities(probs, dynamics_column)
-    return add_column(dataset, output_column, dyn_unc_from_probs(probs, window), overwrite=overwrite)
+    return _score("dyn_unc", dataset, dynamics_column=dynamics_column, epochs=epochs, output_column=output_column,
+                  overwrite=overwrite, window=window)
 
 
 def el2n(
@@ -267,9 +425,8 @@ def el2n(
     Example:
         >>> ds = hp.score.el2n(ds, dynamics_column="dynamics", epochs=19)
     """
-    check_new_column(dataset, output_column, overwrite)
-    values = _read(dataset, dynamics_column, ("el2n",), epochs)["el2n"]
-    return add_column(dataset, output_column, values.mean(axis=1, dtype=np.float64), overwrite=overwrite)
+    return _score("el2n", dataset, dynamics_column=dynamics_column, epochs=epochs, output_column=output_column,
+                  overwrite=overwrite)
 
 
 def forgetting(
@@ -293,11 +450,8 @@ def forgetting(
     Example:
         >>> ds = hp.score.forgetting(ds, dynamics_column="dynamics")
     """
-    check_new_column(dataset, output_column, overwrite)
-    correct = _read(dataset, dynamics_column, ("correct",), epochs)["correct"] > 0.5
-    events = (correct[:, :-1] & ~correct[:, 1:]).sum(axis=1).astype(np.float64)
-    events[~correct.any(axis=1)] = correct.shape[1]
-    return add_column(dataset, output_column, events, overwrite=overwrite)
+    return _score("forgetting", dataset, dynamics_column=dynamics_column, epochs=epochs,
+                  output_column=output_column, overwrite=overwrite)
 
 
 def aum(
@@ -319,9 +473,8 @@ def aum(
     Example:
         >>> ds = hp.score.aum(ds, dynamics_column="dynamics")
     """
-    check_new_column(dataset, output_column, overwrite)
-    values = _read(dataset, dynamics_column, ("logit_margin",), epochs)["logit_margin"]
-    return add_column(dataset, output_column, values.mean(axis=1, dtype=np.float64), overwrite=overwrite)
+    return _score("aum", dataset, dynamics_column=dynamics_column, epochs=epochs, output_column=output_column,
+                  overwrite=overwrite)
 
 
 def entropy(
@@ -340,9 +493,8 @@ def entropy(
     Example:
         >>> ds = hp.score.entropy(ds, dynamics_column="dynamics", epochs=-1)
     """
-    check_new_column(dataset, output_column, overwrite)
-    values = _read(dataset, dynamics_column, ("entropy",), epochs)["entropy"]
-    return add_column(dataset, output_column, values.mean(axis=1, dtype=np.float64), overwrite=overwrite)
+    return _score("entropy", dataset, dynamics_column=dynamics_column, epochs=epochs, output_column=output_column,
+                  overwrite=overwrite)
 
 
 def margin(
@@ -362,10 +514,8 @@ def margin(
     Example:
         >>> ds = hp.score.margin(ds, dynamics_column="dynamics", epochs=-1)
     """
-    check_new_column(dataset, output_column, overwrite)
-    arrays = _read(dataset, dynamics_column, ("true_prob", "max_other_prob"), epochs)
-    values = arrays["true_prob"] - arrays["max_other_prob"]
-    return add_column(dataset, output_column, values.mean(axis=1, dtype=np.float64), overwrite=overwrite)
+    return _score("margin", dataset, dynamics_column=dynamics_column, epochs=epochs, output_column=output_column,
+                  overwrite=overwrite)
 
 
 def tdds(
@@ -398,10 +548,5 @@ def tdds(
     Example:
         >>> ds = hp.score.tdds(ds, dynamics_column="dynamics", window=10, decay=0.9)
     """
-    check_new_column(dataset, output_column, overwrite)
-    kl = _read(dataset, dynamics_column, ("kl_to_previous",), None)["kl_to_previous"]
-    index = epoch_index(kl.shape[1], epochs)
-    # Each recorded KL is to the previous *recorded* epoch, so the epochs used must be consecutive.
-    if (np.diff(index) != 1).any():
-        raise ValueError(f"`epochs`={epochs!r} must select consecutive epochs in order for TDDS")
-    return add_column(dataset, output_column, tdds_from_kl(kl[:, index], window, decay), overwrite=overwrite)
+    return _score("tdds", dataset, dynamics_column=dynamics_column, epochs=epochs, output_column=output_column,
+                  overwrite=overwrite, window=window, decay=decay)

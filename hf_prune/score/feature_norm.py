@@ -7,6 +7,7 @@ from datasets import Dataset
 
 from ..ops.columns import add_column, check_columns, check_new_column, iter_matrix
 from ..ops.norms import check_norm_order, row_norms
+from ..provenance import with_provenance
 
 __all__ = ["feature_norm"]
 
@@ -24,7 +25,7 @@ def feature_norm(
 
     The seed weights samples by ‖F_i‖ with ℓ2 by default and compares ℓ1 and ℓ∞ (Fig. 4c–d);
     any ``p >= 1`` is accepted. The column is streamed in ``batch_size`` chunks (norms computed in
-    float64, stored as float32).
+    float64, stored as float32). Records a ``"score.feature_norm"`` provenance step.
 
     Example:
         >>> ds = hp.score.feature_norm(ds, embedding_column="emb", p=2)
@@ -37,4 +38,6 @@ def feature_norm(
     norms = np.empty(len(dataset), dtype=np.float32)
     for start, chunk in iter_matrix(dataset, embedding_column, batch_size=batch_size):
         norms[start : start + len(chunk)] = row_norms(chunk, p)
-    return add_column(dataset, output_column, norms, overwrite=overwrite)
+    result = add_column(dataset, output_column, norms, overwrite=overwrite)
+    params = {"embedding_column": embedding_column, "p": p, "output_column": output_column}
+    return with_provenance(result, dataset, method="score.feature_norm", params=params)

@@ -9,6 +9,7 @@ from datasets import Dataset
 
 from ..ops.columns import add_column, check_columns, check_new_column, column_list, read_matrix
 from ..ops.norms import row_norms
+from ..provenance import with_provenance
 
 __all__ = ["grand"]
 
@@ -32,7 +33,8 @@ def grand(
     of it (the norm is then preserved only approximately, Johnson–Lindenstrauss), or the
     last-layer gradient, e.g. (p − onehot(y)) ⊗ h for a linear head on features h, whose norm is
     ‖p − onehot(y)‖₂·‖h‖₂ (EL2N is that quantity without ‖h‖₂). Columns may differ in width.
-    Higher = harder / more important (GraNd keeps the highest).
+    Higher = harder / more important (GraNd keeps the highest). Records a ``"score.grand"``
+    provenance step.
 
     Args:
         dataset: rows with the gradient column(s).
@@ -57,4 +59,6 @@ def grand(
     total = np.zeros(len(dataset))
     for column in columns:
         total += row_norms(read_matrix(dataset, column))
-    return add_column(dataset, output_column, total / len(columns), overwrite=overwrite)
+    result = add_column(dataset, output_column, total / len(columns), overwrite=overwrite)
+    params = {"gradient_column": columns, "output_column": output_column}
+    return with_provenance(result, dataset, method="score.grand", params=params)

@@ -37,6 +37,7 @@ from ..ops.columns import (
     read_matrix,
 )
 from ..ops.device import resolve_device
+from ..provenance import input_fingerprint, with_provenance
 
 __all__ = ["less"]
 
@@ -66,6 +67,13 @@ def _validation_matrix(value, column: str | None, position: int) -> np.ndarray:
     if not np.isfinite(matrix).all():
         raise ValueError(f"{what} has NaN/inf values")
     return matrix
+
+
+def _describe(value) -> dict:
+    """What a provenance step records of a validation set: a Dataset's fingerprint, an array's shape."""
+    if isinstance(value, Dataset):
+        return {"dataset_fingerprint": input_fingerprint(value), "rows": len(value)}
+    return {"shape": list(np.shape(value))}
 
 
 def _task_codes(tasks, validation, num_rows: int) -> tuple[np.ndarray, int]:
@@ -109,7 +117,9 @@ def less(
     and each validation gradient of that task is averaged over the task's rows; the score is the
     ``max`` (LESS) or ``mean`` over tasks. With several checkpoints (lists of columns/validation
     sets) the per-task averages are combined as ``Σ_i w_i · mean_task_cos_i`` **before** the
-    reduction over tasks, as LESS does. Higher = more useful for the target tasks.
+    reduction over tasks, as LESS does. Higher = more useful for the target tasks. A
+    ``"score.less"`` provenance step records the columns, the weights and each validation set (a
+    Dataset by its fingerprint and rows, an array by its shape).
 
     Choices where the paper leaves room (all tested):
 
@@ -206,4 +216,11 @@ def less(
             x = _unit_rows(torch.tensor(chunk, device=device))  # a copy: Arrow-backed arrays are read-only
             per_task[start : start + len(chunk)] += float(weights[i]) * (x @ means.T)
     reduced = per_task.max(dim=1).values if reduce == "max" else per_task.mean(dim=1)
-    return add_column(dataset, output_column, reduced.cpu().numpy(), overwrite=overwrite)
+    result = add_column(dataset, output_column, reduced.cpu().numpy(), overwrite=overwrite)
+    params = {
+        "gradient_column": columns, "validation_gradients": [_describe(v) for v in validations],
+        "validation_column": val_columns, "task_column": task_column if isinstance(task_column, str) or task_column is None
+        else {"task_ids": len(codes), "tasks": num_tasks},
+        "reduce": reduce, "checkpoint_weights": weights.tolist(), "output_column": output_column,
+    }
+    return with_provenance(result, dataset, method="score.less", params=params)

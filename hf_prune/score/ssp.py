@@ -16,6 +16,7 @@ from ..ops.checks import check_choice, check_positive_int, seed_int
 from ..ops.columns import add_column, check_columns, check_new_column, class_groups, read_matrix
 from ..ops.deprecation import renamed_value
 from ..ops.kmeans import kmeans
+from ..provenance import with_provenance
 
 __all__ = ["ssp"]
 
@@ -51,8 +52,8 @@ def ssp(
         iterations: the exact number of Lloyd iterations (faiss's ``niter``: neither backend stops
             early on convergence, so this is a count, not a ``max_iter`` cap).
         seed: k-means seed, an integer ≥ 0 or a NumPy Generator (one draw from it gives the integer,
-            `hf_prune.ops.checks.seed_int`); per class it is derived from that integer and the
-            class's position in the sorted class order.
+            `hf_prune.ops.checks.seed_int`, which the ``"score.ssp"`` provenance step records); per
+            class it is derived from that integer and the class's position in the sorted class order.
         overwrite: replace an existing ``output_column``.
         backend: ``"auto"`` (faiss when installed), ``"faiss"`` or ``"torch"``.
 
@@ -84,7 +85,11 @@ def ssp(
         centroids, assign, _ = kmeans(x[rows], n_clusters, iterations=iterations, seed=group_seed,
                                       spherical=metric == "cosine", backend=backend)
         scores[rows] = _distance_to_assigned(x, rows, centroids.astype(np.float64), assign, metric)
-    return add_column(dataset, output_column, scores, overwrite=overwrite)
+    result = add_column(dataset, output_column, scores, overwrite=overwrite)
+    params = {"embedding_column": embedding_column, "n_clusters": n_clusters, "label_column": label_column,
+              "metric": metric, "iterations": iterations, "seed": seed, "backend": backend,
+              "output_column": output_column}
+    return with_provenance(result, dataset, method="score.ssp", params=params)
 
 
 def _distance_to_assigned(x, rows, centroids, assign, metric, chunk: int = 65536) -> np.ndarray:

@@ -271,3 +271,84 @@ def test_output_column_and_overwrite(recorded):
     replaced = hp.score.entropy(out, output_column="difficulty", overwrite=True)
     np.testing.assert_allclose(replaced["difficulty"], hp.score.entropy(ds)["entropy"])
     assert replaced.column_names.count("difficulty") == 1
+
+
+# The eight public functions, each with the arguments that exercise its parameters.
+SCORER_CALLS = {
+    "dual": {"window": 4, "epochs": slice(0, 10)},
+    "dyn_unc": {"window": 3},
+    "el2n": {"epochs": [1, 5, 7]},
+    "forgetting": {},
+    "aum": {"epochs": -1},
+    "entropy": {},
+    "margin": {"epochs": slice(2, None)},
+    "tdds": {"window": 4, "decay": 0.5, "epochs": slice(1, 12)},
+}
+
+
+def test_the_eight_scores_are_one_table(recorded):
+    ds, _, _ = recorded
+    assert set(dyn.SCORES) == set(SCORER_CALLS)
+    for name, kwargs in SCORER_CALLS.items():
+        out = getattr(hp.score, name)(ds, dynamics_column="dynamics", **kwargs)
+        values = dyn.score_arrays(name, ds, dynamics_column="dynamics", **kwargs)["score"]
+        # The column is the table entry's float64 values rounded to float32, nothing else.
+        np.testing.assert_array_equal(np.asarray(out[name], dtype=np.float32), values.astype(np.float32), err_msg=name)
+        assert values.dtype == np.float64 and values.shape == (len(ds),)
+    # Each entry reads only its fields: a record without them fails naming the missing field.
+    for name, spec in dyn.SCORES.items():
+        for field in spec.fields:
+            if field == "true_prob":
+                continue
+            with pytest.raises(KeyError, match=field):
+                dyn.score_arrays(name, plain([[0.1, 0.2, 0.3, 0.4]]), **{k: v for k, v in SCORER_CALLS[name].items()
+                                                                        if k in ("window", "decay")})
+
+
+def test_every_dynamics_score_records_a_provenance_step(recorded):
+    ds, _, _ = recorded
+    before = ds.info.description
+    for name, kwargs in SCORER_CALLS.items():
+        out = getattr(hp.score, name)(ds, dynamics_column="dynamics", output_column=f"my_{name}", **kwargs)
+        steps = hp.provenance(out)
+        assert [s["method"] for s in steps] == [f"score.{name}"], name
+        step = steps[-1]
+        assert step["params"]["dynamics_column"] == "dynamics" and step["params"]["output_column"] == f"my_{name}"
+        for key, value in kwargs.items():
+            expected = value if not isinstance(value, slice) else repr(value)
+            assert step["params"][key] == expected, (name, key)
+        assert step["input_fingerprint"] == ds._fingerprint and step["output_fingerprint"] == out._fingerprint
+        assert step["input_rows"] == step["output_rows"] == len(ds) and step["stale"] is False
+    assert ds.info.description == before  # the input's info is untouched
+
+
+def test_score_then_select_lists_both_steps_none_stale(recorded):
+    ds, _, _ = recorded
+    scored = hp.score.el2n(hp.score.dual(ds, window=4), epochs=-1)
+    sub = hp.select.top_k(scored, fraction=0.25, score_column="el2n")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a current chain must not warn
+        steps = hp.provenance(sub)
+    assert [s["method"] for s in steps] == ["score.dual", "score.el2n", "top_k"]
+    assert [s["stale"] for s in steps] == [False, False, False]
+    assert steps[0]["params"]["window"] == 4 and steps[1]["params"]["epochs"] == -1
+
+
+def test_dual_writes_the_prediction_mean_too(recorded):
+    ds, _, _ = recorded
+    true_prob = np.array([row["true_prob"] for row in ds["dynamics"]], dtype=np.float32)  # as recorded
+    out = hp.score.dual(ds, window=3, epochs=slice(0, 8), mean_output_column="dual_mean")
+    expected = true_prob[:, :8].astype(np.float64).mean(axis=1).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(out["dual_mean"], dtype=np.float32), expected)
+    assert out.features["dual_mean"] == Value("float32")
+    # The DUAL column is the same as without the second output.
+    assert out["dual"] == hp.score.dual(ds, window=3, epochs=slice(0, 8))["dual"]
+    assert hp.provenance(out)[-1]["params"]["mean_output_column"] == "dual_mean"
+    np.testing.assert_array_equal(dyn.prediction_mean(ds, epochs=slice(0, 8)).astype(np.float32), expected)
+    assert "dual_mean" not in hp.score.dual(ds, window=3).column_names
+    with pytest.raises(ValueError, match="distinct"):
+        hp.score.dual(ds, window=3, mean_output_column="dual")
+    with pytest.raises(ValueError, match="'dual_mean'.*overwrite"):
+        hp.score.dual(out, window=3, output_column="other", mean_output_column="dual_mean")

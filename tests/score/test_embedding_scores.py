@@ -180,3 +180,35 @@ def test_clip_score_bad_inputs():
         hp.score.clip_score(ds, image_embedding_column="emb")
     with pytest.raises(ValueError, match="overwrite=True"):
         hp.score.clip_score(zero, image_embedding_column="emb", text_embedding_column="t", output_column="idx")
+
+
+# ----------------------------------------------------------------------------- provenance
+def test_embedding_scores_record_a_provenance_step():
+    x, labels = blob_data()
+    ds = add_column(make_dataset(x, label=labels), "text_emb", x[::-1].copy())
+    before = ds.info.description
+    runs = {
+        "score.feature_norm": (lambda: hp.score.feature_norm(ds, embedding_column="emb", p=1, output_column="fn"),
+                               {"embedding_column": "emb", "p": 1.0, "output_column": "fn"}),
+        "score.clip_score": (lambda: hp.score.clip_score(ds, image_embedding_column="emb"),
+                             {"image_embedding_column": "emb", "text_embedding_column": "text_emb",
+                              "output_column": "clip_score"}),
+        "score.ssp": (lambda: hp.score.ssp(ds, n_clusters=3, label_column="label", seed=np.random.default_rng(1),
+                                           backend="torch"),
+                      {"embedding_column": "emb", "n_clusters": 3, "label_column": "label", "metric": "l2",
+                       "iterations": 25, "backend": "torch", "output_column": "ssp"}),
+        "score.grand": (lambda: hp.score.grand(ds, gradient_column=["emb", "text_emb"]),
+                        {"gradient_column": ["emb", "text_emb"], "output_column": "grand"}),
+    }
+    for method, (run, params) in runs.items():
+        out = run()
+        (step,) = hp.provenance(out)
+        assert step["method"] == method and step["stale"] is False
+        assert {k: step["params"][k] for k in params} == params, method
+        assert step["input_fingerprint"] == ds._fingerprint and step["output_fingerprint"] == out._fingerprint
+    # A Generator seed is recorded as the integer it gave (so the step can be replayed).
+    seed = hp.provenance(runs["score.ssp"][0]())[0]["params"]["seed"]
+    assert isinstance(seed, int)
+    replay = hp.score.ssp(ds, n_clusters=3, label_column="label", seed=seed, backend="torch")
+    assert replay["ssp"] == runs["score.ssp"][0]()["ssp"]
+    assert ds.info.description == before

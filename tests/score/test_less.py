@@ -146,3 +146,18 @@ def test_errors_name_the_problem():
     np.testing.assert_allclose(again["less"], -np.array(scored["less"]), atol=1e-6)  # one task: mean is linear
     with pytest.raises(TypeError):
         hp.score.less(ds, val)  # keyword-only
+
+
+def test_less_records_a_provenance_step():
+    rng = np.random.default_rng(0)
+    ds = _grads(rng.normal(size=(12, 5)).astype(np.float32))
+    val = _grads(rng.normal(size=(4, 5)).astype(np.float32), task=["a", "b", "a", "b"])
+    out = hp.score.less(ds, validation_gradients=val, validation_column="grad", task_column="task", reduce="mean")
+    (step,) = hp.provenance(out)
+    assert step["method"] == "score.less" and step["stale"] is False
+    assert step["params"]["validation_gradients"] == [{"dataset_fingerprint": val._fingerprint, "rows": 4}]
+    assert step["params"]["task_column"] == "task" and step["params"]["reduce"] == "mean"
+    assert step["params"]["checkpoint_weights"] == [1.0] and step["params"]["gradient_column"] == ["grad"]
+    as_array = hp.score.less(ds, validation_gradients=rng.normal(size=(3, 5)), task_column=[0, 1, 1])
+    params = hp.provenance(as_array)[0]["params"]
+    assert params["validation_gradients"] == [{"shape": [3, 5]}] and params["task_column"] == {"task_ids": 3, "tasks": 2}
