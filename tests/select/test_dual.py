@@ -243,3 +243,62 @@ def test_errors(synthetic):
         hp.select.dual_beta(logits, size=2, window=2)
     with pytest.raises(TypeError):
         hp.select.dual_beta(ds, 0.1)
+
+
+def test_dual_reads_the_score_column(synthetic):
+    ds, _ = synthetic
+    scored = hp.score.dual(ds, window=10)
+    via_column = hp.select.dual(scored, fraction=0.1, score_column="dual")
+    assert via_column["row_id"] == hp.select.dual(ds, fraction=0.1)["row_id"]
+    per_class = hp.select.dual(hp.score.dual(ds, window=5, epochs=slice(0, 12), output_column="d5"), fraction=0.2,
+                               score_column="d5", label_column="label")
+    assert per_class["row_id"] == hp.select.dual(ds, fraction=0.2, window=5, epochs=slice(0, 12),
+                                                 label_column="label")["row_id"]
+    # What is read is the column: another score there is what gets ranked (ties to the lower row).
+    other = scored.add_column("other", np.tile([1.0, 3.0, 2.0, 3.0], len(ds) // 4).tolist())
+    assert hp.select.dual(other, size=3, score_column="other")["row_id"] == [1, 3, 5]
+    steps = hp.provenance(via_column)
+    assert [s["method"] for s in steps] == ["score.dual", "dual"] and not any(s["stale"] for s in steps)
+    assert steps[-1]["params"]["score_column"] == "dual" and "window" not in steps[-1]["params"]
+    # The one-call form records what it computed, as before.
+    params = hp.provenance(hp.select.dual(ds, size=5))[-1]["params"]
+    assert {k: params[k] for k in ("dynamics_column", "window", "epochs")} == {"dynamics_column": "dynamics",
+                                                                              "window": 10, "epochs": None}
+    assert "score_column" not in params
+
+
+def test_dual_score_column_errors(synthetic):
+    ds, _ = synthetic
+    scored = hp.score.dual(ds, window=10)
+    for extra in ({"dynamics_column": "dynamics"}, {"window": 10}, {"epochs": slice(0, 5)}):
+        with pytest.raises(ValueError, match=f"`{next(iter(extra))}`"):
+            hp.select.dual(scored, fraction=0.1, score_column="dual", **extra)
+    with pytest.raises(KeyError, match="nope"):
+        hp.select.dual(scored, fraction=0.1, score_column="nope")
+    nan = scored.add_column("nan", [float("nan")] + [1.0] * (len(ds) - 1))
+    with pytest.raises(ValueError, match="nan.*NaN"):
+        hp.select.dual(nan, fraction=0.1, score_column="nan")
+    with pytest.raises(ValueError, match="empty"):
+        hp.select.dual(scored.select([]), size=1, score_column="dual")
+
+
+def test_dual_beta_is_score_dual_then_beta_sampling(synthetic, monkeypatch):
+    ds, _ = synthetic
+    # The one-call form computes through the function behind hp.score.dual: one code path.
+    calls = []
+    real = dual_module.score_arrays
+
+    def spy(method, dataset, **kwargs):
+        calls.append(method)
+        return real(method, dataset, **kwargs)
+
+    monkeypatch.setattr(dual_module, "score_arrays", spy)
+    one_call = hp.select.dual_beta(ds, fraction=0.3, label_column="label", window=5, epochs=slice(0, 20), seed=4)
+    assert calls == ["dual"]
+    # The two-step form over the columns hp.score.dual writes gives the same rows here.
+    scored = hp.score.dual(ds, window=5, epochs=slice(0, 20), mean_output_column="dual_mean")
+    two_steps = hp.select.beta_sampling(scored, fraction=0.3, label_column="label", score_column="dual",
+                                        mean_column="dual_mean", seed=4)
+    assert one_call["row_id"] == two_steps["row_id"]
+    assert [s["method"] for s in hp.provenance(two_steps)] == ["score.dual", "beta_sampling"]
+    assert not any(s["stale"] for s in hp.provenance(two_steps))
