@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
 from ..ops.deprecation import renamed
+from ..score.clip_score import pair_cosine
 from ._base import Embedder
 from .image import load_images
 
@@ -39,7 +41,10 @@ class CLIPEmbedder(Embedder):
     Works with any model exposing ``get_image_features(pixel_values=...)`` and
     ``get_text_features(input_ids=..., attention_mask=...)`` (CLIP, SigLIP, ...). The CLIP score is
     the cosine similarity of the pair's two embeddings, as used for CLIP-score filtering (DataComp);
-    Hessel et al.'s CLIPScore is ``2.5 * max(score, 0)`` of the same number.
+    Hessel et al.'s CLIPScore is ``2.5 * max(score, 0)`` of the same number. It is computed by the
+    function behind `hf_prune.score.clip_score` (`hf_prune.score.clip_score.pair_cosine`) on the two
+    float32 embeddings as they are stored, so ``hp.score.clip_score`` over the stored columns gives
+    the identical column; like it, a zero embedding raises `ValueError` (its cosine is undefined).
 
     Args:
         model: a Hub id / local path (``AutoModel`` + ``AutoProcessor``) or a model instance.
@@ -158,12 +163,16 @@ class CLIPEmbedder(Embedder):
         images = load_images(batch[self.image_column], column=self.image_column, mode="RGB")
         texts = _text_values(batch[self.text_column], self.text_column)
         image, text = self._forward(images, texts, device)
-        image_n = torch.nn.functional.normalize(image, dim=1)
-        text_n = torch.nn.functional.normalize(text, dim=1)
-        if image_n.shape[1] != text_n.shape[1]:
-            raise ValueError(f"image ({image_n.shape[1]}) and text ({text_n.shape[1]}) embeddings differ in width")
+        if image.shape[1] != text.shape[1]:
+            raise ValueError(f"image ({image.shape[1]}) and text ({text.shape[1]}) embeddings differ in width")
+        if self.normalize:
+            image, text = torch.nn.functional.normalize(image, dim=1), torch.nn.functional.normalize(text, dim=1)
+        # The stored float32 values, so the score is exactly hp.score.clip_score of the stored columns.
+        image_out = np.asarray(image.detach().float().cpu().numpy(), dtype=np.float32)
+        text_out = np.asarray(text.detach().float().cpu().numpy(), dtype=np.float32)
         return {
-            self.image_output_column: image_n if self.normalize else image,
-            self.text_output_column: text_n if self.normalize else text,
-            self.score_output_column: (image_n * text_n).sum(1),
+            self.image_output_column: image_out,
+            self.text_output_column: text_out,
+            self.score_output_column: pair_cosine(image_out, text_out, image_column=self.image_output_column,
+                                                  text_column=self.text_output_column),
         }

@@ -125,3 +125,35 @@ def test_score_column_is_the_deprecated_spelling_of_score_output_column(setup):
     assert old.map(ds)["s"] == new.map(ds)["s"]
     with pytest.raises(ValueError, match="contradicts"):
         hp.embed.CLIPEmbedder(model, score_column="s", score_output_column="t", **kw)
+
+
+def test_one_route_to_the_clip_score(setup):
+    model, proc, tok, _, _, _ = setup
+    # 40 pairs: enough that float32 rounding differences between two computations would show.
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(40)]
+    texts = [" ".join(rng.choice(WORDS[3:], size=int(rng.integers(1, 6)))) for _ in range(40)]
+    ds = Dataset.from_dict({"image": images, "caption": texts}).cast_column("image", ImageFeature())
+    for normalize in (True, False):
+        clip = hp.embed.CLIPEmbedder(model, image_processor=proc, tokenizer=tok, text_column="caption",
+                                     normalize=normalize, batch_size=16)
+        out = clip.map(ds, batch_size=16)
+        rescored = hp.score.clip_score(out, output_column="again")
+        # Bit-identical: the embedder's score is hp.score.clip_score's function on the stored embeddings.
+        np.testing.assert_array_equal(np.asarray(out["clip_score"], dtype=np.float32),
+                                      np.asarray(rescored["again"], dtype=np.float32))
+
+
+def test_a_zero_embedding_has_no_clip_score(setup, monkeypatch):
+    model, proc, tok, ds, _, _ = setup
+    clip = hp.embed.CLIPEmbedder(model, image_processor=proc, tokenizer=tok, text_column="caption")
+    real = clip._forward
+
+    def zero_text(images, texts, device):
+        image, text = real(images, texts, device)
+        return image, torch.zeros_like(text)
+
+    monkeypatch.setattr(clip, "_forward", zero_text)
+    # As hp.score.clip_score on a stored zero vector: the cosine is undefined, the column is named.
+    with pytest.raises(ValueError, match="'text_emb' has a zero vector"):
+        clip.map(ds, load_from_cache_file=False)
