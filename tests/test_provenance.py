@@ -145,3 +145,60 @@ def test_source_of_a_local_file_has_no_hub_id(tmp_path):
     assert info["builder_name"] == "parquet" and info["split"] == "train"
     assert "hub_id" not in info and "revision" not in info
     assert Path(ds.cache_files[0]["filename"]).is_relative_to(cache)
+
+
+def _tiny_clip_pairs(tmp_path, n=12):
+    from datasets import Image as ImageFeature
+    from PIL import Image
+
+    from tests.embed.test_clip import ViTProcessor, tiny_clip, word_tokenizer
+
+    path = tmp_path / "tiny-clip"
+    tiny_clip().save_pretrained(path)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(n)]
+    texts = ["a photo of a red cat", "blue dog", "a cat", "dog dog", "red", "a blue cat"] * (n // 6)
+    ds = Dataset.from_dict({"image": images, "text": texts, "label": [0, 1] * (n // 2)})
+    clip = hp.embed.CLIPEmbedder(str(path), image_processor=ViTProcessor(size={"height": 32, "width": 32}),
+                                 tokenizer=word_tokenizer(), revision="v1", batch_size=4)
+    return ds.cast_column("image", ImageFeature()), clip, str(path)
+
+
+def test_embed_score_select_is_one_chain(tmp_path):
+    from hf_prune.embed._base import weights_checksum
+
+    ds, clip, path = _tiny_clip_pairs(tmp_path)
+    embedded = clip.map(ds)
+    scored = hp.score.feature_norm(embedded, embedding_column="image_emb")
+    sub = hp.select.top_k(scored, fraction=0.5, score_column="clip_score")
+    steps = _quiet_provenance(sub)  # warns on any stale step
+    assert [s["method"] for s in steps] == ["embed.CLIPEmbedder", "score.feature_norm", "top_k"]
+    assert [s["stale"] for s in steps] == [False, False, False]
+    embed = steps[0]
+    assert embed["params"]["model"] == path and embed["params"]["revision"] == "v1"
+    assert embed["params"]["weights_checksum"] == weights_checksum(clip.model)
+    assert embed["params"]["output_columns"] == ["image_emb", "text_emb", "clip_score"]
+    assert embed["params"]["fingerprint"] == clip.fingerprint()
+    assert embed["input_fingerprint"] == ds._fingerprint and embed["output_fingerprint"] == embedded._fingerprint
+    assert "source" in embed  # the first step says where the data came from
+    assert steps[1]["params"]["embedding_column"] == "image_emb"
+    assert ds.info.description in ("", None) or "hf_prune:provenance" not in ds.info.description
+
+
+def test_record_provenance_after_a_plain_map(tmp_path):
+    ds, clip, _ = _tiny_clip_pairs(tmp_path)
+    sub = hp.select.random(ds, size=6, seed=0)  # an earlier step, which the embedding must not make stale
+    by_hand = sub.map(clip, batched=True, features=clip.features_for(sub))
+    assert [s["method"] for s in _quiet_provenance(by_hand)] == ["random"]  # map copies the info: no step
+    recorded = clip.record_provenance(by_hand, sub)
+    steps = _quiet_provenance(recorded)
+    assert [s["method"] for s in steps] == ["random", "embed.CLIPEmbedder"]
+    assert steps[-1]["params"] == _quiet_provenance(clip.map(sub))[-1]["params"]
+    assert [s["method"] for s in _quiet_provenance(by_hand)] == ["random"]  # nothing else was changed
+    # Replacing the columns: the step's input is the dataset passed in, so the chain stays current.
+    again = clip.map(recorded, overwrite=True)
+    assert [s["stale"] for s in _quiet_provenance(again)] == [False, False, False]
+    with pytest.raises(ValueError, match="rows"):
+        clip.record_provenance(by_hand.select(range(3)), sub)
+    with pytest.raises(KeyError, match="image_emb"):  # not the embedder's output
+        clip.record_provenance(sub, sub)

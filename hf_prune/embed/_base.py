@@ -17,6 +17,11 @@ provides everything that is not model-specific:
 - **declared outputs**: `Embedder.features` holds fixed-length float32 lists (embeddings) and
   float32 scalars (scores); `Embedder.map` checks the columns up front, declares the features,
   refuses to replace a column without ``overwrite=True`` and names the progress bar.
+- **provenance**: `Embedder.map` appends an ``"embed.<Class>"`` step to the result's provenance
+  (`hf_prune.provenance`): model name or path, revision, weights checksum, input and output
+  columns and the embedder's fingerprint (`Embedder.provenance_params`). ``Dataset.map`` copies its
+  input's info, so an embedder used as a plain map function cannot record this itself; after your
+  own ``ds.map(embedder, ...)`` call `Embedder.record_provenance` to add the same step.
 - **stable fingerprints**: ``datasets`` hashes a map function by pickling it. Every `Embedder`
   subclass registers a reducer with the ``datasets`` hashing pickler that writes
   `Embedder.fingerprint` instead of the object, i.e. a hash of a small spec (class, settings, model
@@ -75,6 +80,7 @@ and ``concatenate_datasets`` the saved parts in rank order on the main process.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import signal
@@ -92,6 +98,7 @@ from datasets import Dataset, Features
 from ..ops.checks import check_positive_int
 from ..ops.columns import check_columns, check_new_columns, embedding_feature, score_feature
 from ..ops.device import autocast_dtype, resolve_device
+from ..provenance import with_provenance
 
 __all__ = ["Embedder", "weights_checksum"]
 
@@ -392,6 +399,69 @@ class Embedder:
         state["_sigterm"] = None  # signal handling belongs to the process that runs `map`
         return state
 
+    # ----------------------------------------------------------------- provenance
+    def provenance_params(self) -> dict[str, Any]:
+        """What an ``"embed.<Class>"`` provenance step records about this embedder.
+
+        ``model`` (the Hub id or path the main model was loaded from, ``None`` for a model built from
+        a config), ``revision`` (the one asked for, else the commit `transformers` loaded, if known),
+        ``weights_checksum`` (`weights_checksum` of the main model as it is now, the one the
+        fingerprint uses), ``models`` (the same per module, with its class), ``input_columns``,
+        ``output_columns``, ``fingerprint``, ``device_type`` and ``autocast``.
+
+        Example:
+            >>> emb.provenance_params()["weights_checksum"] == weights_checksum(emb.model)
+            True
+        """
+        checksums = self._weights_checksums()
+        models = {}
+        for name, module in sorted(self._modules().items()):
+            config = getattr(module, "config", None)
+            models[name] = {
+                "class": f"{type(module).__module__}.{type(module).__qualname__}",
+                "name_or_path": getattr(config, "_name_or_path", None) or None,
+                "commit": getattr(config, "_commit_hash", None),
+                "weights_checksum": checksums[name],
+            }
+        main = models.get("model", {})
+        device = self.target_device()
+        return {
+            "embedder": f"{type(self).__module__}.{type(self).__qualname__}",
+            "model": main.get("name_or_path"),
+            "revision": getattr(self, "revision", None) or main.get("commit"),
+            "weights_checksum": main.get("weights_checksum"),
+            "models": models,
+            "input_columns": list(self.input_columns),
+            "output_columns": self.output_columns,
+            "fingerprint": self.fingerprint(),
+            "device_type": device.type,
+            "autocast": str(autocast_dtype(device, self.dtype)),
+        }
+
+    def record_provenance(self, result: Dataset, source: Dataset) -> Dataset:
+        """``result`` (``source`` mapped with this embedder) with an ``"embed.<Class>"`` provenance step.
+
+        `Embedder.map` calls it; call it yourself after your own ``source.map(embedder, ...)``, which
+        copies ``source``'s info and so cannot record the step. ``result`` must have ``source``'s rows
+        and this embedder's output columns (`ValueError`/`KeyError` otherwise). Returns a new Dataset
+        object (the same table and fingerprint); neither ``result`` nor ``source`` is modified.
+
+        Example:
+            >>> emb = hp.embed.PixelEmbedder(image_column="image", size=16)
+            >>> out = emb.record_provenance(ds.map(emb, batched=True, features=emb.features_for(ds)), ds)
+            >>> hp.provenance(out)[-1]["method"]
+            'embed.PixelEmbedder'
+        """
+        if not isinstance(result, Dataset) or not isinstance(source, Dataset):
+            raise TypeError("`result` and `source` must be datasets.Dataset objects")
+        check_columns(result, *self.output_columns)
+        if len(result) != len(source):
+            raise ValueError(f"`result` has {len(result):,} rows but `source` has {len(source):,}: an embedding "
+                             "keeps the rows, so `result` is not `source` mapped with this embedder")
+        # with_provenance sets the info of the object it is given: a shallow copy keeps the caller's untouched.
+        return with_provenance(copy.copy(result), source, method=f"embed.{type(self).__name__}",
+                               params=self.provenance_params())
+
     # ----------------------------------------------------------------- the map function
     def __call__(self, batch: Mapping[str, Any], rank: int | None = None) -> dict[str, np.ndarray]:
         """Embed one ``map`` batch (``batched=True``); ``rank`` comes from ``with_rank=True``."""
@@ -459,6 +529,8 @@ class Embedder:
     ) -> Dataset:
         """``dataset.map(self, batched=True, with_rank=True, features=...)`` with the checks done first.
 
+        The result carries an ``"embed.<Class>"`` provenance step (`record_provenance`).
+
         Args:
             dataset: the input; it is never modified.
             batch_size: rows per ``map`` batch (default: the embedder's ``batch_size``).
@@ -477,6 +549,7 @@ class Embedder:
         check_columns(dataset, *self.input_columns)
         if len(dataset) == 0:
             raise ValueError("the dataset is empty: nothing to embed")
+        source = dataset  # the provenance step describes the dataset passed in, before any column is dropped
         for key in ("function", "batched", "with_rank", "features", "input_columns"):
             if key in map_kwargs:
                 raise TypeError(f"`{key}` is set by {type(self).__name__}.map; call Dataset.map directly to change it")
@@ -504,4 +577,4 @@ class Embedder:
                 self._sigterm = None
         if guard.requested:  # SIGTERM after the last chunk: the cache file is complete, still stop
             raise SystemExit(128 + signal.SIGTERM)
-        return result
+        return self.record_provenance(result, source)
