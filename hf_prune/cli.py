@@ -1,6 +1,5 @@
 """The ``hf-prune`` command.
 
-    hf-prune demo [--dataset digits|fashion_mnist] [--output-dir demo_output]
     hf-prune select INPUT --selector "gm_matching:fraction=0.1,embedding_column=emb" --output OUT [--push REPO]
     hf-prune info PATH          # the provenance of a saved subset
     hf-prune list               # available selectors
@@ -8,7 +7,8 @@
 INPUT is a saved dataset folder, a folder of data files, a single ``.parquet``/``.csv``/``.jsonl``
 (``.json``, ``.tsv``, ``.arrow``, ``.txt``, optionally compressed) file, or a Hub dataset id. Every
 check that needs no data (selector options, output folder, Hub login) runs before anything is loaded.
-Only the standard library is imported until a command runs, so ``--help`` is instant.
+Only the standard library is imported until a command runs, so ``--help`` is instant. The demo is a
+recipe, ``hf-prune-demo`` (`recipes.demo`); ``hf-prune demo`` only says so.
 """
 
 from __future__ import annotations
@@ -146,32 +146,19 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from .demo import run_demo
-
-    run_demo(
-        dataset=args.dataset, fractions=args.fractions, output_dir=args.output_dir, seeds=args.seeds,
-        epochs=args.epochs, max_train_rows=args.max_train_rows, selectors=args.selectors,
-        threads=args.threads or None,
-    )
-    return 0
+    # The demo lives with the recipes now (the library never imports them): say where, change nothing.
+    raise ValueError("the demo moved out of hf_prune: run `hf-prune-demo` (or `python -m recipes.demo`, "
+                     "`bash scripts/dev.sh demo`) with the same options")
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-prune", description="Data pruning for Hugging Face datasets.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="run every selector on a small offline dataset and compare linear probes")
-    demo.add_argument("--dataset", default="digits", choices=["digits", "fashion_mnist"])
-    demo.add_argument("--fractions", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.5])
-    demo.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    demo.add_argument("--epochs", type=int, default=15, help="epochs of the proxy model that records dynamics")
-    demo.add_argument("--max-train-rows", type=int, default=None, help="subsample the training split first")
-    demo.add_argument("--output-dir", default="demo_output")
-    demo.add_argument("--selectors", nargs="+", default=None, help="demo selector names to run (default: all)")
-    demo.add_argument(
-        "--threads", type=int, default=1,
-        help="threads for torch/BLAS/OpenMP during the demo (0: the libraries' defaults); one stays fast on a shared CPU",
-    )
+    # Any old demo options are accepted (no prefix makes them flags) so the message below is what users see.
+    demo = sub.add_parser("demo", help="moved: run `hf-prune-demo` (recipes.demo) with the same options",
+                          prefix_chars="+", add_help=False)
+    demo.add_argument("options", nargs="*")
     demo.set_defaults(func=_cmd_demo)
 
     select = sub.add_parser("select", help="run a selector on a saved dataset, a data file or folder, or a Hub id")

@@ -1,9 +1,11 @@
-"""The demo behind ``hf-prune demo``: every selector, a few budgets, a linear probe each.
+"""The demo (``bash scripts/dev.sh demo``, ``hf-prune-demo``, ``python -m recipes.demo``): every selector,
+a few budgets, a linear probe each.
 
 Steps, all offline on CPU:
 1. load sklearn digits (default) or Fashion-MNIST (Debian's IDX files);
 2. features as columns: raw pixels (`PixelEmbedder`) and a random-init network (`RandomNetEmbedder`);
-3. training dynamics from a small proxy (softmax regression on pixels) recorded per epoch;
+3. training dynamics from a small proxy (softmax regression on pixels) recorded per epoch
+   (`recipes.trainer.dynamics.record_proxy_dynamics`);
 4. scores as columns: DUAL, EL2N, forgetting, AUM, SSP;
 5. every selector at each kept fraction and seed, a linear probe on the subset's pixel features,
    test accuracy printed as a table, saved as JSON/Markdown and plotted to PNG (one panel per
@@ -18,10 +20,12 @@ threads and 0.1–0.2 s on one).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -30,14 +34,14 @@ import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
 
-from . import data as hp_data
-from . import embed, score, select
-from .dynamics import DynamicsRecorder
-from .ops.checks import check_positive_int
-from .ops.columns import read_labels, read_matrix
-from .probe import LinearProbe, required_embedding_column
+from hf_prune import data as hp_data
+from hf_prune import embed, score, select
+from hf_prune.ops.checks import check_positive_int
+from hf_prune.ops.columns import read_labels, read_matrix
+from recipes.trainer.dynamics import record_proxy_dynamics
+from recipes.trainer.probe import LinearProbe
 
-__all__ = ["run_demo", "demo_selectors", "record_proxy_dynamics", "plot_results", "DEMO_FAMILIES"]
+__all__ = ["main", "make_parser", "run_demo", "demo_selectors", "record_proxy_dynamics", "plot_results", "DEMO_FAMILIES"]
 
 PROBE = "pixels"  # the probe's features; selectors may look at other columns
 REFERENCE = "random"  # drawn on every panel of the figure
@@ -53,43 +57,6 @@ DEMO_FAMILIES: dict[str, list[str]] = {
     ],
 }
 SAME_ROWS_MARK = "†"
-
-
-def record_proxy_dynamics(
-    train: Dataset, *, embedding_column: str | None = None, label_column: str = "label", epochs: int = 15,
-    seed: int = 0, batch_size: int = 128, lr: float = 0.1, feature_column: str | None = None,
-) -> Dataset:
-    """Train softmax regression on an embedding column, recording the compact dynamics of every row.
-
-    Returns ``train`` with a ``dynamics`` column (the input is not modified). ``embedding_column``
-    (required) is the fixed-length float column the proxy is trained on; ``feature_column`` is its
-    deprecated spelling (hf_prune 0.1.0), accepted with a `FutureWarning`.
-
-    Example:
-        >>> train = record_proxy_dynamics(train, embedding_column="pixels", epochs=15)
-        >>> train = hp.score.dual(train, window=7)
-    """
-    embedding_column = required_embedding_column("record_proxy_dynamics", embedding_column, feature_column)
-    torch.manual_seed(seed)
-    x = torch.from_numpy(np.array(read_matrix(train, embedding_column)))  # writable copy
-    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
-    y = torch.from_numpy(read_labels(train, label_column))
-    classes = int(y.max()) + 1
-    model = torch.nn.Linear(x.shape[1], classes)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    recorder = DynamicsRecorder(len(train), classes)
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        for rows in torch.randperm(len(x), generator=generator).split(batch_size):
-            logits = model(x[rows])
-            loss = torch.nn.functional.cross_entropy(logits, y[rows])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            recorder.update(rows, logits, y[rows])
-        recorder.end_epoch()
-    dynamics = recorder.to_dataset()
-    return train.add_column("dynamics", dynamics["dynamics"], feature=dynamics.features["dynamics"])
 
 
 def demo_selectors(window: int) -> dict[str, Callable[[Dataset, float, int], Dataset]]:
@@ -152,7 +119,7 @@ def _thread_limit(threads: int | None) -> Iterator[None]:
     import sklearn.linear_model  # noqa: F401
     from threadpoolctl import threadpool_limits
 
-    from .ops.faiss_import import faiss_available
+    from hf_prune.ops.faiss_import import faiss_available
 
     faiss_available()
     before = torch.get_num_threads()
@@ -392,3 +359,47 @@ def _run(dataset, fractions, seeds, epochs, output_dir, max_train_rows, names, t
                    "total_seconds": time.perf_counter() - t0}, fh, indent=2)
     print(f"wrote {output_dir}/results.md, results.json and {plot_path} ({time.perf_counter() - t0:.0f}s in all)")
     return results
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The demo's options (``--help``); `main` passes them to `run_demo`."""
+    parser = argparse.ArgumentParser(
+        prog="hf-prune-demo", description="Run every selector on a small offline dataset and compare linear probes."
+    )
+    parser.add_argument("--dataset", default="digits", choices=["digits", "fashion_mnist"])
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.5])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=15, help="epochs of the proxy model that records dynamics")
+    parser.add_argument("--max-train-rows", type=int, default=None, help="subsample the training split first")
+    parser.add_argument("--output-dir", default="demo_output")
+    parser.add_argument("--selectors", nargs="+", default=None, help="demo selector names to run (default: all)")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="threads for torch/BLAS/OpenMP during the demo (0: the libraries' defaults); one stays fast on a shared CPU",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo from command-line options; bad options end with ``hf-prune-demo: error: ...`` and 2.
+
+    Example:
+        >>> main(["--fractions", "0.1", "--seeds", "0", "--selectors", "random", "GM matching"])
+        0
+    """
+    args = make_parser().parse_args(argv)
+    try:
+        run_demo(
+            dataset=args.dataset, fractions=args.fractions, output_dir=args.output_dir, seeds=args.seeds,
+            epochs=args.epochs, max_train_rows=args.max_train_rows, selectors=args.selectors,
+            threads=args.threads or None,
+        )
+    except (KeyError, ValueError, OSError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err  # no repr quotes
+        print(f"hf-prune-demo: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,6 +1,7 @@
 """Train an image classifier on a dataset or a pruned subset of it, optionally recording training dynamics.
 
-Launch (CPU, one GPU, several GPUs: pick the accelerate config):
+Launch (CPU, one GPU, several GPUs: pick the accelerate config; ``python -m recipes.image_classification``
+runs it without accelerate's launcher):
 
     accelerate launch --config_file recipes/accelerate_configs/cpu.yaml recipes/image_classification.py \\
         --dataset fashion_mnist --model small_cnn --epochs 5 --output_dir runs/fmnist_full --record_dynamics
@@ -51,9 +52,12 @@ epoch; ``--resume_from_checkpoint latest|PATH`` continues from the next epoch wi
 scheduler, dynamics and progress restored), and ``metrics.json`` with test top-1 and per-class
 accuracy as mean ± std over ``--seeds``.
 
+The recipe is the image-specific part only (its configs, decoding the splits into tensors, the
+classification step); the loop, checkpoints, dynamics, subsets and models come from `recipes.trainer`.
+
 Checkpoints are written into ``epoch_<k>.incomplete`` and renamed to ``epoch_<k>`` once every process has
 written its files and the main process has listed them in ``checkpoint_complete.json`` (see
-`recipes.common.save_checkpoint`), so a kill mid-save never leaves a folder that looks finished.
+`recipes.trainer.checkpoints.save_checkpoint`), so a kill mid-save never leaves a folder that looks finished.
 ``latest`` picks the newest complete checkpoint and reports the incomplete ones it skips; a corrupt
 checkpoint given by path is an error naming it and the previous good one; ``--save_total_limit`` counts
 and deletes complete checkpoints only, so it never removes the last good one.
@@ -61,11 +65,8 @@ and deletes complete checkpoints only, so it never removes the last good one.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
-import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,44 +74,28 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
-from datasets import ClassLabel, Dataset, load_dataset, load_from_disk
+from datasets import ClassLabel, Dataset
 from transformers import HfArgumentParser
 
 import hf_prune as hp
 from hf_prune.dynamics import DynamicsRecorder
-from hf_prune.nets import RESNETS, cifar_resnet
-from hf_prune.ops.columns import add_column, read_labels, read_vector
-from hf_prune.select.spec import parse_spec
-
-try:
-    from recipes.common import (
-        aggregate_runs,
-        complete_checkpoints,
-        find_checkpoint,
-        load_checkpoint,
-        parse_config,
-        prune_checkpoints,
-        replace_folder,
-        run_metadata,
-        save_checkpoint,
-        write_json,
-    )
-except ImportError:  # run as a script: the recipes folder itself is on sys.path
-    from common import (
-        aggregate_runs,
-        complete_checkpoints,
-        find_checkpoint,
-        load_checkpoint,
-        parse_config,
-        prune_checkpoints,
-        replace_folder,
-        run_metadata,
-        save_checkpoint,
-        write_json,
-    )
+from hf_prune.ops.columns import read_labels, read_vector
+from recipes.trainer.config import parse_config, run_metadata, write_json
+from recipes.trainer.data import (
+    EpochSampler,
+    TensorImageDataset,
+    augment,
+    batch_size_for,
+    channel_statistics,
+    identity_collate,
+    subset_rows,
+)
+from recipes.trainer.dynamics import DynamicsBuffer, save_dynamics
+from recipes.trainer.loop import StepOutput, TrainState, evaluate, lr_lambda, resume, train_epochs
+from recipes.trainer.metrics import aggregate_runs
+from recipes.trainer.models import ImageClassifier, build_model
 
 
 @dataclass
@@ -182,118 +167,7 @@ class RunConfig:
     output_dir: Path
 
 
-# ----------------------------------------------------------------------------------------------- models
-
-
-class SmallCNN(nn.Module):
-    """Three conv–BN–ReLU–max-pool blocks (32, 64, 128 channels), global average pooling, linear head."""
-
-    def __init__(self, num_classes: int, in_channels: int = 1, widths: tuple[int, ...] = (32, 64, 128)):
-        super().__init__()
-        layers, channels = [], in_channels
-        for width in widths:
-            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
-            layers.append(nn.MaxPool2d(2))
-            channels = width
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(channels, num_classes)
-
-    def forward(self, x):
-        return self.head(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
-
-
-class HFImageModel(nn.Module):
-    """A transformers image classifier fed our tensors: channels repeated and images resized as it expects."""
-
-    def __init__(self, model: nn.Module, in_channels: int):
-        super().__init__()
-        self.model = model
-        config = model.config
-        self.channels = int(getattr(config, "num_channels", in_channels))
-        size = getattr(config, "image_size", None)
-        if isinstance(size, dict):
-            size = size.get("height") or size.get("shortest_edge")
-        self.size = (size, size) if isinstance(size, int) else tuple(size) if size else None
-        if self.channels not in (in_channels, 3) or (self.channels == 3 and in_channels not in (1, 3)):
-            raise ValueError(f"the model expects {self.channels} channels; the images have {in_channels}")
-
-    def forward(self, x):
-        if x.shape[1] != self.channels:
-            x = x.expand(-1, self.channels, -1, -1)
-        if self.size is not None and tuple(x.shape[-2:]) != self.size:
-            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
-        return self.model(pixel_values=x).logits
-
-
-class ImageClassifier(nn.Module):
-    """uint8 ``(B, C, H, W)`` → normalised float → backbone logits (normalisation lives in the model)."""
-
-    def __init__(self, backbone: nn.Module, mean: list[float], std: list[float]):
-        super().__init__()
-        self.backbone = backbone
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, pixels):
-        x = pixels.float() / 255.0
-        return self.backbone((x - self.mean) / self.std)
-
-
-def build_model(name: str, num_classes: int, in_channels: int, *, pretrained: bool = True) -> nn.Module:
-    """The backbone for ``name`` (see `TrainConfig.model`), before normalisation."""
-    if name == "small_cnn":
-        return SmallCNN(num_classes, in_channels)
-    if name in RESNETS:
-        return cifar_resnet(name, num_classes=num_classes, in_channels=in_channels)
-    from transformers import AutoConfig, AutoModelForImageClassification
-
-    labels = {"num_labels": num_classes}
-    if pretrained:
-        model = AutoModelForImageClassification.from_pretrained(name, ignore_mismatched_sizes=True, **labels)
-    else:
-        model = AutoModelForImageClassification.from_config(AutoConfig.from_pretrained(name, **labels))
-    return HFImageModel(model, in_channels)
-
-
 # ------------------------------------------------------------------------------------------------- data
-
-
-class TensorImageDataset(torch.utils.data.Dataset):
-    """In-memory ``uint8`` images, labels and positions; ``__getitems__`` gathers a batch in one indexing op."""
-
-    def __init__(self, pixels: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor):
-        self.pixels, self.labels, self.positions = pixels, labels, positions
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, index):
-        return self.__getitems__([index])
-
-    def __getitems__(self, indices):
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return {"pixels": self.pixels[idx], "labels": self.labels[idx], "positions": self.positions[idx]}
-
-
-def _identity(batch):
-    return batch
-
-
-class EpochSampler(torch.utils.data.Sampler):
-    """A random permutation that depends only on ``(seed, epoch)``, so a resumed run sees the same order."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self):
-        return self.n
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
 
 
 @dataclass
@@ -402,74 +276,19 @@ def select_training_rows(
 ) -> tuple[np.ndarray, Dataset | None, dict[str, Any]]:
     """Positions of the training rows in ``train`` (or a stand-alone subset Dataset) and a description.
 
-    ``train_labels`` are the labels of ``train`` (as `load_base` holds them); a subset's labels are checked against them.
+    ``train_labels`` are the labels of ``train`` (as `load_base` holds them); a subset's labels are checked
+    against them (`recipes.trainer.data.subset_rows`).
     """
-    given = [x for x in (cfg.subset_path, cfg.subset_hub_id, cfg.selector) if x]
-    if len(given) > 1:
-        raise ValueError("pass at most one of --subset_path, --subset_hub_id, --selector")
-    if not given:
-        return np.arange(len(train)), None, {"source": "full"}
-    if cfg.selector:
-        selector, kwargs = parse_spec(cfg.selector)
-        if "seed" in inspect.signature(selector).parameters:
-            kwargs.setdefault("seed", seed)
-        subset = selector(train, **kwargs)
-        info = {"source": "selector", "spec": cfg.selector, "kwargs": kwargs}
-    else:
-        if cfg.subset_path:
-            loaded, info = load_from_disk(cfg.subset_path), {"source": "path", "path": cfg.subset_path}
-        else:
-            loaded, info = load_dataset(cfg.subset_hub_id), {"source": "hub", "hub_id": cfg.subset_hub_id}
-        subset = loaded[cfg.subset_split] if not isinstance(loaded, Dataset) else loaded
-    info["provenance"] = hp.provenance(subset)
-    if "row_id" not in subset.column_names:
-        for column in (cfg.image_column, cfg.label_column):
-            if column not in subset.column_names:
-                raise KeyError(f"the subset has neither 'row_id' nor the column {column!r}; it has {subset.column_names}")
-        return np.arange(len(subset)), subset, {**info, "row_ids": False}
-    row_ids = np.array(read_vector(subset, "row_id", dtype=np.int64))  # a writable copy
-    if len(row_ids) == 0:
-        raise ValueError("the subset is empty")
-    if row_ids.min() < 0 or row_ids.max() >= len(train) or len(np.unique(row_ids)) != len(row_ids):
-        raise ValueError(f"the subset's row_id values must be distinct positions in the train split (0..{len(train) - 1})")
-    if cfg.label_column in subset.column_names:
-        mismatch = read_labels(subset, cfg.label_column) != train_labels[row_ids]
-        if mismatch.any():
-            raise ValueError(
-                f"{int(mismatch.sum())} subset rows have a different {cfg.label_column!r} than the train split at their "
-                "row_id: the subset was made from another dataset (or other corruption settings)"
-            )
-    return row_ids, None, info
+    rows = subset_rows(
+        train, subset_path=cfg.subset_path, subset_hub_id=cfg.subset_hub_id, subset_split=cfg.subset_split,
+        selector=cfg.selector, seed=seed, label_column=cfg.label_column, train_labels=train_labels,
+        required_columns=(cfg.image_column, cfg.label_column),
+    )
+    return rows.row_ids, rows.standalone, rows.info
 
 
 def _batch_size_for(train: TrainConfig, pruning_ratio: float) -> int:
-    if not train.batch_size_by_pruning_ratio:
-        return train.batch_size
-    table = []
-    for item in train.batch_size_by_pruning_ratio.split(","):
-        ratio, sep, size = item.partition(":")
-        if not sep:
-            raise ValueError(f"--batch_size_by_pruning_ratio item {item!r} is not ratio:batch_size")
-        table.append((float(ratio), int(size)))
-    eligible = [size for ratio, size in sorted(table) if ratio <= pruning_ratio + 1e-9]
-    return eligible[-1] if eligible else train.batch_size
-
-
-def channel_statistics(pixels: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
-    """Exact per-channel mean and std (in [0, 1] units) of uint8 ``(N, C, H, W)`` images via 256-bin histograms.
-
-    Chunked, so memory stays at one chunk of int64 values instead of a float copy of the whole set.
-    """
-    channels = pixels.shape[1]
-    counts = torch.zeros(channels, 256, dtype=torch.float64)
-    for start in range(0, len(pixels), chunk):
-        block = pixels[start : start + chunk].transpose(0, 1).reshape(channels, -1).long()
-        counts += torch.stack([torch.bincount(block[c], minlength=256) for c in range(channels)]).double()
-    levels = torch.arange(256, dtype=torch.float64) / 255.0
-    total = counts.sum(1)
-    mean = (counts * levels).sum(1) / total
-    var = (counts * (levels - mean[:, None]) ** 2).sum(1) / (total - 1).clamp_min(1)
-    return mean.tolist(), var.sqrt().clamp_min(1e-3).tolist()
+    return batch_size_for(train.batch_size, train.batch_size_by_pruning_ratio, pruning_ratio)
 
 
 def get_dataloaders(config: RunConfig, accelerator: Accelerator) -> DataBundle:
@@ -499,11 +318,11 @@ def get_dataloaders(config: RunConfig, accelerator: Accelerator) -> DataBundle:
     train_set = TensorImageDataset(pixels, torch.from_numpy(labels), torch.arange(len(labels)))
     sampler = EpochSampler(len(train_set), config.seed)
     train_loader = torch.utils.data.DataLoader(
-        train_set, batch_size=batch_size // processes, sampler=sampler, collate_fn=_identity, num_workers=train_cfg.num_workers,
+        train_set, batch_size=batch_size // processes, sampler=sampler, collate_fn=identity_collate, num_workers=train_cfg.num_workers,
     )
     test_set = TensorImageDataset(base.test_pixels, torch.from_numpy(base.test_labels), torch.arange(len(base.test_labels)))
     test_loader = torch.utils.data.DataLoader(
-        test_set, batch_size=train_cfg.eval_batch_size // processes, shuffle=False, collate_fn=_identity,
+        test_set, batch_size=train_cfg.eval_batch_size // processes, shuffle=False, collate_fn=identity_collate,
         num_workers=train_cfg.num_workers,
     )
     info.update({"train_size": len(labels), "full_train_size": full_size, "pruning_ratio": pruning_ratio})
@@ -514,98 +333,6 @@ def get_dataloaders(config: RunConfig, accelerator: Accelerator) -> DataBundle:
 
 
 # -------------------------------------------------------------------------------------------- training
-
-
-def augment(pixels: torch.Tensor, generator: torch.Generator, padding: int, hflip: bool) -> torch.Tensor:
-    """Random crop (zero padding ``padding``) and horizontal flip of a uint8 batch, one draw per image."""
-    b, _, h, w = pixels.shape
-    if padding > 0:
-        offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=generator).to(pixels.device)
-        padded = F.pad(pixels, (padding, padding, padding, padding))
-        rows = (offsets[0][:, None] + torch.arange(h, device=pixels.device))[:, :, None]
-        cols = (offsets[1][:, None] + torch.arange(w, device=pixels.device))[:, None, :]
-        pixels = padded.permute(0, 2, 3, 1)[torch.arange(b, device=pixels.device)[:, None, None], rows, cols].permute(0, 3, 1, 2)
-    if hflip:
-        flip = (torch.rand(b, generator=generator) < 0.5).to(pixels.device)
-        pixels = torch.where(flip[:, None, None, None], pixels.flip(3), pixels)
-    return pixels.contiguous()
-
-
-class TrainState:
-    """Progress saved with every checkpoint (epochs done, steps, timing, per-epoch history)."""
-
-    def __init__(self):
-        self.epoch, self.step, self.train_time, self.dynamics_time, self.history = 0, 0, 0.0, 0.0, []
-
-    def state_dict(self):
-        return {k: getattr(self, k) for k in ("epoch", "step", "train_time", "dynamics_time", "history")}
-
-    def load_state_dict(self, state):
-        for key, value in state.items():
-            setattr(self, key, value)
-
-
-class DynamicsBuffer:
-    """Holds detached training logits on the device and hands them to the recorder in large chunks.
-
-    Buffering avoids a device→host copy (and a GPU sync) on every step; ``flush_rows`` bounds memory.
-    """
-
-    def __init__(self, recorder: DynamicsRecorder, accelerator: Accelerator, flush_rows: int = 65536):
-        self.recorder, self.accelerator, self.flush_rows = recorder, accelerator, flush_rows
-        self.items: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self.rows = 0
-
-    def add(self, positions, logits, labels) -> None:
-        self.items.append((positions, logits.detach().float(), labels))
-        self.rows += len(positions)
-        if self.rows >= self.flush_rows:  # every process has the same step count, so they flush together
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.items:
-            return
-        positions, logits, labels = (torch.cat(parts) for parts in zip(*self.items))
-        positions, logits, labels = self.accelerator.gather((positions, logits, labels))
-        self.recorder.update(positions.cpu(), logits, labels)
-        self.items, self.rows = [], 0
-
-    def discard(self) -> None:
-        self.items, self.rows = [], 0
-
-
-def lr_lambda(total_steps: int, warmup_steps: int):
-    def schedule(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return schedule
-
-
-@torch.no_grad()
-def evaluate(model, loader, accelerator: Accelerator, num_classes: int) -> dict[str, Any]:
-    model.eval()
-    correct = torch.zeros(num_classes, dtype=torch.float64)
-    total = torch.zeros(num_classes, dtype=torch.float64)
-    loss_sum = 0.0
-    for batch in loader:
-        logits = model(batch["pixels"]).float()
-        losses = F.cross_entropy(logits, batch["labels"], reduction="none")
-        preds, labels, losses = accelerator.gather_for_metrics((logits.argmax(1), batch["labels"], losses))
-        labels = labels.cpu()
-        total += torch.bincount(labels, minlength=num_classes).double()
-        correct += torch.bincount(labels[preds.cpu() == labels], minlength=num_classes).double()
-        loss_sum += float(losses.sum())
-    n = float(total.sum())
-    per_class = torch.where(total > 0, correct / total.clamp_min(1), torch.full_like(total, float("nan")))
-    return {"accuracy": float(correct.sum()) / n, "loss": loss_sum / n, "per_class": per_class.tolist(), "count": int(n)}
-
-
-def _checkpoints(directory: Path) -> list[Path]:
-    """The complete ``epoch_<k>`` checkpoints in ``directory``, oldest first (incomplete folders left out)."""
-    return complete_checkpoints(directory, "epoch_")
 
 
 def train_run(config: RunConfig, get_dataloaders=get_dataloaders) -> dict[str, Any]:
@@ -643,72 +370,24 @@ def train_run(config: RunConfig, get_dataloaders=get_dataloaders) -> dict[str, A
         recorder = DynamicsRecorder(num_rows=len(data.row_ids), num_classes=data.num_classes)
         accelerator.register_for_checkpointing(recorder)
         buffer = DynamicsBuffer(recorder, accelerator)
-
     checkpoint_dir = out / "checkpoints"
-    if cfg.resume_from_checkpoint:
-        # `latest` skips folders a kill left half-written; a bad explicit path names the previous good one.
-        path = find_checkpoint(checkpoint_dir, cfg.resume_from_checkpoint, log=accelerator.print)
-        if path is None:
-            accelerator.print(f"no complete checkpoint in {checkpoint_dir}; starting from scratch")
-        else:
-            load_checkpoint(accelerator, path)
-            accelerator.print(f"resumed from {path} after epoch {state.epoch} (step {state.step})")
+    resume(accelerator, checkpoint_dir, cfg.resume_from_checkpoint, state)
 
     criterion = nn.CrossEntropyLoss()
-    for epoch in range(state.epoch, num_epochs):
-        if state.step >= total_steps:
-            break
-        data.sampler.set_epoch(epoch)
-        train_loader.set_epoch(epoch)
-        # Every random draw of the epoch derives from (seed, epoch): resuming reproduces it exactly.
-        set_seed(config.seed * 1000 + epoch)
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + 7919 * epoch + accelerator.process_index)
-        model.train()
-        loss_sum, correct, seen, dyn_time, completed = 0.0, 0, 0, 0.0, True
-        start = time.perf_counter()
-        for batch in train_loader:
-            if state.step >= total_steps:
-                completed = False
-                break
-            pixels = augment(batch["pixels"], generator, cfg.crop_padding, cfg.hflip) if cfg.augment else batch["pixels"]
-            logits = model(pixels)
-            loss = criterion(logits.float(), batch["labels"])
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            if buffer is not None:
-                t = time.perf_counter()
-                buffer.add(batch["positions"], logits, batch["labels"])
-                dyn_time += time.perf_counter() - t
-            loss_sum += loss.detach() * len(batch["labels"])
-            correct += (logits.detach().argmax(1) == batch["labels"]).sum()
-            seen += len(batch["labels"])
-        if buffer is not None:
-            t = time.perf_counter()
-            if completed:
-                buffer.flush()
-                recorder.end_epoch()
-            else:
-                buffer.discard()
-            dyn_time += time.perf_counter() - t
-        elapsed = time.perf_counter() - start
-        state.epoch, state.train_time, state.dynamics_time = epoch + 1, state.train_time + elapsed, state.dynamics_time + dyn_time
-        entry = {
-            "epoch": epoch + 1, "step": state.step, "lr": scheduler.get_last_lr()[0], "time_s": elapsed,
-            "dynamics_time_s": dyn_time, "train_loss": float(loss_sum) / max(seen, 1),
-            "train_accuracy": float(correct) / max(seen, 1), "complete_epoch": completed,
-        }
-        if cfg.eval_each_epoch:
-            entry["test_accuracy"] = evaluate(model, test_loader, accelerator, data.num_classes)["accuracy"]
-        state.history.append(entry)
-        accelerator.print(json.dumps({"seed": config.seed, **entry}))
-        if cfg.checkpointing:
-            saved = save_checkpoint(accelerator, checkpoint_dir / f"epoch_{epoch + 1}")
-            if cfg.save_total_limit and accelerator.is_main_process:
-                prune_checkpoints(checkpoint_dir, cfg.save_total_limit, saved)
-            accelerator.wait_for_everyone()
+
+    def step(batch, generator: torch.Generator) -> StepOutput:
+        # Dynamics come from this forward pass on the augmented batch, as DUAL and Dyn-Unc record them.
+        pixels = augment(batch["pixels"], generator, cfg.crop_padding, cfg.hflip) if cfg.augment else batch["pixels"]
+        logits = model(pixels)
+        return StepOutput(criterion(logits.float(), batch["labels"]), logits, batch["labels"], batch["positions"])
+
+    train_epochs(
+        accelerator, model, optimizer, scheduler, train_loader, data.sampler, step, state=state,
+        num_epochs=num_epochs, total_steps=total_steps, seed=config.seed, buffer=buffer,
+        evaluate_epoch=(lambda: evaluate(model, test_loader, accelerator, data.num_classes)["accuracy"])
+        if cfg.eval_each_epoch else None,
+        checkpoint_dir=checkpoint_dir if cfg.checkpointing else None, save_total_limit=cfg.save_total_limit,
+    )
 
     result = evaluate(model, test_loader, accelerator, data.num_classes)
     metrics = {
@@ -737,14 +416,7 @@ def train_run(config: RunConfig, get_dataloaders=get_dataloaders) -> dict[str, A
     }
     if accelerator.is_main_process:
         if recorder is not None and recorder.epochs:
-            dynamics = recorder.to_dataset(cfg.dynamics_column)
-            dynamics = add_column(dynamics, "row_id", data.row_ids.astype(np.int64), overwrite=True, feature=dynamics.features["row_id"])
-            dynamics = dynamics.select_columns(["row_id", cfg.dynamics_column])
-            target, staging = out / "dynamics", out / "dynamics.incomplete"
-            if staging.exists():
-                shutil.rmtree(staging)  # left by a run killed while writing it
-            dynamics.save_to_disk(str(staging))
-            replace_folder(staging, target)
+            target = save_dynamics(recorder, data.row_ids, out / "dynamics", cfg.dynamics_column)
             metrics["dynamics_path"] = str(target)
             metrics["dynamics_epochs"] = recorder.epochs
         write_json(out / "metrics.json", metrics)

@@ -35,7 +35,7 @@ cmd=${1:-}
 shift || true
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TOKENIZERS_PARALLELISM=false
 case "$cmd" in
-    demo) setup; exec "$VENV/bin/hf-prune" demo "$@" ;;
+    demo) setup; exec "$VENV/bin/python" -m recipes.demo "$@" ;;
     test) setup; test_data; exec "$VENV/bin/python" -m pytest -m "not slow and not gpu" -q "$@" ;;
     setup) setup ;;
     *) echo "usage: bash scripts/dev.sh {demo|test|setup} [args]" >&2; exit 2 ;;

@@ -193,10 +193,10 @@ def test_list_into_a_closed_pipe_ends_quietly():
     assert "Error" not in stderr and "error" not in stderr, stderr
 
 
-def test_demo_options_reach_run_demo(tmp_path, capsys):
+def test_demo_says_where_it_moved(tmp_path, capsys):
+    # The demo is a recipe now (hf_prune never imports recipes): old command lines get the new command.
     out = tmp_path / "demo"
-    code = main(["demo", "--fractions", "0.3", "--seeds", "0", "--epochs", "2", "--max-train-rows", "300",
-                 "--selectors", "random", "GM matching", "--threads", "1", "--output-dir", str(out)])
-    assert code == 0
-    saved = json.loads((out / "results.json").read_text())
-    assert set(saved["accuracy"]) == {"random", "GM matching"}
+    code = main(["demo", "--fractions", "0.3", "--seeds", "0", "--output-dir", str(out)])
+    assert code == 2
+    assert "hf-prune-demo" in capsys.readouterr().err
+    assert not out.exists()

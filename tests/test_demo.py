@@ -1,4 +1,8 @@
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -6,9 +10,9 @@ import torch
 from datasets import Dataset
 from threadpoolctl import threadpool_info
 
-import hf_prune.demo as demo
-from hf_prune.demo import DEMO_FAMILIES, demo_selectors, plot_results, run_demo
-from hf_prune.probe import LinearProbe, linear_probe_accuracy
+import recipes.demo as demo
+from recipes.demo import DEMO_FAMILIES, demo_selectors, plot_results, run_demo
+from recipes.trainer.probe import LinearProbe, linear_probe_accuracy
 
 
 def _features(x, y):
@@ -179,3 +183,24 @@ def test_demo_rejects_bad_arguments(tmp_path):
         run_demo(seeds=(), output_dir=str(tmp_path))
     with pytest.raises(ValueError, match="`dataset`"):
         run_demo(dataset="cifar", selectors=["random"], output_dir=str(tmp_path))
+
+
+def test_demo_command_line_options_reach_run_demo(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = demo.main(["--fractions", "0.3", "--seeds", "0", "--epochs", "2", "--max-train-rows", "300",
+                      "--selectors", "random", "GM matching", "--threads", "1", "--output-dir", str(out)])
+    assert code == 0
+    saved = json.loads((out / "results.json").read_text())
+    assert set(saved["accuracy"]) == {"random", "GM matching"}
+    assert saved["fractions"] == [0.3] and saved["seeds"] == [0] and saved["threads"] == 1
+    assert demo.main(["--selectors", "nope", "--output-dir", str(tmp_path / "bad")]) == 2
+    assert "unknown ['nope']" in capsys.readouterr().err
+
+
+def test_demo_runs_as_a_module_and_as_the_console_script(tmp_path):
+    # `bash scripts/dev.sh demo` runs `python -m recipes.demo`; pip installs `hf-prune-demo`.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for command in ([sys.executable, "-m", "recipes.demo"], [str(Path(sys.executable).parent / "hf-prune-demo")]):
+        done = subprocess.run([*command, "--help"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert "--max-train-rows" in done.stdout and "--threads" in done.stdout

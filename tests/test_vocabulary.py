@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import hf_prune as hp
-from hf_prune.demo import record_proxy_dynamics
 from hf_prune.ops.deprecation import renamed, renamed_value
-from hf_prune.probe import LinearProbe, linear_probe_accuracy
 from hf_prune.select.d2_pruning import d2_graph
 from hf_prune.select.infomax import infomax_kernel
+from recipes.trainer.dynamics import record_proxy_dynamics
+from recipes.trainer.probe import LinearProbe, linear_probe_accuracy
 from tests.conftest import make_dataset
 
 

@@ -1,4 +1,5 @@
-"""Offline and Hub dataset loaders returning DatasetDicts with train/test splits.
+"""Offline and Hub dataset loaders returning DatasetDicts with train/test splits, image decoding, and
+prompt/response tokenisation for instruction data (`tokenize_prompt_response`).
 
 Example:
     >>> from hf_prune.data import load_fashion_mnist
@@ -15,8 +16,10 @@ from .fashion_mnist import (
 )
 from .hub import load_cifar10, load_cifar100, load_image_dataset
 from .images import encode_png, images_to_arrow, read_images
+from .prompts import IGNORE_INDEX, encode_prompt_response, tokenize_prompt_response
 
 __all__ = [
-    "DEFAULT_FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "FASHION_MNIST_HUB_ID", "encode_png", "images_to_arrow",
-    "load_cifar10", "load_cifar100", "load_digits", "load_fashion_mnist", "load_image_dataset", "read_idx", "read_images",
+    "DEFAULT_FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "FASHION_MNIST_HUB_ID", "IGNORE_INDEX", "encode_png",
+    "encode_prompt_response", "images_to_arrow", "load_cifar10", "load_cifar100", "load_digits", "load_fashion_mnist",
+    "load_image_dataset", "read_idx", "read_images", "tokenize_prompt_response",
 ]

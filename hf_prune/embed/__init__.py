@@ -1,8 +1,9 @@
 """Map-able embedders: batched callables for ``Dataset.map(..., batched=True)``."""
 
+from ..data.prompts import tokenize_prompt_response  # its home is hf_prune.data; kept here for 0.1.0 code
 from .clip import CLIPEmbedder
 from .image import ImageEmbedder
-from .lora_gradients import LoRAGradientEmbedder, tokenize_prompt_response
+from .lora_gradients import LoRAGradientEmbedder
 from .pixels import PixelEmbedder
 from .random_net import RandomNetEmbedder
 from .text import TextEmbedder

@@ -1,5 +1,5 @@
 """CIFAR-style ResNets (3×3 stride-1 stem, no max-pool), shared by `RandomNetEmbedder` and the
-classification recipe.
+recipes' models (``recipes.trainer.models``).
 
 The layout is the common CIFAR ResNet of the pruning literature (the DUAL, CCS and D² experiments,
 and the SimCLR CIFAR code the Gram–Schmidt seed builds on): four stages of 64/128/256/512 channels

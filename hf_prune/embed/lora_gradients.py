@@ -25,24 +25,20 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 import xxhash
-from datasets import Dataset, Features, Value
-from datasets import Sequence as SequenceFeature
 
+from ..data.prompts import IGNORE_INDEX
 from ..ops.checks import seed_int
-from ..ops.columns import check_columns, check_new_columns
 from ..ops.projection import RandomProjection
 from ._base import Embedder
 
-__all__ = ["LoRAGradientEmbedder", "lora_parameter_names", "encode_prompt_response", "tokenize_prompt_response"]
-
-IGNORE_INDEX = -100
+__all__ = ["LoRAGradientEmbedder", "lora_parameter_names"]
 
 
 # --------------------------------------------------------------------------- LoRA parameters
@@ -219,7 +215,7 @@ class LoRAGradientEmbedder(Embedder):
 
     Inputs are the tokenised form: ``input_ids`` and ``labels`` columns holding, per row, unpadded
     token lists of equal length with ``-100`` on the tokens that take no loss (build them from
-    prompt/response text with `tokenize_prompt_response`). A batch is right-padded; under causal
+    prompt/response text with `hf_prune.data.tokenize_prompt_response`). A batch is right-padded; under causal
     attention padding appended after a sequence cannot change the logits of its real tokens, so no
     attention mask is needed and every row's gradient equals the one of that row alone.
 
@@ -500,95 +496,6 @@ class LoRAGradientEmbedder(Embedder):
         if self.projection is not None:
             grads = self.projection(grads)
         return {self.output_column: grads}
-
-
-# --------------------------------------------------------------------------- tokenisation helper
-def encode_prompt_response(
-    tokenizer,
-    prompts: Sequence[str],
-    responses: Sequence[str],
-    *,
-    max_length: int | None = 2048,
-    add_eos: bool = True,
-) -> dict[str, list[list[int]]]:
-    """Tokenise ``prompt + response`` pairs with the prompt masked: ``{"input_ids", "labels"}``.
-
-    As in LESS (and open-instruct's ``encode_with_prompt_completion_format``): the text
-    ``prompt + response (+ eos_token)`` is tokenised (truncated to ``max_length``) and the labels
-    of its first ``len(tokenize(prompt))`` tokens are set to -100. A response truncated away
-    leaves a row with no response token, which `LoRAGradientEmbedder` rejects.
-
-    Example:
-        >>> out = encode_prompt_response(tok, ["Q: 2+2?\\nA:"], [" 4"])
-        >>> n_prompt = len(tok("Q: 2+2?\\nA:").input_ids)
-        >>> out["labels"][0][:n_prompt] == [-100] * n_prompt
-        True
-    """
-    prompts, responses = list(prompts), list(responses)
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    for what, texts in (("prompt", prompts), ("response", responses)):
-        if not all(isinstance(t, str) for t in texts):
-            raise ValueError(f"every {what} must be a string")
-    eos = (getattr(tokenizer, "eos_token", None) or "") if add_eos else ""
-    kwargs = {"truncation": max_length is not None, "max_length": max_length}
-    full = pa.array(tokenizer([p + r + eos for p, r in zip(prompts, responses)], **kwargs)["input_ids"])
-    prompt_lengths = np.diff(np.asarray(pa.array(tokenizer(prompts, **kwargs)["input_ids"]).offsets))
-    offsets = np.asarray(full.offsets)
-    lengths = np.diff(offsets)
-    flat = full.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
-    position = np.arange(len(flat)) - np.repeat(offsets[:-1], lengths)
-    labels = np.where(position < np.repeat(prompt_lengths, lengths), IGNORE_INDEX, flat)
-    label_lists = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(labels))
-    return {"input_ids": full.to_pylist(), "labels": label_lists.to_pylist()}
-
-
-def tokenize_prompt_response(
-    dataset: Dataset,
-    tokenizer,
-    *,
-    prompt_column: str = "prompt",
-    response_column: str = "response",
-    max_length: int | None = 2048,
-    add_eos: bool = True,
-    input_ids_column: str = "input_ids",
-    labels_column: str = "labels",
-    overwrite: bool = False,
-    batch_size: int = 1000,
-) -> Dataset:
-    """Add ``input_ids``/``labels`` columns (prompt tokens labelled -100) from prompt/response text.
-
-    See `encode_prompt_response` for the exact rule. Returns a new Dataset; the input is untouched.
-
-    Example:
-        >>> ds = tokenize_prompt_response(ds, tokenizer, prompt_column="prompt", response_column="response")
-        >>> ds = hp.embed.LoRAGradientEmbedder(model).map(ds)
-    """
-    check_columns(dataset, prompt_column, response_column)
-    existing = check_new_columns(dataset, (input_ids_column, labels_column), overwrite)
-    if existing:
-        dataset = dataset.remove_columns(existing)
-    tokens = SequenceFeature(Value("int64"))
-    features = Features({**dataset.features, input_ids_column: tokens, labels_column: tokens})
-    encode: Callable = _Encoder(tokenizer, prompt_column, response_column, max_length, add_eos,
-                                input_ids_column, labels_column)
-    return dataset.map(encode, batched=True, batch_size=batch_size, features=features,
-                       desc=f"tokenize {prompt_column}/{response_column}")
-
-
-class _Encoder:
-    """The map function of `tokenize_prompt_response` (a class so ``datasets`` can hash it)."""
-
-    def __init__(self, tokenizer, prompt_column, response_column, max_length, add_eos, ids_column, labels_column):
-        self.tokenizer = tokenizer
-        self.columns = (prompt_column, response_column, ids_column, labels_column)
-        self.max_length, self.add_eos = max_length, add_eos
-
-    def __call__(self, batch):
-        prompt_column, response_column, ids_column, labels_column = self.columns
-        out = encode_prompt_response(self.tokenizer, batch[prompt_column], batch[response_column],
-                                     max_length=self.max_length, add_eos=self.add_eos)
-        return {ids_column: out["input_ids"], labels_column: out["labels"]}
 
 
 def _projection_seed(seed):

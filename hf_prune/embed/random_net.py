@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..nets import cifar_resnet
 from ..ops.checks import seed_int
 from ._base import Embedder
+from .cifar_resnet import cifar_resnet
 from .image import pool_outputs
 from .pixels import _size_pair, images_to_array
 

@@ -14,17 +14,13 @@ Data: a seeded mixture of 50 Gaussians in ``--dim`` dimensions, ``--rows`` rows,
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from datasets import Dataset, Features, Sequence, Value, disable_progress_bars
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-import hf_prune as hp  # noqa: E402
-from recipes.common import library_versions  # noqa: E402
+import hf_prune as hp
+from recipes.trainer.config import library_versions
 
 SELECTORS = {
     "k_center_greedy": lambda ds, **kw: hp.select.k_center_greedy(ds, embedding_column="emb", **kw),

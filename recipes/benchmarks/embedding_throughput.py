@@ -30,9 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,12 +38,10 @@ from datasets import Dataset, disable_progress_bars, load_from_disk
 from datasets import Image as ImageFeature
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-import hf_prune as hp  # noqa: E402
-from hf_prune.embed.image import load_images, pool_outputs  # noqa: E402
-from hf_prune.ops.device import autocast_dtype  # noqa: E402
-from recipes.common import timed  # noqa: E402
+import hf_prune as hp
+from hf_prune.embed.image import load_images, pool_outputs
+from hf_prune.ops.device import autocast_dtype
+from recipes.trainer.metrics import timed
 
 FASHION_MNIST = os.path.join(hp.data.DEFAULT_FASHION_MNIST_DIR, "t10k-images-idx3-ubyte.gz")
 

@@ -57,22 +57,17 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from datasets import Dataset, disable_progress_bars  # noqa: E402
+from datasets import Dataset, disable_progress_bars
 
-import hf_prune as hp  # noqa: E402
-from hf_prune.ops.columns import add_column  # noqa: E402
-from recipes.common import library_versions, write_json  # noqa: E402
-
-REFERENCES = ROOT / "recipes" / "benchmarks" / "references" / "herding.py"
+import hf_prune as hp
+from hf_prune.ops.columns import add_column
+from recipes.trainer.config import library_versions, write_json
 
 VARIANTS: dict[str, Callable] = {
     "random": lambda ds, f, s, lab: hp.select.random(ds, fraction=f, seed=s, **lab),
@@ -203,11 +198,7 @@ def run(cases, names, variants, budgets, seeds, modes):
 
 def agreement(cases) -> dict[str, float]:
     """Jaccard overlap of the cosine variants with the released-code reference on digits_far."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("herding_references", REFERENCES)
-    refs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(refs)
+    from recipes.benchmarks.references import herding as refs
     x, _, _ = cases["digits_far"](0)
     ds = add_column(_base(len(x)), "emb", x.astype(np.float32))
     k = int(round(0.1 * len(x)))

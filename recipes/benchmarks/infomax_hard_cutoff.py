@@ -10,9 +10,9 @@ Protocol (offline, CPU, a few minutes), per seed ``s``:
    randnet`` InfoMax's ``K`` uses a random-init CIFAR ResNet-18 instead (the probe stays on pixels).
 3. Score: EL2N (hardest = highest) from the per-epoch dynamics of a proxy, softmax regression on the
    standardised pixels trained for ``--proxy-epochs`` epochs with seed ``s``
-   (`hf_prune.demo.record_proxy_dynamics`, the demo's proxy).
+   (`recipes.trainer.dynamics.record_proxy_dynamics`, the demo's proxy).
 4. Every method keeps each fraction of ``train``; a multinomial logistic regression on the subset's
-   pixels (`hf_prune.probe.linear_probe_accuracy`) is scored on ``test``.
+   pixels (`recipes.trainer.probe.linear_probe_accuracy`) is scored on ``test``.
 
 Methods: random (per class); EL2N top-k (per class); CCS on EL2N (per class, the CCS paper's
 cutoff for the pruning rate: 30% at ≤ 10% kept, 10% at 20%, 0 above); InfoMax with the paper's
@@ -31,22 +31,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 from datasets import Dataset, disable_progress_bars
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-import hf_prune as hp  # noqa: E402
-from hf_prune.demo import record_proxy_dynamics  # noqa: E402
-from hf_prune.ops.columns import read_labels, read_vector  # noqa: E402
-from hf_prune.probe import linear_probe_accuracy  # noqa: E402
-from recipes.common import aggregate, library_versions, write_json  # noqa: E402
+import hf_prune as hp
+from hf_prune.ops.columns import read_labels, read_vector
+from recipes.trainer.config import library_versions, write_json
+from recipes.trainer.dynamics import record_proxy_dynamics
+from recipes.trainer.metrics import aggregate
+from recipes.trainer.probe import linear_probe_accuracy
 
 FRACTIONS = (0.05, 0.1, 0.2)
 CUTOFFS = (0.0, 0.1, 0.2, 0.3, 0.5)

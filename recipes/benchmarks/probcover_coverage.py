@@ -54,19 +54,15 @@ import argparse
 import multiprocessing as mp
 import os
 import platform
-import sys
 import tempfile
 import time
 import warnings
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
-
-from hf_prune.data.fashion_mnist import DEFAULT_FASHION_MNIST_DIR, read_idx  # noqa: E402
-from hf_prune.ops.knn import normalize_rows  # noqa: E402
-from recipes.common import library_versions, write_json  # noqa: E402
+from hf_prune.data.fashion_mnist import DEFAULT_FASHION_MNIST_DIR, read_idx
+from hf_prune.ops.knn import normalize_rows
+from recipes.trainer.config import library_versions, write_json
 
 MIXTURE_ROWS = 100_000
 

@@ -59,7 +59,6 @@ import io
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -68,14 +67,13 @@ import numpy as np
 import torch
 from datasets import Dataset, DatasetDict, disable_progress_bars, load_from_disk
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-import hf_prune as hp  # noqa: E402
-from hf_prune.ops.columns import add_column, read_labels, read_vector  # noqa: E402
-from hf_prune.probe import linear_probe_accuracy  # noqa: E402
-from recipes import image_classification as recipe  # noqa: E402
-from recipes.common import aggregate, run_metadata, timed, write_json  # noqa: E402
+import hf_prune as hp
+from hf_prune.ops.columns import add_column, read_labels, read_vector
+from recipes import image_classification as recipe
+from recipes.trainer.checkpoints import complete_checkpoints
+from recipes.trainer.config import run_metadata, write_json
+from recipes.trainer.metrics import aggregate, timed
+from recipes.trainer.probe import linear_probe_accuracy
 
 CLEAN_FRACTIONS = (0.7, 0.5, 0.3, 0.2, 0.1)
 NOISE_FRACTIONS = (0.3, 0.2, 0.1)
@@ -134,7 +132,7 @@ def proxy_features(run_dir: Path, data_dir: Path, args) -> np.ndarray:
     # process; the same data config finds it in the recipe's cache.
     base = recipe.load_base(recipe.DataConfig(dataset=str(data_dir)))
     pixels = base.train_pixels
-    checkpoint = recipe._checkpoints(run_dir / "checkpoints")[-1]
+    checkpoint = complete_checkpoints(run_dir / "checkpoints")[-1]
     backbone = recipe.build_model(args.model, base.num_classes, pixels.shape[1])
     model = recipe.ImageClassifier(backbone, [0.0] * pixels.shape[1], [1.0] * pixels.shape[1])
     model.load_state_dict(load_file(str(checkpoint / "model.safetensors")))

@@ -79,11 +79,9 @@ A subset, or a larger run on a GPU (selectors that take ``device=`` and the torc
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -96,29 +94,20 @@ import torch
 from datasets import Dataset, DatasetInfo, Features, Sequence, Value, disable_progress_bars
 from datasets.table import InMemoryTable
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
-
-import hf_prune as hp  # noqa: E402
-from hf_prune.dynamics import DYNAMICS_FIELDS, dynamics_features, dynamics_struct  # noqa: E402
-from hf_prune.select._core import resolve_budget  # noqa: E402
-from hf_prune.select.ccs import ccs_strata  # noqa: E402
-from recipes.common import library_versions, timed, write_json  # noqa: E402
+import hf_prune as hp
+from hf_prune.dynamics import DYNAMICS_FIELDS, dynamics_features, dynamics_struct
+from hf_prune.select._core import resolve_budget
+from hf_prune.select.ccs import ccs_strata
+from recipes.benchmarks.references import dual as REF_DUAL
+from recipes.benchmarks.references import herding as REF_HERDING
+from recipes.benchmarks.references import infomax as REF_INFOMAX
+from recipes.benchmarks.references import norm_gs as REF_NORM_GS
+from recipes.trainer.config import library_versions, write_json
+from recipes.trainer.metrics import timed
 
 EPOCHS, WINDOW = 30, 10
 
 
-def _load_reference(name: str):
-    spec = importlib.util.spec_from_file_location(f"selector_speed_ref_{name}", os.path.join(HERE, "references", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-REF_HERDING = _load_reference("herding")
-REF_NORM_GS = _load_reference("norm_gs")
-REF_INFOMAX = _load_reference("infomax")
-REF_DUAL = _load_reference("dual")
 
 # Smaller N for references that are O(N²) in memory or much slower than linear in time, sized so
 # each reference run takes at most a few minutes on one core at d = 384 (see the module docstring).

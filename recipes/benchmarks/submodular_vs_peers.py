@@ -36,20 +36,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import sys
 import time
 
 import numpy as np
 from datasets import Dataset
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-
-import hf_prune as hp  # noqa: E402
-from hf_prune.ops.columns import add_column  # noqa: E402
-from hf_prune.ops.knn import knn  # noqa: E402
-from hf_prune.select.submodular import (  # noqa: E402
+import hf_prune as hp
+from hf_prune.ops.columns import add_column
+from hf_prune.ops.knn import knn
+from hf_prune.select.submodular import (
     disparity_min_objective,
     disparity_order,
     disparity_sum_objective,

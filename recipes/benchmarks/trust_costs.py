@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-import hf_prune as hp  # noqa: E402
-from hf_prune.embed import _base  # noqa: E402
-from hf_prune.nets import cifar_resnet  # noqa: E402
-from recipes.common import find_checkpoint, library_versions, save_checkpoint, timed  # noqa: E402
+import hf_prune as hp
+from hf_prune.embed import _base
+from hf_prune.embed.cifar_resnet import cifar_resnet
+from recipes.trainer.checkpoints import find_checkpoint, save_checkpoint
+from recipes.trainer.config import library_versions
+from recipes.trainer.metrics import timed
 
 
 def checkpoint_costs(root: Path, repeats: int) -> None:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 from datasets import Dataset, Value
 
-from .ops.columns import read_labels, read_matrix
-from .ops.deprecation import renamed
+from hf_prune.ops.columns import read_labels, read_matrix
+from hf_prune.ops.deprecation import renamed
 
-__all__ = ["LinearProbe", "linear_probe_accuracy"]
+__all__ = ["LinearProbe", "linear_probe_accuracy", "required_embedding_column"]
 
 
 def required_embedding_column(method: str, embedding_column: str | None, feature_column: str | None) -> str:

@@ -9,12 +9,8 @@ import torch
 from datasets import Dataset
 
 import hf_prune as hp
-from hf_prune.embed.lora_gradients import (
-    LoRAGradientEmbedder,
-    encode_prompt_response,
-    lora_parameter_names,
-    tokenize_prompt_response,
-)
+from hf_prune.data.prompts import encode_prompt_response, tokenize_prompt_response
+from hf_prune.embed.lora_gradients import LoRAGradientEmbedder, lora_parameter_names
 from hf_prune.ops.projection import RandomProjection
 
 peft = pytest.importorskip("peft")
@@ -335,7 +331,9 @@ def test_tokenize_prompt_response_masks_the_prompt():
         tokenize_prompt_response(ds.remove_columns("response"), tok)
     with pytest.raises(ValueError, match="responses"):
         encode_prompt_response(tok, ["a", "b"], ["c"])
-    assert hp.embed.tokenize_prompt_response is tokenize_prompt_response
+    # Its home is hf_prune.data; hp.embed keeps the 0.1.0 name.
+    assert hp.data.tokenize_prompt_response is hp.embed.tokenize_prompt_response is tokenize_prompt_response
+    assert hp.data.encode_prompt_response is encode_prompt_response
 
 
 def _smollm2_gguf():

@@ -13,8 +13,8 @@ from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 import hf_prune as hp
+from hf_prune.embed.cifar_resnet import cifar_resnet
 from hf_prune.embed.random_net import IMAGENET_MEAN, IMAGENET_STD
-from hf_prune.nets import cifar_resnet
 
 
 def images(n=6, size=(12, 10), seed=0):

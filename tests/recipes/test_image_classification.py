@@ -15,21 +15,16 @@ from accelerate import Accelerator
 import hf_prune as hp
 from hf_prune.data import load_digits
 from hf_prune.dynamics import DYNAMICS_FIELDS, read_dynamics
-from recipes.common import (
+from recipes.image_classification import TrainConfig, _batch_size_for, main
+from recipes.trainer.checkpoints import (
     CHECKPOINT_MARKER,
     CheckpointError,
-    aggregate,
     checkpoint_problem,
     complete_checkpoints,
 )
-from recipes.image_classification import (
-    TrainConfig,
-    _batch_size_for,
-    augment,
-    build_model,
-    channel_statistics,
-    main,
-)
+from recipes.trainer.data import augment, channel_statistics
+from recipes.trainer.metrics import aggregate
+from recipes.trainer.models import build_model
 
 REPO = Path(__file__).resolve().parents[2]
 # A few hundred digits rows, 8×8 images: one epoch takes well under a second on CPU.
