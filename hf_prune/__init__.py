@@ -20,7 +20,7 @@ from .version import __version__
 
 _SUBPACKAGES = ("corrupt", "data", "embed", "hub", "score", "select")
 # Reachable as attributes too (``hp.dynamics.attach_dynamics``), as they were when everything was eager.
-_MODULES = ("cli", "demo", "dynamics", "nets", "ops", "probe")
+_MODULES = ("cli", "dynamics", "ops")
 
 __all__ = [*_SUBPACKAGES, "provenance", "__version__"]
 

@@ -111,6 +111,10 @@ def test_imports_point_down():
 def test_the_old_top_level_modules_are_gone():
     # demo and probe moved to recipes, nets to hf_prune.embed.cifar_resnet (the README's upgrade table).
     assert [name for name in ("demo", "probe", "nets") if (PACKAGE / f"{name}.py").exists()] == []
+    import hf_prune as hp
+
+    # Not offered lazily either: `hp.demo` is a plain AttributeError, not a failed import.
+    assert [name for name in ("demo", "probe", "nets") if name in dir(hp) or hasattr(hp, name)] == []
 
 
 def path_loading(files) -> list[str]:
