@@ -1,5 +1,12 @@
 """Checkpoints that a kill cannot leave half-written: save, verify, find (``latest`` or a path), load, prune.
 
+A checkpoint is written into ``<name>.incomplete`` and renamed to ``<name>`` only once every process has
+written its files and the main process has recorded them (name → size, SHA-256) in `CHECKPOINT_MARKER`.
+A kill mid-save therefore leaves at most a ``.incomplete`` folder, which is never loaded. A numbered
+folder without a marker (written in place by an older version, or a copy cut short) is incomplete:
+``latest`` skips it. A folder whose files disagree with its marker was damaged after its save: it is
+corrupt, and resuming from it is an error that names it and the previous good checkpoint.
+
 Example:
     >>> saved = save_checkpoint(accelerator, checkpoint_dir / "epoch_3")
     >>> load_checkpoint(accelerator, find_checkpoint(checkpoint_dir, "latest"))
@@ -16,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hf_prune.ops.files import replace_folder  # re-exported for the recipes
+from hf_prune.ops.files import replace_folder  # also offered here, next to the checkpoint helpers
 
 from .config import write_json
 
@@ -31,15 +38,6 @@ __all__ = [
     "find_checkpoint",
     "load_checkpoint",
 ]
-
-# ------------------------------------------------------------------------------------------ checkpoints
-#
-# A checkpoint is written into ``<name>.incomplete`` and renamed to ``<name>`` only once every process has
-# written its files and the main process has recorded them (name → size, SHA-256) in CHECKPOINT_MARKER.
-# A kill mid-save therefore leaves at most a ``.incomplete`` folder, which is never loaded. A numbered
-# folder without a marker (written in place by an older version, or a copy cut short) is incomplete:
-# ``latest`` skips it. A folder whose files disagree with its marker was damaged after its save: it is
-# corrupt, and resuming from it is an error that names it and the previous good checkpoint.
 
 CHECKPOINT_MARKER = "checkpoint_complete.json"
 _INCOMPLETE = ".incomplete"
