@@ -202,3 +202,12 @@ def test_record_provenance_after_a_plain_map(tmp_path):
         clip.record_provenance(by_hand.select(range(3)), sub)
     with pytest.raises(KeyError, match="image_emb"):  # not the embedder's output
         clip.record_provenance(sub, sub)
+
+
+def test_an_embedder_without_a_model_records_its_step(tmp_path):
+    ds, _, _ = _tiny_clip_pairs(tmp_path)
+    pixels = hp.embed.PixelEmbedder(image_column="image", size=8, output_column="px")
+    (step,) = _quiet_provenance(pixels.map(ds))
+    assert step["method"] == "embed.PixelEmbedder" and step["params"]["models"] == {}
+    assert step["params"]["model"] is None and step["params"]["weights_checksum"] is None
+    assert step["params"]["output_columns"] == ["px"] and step["params"]["fingerprint"] == pixels.fingerprint()
