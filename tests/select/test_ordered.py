@@ -171,3 +171,68 @@ def test_initial_rows_in_a_class_without_budget_are_an_error(selector, blobs):
     with pytest.raises(ValueError, match="`initial_subset` has 1 rows in a group whose budget is 0"):
         selector(ds, size=2, label_column="label", initial_subset=[85], **kwargs)
     assert len(selector(ds, size=2, label_column="label", initial_subset=[45], **kwargs)) == 2
+
+
+# --- prefix: a smaller budget from one ranked run ---------------------------------------------------
+
+
+# The prefix property itself is tested above for every greedy; `prefix` needs a random, a deterministic
+# and a submodular one.
+@pytest.mark.parametrize("selector", [SELECTORS["k_center_random"], SELECTORS["gram_schmidt_deterministic"],
+                                      hp.select.facility_location],
+                         ids=["k_center_random", "gram_schmidt_deterministic", "facility_location"])
+def test_prefix_is_the_smaller_budget_s_selection(selector, blobs):
+    ds, _, labels = blobs
+    kwargs = {"k": 5} if selector in (hp.select.facility_location, hp.select.graph_cut) else {}
+    ranked = selector(ds, size=20, rank_column="rank", **kwargs)
+    first = hp.select.prefix(ranked, size=8)
+    direct = selector(ds, size=8, rank_column="rank", **kwargs)
+    assert first["row_id"] == direct["row_id"] and first["rank"] == direct["rank"]
+    assert first.column_names == ranked.column_names
+    # Per class: 8/6/4 ranked rows, size=9 → 4/3/2 by the same largest-remainder split, each class's
+    # first picks; here that is also the direct per-class run's split of 9 over 40/30/20 rows.
+    ranked = selector(ds, fraction=0.2, label_column="label", rank_column="rank", **kwargs)
+    first = hp.select.prefix(ranked, size=9)
+    direct = selector(ds, fraction=0.1, label_column="label", rank_column="rank", **kwargs)
+    assert np.bincount(labels[first["row_id"]]).tolist() == [4, 3, 2]
+    assert first["row_id"] == direct["row_id"] and first["rank"] == direct["rank"]
+
+
+def test_prefix_records_a_step_and_is_not_stale_where_a_filter_is(blobs):
+    ds, _, _ = blobs
+    ranked = hp.select.k_center_greedy(ds, size=20, rank_column="rank", seed=1)
+    first = hp.select.prefix(ranked, size=5)
+    steps = hp.provenance(first)
+    assert [s["method"] for s in steps] == ["k_center_greedy", "prefix"] and not any(s["stale"] for s in steps)
+    assert steps[-1]["params"] == {"size": 5, "rank_column": "rank", "label_column": None}
+    assert steps[-1]["output_fingerprint"] == first._fingerprint
+    assert hp.select.prefix(ranked, size=5)._fingerprint == first._fingerprint
+    assert hp.select.prefix(ranked, size=6)._fingerprint != first._fingerprint
+    with pytest.warns(UserWarning, match="no longer describe"):
+        assert hp.provenance(ranked.filter(lambda r: r < 5, input_columns="rank"))[-1]["stale"]
+    # A prefix of a prefix is the smaller prefix; row ids still point at the original rows.
+    again = hp.select.prefix(first, size=2)
+    assert again["row_id"] == hp.select.prefix(ranked, size=2)["row_id"]
+    np.testing.assert_array_equal(np.array(again["emb"]), np.array(ds.select(again["row_id"])["emb"]))
+    assert sorted(again["rank"]) == [0, 1]
+
+
+def test_prefix_bad_input(blobs):
+    ds, _, _ = blobs
+    ranked = hp.select.k_center_greedy(ds, size=10, rank_column="rank")
+    with pytest.raises(KeyError, match="'order'"):
+        hp.select.prefix(ranked, size=3, rank_column="order")
+    for size in (0, 1.5, None):
+        with pytest.raises(ValueError, match="`size`"):
+            hp.select.prefix(ranked, size=size)
+    with pytest.raises(ValueError, match="`size`=11 is larger than the number of rows \\(10\\)"):
+        hp.select.prefix(ranked, size=11)
+    with pytest.raises(ValueError, match="ordered selection made with rank_column='rank'"):
+        hp.select.prefix(ranked.filter(lambda r: r < 5, input_columns="rank"), size=3)  # changed since
+    with pytest.raises(ValueError, match="column 'rank' is not a pick order"):
+        hp.select.prefix(ranked.map(lambda row: {"rank": 0}), size=3)  # a map keeps the step current
+    unranked = hp.select.random(ds, size=10).add_column("rank", list(range(10)))
+    with pytest.raises(ValueError, match="ordered selection"):
+        hp.select.prefix(unranked, size=3)
+    with pytest.raises(TypeError, match="Dataset"):
+        hp.select.prefix(ranked.to_dict(), size=3)
