@@ -11,6 +11,7 @@ share.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -60,13 +61,10 @@ def fit_kmeans(
     x = np.ascontiguousarray(x, dtype=np.float32)
     limit = tol * float(x.astype(np.float64).var(axis=0).mean())
     init = x[kmeans_plus_plus(x, n_clusters, np.random.default_rng(seed))]
-    centroids, assign, _ = kmeans(x, n_clusters, iterations=1, seed=seed, spherical=spherical, init=init,
-                                  device=device)
+    centroids, assign, _ = _lloyd_step(x, n_clusters, init, seed, spherical, device)
     steps = 1
     while steps < max_iter:
-        moved, new_assign, _ = kmeans(
-            x, n_clusters, iterations=1, seed=seed, spherical=spherical, init=centroids, device=device,
-        )
+        moved, new_assign, _ = _lloyd_step(x, n_clusters, centroids, seed, spherical, device)
         steps += 1
         shift = float(((moved.astype(np.float64) - centroids) ** 2).sum())
         changed = bool((new_assign != assign).any())
@@ -74,6 +72,13 @@ def fit_kmeans(
         if not changed or shift <= limit:
             break
     return centroids, assign, steps
+
+
+def _lloyd_step(x, n_clusters, init, seed, spherical, device):
+    with warnings.catch_warnings():
+        # Arrow-backed columns are read-only; the k-means kernel only reads them, but torch warns.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return kmeans(x, n_clusters, iterations=1, seed=seed, spherical=spherical, init=init, device=device)
 
 
 def unit_rows(x: np.ndarray, column: str) -> np.ndarray:
