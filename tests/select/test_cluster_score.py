@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 import hf_prune as hp
 from hf_prune.ops.columns import add_column
@@ -115,3 +116,21 @@ def test_fit_kmeans_separates_planted_blobs_and_stops_on_convergence():
         fit_kmeans(x, 4, max_iter=0)
     with pytest.raises(ValueError, match="`tol`"):
         fit_kmeans(x, 4, tol=-1)
+
+
+def test_device_is_honoured():
+    ds, _ = three_blobs()
+    kw = dict(size=4, score_column="score", n_clusters=3, metric="l2")
+    assert ids(cluster_top_k(ds, device="cpu", **kw)) == ids(cluster_top_k(ds, **kw)) == [0, 1, 4, 5]
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            cluster_top_k(ds, device="cuda", **kw)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cpu_and_gpu_keep_the_same_rows(blobs):
+    ds, _, _ = blobs
+    for metric in ("cosine", "l2"):
+        kw = dict(fraction=0.3, score_column="score", n_clusters=5, metric=metric, label_column="label")
+        assert ids(cluster_top_k(ds, device="cuda", **kw)) == ids(cluster_top_k(ds, device="cpu", **kw))

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 import hf_prune as hp
 from hf_prune.select.image_based import image_based, image_based_filter, target_clusters
@@ -151,3 +152,22 @@ def test_bad_input_names_the_column_or_parameter():
         image_based_filter(ds, target=goal, seed=-1)
     with pytest.raises(TypeError):
         image_based(ds, size=4)  # the target is required
+
+
+def test_device_is_honoured():
+    ds, blob, _ = pool()
+    kw = dict(target=target(), n_clusters=4, metric="l2")
+    assert ids(image_based(ds, size=5, device="cpu", **kw)) == blob_rows(blob, 0)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            image_based_filter(ds, device="cuda", **kw)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cpu_and_gpu_keep_the_same_rows():
+    ds, _, _ = pool()
+    for metric in ("cosine", "l2"):
+        kw = dict(target=target(), n_clusters=4, metric=metric)
+        assert ids(image_based_filter(ds, device="cuda", **kw)) == ids(image_based_filter(ds, device="cpu", **kw))
+        assert ids(image_based(ds, size=11, device="cuda", **kw)) == ids(image_based(ds, size=11, device="cpu", **kw))

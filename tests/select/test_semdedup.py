@@ -189,3 +189,21 @@ def test_bad_input_names_the_column_or_parameter():
         semdedup_filter(zero, eps=EPS)
     with pytest.raises(ValueError, match="empty"):
         semdedup_filter(ds.select([]), eps=EPS)
+
+
+def test_device_is_honoured():
+    ds, _ = planted()
+    assert ids(semdedup(ds, size=20, n_clusters=3, device="cpu")) == ids(semdedup(ds, size=20, n_clusters=3))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            semdedup_filter(ds, eps=EPS, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cpu_and_gpu_keep_the_same_rows():
+    ds, _ = planted()
+    for keep in ("farthest", "closest", "random"):
+        kw = dict(n_clusters=3, keep=keep, chunk_size=5)
+        assert ids(semdedup_filter(ds, eps=EPS, device="cuda", **kw)) == ids(semdedup_filter(ds, eps=EPS, device="cpu", **kw))
+        assert ids(semdedup(ds, size=31, device="cuda", **kw)) == ids(semdedup(ds, size=31, device="cpu", **kw))
