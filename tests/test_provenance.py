@@ -211,3 +211,17 @@ def test_an_embedder_without_a_model_records_its_step(tmp_path):
     assert step["method"] == "embed.PixelEmbedder" and step["params"]["models"] == {}
     assert step["params"]["model"] is None and step["params"]["weights_checksum"] is None
     assert step["params"]["output_columns"] == ["px"] and step["params"]["fingerprint"] == pixels.fingerprint()
+
+
+def test_stamp_output_sets_the_fingerprint_the_last_step_records():
+    from hf_prune.provenance import stamp_output
+
+    ds = _data()
+    sub = with_provenance(ds.select([1, 3]), ds, method="pick", params={})
+    stamped = stamp_output(sub, "0123456789abcdef")
+    assert stamped._fingerprint == "0123456789abcdef"
+    assert _quiet_provenance(stamped)[-1]["output_fingerprint"] == "0123456789abcdef"
+    with pytest.raises(ValueError, match="no provenance step"):
+        stamp_output(ds.select([0]), "0123456789abcdef")
+    with pytest.raises(ValueError):  # `datasets` rejects characters a cache file name cannot hold
+        stamp_output(sub, "a/b")

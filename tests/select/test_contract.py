@@ -281,3 +281,14 @@ def test_ordered_selections_record_the_same_fingerprint_they_return(info):
     sub = call(info, size=10, rank_column="rank")
     assert hp.provenance(sub)[-1]["output_fingerprint"] == sub._fingerprint
     assert call(info, size=10)._fingerprint != sub._fingerprint  # rank_column is a parameter too
+
+
+def test_derive_fingerprint_hashes_arguments_by_name_and_value():
+    base = registry.derive_fingerprint("abc", "random", {"size": 3, "seed": 0, "initial_subset": [1, 2]})
+    assert registry.derive_fingerprint("abc", "random", {"initial_subset": np.array([1, 2]), "seed": 0, "size": 3}) == base
+    assert registry.derive_fingerprint("abc", "random", {"size": 3, "seed": 0, "initial_subset": [1, 2],
+                                                         "device": "cuda"}) == base  # same rows on every device
+    for changed in ({"size": 4, "seed": 0, "initial_subset": [1, 2]}, {"size": 3, "seed": 0, "initial_subset": [2, 1]}):
+        assert registry.derive_fingerprint("abc", "random", changed) != base
+    assert registry.derive_fingerprint("abd", "random", {"size": 3, "seed": 0, "initial_subset": [1, 2]}) != base
+    assert registry.derive_fingerprint("abc", "top_k", {"size": 3, "seed": 0, "initial_subset": [1, 2]}) != base
