@@ -71,9 +71,13 @@ def test_bad_captions_name_the_column_and_rows():
 
 
 def test_undecodable_images_name_the_column_and_rows():
+    from PIL import Image as PILImage
+
     images = [{"bytes": png(i), "path": None} for i in range(12)]
     images[4] = {"bytes": b"not an image", "path": None}
-    images[8] = {"bytes": png(8)[:30], "path": None}  # a truncated PNG: the header reads, the pixels do not
+    noise = io.BytesIO()
+    PILImage.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(noise, format="PNG")
+    images[8] = {"bytes": noise.getvalue()[:400], "path": None}  # truncated: the header opens, the pixels fail
     ds = pairs(images=images)
     with pytest.raises(ValueError, match=r"'image' has 2 undecodable images at rows \[4, 8\] \(of 12 checked"):
         check_image_text(ds)
