@@ -11,16 +11,19 @@ from . import registry
 from ._ordered import prefix
 from .ccs import ccs
 from .centroid import easy, hard, moderate
+from .cluster_score import cluster_top_k
 from .combine import combine
 from .d2_pruning import d2_pruning
 from .gm_matching import gm_matching, herding
 from .gram_schmidt import gram_schmidt
+from .image_based import image_based
 from .infomax import infomax
 from .k_center import k_center_greedy
 from .norm_sampling import norm_sampling
 from .probcover import probcover
 from .random_sampling import random
 from .score_rank import threshold, top_k
+from .semdedup import semdedup
 from .submodular import disparity_min, disparity_sum, facility_location, graph_cut, log_determinant
 from .typiclust import typiclust
 

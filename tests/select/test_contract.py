@@ -55,9 +55,25 @@ def one_thread():
     torch.set_num_threads(before[1])
 
 
+# Required options that are not input columns, built from the contract data. A selector with another
+# required option fails `test_every_required_option_has_a_contract_value` until it is added here.
+REQUIRED = {"target": lambda: DATA.select(range(0, 60, 6))}  # image_based: target embeddings in "emb"
+
+
+def required_options(info) -> list[str]:
+    params = list(inspect.signature(info.fn).parameters.values())[1:]
+    return [p.name for p in params if p.default is inspect.Parameter.empty and p.name not in info.needs]
+
+
+def inputs(info) -> dict:
+    """The needed columns and required options of a call of ``info.fn`` on the contract data."""
+    needed = {column: COLUMNS[column] for column in info.needs}
+    return needed | {name: REQUIRED[name]() for name in required_options(info) if name in REQUIRED}
+
+
 def call(info, dataset=DATA, **kwargs):
     """``info.fn`` on ``dataset`` with its needed columns, and a budget unless it takes none."""
-    needed = {column: COLUMNS[column] for column in info.needs}
+    needed = inputs(info)
     if not info.budget:
         kwargs = {"min_value": 0.3, **kwargs}
     elif "fraction" not in kwargs and "size" not in kwargs:
@@ -91,6 +107,11 @@ def test_the_package_exports_the_registry():
         "facility_location", "graph_cut", "log_determinant", "disparity_min", "disparity_sum"}
     assert "threshold" in [info.name for info in SELECTORS if not info.budget]
     assert spec.available_selectors() == sorted([*registry.names(), "combine"])
+
+
+@by_name(SELECTORS)
+def test_every_required_option_has_a_contract_value(info):
+    assert set(required_options(info)) <= set(REQUIRED), "add a value for it to REQUIRED in this file"
 
 
 @by_name(SELECTORS)
@@ -164,7 +185,7 @@ def test_options_are_keyword_only(info):
 def test_budget_rules(info):
     for budget in ({"fraction": 0.5, "size": 5}, {}):
         with pytest.raises(ValueError, match="exactly one of `fraction` or `size`"):
-            info.fn(DATA, **{column: COLUMNS[column] for column in info.needs}, **budget)
+            info.fn(DATA, **inputs(info), **budget)
     with pytest.raises(ValueError, match="`size`=61 is larger than the number of rows \\(60\\)"):
         call(info, size=61)
     with pytest.raises(ValueError, match="`fraction`"):
