@@ -366,15 +366,27 @@ def web_noise(
 
     text_rows, text_values, image_rows, image_values = [], [], [], []
     copy_rows, copy_sources = np.array([], dtype=np.int64), np.array([], dtype=np.int64)
+    rngs = {kind: np.random.default_rng([seed, 1 + WEB_NOISE.index(kind)]) for kind in kinds}
+    picked = np.array([], dtype=np.int64)
+    if len(blocks.get("near_duplicate", ())):
+        if not len(clean):
+            raise ValueError("near-duplicates need clean source rows, but the rates leave none; lower `rates`")
+        m = len(blocks["near_duplicate"])
+        picked = rngs["near_duplicate"].choice(clean, size=m, replace=m > len(clean))
     if needs_image:
         images = column_array(dataset, image_column)
         feature = dataset.features[image_column]
+        # One gather of every row an image kind reads, then zero-copy one-row slices: a take per row
+        # would scan the whole column each time.
+        wanted = [blocks[k] for k in ("near_duplicate", "low_information") if k in blocks]
+        wanted = np.unique(np.concatenate(wanted + [picked]))
+        gathered, where = images.take(pa.array(wanted)), {int(r): i for i, r in enumerate(wanted)}
 
         def decode(row):
-            return decode_images(images, feature, image_column, indices=[row])[0]
+            return decode_images(gathered.slice(where[row], 1), feature, image_column)[0]
 
     for kind in kinds:
-        rows, rng = blocks[kind], np.random.default_rng([seed, 1 + WEB_NOISE.index(kind)])
+        rows, rng = blocks[kind], rngs[kind]
         if not len(rows):
             continue
         if kind in ("mismatch", "uninformative", "wrong_language"):
@@ -392,9 +404,6 @@ def web_noise(
             image_rows.append(rows)
             image_values += [_low_information(decode(r), b, rng) for r, b in zip(rows.tolist(), blank.tolist())]
         else:  # near_duplicate
-            if not len(clean):
-                raise ValueError("near-duplicates need clean source rows, but the rates leave none; lower `rates`")
-            picked = rng.choice(clean, size=len(rows), replace=len(rows) > len(clean))
             source_captions = text.take(pa.array(picked)).to_pylist()
             text_rows.append(rows)
             text_values += [paraphrase(c, rng) if c is not None else "(copy)" for c in source_captions]

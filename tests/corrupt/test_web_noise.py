@@ -288,3 +288,18 @@ def test_errors():
     assert np.array(twice["is_corrupted"]).sum() == 8
     with pytest.raises(TypeError):
         web_noise(ds, ALL)
+
+
+def test_on_the_scenes_pool():
+    from hf_prune.data.image_text import check_image_text
+    from hf_prune.data.scenes import render_scenes
+
+    ds = render_scenes(300, seed=0)
+    out = web_noise(ds, rates=ALL, label_column="shape", seed=0)
+    assert check_image_text(out, sample_size=None) is out  # no empty captions, every image decodes
+    kinds = np.array(out["corruption"], dtype=object)
+    for i in np.flatnonzero(kinds == "mismatch"):  # another main shape: none of this scene's paraphrases
+        assert out[int(i)]["caption"] not in ds[int(i)]["captions"] and out[int(i)]["shape"] == ds[int(i)]["shape"]
+    for i in np.flatnonzero(kinds == "near_duplicate"):
+        source = ds[int(out[int(i)]["duplicate_of"])]
+        assert out[int(i)]["objects"] == source["objects"] and out[int(i)]["captions"] == source["captions"]
