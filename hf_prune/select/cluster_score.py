@@ -29,6 +29,8 @@ from .typiclust import kmeans_plus_plus
 __all__ = ["cluster_top_k", "fit_kmeans", "unit_rows", "cluster_count"]
 
 _METRICS = ("cosine", "l2")
+#: Lloyd steps between convergence checks: a check needs the rows' assignment, one more pass over them.
+_CHECK_EVERY = 5
 
 
 def fit_kmeans(
@@ -46,10 +48,13 @@ def fit_kmeans(
     The centroids start from k-means++ seeds drawn with ``seed`` (Arthur & Vassilvitskii 2007,
     `hf_prune.select.typiclust.kmeans_plus_plus`: one pass over the rows per cluster; seeding from
     random rows often merges two well-separated clusters and splits another), and every step is one
-    Lloyd step of `hf_prune.ops.kmeans.kmeans` (faiss when installed) from the previous centroids. It stops after ``max_iter`` steps, or earlier once no row changes cluster or
-    the centroids move by ``Σ‖c_new − c_old‖² ≤ tol · mean_j Var(x_j)`` (scikit-learn's rule: the
-    tolerance is relative to the data's per-feature variance). ``spherical=True`` normalises the
-    centroids after every step (cosine k-means on unit rows). Deterministic for a given ``seed``.
+    Lloyd step of `hf_prune.ops.kmeans.kmeans` (faiss when installed) from the previous centroids.
+    It stops after ``max_iter`` steps, or earlier once no row changes cluster or the centroids move
+    by ``Σ‖c_new − c_old‖² ≤ tol · mean_j Var(x_j)`` (scikit-learn's rule: the tolerance is relative
+    to the data's per-feature variance). Convergence is checked after every run of ``_CHECK_EVERY``
+    (5) steps, because each check costs one more assignment pass over the rows; the movement compared
+    with the tolerance is then the whole run's. ``spherical=True`` normalises the centroids after
+    every step (cosine k-means on unit rows). Deterministic for a given ``seed``.
 
     Example:
         >>> centroids, assign, steps = fit_kmeans(np.array([[0.0], [0.1], [5.0], [5.1]]), 2, seed=0)
@@ -60,25 +65,28 @@ def fit_kmeans(
     tol = check_nonnegative("tol", tol)
     x = np.ascontiguousarray(x, dtype=np.float32)
     limit = tol * float(x.astype(np.float64).var(axis=0).mean())
-    init = x[kmeans_plus_plus(x, n_clusters, np.random.default_rng(seed))]
-    centroids, assign, _ = _lloyd_step(x, n_clusters, init, seed, spherical, device)
-    steps = 1
+    centroids = x[kmeans_plus_plus(x, n_clusters, np.random.default_rng(seed))]
+    assign, steps = None, 0
     while steps < max_iter:
-        moved, new_assign, _ = _lloyd_step(x, n_clusters, centroids, seed, spherical, device)
-        steps += 1
+        run = min(_CHECK_EVERY, max_iter - steps)
+        moved, new_assign = _lloyd_steps(x, n_clusters, centroids, run, seed, spherical, device)
+        steps += run
         shift = float(((moved.astype(np.float64) - centroids) ** 2).sum())
-        changed = bool((new_assign != assign).any())
+        changed = assign is None or bool((new_assign != assign).any())
         centroids, assign = moved, new_assign
+        # Lloyd steps never raise the inertia, so an unchanged assignment after a run is a fixed point.
         if not changed or shift <= limit:
             break
     return centroids, assign, steps
 
 
-def _lloyd_step(x, n_clusters, init, seed, spherical, device):
+def _lloyd_steps(x, n_clusters, init, steps, seed, spherical, device):
     with warnings.catch_warnings():
         # Arrow-backed columns are read-only; the k-means kernel only reads them, but torch warns.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return kmeans(x, n_clusters, iterations=1, seed=seed, spherical=spherical, init=init, device=device)
+        centroids, assign, _ = kmeans(x, n_clusters, iterations=steps, seed=seed, spherical=spherical, init=init,
+                                      device=device)
+    return centroids, assign
 
 
 def unit_rows(x: np.ndarray, column: str) -> np.ndarray:
