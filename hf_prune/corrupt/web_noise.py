@@ -39,7 +39,7 @@ from datasets import Dataset, Image, Value
 
 from ..data.images import decode_images, encode_png, images_to_arrow
 from ..ops.arrow import column_array
-from ..ops.checks import check_columns, check_probability
+from ..ops.checks import check_probability
 from ..ops.columns import read_labels
 from ._common import check_corruption_args, corrupted_count, flag_array, replace_columns
 
@@ -253,7 +253,8 @@ def _mismatch(captions: list, labels: np.ndarray | None, label_column: str | Non
         if perm is None:
             warnings.warn(
                 f"mismatched pairs: {m} chosen rows cannot all get a caption from another class of {label_column!r} "
-                "(one class holds more than half of them); captions are only kept from their own text",
+                "(one class holds more than half of them, or caption texts repeat across classes); captions are only "
+                "kept apart from their own text",
                 UserWarning, stacklevel=3,
             )
     if perm is None:
@@ -343,7 +344,6 @@ def web_noise(
     sources = {k: v for k, v in sources.items() if v is not None}
     outputs = {"flag_column": flag_column, "type_column": type_column,
                "duplicate_column": duplicate_column if "near_duplicate" in rates else None}
-    check_columns(dataset, *sources.values())
     if len(set(v for v in outputs.values() if v is not None)) < len([v for v in outputs.values() if v is not None]):
         raise ValueError(f"`flag_column`, `type_column` and `duplicate_column` must differ, got {outputs}")
     seed = check_corruption_args(dataset, rate=0.0, seed=seed, sources=sources, outputs=outputs, overwrite=overwrite)
