@@ -1,5 +1,5 @@
 """DataComp's image-based filter (Gadre et al. 2023, "DataComp: In search of the next generation of
-multimodal datasets", Sec. 3.4 / App. baselines "image-based filtering"): keep the pool rows whose
+multimodal datasets", the "image-based filtering" baseline): keep the pool rows whose
 image embedding falls in a k-means cluster that the target data (ImageNet-1k training images in the
 paper) also falls in.
 
@@ -7,9 +7,9 @@ The rule, as the paper and its baseline code state it:
 
 1. cluster the pool's image embeddings with k-means into ``K`` clusters (the paper: 100,000
    clusters of the 12.8M-row small pool's CLIP ViT-L/14 image embeddings);
-2. assign every target embedding to its nearest pool cluster centre (largest inner product with
-   the unit centres for ``metric="cosine"``, as the paper's code does; smallest Euclidean distance
-   for ``"l2"``);
+2. assign every target embedding to its nearest pool cluster centre (for ``metric="cosine"`` the
+   largest inner product with the unit centres, as the paper's code takes the largest inner
+   product; for ``"l2"`` the smallest Euclidean distance);
 3. keep every pool row whose own nearest centre is one of the centres the target rows landed in.
 
 The paper also runs a caption filter (English, more than one word, more than five characters) on the

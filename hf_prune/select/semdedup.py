@@ -6,9 +6,9 @@ The rule, as in the paper's Algorithm 1 and its public code:
 1. L2-normalise the embeddings and cluster them with spherical k-means into ``K`` clusters
    (`hf_prune.select.cluster_score.fit_kmeans`, seeded).
 2. Order the rows of every cluster by their cosine distance to the cluster centre ``1 − ⟨x_i, c⟩``:
-   farthest first (``keep="farthest"``, the paper's default, which "keeps the data point with the
-   lowest cosine similarity to the cluster centroid"), closest first (``"closest"``) or in a seeded
-   random order (``"random"``); equal distances go to the lower row position.
+   farthest first (``keep="farthest"``: the paper keeps the point with the lowest cosine similarity
+   to the centroid, its code's default ``which_to_keep="hard"``), closest first (``"closest"``, its
+   ``"easy"``) or in a seeded random order (``"random"``); equal distances go to the lower row position.
 3. For each row take ``M_i = max_{j before i in its cluster} ⟨x_i, x_j⟩``, the column maxima of the
    upper-triangular similarity matrix of the ordered cluster (``M_i = −∞`` for a cluster's first row).
 4. Drop row ``i`` when ``M_i > 1 − ε``.

@@ -207,3 +207,15 @@ def test_cpu_and_gpu_keep_the_same_rows():
         kw = dict(n_clusters=3, keep=keep, chunk_size=5)
         assert ids(semdedup_filter(ds, eps=EPS, device="cuda", **kw)) == ids(semdedup_filter(ds, eps=EPS, device="cpu", **kw))
         assert ids(semdedup(ds, size=31, device="cuda", **kw)) == ids(semdedup(ds, size=31, device="cpu", **kw))
+
+
+def test_a_chain_of_near_duplicates_is_dropped_after_its_first_row_as_the_paper_does():
+    # Angles 0.2 (a), 0.1 (b), 0.0 (c) and -1.0 (d): one cluster centred near -0.175, so the order is d, a, b, c.
+    # b is within ε of a, c within ε of b but not of a (cos 0.2 ≈ 0.980 < 0.99): M compares with every
+    # earlier row, kept or dropped, so both b and c go (a rule against kept rows only would keep c).
+    angles = np.array([0.2, 0.1, 0.0, -1.0])
+    ds = make_dataset(np.stack([np.cos(angles), np.sin(angles)], axis=1))
+    assert ids(semdedup_filter(ds, eps=0.01, n_clusters=1)) == [0, 3]
+    # b and c both have M ≈ cos 0.1 (equal up to rounding): a budget of 3 adds one of them to d and a.
+    kept = ids(semdedup(ds, size=3, n_clusters=1))
+    assert len(kept) == 3 and {0, 3} <= set(kept)
