@@ -199,8 +199,8 @@ def derive_fingerprint(source: str, method: str, arguments: dict[str, Any]) -> s
 
     Like `datasets.fingerprint.update_fingerprint`, arguments are hashed by name in sorted order
     (NumPy arrays by value); ``device`` is left out, because a selection gives the same rows on
-    every device. The hf_prune version is part of it, so a release that changes a rule (such as
-    0.2's tie rule) never shares a fingerprint, and a cache entry, with the rows of an older one.
+    every device. The hf_prune version is part of it, so a release that changes a rule (such as the
+    tie rule of ``top_k`` after 0.1.0) never shares a fingerprint, and a cache entry, with an older one.
 
     Example:
         >>> derive_fingerprint("abc", "random", {"size": 3, "seed": 0}) == derive_fingerprint(

@@ -12,7 +12,6 @@ import inspect
 
 import numpy as np
 import pytest
-import torch
 from datasets import Dataset
 
 import hf_prune as hp
@@ -38,21 +37,6 @@ def contract_data() -> Dataset:
 
 
 DATA = contract_data()  # never modified (checked below); built once for the module
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One faiss/torch thread: on 60 rows, thread start-up (and spinning on a busy CPU) is all the cost.
-
-    Exact searches and these kernels give the same rows with any thread count; restored afterwards.
-    """
-    faiss = pytest.importorskip("faiss")
-    before = faiss.omp_get_max_threads(), torch.get_num_threads()
-    faiss.omp_set_num_threads(1)
-    torch.set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before[0])
-    torch.set_num_threads(before[1])
 
 
 # Required options that are not input columns, built from the contract data. A selector with another
