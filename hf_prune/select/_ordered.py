@@ -168,7 +168,9 @@ def prefix(dataset: Dataset, *, size: int, rank_column: str = "rank") -> Dataset
 
     Without a ``label_column`` in that selection, the rows with ``rank < size`` are kept: exactly the
     rows a run with ``size=size`` picks, for every selector whose order does not depend on the budget
-    (each selector's docstring says so under "Order"). With one, ranks restart at 0 in every class:
+    (the greedy ones; not TypiClust with its default, budget-sized ``n_clusters``, nor ProbCover
+    with ``delta=None`` and no ``n_pseudo_labels``: their docstrings say how to fix those).
+    With one, ranks restart at 0 in every class:
     ``size`` is split over the classes in proportion to the rows each class has in ``dataset`` (the
     larger selection's per-class budgets), by largest remainders as `split_budget` does, and each class
     keeps its rows with ``rank <`` its share. A direct per-class run splits ``size`` over the classes of
