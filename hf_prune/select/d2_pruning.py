@@ -184,7 +184,7 @@ def d2_graph(
 def _resolve_metric(method: str, metric: str, normalize: bool | None) -> str:
     # "l2" is the default, so it cannot be told apart from "not passed" and yields to `normalize`.
     metric = renamed(method, "normalize", normalize, "metric", metric, default="l2",
-                     values={False: "l2", True: "cosine"}, stacklevel=4)
+                     values={False: "l2", True: "cosine"}, stacklevel=5)
     return check_choice("metric", metric, ("l2", "cosine"))
 
 

@@ -228,7 +228,7 @@ def herding(
 def _resolve_metric(metric: str, geometry: str | None, method: str) -> str:
     # "l2" is the default, so it cannot be told apart from "not passed" and yields to `geometry`.
     metric = renamed(method, "geometry", geometry, "metric", metric, default="l2", values=_GEOMETRY_TO_METRIC,
-                     stacklevel=4)
+                     stacklevel=5)
     if metric not in _METRICS:
         # Herding's ⟨θ, x⟩ on raw rows matches means in Euclidean space: that is metric="l2".
         raise ValueError(f"`metric` must be one of {_METRICS} (raw inner products are 'l2'), got {metric!r}")

@@ -326,7 +326,7 @@ def infomax_kernel(
 def _resolve_metric(method: str, metric: str, normalize: bool | None) -> str:
     # "cosine" is the default, so it cannot be told apart from "not passed" and yields to `normalize`.
     metric = renamed(method, "normalize", normalize, "metric", metric, default="cosine",
-                     values={True: "cosine", False: "ip"}, stacklevel=4)
+                     values={True: "cosine", False: "ip"}, stacklevel=5)
     if metric not in _METRICS:
         # K must be a similarity (larger = more redundant): a distance such as "l2" has no place here.
         raise ValueError(f"`metric` must be one of {_METRICS} (K holds inner products), got {metric!r}")

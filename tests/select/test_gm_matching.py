@@ -230,10 +230,12 @@ def test_median_without_direction_is_not_renormalised():
 
 def test_deprecated_geometry_spelling_maps_to_metric(blobs):
     ds, _, _ = blobs
-    with pytest.warns(FutureWarning, match="metric='l2'"):
+    with pytest.warns(FutureWarning, match="metric='l2'") as caught:
         raw = hp.select.gm_matching(ds, size=10, geometry="raw")
-    with pytest.warns(FutureWarning, match="metric='cosine'"):
+    with pytest.warns(FutureWarning, match="metric='cosine'") as caught_herding:
         cos = hp.select.herding(ds, size=10, geometry="cosine")
+    # The warning points at the line that passed `geometry=` (through the selector decorator's frame).
+    assert {w.filename for w in [*caught, *caught_herding] if issubclass(w.category, FutureWarning)} == {__file__}
     assert ids(raw).tolist() == ids(hp.select.gm_matching(ds, size=10, metric="l2")).tolist()
     assert ids(cos).tolist() == ids(hp.select.herding(ds, size=10, metric="cosine")).tolist()
     assert hp.provenance(raw)[-1]["params"]["metric"] == "l2"
