@@ -110,7 +110,7 @@ def d2_pruning(
         >>> ranked = hp.select.d2_pruning(ds, size=1000, score_column="forgetting", rank_column="rank")
         >>> smaller = ranked.filter(lambda r: r < 100, input_columns="rank")  # = the size=100 selection
     """
-    metric = _resolve_metric("d2_pruning", metric, normalize)
+    metric = _resolve_metric("d2_pruning", metric, normalize, stacklevel=5)  # through the decorator
     check_columns(dataset, score_column, embedding_column, label_column)
     k = check_positive_int("k", k)
     gamma_f = check_nonnegative("gamma_f", gamma_f)
@@ -181,10 +181,10 @@ def d2_graph(
     return neighbours, neighbour_pairs(x, neighbours, _euclidean)
 
 
-def _resolve_metric(method: str, metric: str, normalize: bool | None) -> str:
+def _resolve_metric(method: str, metric: str, normalize: bool | None, stacklevel: int = 4) -> str:
     # "l2" is the default, so it cannot be told apart from "not passed" and yields to `normalize`.
     metric = renamed(method, "normalize", normalize, "metric", metric, default="l2",
-                     values={False: "l2", True: "cosine"}, stacklevel=5)
+                     values={False: "l2", True: "cosine"}, stacklevel=stacklevel)
     return check_choice("metric", metric, ("l2", "cosine"))
 
 

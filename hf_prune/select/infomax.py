@@ -180,7 +180,7 @@ def infomax(
         >>> sub = hp.select.infomax(ds, fraction=0.1, score_column="el2n", embedding_column="emb",
         ...                         hard_cutoff=0.1, label_column="label")
     """
-    metric = _resolve_metric("infomax", metric, normalize)
+    metric = _resolve_metric("infomax", metric, normalize, stacklevel=5)  # through the decorator
     check_columns(dataset, score_column, embedding_column, label_column)
     k = check_positive_int("k", k)
     iterations = check_positive_int("iterations", iterations)
@@ -323,10 +323,10 @@ def infomax_kernel(
     return ((K + K.T) * 0.5).tocsr()
 
 
-def _resolve_metric(method: str, metric: str, normalize: bool | None) -> str:
+def _resolve_metric(method: str, metric: str, normalize: bool | None, stacklevel: int = 4) -> str:
     # "cosine" is the default, so it cannot be told apart from "not passed" and yields to `normalize`.
     metric = renamed(method, "normalize", normalize, "metric", metric, default="cosine",
-                     values={True: "cosine", False: "ip"}, stacklevel=5)
+                     values={True: "cosine", False: "ip"}, stacklevel=stacklevel)
     if metric not in _METRICS:
         # K must be a similarity (larger = more redundant): a distance such as "l2" has no place here.
         raise ValueError(f"`metric` must be one of {_METRICS} (K holds inner products), got {metric!r}")
