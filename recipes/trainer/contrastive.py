@@ -29,11 +29,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-__all__ = ["MAX_LOGIT_SCALE", "ContrastiveOutput", "gather_with_grad", "clip_loss", "pair_statistics"]
+__all__ = [
+    "MAX_LOGIT_SCALE", "ContrastiveOutput", "gather_with_grad", "clip_loss", "pair_statistics", "PairDynamicsRecorder",
+    "PairDynamicsBuffer",
+]
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -146,3 +150,122 @@ def pair_statistics(output: ContrastiveOutput) -> dict[str, torch.Tensor]:
     true = i2t[rows, output.labels]
     above = (i2t >= true[:, None]).sum(1) - 1  # every other caption scored at least as high
     return {"loss": loss, "rank": above.float()}
+
+
+class PairDynamicsRecorder:
+    """Per-epoch training dynamics of image–text pairs, saved like `hf_prune.dynamics.DynamicsRecorder`'s.
+
+    Per pair and epoch: ``pair_loss`` and ``i2t_rank`` (`pair_statistics`), and the seven fields of the
+    standard ``dynamics`` struct computed from the pair's image→text logits row as if the batch's captions
+    were the classes (`hf_prune.dynamics.epoch_statistics`): ``true_prob`` is the softmax probability of
+    the true caption, ``correct`` whether it ranks first, ``el2n``/``entropy``/``logit_margin`` as for
+    classes, so DUAL, EL2N and forgetting scores read pairs as they read classified rows.
+    ``kl_to_previous`` is 0: the columns (the batch's captions) change every epoch, so the KL between
+    epochs has no meaning. `to_dataset` gives ``row_id``, the struct column and the two extra columns.
+
+    Example:
+        >>> recorder = PairDynamicsRecorder(num_rows=len(train))
+        >>> recorder.update(positions, {"true_prob": ..., "pair_loss": ..., ...})
+        >>> recorder.end_epoch()
+    """
+
+    EXTRA_FIELDS = ("pair_loss", "i2t_rank")
+
+    def __init__(self, num_rows: int):
+        from hf_prune.dynamics import DYNAMICS_FIELDS
+
+        self.num_rows, self.fields = int(num_rows), (*DYNAMICS_FIELDS, *self.EXTRA_FIELDS)
+        self._epochs: list[dict[str, np.ndarray]] = []
+        self._current, self._seen = self._blank(), np.zeros(self.num_rows, dtype=bool)
+
+    def _blank(self) -> dict[str, np.ndarray]:
+        return {name: np.zeros(self.num_rows, dtype=np.float32) for name in self.fields}
+
+    def update(self, positions: torch.Tensor, values: torch.Tensor) -> None:
+        """Record ``values`` ``(B, len(fields))`` (in `fields` order) for the rows at ``positions``."""
+        idx = torch.as_tensor(positions).long().cpu().numpy()
+        values = values.detach().float().cpu().numpy()
+        for j, name in enumerate(self.fields):
+            self._current[name][idx] = values[:, j]
+        self._seen[idx] = True
+
+    def end_epoch(self) -> None:
+        if not self._seen.all():
+            missing = np.flatnonzero(~self._seen)
+            raise RuntimeError(f"{len(missing)} pairs were not seen this epoch (first: position {missing[0]})")
+        self._epochs.append(self._current)
+        self._current, self._seen = self._blank(), np.zeros(self.num_rows, dtype=bool)
+
+    @property
+    def epochs(self) -> int:
+        return len(self._epochs)
+
+    def state_dict(self) -> dict:
+        return {"epochs": self._epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._epochs = list(state["epochs"])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """``{field: (num_rows, epochs)}`` float32 arrays."""
+        if not self._epochs:
+            raise RuntimeError("no epoch has been recorded")
+        return {name: np.stack([e[name] for e in self._epochs], axis=1) for name in self.fields}
+
+    def to_dataset(self, column: str = "dynamics"):
+        """A Dataset with ``row_id``, the dynamics struct ``column`` and the `EXTRA_FIELDS` columns."""
+        import pyarrow as pa
+        from datasets import Dataset, DatasetInfo, Features, Sequence, Value
+        from datasets.table import InMemoryTable
+
+        from hf_prune.dynamics import dynamics_features, dynamics_struct
+
+        arrays = self.arrays()
+        columns = {"row_id": pa.array(np.arange(self.num_rows, dtype=np.int64)), column: dynamics_struct(arrays)}
+        features = {"row_id": Value("int64"), column: dynamics_features(self.epochs)}
+        for name in self.EXTRA_FIELDS:
+            columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(arrays[name].reshape(-1)), self.epochs)
+            features[name] = Sequence(Value("float32"), length=self.epochs)
+        features = Features(features)
+        table = pa.table(columns).cast(features.arrow_schema)
+        return Dataset(InMemoryTable(table), info=DatasetInfo(features=features))
+
+
+class PairDynamicsBuffer:
+    """The training loop's dynamics buffer for `PairDynamicsRecorder` (`recipes.trainer.loop.train_epochs`).
+
+    ``add(positions, logits, labels, loss=..., rank=...)`` takes the step's image→text logits against the
+    global batch and `pair_statistics`; values stay on the device until ``flush`` gathers every process's
+    rows (padded to equal length for the collective) into the recorder.
+
+    Example:
+        >>> buffer = PairDynamicsBuffer(PairDynamicsRecorder(len(train)), accelerator)
+    """
+
+    def __init__(self, recorder: PairDynamicsRecorder, accelerator):
+        self.recorder, self.accelerator = recorder, accelerator
+        self.items: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    @torch.no_grad()
+    def add(self, positions, logits, labels, *, loss: torch.Tensor, rank: torch.Tensor) -> None:
+        from hf_prune.dynamics import DYNAMICS_FIELDS, epoch_statistics
+
+        stats, _ = epoch_statistics(logits.detach().float(), labels)
+        stats["kl_to_previous"] = torch.zeros_like(stats["true_prob"])  # the columns change between epochs
+        values = torch.stack([*(stats[name] for name in DYNAMICS_FIELDS), loss.float(), rank.float()], dim=1)
+        self.items.append((positions.to(values.device), values))
+
+    def flush(self) -> None:
+        if not self.items:
+            return
+        positions = torch.cat([p for p, _ in self.items])
+        values = torch.cat([v for _, v in self.items])
+        positions = self.accelerator.pad_across_processes(positions, pad_index=-1)
+        values = self.accelerator.pad_across_processes(values)
+        positions, values = self.accelerator.gather((positions, values))
+        keep = positions >= 0
+        self.recorder.update(positions[keep].cpu(), values[keep].cpu())
+        self.items = []
+
+    def discard(self) -> None:
+        self.items = []

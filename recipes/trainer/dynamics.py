@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -55,11 +56,15 @@ class DynamicsBuffer:
         self.items, self.rows = [], 0
 
 
-def save_dynamics(recorder: DynamicsRecorder, row_ids: np.ndarray, path: str | Path, column: str = "dynamics") -> Path:
+def save_dynamics(
+    recorder: DynamicsRecorder, row_ids: np.ndarray, path: str | Path, column: str = "dynamics",
+    extra_columns: Sequence[str] = (),
+) -> Path:
     """Save the recorded dynamics to ``path`` (`save_to_disk`) with a ``row_id`` column, replacing it whole.
 
     ``row_ids[i]`` is the row id of recorder row ``i`` (its position in the dataset the run's rows came
-    from). The dataset is written next to ``path`` and renamed in (`replace_folder`), so a kill leaves the
+    from). ``extra_columns`` are further columns of ``recorder.to_dataset`` to keep (the contrastive
+    recorder's per-pair loss and rank). The dataset is written next to ``path`` and renamed in (`replace_folder`), so a kill leaves the
     old folder or the new one. Call it on the main process only.
 
     Example:
@@ -69,7 +74,7 @@ def save_dynamics(recorder: DynamicsRecorder, row_ids: np.ndarray, path: str | P
     dynamics = recorder.to_dataset(column)
     dynamics = add_column(dynamics, "row_id", np.asarray(row_ids).astype(np.int64), overwrite=True,
                           feature=dynamics.features["row_id"])
-    dynamics = dynamics.select_columns(["row_id", column])
+    dynamics = dynamics.select_columns(["row_id", column, *extra_columns])
     staging = target.with_name(target.name + ".incomplete")
     if staging.exists():
         shutil.rmtree(staging)  # left by a run killed while writing it

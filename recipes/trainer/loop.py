@@ -57,12 +57,15 @@ class StepOutput:
     dynamics, the step's ``logits`` ``(B, C)``, ``labels`` ``(B,)`` and row ``positions`` ``(B,)``.
 
     ``labels`` also count the examples of the step (the loss is weighted by it in the epoch's mean).
+    ``extras`` (optional) are passed to the dynamics buffer's ``add`` as keyword arguments (the
+    contrastive recipe hands it per-pair statistics that the logits alone do not give).
     """
 
     loss: torch.Tensor
     logits: torch.Tensor
     labels: torch.Tensor
     positions: torch.Tensor | None = None
+    extras: dict[str, Any] | None = None
 
 
 def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -178,15 +181,21 @@ def train_epochs(
             if state.step >= total_steps:
                 completed = False
                 break
-            out = step(batch, generator)
-            accelerator.backward(out.loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            # With Accelerator(gradient_accumulation_steps=k) the prepared optimizer steps every k-th batch
+            # (and at the end of the loader); with k = 1 this is a plain step.
+            with accelerator.accumulate(model):
+                out = step(batch, generator)
+                accelerator.backward(out.loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
             state.step += 1
             if buffer is not None:
                 t = time.perf_counter()
-                buffer.add(out.positions, out.logits, out.labels)
+                if out.extras is None:
+                    buffer.add(out.positions, out.logits, out.labels)
+                else:
+                    buffer.add(out.positions, out.logits, out.labels, **out.extras)
                 dyn_time += time.perf_counter() - t
             loss_sum += out.loss.detach() * len(out.labels)
             correct += (out.logits.detach().argmax(1) == out.labels).sum()
