@@ -7,7 +7,11 @@ runs it without accelerate's launcher):
         --num_train 4000 --num_test 1000 --model tiny --epochs 8 --output_dir runs/clip_scenes
 
     accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml recipes/clip_pretraining.py \\
-        --config recipes/configs/clip_vitb32_cc12m.yaml --selector "clip_score_top_k:fraction=0.3" --seeds 0 1 2
+        --config recipes/configs/clip_vitb32_cc12m.yaml --subset_path subsets/cc12m_infomax_30 --seeds 0 1 2
+
+(``--subset_path`` is a selector's output saved with ``save_to_disk``, e.g. ``hp.select.infomax`` over a
+CLIP-score column and image embeddings of the same pool; ``--selector "random:fraction=0.3"`` runs one
+inline.)
 
 Options come from the `DataConfig` and `TrainConfig` dataclasses below (``--help``), or from a flat
 YAML file given with ``--config x.yaml`` (command-line flags override it).
@@ -122,6 +126,9 @@ class DataConfig:
     templates: str | None = field(default=None, metadata={"help": "JSON list of prompt templates with one '{}'."})
     train_split: str = field(default="train", metadata={"help": "Training split name."})
     test_split: str = field(default="test", metadata={"help": "Test split name."})
+    test_size: int | None = field(
+        default=None, metadata={"help": "Hold out this many train rows as the test split when --test_split does not exist."}
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training rows."})
     max_test_samples: int | None = field(default=None, metadata={"help": "Keep only the first N test rows."})
     subset_path: str | None = field(default=None, metadata={"help": "save_to_disk subset (with row_id) to train on."})
@@ -209,6 +216,10 @@ def _load_pool(cfg: DataConfig) -> tuple[Dataset, Dataset, list[ZeroShotTask], s
         tasks = [ZeroShotTask("label", list(names), list(templates), "label")]
     else:
         ds = hp.data.load_image_text(cfg.dataset, image_column=cfg.image_column, text_column=cfg.text_column, check=False)
+        if cfg.test_split not in ds and cfg.test_size and cfg.train_split in ds:
+            # Web pools (CC3M/CC12M shards) have one split: hold out a fixed, seeded part as the clean test split.
+            held = ds[cfg.train_split].train_test_split(test_size=cfg.test_size, seed=cfg.data_seed, shuffle=True)
+            ds = {cfg.train_split: held["train"], cfg.test_split: held["test"]}
         for split in (cfg.train_split, cfg.test_split):
             if split not in ds:
                 raise KeyError(f"{cfg.dataset!r} has no split {split!r} (--train_split/--test_split); it has {list(ds)}")

@@ -228,3 +228,47 @@ def test_tiny_clip_learns_colour_above_chance(tmp_path):
     # 8 colours (chance 0.125) and 256 test captions (chance R@5 ≈ 0.02).
     assert summary["zero_shot"]["color"]["mean"] > 0.125 + 0.15
     assert summary["retrieval"]["i2t_R@5"]["mean"] > 0.1
+
+
+def test_gpu_yaml_config_holds_the_app_a2_settings():
+    from recipes.clip_pretraining import make_parser
+    from recipes.trainer.config import parse_config
+
+    path = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "clip_vitb32_cc12m.yaml"
+    data, train = parse_config(make_parser(), ["--config", str(path), "--epochs", "2"])
+    assert (train.batch_size, train.learning_rate, train.weight_decay, train.warmup_epochs) == (2048, 1e-4, 0.2, 1)
+    assert train.epochs == 2 and train.mixed_precision == "bf16" and not train.pretrained  # flags override the file
+    assert (data.image_column, data.text_column, data.test_size) == ("jpg", "txt", 10000)
+
+
+def test_a_pool_without_a_test_split_holds_out_test_size_rows(tmp_path):
+    ds = hp.data.load_scenes(num_train=48, num_test=1)["train"].select_columns(["image", "caption"])
+    DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "pool"))
+    main(["--dataset", str(tmp_path / "pool"), "--test_size", "16", "--batch_size", "16", "--epochs", "1", "--cpu",
+          "--no_checkpointing", "--no_save_model", "--output_dir", str(tmp_path / "out")])
+    metrics = read(tmp_path / "out" / "seed_0" / "metrics.json")
+    assert (metrics["train_size"], metrics["test_size"]) == (32, 16) and metrics["zero_shot"] == {}
+    with pytest.raises(KeyError, match="no split 'test'"):
+        main(["--dataset", str(tmp_path / "pool"), "--epochs", "1", "--cpu", "--output_dir", str(tmp_path / "bad")])
+
+
+@pytest.mark.slow  # two torch.distributed CPU processes (gloo) re-importing torch/transformers: ~30 s
+def test_two_processes_train_on_the_global_batch_and_record_every_pair(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    # 120 rows, batch 32: the last batch (24 rows) is split unevenly across the processes.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(repo / "recipes/clip_pretraining.py"), *BASE, "--num_train", "120", "--epochs", "2", "--record_dynamics",
+           "--output_dir", str(tmp_path / "out")]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = read(tmp_path / "out" / "seed_0" / "metrics.json")
+    assert metrics["num_processes"] == 2 and metrics["iterations"] == 8
+    dynamics = load_from_disk(str(tmp_path / "out" / "seed_0" / "dynamics"))
+    assert sorted(dynamics["row_id"]) == list(range(120))
+    ranks = np.array(dynamics["i2t_rank"])
+    assert ranks.max() <= 31 and ranks.max() > 15  # ranks run over the global batch of 32, not a shard of 16
