@@ -6,7 +6,6 @@ themselves (`combine` chains two selectors, `prefix` cuts an ordered selection t
 
 # ruff: noqa: F401  (the imports are the exports: importing a module registers its selectors, and
 # ``__all__`` is built from the registry, which a linter cannot read)
-from . import dual as _dual
 from . import registry
 from ._ordered import prefix
 from .ccs import ccs
@@ -14,6 +13,7 @@ from .centroid import easy, hard, moderate
 from .cluster_score import cluster_top_k
 from .combine import combine
 from .d2_pruning import d2_pruning
+from .dual import beta_sampling, dual, dual_beta
 from .gm_matching import gm_matching, herding
 from .gram_schmidt import gram_schmidt
 from .image_based import image_based
@@ -26,11 +26,6 @@ from .score_rank import threshold, top_k
 from .semdedup import semdedup
 from .submodular import disparity_min, disparity_sum, facility_location, graph_cut, log_determinant
 from .typiclust import typiclust
-
-# The DUAL selectors are registered here until their module carries the decorator itself.
-dual = registry.selector(family="seed paper", needs=("dynamics_column",))(_dual.dual)
-dual_beta = registry.selector(family="seed paper", needs=("dynamics_column",))(_dual.dual_beta)
-beta_sampling = registry.selector(family="seed paper", needs=("score_column", "dynamics_column"))(_dual.beta_sampling)
 
 HELPERS = ("combine", "prefix")
 __all__ = [*registry.names(), *HELPERS]

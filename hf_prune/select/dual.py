@@ -23,6 +23,7 @@ from ..ops.columns import check_columns, read_vector
 from ..ops.sampling import weighted_sample_without_replacement
 from ..score.dynamics import Epochs, prediction_mean, score_arrays
 from ._core import resolve_budget, run_selection
+from .registry import selector
 
 __all__ = ["dual", "dual_beta", "beta_sampling", "beta_parameters", "beta_weights"]
 
@@ -132,6 +133,7 @@ def _read_score(dataset: Dataset, score_column: str) -> np.ndarray:
     return read_vector(dataset, score_column, dtype=np.float64)
 
 
+@selector(family="seed paper", needs=("dynamics_column",))
 def dual(
     dataset: Dataset,
     *,
@@ -200,6 +202,7 @@ def dual(
     )
 
 
+@selector(family="seed paper", needs=("dynamics_column",))
 def dual_beta(
     dataset: Dataset,
     *,
@@ -262,6 +265,7 @@ def dual_beta(
     )
 
 
+@selector(family="seed paper", needs=("score_column", "dynamics_column"))
 def beta_sampling(
     dataset: Dataset,
     *,
