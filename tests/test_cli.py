@@ -121,8 +121,10 @@ def test_list_shows_a_description_per_selector(capsys):
     header, *lines = capsys.readouterr().out.strip().splitlines()
     assert header.split() == ["name", "family", "needs", "summary"]
     rows = {line.split()[0]: line for line in lines}
-    # Every registered selector and the spec-able `combine`; `prefix` takes a ranked selection, not a spec.
-    assert sorted(rows) == sorted([*registry.names(), "combine"]) == sorted(set(hp.select.__all__) - {"prefix"})
+    # Every registered selector and the spec-able `combine`; `prefix` takes a ranked selection and the two
+    # filters keep what passes a threshold, so they are not budgeted selectors.
+    helpers = {"prefix", "image_based_filter", "semdedup_filter"}
+    assert sorted(rows) == sorted([*registry.names(), "combine"]) == sorted(set(hp.select.__all__) - helpers)
     for info in registry.selectors():
         # Columns line up under the header: family, needs and summary start where their titles do.
         line = rows[info.name]
