@@ -67,7 +67,8 @@ zero-shot accuracy per attribute (class text embeddings averaged over the prompt
 image→text and text→image retrieval R@1/5/10 (one caption per image), and linear-probe accuracy on the
 frozen image features (`recipes.trainer.probe.LinearProbe`, trained on up to ``--probe_train_size``
 training rows). Outputs: ``config.json`` (configs, argv, git SHA, versions), per seed
-``seed_<s>/metrics.json``, ``seed_<s>/checkpoints/epoch_<k>``, ``seed_<s>/model`` (weights + tokenizer),
+``seed_<s>/metrics.json``, ``seed_<s>/checkpoints/epoch_<k>``, ``seed_<s>/model`` (weights, tokenizer and image processor: a reference CLIP for
+`hf_prune.embed.CLIPEmbedder` and CLIP-score filtering),
 and ``metrics.json`` with mean ± std over ``--seeds``.
 """
 
@@ -375,6 +376,17 @@ class Normalizer:
         return (pixels.float() / 255.0 - mean) / std
 
 
+def image_processor(image_size: int, normalize: Normalizer):
+    """A `CLIPImageProcessor` doing what the recipe does to an image (resize to ``image_size``, the same
+    mean/std), saved beside the weights so `hf_prune.embed.CLIPEmbedder` embeds like the recipe."""
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+        image_mean=normalize.mean.flatten().tolist(), image_std=normalize.std.flatten().tolist(), do_convert_rgb=True,
+    )
+
+
 # ------------------------------------------------------------------------------------------- evaluation
 
 
@@ -620,6 +632,7 @@ def train_run(config: RunConfig) -> dict[str, Any]:
             staging = out / "model.incomplete"
             unwrapped.save_pretrained(str(staging))
             tokenizer.save_pretrained(str(staging))
+            image_processor(image_size, normalize).save_pretrained(str(staging))
             replace_folder(staging, out / "model")
             metrics["model_path"] = str(out / "model")
         write_json(out / "metrics.json", metrics)

@@ -80,6 +80,17 @@ def test_end_to_end_metrics_dynamics_and_saved_model(full_run):
     tokenizer = AutoTokenizer.from_pretrained(str(out / "seed_0" / "model"))
     assert len(tokenizer) <= model.config.text_config.vocab_size
     assert float(model.logit_scale.detach()) == pytest.approx(metrics["logit_scale"])
+    # ... and hp.embed.CLIPEmbedder loads the folder as it is (a reference CLIP) and embeds as the recipe does.
+    from recipes.clip_pretraining import Normalizer, _tokenize, encode, images_to_tensor
+
+    test = hp.data.load_scenes(num_train=128, num_test=64)["test"].select(range(16))
+    embedded = hp.embed.CLIPEmbedder(str(out / "seed_0" / "model"), image_column="image", text_column="caption").map(test)
+    processor = read(out / "seed_0" / "model" / "preprocessor_config.json")
+    ids, mask = _tokenize(tokenizer, list(test["caption"]), 32)
+    images, texts = encode(model.eval(), Normalizer(processor["image_mean"], processor["image_std"]),
+                           images_to_tensor(test, "image", 64), ids, mask, 16, "cpu")
+    np.testing.assert_allclose(np.array(embedded["image_emb"]), images.numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.array(embedded["text_emb"]), texts.numpy(), atol=1e-5)
 
 
 def test_resume_from_a_checkpoint_gives_the_uninterrupted_metrics(tmp_path, full_run):
@@ -272,3 +283,13 @@ def test_two_processes_train_on_the_global_batch_and_record_every_pair(tmp_path)
     assert sorted(dynamics["row_id"]) == list(range(120))
     ranks = np.array(dynamics["i2t_rank"])
     assert ranks.max() <= 31 and ranks.max() > 15  # ranks run over the global batch of 32, not a shard of 16
+
+
+def test_gradient_accumulation_updates_once_per_k_batches(tmp_path):
+    for k in (1, 2):
+        out = tmp_path / f"k{k}"
+        main(BASE + ["--epochs", "1", "--gradient_accumulation_steps", str(k), "--no_linear_probe", "--no_save_model",
+                     "--output_dir", str(out)])
+        optimizer = torch.load(out / "seed_0" / "checkpoints" / "epoch_1" / "optimizer.bin", weights_only=False)
+        steps = {float(state["step"]) for state in optimizer["state"].values()}
+        assert steps == {4.0 / k}, k  # 128 rows in batches of 32: 4 batches, 4 / k AdamW updates
