@@ -51,7 +51,9 @@ decay on biases, LayerNorm/embedding-free 1-D parameters and ``logit_scale``, as
 cosine per step. ``--gradient_accumulation_steps k`` averages the gradients of k batches per update (the
 negatives of each loss are its own batch, so it is not a k times larger contrastive batch). The loop,
 checkpoints (``--resume_from_checkpoint latest|PATH``, staged so a kill never leaves a complete-looking
-folder), seeds and metrics aggregation come from `recipes.trainer`. ``train_accuracy`` in the history is
+folder), seeds and metrics aggregation come from `recipes.trainer`. With several processes, accelerate
+evens out an epoch's last batch by repeating pairs from its start (``even_batches``), so that batch
+may hold a pair twice (a single process trains on the shorter last batch as it is). ``train_accuracy`` in the history is
 the in-batch image→text top-1 accuracy.
 
 Dynamics. ``--record_dynamics`` records per epoch and training pair, from the training forward pass
@@ -60,7 +62,8 @@ cross-entropy against the global batch) and ``i2t_rank`` (rank of the true capti
 captions), plus the standard ``dynamics`` struct computed from the image→text row as if the batch's
 captions were the classes (``true_prob`` = softmax probability of the true caption, so DUAL, EL2N and
 forgetting scores work on pairs; ``kl_to_previous`` is 0 because the columns change every epoch). Saved
-to ``<output_dir>/seed_<s>/dynamics`` with ``row_id``, joinable with `hf_prune.dynamics.attach_dynamics`.
+to ``<output_dir>/seed_<s>/dynamics`` with ``row_id``, joinable with `hf_prune.dynamics.attach_dynamics`
+(the struct; ``pair_loss``/``i2t_rank`` with ``dynamics_column="pair_loss"``, ``output_column="pair_loss"``).
 
 Evaluation on the clean test split (after training, and with ``--eval_each_epoch`` every epoch):
 zero-shot accuracy per attribute (class text embeddings averaged over the prompt templates, as CLIP),
