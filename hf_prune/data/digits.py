@@ -23,7 +23,7 @@ def load_digits(*, test_fraction: float = 0.2, seed: int | np.random.Generator =
     Example:
         >>> ds = load_digits(test_fraction=0.2, seed=0)
         >>> ds["train"].num_rows, ds["test"].num_rows
-        (1437, 360)
+        (1438, 359)
     """
     from sklearn.datasets import load_digits as sk_load_digits
 
