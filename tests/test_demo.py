@@ -50,7 +50,9 @@ def test_demo_runs_every_selector_and_writes_table_json_and_plot(tmp_path):
     results = run_demo(fractions=(0.3,), seeds=(0,), epochs=4, max_train_rows=400, output_dir=str(tmp_path))
     assert set(results) == set(demo_selectors(window=2))
     accuracies = {name: r[0.3][0] for name, r in results.items()}
-    assert all(0.0 <= a <= 1.0 for a in accuracies.values())
+    # 120 of 400 rows at 10 classes (chance 0.1): every selector's probe is far above chance (the lowest,
+    # TypiClust, measured 0.52), and the typical one is close to random's.
+    assert min(accuracies.values()) > 0.4 and np.median(list(accuracies.values())) > 0.8
     assert accuracies["random"] > 0.8  # 120 digits rows already give a decent pixel probe
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["accuracy"]["random"]["0.3"] == [accuracies["random"]]
