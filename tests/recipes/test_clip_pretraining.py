@@ -285,6 +285,8 @@ def test_two_processes_train_on_the_global_batch_and_record_every_pair(tmp_path)
     assert ranks.max() <= 31 and ranks.max() > 15  # ranks run over the global batch of 32, not a shard of 16
 
 
+# The schedule advances per batch while AdamW skips the accumulating batches, which torch warns about.
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
 def test_gradient_accumulation_updates_once_per_k_batches(tmp_path):
     for k in (1, 2):
         out = tmp_path / f"k{k}"
@@ -293,3 +295,11 @@ def test_gradient_accumulation_updates_once_per_k_batches(tmp_path):
         optimizer = torch.load(out / "seed_0" / "checkpoints" / "epoch_1" / "optimizer.bin", weights_only=False)
         steps = {float(state["step"]) for state in optimizer["state"].values()}
         assert steps == {4.0 / k}, k  # 128 rows in batches of 32: 4 batches, 4 / k AdamW updates
+
+
+def test_digits_captions_with_grey_images_resized_for_the_model(tmp_path):
+    main(["--dataset", "digits_captions", "--max_train_samples", "64", "--max_test_samples", "32", "--image_size", "16",
+          "--batch_size", "32", "--epochs", "1", "--cpu", "--no_checkpointing", "--no_save_model", "--probe_train_size", "64",
+          "--output_dir", str(tmp_path)])
+    metrics = read(tmp_path / "seed_0" / "metrics.json")
+    assert set(metrics["zero_shot"]) == {"label"} == set(metrics["linear_probe"]) and metrics["image_size"] == 16
