@@ -49,7 +49,8 @@ all-gathered with gradients routed back to their process, so the loss and gradie
 the same batch) with CLIP's learnable temperature (``logit_scale``, clamped at ln 100), AdamW (no weight
 decay on biases, LayerNorm/embedding-free 1-D parameters and ``logit_scale``, as OpenCLIP), warm-up then
 cosine per step. ``--gradient_accumulation_steps k`` averages the gradients of k batches per update (the
-negatives of each loss are its own batch, so it is not a k times larger contrastive batch). The loop,
+negatives of each loss are its own batch, so it is not a k times larger contrastive batch; the
+learning-rate schedule still counts batches). The loop,
 checkpoints (``--resume_from_checkpoint latest|PATH``, staged so a kill never leaves a complete-looking
 folder), seeds and metrics aggregation come from `recipes.trainer`. With several processes, accelerate
 evens out an epoch's last batch by repeating pairs from its start (``even_batches``), so that batch
