@@ -27,6 +27,10 @@ procedure as the public research code writes it, timed on the arrays already in 
   rows whose centre a target row hit. Run twice: on its own faiss centres (time, overlap) and on
   **our centres** (the rows must be identical).
 
+For the two selectors whose reference runs its own k-means, our k-means is also timed alone (and its
+k-means++ seeding alone), with its Lloyd steps and both partitions' k-means objective, so the time
+ratio can be read against what the clustering costs and buys.
+
 Data (seeded): an ``--rows`` × ``--dim`` float32 pool; ``1 − --dup-fraction`` of it drawn from a
 ``--components``-component Gaussian mixture (centres N(0, I), unit noise), the rest planted near
 duplicates (a random base row + 0.01·N(0, I), cosine ≈ 0.99997 to its source at d = 256), rows shuffled;
@@ -79,6 +83,7 @@ from hf_prune.select.image_based import ROWS_PER_CLUSTER as IMAGE_ROWS_PER_CLUST
 from hf_prune.select.image_based import _kmeans_seed
 from hf_prune.select.semdedup import ROWS_PER_CLUSTER as SEMDEDUP_ROWS_PER_CLUSTER
 from hf_prune.select.semdedup import max_similarity_to_earlier
+from hf_prune.select.typiclust import kmeans_plus_plus
 from recipes.trainer.config import library_versions, write_json
 from recipes.trainer.metrics import timed
 
@@ -204,6 +209,15 @@ def reference_image_based(pool: np.ndarray, target: np.ndarray, n_clusters: int,
     _, pool_centre = index.search(pool, 1)
     _, target_centre = index.search(target, 1)
     return np.flatnonzero(np.isin(pool_centre[:, 0], np.unique(target_centre[:, 0])))
+
+
+def faiss_assign(pool: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
+    """The pool's clusters under the reference's faiss k-means (nearest centre by inner product)."""
+    faiss = import_faiss()
+    km = faiss.Kmeans(pool.shape[1], n_clusters, spherical=True, seed=seed, verbose=False)
+    km.train(pool)
+    _, assign = km.index.search(pool, 1)
+    return assign[:, 0].astype(np.int64)
 
 
 def within_cluster_ss(x: np.ndarray, assign: np.ndarray) -> float:
@@ -360,6 +374,14 @@ def semdedup_at(data: Planted, unit: np.ndarray, xt: torch.Tensor, n_clusters: i
     return row
 
 
+def our_kmeans(unit: np.ndarray, n_clusters: int, seed: int, dev: torch.device) -> dict:
+    """Our k-means as the selectors run it, timed whole and its k-means++ seeding alone (to explain the time)."""
+    total_s, (centroids, assign, steps) = timed(
+        lambda: fit_kmeans(unit, n_clusters, max_iter=100, tol=1e-4, seed=seed, spherical=True, device=dev))
+    seeding_s, _ = timed(lambda: kmeans_plus_plus(unit, n_clusters, np.random.default_rng(seed)))
+    return {"centroids": centroids, "assign": assign, "steps": steps, "seconds": total_s, "seeding_seconds": seeding_s}
+
+
 def bench_cluster_top_k(data: Planted, args, dev: torch.device, log) -> dict:
     unit = unit_rows(data.emb, "emb")
     n = len(unit)
@@ -371,7 +393,8 @@ def bench_cluster_top_k(data: Planted, args, dev: torch.device, log) -> dict:
                                                         device=dev), args.repeats)
     kept = sorted_ids(out)
     km_seed = int(np.random.default_rng([seed_int(args.seed), 0]).integers(2**31 - 1))
-    _, ours_assign, _ = fit_kmeans(unit, n_clusters, max_iter=100, tol=1e-4, seed=km_seed, spherical=True, device=dev)
+    km = our_kmeans(unit, n_clusters, km_seed, dev)
+    ours_assign = km["assign"]
     reproduced = np.array_equal(reference_cluster_top_k(ours_assign, n_clusters, score, k), kept)
     log(f"[cluster_top_k K={n_clusters}] reference (scikit-learn KMeans) ...")
     ref_s, ref_kept = timed(lambda: reference_cluster_top_k(
@@ -383,7 +406,8 @@ def bench_cluster_top_k(data: Planted, args, dev: torch.device, log) -> dict:
         "ratio": ref_s / ours_s, "overlap": jaccard(kept, ref_kept), "reference_kept": len(ref_kept),
         "ours_inertia": within_cluster_ss(unit, ours_assign), "reference_inertia": within_cluster_ss(unit, ref_assign),
         "ours_mean_score": float(score[kept].mean()), "reference_mean_score": float(score[ref_kept].mean()),
-        "ours_reproduced_from_its_assignment": reproduced,
+        "ours_reproduced_from_its_assignment": reproduced, "ours_kmeans_s": km["seconds"],
+        "ours_kmeans_seeding_s": km["seeding_seconds"], "ours_kmeans_steps": km["steps"],
     }
     log(f"[cluster_top_k] ours {ours_s:.2f}s, reference {ref_s:.2f}s, overlap {row['overlap']:.3f}, inertia "
         f"{row['ours_inertia']:.1f} vs {row['reference_inertia']:.1f}, reproduced {reproduced}")
@@ -402,7 +426,8 @@ def bench_image_based(data: Planted, args, dev: torch.device, log) -> dict:
     km_seed = _kmeans_seed(seed_int(args.seed))
     log(f"[image_based K={n_clusters}] reference (faiss) ...")
     ref_s, ref_kept = timed(lambda: reference_image_based(unit, goal, n_clusters, km_seed), args.repeats)
-    centroids, _, _ = fit_kmeans(unit, n_clusters, max_iter=100, tol=1e-4, seed=km_seed, spherical=True, device=dev)
+    km = our_kmeans(unit, n_clusters, km_seed, dev)
+    centroids = km["centroids"]
     centroids = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
     ref_ours_centres_s, on_ours = timed(lambda: reference_image_based(unit, goal, n_clusters, km_seed, centroids),
                                         args.repeats)
@@ -422,7 +447,10 @@ def bench_image_based(data: Planted, args, dev: torch.device, log) -> dict:
         "rows_differing_on_our_centres": int(len(np.setxor1d(kept, on_ours))),
         "reference_on_our_centres_s": ref_ours_centres_s,
         "precision": precision, "recall": recall, "reference_precision": ref_precision, "reference_recall": ref_recall,
-        "target_component_rows": int(wanted.sum()),
+        "target_component_rows": int(wanted.sum()), "ours_kmeans_s": km["seconds"],
+        "ours_kmeans_seeding_s": km["seeding_seconds"], "ours_kmeans_steps": km["steps"],
+        "ours_inertia": within_cluster_ss(unit, km["assign"]),
+        "reference_inertia": within_cluster_ss(unit, faiss_assign(unit, n_clusters, km_seed)),
     }
     log(f"[image_based] ours {ours_s:.2f}s, reference {ref_s:.2f}s, overlap {row['overlap']:.3f}, same rows on our "
         f"centres {row['same_rows_on_our_centres']}, precision {precision:.3f} recall {recall:.3f}")
@@ -492,6 +520,11 @@ def markdown(env: dict, args, semdedup_rows: list[dict], ctk: dict, img: dict) -
         f"{img['reference_precision']:.3f} / {img['reference_recall']:.3f}).")
     lines.append(f"- Clustering + CLIP: ours recomputed from its own k-means assignment by the reference's top-k: "
                  f"{'same rows' if ctk['ours_reproduced_from_its_assignment'] else 'ROWS DIFFER'}.")
+    for name, r in (("cluster_top_k", ctk), ("image_based_filter", img)):
+        lines.append(
+            f"- `{name}`: our k-means (K={r['n_clusters']}) took {_s(r['ours_kmeans_s'])} s, {r['ours_kmeans_steps']} "
+            f"Lloyd steps, of which k-means++ seeding {_s(r['ours_kmeans_seeding_s'])} s; k-means objective ours "
+            f"{r['ours_inertia']:,.1f} vs reference {r['reference_inertia']:,.1f}.")
     lines.append(f"- NeMo Curator: {NEMO_CURATOR}.")
     return "\n".join(lines)
 

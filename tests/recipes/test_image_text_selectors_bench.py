@@ -46,6 +46,9 @@ def test_cluster_top_k_and_image_based_agree_with_their_references(quick):
     assert 0 < ctk["overlap"] <= 1 and ctk["ours_inertia"] > 0 and ctk["reference_inertia"] > 0
     assert img["same_rows_on_our_centres"] is True and img["rows_differing_on_our_centres"] == 0
     assert 0 < img["precision"] <= 1 and img["recall"] > 0.9
+    for row in (ctk, img):
+        assert 1 <= row["ours_kmeans_steps"] <= 100 and row["ours_kmeans_s"] > 0
+    assert img["ours_inertia"] > 0 and img["reference_inertia"] > 0
     assert quick["nemo_curator"].startswith("not run")
 
 
