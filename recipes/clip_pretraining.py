@@ -220,7 +220,10 @@ def _load_pool(cfg: DataConfig) -> tuple[Dataset, Dataset, list[ZeroShotTask], s
         templates = hp.data.DIGIT_TEMPLATES if digits else hp.data.FASHION_MNIST_TEMPLATES
         tasks = [ZeroShotTask("label", list(names), list(templates), "label")]
     else:
-        ds = hp.data.load_image_text(cfg.dataset, image_column=cfg.image_column, text_column=cfg.text_column, check=False)
+        # Columns keep the user's names, so every error names the column as it was given.
+        ds = hp.data.load_image_text(cfg.dataset, image_column=cfg.image_column, text_column=cfg.text_column, rename=False,
+                                     check=False)
+        image_column, text_column = cfg.image_column, cfg.text_column
         if cfg.test_split not in ds and cfg.test_size and cfg.train_split in ds:
             # Web pools (CC3M/CC12M shards) have one split: hold out a fixed, seeded part as the clean test split.
             held = ds[cfg.train_split].train_test_split(test_size=cfg.test_size, seed=cfg.data_seed, shuffle=True)

@@ -303,3 +303,18 @@ def test_digits_captions_with_grey_images_resized_for_the_model(tmp_path):
           "--output_dir", str(tmp_path)])
     metrics = read(tmp_path / "seed_0" / "metrics.json")
     assert set(metrics["zero_shot"]) == {"label"} == set(metrics["linear_probe"]) and metrics["image_size"] == 16
+
+
+def test_an_undecodable_image_is_an_error_naming_the_column(tmp_path):
+    from datasets import Image
+
+    _, ds = _saved_pool(tmp_path / "x", image="jpg")
+    train = ds["train"].cast_column("jpg", Image(decode=False))
+    images = list(train["jpg"])
+    images[5] = {"bytes": b"not an image", "path": None}
+    ds["train"] = train.remove_columns("jpg").add_column("jpg", images).cast_column("jpg", Image())
+    ds.save_to_disk(str(tmp_path / "broken"))
+    with pytest.raises(ValueError, match="'jpg'"):
+        main(["--dataset", str(tmp_path / "broken"), "--image_column", "jpg", "--batch_size", "16", "--epochs", "1",
+              "--cpu", "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out" / "seed_0").exists()
