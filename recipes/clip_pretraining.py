@@ -95,7 +95,7 @@ from transformers import HfArgumentParser
 import hf_prune as hp
 from hf_prune.ops.columns import read_labels, read_vector
 from recipes.trainer.checkpoints import replace_folder
-from recipes.trainer.config import parse_config, run_metadata, write_json
+from recipes.trainer.config import RunConfig, RunOptions, parse_config, run_metadata, write_json
 from recipes.trainer.contrastive import PairDynamicsBuffer, PairDynamicsRecorder, clip_loss, pair_statistics
 from recipes.trainer.data import EpochSampler, channel_statistics, identity_collate, subset_rows
 from recipes.trainer.dynamics import save_dynamics
@@ -147,7 +147,7 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunOptions):
     output_dir: str = field(default="runs/clip_pretraining", metadata={"help": "Where checkpoints, metrics and dynamics go."})
     model: str = field(default="tiny", metadata={"help": "tiny, small, or a CLIPModel Hub id / local path."})
     pretrained: bool = field(default=True, metadata={"help": "Hub/local model: load its weights (else its config only)."})
@@ -165,27 +165,9 @@ class TrainConfig:
     adam_epsilon: float = field(default=1e-6, metadata={"help": "AdamW epsilon."})
     warmup_epochs: float = field(default=1.0, metadata={"help": "Linear warm-up in epochs before the cosine decay."})
     mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 autocast (accelerate)."})
-    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Training seeds; metrics aggregate mean ± std."})
-    record_dynamics: bool = field(default=False, metadata={"help": "Record per-epoch per-pair training dynamics."})
-    dynamics_column: str = field(default="dynamics", metadata={"help": "Column name of the dynamics record."})
     linear_probe: bool = field(default=True, metadata={"help": "Linear-probe accuracy on frozen image features."})
     probe_train_size: int = field(default=5000, metadata={"help": "Training rows (the first ones) the probe is fitted on."})
-    checkpointing: bool = field(default=True, metadata={"help": "Save accelerator state after every epoch."})
-    save_total_limit: int | None = field(default=None, metadata={"help": "Keep only the newest N epoch checkpoints."})
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint directory."})
-    eval_each_epoch: bool = field(default=False, metadata={"help": "Also evaluate on the test split after every epoch."})
     save_model: bool = field(default=True, metadata={"help": "Save the final weights and tokenizer to seed_<s>/model."})
-    cpu: bool = field(default=False, metadata={"help": "Force CPU even when a GPU is present."})
-
-
-@dataclass
-class RunConfig:
-    """One training run: the parsed configs plus the seed and the run's output directory."""
-
-    data: DataConfig
-    train: TrainConfig
-    seed: int
-    output_dir: Path
 
 
 # ------------------------------------------------------------------------------------------------- data

@@ -82,7 +82,7 @@ from transformers import HfArgumentParser
 import hf_prune as hp
 from hf_prune.dynamics import DynamicsRecorder
 from hf_prune.ops.columns import read_labels, read_vector
-from recipes.trainer.config import parse_config, run_metadata, write_json
+from recipes.trainer.config import RunConfig, RunOptions, parse_config, run_metadata, write_json
 from recipes.trainer.data import (
     EpochSampler,
     TensorImageDataset,
@@ -124,7 +124,7 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunOptions):
     output_dir: str = field(default="runs/image_classification", metadata={"help": "Where checkpoints, metrics and dynamics go."})
     model: str = field(
         default="small_cnn",
@@ -146,25 +146,7 @@ class TrainConfig:
     augment: bool = field(default=True, metadata={"help": "Random crop and horizontal flip."})
     crop_padding: int = field(default=4, metadata={"help": "Zero padding of the random crop."})
     hflip: bool = field(default=True, metadata={"help": "Random horizontal flips (when augmenting)."})
-    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Training seeds; metrics aggregate mean ± std."})
-    record_dynamics: bool = field(default=False, metadata={"help": "Record per-epoch training dynamics per row."})
-    dynamics_column: str = field(default="dynamics", metadata={"help": "Column name of the dynamics record."})
-    checkpointing: bool = field(default=True, metadata={"help": "Save accelerator state after every epoch."})
-    save_total_limit: int | None = field(default=None, metadata={"help": "Keep only the newest N epoch checkpoints."})
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint directory."})
-    eval_each_epoch: bool = field(default=False, metadata={"help": "Also evaluate on the test split after every epoch."})
     num_workers: int = field(default=0, metadata={"help": "DataLoader workers (tensors are in memory; 0 is usually best)."})
-    cpu: bool = field(default=False, metadata={"help": "Force CPU even when a GPU is present."})
-
-
-@dataclass
-class RunConfig:
-    """One training run: the parsed configs plus the seed and the run's output directory."""
-
-    data: DataConfig
-    train: TrainConfig
-    seed: int
-    output_dir: Path
 
 
 # ------------------------------------------------------------------------------------------------- data

@@ -16,12 +16,41 @@ import platform
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["parse_config", "git_sha", "write_json", "library_versions", "run_metadata"]
+__all__ = ["RunOptions", "RunConfig", "parse_config", "git_sha", "write_json", "library_versions", "run_metadata"]
+
+
+@dataclass
+class RunOptions:
+    """The training options every recipe shares: seeds, dynamics, checkpoints, evaluation, device.
+
+    A recipe's ``TrainConfig`` subclasses it and adds its own fields, so these flags mean the same in
+    every recipe (and `HfArgumentParser` lists them first).
+    """
+
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Training seeds; metrics aggregate mean ± std."})
+    record_dynamics: bool = field(default=False, metadata={"help": "Record per-epoch training dynamics per row (pair)."})
+    dynamics_column: str = field(default="dynamics", metadata={"help": "Column name of the dynamics record."})
+    checkpointing: bool = field(default=True, metadata={"help": "Save accelerator state after every epoch."})
+    save_total_limit: int | None = field(default=None, metadata={"help": "Keep only the newest N epoch checkpoints."})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint directory."})
+    eval_each_epoch: bool = field(default=False, metadata={"help": "Also evaluate on the test split after every epoch."})
+    cpu: bool = field(default=False, metadata={"help": "Force CPU even when a GPU is present."})
+
+
+@dataclass
+class RunConfig:
+    """One training run: the recipe's parsed configs plus the seed and the run's output directory."""
+
+    data: Any
+    train: Any
+    seed: int
+    output_dir: Path
 
 
 def parse_config(parser, argv: Sequence[str] | None = None) -> tuple:
