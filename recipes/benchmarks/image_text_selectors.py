@@ -46,7 +46,7 @@ mark over the call (``VmHWM`` after resetting it through ``/proc/self/clear_refs
 resident set before it; memory the allocator reuses without growing the process is not seen, so
 small matrices may read low (the matrix's size from its shape is printed beside it).
 
-Default (about 5 minutes on a 2-core CPU; 50,000 × 256, SemDeDup at ``K = ⌈N/1000⌉`` and at
+Default (about 5–15 minutes on a 2-core CPU, three timed runs per call; 50,000 × 256, SemDeDup at ``K = ⌈N/1000⌉`` and at
 ``K = ⌈N/5000⌉`` clusters):
     python recipes/benchmarks/image_text_selectors.py --output image_text_selectors.json
 
@@ -546,7 +546,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--threads", type=int, default=2, help="torch / faiss / BLAS threads (default 2)")
-    p.add_argument("--repeats", type=int, default=1, help="timed runs per side, median reported (default 1)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per side, median reported (default 3; --quick: 1)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, a smoke check in a few seconds")
     p.add_argument("--output", default=None, help="write all measurements as JSON here")
     return p
@@ -554,8 +554,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = make_parser().parse_args(argv)
-    quick = {"rows": 2_000, "dim": 32, "components": 20, "target_rows": 200, "target_components": 4}
-    full = {"rows": 50_000, "dim": 256, "components": 200, "target_rows": 2_000, "target_components": 20}
+    quick = {"rows": 2_000, "dim": 32, "components": 20, "target_rows": 200, "target_components": 4, "repeats": 1}
+    # Three repeats: on a shared machine single timings of the same call varied by up to 3x.
+    full = {"rows": 50_000, "dim": 256, "components": 200, "target_rows": 2_000, "target_components": 20, "repeats": 3}
     for name, value in (quick if args.quick else full).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
