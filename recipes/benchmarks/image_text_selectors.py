@@ -39,7 +39,7 @@ the components. Planted-data quality: which rows SemDeDup drops (planted copies 
 and the precision / recall of the image-based filter for the rows of the target's components.
 
 Timing: ``time.perf_counter``; every call runs once on a small input first (imports, faiss and BLAS
-warm-up), then ``--repeats`` timed runs (median). Torch, faiss and the BLAS / OpenMP pools
+warm-up), then ``--repeats`` timed runs (median), ours and the reference in turn so load drift hits both. Torch, faiss and the BLAS / OpenMP pools
 (threadpoolctl, so scikit-learn too) use ``--threads`` threads. Peak memory of the largest-cluster
 calls: on CUDA ``torch.cuda.max_memory_allocated``; on the CPU the process's resident-set high-water
 mark over the call (``VmHWM`` after resetting it through ``/proc/self/clear_refs``) minus the
@@ -64,6 +64,7 @@ import contextlib
 import math
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -284,6 +285,20 @@ def thread_limit(threads: int):
         faiss.omp_set_num_threads(faiss_before)
 
 
+def timed_alternating(fns: list[Callable[[], Any]], repeats: int) -> list[tuple[float, Any]]:
+    """`timed` for several calls run in turn (a, b, c, a, b, c, ...): median seconds and last result of each.
+
+    On a shared machine the load drifts within a minute; alternating lets the drift hit every side alike.
+    """
+    times: list[list[float]] = [[] for _ in fns]
+    results: list[Any] = [None] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            seconds, results[i] = timed(fn)
+            times[i].append(seconds)
+    return [(statistics.median(t), r) for t, r in zip(times, results)]
+
+
 def sorted_ids(ds: Dataset) -> np.ndarray:
     return np.sort(np.asarray(ds["row_id"], dtype=np.int64))
 
@@ -332,12 +347,14 @@ def semdedup_at(data: Planted, unit: np.ndarray, xt: torch.Tensor, n_clusters: i
         centroids = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
         return torch.from_numpy(centroids.astype(np.float32)).to(dev), assign
 
-    log(f"[semdedup K={n_clusters}] ours ...")
-    ours_s, out = timed(ours, args.repeats)
+    log(f"[semdedup K={n_clusters}] ours and the reference, in turn ...")
+    centroids, assign = kmeans()
+
+    def dense():
+        return reference_semdedup(xt, centroids, assign, args.eps)
+
+    (ours_s, out), (kmeans_s, _), (dense_s, ref_kept) = timed_alternating([ours, kmeans, dense], args.repeats)
     kept = sorted_ids(out)
-    kmeans_s, (centroids, assign) = timed(kmeans, args.repeats)
-    log(f"[semdedup K={n_clusters}] reference (k-means {kmeans_s:.2f}s) ...")
-    dense_s, ref_kept = timed(lambda: reference_semdedup(xt, centroids, assign, args.eps), args.repeats)
     same = np.array_equal(kept, ref_kept)
     dropped = np.setdiff1d(np.arange(len(unit)), kept)
     dropped_pairs = data.pair[dropped]
@@ -351,9 +368,9 @@ def semdedup_at(data: Planted, unit: np.ndarray, xt: torch.Tensor, n_clusters: i
     block = xt[torch.from_numpy(order).to(dev)]
     peak_ref, m_ref = peak_memory(lambda: paper_semdedup_m(block), dev)
     peak_ours, m_ours = peak_memory(lambda: max_similarity_to_earlier(block, chunk_size=args.chunk_size), dev)
-    big_ref_s, _ = timed(lambda: paper_semdedup_m(block).cpu(), args.repeats, cuda_sync=True)
-    big_ours_s, _ = timed(lambda: max_similarity_to_earlier(block, chunk_size=args.chunk_size), args.repeats,
-                          cuda_sync=True)
+    (big_ref_s, _), (big_ours_s, _) = timed_alternating(
+        [lambda: paper_semdedup_m(block).cpu(), lambda: max_similarity_to_earlier(block, chunk_size=args.chunk_size)],
+        args.repeats)
     m_gap = float(np.abs(np.maximum(m_ours, 0.0) - m_ref.double().cpu().numpy()).max())
     row = {
         "selector": "semdedup_filter", "call": f"semdedup_filter(eps={args.eps}, n_clusters={n_clusters})",
@@ -388,17 +405,16 @@ def bench_cluster_top_k(data: Planted, args, dev: torch.device, log) -> dict:
     n_clusters = math.ceil(math.sqrt(n))
     k = int(round(args.fraction * n))
     score = data.score.astype(np.float64)
-    log(f"[cluster_top_k K={n_clusters}] ours ...")
-    ours_s, out = timed(lambda: hp.select.cluster_top_k(data.pool, size=k, score_column="score", seed=args.seed,
-                                                        device=dev), args.repeats)
+    log(f"[cluster_top_k K={n_clusters}] ours and the reference (scikit-learn KMeans), in turn ...")
+    (ours_s, out), (ref_s, ref_kept) = timed_alternating([
+        lambda: hp.select.cluster_top_k(data.pool, size=k, score_column="score", seed=args.seed, device=dev),
+        lambda: reference_cluster_top_k(sklearn_assign(unit, n_clusters, 100, 1e-4, args.seed), n_clusters, score, k),
+    ], args.repeats)
     kept = sorted_ids(out)
     km_seed = int(np.random.default_rng([seed_int(args.seed), 0]).integers(2**31 - 1))
     km = our_kmeans(unit, n_clusters, km_seed, dev)
     ours_assign = km["assign"]
     reproduced = np.array_equal(reference_cluster_top_k(ours_assign, n_clusters, score, k), kept)
-    log(f"[cluster_top_k K={n_clusters}] reference (scikit-learn KMeans) ...")
-    ref_s, ref_kept = timed(lambda: reference_cluster_top_k(
-        sklearn_assign(unit, n_clusters, 100, 1e-4, args.seed), n_clusters, score, k), args.repeats)
     ref_assign = sklearn_assign(unit, n_clusters, 100, 1e-4, args.seed)
     row = {
         "selector": "cluster_top_k", "call": f"cluster_top_k(size={k}, score_column='score')", "N": n,
@@ -419,13 +435,13 @@ def bench_image_based(data: Planted, args, dev: torch.device, log) -> dict:
     goal = unit_rows(data.target_emb, "emb")
     n = len(unit)
     n_clusters = math.ceil(n / IMAGE_ROWS_PER_CLUSTER)
-    log(f"[image_based K={n_clusters}] ours ...")
-    ours_s, out = timed(lambda: hp.select.image_based_filter(data.pool, target=data.target, seed=args.seed, device=dev),
-                        args.repeats)
-    kept = sorted_ids(out)
     km_seed = _kmeans_seed(seed_int(args.seed))
-    log(f"[image_based K={n_clusters}] reference (faiss) ...")
-    ref_s, ref_kept = timed(lambda: reference_image_based(unit, goal, n_clusters, km_seed), args.repeats)
+    log(f"[image_based K={n_clusters}] ours and the reference (faiss), in turn ...")
+    (ours_s, out), (ref_s, ref_kept) = timed_alternating([
+        lambda: hp.select.image_based_filter(data.pool, target=data.target, seed=args.seed, device=dev),
+        lambda: reference_image_based(unit, goal, n_clusters, km_seed),
+    ], args.repeats)
+    kept = sorted_ids(out)
     km = our_kmeans(unit, n_clusters, km_seed, dev)
     centroids = km["centroids"]
     centroids = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
