@@ -39,15 +39,16 @@ the components. Planted-data quality: which rows SemDeDup drops (planted copies 
 and the precision / recall of the image-based filter for the rows of the target's components.
 
 Timing: ``time.perf_counter``; every call runs once on a small input first (imports, faiss and BLAS
-warm-up), then ``--repeats`` timed runs (median), ours and the reference in turn so load drift hits both. Torch, faiss and the BLAS / OpenMP pools
-(threadpoolctl, so scikit-learn too) use ``--threads`` threads. Peak memory of the largest-cluster
+warm-up), then ``--repeats`` timed runs (median), ours and the reference in turn so that load drift
+hits both. Torch, faiss and the BLAS / OpenMP pools (threadpoolctl, so scikit-learn too) use
+``--threads`` threads. Peak memory of the largest-cluster
 calls: on CUDA ``torch.cuda.max_memory_allocated``; on the CPU the process's resident-set high-water
 mark over the call (``VmHWM`` after resetting it through ``/proc/self/clear_refs``) minus the
 resident set before it; memory the allocator reuses without growing the process is not seen, so
 small matrices may read low (the matrix's size from its shape is printed beside it).
 
-Default (about 5–15 minutes on a 2-core CPU, three timed runs per call; 50,000 × 256, SemDeDup at ``K = ⌈N/1000⌉`` and at
-``K = ⌈N/5000⌉`` clusters):
+Default (about 5–15 minutes on a 2-core CPU, three timed runs per call; 50,000 × 256, SemDeDup at
+``K = ⌈N/1000⌉`` and at ``K = ⌈N/5000⌉`` clusters):
     python recipes/benchmarks/image_text_selectors.py --output image_text_selectors.json
 
 Smoke check (a few seconds):
@@ -165,7 +166,8 @@ def paper_semdedup_m(x: torch.Tensor) -> torch.Tensor:
     return torch.max(torch.triu(sim, diagonal=1), dim=0)[0]
 
 
-def reference_semdedup(x: torch.Tensor, centroids: torch.Tensor, assign: np.ndarray, eps: float) -> np.ndarray:
+def reference_semdedup(x: torch.Tensor, centroids: torch.Tensor, assign: np.ndarray,
+                       eps: float) -> np.ndarray:
     """Rows kept by the released code's loop over clusters, on a given k-means assignment."""
     kept = []
     for c in range(len(centroids)):
@@ -192,13 +194,15 @@ def reference_cluster_top_k(assign: np.ndarray, n_clusters: int, score: np.ndarr
 def sklearn_assign(x: np.ndarray, n_clusters: int, max_iter: int, tol: float, seed: int) -> np.ndarray:
     from sklearn.cluster import KMeans
 
-    return KMeans(n_clusters=n_clusters, n_init=1, max_iter=max_iter, tol=tol, random_state=seed).fit(x).labels_
+    km = KMeans(n_clusters=n_clusters, n_init=1, max_iter=max_iter, tol=tol, random_state=seed)
+    return km.fit(x).labels_
 
 
 def reference_image_based(pool: np.ndarray, target: np.ndarray, n_clusters: int, seed: int,
                           centroids: np.ndarray | None = None) -> np.ndarray:
-    """DataComp's procedure: spherical faiss k-means (unless ``centroids`` are given), an IndexFlatIP of
-    the centres, the nearest centre of every target and pool row, the pool rows in a centre a target row hit."""
+    """DataComp's procedure: spherical faiss k-means (unless ``centroids`` are given), an IndexFlatIP
+    of the centres, the nearest centre of every target and pool row, and the pool rows in a centre
+    that a target row hit."""
     faiss = import_faiss()
     d = pool.shape[1]
     if centroids is None:
@@ -266,7 +270,7 @@ def _status_kib(field: str) -> int:
 
 @contextlib.contextmanager
 def thread_limit(threads: int):
-    """Torch, faiss and the BLAS / OpenMP pools (threadpoolctl) at ``threads`` threads, restored afterwards."""
+    """Torch, faiss and the BLAS / OpenMP pools (threadpoolctl) at ``threads`` threads; restored after."""
     faiss = import_faiss()
     torch_before, faiss_before = torch.get_num_threads(), faiss.omp_get_max_threads()
     torch.set_num_threads(threads)
@@ -308,8 +312,9 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def versions() -> dict:
-    out = {**library_versions(), "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    out = {**library_versions(), "platform": platform.platform(),
+           "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+           "torch_threads": torch.get_num_threads()}
     for name in ("faiss", "sklearn"):
         try:
             out[name] = getattr(__import__(name), "__version__", "?")
@@ -342,8 +347,8 @@ def semdedup_at(data: Planted, unit: np.ndarray, xt: torch.Tensor, n_clusters: i
     km_seed = int(np.random.default_rng([seed_int(args.seed), 0]).integers(2**31 - 1))
 
     def kmeans():
-        centroids, assign, _ = fit_kmeans(unit, n_clusters, max_iter=100, tol=1e-4, seed=km_seed, spherical=True,
-                                          device=dev)
+        centroids, assign, _ = fit_kmeans(unit, n_clusters, max_iter=100, tol=1e-4, seed=km_seed,
+                                          spherical=True, device=dev)
         centroids = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
         return torch.from_numpy(centroids.astype(np.float32)).to(dev), assign
 
@@ -369,8 +374,8 @@ def semdedup_at(data: Planted, unit: np.ndarray, xt: torch.Tensor, n_clusters: i
     peak_ref, m_ref = peak_memory(lambda: paper_semdedup_m(block), dev)
     peak_ours, m_ours = peak_memory(lambda: max_similarity_to_earlier(block, chunk_size=args.chunk_size), dev)
     (big_ref_s, _), (big_ours_s, _) = timed_alternating(
-        [lambda: paper_semdedup_m(block).cpu(), lambda: max_similarity_to_earlier(block, chunk_size=args.chunk_size)],
-        args.repeats)
+        [lambda: paper_semdedup_m(block).cpu(),
+         lambda: max_similarity_to_earlier(block, chunk_size=args.chunk_size)], args.repeats)
     m_gap = float(np.abs(np.maximum(m_ours, 0.0) - m_ref.double().cpu().numpy()).max())
     row = {
         "selector": "semdedup_filter", "call": f"semdedup_filter(eps={args.eps}, n_clusters={n_clusters})",
@@ -378,25 +383,28 @@ def semdedup_at(data: Planted, unit: np.ndarray, xt: torch.Tensor, n_clusters: i
         "ours_s": ours_s, "reference_s": kmeans_s + dense_s, "reference_kmeans_s": kmeans_s,
         "reference_dedup_s": dense_s, "ratio": (kmeans_s + dense_s) / ours_s, "same_rows": same,
         "reference_kept": len(ref_kept), "dropped": len(dropped), "dropped_planted": int(planted.sum()),
-        "dropped_distinct_pairs": len(np.unique(dropped_pairs[planted])), "dropped_unplanted": int((~planted).sum()),
+        "dropped_distinct_pairs": len(np.unique(dropped_pairs[planted])),
+        "dropped_unplanted": int((~planted).sum()),
         "planted_copies": data.n_dup,
         "largest_cluster": int(sizes[big]), "largest_matrix_bytes": int(sizes[big]) ** 2 * 4,
         "largest_reference_s": big_ref_s, "largest_ours_s": big_ours_s,
         "largest_reference_peak_bytes": peak_ref, "largest_ours_peak_bytes": peak_ours,
         "largest_max_abs_m_difference": m_gap, "chunk_size": args.chunk_size,
     }
-    log(f"[semdedup K={n_clusters}] ours {ours_s:.2f}s, reference {kmeans_s + dense_s:.2f}s, kept {len(kept)}, "
-        f"same rows {same}; dropped {len(dropped)} (planted {row['dropped_planted']}, unplanted "
-        f"{row['dropped_unplanted']}); largest cluster {sizes[big]}: dense {big_ref_s:.3f}s / ours {big_ours_s:.3f}s")
+    log(f"[semdedup K={n_clusters}] ours {ours_s:.2f}s, reference {kmeans_s + dense_s:.2f}s, "
+        f"kept {len(kept)}, same rows {same}; dropped {len(dropped)} (planted {row['dropped_planted']}, "
+        f"unplanted {row['dropped_unplanted']}); largest cluster {sizes[big]}: dense {big_ref_s:.3f}s / "
+        f"ours {big_ours_s:.3f}s")
     return row
 
 
 def our_kmeans(unit: np.ndarray, n_clusters: int, seed: int, dev: torch.device) -> dict:
-    """Our k-means as the selectors run it, timed whole and its k-means++ seeding alone (to explain the time)."""
+    """Our k-means as the selectors run it, timed whole, and its k-means++ seeding timed alone."""
     total_s, (centroids, assign, steps) = timed(
         lambda: fit_kmeans(unit, n_clusters, max_iter=100, tol=1e-4, seed=seed, spherical=True, device=dev))
     seeding_s, _ = timed(lambda: kmeans_plus_plus(unit, n_clusters, np.random.default_rng(seed)))
-    return {"centroids": centroids, "assign": assign, "steps": steps, "seconds": total_s, "seeding_seconds": seeding_s}
+    return {"centroids": centroids, "assign": assign, "steps": steps, "seconds": total_s,
+            "seeding_seconds": seeding_s}
 
 
 def bench_cluster_top_k(data: Planted, args, dev: torch.device, log) -> dict:
@@ -408,7 +416,8 @@ def bench_cluster_top_k(data: Planted, args, dev: torch.device, log) -> dict:
     log(f"[cluster_top_k K={n_clusters}] ours and the reference (scikit-learn KMeans), in turn ...")
     (ours_s, out), (ref_s, ref_kept) = timed_alternating([
         lambda: hp.select.cluster_top_k(data.pool, size=k, score_column="score", seed=args.seed, device=dev),
-        lambda: reference_cluster_top_k(sklearn_assign(unit, n_clusters, 100, 1e-4, args.seed), n_clusters, score, k),
+        lambda: reference_cluster_top_k(sklearn_assign(unit, n_clusters, 100, 1e-4, args.seed), n_clusters,
+                                        score, k),
     ], args.repeats)
     kept = sorted_ids(out)
     km_seed = int(np.random.default_rng([seed_int(args.seed), 0]).integers(2**31 - 1))
@@ -418,9 +427,10 @@ def bench_cluster_top_k(data: Planted, args, dev: torch.device, log) -> dict:
     ref_assign = sklearn_assign(unit, n_clusters, 100, 1e-4, args.seed)
     row = {
         "selector": "cluster_top_k", "call": f"cluster_top_k(size={k}, score_column='score')", "N": n,
-        "d": unit.shape[1], "n_clusters": n_clusters, "kept": len(kept), "ours_s": ours_s, "reference_s": ref_s,
-        "ratio": ref_s / ours_s, "overlap": jaccard(kept, ref_kept), "reference_kept": len(ref_kept),
-        "ours_inertia": within_cluster_ss(unit, ours_assign), "reference_inertia": within_cluster_ss(unit, ref_assign),
+        "d": unit.shape[1], "n_clusters": n_clusters, "kept": len(kept), "ours_s": ours_s,
+        "reference_s": ref_s, "ratio": ref_s / ours_s, "overlap": jaccard(kept, ref_kept),
+        "reference_kept": len(ref_kept), "ours_inertia": within_cluster_ss(unit, ours_assign),
+        "reference_inertia": within_cluster_ss(unit, ref_assign),
         "ours_mean_score": float(score[kept].mean()), "reference_mean_score": float(score[ref_kept].mean()),
         "ours_reproduced_from_its_assignment": reproduced, "ours_kmeans_s": km["seconds"],
         "ours_kmeans_seeding_s": km["seeding_seconds"], "ours_kmeans_steps": km["steps"],
@@ -445,8 +455,8 @@ def bench_image_based(data: Planted, args, dev: torch.device, log) -> dict:
     km = our_kmeans(unit, n_clusters, km_seed, dev)
     centroids = km["centroids"]
     centroids = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
-    ref_ours_centres_s, on_ours = timed(lambda: reference_image_based(unit, goal, n_clusters, km_seed, centroids),
-                                        args.repeats)
+    ref_ours_centres_s, on_ours = timed(
+        lambda: reference_image_based(unit, goal, n_clusters, km_seed, centroids), args.repeats)
     wanted = np.isin(data.component, data.target_components)
 
     def quality(ids):
@@ -457,19 +467,22 @@ def bench_image_based(data: Planted, args, dev: torch.device, log) -> dict:
     ref_precision, ref_recall = quality(ref_kept)
     row = {
         "selector": "image_based_filter", "call": "image_based_filter(target=…)", "N": n, "d": unit.shape[1],
-        "n_clusters": n_clusters, "target_rows": len(goal), "kept": len(kept), "ours_s": ours_s, "reference_s": ref_s,
+        "n_clusters": n_clusters, "target_rows": len(goal), "kept": len(kept), "ours_s": ours_s,
+        "reference_s": ref_s,
         "ratio": ref_s / ours_s, "overlap": jaccard(kept, ref_kept), "reference_kept": len(ref_kept),
         "same_rows_on_our_centres": bool(np.array_equal(kept, on_ours)),
         "rows_differing_on_our_centres": int(len(np.setxor1d(kept, on_ours))),
         "reference_on_our_centres_s": ref_ours_centres_s,
-        "precision": precision, "recall": recall, "reference_precision": ref_precision, "reference_recall": ref_recall,
+        "precision": precision, "recall": recall, "reference_precision": ref_precision,
+        "reference_recall": ref_recall,
         "target_component_rows": int(wanted.sum()), "ours_kmeans_s": km["seconds"],
         "ours_kmeans_seeding_s": km["seeding_seconds"], "ours_kmeans_steps": km["steps"],
         "ours_inertia": within_cluster_ss(unit, km["assign"]),
         "reference_inertia": within_cluster_ss(unit, faiss_assign(unit, n_clusters, km_seed)),
     }
-    log(f"[image_based] ours {ours_s:.2f}s, reference {ref_s:.2f}s, overlap {row['overlap']:.3f}, same rows on our "
-        f"centres {row['same_rows_on_our_centres']}, precision {precision:.3f} recall {recall:.3f}")
+    log(f"[image_based] ours {ours_s:.2f}s, reference {ref_s:.2f}s, overlap {row['overlap']:.3f}, "
+        f"same rows on our centres {row['same_rows_on_our_centres']}, precision {precision:.3f} "
+        f"recall {recall:.3f}")
     return row
 
 
@@ -485,45 +498,53 @@ def _mib(x: int | None) -> str:
     return "n/a" if x is None else f"{x / 2**20:.1f}"
 
 
+def _same(flag: bool, differing: int | None = None) -> str:
+    if flag:
+        return "same rows"
+    return "ROWS DIFFER" if differing is None else f"{differing} rows differ"
+
+
 def markdown(env: dict, args, semdedup_rows: list[dict], ctk: dict, img: dict) -> str:
     lines = [
         f"Python {env['python']}, torch {env['torch']}, datasets {env['datasets']}, faiss {env['faiss']}, "
-        f"scikit-learn {env['sklearn']}, hf_prune {env['hf_prune']}; {args.threads} thread(s), device {args.device}; "
-        f"load average at the start {env['load_average']}.",
+        f"scikit-learn {env['sklearn']}, hf_prune {env['hf_prune']}; {args.threads} thread(s), "
+        f"device {args.device}; load average at the start {env['load_average']}.",
         "",
         "| selector | N × d | K | kept | ours (s) | reference (s) | ref/ours | agreement |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in semdedup_rows:
         lines.append(
-            f"| `{r['call']}` vs released SemDeDup code (dense per cluster, same k-means) | {r['N']:,} × {r['d']} | "
-            f"{r['n_clusters']} | {r['kept']:,} | {_s(r['ours_s'])} | {_s(r['reference_s'])} "
-            f"(k-means {_s(r['reference_kmeans_s'])}) | {r['ratio']:.2f} | "
-            f"{'same rows' if r['same_rows'] else 'ROWS DIFFER'} |")
+            f"| `{r['call']}` vs released SemDeDup code (dense per cluster, same k-means) "
+            f"| {r['N']:,} × {r['d']} | {r['n_clusters']} | {r['kept']:,} | {_s(r['ours_s'])} "
+            f"| {_s(r['reference_s'])} (k-means {_s(r['reference_kmeans_s'])}) | {r['ratio']:.2f} "
+            f"| {_same(r['same_rows'])} |")
+    c = ctk
     lines.append(
-        f"| `{ctk['call']}` vs scikit-learn KMeans + argsort | {ctk['N']:,} × {ctk['d']} | {ctk['n_clusters']} | "
-        f"{ctk['kept']:,} | {_s(ctk['ours_s'])} | {_s(ctk['reference_s'])} | {ctk['ratio']:.2f} | "
-        f"overlap {ctk['overlap']:.3f}; inertia {ctk['ours_inertia']:,.1f} vs {ctk['reference_inertia']:,.1f}; "
-        f"mean score kept {ctk['ours_mean_score']:.4f} vs {ctk['reference_mean_score']:.4f} |")
+        f"| `{c['call']}` vs scikit-learn KMeans + argsort | {c['N']:,} × {c['d']} | {c['n_clusters']} "
+        f"| {c['kept']:,} | {_s(c['ours_s'])} | {_s(c['reference_s'])} | {c['ratio']:.2f} "
+        f"| overlap {c['overlap']:.3f}; inertia {c['ours_inertia']:,.1f} vs {c['reference_inertia']:,.1f}; "
+        f"mean score kept {c['ours_mean_score']:.4f} vs {c['reference_mean_score']:.4f} |")
     lines.append(
-        f"| `{img['call']}` vs faiss.Kmeans + IndexFlatIP | {img['N']:,} × {img['d']} | {img['n_clusters']} | "
-        f"{img['kept']:,} | {_s(img['ours_s'])} | {_s(img['reference_s'])} | {img['ratio']:.2f} | "
-        f"overlap {img['overlap']:.3f} ({img['reference_kept']:,} kept); on our centres "
-        f"{'same rows' if img['same_rows_on_our_centres'] else str(img['rows_differing_on_our_centres']) + ' rows differ'} |")
+        f"| `{img['call']}` vs faiss.Kmeans + IndexFlatIP | {img['N']:,} × {img['d']} | {img['n_clusters']} "
+        f"| {img['kept']:,} | {_s(img['ours_s'])} | {_s(img['reference_s'])} | {img['ratio']:.2f} "
+        f"| overlap {img['overlap']:.3f} ({img['reference_kept']:,} kept); on our centres "
+        f"{_same(img['same_rows_on_our_centres'], img['rows_differing_on_our_centres'])} |")
     lines += [
         "",
         "SemDeDup, the largest cluster alone (the dense matrix of the released code vs ours in "
         f"{args.chunk_size} × {args.chunk_size} blocks, same rows and order):",
         "",
-        "| K | largest cluster | matrix (MiB, from its shape) | dense (s) | ours (s) | dense peak (MiB) | ours peak (MiB) "
-        "| max abs ΔM |",
+        "| K | largest cluster | matrix (MiB, from its shape) | dense (s) | ours (s) | dense peak (MiB) "
+        "| ours peak (MiB) | max abs ΔM |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in semdedup_rows:
         lines.append(
-            f"| {r['n_clusters']} | {r['largest_cluster']:,} | {r['largest_matrix_bytes'] / 2**20:.1f} | "
-            f"{_s(r['largest_reference_s'])} | {_s(r['largest_ours_s'])} | {_mib(r['largest_reference_peak_bytes'])} | "
-            f"{_mib(r['largest_ours_peak_bytes'])} | {r['largest_max_abs_m_difference']:.2g} |")
+            f"| {r['n_clusters']} | {r['largest_cluster']:,} | {r['largest_matrix_bytes'] / 2**20:.1f} "
+            f"| {_s(r['largest_reference_s'])} | {_s(r['largest_ours_s'])} "
+            f"| {_mib(r['largest_reference_peak_bytes'])} | {_mib(r['largest_ours_peak_bytes'])} "
+            f"| {r['largest_max_abs_m_difference']:.2g} |")
     lines += ["", "Planted data:"]
     for r in semdedup_rows:
         lines.append(
@@ -531,38 +552,45 @@ def markdown(env: dict, args, semdedup_rows: list[dict], ctk: dict, img: dict) -
             f"{r['dropped_distinct_pairs']:,} distinct pairs of the {r['planted_copies']:,} planted), "
             f"{r['dropped_unplanted']:,} unplanted.")
     lines.append(
-        f"- `image_based_filter` kept {img['kept']:,} rows: precision {img['precision']:.3f}, recall {img['recall']:.3f} "
-        f"for the {img['target_component_rows']:,} rows of the target's components (reference on its own centres: "
-        f"{img['reference_precision']:.3f} / {img['reference_recall']:.3f}).")
-    lines.append(f"- Clustering + CLIP: ours recomputed from its own k-means assignment by the reference's top-k: "
-                 f"{'same rows' if ctk['ours_reproduced_from_its_assignment'] else 'ROWS DIFFER'}.")
+        f"- `image_based_filter` kept {img['kept']:,} rows: precision {img['precision']:.3f}, recall "
+        f"{img['recall']:.3f} for the {img['target_component_rows']:,} rows of the target's components "
+        f"(reference on its own centres: {img['reference_precision']:.3f} / {img['reference_recall']:.3f}).")
+    lines.append("- Clustering + CLIP: ours recomputed from its own k-means assignment by the reference's "
+                 f"top-k: {_same(ctk['ours_reproduced_from_its_assignment'])}.")
     for name, r in (("cluster_top_k", ctk), ("image_based_filter", img)):
         lines.append(
-            f"- `{name}`: our k-means (K={r['n_clusters']}) took {_s(r['ours_kmeans_s'])} s, {r['ours_kmeans_steps']} "
-            f"Lloyd steps, of which k-means++ seeding {_s(r['ours_kmeans_seeding_s'])} s; k-means objective ours "
-            f"{r['ours_inertia']:,.1f} vs reference {r['reference_inertia']:,.1f}.")
+            f"- `{name}`: our k-means (K={r['n_clusters']}) took {_s(r['ours_kmeans_s'])} s, "
+            f"{r['ours_kmeans_steps']} Lloyd steps, of which k-means++ seeding "
+            f"{_s(r['ours_kmeans_seeding_s'])} s; "
+            f"k-means objective ours {r['ours_inertia']:,.1f} vs reference {r['reference_inertia']:,.1f}.")
     lines.append(f"- NeMo Curator: {NEMO_CURATOR}.")
     return "\n".join(lines)
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=None, help="pool rows N (default 50000; --quick: 2000)")
     p.add_argument("--dim", type=int, default=None, help="embedding width d (default 256; --quick: 32)")
-    p.add_argument("--components", type=int, default=None, help="mixture components (default 200; --quick: 20)")
-    p.add_argument("--dup-fraction", type=float, default=0.1, help="share of planted near duplicates (default 0.1)")
+    p.add_argument("--components", type=int, default=None,
+                   help="mixture components (default 200; --quick: 20)")
+    p.add_argument("--dup-fraction", type=float, default=0.1,
+                   help="share of planted near duplicates (default 0.1)")
     p.add_argument("--target-rows", type=int, default=None, help="target rows (default 2000; --quick: 200)")
     p.add_argument("--target-components", type=int, default=None,
                    help="components the target is drawn from (default 20; --quick: 4)")
     p.add_argument("--semdedup-clusters", type=int, nargs="+", default=None,
                    help="SemDeDup k-means clusters, one comparison each (default ⌈N/1000⌉ and ⌈N/5000⌉)")
     p.add_argument("--eps", type=float, default=0.01, help="SemDeDup ε (default 0.01)")
-    p.add_argument("--chunk-size", type=int, default=4096, help="SemDeDup similarity block rows (default 4096)")
-    p.add_argument("--fraction", type=float, default=0.3, help="Clustering + CLIP kept fraction (default 0.3)")
+    p.add_argument("--chunk-size", type=int, default=4096,
+                   help="SemDeDup similarity block rows (default 4096)")
+    p.add_argument("--fraction", type=float, default=0.3,
+                   help="Clustering + CLIP kept fraction (default 0.3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--threads", type=int, default=2, help="torch / faiss / BLAS threads (default 2)")
-    p.add_argument("--repeats", type=int, default=None, help="timed runs per side, median reported (default 3; --quick: 1)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed runs per side, median reported (default 3; --quick: 1)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, a smoke check in a few seconds")
     p.add_argument("--output", default=None, help="write all measurements as JSON here")
     return p
@@ -570,15 +598,17 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = make_parser().parse_args(argv)
-    quick = {"rows": 2_000, "dim": 32, "components": 20, "target_rows": 200, "target_components": 4, "repeats": 1}
+    quick = {"rows": 2_000, "dim": 32, "components": 20, "target_rows": 200, "target_components": 4,
+             "repeats": 1}
     # Three repeats: on a shared machine single timings of the same call varied by up to 3x.
-    full = {"rows": 50_000, "dim": 256, "components": 200, "target_rows": 2_000, "target_components": 20, "repeats": 3}
+    full = {"rows": 50_000, "dim": 256, "components": 200, "target_rows": 2_000, "target_components": 20,
+            "repeats": 3}
     for name, value in (quick if args.quick else full).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     if args.semdedup_clusters is None:
-        args.semdedup_clusters = sorted({math.ceil(args.rows / SEMDEDUP_ROWS_PER_CLUSTER), math.ceil(args.rows / 5000)},
-                                        reverse=True)
+        default = {math.ceil(args.rows / SEMDEDUP_ROWS_PER_CLUSTER), math.ceil(args.rows / 5000)}
+        args.semdedup_clusters = sorted(default, reverse=True)
     with thread_limit(args.threads):
         return _run(args)
 
@@ -594,8 +624,8 @@ def _run(args) -> dict:
     log(f"environment: {env}")
     log(f"settings: {vars(args)}")
     start = time.perf_counter()
-    data = Planted(args.rows, args.dim, args.components, args.dup_fraction, args.target_rows, args.target_components,
-                   seed=args.seed)
+    data = Planted(args.rows, args.dim, args.components, args.dup_fraction, args.target_rows,
+                   args.target_components, seed=args.seed)
     # Warm-up on a small pool: imports, faiss, BLAS and the first allocations.
     small = Planted(300, args.dim, 5, args.dup_fraction, 50, 2, seed=args.seed + 1)
     hp.select.semdedup_filter(small.pool, eps=args.eps, n_clusters=2, seed=0, device=dev)
