@@ -3,7 +3,8 @@
 Each row gets its Euclidean distance to the centre of its class (Moderate-DS, Xia et al.,
 ICLR 2023; the EASY / HARD / MODERATE baselines of the GM Matching paper). ``easy`` keeps the
 closest rows, ``hard`` the farthest, ``moderate`` those whose distance is closest to the median
-distance.
+distance. ``moderate(score_column=...)`` applies the same rule to a scalar score instead (e.g. Moderate
+over CLIP scores, the InfoMax paper's image–text baseline).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from ..ops.checks import check_choice
-from ..ops.columns import read_matrix
+from ..ops.checks import check_choice, check_columns
+from ..ops.columns import read_matrix, read_vector
 from ..ops.median import geometric_median
 from ._core import run_selection
 from .registry import selector
@@ -32,6 +33,7 @@ def moderate(
     size: int | None = None,
     embedding_column: str = "emb",
     center: str = "mean",
+    score_column: str | None = None,
     label_column: str | None = None,
     seed: int | np.random.Generator = 0,
     device: str | torch.device | None = None,
@@ -53,16 +55,24 @@ def moderate(
         center: ``"mean"`` (default; the class centroid of the paper, or the global mean without
             ``label_column``), ``"median"`` (coordinate-wise median, as in the Moderate-DS code) or
             ``"geometric_median"`` (robust to corrupted rows, see `hf_prune.ops.median`).
+        score_column: a scalar score to use instead of the distance: keep the rows whose score is
+            closest to the median score (``|s_i − median(s)|``, per class with ``label_column``), as
+            "Moderate over CLIP scores" in the InfoMax paper (Sec. 4.2: neither the too-easy
+            highest-scored rows nor the lowest). ``embedding_column`` and ``center`` are then unused.
         label_column: run per class with a proportional budget split.
         seed: accepted for the common selector signature; nothing here is random.
         device: torch device for ``center="geometric_median"`` only.
 
+    Raises:
+        KeyError: a missing embedding or score column. ValueError: NaN or null scores.
+
     Example:
         >>> sub = hp.select.moderate(ds, fraction=0.3, embedding_column="emb", label_column="label")
+        >>> sub = hp.select.moderate(ds, fraction=0.3, score_column="clip_score")  # Moderate over a score
     """
     return _distance_selection(
-        dataset, method="moderate", fraction=fraction, size=size,
-        embedding_column=embedding_column, center=center, label_column=label_column, seed=seed, device=device,
+        dataset, method="moderate", fraction=fraction, size=size, embedding_column=embedding_column,
+        center=center, label_column=label_column, seed=seed, device=device, score_column=score_column,
     )
 
 
@@ -117,14 +127,19 @@ def hard(
 
 
 def _distance_selection(
-    dataset, *, method, fraction, size, embedding_column, center, label_column, seed, device,
+    dataset, *, method, fraction, size, embedding_column, center, label_column, seed, device, score_column=None,
 ) -> Dataset:
     check_choice("center", center, _CENTERS)
-    emb = read_matrix(dataset, embedding_column)
+    if score_column is not None:
+        check_columns(dataset, score_column)
+        values = read_vector(dataset, score_column, dtype=np.float64)  # ValueError on NaN / nulls
+    else:
+        values = read_matrix(dataset, embedding_column)
 
     def pick(rows, k, rng):
-        x = emb if len(rows) == len(emb) else emb[rows]
-        dist = distances_to_center(x, center, device=device)
+        x = values if len(rows) == len(values) else values[rows]
+        # With a score the "distance" is the score itself: |s − median(s)| below.
+        dist = x if score_column is not None else distances_to_center(x, center, device=device)
         if method == "easy":
             key = dist
         elif method == "hard":
@@ -134,7 +149,10 @@ def _distance_selection(
         # Stable: equal keys keep their row order, so ties go to the lower row position.
         return np.argsort(key, kind="stable")[:k]
 
-    params = {"embedding_column": embedding_column, "center": center}
+    if score_column is not None:
+        params = {"score_column": score_column}
+    else:
+        params = {"embedding_column": embedding_column, "center": center}
     return run_selection(
         dataset, method=method, params=params, fraction=fraction, size=size, seed=seed,
         label_column=label_column, pick=pick,

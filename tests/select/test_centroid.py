@@ -97,3 +97,29 @@ def test_bad_input(blobs):
         hp.select.hard(ds, size=5, center="mode")
     with pytest.raises(ValueError, match="'emb'"):
         hp.select.easy(make_dataset(np.array([[0.0, np.nan], [1.0, 1.0]])), size=1)
+
+
+def test_moderate_over_a_score_keeps_the_scores_closest_to_the_median():
+    # median 0.45 -> |s - 0.45| = .35, .05, .45, .25, 0 (no embedding column needed)
+    ds = make_dataset(score=[0.1, 0.5, 0.9, 0.2, 0.45])
+    assert [ids(hp.select.moderate(ds, size=k, score_column="score")) for k in (1, 2, 3)] == [{4}, {1, 4}, {1, 3, 4}]
+    # Ties go to the lower row position: median 2 -> |s - 2| = 1, 1, 0
+    tied = make_dataset(score=[1.0, 3.0, 2.0])
+    assert ids(hp.select.moderate(tied, size=2, score_column="score")) == {0, 2}
+    # Per class: each class's own median (class 0: 1, 5, 9 -> 5; class 1: 2, 4 -> 3, a tie -> row 3)
+    labelled = make_dataset(score=[1.0, 5.0, 9.0, 2.0, 4.0], label=[0, 0, 0, 1, 1])
+    assert ids(hp.select.moderate(labelled, size=2, score_column="score", label_column="label")) == {1, 3}
+    step = hp.provenance(hp.select.moderate(ds, size=2, score_column="score"))[-1]
+    assert step["method"] == "moderate" and step["params"]["score_column"] == "score"
+    # The score, not the embedding, decides: the embedding's own Moderate row differs here.
+    both = make_dataset(np.array([[0.0], [1.0], [3.0], [6.0], [15.0]]), score=[0.1, 0.5, 0.9, 0.2, 0.45])
+    assert ids(hp.select.moderate(both, size=1)) == {1}
+    assert ids(hp.select.moderate(both, size=1, score_column="score")) == {4}
+
+
+def test_moderate_over_a_score_bad_input():
+    ds = make_dataset(score=[0.1, float("nan"), 0.3])
+    with pytest.raises(KeyError, match="'clip_score'"):
+        hp.select.moderate(ds, size=1, score_column="clip_score")
+    with pytest.raises(ValueError, match="'score'"):
+        hp.select.moderate(ds, size=1, score_column="score")
