@@ -21,8 +21,8 @@ Protocol (everything through the public API and the CLIP recipe):
    score (`moderate(score_column=...)`: the scores closest to the median score); **CCS** over the CLIP
    score (`ccs` with ``descending=False``: a *low* CLIP score is "hard", so the hard cutoff drops the
    lowest-scored pairs, the likeliest noise, first; cutoff rates of the CCS paper by pruning ratio: 0 at
-   50% kept, 10% at 30% kept, 30% at 10% kept); **D²** over the CLIP score (`d2_pruning`: node value = CLIP
-   score, edges from the image features, ``k=10``, ``γ=1``); **SemDeDup** (`semdedup` to the budget on the
+   50% kept, 10% at 30% kept, 30% at 10% kept); **D²** over the CLIP score (`d2_pruning`: node value = the CLIP
+   score mapped to [0, 1] as ``(1 + s) / 2``, since D² needs non-negative scores; edges from the image features, ``k=10``, ``γ=1``); **SemDeDup** (`semdedup` to the budget on the
    image features); **InfoMax** (I = CLIP score, K from the image features, ``k=5``, ``α=0.3``, ``T=20``,
    ``partitions=1``: the paper keeps each part at ≥ 1M pairs, so a pool this small is one part);
    **GM matching** on the image features. The selection seed is the training seed.
@@ -76,7 +76,7 @@ import torch
 from datasets import Dataset, disable_progress_bars, load_from_disk
 
 import hf_prune as hp
-from hf_prune.ops.columns import read_vector
+from hf_prune.ops.columns import add_column, read_vector
 from recipes import clip_pretraining as recipe
 from recipes.trainer.config import run_metadata, write_json
 from recipes.trainer.metrics import aggregate
@@ -182,12 +182,21 @@ def methods() -> dict[str, Callable[[Dataset, float, int], Dataset]]:
         # Low CLIP score = "hard" (descending=False): the cutoff drops the lowest-scored pairs first.
         "CCS (CLIP score)": lambda d, f, s: hp.select.ccs(d, fraction=f, score_column="clip_score", descending=False,
                                                          hard_cutoff=CCS_CUTOFF.get(f, 0.0), seed=s),
-        "D² (CLIP score)": lambda d, f, s: hp.select.d2_pruning(d, fraction=f, score_column="clip_score", seed=s, **img),
+        "D² (CLIP score)": lambda d, f, s: hp.select.d2_pruning(_unit_score(d), fraction=f, score_column="clip_score_01",
+                                                               seed=s, **img),
         "SemDeDup": lambda d, f, s: hp.select.semdedup(d, fraction=f, seed=s, **img),
         "InfoMax": lambda d, f, s: hp.select.infomax(d, fraction=f, score_column="clip_score", k=5, alpha=0.3,
                                                      iterations=20, partitions=1, seed=s, **img),
         "GM matching": lambda d, f, s: hp.select.gm_matching(d, fraction=f, seed=s, **img),
     }
+
+
+def _unit_score(pool: Dataset) -> Dataset:
+    """``clip_score_01 = (1 + clip_score) / 2`` in [0, 1]: D²'s messages scale with the node value, so it
+    refuses negative scores; a fixed map of the cosine range (not a min-max of this pool) keeps the order."""
+    if "clip_score_01" in pool.column_names:
+        return pool
+    return add_column(pool, "clip_score_01", (1.0 + read_vector(pool, "clip_score", dtype=np.float64)) / 2.0)
 
 
 # ------------------------------------------------------------------------------------------ running

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from datasets import load_from_disk
+from datasets import Dataset, load_from_disk
 
 from recipes.benchmarks.reproduce_clip_pretraining import FULL, QUICK, build_pool, claim_lines, main
 
@@ -68,3 +68,18 @@ def test_bad_options_and_gpu_commands(tmp_path, capsys):
     assert main(["--gpu"]) == {}
     printed = capsys.readouterr().out
     assert "clip_vitb32_cc12m.yaml" in printed and "hp.select.infomax" in printed
+
+
+def test_every_method_selects_from_a_pool_with_negative_clip_scores():
+    from hf_prune.ops.columns import add_column
+    from recipes.benchmarks.reproduce_clip_pretraining import methods
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(200, 8)).astype(np.float32)
+    pool = add_column(Dataset.from_dict({"clip_score": rng.uniform(-0.8, 0.8, 200).tolist(),
+                                         "is_corrupted": (np.arange(200) % 3 == 0).tolist()}),
+                      "image_emb", emb / np.linalg.norm(emb, axis=1, keepdims=True))
+    for name, select in methods().items():
+        sub = select(pool, 0.1, 0)
+        assert len(sub) == 20 and len(set(sub["row_id"])) == 20, name
+    assert pool.column_names == ["clip_score", "is_corrupted", "image_emb"]  # nothing added to the caller's pool
