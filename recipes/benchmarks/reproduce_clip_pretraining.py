@@ -21,9 +21,10 @@ Protocol (everything through the public API and the CLIP recipe):
    score (`moderate(score_column=...)`: the scores closest to the median score); **CCS** over the CLIP
    score (`ccs` with ``descending=False``: a *low* CLIP score is "hard", so the hard cutoff drops the
    lowest-scored pairs, the likeliest noise, first; cutoff rates of the CCS paper by pruning ratio: 0 at
-   50% kept, 10% at 30% kept, 30% at 10% kept); **D²** over the CLIP score (`d2_pruning`: node value = the CLIP
-   score mapped to [0, 1] as ``(1 + s) / 2``, since D² needs non-negative scores; edges from the image features, ``k=10``, ``γ=1``); **SemDeDup** (`semdedup` to the budget on the
-   image features); **InfoMax** (I = CLIP score, K from the image features, ``k=5``, ``α=0.3``, ``T=20``,
+   50% kept, 10% at 30% kept, 30% at 10% kept); **D²** over the CLIP score (`d2_pruning`: node value =
+   the CLIP score mapped to [0, 1] as ``(1 + s) / 2``, since D² needs non-negative scores; edges from the
+   image features, ``k=10``, ``γ=1``); **SemDeDup** (`semdedup` to the budget on the image features);
+   **InfoMax** (I = CLIP score, K from the image features, ``k=5``, ``α=0.3``, ``T=20``,
    ``partitions=1``: the paper keeps each part at ≥ 1M pairs, so a pool this small is one part);
    **GM matching** on the image features. The selection seed is the training seed.
 4. Training: the recipe's CPU settings (tiny ViT + text transformer, batch 128, AdamW, weight decay 0.2,
@@ -83,19 +84,36 @@ from recipes.trainer.metrics import aggregate
 
 FRACTIONS = (0.1, 0.3, 0.5)
 # 30% web noise of every kind (the issue's pool); the rows of each kind are disjoint.
-NOISE_RATES = {"mismatch": 0.10, "uninformative": 0.05, "near_duplicate": 0.05, "low_information": 0.05,
-               "wrong_language": 0.05}
+NOISE_RATES = {
+    "mismatch": 0.10,
+    "uninformative": 0.05,
+    "near_duplicate": 0.05,
+    "low_information": 0.05,
+    "wrong_language": 0.05,
+}
 # CCS paper, CIFAR-10: hard-cutoff rate by kept fraction (as in the Fashion-MNIST reproduction).
 CCS_CUTOFF = {0.5: 0.0, 0.3: 0.1, 0.2: 0.1, 0.1: 0.3}
 METRICS = {  # name in the tables → path in the recipe's metrics
-    "zero-shot mean": ("zero_shot_mean",), "zero-shot shape": ("zero_shot", "shape"),
-    "zero-shot colour": ("zero_shot", "color"), "i2t R@1": ("retrieval", "i2t_R@1"),
-    "i2t R@5": ("retrieval", "i2t_R@5"), "t2i R@1": ("retrieval", "t2i_R@1"), "t2i R@5": ("retrieval", "t2i_R@5"),
+    "zero-shot mean": ("zero_shot_mean",),
+    "zero-shot shape": ("zero_shot", "shape"),
+    "zero-shot colour": ("zero_shot", "color"),
+    "i2t R@1": ("retrieval", "i2t_R@1"),
+    "i2t R@5": ("retrieval", "i2t_R@5"),
+    "t2i R@1": ("retrieval", "t2i_R@1"),
+    "t2i R@5": ("retrieval", "t2i_R@5"),
 }
 CLAIM_METRICS = ("zero-shot mean", "i2t R@5", "t2i R@5")
 FULL = "full pool"
-QUICK = {"num_train": 600, "num_test": 200, "reference_train": 400, "reference_epochs": 2, "epochs": 1,
-         "seeds": [0], "methods": ["random", "InfoMax"], "fractions": [0.3]}
+QUICK = {
+    "num_train": 600,
+    "num_test": 200,
+    "reference_train": 400,
+    "reference_epochs": 2,
+    "epochs": 1,
+    "seeds": [0],
+    "methods": ["random", "InfoMax"],
+    "fractions": [0.3],
+}
 
 GPU_COMMANDS = """\
 # 1. Pool with CLIP columns: the pretrained OpenAI CLIP is the reference model (common practice, DataComp).
@@ -123,15 +141,33 @@ accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml recipe
 # --------------------------------------------------------------------------------------------- data
 def pool_options(args) -> list[str]:
     """Recipe options that rebuild exactly this benchmark's noisy pool and test split."""
-    return ["--dataset", "scenes", "--num_train", str(args.num_train), "--num_test", str(args.num_test),
-            "--data_seed", "0", "--web_noise_rates", json.dumps(NOISE_RATES), "--corruption_seed", "0"]
+    return [
+        "--dataset",
+        "scenes",
+        "--num_train",
+        str(args.num_train),
+        "--num_test",
+        str(args.num_test),
+        "--data_seed",
+        "0",
+        "--web_noise_rates",
+        json.dumps(NOISE_RATES),
+        "--corruption_seed",
+        "0",
+    ]
 
 
 def build_pool(args) -> Dataset:
     """The recipe's training pool: `load_scenes` (data seed 0) with the web noise (seed 0)."""
     cfg = recipe.DataConfig(num_train=args.num_train, num_test=args.num_test)
-    splits = hp.data.load_scenes(num_train=cfg.num_train, num_test=cfg.num_test, image_size=cfg.image_size,
-                                 max_objects=cfg.max_objects, test_max_objects=cfg.test_max_objects, seed=0)
+    splits = hp.data.load_scenes(
+        num_train=cfg.num_train,
+        num_test=cfg.num_test,
+        image_size=cfg.image_size,
+        max_objects=cfg.max_objects,
+        test_max_objects=cfg.test_max_objects,
+        seed=0,
+    )
     return hp.corrupt.web_noise(splits["train"], rates=NOISE_RATES, seed=0)
 
 
@@ -148,24 +184,55 @@ def scored_pool(out: Path, args) -> tuple[Dataset, dict]:
         return load_from_disk(str(cache)), json.loads(info_path.read_text())
     ref_dir = out / "reference"
     # A separate clean, trusted split (data seed 1: other scenes than the pool's).
-    ref_argv = ["--dataset", "scenes", "--num_train", str(args.reference_train), "--num_test", str(args.num_test),
-                "--data_seed", "1", "--epochs", str(args.reference_epochs), "--seeds", "0", "--output_dir", str(ref_dir),
-                "--checkpointing", "false", "--linear_probe", "false", *(["--cpu"] if args.cpu else [])]
+    ref_argv = [
+        "--dataset",
+        "scenes",
+        "--num_train",
+        str(args.reference_train),
+        "--num_test",
+        str(args.num_test),
+        "--data_seed",
+        "1",
+        "--epochs",
+        str(args.reference_epochs),
+        "--seeds",
+        "0",
+        "--output_dir",
+        str(ref_dir),
+        "--checkpointing",
+        "false",
+        "--linear_probe",
+        "false",
+        *(["--cpu"] if args.cpu else []),
+    ]
     start = time.perf_counter()
     ref_metrics = run_recipe(ref_argv)
-    info = {"reference_train_s": time.perf_counter() - start, "reference_zero_shot_mean": ref_metrics["zero_shot_mean"]["mean"],
-            "reference_i2t_R@5": ref_metrics["retrieval"]["i2t_R@5"]["mean"]}
+    info = {
+        "reference_train_s": time.perf_counter() - start,
+        "reference_zero_shot_mean": ref_metrics["zero_shot_mean"]["mean"],
+        "reference_i2t_R@5": ref_metrics["retrieval"]["i2t_R@5"]["mean"],
+    }
     pool = build_pool(args)
-    embedder = hp.embed.CLIPEmbedder(str(ref_dir / "seed_0" / "model"), image_column="image", text_column="caption",
-                                     batch_size=256, device="cpu" if args.cpu else None)
+    embedder = hp.embed.CLIPEmbedder(
+        str(ref_dir / "seed_0" / "model"),
+        image_column="image",
+        text_column="caption",
+        batch_size=256,
+        device="cpu" if args.cpu else None,
+    )
     start = time.perf_counter()
     pool = embedder.map(pool)
     info["embed_s"] = time.perf_counter() - start
     flags = read_vector(pool, "is_corrupted", dtype=bool)
     score = read_vector(pool, "clip_score", dtype=np.float64)
-    info["clip_score_clean_mean"], info["clip_score_corrupted_mean"] = float(score[~flags].mean()), float(score[flags].mean())
+    info["clip_score_clean_mean"], info["clip_score_corrupted_mean"] = (
+        float(score[~flags].mean()),
+        float(score[flags].mean()),
+    )
     # Only what the selectors read: the recipe re-renders the images from the same seeds.
-    pool.select_columns(["image_emb", "text_emb", "clip_score", "is_corrupted", "corruption"]).save_to_disk(str(cache))
+    pool.select_columns(["image_emb", "text_emb", "clip_score", "is_corrupted", "corruption"]).save_to_disk(
+        str(cache)
+    )
     write_json(info_path, info)
     return load_from_disk(str(cache)), info
 
@@ -177,16 +244,36 @@ def methods() -> dict[str, Callable[[Dataset, float, int], Dataset]]:
     return {
         "random": lambda d, f, s: hp.select.random(d, fraction=f, seed=s),
         "CLIP score": lambda d, f, s: hp.select.top_k(d, fraction=f, score_column="clip_score", seed=s),
-        "Clustering + CLIP": lambda d, f, s: hp.select.cluster_top_k(d, fraction=f, score_column="clip_score", seed=s, **img),
-        "Moderate (CLIP score)": lambda d, f, s: hp.select.moderate(d, fraction=f, score_column="clip_score", seed=s),
+        "Clustering + CLIP": lambda d, f, s: hp.select.cluster_top_k(
+            d, fraction=f, score_column="clip_score", seed=s, **img
+        ),
+        "Moderate (CLIP score)": lambda d, f, s: hp.select.moderate(
+            d, fraction=f, score_column="clip_score", seed=s
+        ),
         # Low CLIP score = "hard" (descending=False): the cutoff drops the lowest-scored pairs first.
-        "CCS (CLIP score)": lambda d, f, s: hp.select.ccs(d, fraction=f, score_column="clip_score", descending=False,
-                                                         hard_cutoff=CCS_CUTOFF.get(f, 0.0), seed=s),
-        "D² (CLIP score)": lambda d, f, s: hp.select.d2_pruning(_unit_score(d), fraction=f, score_column="clip_score_01",
-                                                               seed=s, **img),
+        "CCS (CLIP score)": lambda d, f, s: hp.select.ccs(
+            d,
+            fraction=f,
+            score_column="clip_score",
+            descending=False,
+            hard_cutoff=CCS_CUTOFF.get(f, 0.0),
+            seed=s,
+        ),
+        "D² (CLIP score)": lambda d, f, s: hp.select.d2_pruning(
+            _unit_score(d), fraction=f, score_column="clip_score_01", seed=s, **img
+        ),
         "SemDeDup": lambda d, f, s: hp.select.semdedup(d, fraction=f, seed=s, **img),
-        "InfoMax": lambda d, f, s: hp.select.infomax(d, fraction=f, score_column="clip_score", k=5, alpha=0.3,
-                                                     iterations=20, partitions=1, seed=s, **img),
+        "InfoMax": lambda d, f, s: hp.select.infomax(
+            d,
+            fraction=f,
+            score_column="clip_score",
+            k=5,
+            alpha=0.3,
+            iterations=20,
+            partitions=1,
+            seed=s,
+            **img,
+        ),
         "GM matching": lambda d, f, s: hp.select.gm_matching(d, fraction=f, seed=s, **img),
     }
 
@@ -209,9 +296,22 @@ def epochs_for(fraction: float, args) -> int:
 def train_entry(out: Path, name: str, fraction: float, seed: int, subset: Dataset | None, args) -> dict:
     run_dir = out / "runs" / f"{_slug(name)}_{fraction}_{seed}"
     argv = pool_options(args) + [
-        "--epochs", str(epochs_for(fraction, args)), "--seeds", str(seed), "--output_dir", str(run_dir),
-        "--batch_size", str(args.batch_size), "--checkpointing", "false", "--linear_probe", "false",
-        "--save_model", "false", *(["--cpu"] if args.cpu else [])]
+        "--epochs",
+        str(epochs_for(fraction, args)),
+        "--seeds",
+        str(seed),
+        "--output_dir",
+        str(run_dir),
+        "--batch_size",
+        str(args.batch_size),
+        "--checkpointing",
+        "false",
+        "--linear_probe",
+        "false",
+        "--save_model",
+        "false",
+        *(["--cpu"] if args.cpu else []),
+    ]
     if subset is not None:
         subset_dir = out / "subsets" / f"{_slug(name)}_{fraction}_{seed}"
         subset.select_columns(["row_id"]).save_to_disk(str(subset_dir))
@@ -225,9 +325,15 @@ def train_entry(out: Path, name: str, fraction: float, seed: int, subset: Datase
         entry[label] = value["mean"]  # one seed: the mean is that run's value
     corrupted = metrics["corrupted_in_train"]
     entry["corrupted kept"] = corrupted["share"]
-    entry["corrupted by kind"] = {k: v / metrics["train_size"] for k, v in corrupted.get("by_kind", {}).items()}
-    entry.update(rows=metrics["train_size"], iterations=metrics["iterations"], epochs=metrics["epochs"],
-                 train_s=metrics["train_time_s"]["mean"])
+    entry["corrupted by kind"] = {
+        k: v / metrics["train_size"] for k, v in corrupted.get("by_kind", {}).items()
+    }
+    entry.update(
+        rows=metrics["train_size"],
+        iterations=metrics["iterations"],
+        epochs=metrics["epochs"],
+        train_s=metrics["train_time_s"]["mean"],
+    )
     return entry
 
 
@@ -251,15 +357,19 @@ def run_seed(out: Path, pool: Dataset, seed: int, args, results: dict) -> None:
             # The recipe counts the corrupted pairs of the rows it trained on; the subset's own flags must agree.
             own = float(np.mean(read_vector(subset, "is_corrupted", dtype=np.float64)))
             if abs(own - entry["corrupted kept"]) > 1e-9:
-                raise RuntimeError(f"{key}: the recipe trained on other rows than the subset ({own} vs {entry['corrupted kept']})")
+                raise RuntimeError(
+                    f"{key}: the recipe trained on other rows than the subset ({own} vs {entry['corrupted kept']})"
+                )
             results["runs"][key] = {**entry, "select_s": select_s}
             save_results(out, results)
             print(f"{key}: {_line(results['runs'][key])}", flush=True)
 
 
 def _line(entry: dict) -> str:
-    return (f"zero-shot {entry['zero-shot mean'] * 100:.1f}%  i2t R@5 {entry['i2t R@5'] * 100:.1f}%  "
-            f"corrupted kept {entry['corrupted kept']:.1%}  select {entry['select_s']:.1f}s  train {entry['train_s']:.0f}s")
+    return (
+        f"zero-shot {entry['zero-shot mean'] * 100:.1f}%  i2t R@5 {entry['i2t R@5'] * 100:.1f}%  "
+        f"corrupted kept {entry['corrupted kept']:.1%}  select {entry['select_s']:.1f}s  train {entry['train_s']:.0f}s"
+    )
 
 
 def _slug(name: str) -> str:
@@ -284,7 +394,10 @@ def summarize(results: dict, key: str) -> dict[str, dict[float, dict]]:
 
 def markdown_table(summary: dict, fractions, scale: float = 100.0) -> str:
     columns = [*fractions, 1.0]
-    lines = ["| method | " + " | ".join(f"{c:.0%} kept" for c in columns) + " |", "|---|" + "---|" * len(columns)]
+    lines = [
+        "| method | " + " | ".join(f"{c:.0%} kept" for c in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
     for name, per in summary.items():
         cells = []
         for c in columns:
@@ -302,14 +415,20 @@ def claim_lines(results: dict) -> list[str]:
         summary = summarize(results, metric)
         at = {n: summary.get(n, {}).get(0.1) for n in ("InfoMax", *rivals)}
         if any(v is None for v in at.values()):
-            lines.append(f"- {metric}: not measured at 10% kept (needs InfoMax, D² and Clustering + CLIP at 0.1).")
+            lines.append(
+                f"- {metric}: not measured at 10% kept (needs InfoMax, D² and Clustering + CLIP at 0.1)."
+            )
             continue
         ours = at["InfoMax"]["mean"]
         verdict = "agree" if all(ours > at[r]["mean"] for r in rivals) else "disagree"
-        diffs = ", ".join(f"{r} {at[r]['mean'] * 100:.1f} ± {at[r]['std'] * 100:.1f} ({(ours - at[r]['mean']) * 100:+.1f})"
-                          for r in rivals)
-        lines.append(f"- {metric}: **{verdict}** — InfoMax {ours * 100:.1f} ± {at['InfoMax']['std'] * 100:.1f}; {diffs} "
-                     f"(n = {at['InfoMax']['n']} seeds).")
+        diffs = ", ".join(
+            f"{r} {at[r]['mean'] * 100:.1f} ± {at[r]['std'] * 100:.1f} ({(ours - at[r]['mean']) * 100:+.1f})"
+            for r in rivals
+        )
+        lines.append(
+            f"- {metric}: **{verdict}** — InfoMax {ours * 100:.1f} ± {at['InfoMax']['std'] * 100:.1f}; {diffs} "
+            f"(n = {at['InfoMax']['n']} seeds)."
+        )
     return lines
 
 
@@ -326,11 +445,21 @@ def plot(results: dict, path: Path) -> None:
         summary = summarize(results, metric)
         for i, (name, per) in enumerate((n, p) for n, p in summary.items() if n != FULL):
             xs = sorted(per)
-            ax.errorbar([x * 100 for x in xs], [per[x]["mean"] * 100 for x in xs], yerr=[per[x]["std"] * 100 for x in xs],
-                        marker="o", markersize=3, capsize=2, color=cmap(i % 10), label=name,
-                        linewidth=2.5 if name in ("random", "InfoMax") else 1.2)
+            ax.errorbar(
+                [x * 100 for x in xs],
+                [per[x]["mean"] * 100 for x in xs],
+                yerr=[per[x]["std"] * 100 for x in xs],
+                marker="o",
+                markersize=3,
+                capsize=2,
+                color=cmap(i % 10),
+                label=name,
+                linewidth=2.5 if name in ("random", "InfoMax") else 1.2,
+            )
         if FULL in summary:
-            ax.axhline(summary[FULL][1.0]["mean"] * 100, color="black", linestyle="--", linewidth=1, label=FULL)
+            ax.axhline(
+                summary[FULL][1.0]["mean"] * 100, color="black", linestyle="--", linewidth=1, label=FULL
+            )
         ax.set_title(metric)
         ax.set_xlabel("kept fraction (%)")
         ax.set_ylabel("%")
@@ -349,29 +478,54 @@ def report(out: Path, results: dict) -> str:
     fractions = sorted({float(k.split("|")[1]) for k in results["runs"]} - {1.0})
     seeds = sorted({k.split("|")[2] for k in results["runs"]})
     ref = results.get("reference", {})
-    parts = [f"Settings: {json.dumps(results['settings'])}", "",
-             f"Reference CLIP (clean split): zero-shot mean {ref.get('reference_zero_shot_mean', float('nan')) * 100:.1f}%, "
-             f"i2t R@5 {ref.get('reference_i2t_R@5', float('nan')) * 100:.1f}%; mean CLIP score of clean pool pairs "
-             f"{ref.get('clip_score_clean_mean', float('nan')):.3f}, of corrupted ones {ref.get('clip_score_corrupted_mean', float('nan')):.3f}.",
-             ""]
+    parts = [
+        f"Settings: {json.dumps(results['settings'])}",
+        "",
+        f"Reference CLIP (clean split): zero-shot mean {ref.get('reference_zero_shot_mean', float('nan')) * 100:.1f}%, "
+        f"i2t R@5 {ref.get('reference_i2t_R@5', float('nan')) * 100:.1f}%; mean CLIP score of clean pool pairs "
+        f"{ref.get('clip_score_clean_mean', float('nan')):.3f}, of corrupted ones {ref.get('clip_score_corrupted_mean', float('nan')):.3f}.",
+        "",
+    ]
     for metric in [*METRICS, "corrupted kept"]:
-        what = "share of corrupted pairs in the subset (%; the pool has 30%)" if metric == "corrupted kept" else f"{metric} (%)"
-        parts += [f"#### {what}, mean ± std over seeds {', '.join(seeds)}", "",
-                  markdown_table(summarize(results, metric), fractions), ""]
+        what = (
+            "share of corrupted pairs in the subset (%; the pool has 30%)"
+            if metric == "corrupted kept"
+            else f"{metric} (%)"
+        )
+        parts += [
+            f"#### {what}, mean ± std over seeds {', '.join(seeds)}",
+            "",
+            markdown_table(summarize(results, metric), fractions),
+            "",
+        ]
     kinds: dict[str, dict[str, list]] = {}
     for run_key, entry in results["runs"].items():
         name, fraction, _ = run_key.split("|")
         if float(fraction) == min(fractions, default=1.0):
             for kind in NOISE_RATES:
-                kinds.setdefault(name, {}).setdefault(kind, []).append(entry["corrupted by kind"].get(kind, 0.0))
+                kinds.setdefault(name, {}).setdefault(kind, []).append(
+                    entry["corrupted by kind"].get(kind, 0.0)
+                )
     if kinds:
-        parts += [f"#### Corrupted pairs kept by kind at {min(fractions):.0%} kept (% of the subset; the pool has "
-                  + ", ".join(f"{k} {v:.0%}" for k, v in NOISE_RATES.items()) + ")", "",
-                  "| method | " + " | ".join(NOISE_RATES) + " |", "|---|" + "---|" * len(NOISE_RATES)]
-        parts += [f"| {name} | " + " | ".join(f"{np.mean(per[k]) * 100:.1f}" for k in NOISE_RATES) + " |"
-                  for name, per in kinds.items()]
+        parts += [
+            f"#### Corrupted pairs kept by kind at {min(fractions):.0%} kept (% of the subset; the pool has "
+            + ", ".join(f"{k} {v:.0%}" for k, v in NOISE_RATES.items())
+            + ")",
+            "",
+            "| method | " + " | ".join(NOISE_RATES) + " |",
+            "|---|" + "---|" * len(NOISE_RATES),
+        ]
+        parts += [
+            f"| {name} | " + " | ".join(f"{np.mean(per[k]) * 100:.1f}" for k in NOISE_RATES) + " |"
+            for name, per in kinds.items()
+        ]
         parts.append("")
-    parts += ["#### The paper's claim: InfoMax above D² and Clustering + CLIP at 10% kept", "", *claim_lines(results), ""]
+    parts += [
+        "#### The paper's claim: InfoMax above D² and Clustering + CLIP at 10% kept",
+        "",
+        *claim_lines(results),
+        "",
+    ]
     text = "\n".join(parts)
     (out / "report.md").write_text(text)
     plot(results, out / "metrics_vs_fraction.png")
@@ -379,21 +533,33 @@ def report(out: Path, results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--output-dir", default="runs/reproduce_clip")
-    p.add_argument("--num-train", type=int, default=12800, help="pool pairs (load_scenes, before 30%% web noise)")
+    p.add_argument(
+        "--num-train", type=int, default=12800, help="pool pairs (load_scenes, before 30%% web noise)"
+    )
     p.add_argument("--num-test", type=int, default=2000, help="clean test pairs (one object per scene)")
-    p.add_argument("--reference-train", type=int, default=2000, help="clean pairs the reference CLIP is trained on")
+    p.add_argument(
+        "--reference-train", type=int, default=2000, help="clean pairs the reference CLIP is trained on"
+    )
     p.add_argument("--reference-epochs", type=int, default=20)
     p.add_argument("--epochs", type=int, default=3, help="full-pool epochs (see --schedule)")
-    p.add_argument("--schedule", choices=["steps", "epochs"], default="steps",
-                   help="steps: every subset gets the full pool's iterations; epochs: every subset --epochs epochs")
+    p.add_argument(
+        "--schedule",
+        choices=["steps", "epochs"],
+        default="steps",
+        help="steps: every subset gets the full pool's iterations; epochs: every subset --epochs epochs",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=None, help="only these methods (names as in the tables)")
     p.add_argument("--quick", action="store_true", help="tiny end-to-end check: " + json.dumps(QUICK))
-    p.add_argument("--gpu", action="store_true", help="print the commands of a real-pool (CC12M, ViT-B/32) run and exit")
+    p.add_argument(
+        "--gpu", action="store_true", help="print the commands of a real-pool (CC12M, ViT-B/32) run and exit"
+    )
     p.add_argument("--cpu", action="store_true", help="train on CPU even when a GPU is present")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--report-only", action="store_true")
@@ -417,8 +583,18 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {"runs": {}}
-    settings = {k: getattr(args, k) for k in ("num_train", "num_test", "reference_train", "reference_epochs", "epochs",
-                                              "schedule", "batch_size")}
+    settings = {
+        k: getattr(args, k)
+        for k in (
+            "num_train",
+            "num_test",
+            "reference_train",
+            "reference_epochs",
+            "epochs",
+            "schedule",
+            "batch_size",
+        )
+    }
     settings["noise_rates"] = NOISE_RATES
     if results.get("settings", settings) != settings and not args.report_only:
         raise SystemExit(f"{results_path} was made with {results['settings']}; use another --output-dir")

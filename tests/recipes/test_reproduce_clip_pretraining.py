@@ -56,7 +56,9 @@ def test_claim_is_marked_agree_or_disagree_from_the_seed_means():
         runs[f"D² (CLIP score)|0.1|{seed}"] = _entry(d2)
         runs[f"Clustering + CLIP|0.1|{seed}"] = _entry(clustering)
     lines = claim_lines({"runs": runs})
-    assert lines[0].startswith("- zero-shot mean: **agree**") and "(+20.0)" in lines[0] and "n = 2" in lines[0]
+    assert (
+        lines[0].startswith("- zero-shot mean: **agree**") and "(+20.0)" in lines[0] and "n = 2" in lines[0]
+    )
     assert lines[2].startswith("- t2i R@5: **disagree**")  # 1 - value: InfoMax is the lowest
 
 
@@ -76,10 +78,21 @@ def test_every_method_selects_from_a_pool_with_negative_clip_scores():
 
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(200, 8)).astype(np.float32)
-    pool = add_column(Dataset.from_dict({"clip_score": rng.uniform(-0.8, 0.8, 200).tolist(),
-                                         "is_corrupted": (np.arange(200) % 3 == 0).tolist()}),
-                      "image_emb", emb / np.linalg.norm(emb, axis=1, keepdims=True))
+    pool = add_column(
+        Dataset.from_dict(
+            {
+                "clip_score": rng.uniform(-0.8, 0.8, 200).tolist(),
+                "is_corrupted": (np.arange(200) % 3 == 0).tolist(),
+            }
+        ),
+        "image_emb",
+        emb / np.linalg.norm(emb, axis=1, keepdims=True),
+    )
     for name, select in methods().items():
         sub = select(pool, 0.1, 0)
         assert len(sub) == 20 and len(set(sub["row_id"])) == 20, name
-    assert pool.column_names == ["clip_score", "is_corrupted", "image_emb"]  # nothing added to the caller's pool
+    assert pool.column_names == [
+        "clip_score",
+        "is_corrupted",
+        "image_emb",
+    ]  # nothing added to the caller's pool
