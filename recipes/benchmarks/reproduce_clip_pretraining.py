@@ -501,7 +501,8 @@ def report(out: Path, results: dict) -> str:
     kinds: dict[str, dict[str, list]] = {}
     for run_key, entry in results["runs"].items():
         name, fraction, _ = run_key.split("|")
-        if float(fraction) == min(fractions, default=1.0):
+        # The smallest kept fraction, and the full pool's own mix for reference.
+        if float(fraction) in (min(fractions, default=1.0), 1.0):
             for kind in NOISE_RATES:
                 kinds.setdefault(name, {}).setdefault(kind, []).append(
                     entry["corrupted by kind"].get(kind, 0.0)
@@ -515,9 +516,10 @@ def report(out: Path, results: dict) -> str:
             "| method | " + " | ".join(NOISE_RATES) + " |",
             "|---|" + "---|" * len(NOISE_RATES),
         ]
+        order = [FULL, *methods()]
         parts += [
-            f"| {name} | " + " | ".join(f"{np.mean(per[k]) * 100:.1f}" for k in NOISE_RATES) + " |"
-            for name, per in kinds.items()
+            f"| {name} | " + " | ".join(f"{np.mean(kinds[name][k]) * 100:.1f}" for k in NOISE_RATES) + " |"
+            for name in sorted(kinds, key=lambda n: order.index(n) if n in order else len(order))
         ]
         parts.append("")
     parts += [
@@ -598,7 +600,7 @@ def main(argv: list[str] | None = None) -> dict:
     settings["noise_rates"] = NOISE_RATES
     if results.get("settings", settings) != settings and not args.report_only:
         raise SystemExit(f"{results_path} was made with {results['settings']}; use another --output-dir")
-    results["settings"] = settings
+    results.setdefault("settings", settings)  # --report-only reports the settings the runs were made with
     results["metadata"] = run_metadata({"args": vars(args)}, argv)
     if not args.report_only:
         pool, results["reference"] = scored_pool(out, args)

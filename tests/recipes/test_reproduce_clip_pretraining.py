@@ -41,6 +41,8 @@ def test_rerun_resumes_without_training(quick, monkeypatch):
     monkeypatch.setattr(bench, "run_recipe", lambda argv: pytest.fail("trained again"))
     again = main(["--quick", "--output-dir", str(out)])
     assert again["runs"] == results["runs"]
+    # --report-only without the run's options reports the settings the runs were made with.
+    assert main(["--report-only", "--output-dir", str(out)])["settings"]["num_train"] == QUICK["num_train"]
     with pytest.raises(SystemExit, match="made with"):
         main(["--quick", "--schedule", "epochs", "--output-dir", str(out)])
 
