@@ -79,6 +79,7 @@ from datasets import Dataset, disable_progress_bars, load_from_disk
 import hf_prune as hp
 from hf_prune.ops.columns import add_column, read_vector
 from recipes import clip_pretraining as recipe
+from recipes.benchmarks.plots import save_with_shared_legend
 from recipes.trainer.config import run_metadata, write_json
 from recipes.trainer.metrics import aggregate
 
@@ -464,14 +465,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xlabel("kept fraction (%)")
         ax.set_ylabel("%")
         ax.grid(alpha=0.3)
-    handles = {}
-    for ax in axes:
-        for h, label in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(label, h)
-    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=10, fontsize=8)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_with_shared_legend(fig, axes, path)
 
 
 def report(out: Path, results: dict) -> str:

@@ -70,6 +70,7 @@ from datasets import Dataset, DatasetDict, disable_progress_bars, load_from_disk
 import hf_prune as hp
 from hf_prune.ops.columns import add_column, read_labels, read_vector
 from recipes import image_classification as recipe
+from recipes.benchmarks.plots import save_with_shared_legend
 from recipes.trainer.checkpoints import complete_checkpoints
 from recipes.trainer.config import run_metadata, write_json
 from recipes.trainer.metrics import aggregate, timed
@@ -415,14 +416,7 @@ def plot(results: dict, path: Path) -> None:
             ax.set_xticks([c * 100 for c in columns], [f"{c:.0%}" for c in columns])
             ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.grid(alpha=0.3)
-    handles = {}
-    for ax in axes:
-        for h, label in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(label, h)
-    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=10, fontsize=8)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_with_shared_legend(fig, axes, path)
 
 
 def report(out: Path, results: dict) -> str:

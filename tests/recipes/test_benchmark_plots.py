@@ -1,0 +1,27 @@
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from recipes.benchmarks import reproduce_fashion_mnist  # noqa: E402
+from recipes.benchmarks.plots import save_with_shared_legend  # noqa: E402
+
+
+def test_one_legend_entry_per_method_across_panels(tmp_path):
+    fig, axes = plt.subplots(1, 2)
+    axes[0].plot([0, 1], label="random")
+    axes[0].plot([1, 0], label="infomax")
+    axes[1].plot([0, 1], label="random")
+    axes[1].plot([1, 1], label="semdedup")
+    save_with_shared_legend(fig, axes, tmp_path / "fig.png")
+    (legend,) = fig.legends
+    assert [text.get_text() for text in legend.get_texts()] == ["random", "infomax", "semdedup"]
+    assert Image.open(tmp_path / "fig.png").size[0] > 0
+    assert not plt.fignum_exists(fig.number)  # closed, so loops over many plots do not pile up figures
+
+
+def test_fashion_mnist_reproduction_plots_an_empty_result(tmp_path):
+    # No runs yet: every panel is empty, the figure is still written (the report can be rebuilt at any time).
+    reproduce_fashion_mnist.plot({"runs": {}, "cost": {}}, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0
