@@ -79,7 +79,7 @@ from datasets import Dataset, disable_progress_bars, load_from_disk
 import hf_prune as hp
 from hf_prune.ops.columns import add_column, read_vector
 from recipes import clip_pretraining as recipe
-from recipes.benchmarks.plots import save_with_shared_legend
+from recipes.benchmarks.reporting import mean_std_table, save_with_shared_legend
 from recipes.trainer.config import run_metadata, write_json
 from recipes.trainer.metrics import aggregate
 
@@ -393,21 +393,6 @@ def summarize(results: dict, key: str) -> dict[str, dict[float, dict]]:
     return {name: {f: aggregate(v) for f, v in sorted(table[name].items())} for name in names}
 
 
-def markdown_table(summary: dict, fractions, scale: float = 100.0) -> str:
-    columns = [*fractions, 1.0]
-    lines = [
-        "| method | " + " | ".join(f"{c:.0%} kept" for c in columns) + " |",
-        "|---|" + "---|" * len(columns),
-    ]
-    for name, per in summary.items():
-        cells = []
-        for c in columns:
-            a = per.get(float(c))
-            cells.append(f"{a['mean'] * scale:.1f} ± {a['std'] * scale:.1f}" if a else "–")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def claim_lines(results: dict) -> list[str]:
     """The paper's claim at 10% kept: InfoMax above D² and Clustering + CLIP, per metric, on seed means."""
     rivals = ("D² (CLIP score)", "Clustering + CLIP")
@@ -489,7 +474,7 @@ def report(out: Path, results: dict) -> str:
         parts += [
             f"#### {what}, mean ± std over seeds {', '.join(seeds)}",
             "",
-            markdown_table(summarize(results, metric), fractions),
+            mean_std_table(summarize(results, metric), [*fractions, 1.0]),
             "",
         ]
     kinds: dict[str, dict[str, list]] = {}

@@ -70,7 +70,7 @@ from datasets import Dataset, DatasetDict, disable_progress_bars, load_from_disk
 import hf_prune as hp
 from hf_prune.ops.columns import add_column, read_labels, read_vector
 from recipes import image_classification as recipe
-from recipes.benchmarks.plots import save_with_shared_legend
+from recipes.benchmarks.reporting import mean_std_table, save_with_shared_legend
 from recipes.trainer.checkpoints import complete_checkpoints
 from recipes.trainer.config import run_metadata, write_json
 from recipes.trainer.metrics import aggregate, timed
@@ -343,17 +343,6 @@ def summarize(results: dict, scenario: str, fractions, key: str = "accuracy") ->
     return {name: {f: aggregate(table[name][f]) for f in sorted(table[name])} for name in names}
 
 
-def markdown_table(summary: dict, columns, scale: float = 100.0, header: str = "method", fmt=lambda c: f"{c:.0%} kept") -> str:
-    lines = [f"| {header} | " + " | ".join(fmt(c) for c in columns) + " |", "|---|" + "---|" * len(columns)]
-    for name, per in summary.items():
-        cells = []
-        for c in columns:
-            a = per.get(float(c))
-            cells.append(f"{a['mean'] * scale:.1f} ± {a['std'] * scale:.1f}" if a else "–")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def selection_cost_table(results: dict) -> str:
     """Each method's cost relative to one full training run (clean scenario, mean over seeds)."""
     costs = [c for k, c in results["cost"].items() if k.startswith("clean|")]
@@ -431,17 +420,17 @@ def report(out: Path, results: dict) -> str:
         full = [c["full_test_accuracy"] for k, c in results["cost"].items() if k.startswith(scenario + "|")]
         parts += [f"#### {title}: test accuracy (%), mean ± std over seeds {', '.join(seeds)}",
                   f"Full pool: {aggregate(full)['mean'] * 100:.1f} ± {aggregate(full)['std'] * 100:.1f}.", "",
-                  markdown_table(summary, columns), ""]
+                  mean_std_table(summary, columns), ""]
         if FLAG[scenario]:
             kept = summarize(results, scenario, columns, key="corrupted_kept")
             what = "mislabeled" if scenario == "label_noise" else "corrupted"
             parts += [f"Share of {what} rows in each subset (%; the pool has 20%):", "",
-                      markdown_table(kept, columns), ""]
+                      mean_std_table(kept, columns), ""]
     tiny = summarize(results, "tiny", TINY_BUDGETS)
     if tiny:
         seeds = sorted({k.split("|")[3] for k in results["runs"] if k.startswith("tiny|")})
         parts += [f"#### Tiny budgets: linear-probe accuracy (%) on random-init ResNet-18 features, seeds {', '.join(seeds)}",
-                  "", markdown_table(tiny, TINY_BUDGETS, fmt=lambda c: f"{c} ex."), ""]
+                  "", mean_std_table(tiny, TINY_BUDGETS, fmt=lambda c: f"{c} ex."), ""]
     parts += ["#### Selection cost relative to one full training run", "", selection_cost_table(results), ""]
     text = "\n".join(parts)
     (out / "report.md").write_text(text)

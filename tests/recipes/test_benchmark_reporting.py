@@ -5,7 +5,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from recipes.benchmarks import reproduce_fashion_mnist  # noqa: E402
-from recipes.benchmarks.plots import save_with_shared_legend  # noqa: E402
+from recipes.benchmarks.reporting import mean_std_table, save_with_shared_legend  # noqa: E402
 
 
 def test_one_legend_entry_per_method_across_panels(tmp_path):
@@ -25,3 +25,15 @@ def test_fashion_mnist_reproduction_plots_an_empty_result(tmp_path):
     # No runs yet: every panel is empty, the figure is still written (the report can be rebuilt at any time).
     reproduce_fashion_mnist.plot({"runs": {}, "cost": {}}, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_mean_std_table_scales_and_marks_missing_cells():
+    summary = {"random": {0.1: {"mean": 0.5, "std": 0.01}}, "infomax": {0.1: {"mean": 0.625, "std": 0.0},
+                                                                       1.0: {"mean": 0.9, "std": 0.02}}}
+    assert mean_std_table(summary, [0.1, 1.0]).splitlines() == [
+        "| method | 10% kept | 100% kept |",
+        "|---|---|---|",
+        "| random | 50.0 ± 1.0 | – |",
+        "| infomax | 62.5 ± 0.0 | 90.0 ± 2.0 |",
+    ]
+    assert mean_std_table(summary, [0.1], header="budget", fmt=lambda c: f"{c} ex.").splitlines()[0] == "| budget | 0.1 ex. |"
