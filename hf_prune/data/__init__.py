@@ -17,6 +17,7 @@ from .captions import (
     load_fashion_mnist_captions,
     with_captions,
 )
+from .chat import PLAIN_ROLE_PREFIXES, encode_messages, render_messages, tokenize_messages
 from .digits import load_digits
 from .fashion_mnist import (
     DEFAULT_FASHION_MNIST_DIR,
@@ -28,6 +29,14 @@ from .fashion_mnist import (
 from .hub import load_cifar10, load_cifar100, load_image_dataset
 from .image_text import check_image_text, load_image_text
 from .images import encode_png, images_to_arrow, read_images
+from .instructions import (
+    EVAL_FEATURES,
+    INSTRUCTION_FEATURES,
+    INSTRUCTION_ROLES,
+    MESSAGES_FEATURE,
+    check_instructions,
+    message_problem,
+)
 from .prompts import IGNORE_INDEX, encode_prompt_response, tokenize_prompt_response
 from .scenes import SCENE_ATTRIBUTES, load_scenes, render_scenes, scene_zero_shot_classes
 
@@ -39,4 +48,7 @@ __all__ = [
     "FASHION_MNIST_TEMPLATES", "load_digits_captions", "load_fashion_mnist_captions", "with_captions",
     "check_image_text", "load_image_text", "SCENE_ATTRIBUTES", "load_scenes", "render_scenes",
     "scene_zero_shot_classes",
+    "PLAIN_ROLE_PREFIXES", "encode_messages", "render_messages", "tokenize_messages",
+    "EVAL_FEATURES", "INSTRUCTION_FEATURES", "INSTRUCTION_ROLES", "MESSAGES_FEATURE", "check_instructions",
+    "message_problem",
 ]
