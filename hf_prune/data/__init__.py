@@ -35,6 +35,10 @@ from .instructions import (
     INSTRUCTION_ROLES,
     MESSAGES_FEATURE,
     check_instructions,
+    from_alpaca,
+    from_flan,
+    from_oasst,
+    instruction_dataset,
     message_problem,
 )
 from .prompts import IGNORE_INDEX, encode_prompt_response, tokenize_prompt_response
@@ -50,5 +54,5 @@ __all__ = [
     "scene_zero_shot_classes",
     "PLAIN_ROLE_PREFIXES", "encode_messages", "render_messages", "tokenize_messages",
     "EVAL_FEATURES", "INSTRUCTION_FEATURES", "INSTRUCTION_ROLES", "MESSAGES_FEATURE", "check_instructions",
-    "message_problem",
+    "message_problem", "instruction_dataset", "from_alpaca", "from_flan", "from_oasst",
 ]
