@@ -112,7 +112,15 @@ def _load_smollm2(cache_dir: str | os.PathLike | None, dtype: torch.dtype | None
     if not (cached / "config.json").is_file():
         gguf = smollm2_gguf_path()
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # transformers marks a GGUF-loaded model as quantized and refuses to save it, although its weights
+        # are already de-quantized float32: copy them into a plain model of the same config.
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict())
+        del loaded
         # Written aside and renamed, so a run killed mid-save never leaves a half-converted cache.
         staging = cached.with_name(cached.name + ".incomplete")
         model.save_pretrained(staging)
