@@ -43,6 +43,7 @@ from .instructions import (
 )
 from .prompts import IGNORE_INDEX, encode_prompt_response, tokenize_prompt_response
 from .scenes import SCENE_ATTRIBUTES, load_scenes, render_scenes, scene_zero_shot_classes
+from .sharegpt import SHAREGPT_ROLES, load_sharegpt, sharegpt_path
 
 __all__ = [
     "DEFAULT_FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "FASHION_MNIST_HUB_ID", "IGNORE_INDEX", "encode_png",
@@ -55,4 +56,5 @@ __all__ = [
     "PLAIN_ROLE_PREFIXES", "encode_messages", "render_messages", "tokenize_messages",
     "EVAL_FEATURES", "INSTRUCTION_FEATURES", "INSTRUCTION_ROLES", "MESSAGES_FEATURE", "check_instructions",
     "message_problem", "instruction_dataset", "from_alpaca", "from_flan", "from_oasst",
+    "SHAREGPT_ROLES", "load_sharegpt", "sharegpt_path",
 ]
