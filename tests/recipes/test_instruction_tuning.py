@@ -1,0 +1,281 @@
+"""The instruction-tuning recipe on a tiny Llama + LoRA: response-only loss, packing, schedule, warm-up
+checkpoints, resume, subsets by row_id, evaluation of the untuned model, and bad input."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset, DatasetDict, load_from_disk
+
+import hf_prune as hp
+from recipes.instruction_tuning import (
+    PadCollate,
+    linear_schedule,
+    main,
+    pack_examples,
+    response_loss,
+    truncate_tokenized,
+    warmup_rows,
+)
+from recipes.trainer.llm import tiny_llama, train_chat_tokenizer
+from recipes.trainer.warmup import load_warmup
+
+WORDS = ["apple", "banana", "cherry", "grape", "lemon", "mango", "olive", "peach"]
+
+
+def _conversation(i: int) -> list[dict]:
+    a, b = WORDS[i % 8], WORDS[(3 * i + 1) % 8]
+    return [{"role": "user", "content": f"Which comes first, {a} or {b}?"},
+            {"role": "assistant", "content": min(a, b)}]
+
+
+def _pool(n=24) -> Dataset:
+    return Dataset.from_dict({"messages": [_conversation(i) for i in range(n)], "source": ["toy"] * n,
+                              "task": ["order" if i % 2 else "pick" for i in range(n)]})
+
+
+def _eval_rows() -> Dataset:
+    rows = [_conversation(i) for i in range(100, 106)]
+    answers = [m[-1]["content"] for m in rows]
+    choices = [sorted({m[0]["content"].split(", ")[1].split(" or ")[0], m[0]["content"].split(" or ")[1][:-1]})
+               for m in rows]
+    return Dataset.from_dict({"messages": rows, "source": ["toy"] * 6, "task": ["order", "pick"] * 3,
+                              "answer": answers, "choices": [c if i % 2 else [] for i, c in enumerate(choices)]})
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("instr")
+    DatasetDict({"train": _pool(), "test": _eval_rows()}).save_to_disk(str(root / "pool"))
+    return root
+
+
+def _base(data_dir) -> list[str]:
+    return ["--train_path", str(data_dir / "pool"), "--model", "tiny", "--vocab_size", "300", "--tiny_hidden_size", "32",
+            "--max_length", "48", "--batch_size", "4", "--learning_rate", "5e-3", "--lora_r", "4", "--lora_alpha", "8",
+            "--max_new_tokens", "3", "--eval_batch_size", "8", "--cpu"]
+
+
+def read(path):
+    return json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------------------------------------ units
+
+
+def test_response_loss_is_the_token_mean_over_response_tokens():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 7, requires_grad=True)
+    labels = torch.tensor([[-100, -100, 3, -100], [-100, 1, 2, 5]])  # 1 + 3 response tokens
+    loss, predictions, targets = response_loss(logits, labels)
+    by_hand = [-torch.log_softmax(logits[b, t - 1], -1)[labels[b, t]] for b, t in [(0, 2), (1, 1), (1, 2), (1, 3)]]
+    assert loss.item() == pytest.approx((sum(by_hand) / 4).item(), rel=1e-6)
+    assert targets.tolist() == [3, 1, 2, 5] and predictions.shape == (4,)
+    loss.backward()
+    # Positions predicting a prompt token (label -100) and the last position take no gradient.
+    assert torch.all(logits.grad[0, [0, 2, 3]] == 0) and torch.all(logits.grad[1, 3] == 0)
+    assert torch.all(logits.grad[0, 1] != 0)
+    with pytest.raises(ValueError, match="without any response token"):
+        response_loss(torch.zeros(1, 3, 5), torch.full((1, 3), -100))
+
+
+def test_response_loss_matches_transformers_on_a_padded_batch():
+    tokenizer = train_chat_tokenizer(["Which comes first, apple or mango? apple"], vocab_size=300)
+    torch.manual_seed(0)
+    model = tiny_llama(tokenizer, max_length=64, hidden_size=16).eval()
+    rows = [hp.data.encode_messages(tokenizer, _conversation(i), max_length=64) for i in (0, 5)]
+    batch = PadCollate(tokenizer.pad_token_id)([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+    assert batch["attention_mask"].sum(1).tolist() == [len(r["input_ids"]) for r in rows]
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    ours, _, targets = response_loss(logits, batch["labels"])
+    theirs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    assert float(ours) == pytest.approx(float(theirs), rel=1e-5)
+    # The response tokens are the answer and the end of its turn, nothing of the prompt.
+    response = [t for t, lab in zip(rows[0]["input_ids"], rows[0]["labels"]) if lab != -100]
+    assert tokenizer.decode(response).startswith("apple<|im_end|>") and len(targets) == sum(r["num_response_tokens"] for r in rows)
+
+
+def test_packing_keeps_examples_apart():
+    tokenizer = train_chat_tokenizer(["Which comes first, apple or mango? apple"], vocab_size=300)
+    torch.manual_seed(1)
+    model = tiny_llama(tokenizer, max_length=128, hidden_size=16).eval()
+    rows = [hp.data.encode_messages(tokenizer, _conversation(i), max_length=64) for i in (0, 1, 2)]
+    packed = pack_examples([r["input_ids"] for r in rows], [r["labels"] for r in rows], max_length=128)
+    assert len(packed) == 1 and packed[0]["position_ids"][: len(rows[0]["input_ids"]) + 1][-1] == 0
+    batch = PadCollate(tokenizer.pad_token_id)(packed + [dict(packed[0], input_ids=packed[0]["input_ids"][:10],
+                                                               labels=packed[0]["labels"][:10],
+                                                               position_ids=packed[0]["position_ids"][:10])])
+    assert "attention_mask" not in batch
+    logits = model(input_ids=batch["input_ids"][:1], position_ids=batch["position_ids"][:1], use_cache=False).logits
+    start = 0
+    for r in rows:  # each example's logits inside the pack equal its logits alone
+        alone = model(input_ids=torch.tensor([r["input_ids"]])).logits
+        torch.testing.assert_close(logits[0, start:start + len(r["input_ids"])], alone[0], rtol=1e-4, atol=1e-5)
+        start += len(r["input_ids"])
+    packed_loss, _, _ = response_loss(logits, batch["labels"][:1])
+    unpacked = PadCollate(tokenizer.pad_token_id)([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+    unpacked_loss, _, _ = response_loss(model(**{k: unpacked[k] for k in ("input_ids", "attention_mask")}).logits,
+                                        unpacked["labels"])
+    assert float(packed_loss) == pytest.approx(float(unpacked_loss), rel=1e-4)
+    with pytest.raises(ValueError, match="does not fit --max_length 4"):
+        pack_examples([[1, 2, 3, 4, 5]], [[1, 2, 3, 4, 5]], max_length=4)
+
+
+def test_linear_schedule_and_warmup_rows():
+    f = linear_schedule(100, 10)
+    assert [f(0), f(9), f(10), f(55), f(100)] == [0.1, 1.0, 1.0, 0.5, 0.0]
+    assert linear_schedule(10, 0)(0) == 1.0
+    rows = warmup_rows(200, 0.05, seed=3)
+    assert len(rows) == 10 and len(set(rows.tolist())) == 10 and rows.tolist() == sorted(rows.tolist())
+    assert rows.tolist() == warmup_rows(200, 0.05, seed=3).tolist() != warmup_rows(200, 0.05, seed=4).tolist()
+    with pytest.raises(ValueError, match="--warmup_fraction"):
+        warmup_rows(10, 0.0, seed=0)
+
+
+def test_pretokenized_rows_are_truncated_and_rows_without_response_dropped():
+    ds = Dataset.from_dict({"input_ids": [[1, 2, 3, 4], [5, 6, 7, 8, 9, 10], [1, 2]],
+                            "labels": [[-100, -100, 3, 4], [-100, -100, -100, -100, 9, 10], [-100, 2]]})
+    rows, stats = truncate_tokenized(ds, max_length=4)
+    assert rows["input_ids"] == [[1, 2, 3, 4], [1, 2]] and stats["kept"] == 2
+    assert stats["dropped"] == {"no response token": 1} and stats["truncated"] == 0 and stats["truncated_all"] == 1
+    assert ds["input_ids"][1] == [5, 6, 7, 8, 9, 10]  # the input is not modified
+    with pytest.raises(ValueError, match="row 0"):
+        truncate_tokenized(Dataset.from_dict({"input_ids": [[1, 2]], "labels": [[1]]}), max_length=4)
+
+
+# ------------------------------------------------------------------------------------------------ recipe runs
+
+
+@pytest.fixture(scope="module")
+def full_run(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    summary = main(_base(data_dir) + ["--epochs", "2", "--eval_path", str(data_dir / "pool"), "--output_dir", str(out)])
+    return out, summary
+
+
+def test_training_writes_per_task_accuracy_and_counts(full_run):
+    out, summary = full_run
+    metrics = read(out / "seed_0" / "metrics.json")
+    assert set(metrics["tasks"]) == {"order", "pick"} and 0 <= metrics["average"] <= 1
+    assert summary["average"]["n"] == 1 and summary["average"]["mean"] == metrics["average"]
+    assert metrics["evaluation"]["tasks"]["pick"]["multiple_choice_acc"] is not None
+    assert metrics["tokenization"]["kept"] == 24 and metrics["train_rows"] == 24 and metrics["iterations"] == 12
+    assert metrics["response_tokens"] > 0 and metrics["trainable_parameters"] < metrics["num_parameters"]
+    history = metrics["history"]
+    assert history[1]["train_loss"] < history[0]["train_loss"]  # it learns
+    assert len(metrics["epoch_mean_lr"]) == 2 and metrics["epoch_mean_lr"][0] > metrics["epoch_mean_lr"][1] > 0
+    assert (out / "seed_0" / "adapter" / "adapter_config.json").is_file()
+    assert (out / "seed_0" / "base_model" / "config.json").is_file() and (out / "config.json").is_file()
+
+
+def test_resume_gives_the_uninterrupted_metrics(full_run, data_dir, tmp_path):
+    full, _ = full_run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(full / "seed_0" / "checkpoints" / "epoch_1", resumed / "seed_0" / "checkpoints" / "epoch_1")
+    main(_base(data_dir) + ["--epochs", "2", "--eval_path", str(data_dir / "pool"), "--output_dir", str(resumed),
+                            "--resume_from_checkpoint", "latest"])
+    a, b = read(full / "seed_0" / "metrics.json"), read(resumed / "seed_0" / "metrics.json")
+    assert a["tasks"] == b["tasks"] and a["average"] == b["average"] and a["epoch_mean_lr"] == b["epoch_mean_lr"]
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+
+
+def test_warmup_mode_writes_what_the_gradient_embedder_needs(data_dir, tmp_path):
+    out = tmp_path / "warm"
+    summary = main(_base(data_dir) + ["--warmup_fraction", "0.5", "--warmup_epochs", "2", "--output_dir", str(out),
+                                      "--no_checkpointing", "--gradient_accumulation_steps", "2"])
+    assert summary["mode"] == "warmup" and summary["train_rows"] == 12
+    metrics = read(out / "seed_0" / "metrics.json")
+    checkpoints = load_warmup(out / "seed_0" / "warmup")
+    assert [c.epoch for c in checkpoints] == [1, 2]
+    assert [c.mean_lr for c in checkpoints] == metrics["epoch_mean_lr"]
+    assert checkpoints[1].info["step"] == 4 and checkpoints[0].info["updates_in_epoch"] == 2  # 3 batches, 2 updates
+    rows = read(out / "seed_0" / "warmup" / "row_ids.json")["row_ids"]
+    assert len(rows) == 12 and rows == sorted(rows) and max(rows) < 24
+    ckpt = checkpoints[-1]
+    tokenizer = ckpt.load_tokenizer()
+    pool = hp.data.tokenize_messages(_pool().select(rows[:3]), tokenizer, max_length=ckpt.info["max_length"])
+    embedder = hp.embed.LoRAGradientEmbedder(ckpt.model, dim=64, pad_token_id=tokenizer.pad_token_id,
+                                             **ckpt.embedder_kwargs())
+    grads = np.asarray(embedder.map(pool.select_columns(["input_ids", "labels"]), batch_size=3)["grad"])
+    assert grads.shape == (3, 64) and np.isfinite(grads).all() and np.abs(grads).sum() > 0
+
+
+def test_subset_by_row_id_and_selector(data_dir, tmp_path):
+    subset = hp.select.random(_pool(), fraction=0.25, seed=1)
+    subset.save_to_disk(str(tmp_path / "subset"))
+    common = ["--epochs", "1", "--no_checkpointing", "--no_save_model"]
+    main(_base(data_dir) + common + ["--subset_path", str(tmp_path / "subset"), "--output_dir", str(tmp_path / "sub")])
+    metrics = read(tmp_path / "sub" / "seed_0" / "metrics.json")
+    assert metrics["train_rows"] == 6 and metrics["subset"]["source"] == "path"
+    assert metrics["pruning_ratio"] == pytest.approx(0.75) and metrics["average"] is None
+    main(_base(data_dir) + common + ["--selector", "random:fraction=0.5", "--output_dir", str(tmp_path / "sel")])
+    assert read(tmp_path / "sel" / "seed_0" / "metrics.json")["train_rows"] == 12
+    big = hp.select.random(_pool(60), fraction=0.5, seed=0)
+    big.save_to_disk(str(tmp_path / "big"))
+    with pytest.raises(ValueError, match=r"row_id values must be distinct positions in the train split \(0\.\.23\)"):
+        main(_base(data_dir) + common + ["--subset_path", str(tmp_path / "big"), "--output_dir", str(tmp_path / "bad")])
+
+
+def test_untuned_model_is_evaluated_with_zero_epochs(data_dir, tmp_path):
+    summary = main(_base(data_dir) + ["--epochs", "0", "--eval_path", str(data_dir / "pool"), "--output_dir",
+                                      str(tmp_path / "base")])
+    metrics = read(tmp_path / "base" / "seed_0" / "metrics.json")
+    assert metrics["iterations"] == 0 and metrics["history"] == [] and not (tmp_path / "base" / "seed_0" / "adapter").exists()
+    assert summary["average"]["mean"] == metrics["average"] and set(metrics["tasks"]) == {"order", "pick"}
+
+
+def test_packing_run_trains_on_fewer_longer_rows(data_dir, tmp_path):
+    main(_base(data_dir) + ["--epochs", "1", "--packing", "--max_length", "96", "--no_checkpointing",
+                            "--output_dir", str(tmp_path / "packed")])
+    metrics = read(tmp_path / "packed" / "seed_0" / "metrics.json")
+    assert metrics["train_examples"] == 24 and metrics["train_sequences"] < 24
+    assert math.isfinite(metrics["history"][0]["train_loss"])
+
+
+def test_bad_input_is_an_error_or_a_counted_skip(data_dir, tmp_path):
+    common = ["--epochs", "1", "--no_checkpointing", "--no_save_model"]
+    bad = _pool(8).to_dict()
+    bad["messages"][2] = [{"role": "user", "content": "no answer here"}]
+    bad["messages"][5] = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]
+    bad["messages"][6] = [{"role": "narrator", "content": "hi"}, {"role": "assistant", "content": "apple"}]
+    Dataset.from_dict(bad).save_to_disk(str(tmp_path / "bad"))
+    args = _base(data_dir) + common + ["--train_path", str(tmp_path / "bad")]
+    with pytest.raises(ValueError, match="row 2"):
+        main(args + ["--output_dir", str(tmp_path / "r1")])
+    main(args + ["--on_invalid", "skip", "--output_dir", str(tmp_path / "r2")])
+    stats = read(tmp_path / "r2" / "seed_0" / "metrics.json")["tokenization"]
+    assert stats["kept"] == 5 and sum(stats["dropped"].values()) == 3
+
+    # A prompt longer than --max_length: truncated rows lose their response and are dropped, counted.
+    long = _pool(8).to_dict()
+    long["messages"][0] = [{"role": "user", "content": " ".join(WORDS * 20)}, {"role": "assistant", "content": "apple"}]
+    Dataset.from_dict(long).save_to_disk(str(tmp_path / "long"))
+    main(_base(data_dir) + common + ["--train_path", str(tmp_path / "long"), "--output_dir", str(tmp_path / "r3")])
+    stats = read(tmp_path / "r3" / "seed_0" / "metrics.json")["tokenization"]
+    assert stats["kept"] == 7 and stats["dropped"] == {"no response after truncation": 1}
+
+    with pytest.raises(ValueError, match=r"\['c_attn'\].*q_proj"):
+        main(_base(data_dir) + common + ["--lora_target_modules", "c_attn", "--output_dir", str(tmp_path / "r4")])
+    plain = train_chat_tokenizer(WORDS, vocab_size=300, template="plain")
+    plain.save_pretrained(str(tmp_path / "plain_tok"))
+    with pytest.raises(ValueError, match="chat template"):
+        main(_base(data_dir) + common + ["--tokenizer", str(tmp_path / "plain_tok"), "--output_dir", str(tmp_path / "r5")])
+    with pytest.raises(ValueError, match="--warmup_fraction draws its own rows"):
+        main(_base(data_dir) + ["--warmup_fraction", "0.1", "--selector", "random:fraction=0.5"])
+    with pytest.raises(ValueError, match="exactly one of --train_path"):
+        main(["--output_dir", str(tmp_path / "r6")])
+    assert load_from_disk(str(tmp_path / "bad"))["messages"][2] == [{"role": "user", "content": "no answer here"}]
+
+
+@pytest.mark.slow
+def test_smollm2_trains_a_few_steps_and_evaluates(data_dir, tmp_path):
+    summary = main(["--train_path", str(data_dir / "pool"), "--model", "smollm2", "--max_length", "64", "--batch_size", "4",
+                    "--max_train_samples", "8", "--epochs", "1", "--lora_r", "4", "--learning_rate", "1e-4",
+                    "--eval_path", str(data_dir / "pool"), "--max_new_tokens", "4", "--cpu", "--no_checkpointing",
+                    "--output_dir", str(tmp_path / "smol")])
+    metrics = read(tmp_path / "smol" / "seed_0" / "metrics.json")
+    assert metrics["iterations"] == 2 and math.isfinite(metrics["history"][0]["train_loss"])
+    assert metrics["num_parameters"] > 100_000_000 and 0 <= summary["average"]["mean"] <= 1
