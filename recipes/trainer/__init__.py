@@ -8,6 +8,8 @@
 - `checkpoints`: checkpoints a kill cannot leave half-written (save, verify, find, load, prune).
 - `dynamics`: recording training dynamics from the loop, saving them, and the demo's proxy model.
 - `probe`: linear probes on frozen features.
+- `llm`: causal LMs for instruction tuning (tiny Llama, SmolLM2 from its GGUF, Hub ids) and LoRA adapters.
+- `warmup`: LESS warm-up checkpoints (adapter, Adam moments by LoRA parameter name, mean lr per epoch).
 - `metrics`: mean ± std over seeds and timing.
 
 Example:

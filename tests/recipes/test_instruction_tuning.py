@@ -279,3 +279,14 @@ def test_smollm2_trains_a_few_steps_and_evaluates(data_dir, tmp_path):
     metrics = read(tmp_path / "smol" / "seed_0" / "metrics.json")
     assert metrics["iterations"] == 2 and math.isfinite(metrics["history"][0]["train_loss"])
     assert metrics["num_parameters"] > 100_000_000 and 0 <= summary["average"]["mean"] <= 1
+
+
+def test_configs_hold_the_documented_settings():
+    from recipes.instruction_tuning import make_parser
+    from recipes.trainer.config import parse_config
+
+    _, gpu = parse_config(make_parser(), ["--config", "recipes/configs/instruction_less_gpu.yaml"])
+    assert (gpu.lora_r, gpu.learning_rate, gpu.epochs, gpu.batch_size, gpu.gradient_accumulation_steps) == (64, 1e-5, 4, 8, 16)
+    assert gpu.lora_target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"] and gpu.mixed_precision == "bf16"
+    _, cpu = parse_config(make_parser(), ["--config", "recipes/configs/instruction_smollm2_cpu.yaml", "--lora_r", "4"])
+    assert cpu.model == "smollm2" and cpu.lora_r == 4 and cpu.mixed_precision == "no"
