@@ -7,6 +7,7 @@ Example:
     >>> ds = load_fashion_mnist()        # local IDX files when installed, else the Hub
 """
 
+from .bigbench import BBH_TASKS, bigbench_path, load_bigbench
 from .captions import (
     DEFAULT_TEMPLATES,
     DIGIT_CAPTION_NAMES,
@@ -57,4 +58,5 @@ __all__ = [
     "EVAL_FEATURES", "INSTRUCTION_FEATURES", "INSTRUCTION_ROLES", "MESSAGES_FEATURE", "check_instructions",
     "message_problem", "instruction_dataset", "from_alpaca", "from_flan", "from_oasst",
     "SHAREGPT_ROLES", "load_sharegpt", "sharegpt_path",
+    "BBH_TASKS", "bigbench_path", "load_bigbench",
 ]
