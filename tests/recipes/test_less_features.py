@@ -1,0 +1,232 @@
+import copy
+import os
+import socket
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from datasets import Dataset
+
+import hf_prune as hp
+from hf_prune.embed.lora_gradients import lora_parameter_names
+from recipes import less_features as lf
+
+VOCAB = 48
+
+
+@dataclass
+class Checkpoint:
+    """An in-memory warm-up checkpoint with the attributes recipes.trainer.warmup's checkpoints have."""
+
+    epoch: int
+    mean_lr: float
+    model: torch.nn.Module
+    optimizer_state: dict
+    info: dict = field(default_factory=dict)
+
+
+def tiny_lora_model(seed=0):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = LlamaForCausalLM(config)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                             init_lora_weights=False))
+    return model
+
+
+def token_rows(n, seed=0, length=12, prompt=4):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, VOCAB, size=(n, length)).tolist()
+    labels = [[-100] * prompt + row[prompt:] for row in ids]
+    return ids, labels
+
+
+def warmup(model, ids, labels, epochs=2, lr=1e-2):
+    """A short AdamW warm-up; one checkpoint (model copy, moments, mean lr) per epoch, as LESS keeps."""
+    names = lora_parameter_names(model)
+    params = dict(model.named_parameters())
+    optimizer = torch.optim.AdamW([params[n] for n in names], lr=lr)
+    out = []
+    model.train()
+    for epoch in range(1, epochs + 1):
+        for start in range(0, len(ids), 4):
+            x = torch.tensor(ids[start:start + 4])
+            y = torch.tensor(labels[start:start + 4])
+            loss = model(input_ids=x, labels=y).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        state = {n: {k: v.clone() if torch.is_tensor(v) else v for k, v in optimizer.state[params[n]].items()}
+                 for n in names}
+        out.append(Checkpoint(epoch=epoch, mean_lr=lr / epoch, model=copy.deepcopy(model).eval(),
+                              optimizer_state=state))
+    return out
+
+
+def pool_and_validation(n=24, duplicate=5):
+    ids, labels = token_rows(n, seed=0)
+    pool = Dataset.from_dict({"input_ids": ids, "labels": labels, "task": ["pool"] * n})
+    val_ids, val_labels = token_rows(3, seed=1)
+    val_ids[0], val_labels[0] = ids[duplicate], labels[duplicate]
+    validation = Dataset.from_dict({"input_ids": val_ids[:1], "labels": val_labels[:1], "task": ["target"]})
+    return pool, validation, ids, labels
+
+
+@pytest.fixture(scope="module")
+def chain():
+    torch.set_num_threads(1)
+    pool, validation, ids, labels = pool_and_validation()
+    checkpoints = warmup(tiny_lora_model(), ids, labels)
+    return pool, validation, checkpoints
+
+
+def test_a_training_row_identical_to_the_validation_row_ranks_first(chain):
+    pool, validation, checkpoints = chain
+    out = lf.less_features(pool, validation, checkpoints, dim=256, seed=0, batch_size=8)
+    less = np.array(out.pool["less"])
+    assert int(np.argmax(less)) == 5
+    assert out.gradient_columns == ["grad_1", "grad_2"]
+    assert out.checkpoint_weights == pytest.approx([1e-2, 5e-3])
+    # The combined column has unit rows whose inner products are the lr-weighted mean cosine.
+    grad = np.array(out.pool["grad"], dtype=np.float64)
+    assert np.allclose(np.linalg.norm(grad, axis=1), 1.0, atol=1e-5)
+    g1, g2 = (np.array(out.pool[c], dtype=np.float64) for c in out.gradient_columns)
+    cos = [(a[0] @ a[1]) / np.linalg.norm(a[0]) / np.linalg.norm(a[1]) for a in (g1, g2)]
+    assert grad[0] @ grad[1] == pytest.approx((2 * cos[0] + cos[1]) / 3, abs=1e-5)
+    assert out.timings["gradient_rows"] == 2 * (24 + 1) and out.timings["scoring_s"] >= 0
+    assert out.pool["row_id"] == list(range(24))
+    assert pool.column_names == ["input_ids", "labels", "task"]  # the caller's pool is untouched
+
+
+def test_a_second_call_with_the_same_checkpoints_is_a_cache_hit(chain, tmp_path, monkeypatch):
+    pool, validation, checkpoints = chain
+    calls = []
+    original = hp.embed.LoRAGradientEmbedder.per_example_gradients
+
+    def counting(self, input_ids, *args, **kwargs):
+        calls.append(len(input_ids))
+        return original(self, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(hp.embed.LoRAGradientEmbedder, "per_example_gradients", counting)
+    first = lf.less_features(pool, validation, checkpoints, dim=64, cache_dir=tmp_path)
+    assert sum(calls) == 2 * (24 + 1) and not first.timings["cache_hit"]
+    second = lf.less_features(pool, validation, checkpoints, dim=64, cache_dir=tmp_path)
+    assert sum(calls) == 2 * (24 + 1), "the gradients were computed again"
+    assert second.timings["cache_hit"] and second.timings["gradient_rows"] == 0
+    assert second.pool.cache_files and all(str(tmp_path) in f["filename"] for f in second.pool.cache_files)
+    np.testing.assert_array_equal(np.array(first.pool["less"]), np.array(second.pool["less"]))
+    # Other projection settings are another column: computed, not taken from the cache.
+    lf.less_features(pool, validation, checkpoints, dim=32, cache_dir=tmp_path)
+    assert sum(calls) == 4 * (24 + 1)
+
+
+def _worker(rank, world, port, shard_dir, queue):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    from accelerate import PartialState
+
+    state = PartialState(cpu=True)
+    try:
+        pool, validation, ids, labels = pool_and_validation(n=11)  # 11 rows: uneven shards (6 + 5)
+        checkpoints = warmup(tiny_lora_model(), ids, labels, epochs=1)
+        out = lf.less_features(pool, validation, checkpoints, dim=64, state=state, shard_dir=shard_dir)
+        queue.put((rank, state.num_processes, np.array(out.pool["grad_1"]), np.array(out.pool["less"]),
+                   out.timings["checkpoints"][0]["pool"]["rows"]))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned interpreters importing torch/transformers/peft: ~40 s on 2 shared cores
+def test_two_cpu_processes_give_the_one_process_gradient_column(tmp_path):
+    torch.set_num_threads(1)
+    pool, validation, ids, labels = pool_and_validation(n=11)
+    one = lf.less_features(pool, validation, warmup(tiny_lora_model(), ids, labels, epochs=1), dim=64)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    procs = [context.Process(target=_worker, args=(r, 2, port, str(tmp_path), queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = []
+    while len(results) < len(procs):  # a crashed worker fails the test at once instead of at a timeout
+        try:
+            results.append(queue.get(timeout=1))
+        except Exception:
+            assert all(p.is_alive() or p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    results.sort(key=lambda r: r[0])
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert [r[1] for r in results] == [2, 2] and [r[4] for r in results] == [6, 5]
+    for _, _, grad, less, _ in results:  # every process returns the whole column
+        np.testing.assert_allclose(grad, np.array(one.pool["grad_1"]), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(less, np.array(one.pool["less"]), rtol=1e-4, atol=1e-6)
+
+
+def test_combine_gradients_by_hand():
+    ds = Dataset.from_dict({"a": [[3.0, 4.0], [0.0, 0.0]], "b": [[0.0, 2.0], [1.0, 0.0]]})
+    out = lf.combine_gradients(ds, ["a", "b"], [3.0, 1.0], output_column="g")
+    g = np.array(out["g"])
+    np.testing.assert_allclose(g[0], [np.sqrt(0.75) * 0.6, np.sqrt(0.75) * 0.8, 0.0, np.sqrt(0.25)], rtol=1e-6)
+    np.testing.assert_allclose(g[1], [0.0, 0.0, np.sqrt(0.25), 0.0])  # a zero gradient stays zero
+    with pytest.raises(ValueError, match="weights"):
+        lf.combine_gradients(ds, ["a", "b"], [0.0, 0.0])
+    with pytest.raises(KeyError, match="'c'"):
+        lf.combine_gradients(ds, ["a", "c"], [1.0, 1.0])
+
+
+def test_file_backed_saves_an_in_memory_dataset_once(tmp_path):
+    ds = Dataset.from_dict({"x": [1, 2, 3]})
+    first = lf.file_backed(ds, tmp_path, "pool")
+    assert first.cache_files and first["x"] == [1, 2, 3]
+    assert len(list(tmp_path.iterdir())) == 1
+    assert lf.file_backed(ds, tmp_path, "pool").cache_files == first.cache_files
+    assert lf.file_backed(first, tmp_path / "other", "pool") is first  # already read from files
+    assert not lf.file_backed(ds, None, "pool").cache_files
+
+
+def test_bad_input_is_named(chain, tmp_path):
+    pool, validation, checkpoints = chain
+    with pytest.raises(KeyError, match="task"):
+        lf.less_features(pool, validation.remove_columns("task"), checkpoints, dim=16)
+    with pytest.raises(ValueError, match="lacks"):
+        lf.less_features(pool, validation, [object()], dim=16)
+    with pytest.raises(ValueError, match="no warm-up checkpoint"):
+        lf.less_features(pool, validation, [], dim=16)
+    bad = [copy.copy(checkpoints[0])]
+    bad[0].mean_lr = float("nan")
+    with pytest.raises(ValueError, match="mean learning rate"):
+        lf.less_features(pool, validation, bad, dim=16)
+    with pytest.raises(ValueError, match="tokenizer"):
+        lf.less_features(pool.remove_columns("labels"), validation, checkpoints, dim=16)
+    with pytest.raises(ValueError, match="no response token"):
+        masked = pool.map(lambda r: {"labels": [-100] * len(r["labels"])})
+        lf.less_features(masked, validation, checkpoints, dim=16)
+
+    class TwoProcesses:
+        num_processes, process_index, device = 2, 0, torch.device("cpu")
+
+    with pytest.raises(ValueError, match="shard_dir"):
+        lf.embed_sharded(pool, hp.embed.LoRAGradientEmbedder(checkpoints[0].model, dim=8), state=TwoProcesses())
+
+
+def test_shard_bounds_cover_every_row_once():
+    for rows in (0, 1, 5, 11):
+        bounds = [lf.shard_bounds(rows, 3, i) for i in range(3)]
+        assert bounds[0][0] == 0 and bounds[-1][1] == rows
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+        assert max(b - a for a, b in bounds) - min(b - a for a, b in bounds) <= 1
+
+
+def test_response_token_counts():
+    ds = Dataset.from_dict({"labels": [[-100, 5, 6], [-100, -100, 1, 2, 3]]})
+    assert lf.response_token_counts(ds).tolist() == [2, 3]
