@@ -171,11 +171,10 @@ def tokenized(dataset: Dataset, tokenizer=None, *, template: str = "chat", max_l
 def _process_state(state, cpu: bool):
     if state is not None:
         return state
-    from accelerate import PartialState
-
     # A CPU-only machine launched with torchrun has WORLD_SIZE > 1 but no GPU: accelerate uses gloo
     # only when told it runs on CPU.
     import torch
+    from accelerate import PartialState
 
     return PartialState(cpu=cpu or not torch.cuda.is_available())
 
