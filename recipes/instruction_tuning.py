@@ -186,6 +186,7 @@ class TrainConfig(RunOptions):
     eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch size."})
     save_model: bool = field(default=True, metadata={"help": "Save the final adapter to seed_<s>/adapter."})
     model_cache_dir: str | None = field(default=None, metadata={"help": "smollm2: folder of the converted GGUF model."})
+    model_dtype: str = field(default="float32", metadata={"help": "Weights of a loaded model: float32 or bfloat16 (GPU)."})
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -441,6 +442,8 @@ def _check_options(cfg: TrainConfig, data_cfg: DataConfig) -> None:
     for name in ("batch_size", "gradient_accumulation_steps", "max_length", "eval_batch_size"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.model_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"--model_dtype must be float32 or bfloat16, got {cfg.model_dtype!r}")
     if cfg.epochs < 0:
         raise ValueError(f"--epochs must be non-negative, got {cfg.epochs}")
     if not 0 <= cfg.warmup_ratio < 1:
@@ -473,7 +476,9 @@ def _build_model(cfg: TrainConfig, train: Dataset, seed_dir: Path, is_main: bool
         if is_main:
             save_base_model(model, tokenizer, base["path"])  # random weights: the warm-up needs them again
     else:
-        model, tokenizer = load_causal_lm(cfg.model, tokenizer=tokenizer, cache_dir=cfg.model_cache_dir)
+        # bf16 base weights halve a 7B model's memory; peft keeps the adapter (what Adam updates) in float32.
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model_dtype]
+        model, tokenizer = load_causal_lm(cfg.model, tokenizer=tokenizer, cache_dir=cfg.model_cache_dir, dtype=dtype)
         base = {"name": cfg.model, "path": None}
     if is_main:
         tokenizer.save_pretrained(seed_dir / "tokenizer")
@@ -527,13 +532,18 @@ def train_run(config: RunConfig) -> dict[str, Any]:
     set_seed(config.seed)  # model init does not depend on what data loading consumed
     model, tokenizer, base = _build_model(cfg, train, out, accelerator.is_main_process)
     tokens, token_stats = _tokenize(train_rows, tokenizer, cfg, data_cfg)
-    if len(tokens) == 0 and cfg.epochs > 0:
+    num_epochs = data_cfg.warmup_epochs if warmup else cfg.epochs
+    if len(tokens) == 0 and num_epochs > 0:
         raise ValueError(f"no training row is left after tokenisation ({token_stats.get('dropped')})")
     lora = LoRASettings(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                         target_modules=tuple(cfg.lora_target_modules))
     model = apply_lora(model, lora)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base_model = model.get_base_model()
+        if hasattr(base_model, "activation_checkpointing_enable"):  # transformers >= 5 (the old name is deprecated)
+            base_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # the frozen embeddings would otherwise cut the graph
 
     ids, labels = tokens["input_ids"], tokens["labels"]
@@ -548,7 +558,6 @@ def train_run(config: RunConfig) -> dict[str, Any]:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
                                   betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
                                   weight_decay=cfg.weight_decay)
-    num_epochs = data_cfg.warmup_epochs if warmup else cfg.epochs
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     total_steps = num_epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total_steps, math.ceil(cfg.warmup_ratio * total_steps)))
@@ -623,6 +632,7 @@ def train_run(config: RunConfig) -> dict[str, Any]:
         "train_examples": len(tokens),
         "train_sequences": len(examples),
         "train_tokens": int(sum(len(i) for i in ids)),
+        "train_tokens_per_s": (sum(len(i) for i in ids) * state.epoch / state.train_time) if state.train_time else None,
         "response_tokens": int(sum(sum(1 for v in lab if v != IGNORE_INDEX) for lab in labels)),
         "full_train_size": len(train),
         "pruning_ratio": pruning_ratio,

@@ -227,12 +227,16 @@ def test_untuned_model_is_evaluated_with_zero_epochs(data_dir, tmp_path):
     assert summary["average"]["mean"] == metrics["average"] and set(metrics["tasks"]) == {"order", "pick"}
 
 
-def test_packing_run_trains_on_fewer_longer_rows(data_dir, tmp_path):
-    main(_base(data_dir) + ["--epochs", "1", "--packing", "--max_length", "96", "--no_checkpointing",
-                            "--output_dir", str(tmp_path / "packed")])
+def test_packing_run_trains_on_fewer_longer_rows_and_gradient_checkpointing_changes_nothing(data_dir, tmp_path):
+    args = _base(data_dir) + ["--epochs", "2", "--packing", "--max_length", "96", "--no_checkpointing", "--no_save_model"]
+    main(args + ["--output_dir", str(tmp_path / "packed")])
+    main(args + ["--gradient_checkpointing", "--output_dir", str(tmp_path / "recomputed")])
     metrics = read(tmp_path / "packed" / "seed_0" / "metrics.json")
     assert metrics["train_examples"] == 24 and metrics["train_sequences"] < 24
     assert math.isfinite(metrics["history"][0]["train_loss"])
+    recomputed = read(tmp_path / "recomputed" / "seed_0" / "metrics.json")
+    assert [h["train_loss"] for h in recomputed["history"]] == pytest.approx([h["train_loss"] for h in metrics["history"]],
+                                                                              rel=1e-5)
 
 
 def test_bad_input_is_an_error_or_a_counted_skip(data_dir, tmp_path):
