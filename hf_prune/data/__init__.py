@@ -35,6 +35,7 @@ from .instructions import (
     INSTRUCTION_FEATURES,
     INSTRUCTION_ROLES,
     MESSAGES_FEATURE,
+    build_instruction_pool,
     check_instructions,
     from_alpaca,
     from_flan,
@@ -56,7 +57,7 @@ __all__ = [
     "scene_zero_shot_classes",
     "PLAIN_ROLE_PREFIXES", "encode_messages", "render_messages", "tokenize_messages",
     "EVAL_FEATURES", "INSTRUCTION_FEATURES", "INSTRUCTION_ROLES", "MESSAGES_FEATURE", "check_instructions",
-    "message_problem", "instruction_dataset", "from_alpaca", "from_flan", "from_oasst",
+    "message_problem", "instruction_dataset", "from_alpaca", "from_flan", "from_oasst", "build_instruction_pool",
     "SHAREGPT_ROLES", "load_sharegpt", "sharegpt_path",
     "BBH_TASKS", "bigbench_path", "load_bigbench",
 ]

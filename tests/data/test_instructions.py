@@ -2,11 +2,12 @@
 pool builder (mixing, target tasks kept apart, determinism)."""
 
 import pytest
-from datasets import Dataset
+from datasets import Dataset, Features, Value
 
 from hf_prune.data import (
     EVAL_FEATURES,
     INSTRUCTION_FEATURES,
+    build_instruction_pool,
     check_instructions,
     from_alpaca,
     from_flan,
@@ -111,3 +112,83 @@ def test_from_oasst_follows_the_best_replies():
     assert every["messages"][1] == conv("Hi?", "Hello (second best)")
     with pytest.raises(ValueError, match="column 'role' row 0 is 'moderator'"):
         from_oasst(_oasst().map(lambda r, i: {"role": "moderator" if i == 0 else r["role"]}, with_indices=True))
+
+
+# --- the pool builder -------------------------------------------------------------------------------
+
+def _eval_rows(task, n, start=0):
+    rows = [{"messages": conv(f"{task} question {i}", f"ans{i % 2}"), "source": "bigbench", "task": task,
+             "answer": f"ans{i % 2}", "choices": ["ans0", "ans1"]} for i in range(start, start + n)]
+    return rows
+
+
+@pytest.fixture
+def pool_inputs():
+    chat = Dataset.from_list(
+        [{"messages": conv(f"chat {i}", f"reply {i}"), "source": "sharegpt", "task": "sharegpt", "id": f"c{i}"}
+         for i in range(9)]
+        # Leaks a target prompt: removed from the pool.
+        + [{"messages": conv("  math question 3 ", "x"), "source": "sharegpt", "task": "sharegpt", "id": "leak"}],
+        features=Features({**INSTRUCTION_FEATURES, "id": Value("string")}))
+    bench = Dataset.from_list(
+        [{"messages": conv(f"copy {i}", f"copy {i}"), "source": "bigbench", "task": "copy"} for i in range(6)]
+        + [{"messages": conv(f"five {i}", "a"), "source": "bigbench", "task": "logic:five"} for i in range(3)]
+        + [{"messages": conv(f"math other {i}", "a"), "source": "bigbench", "task": "math"} for i in range(2)],
+        features=INSTRUCTION_FEATURES)
+    targets = Dataset.from_list(_eval_rows("logic:three", 8) + _eval_rows("math", 7), features=EVAL_FEATURES)
+    return {"chat": chat, "bench": bench}, targets
+
+
+def test_pool_keeps_target_tasks_out_and_splits_them(pool_inputs):
+    sources, targets = pool_inputs
+    pool, summary = build_instruction_pool(sources, targets, validation_per_task=2, test_per_task=4,
+                                           return_summary=True)
+    train = pool["train"]
+    assert set(train["task"]) == {"sharegpt", "copy"}  # "math" and the sibling subtask "logic:five" removed
+    assert "leak" not in train["id"] and len(train) == 9 + 6
+    assert train["row_id"] == list(range(len(train))) and train["id"][:9] == [f"c{i}" for i in range(9)]
+    assert train["id"][9:] == [f"bench/{i}" for i in range(6)]
+    target_prompts = {m[0]["content"] for m in targets["messages"]}
+    assert not target_prompts & {m[0]["content"].strip() for m in train["messages"]}
+    assert pool["validation"]["task"].count("math") == 2 and pool["test"]["task"].count("logic:three") == 4
+    assert not set(pool["validation"]["id"]) & set(pool["test"]["id"])
+    assert pool["validation"].features == Features({**EVAL_FEATURES, "id": Value("string")})
+    assert summary["sources"]["bench"] == {"rows": 11, "removed_target_task_rows": 5, "removed_target_prompt_rows": 0,
+                                           "drawn": 6}
+    assert summary["sources"]["chat"]["removed_target_prompt_rows"] == 1
+    assert summary["train"]["per_source"] == {"bigbench": 6, "sharegpt": 9}
+    assert summary["test"]["per_task"] == {"logic:three": 4, "math": 4}
+    check_instructions(pool["validation"])
+    all_test = build_instruction_pool(sources, targets, validation_per_task=2)["test"]
+    assert all_test["task"].count("math") == 5 and all_test["task"].count("logic:three") == 6
+
+
+def test_pool_sizes_shares_and_seeds(pool_inputs):
+    sources, targets = pool_inputs
+    sized = build_instruction_pool(sources, targets, sizes={"chat": 4}, seed=3)["train"]
+    assert sized["source"].count("sharegpt") == 4 and sized["source"].count("bigbench") == 6
+    shared = build_instruction_pool(sources, targets, pool_size=7, shares={"chat": 2, "bench": 1}, seed=3)
+    assert shared["train"]["source"].count("sharegpt") == 5 and shared["train"]["source"].count("bigbench") == 2
+    again = build_instruction_pool(sources, targets, pool_size=7, shares={"chat": 2, "bench": 1}, seed=3)
+    other = build_instruction_pool(sources, targets, pool_size=7, shares={"chat": 2, "bench": 1}, seed=4)
+    assert again["train"]["id"] == shared["train"]["id"] and again["validation"]["id"] == shared["validation"]["id"]
+    assert other["train"]["id"] != shared["train"]["id"] or other["validation"]["id"] != shared["validation"]["id"]
+    equal = build_instruction_pool(sources, targets, pool_size=9)["train"]
+    assert equal["source"].count("sharegpt") == 5 and equal["source"].count("bigbench") == 4  # tie to the earlier
+    assert len(sources["chat"]) == 10  # inputs untouched
+
+
+def test_pool_errors_name_the_source_or_task(pool_inputs):
+    sources, targets = pool_inputs
+    with pytest.raises(ValueError, match="source 'bench' has 6 rows once target tasks are removed; 7"):
+        build_instruction_pool(sources, targets, sizes={"bench": 7})
+    with pytest.raises(KeyError, match=r"\['other'\]"):
+        build_instruction_pool(sources, targets, sizes={"other": 1})
+    with pytest.raises(ValueError, match="either `sizes` or `pool_size`"):
+        build_instruction_pool(sources, targets, sizes={"chat": 1}, pool_size=3)
+    with pytest.raises(ValueError, match="target task 'math' has 7 rows: none left for `test`"):
+        build_instruction_pool(sources, targets, validation_per_task=7)
+    with pytest.raises(KeyError, match="source 'chat'.*'task'"):
+        build_instruction_pool({"chat": sources["chat"].remove_columns("task")}, targets)
+    with pytest.raises(KeyError, match="answer"):
+        build_instruction_pool(sources, targets.remove_columns("answer"))
