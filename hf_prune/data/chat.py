@@ -70,6 +70,7 @@ PLAIN_ROLE_PREFIXES = {"system": "<|system|>\n", "user": "<|user|>\n", "assistan
 
 _OK, _TRUNCATED, _NO_RESPONSE = "ok", "truncated", "no response after truncation"
 _STATUS = "__hf_prune_tokenize_status__"
+_MARGIN = 64  # tokens past max_length that a prefix must yield before its first max_length tokens are trusted
 
 
 def _tokenizer_name(tokenizer) -> str:
@@ -167,6 +168,23 @@ def _offsets(tokenizer, text: str, add_special_tokens: bool):
     return out["input_ids"], np.asarray(out["offset_mapping"], dtype=np.int64).reshape(-1, 2)
 
 
+def _tokenize(tokenizer, text: str, add_special_tokens: bool, max_length: int | None):
+    """`_offsets` of ``text``, or of a prefix of it long enough for ``max_length`` tokens.
+
+    Tokenisation is local (pre-tokenisers split on spaces, punctuation and special tokens), so the first
+    ``max_length`` tokens of a prefix that yields ``_MARGIN`` more are those of the whole text; long
+    conversations are then tokenised only as far as they are kept.
+    """
+    if max_length is not None and getattr(tokenizer, "is_fast", False):
+        window = (max_length + _MARGIN) * 8
+        while window < len(text):
+            ids, offsets = _offsets(tokenizer, text[:window], add_special_tokens)
+            if len(ids) > max_length + _MARGIN:
+                return ids, offsets
+            window *= 4
+    return _offsets(tokenizer, text, add_special_tokens)
+
+
 def _mask_from_offsets(offsets: np.ndarray, spans) -> np.ndarray:
     starts, ends = offsets[:, 0], offsets[:, 1]
     mask = np.zeros(len(offsets), dtype=bool)
@@ -240,10 +258,10 @@ def _encode(tokenizer, messages, template, max_length, train_on, add_generation_
     add_special = template == "plain"  # chat templates write their own special tokens
     if template == "plain":
         text, spans = _render_plain(tokenizer, messages, add_generation_prompt, train_on)
-        ids, offsets = _offsets(tokenizer, text, add_special)
+        ids, offsets = _tokenize(tokenizer, text, add_special, max_length)
     else:
         text = _apply(tokenizer, messages, add_generation_prompt)
-        ids, offsets = _offsets(tokenizer, text, add_special)
+        ids, offsets = _tokenize(tokenizer, text, add_special, max_length)
         # Turns starting past the kept tokens need no rendering (long ShareGPT conversations).
         limit = None
         if max_length is not None and offsets is not None and len(ids) > max_length:

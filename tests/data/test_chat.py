@@ -218,3 +218,40 @@ def test_a_template_that_rewrites_earlier_turns_is_refused():
     with pytest.raises(ValueError, match="not render turn 1 as a prefix.*template='plain'"):
         encode_messages(tok, [U, A, U2, A2])
     assert encode_messages(tok, [U, A, U2, A2], train_on="last")["num_response_tokens"] == 3
+
+
+def test_a_long_conversation_cut_to_max_length_matches_the_full_encoding_cut():
+    tok = word_tokenizer(CHATML)
+    long = [U, A] * 60 + [{"role": "user", "content": " ".join(["two plus"] * 300)}, A2]
+    for template in ("chat", "plain"):
+        full = encode_messages(tok, long, template=template, max_length=None)
+        for max_length in (5, 40, 700):
+            cut = encode_messages(tok, long, template=template, max_length=max_length)
+            assert cut["input_ids"] == full["input_ids"][:max_length]
+            assert cut["labels"] == full["labels"][:max_length] and cut["truncated"]
+
+
+@pytest.mark.slow
+def test_smollm2_tokenizer_on_sharegpt_rows():
+    from transformers import AutoTokenizer
+
+    from hf_prune.data import load_sharegpt
+    from recipes.trainer.llm import default_cache_dir, smollm2_gguf_path
+
+    cached = default_cache_dir() / "SmolLM2-135M-Instruct"
+    if (cached / "tokenizer_config.json").is_file():
+        tok = AutoTokenizer.from_pretrained(cached)
+    else:
+        gguf = smollm2_gguf_path()
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    rows = load_sharegpt(limit=50, progress=False)
+    out, stats = tokenize_messages(rows, tok, max_length=1024, return_stats=True)
+    assert stats["kept"] + sum(stats["dropped"].values()) == 50
+    conversations = dict(zip(rows["id"], rows["messages"]))
+    for row in out:
+        full = encode_messages(tok, conversations[row["id"]], max_length=None)
+        assert row["input_ids"] == full["input_ids"][:1024] and row["labels"] == full["labels"][:1024]
+    whole = encode_messages(tok, rows[0]["messages"], max_length=None)
+    response = tok.decode([t for t, label in zip(whole["input_ids"], whole["labels"]) if label != IGNORE_INDEX])
+    replies = [m["content"] for m in rows[0]["messages"] if m["role"] == "assistant"]
+    assert response == "".join(r + "<|im_end|>\n" for r in replies)
