@@ -54,6 +54,8 @@ Example:
 
 from __future__ import annotations
 
+import copy
+import inspect
 import re
 import string
 import zlib
@@ -246,6 +248,65 @@ def _length_order(lengths: Sequence[int]) -> list[int]:
     return sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
 
+def _sum_logprobs(logits: torch.Tensor, targets: Sequence[int]) -> float:
+    # Half precision is summed in float32; float32/float64 models keep their precision.
+    logprobs = (logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits).log_softmax(-1)
+    return float(logprobs.gather(-1, torch.tensor(targets, device=logits.device)[:, None]).sum())
+
+
+def _full_sequences(model, pad: int, sequences, targets, positions, batch_size, device, out, bar) -> None:
+    """Score ``positions`` by full forward passes over context + continuation, right-padded batches."""
+    order = [positions[i] for i in _length_order([len(sequences[p]) for p in positions])]
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        width = max(len(sequences[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):  # right padding: a causal model's real positions are unaffected
+            ids[row, :len(sequences[i])] = torch.tensor(sequences[i])
+            mask[row, :len(sequences[i])] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        for row, i in enumerate(batch):
+            n, end = len(targets[i]), len(sequences[i])
+            if n:
+                out[i] = _sum_logprobs(logits[row, end - n:end], targets[i])
+        bar.update(len(batch))
+
+
+def _cache_name(model) -> str:
+    """The forward argument (and output field) of the KV cache: ``cache`` since transformers 5.2x, before
+    that ``past_key_values`` (a peft model is asked about its base model)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _shared_context(model, pad: int, context: list[int], members, conts, batch_size, device, out, bar) -> None:
+    """Score continuations of one context: the context once (KV cache), then the continuations together."""
+    name = _cache_name(model)
+    result = model(input_ids=torch.tensor([context], device=device), use_cache=True)
+    context_cache = getattr(result, name)
+    first = result.logits[0, -1]
+    for i in members:  # the context's last position predicts every continuation's first token
+        out[i] = _sum_logprobs(first[None], conts[i][:1])
+    rest = [i for i in members if len(conts[i]) > 1]
+    for start in range(0, len(rest), batch_size):
+        batch = rest[start:start + batch_size]
+        cache = context_cache if len(rest) <= batch_size else copy.deepcopy(context_cache)
+        cache.batch_repeat_interleave(len(batch))
+        width = max(len(conts[i]) - 1 for i in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.ones((len(batch), len(context) + width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            ids[row, :len(conts[i]) - 1] = torch.tensor(conts[i][:-1])
+            mask[row, len(context) + len(conts[i]) - 1:] = 0
+        positions = torch.arange(len(context), len(context) + width).expand(len(batch), -1)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                       use_cache=True, **{name: cache}).logits
+        for row, i in enumerate(batch):
+            out[i] += _sum_logprobs(logits[row, :len(conts[i]) - 1], conts[i][1:])
+    bar.update(len(members))
+
+
 @torch.inference_mode()
 def choice_loglikelihoods(
     model,
@@ -255,14 +316,19 @@ def choice_loglikelihoods(
     template: str = "chat",
     batch_size: int = 8,
     max_length: int | None = None,
+    share_context: bool = True,
     device: torch.device | str | None = None,
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Summed log P(continuation | context) for each ``(context, continuation)`` pair, batched.
 
     Returns ``(loglikelihoods, truncated)``: float64 sums and a bool per pair that says whether the
-    sequence lost tokens to ``max_length`` (default: the model's maximum positions). The model must already
-    be in eval mode on ``device`` (`evaluate_tasks` does that).
+    sequence lost tokens to ``max_length`` (default: the model's maximum positions). With
+    ``share_context`` (default) the pairs whose context tokens are identical (the choices of one row) run
+    the context once and the continuations on its KV cache, a forward pass per row instead of one per
+    choice; otherwise, and for truncated pairs, each context + continuation is one sequence of right-padded
+    batches (lm-eval's computation; the two agree to rounding). The model must already be in eval mode on
+    ``device`` (`evaluate_tasks` does that).
 
     Example:
         >>> lls, _ = choice_loglikelihoods(model, tokenizer, [("Q: 2+2?\\nA:", " 4"), ("Q: 2+2?\\nA:", " 5")])
@@ -277,27 +343,20 @@ def choice_loglikelihoods(
             full, truncated[i] = full[-(max_length + 1):], True
         sequences.append(full[:-1])  # the last token is only a target
         targets.append(full[len(full) - min(len(cont_ids), len(full) - 1):])
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (context_ids, cont_ids) in enumerate(pairs):
+        if share_context and not truncated[i] and context_ids and cont_ids:
+            groups.setdefault(tuple(context_ids), []).append(i)
+    shared = {i for members in groups.values() if len(members) > 1 for i in members}
     out = np.zeros(len(pairs), dtype=np.float64)
-    order = _length_order([len(s) for s in sequences])
     pad = _pad_id(tokenizer)
-    for start in tqdm(range(0, len(order), batch_size), desc="choice log-likelihoods", disable=not progress):
-        batch = order[start:start + batch_size]
-        width = max(len(sequences[i]) for i in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):  # right padding: a causal model's real positions are unaffected
-            ids[row, :len(sequences[i])] = torch.tensor(sequences[i])
-            mask[row, :len(sequences[i])] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        for row, i in enumerate(batch):
-            n, end = len(targets[i]), len(sequences[i])
-            if n == 0:
-                continue
-            span = logits[row, end - n:end]
-            # Half precision is summed in float32; float32/float64 models keep their precision.
-            logprobs = (span.float() if span.dtype in (torch.float16, torch.bfloat16) else span).log_softmax(-1)
-            target = torch.tensor(targets[i], device=logprobs.device)
-            out[i] = float(logprobs.gather(-1, target[:, None]).sum())
+    with tqdm(total=len(pairs), desc="choice log-likelihoods", disable=not progress) as bar:
+        _full_sequences(model, pad, sequences, targets, [i for i in range(len(pairs)) if i not in shared],
+                        batch_size, device, out, bar)
+        for context, members in groups.items():
+            if len(members) > 1:
+                _shared_context(model, pad, list(context), members, [c for _, c in pairs], batch_size, device,
+                                out, bar)
     return out, truncated
 
 

@@ -175,11 +175,13 @@ def test_choice_sums_and_acc_norm_on_a_lookup_table(tok):
     assert multiple_choice_outcomes([-1.0, -1.0], ["a", "b"], "a") == (True, True)   # ties: lower position
 
 
-def test_batched_choice_loglikelihoods_equal_unbatched_full_forward(tok):
+@pytest.mark.parametrize("share_context,batch_size", [(True, 2), (True, 8), (False, 3)])
+def test_batched_choice_loglikelihoods_equal_unbatched_full_forward(tok, share_context, batch_size):
     model = random_llama(tok)
-    requests = [("<|user|>\nWhich?\n<|assistant|>\n", c) for c in ("alpha", "be", "gamma ray")]
-    requests.append(("short:", " x"))
-    lls, _ = choice_loglikelihoods(model, tok, requests, template="plain", batch_size=3)
+    requests = [("<|user|>\nWhich?\n<|assistant|>\n", c) for c in ("alpha", "be", "gamma ray", "d")]
+    requests += [("short:", " x"), ("<|user|>\nOther\n<|assistant|>\n", "no"), ("short:", " yes")]
+    lls, _ = choice_loglikelihoods(model, tok, requests, template="plain", batch_size=batch_size,
+                                   share_context=share_context)
     for (context, cont), got in zip(requests, lls):
         context_ids, cont_ids = _encode_pair(tok, context, cont, "plain")
         full = torch.tensor([context_ids + cont_ids])
@@ -324,3 +326,16 @@ def test_native_multiple_choice_equals_lm_eval(tok, template):
         if ours["choice_loglikelihoods"] is not None:
             np.testing.assert_allclose(ours["choice_loglikelihoods"], theirs["choice_loglikelihoods"], atol=1e-6)
     assert model.training is False
+
+
+def test_lora_model_shared_context_equals_full_sequences(tok):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(random_llama(tok, seed=2), LoraConfig(r=2, target_modules=["q_proj", "v_proj"],
+                                                                 init_lora_weights=False))
+    data = rows(("t", "Q one", "no", ["no", "yes", "maybe"]), ("t", "Q two", "yes", ["no", "yes"]))
+    prompts = build_prompts(data, tok, template="chat")
+    requests = [(p, c) for p, options in zip(prompts, data["choices"]) for c in options]
+    shared, _ = choice_loglikelihoods(model.eval(), tok, requests, template="chat", share_context=True)
+    full, _ = choice_loglikelihoods(model, tok, requests, template="chat", share_context=False)
+    np.testing.assert_allclose(shared, full, atol=1e-9)
