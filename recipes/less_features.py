@@ -285,6 +285,7 @@ def less_features(
     dim: int | None = 8192,
     seed: int = 0,
     batch_size: int = 8,
+    vectorize: bool | None = None,
     task_column: str = "task",
     reduce: str = "max",
     gradient_prefix: str = "grad_",
@@ -303,7 +304,9 @@ def less_features(
         warmup: a warm-up directory or a list of checkpoints (`checkpoints_of`).
         tokenizer, template, max_length: how to tokenise rows without ``input_ids`` (the warm-up's settings).
         dim, seed: the random projection (LESS: 8192); training and validation share it.
-        batch_size: examples per vmapped gradient batch.
+        batch_size: examples per gradient batch.
+        vectorize: the embedder's ``vmap`` choice (``False``: one backward per example, faster on CPU here:
+            0.34 vs 0.20 rows/s for SmolLM2-135M at 128 tokens; the numbers are the same).
         task_column: the validation rows' task (one LESS average per task, then ``reduce``).
         reduce: ``"max"`` (LESS) or ``"mean"`` over tasks.
         gradient_prefix: the gradient columns are ``f"{gradient_prefix}{epoch}"``.
@@ -345,8 +348,10 @@ def less_features(
     dev = device if device is not None else (state.device if state.num_processes > 1 else None)
     for ckpt, column in zip(checkpoints, columns):
         model = _model_of(ckpt)
-        train_emb = hp.embed.LoRAGradientEmbedder(model, optimizer_state=ckpt.optimizer_state, dim=dim, seed=seed,
-                                                  output_column=column, batch_size=batch_size, device=dev)
+        # A saved checkpoint also carries Adam's betas/eps/step (its moments alone would not).
+        adam = ckpt.embedder_kwargs() if hasattr(ckpt, "embedder_kwargs") else {"optimizer_state": ckpt.optimizer_state}
+        train_emb = hp.embed.LoRAGradientEmbedder(model, dim=dim, seed=seed, output_column=column,
+                                                  batch_size=batch_size, vectorize=vectorize, device=dev, **adam)
         pool, pool_t = embed_sharded(pool, train_emb, state=state, shard_dir=shard_dir)
         validation, val_t = embed_sharded(validation, train_emb.for_validation(), state=state, shard_dir=shard_dir)
         timings["checkpoints"].append({"epoch": ckpt.epoch, "mean_lr": ckpt.mean_lr, "pool": pool_t,
@@ -408,6 +413,9 @@ class LessFeaturesConfig:
     dim: int = field(default=8192, metadata={"help": "Projection dimension (LESS: 8192)."})
     seed: int = field(default=0, metadata={"help": "Projection seed."})
     batch_size: int = field(default=8, metadata={"help": "Examples per per-example-gradient batch."})
+    vectorize: bool | None = field(default=None, metadata={
+        "help": "torch.func.vmap per-example gradients (true), one backward per example (false; faster on CPU), "
+                "or try vmap first (unset)."})
     task_column: str = field(default="task", metadata={"help": "Task column of the validation rows."})
     reduce: str = field(default="max", metadata={"help": "'max' (LESS) or 'mean' over tasks."})
     template: str | None = field(default=None, metadata={"help": "Override the warm-up's chat/plain template."})
@@ -476,7 +484,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     validation = _load_rows(cfg.validation_path, "validation")
     result = less_features(
         pool, validation, checkpoints, tokenizer=_tokenizer_of(checkpoints[0]), template=template,
-        max_length=max_length, dim=cfg.dim, seed=cfg.seed, batch_size=cfg.batch_size, task_column=cfg.task_column,
+        max_length=max_length, dim=cfg.dim, seed=cfg.seed, batch_size=cfg.batch_size, vectorize=cfg.vectorize,
+        task_column=cfg.task_column,
         reduce=cfg.reduce, cache_dir=out / "cache", shard_dir=out / "shards", state=state,
         device="cpu" if cfg.cpu else None,
     )
