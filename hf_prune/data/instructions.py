@@ -427,9 +427,26 @@ def _with_ids(dataset: Dataset, name: str, positions: np.ndarray) -> list[str]:
     return [f"{name}/{int(i)}" for i in positions]
 
 
+def _offline_inputs(sources, targets, target_tasks, bigbench, source_examples_per_task, target_cap):
+    """ShareGPT + non-target BIG-bench tasks, and the target tasks from BIG-bench, for what is ``None``."""
+    # Imported here: the loaders build on this module's schema, so they cannot be imported at its top.
+    from .bigbench import load_bigbench
+    from .sharegpt import load_sharegpt
+
+    names = [target_tasks] if isinstance(target_tasks, str) else list(target_tasks)
+    if targets is None:
+        targets = load_bigbench(bigbench, tasks=names, max_examples_per_task=target_cap, progress=False)
+    if sources is None:
+        blocked = sorted({_parent(t) for t in column_array(targets, "task").to_pylist()})
+        sources = {"sharegpt": load_sharegpt(progress=False),
+                   "bigbench": load_bigbench(bigbench, exclude=blocked, max_examples_per_task=source_examples_per_task,
+                                             progress=False)}
+    return sources, targets
+
+
 def build_instruction_pool(
-    sources: Mapping[str, Dataset],
-    targets: Dataset,
+    sources: Mapping[str, Dataset] | None = None,
+    targets: Dataset | None = None,
     *,
     sizes: Mapping[str, int | None] | None = None,
     pool_size: int | None = None,
@@ -438,6 +455,9 @@ def build_instruction_pool(
     test_per_task: int | None = None,
     seed: int | np.random.Generator = 0,
     return_summary: bool = False,
+    target_tasks: str | Sequence[str] | None = None,
+    bigbench: str | None = None,
+    source_examples_per_task: int = 20,
 ) -> DatasetDict | tuple[DatasetDict, dict[str, Any]]:
     """The pool to prune (``train``) mixed from several sources, and the target tasks' ``validation`` and
     ``test`` rows, as LESS sets it up (a few validation examples per target task guide the selection).
@@ -445,6 +465,12 @@ def build_instruction_pool(
     ``sources`` maps a name to an instruction Dataset (``messages``/``source``/``task``, e.g. ShareGPT,
     non-target BIG-bench tasks, `from_alpaca`/`from_flan`/`from_oasst` sets); ``targets`` holds the
     target tasks' rows with ``answer`` and ``choices`` (e.g. ``load_bigbench(tasks=BBH_TASKS)``).
+
+    Offline defaults (so the recipe's ``--dataset offline`` needs only JSON options): ``targets=None``
+    loads ``target_tasks`` (default `BBH_TASKS`) from BIG-bench (``bigbench``: the sdist or folder, default
+    ``$HF_PRUNE_BIGBENCH``), at most ``validation_per_task + test_per_task`` rows a task when
+    ``test_per_task`` is set; ``sources=None`` is ShareGPT (`load_sharegpt`) and every other BIG-bench
+    task, at most ``source_examples_per_task`` rows each (target tasks and their siblings excluded).
 
     Leakage: before sampling, every pool row from a target task (the same ``task`` name, or the same
     parent task, so ``logical_deduction:five_objects`` leaves with a target ``logical_deduction:three_objects``)
@@ -474,6 +500,18 @@ def build_instruction_pool(
         >>> sorted(pool), pool["train"].num_rows
         (['test', 'train', 'validation'], 4000)
     """
+    validation_per_task = check_positive_int("validation_per_task", validation_per_task, minimum=0)
+    source_examples_per_task = check_positive_int("source_examples_per_task", source_examples_per_task)
+    if test_per_task is not None:
+        test_per_task = check_positive_int("test_per_task", test_per_task)
+    if targets is not None and target_tasks is not None:
+        raise ValueError("`target_tasks` picks BIG-bench tasks when `targets` is None; pass one of them")
+    if sources is None or targets is None:
+        from .bigbench import BBH_TASKS
+
+        cap = validation_per_task + test_per_task if test_per_task is not None else None
+        sources, targets = _offline_inputs(sources, targets, target_tasks if target_tasks is not None else BBH_TASKS,
+                                           bigbench, source_examples_per_task, cap)
     if not isinstance(sources, Mapping) or not sources:
         raise ValueError("`sources` must be a non-empty mapping of source name to instruction Dataset")
     for name, dataset in sources.items():
@@ -482,9 +520,6 @@ def build_instruction_pool(
         except (KeyError, TypeError) as error:
             raise type(error)(f"source {name!r}: {error.args[0]}") from error
     check_columns(targets, "messages", "source", "task", "answer", "choices")
-    validation_per_task = check_positive_int("validation_per_task", validation_per_task, minimum=0)
-    if test_per_task is not None:
-        test_per_task = check_positive_int("test_per_task", test_per_task)
     seed = seed_int(check_seed(seed))
     return_summary = check_bool("return_summary", return_summary)
 
@@ -557,5 +592,6 @@ def build_instruction_pool(
                           for name in sources}
     summary["settings"] = {"validation_per_task": validation_per_task, "test_per_task": test_per_task, "seed": seed,
                            "sizes": dict(sizes) if sizes is not None else None, "pool_size": pool_size,
-                           "shares": dict(shares) if shares is not None else None}
+                           "shares": dict(shares) if shares is not None else None,
+                           "target_tasks": sorted(target_names), "source_examples_per_task": source_examples_per_task}
     return pool, summary

@@ -192,3 +192,27 @@ def test_pool_errors_name_the_source_or_task(pool_inputs):
         build_instruction_pool({"chat": sources["chat"].remove_columns("task")}, targets)
     with pytest.raises(KeyError, match="answer"):
         build_instruction_pool(sources, targets.remove_columns("answer"))
+
+
+def test_offline_defaults_read_sharegpt_and_bigbench(tmp_path, monkeypatch):
+    import tarfile
+
+    from hf_prune.data import sharegpt
+    from tests.data.test_bigbench import _files
+    from tests.data.test_sharegpt import write_truncated
+
+    archive_path = tmp_path / "bigbench-1.0.0.tar.gz"
+    with tarfile.open(archive_path, "w:gz") as archive:
+        for name, text in _files().items():
+            path = tmp_path / "member"
+            path.write_text(text)
+            archive.add(path, arcname=name)
+    monkeypatch.setenv("HF_PRUNE_BIGBENCH", str(archive_path))
+    monkeypatch.setattr(sharegpt, "sharegpt_path", lambda: write_truncated(tmp_path / "sharegpt.json"))
+    pool, summary = build_instruction_pool(target_tasks=["order"], validation_per_task=2, test_per_task=3,
+                                           source_examples_per_task=1, return_summary=True)
+    assert summary["test"]["per_task"] == {"order:five": 3, "order:three": 3}
+    assert summary["train"]["per_task"] == {"colors": 1, "echo": 1, "sharegpt": 4}
+    assert summary["settings"]["target_tasks"] == ["order:five", "order:three"]
+    with pytest.raises(ValueError, match="`target_tasks` picks BIG-bench tasks when `targets` is None"):
+        build_instruction_pool(targets=pool["test"], target_tasks=["order"])
