@@ -51,8 +51,11 @@ the tokenizer's chat template; ``plain``: the Tulu format LESS uses; ``--train_o
 turns). Labels are -100 on every token that is not assistant content, so the loss is on response tokens
 only. The batch loss is the mean next-token cross-entropy over all response tokens of the batch (the
 token-mean, what transformers computes for ``model(..., labels=...)``), not a mean of per-example
-means. With ``--gradient_accumulation_steps k`` accelerate averages the k batch losses, and with several
-processes DDP averages the processes' losses, so each batch weighs equally whatever its token count.
+means. With several processes each one's loss is reweighted by its share of the batch's response tokens
+(`global_token_mean`), so the update is that of the token-mean over the global batch, as on one process.
+With ``--gradient_accumulation_steps k`` accelerate averages the k batch losses: each batch of a window
+weighs equally whatever its token count. The logged ``train_loss`` is the main process's token-weighted
+mean and ``train_accuracy`` its next-token accuracy on response tokens.
 
 Bad input. A conversation without an assistant turn, with an empty assistant turn or an unknown role is
 an error naming the row (``--on_invalid skip`` drops and counts it instead); ``--template chat`` with a
@@ -385,6 +388,25 @@ def response_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
     return loss, selected.detach().argmax(-1), targets[mask]
 
 
+def global_token_mean(loss: torch.Tensor, num_tokens: int, accelerator) -> torch.Tensor:
+    """``loss`` (this process's token-mean) reweighted so that the DDP-averaged gradient is the global token-mean's.
+
+    DDP averages the processes' gradients, which would weigh every process's share of the batch equally
+    whatever its number of response tokens. Scaling process ``p``'s loss by ``n_p · P / N`` (``n_p`` its
+    response tokens, ``N`` the batch's, ``P`` processes) makes the update that of the token-mean over the
+    whole global batch, as on one process. The returned value stays the local token-mean (for logging);
+    only its gradient is rescaled. One process: ``loss`` unchanged.
+
+    Example:
+        >>> loss = global_token_mean(loss, len(targets), accelerator)
+    """
+    if accelerator.num_processes == 1:
+        return loss
+    total = accelerator.reduce(torch.tensor(float(num_tokens), device=loss.device), reduction="sum")
+    scaled = loss * (num_tokens * accelerator.num_processes / total)
+    return scaled + (loss - scaled).detach()
+
+
 def linear_schedule(total_steps: int, warmup_steps: int):
     """The per-step lr factor: linear warm-up over ``warmup_steps``, then linear decay to 0 at ``total_steps`` (LESS).
 
@@ -576,6 +598,7 @@ def train_run(config: RunConfig) -> dict[str, Any]:
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
         logits = model(**inputs, use_cache=False).logits
         loss, predictions, targets = response_loss(logits, batch["labels"])
+        loss = global_token_mean(loss, len(targets), accelerator)
         # The loop counts argmax(logits) == labels and weighs the loss by len(labels): two-column
         # "logits" flag each response token right or wrong, so it reports next-token accuracy and the
         # token-weighted mean loss without copying (tokens × vocabulary) logits.

@@ -294,3 +294,28 @@ def test_configs_hold_the_documented_settings():
     assert gpu.lora_target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"] and gpu.mixed_precision == "bf16"
     _, cpu = parse_config(make_parser(), ["--config", "recipes/configs/instruction_smollm2_cpu.yaml", "--lora_r", "4"])
     assert cpu.model == "smollm2" and cpu.lora_r == 4 and cpu.mixed_precision == "no"
+
+
+@pytest.mark.slow  # two torch.distributed CPU processes (gloo) re-importing torch/transformers: ~30 s
+def test_two_processes_warm_up_like_one(data_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    args = _base(data_dir) + ["--warmup_fraction", "0.5", "--warmup_epochs", "2", "--no_checkpointing"]
+    main(args + ["--output_dir", str(tmp_path / "one")])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(repo / "recipes/instruction_tuning.py"), *args, "--output_dir", str(tmp_path / "two")]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert read(tmp_path / "two" / "seed_0" / "metrics.json")["num_processes"] == 2
+    one, two = load_warmup(tmp_path / "one" / "seed_0"), load_warmup(tmp_path / "two" / "seed_0")
+    assert [c.mean_lr for c in one] == [c.mean_lr for c in two]
+    for a, b in zip(one, two):  # the update is the global batch's token-mean on 1 or 2 processes
+        assert a.info["step"] == b.info["step"]
+        for name, moments in a.optimizer_state.items():
+            torch.testing.assert_close(b.optimizer_state[name]["exp_avg"], moments["exp_avg"], rtol=1e-4, atol=1e-7)
+            torch.testing.assert_close(b.optimizer_state[name]["exp_avg_sq"], moments["exp_avg_sq"], rtol=1e-4, atol=1e-10)
