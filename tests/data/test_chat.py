@@ -255,3 +255,11 @@ def test_smollm2_tokenizer_on_sharegpt_rows():
     response = tok.decode([t for t, label in zip(whole["input_ids"], whole["labels"]) if label != IGNORE_INDEX])
     replies = [m["content"] for m in rows[0]["messages"] if m["role"] == "assistant"]
     assert response == "".join(r + "<|im_end|>\n" for r in replies)
+
+
+def test_tokenized_columns_have_a_stable_fingerprint(random_hash_records):
+    tok = word_tokenizer(CHATML)
+    ds = Dataset.from_dict({"messages": [[U, A], [U2, A2]]})
+    first, second = tokenize_messages(ds, tok), tokenize_messages(ds, tok)
+    assert first._fingerprint == second._fingerprint and not random_hash_records
+    assert tokenize_messages(ds, tok, max_length=3)._fingerprint != first._fingerprint
