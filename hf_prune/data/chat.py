@@ -110,7 +110,12 @@ def _render_plain(tokenizer, messages, add_generation_prompt: bool, train_on: st
 
 
 def _apply(tokenizer, messages, add_generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+    try:
+        return tokenizer.apply_chat_template(list(messages), tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
+    except Exception as error:  # jinja's TemplateError, or what a template raises itself (e.g. no system role)
+        raise ValueError(f"the chat template of {_tokenizer_name(tokenizer)!r} refused the conversation: "
+                         f"{type(error).__name__}: {error}") from error
 
 
 def _render_chat(tokenizer, messages, add_generation_prompt: bool, train_on: str, limit: int | None = None):
@@ -300,7 +305,10 @@ class _Encoder:
                     )
                 ids.append([]), labels.append([]), status.append(problem[0])
                 continue
-            out = _encode(self.tokenizer, messages, self.template, self.max_length, self.train_on, False)
+            try:
+                out = _encode(self.tokenizer, messages, self.template, self.max_length, self.train_on, False)
+            except ValueError as error:
+                raise ValueError(f"column {self.column!r} row {row}: {error}") from error
             ids.append(out["input_ids"]), labels.append(out["labels"])
             status.append(_NO_RESPONSE if out["num_response_tokens"] == 0 else
                           _TRUNCATED if out["truncated"] else _OK)

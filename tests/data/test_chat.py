@@ -263,3 +263,13 @@ def test_tokenized_columns_have_a_stable_fingerprint(random_hash_records):
     first, second = tokenize_messages(ds, tok), tokenize_messages(ds, tok)
     assert first._fingerprint == second._fingerprint and not random_hash_records
     assert tokenize_messages(ds, tok, max_length=3)._fingerprint != first._fingerprint
+
+
+def test_a_template_that_raises_is_reported_with_the_row():
+    template = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+                "{{ m['content'] }}{% endfor %}")
+    tok = word_tokenizer(template)
+    ds = Dataset.from_dict({"messages": [[U, A], [{"role": "system", "content": "hi"}, U, A]]})
+    with pytest.raises(ValueError, match="column 'messages' row 1: the chat template .* refused the conversation: "
+                                         ".*no system role"):
+        tokenize_messages(ds, tok)
