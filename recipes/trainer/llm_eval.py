@@ -12,7 +12,7 @@ fixed few-shot prompts) and enter as earlier turns of one conversation: the row'
 each shot's user/assistant turns (shots' own system turns dropped), then the row's turns. That conversation
 is rendered by `hp.data.render_messages` with ``add_generation_prompt=True``, the function training renders
 with: the tokenizer's chat template (``template="chat"``) or the plain Tulu format (``template="plain"``,
-``<|user|>\n...\n<|assistant|>\n``), so training and evaluation see the same text, and it is tokenised with
+``<|user|>\\n...\\n<|assistant|>\\n``), so training and evaluation see the same text, and it is tokenised with
 training's special tokens (none added to chat-templated text, the tokenizer's default, e.g. a Llama BOS, to
 plain text; `encode_text`). Keep ``shots`` disjoint from the evaluated rows; nothing here removes overlaps.
 
@@ -22,9 +22,10 @@ to the front of the continuation, ``prompt + choice`` is tokenised whole and spl
 tokenised prompt (so a token merged across the boundary counts as prompt, exactly as lm-eval scores it);
 only when that leaves no continuation token is the split moved back to the longest common prefix of the two
 tokenisations. The answer follows the generation prompt directly (no separator), as in training.
-``multiple_choice_acc`` is the share of rows
-whose highest sum is the gold choice, ``multiple_choice_acc_norm`` the same with each sum divided by the
-choice's length in characters (lm-eval's ``acc_norm``). Ties go to the lower choice position.
+``multiple_choice_acc`` is the share of rows whose highest sum is the gold choice,
+``multiple_choice_acc_norm`` the same with each sum divided by the choice's length in characters
+(lm-eval's ``acc_norm``). Ties go to the lower choice position. The choices of a row share one forward
+pass of the prompt (its KV cache), a pass per row instead of one per choice (`choice_loglikelihoods`).
 
 Exact match (every row). Greedy decoding, batched with left padding, stops at an end-of-sequence token or
 at the first newline after the first non-blank character, or after ``max_new_tokens``. The generated text is

@@ -339,3 +339,25 @@ def test_lora_model_shared_context_equals_full_sequences(tok):
     shared, _ = choice_loglikelihoods(model.eval(), tok, requests, template="chat", share_context=True)
     full, _ = choice_loglikelihoods(model, tok, requests, template="chat", share_context=False)
     np.testing.assert_allclose(shared, full, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_smollm2_native_equals_lm_eval_and_knows_easy_facts():
+    pytest.importorskip("lm_eval")
+    from recipes.trainer.llm import load_causal_lm
+
+    model, tokenizer = load_causal_lm("smollm2")
+    data = rows(("facts", "What is the capital of France? Answer with one word.", "Paris",
+                 ["London", "Paris", "Berlin"]),
+                ("facts", "How many legs does a spider have? Answer with a number.", "8", ["6", "8", "10"]),
+                ("yes_no", "Is the sun hot? Answer yes or no.", "Yes", ["Yes", "No"]))
+    kwargs = {"template": "chat", "max_new_tokens": 4, "batch_size": 4, "return_predictions": True,
+              "progress": False, "max_length": 256}
+    native = evaluate_tasks(model, tokenizer, data, **kwargs)
+    harness = evaluate_tasks(model, tokenizer, data, backend="lm_eval", **kwargs)
+    assert native["tasks"]["facts"]["multiple_choice_acc"] == 1.0
+    for ours, theirs in zip(native["predictions"], harness["predictions"]):
+        np.testing.assert_allclose(ours["choice_loglikelihoods"], theirs["choice_loglikelihoods"], atol=1e-3)
+        assert ours["generation"] == theirs["generation"]
+    for task in ("facts", "yes_no"):
+        assert native["tasks"][task]["multiple_choice_acc"] == harness["tasks"][task]["multiple_choice_acc"]
