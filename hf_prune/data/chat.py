@@ -118,9 +118,12 @@ def _apply(tokenizer, messages, add_generation_prompt: bool) -> str:
                          f"{type(error).__name__}: {error}") from error
 
 
-def _render_chat(tokenizer, messages, add_generation_prompt: bool, train_on: str, limit: int | None = None):
-    """Text and response spans; turns starting at or after the character ``limit`` are not rendered."""
-    text = _apply(tokenizer, messages, add_generation_prompt)
+def _render_chat(tokenizer, messages, add_generation_prompt: bool, train_on: str, limit: int | None = None,
+                 text: str | None = None):
+    """Text (``text`` when already rendered) and response spans; turns starting at or after the character
+    ``limit`` are not rendered."""
+    if text is None:
+        text = _apply(tokenizer, messages, add_generation_prompt)
     spans = []
     for turn in _loss_turns(messages, train_on):
         before = _apply(tokenizer, messages[:turn], True)
@@ -271,7 +274,7 @@ def _encode(tokenizer, messages, template, max_length, train_on, add_generation_
         limit = None
         if max_length is not None and offsets is not None and len(ids) > max_length:
             limit = int(offsets[: max_length, 1].max(initial=0))
-        _, spans = _render_chat(tokenizer, messages, add_generation_prompt, train_on, limit)
+        _, spans = _render_chat(tokenizer, messages, add_generation_prompt, train_on, limit, text)
     if offsets is not None:
         mask = _mask_from_offsets(offsets, spans)
     else:
