@@ -204,12 +204,27 @@ def _load_saved(path: str, split: str, what: str) -> Dataset:
     return loaded
 
 
+_POOLS: dict[str, tuple[Dataset, Dataset | None, Dataset | None]] = {}
+
+
 def load_pool(cfg: DataConfig) -> tuple[Dataset, Dataset | None, Dataset | None]:
     """The training split and, when there are any, the evaluation rows and the few-shot rows.
+
+    Loaded once per process for the same options (``--dataset offline`` reads ShareGPT and BIG-bench,
+    about a minute here), so several ``--seeds`` share it; Datasets are immutable, so sharing is safe.
 
     Example:
         >>> train, eval_rows, shots = load_pool(DataConfig(train_path="pools/instr", eval_path="pools/instr"))
     """
+    key = json.dumps([cfg.dataset, cfg.train_path, cfg.train_split, cfg.pool_kwargs, cfg.eval_path, cfg.eval_split,
+                      cfg.shots_path, cfg.shots_split, cfg.max_train_samples, cfg.max_eval_samples])
+    if key not in _POOLS:
+        _POOLS.clear()  # one pool at a time: a long-lived process switching pools does not pile them up
+        _POOLS[key] = _load_pool(cfg)
+    return _POOLS[key]
+
+
+def _load_pool(cfg: DataConfig) -> tuple[Dataset, Dataset | None, Dataset | None]:
     given = [x for x in (cfg.train_path, cfg.dataset) if x]
     if len(given) != 1:
         raise ValueError("pass exactly one of --train_path (a saved dataset) and --dataset (offline or a Hub id)")

@@ -319,3 +319,24 @@ def test_two_processes_warm_up_like_one(data_dir, tmp_path):
         for name, moments in a.optimizer_state.items():
             torch.testing.assert_close(b.optimizer_state[name]["exp_avg"], moments["exp_avg"], rtol=1e-4, atol=1e-7)
             torch.testing.assert_close(b.optimizer_state[name]["exp_avg_sq"], moments["exp_avg_sq"], rtol=1e-4, atol=1e-10)
+
+
+@pytest.mark.slow  # reads ShareGPT and the BIG-bench sdist: ~1.5 min
+def test_offline_pool_trains_and_scores_the_target_tasks(tmp_path):
+    from hf_prune.data.bigbench import bigbench_path
+
+    try:
+        bigbench_path()
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    pool = {"pool_size": 40, "target_tasks": ["logical_deduction"], "validation_per_task": 2, "test_per_task": 6,
+            "source_examples_per_task": 2}
+    summary = main(["--dataset", "offline", "--pool_kwargs", json.dumps(pool), "--model", "tiny", "--vocab_size", "300",
+                    "--tiny_hidden_size", "32", "--max_length", "128", "--batch_size", "8", "--epochs", "1",
+                    "--max_new_tokens", "4", "--few_shot", "1", "--cpu", "--no_checkpointing", "--seeds", "0", "1",
+                    "--output_dir", str(tmp_path / "offline")])
+    assert summary["full_train_size"] == 40 and summary["average"]["n"] == 2
+    metrics = read(tmp_path / "offline" / "seed_0" / "metrics.json")
+    assert list(metrics["tasks"]) and all(task.startswith("logical_deduction") for task in metrics["tasks"])
+    # logical_deduction's subtasks are the target tasks, 6 test rows each.
+    assert all(entry["n"] == 6 for entry in metrics["evaluation"]["tasks"].values())
