@@ -1,4 +1,5 @@
 import copy
+import json
 import os
 import socket
 from dataclasses import dataclass, field
@@ -230,3 +231,33 @@ def test_shard_bounds_cover_every_row_once():
 def test_response_token_counts():
     ds = Dataset.from_dict({"labels": [[-100, 5, 6], [-100, -100, 1, 2, 3]]})
     assert lf.response_token_counts(ds).tolist() == [2, 3]
+
+
+def test_cli_on_the_recipes_warmup_checkpoints(tmp_path):
+    """The recipe's LESS warm-up → ``python -m recipes.less_features`` → scored pool, subset and timings."""
+    from datasets import load_from_disk
+
+    from recipes import instruction_tuning
+    from tests.recipes.test_reproduce_instruction_tuning import synthetic_pool
+
+    pool = synthetic_pool()
+    pool["train"] = pool["train"].select(range(80))
+    pool.save_to_disk(str(tmp_path / "pool"))
+    instruction_tuning.main(["--model", "tiny", "--vocab_size", "300", "--tiny_hidden_size", "16", "--lora_r", "2",
+                             "--max_length", "48", "--train_path", str(tmp_path / "pool"), "--warmup_fraction", "0.2",
+                             "--warmup_epochs", "2", "--seeds", "0", "--checkpointing", "false", "--cpu",
+                             "--output_dir", str(tmp_path / "warmup")])
+    report = lf.main(["--warmup_dir", str(tmp_path / "warmup" / "seed_0"), "--train_path", str(tmp_path / "pool"),
+                      "--validation_path", str(tmp_path / "pool"), "--output_dir", str(tmp_path / "less"),
+                      "--dim", "32", "--vectorize", "false", "--cpu",
+                      "--selector", "top_k:fraction=0.1,score_column=less"])
+    assert report["gradient_columns"] == ["grad_1", "grad_2"] and report["rows"] == 80
+    assert report["settings"]["max_length"] == 48 and report["settings"]["template"] == "chat"  # from warmup.json
+    assert report["tokenize_stats"]["pool"]["kept"] == 80 and report["timings"]["selection_s"] >= 0
+    scored = load_from_disk(str(tmp_path / "less" / "scored_pool"))
+    assert {"row_id", "less", "grad", "grad_1", "grad_2"} <= set(scored.column_names)
+    subset = load_from_disk(str(tmp_path / "less" / "subset"))
+    less = np.array(scored["less"])
+    assert sorted(subset["row_id"]) == sorted(np.argsort(-less, kind="stable")[:8].tolist())
+    saved = json.loads((tmp_path / "less" / "less_features.json").read_text())
+    assert saved["checkpoint_weights"] == pytest.approx(report["checkpoint_weights"]) and saved["metadata"]["git_sha"]
