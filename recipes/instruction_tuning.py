@@ -87,7 +87,8 @@ Evaluation. With ``--eval_path`` (a saved Dataset, or the ``--eval_split`` of a 
 ``--dataset offline`` the pool's test split by default), after training the model is scored by
 `recipes.trainer.llm_eval.evaluate_tasks` (exact match of greedy generations; multiple-choice
 log-likelihood for rows with ``choices``; ``--few_shot k`` solved examples from ``--shots_path`` or the
-pool's validation split). ``--epochs 0`` evaluates the untuned model. Evaluation runs on the main process.
+pool's validation split). ``--epochs 0`` evaluates the untuned model. Evaluation runs on the main process
+(the others wait for it, up to ``--distributed_timeout_s``).
 
 Outputs: ``config.json`` (configs, argv, git SHA, versions), per seed ``seed_<s>/metrics.json``
 (per-task accuracy and the average, tokenisation counts, timing, history), ``seed_<s>/checkpoints/epoch_<k>``
@@ -102,6 +103,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +111,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, PartialState
-from accelerate.utils import set_seed
+from accelerate.utils import InitProcessGroupKwargs, set_seed
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from transformers import HfArgumentParser
 
@@ -190,6 +192,9 @@ class TrainConfig(RunOptions):
     save_model: bool = field(default=True, metadata={"help": "Save the final adapter to seed_<s>/adapter."})
     model_cache_dir: str | None = field(default=None, metadata={"help": "smollm2: folder of the converted GGUF model."})
     model_dtype: str = field(default="float32", metadata={"help": "Weights of a loaded model: float32 or bfloat16 (GPU)."})
+    distributed_timeout_s: int = field(
+        default=4 * 3600, metadata={"help": "How long processes wait at a barrier (the others wait out the evaluation)."}
+    )
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -552,6 +557,7 @@ def train_run(config: RunConfig) -> dict[str, Any]:
     accelerator = Accelerator(
         cpu=cfg.cpu, step_scheduler_with_optimizer=False, mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.distributed_timeout_s))],
     )
     set_seed(config.seed)
     train, eval_rows, shots = load_pool(data_cfg)
@@ -721,7 +727,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise ValueError("a checkpoint path resumes one run; use --resume_from_checkpoint latest with several seeds")
     _check_options(train_cfg, data_cfg)
     out = Path(train_cfg.output_dir)
-    state = PartialState(cpu=train_cfg.cpu)
+    # The evaluation runs on the main process while the others wait at a barrier: allow it the time.
+    state = PartialState(cpu=train_cfg.cpu, timeout=timedelta(seconds=train_cfg.distributed_timeout_s))
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", run_metadata({"data": data_cfg, "train": train_cfg}, argv))
