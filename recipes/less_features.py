@@ -157,7 +157,15 @@ def tokenized(dataset: Dataset, tokenizer=None, *, template: str = "chat", max_l
     if "row_id" not in dataset.column_names:
         dataset = dataset.add_column("row_id", np.arange(len(dataset), dtype=np.int64))
     if "input_ids" in dataset.column_names and "labels" in dataset.column_names:
-        return dataset, {"rows": len(dataset), "kept": len(dataset), "pretokenized": True}
+        # The rule of tokenize_messages for rows given as tokens: a row without a predicted response token
+        # (every label after the first is -100) has no loss and no gradient; it is dropped and counted.
+        keep = np.flatnonzero(response_token_counts(dataset, skip_first=True) > 0)
+        out = dataset if len(keep) == len(dataset) else dataset.select(keep)
+        stats = {"rows": len(dataset), "kept": len(out), "pretokenized": True,
+                 "dropped": {"no response token": len(dataset) - len(out)} if len(out) < len(dataset) else {}}
+        if len(out) == 0:
+            raise ValueError(f"no row of the {name} has a response token (every label is -100)")
+        return out, stats
     if tokenizer is None:
         raise ValueError(f"the {name} has no input_ids/labels columns: pass a tokenizer (or tokenise it first)")
     check_columns(dataset, "messages")
@@ -334,10 +342,13 @@ def less_features(
     state = _process_state(state, cpu=False)
     pool, pool_stats = tokenized(pool, tokenizer, template=template, max_length=max_length, name="pool",
                                  on_invalid="skip")
+    before_tasks = validation[task_column]
     validation, val_stats = tokenized(validation, tokenizer, template=template, max_length=max_length,
                                       name="validation set")
-    if len(validation) == 0:
-        raise ValueError("no validation row kept a response token")
+    lost = sorted(set(before_tasks) - set(validation[task_column]))
+    if lost:
+        raise ValueError(f"target task(s) {lost} have no validation row with a response token left after "
+                         f"truncation to max_length={max_length}: raise max_length or give shorter validation rows")
     pool = file_backed(pool, cache_dir, "pool")
     validation = file_backed(validation, cache_dir, "validation")
     columns = [f"{gradient_prefix}{c.epoch}" for c in checkpoints]
@@ -383,8 +394,10 @@ def _lengths(ds: Dataset) -> np.ndarray:
     return np.diff(np.asarray(column_array(ds, "input_ids").offsets))
 
 
-def response_token_counts(ds: Dataset) -> np.ndarray:
+def response_token_counts(ds: Dataset, *, skip_first: bool = False) -> np.ndarray:
     """Response tokens per row (labels ≠ -100), e.g. to report what the gradients were taken over.
+
+    ``skip_first=True`` ignores each row's first label (position 0 is never predicted).
 
     Example:
         >>> response_token_counts(Dataset.from_dict({"labels": [[-100, 5, 6]]})).tolist()
@@ -396,7 +409,10 @@ def response_token_counts(ds: Dataset) -> np.ndarray:
 
     labels = column_array(ds, "labels")
     flat = np.asarray(pc.list_flatten(labels)) != IGNORE_INDEX
-    rows = np.repeat(np.arange(len(ds)), np.diff(np.asarray(labels.offsets)))
+    offsets = np.asarray(labels.offsets)
+    rows = np.repeat(np.arange(len(ds)), np.diff(offsets))
+    if skip_first:
+        flat[offsets[:-1][np.diff(offsets) > 0] - offsets[0]] = False
     return np.bincount(rows[flat], minlength=len(ds))
 
 

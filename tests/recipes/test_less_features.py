@@ -209,9 +209,14 @@ def test_bad_input_is_named(chain, tmp_path):
         lf.less_features(pool, validation, bad, dim=16)
     with pytest.raises(ValueError, match="tokenizer"):
         lf.less_features(pool.remove_columns("labels"), validation, checkpoints, dim=16)
-    with pytest.raises(ValueError, match="no response token"):
+    with pytest.raises(ValueError, match="no row of the pool has a response token"):
         masked = pool.map(lambda r: {"labels": [-100] * len(r["labels"])})
         lf.less_features(masked, validation, checkpoints, dim=16)
+
+    two_tasks = Dataset.from_dict({"input_ids": [[1, 2, 3]] * 2, "labels": [[-100, 2, 3], [-100, -100, -100]],
+                                   "task": ["kept", "lost"]})
+    with pytest.raises(ValueError, match=r"\['lost'\] have no validation row"):
+        lf.less_features(pool, two_tasks, checkpoints, dim=16)
 
     class TwoProcesses:
         num_processes, process_index, device = 2, 0, torch.device("cpu")
@@ -229,8 +234,10 @@ def test_shard_bounds_cover_every_row_once():
 
 
 def test_response_token_counts():
-    ds = Dataset.from_dict({"labels": [[-100, 5, 6], [-100, -100, 1, 2, 3]]})
-    assert lf.response_token_counts(ds).tolist() == [2, 3]
+    ds = Dataset.from_dict({"labels": [[-100, 5, 6], [-100, -100, 1, 2, 3], [7, -100], []]})
+    assert lf.response_token_counts(ds).tolist() == [2, 3, 1, 0]
+    assert lf.response_token_counts(ds, skip_first=True).tolist() == [2, 3, 0, 0]
+    assert lf.response_token_counts(ds.select([1, 2]), skip_first=True).tolist() == [3, 0]  # a view keeps offsets
 
 
 def test_cli_on_the_recipes_warmup_checkpoints(tmp_path):
@@ -261,3 +268,31 @@ def test_cli_on_the_recipes_warmup_checkpoints(tmp_path):
     assert sorted(subset["row_id"]) == sorted(np.argsort(-less, kind="stable")[:8].tolist())
     saved = json.loads((tmp_path / "less" / "less_features.json").read_text())
     assert saved["checkpoint_weights"] == pytest.approx(report["checkpoint_weights"]) and saved["metadata"]["git_sha"]
+
+
+@pytest.mark.slow
+def test_smollm2_on_real_sharegpt_rows_ranks_the_duplicated_row_first():
+    """SmolLM2-135M-Instruct with LoRA, a few real ShareGPT conversations, one validation copy of row 3."""
+    from recipes.trainer.llm import LoRASettings, apply_lora, load_causal_lm
+
+    torch.set_num_threads(2)
+    model, tokenizer = load_causal_lm("smollm2")
+    model = apply_lora(model, LoRASettings(r=4, alpha=8, target_modules=("q_proj", "v_proj")))
+    rows = hp.data.load_sharegpt(limit=40)
+    pool, _ = lf.tokenized(rows, tokenizer, max_length=64, on_invalid="skip")
+    pool = pool.select(range(10))
+    validation = pool.select([3]).map(lambda r: {"task": "target"})
+    names = lora_parameter_names(model)
+    params = dict(model.named_parameters())
+    optimizer = torch.optim.AdamW([params[n] for n in names], lr=1e-4)
+    model.train()
+    for ids, labels in zip(pool["input_ids"], pool["labels"]):  # one warm-up epoch, batch size 1
+        loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    state = {n: dict(optimizer.state[params[n]]) for n in names}
+    checkpoint = Checkpoint(epoch=1, mean_lr=1e-4, model=model.eval(), optimizer_state=state)
+    out = lf.less_features(pool, validation, [checkpoint], dim=512, vectorize=False, batch_size=4)
+    less = np.array(out.pool["less"])
+    assert int(np.argmax(less)) == 3 and less[3] > np.sort(less)[-2]
