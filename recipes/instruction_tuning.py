@@ -38,7 +38,8 @@ trained on the pool's text, both saved with the run; for tests and smoke runs), 
 listing its linear modules). Only the adapter is trained and saved (``seed_<s>/adapter``).
 
 Data. ``--train_path`` is a saved `Dataset` or `DatasetDict` (split ``--train_split``) in the instruction
-schema of `hf_prune.data` (``messages``/``source``/``task``), ``--dataset offline`` builds the pool with
+schema of `hf_prune.data` (``messages``/``source``/``task``; ``--dataset_format alpaca|flan|oasst`` converts
+Alpaca/Dolly, FLAN and OASST rows first, `convert_rows`), ``--dataset offline`` builds the pool with
 `hf_prune.data.build_instruction_pool` (``--pool_kwargs`` JSON passes its options), any other
 ``--dataset`` is a Hub id in that schema. A dataset that already holds ``input_ids``/``labels`` (and no
 ``messages``) is used as tokenised. The training rows are the whole split or a subset of it, taken
@@ -155,6 +156,9 @@ class DataConfig:
     warmup_fraction: float | None = field(default=None, metadata={"help": "LESS warm-up: train on this random fraction (0.05)."})
     warmup_epochs: int = field(default=4, metadata={"help": "LESS warm-up: epochs (one checkpoint each)."})
     on_invalid: str = field(default="raise", metadata={"help": "Invalid conversations: raise, or skip (dropped and counted)."})
+    dataset_format: str = field(
+        default="messages", metadata={"help": "Training rows: messages (the schema), alpaca (also Dolly), flan or oasst."}
+    )
 
 
 @dataclass
@@ -222,7 +226,8 @@ def load_pool(cfg: DataConfig) -> tuple[Dataset, Dataset | None, Dataset | None]
         >>> train, eval_rows, shots = load_pool(DataConfig(train_path="pools/instr", eval_path="pools/instr"))
     """
     key = json.dumps([cfg.dataset, cfg.train_path, cfg.train_split, cfg.pool_kwargs, cfg.eval_path, cfg.eval_split,
-                      cfg.shots_path, cfg.shots_split, cfg.max_train_samples, cfg.max_eval_samples])
+                      cfg.shots_path, cfg.shots_split, cfg.max_train_samples, cfg.max_eval_samples, cfg.dataset_format,
+                      cfg.on_invalid])
     if key not in _POOLS:
         _POOLS.clear()  # one pool at a time: a long-lived process switching pools does not pile them up
         _POOLS[key] = _load_pool(cfg)
@@ -247,6 +252,10 @@ def _load_pool(cfg: DataConfig) -> tuple[Dataset, Dataset | None, Dataset | None
     else:
         loaded = load_dataset(cfg.dataset)
         train = loaded[cfg.train_split] if isinstance(loaded, DatasetDict) else loaded
+    train = convert_rows(train, cfg.dataset_format, on_invalid=cfg.on_invalid)
+    if "messages" not in train.column_names and not _is_tokenized(train):
+        raise KeyError(f"the training rows have neither a 'messages' column nor 'input_ids'/'labels'; they have "
+                       f"{train.column_names} (--dataset_format alpaca, flan or oasst converts those formats)")
     if cfg.eval_path:
         eval_rows = _load_saved(cfg.eval_path, cfg.eval_split, "--eval_path")
     if cfg.shots_path:
@@ -258,6 +267,30 @@ def _load_pool(cfg: DataConfig) -> tuple[Dataset, Dataset | None, Dataset | None
     if len(train) == 0:
         raise ValueError("the training split is empty")
     return train, eval_rows, shots
+
+
+FORMATS = ("messages", "alpaca", "flan", "oasst")
+
+
+def convert_rows(ds: Dataset, dataset_format: str, *, on_invalid: str = "raise") -> Dataset:
+    """Training rows in the instruction schema: ``messages`` rows as they are, Hub formats converted.
+
+    ``alpaca`` (Alpaca ``instruction``/``input``/``output`` or Dolly ``instruction``/``context``/``response``),
+    ``flan`` (``inputs``/``targets``) and ``oasst`` (OASST message trees, best-ranked paths) go through
+    `hf_prune.data.from_alpaca`/``from_flan``/``from_oasst``. Conversion happens before any subset is
+    taken, so a subset's ``row_id`` values are positions in the converted pool.
+
+    Example:
+        >>> pool = convert_rows(load_dataset("databricks/databricks-dolly-15k")["train"], "alpaca")
+    """
+    if dataset_format not in FORMATS:
+        raise ValueError(f"--dataset_format must be one of {FORMATS}, got {dataset_format!r}")
+    if dataset_format == "messages":
+        return ds
+    if dataset_format == "oasst":
+        return hp.data.from_oasst(ds)
+    convert = hp.data.from_alpaca if dataset_format == "alpaca" else hp.data.from_flan
+    return convert(ds, on_invalid=on_invalid)
 
 
 def _is_tokenized(ds: Dataset) -> bool:

@@ -340,3 +340,18 @@ def test_offline_pool_trains_and_scores_the_target_tasks(tmp_path):
     assert list(metrics["tasks"]) and all(task.startswith("logical_deduction") for task in metrics["tasks"])
     # logical_deduction's subtasks are the target tasks, 6 test rows each.
     assert all(entry["n"] == 6 for entry in metrics["evaluation"]["tasks"].values())
+
+
+def test_alpaca_rows_are_converted_before_training(data_dir, tmp_path):
+    rows = {"instruction": [f"Which comes first, {a} or {b}?" for a, b in zip(WORDS, WORDS[::-1])],
+            "input": ["", "Think.", "", "", "", "", "", ""], "output": [min(a, b) for a, b in zip(WORDS, WORDS[::-1])]}
+    Dataset.from_dict(rows).save_to_disk(str(tmp_path / "alpaca"))
+    common = _base(data_dir) + ["--train_path", str(tmp_path / "alpaca"), "--epochs", "1", "--no_checkpointing",
+                                "--no_save_model"]
+    main(common + ["--dataset_format", "alpaca", "--selector", "random:fraction=0.5", "--output_dir", str(tmp_path / "a")])
+    metrics = read(tmp_path / "a" / "seed_0" / "metrics.json")
+    assert metrics["full_train_size"] == 8 and metrics["train_rows"] == 4 and metrics["tokenization"]["kept"] == 4
+    with pytest.raises(KeyError, match="messages"):
+        main(common + ["--output_dir", str(tmp_path / "b")])  # Alpaca columns read as the schema: no 'messages'
+    with pytest.raises(ValueError, match="--dataset_format must be one of"):
+        main(common + ["--dataset_format", "sharegpt", "--output_dir", str(tmp_path / "c")])
