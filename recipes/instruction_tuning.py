@@ -137,6 +137,8 @@ TOKEN_COLUMNS = ("input_ids", "labels")
 
 @dataclass
 class DataConfig:
+    """Where the training, evaluation and few-shot rows come from, which of them to train on, the LESS warm-up."""
+
     dataset: str | None = field(default=None, metadata={"help": "'offline' (build_instruction_pool) or a Hub id in the schema."})
     train_path: str | None = field(default=None, metadata={"help": "Saved Dataset/DatasetDict of training conversations."})
     train_split: str = field(default="train", metadata={"help": "Training split of a DatasetDict."})
@@ -163,6 +165,8 @@ class DataConfig:
 
 @dataclass
 class TrainConfig(RunOptions):
+    """Model, tokenisation, LoRA, optimisation and evaluation options (GPU values in instruction_less_gpu.yaml)."""
+
     output_dir: str = field(default="runs/instruction_tuning", metadata={"help": "Where checkpoints, adapters and metrics go."})
     model: str = field(default="tiny", metadata={"help": "tiny, smollm2, or an AutoModelForCausalLM Hub id / local path."})
     tokenizer: str | None = field(default=None, metadata={"help": "AutoTokenizer id/path (default: the model's, or trained)."})
@@ -382,7 +386,12 @@ def pack_examples(input_ids: list[list[int]], labels: list[list[int]], max_lengt
 
 
 class TokenRows(torch.utils.data.Dataset):
-    """Token rows (``input_ids``, ``labels`` and, when packed, ``position_ids``) for the DataLoader."""
+    """Token rows (``input_ids``, ``labels`` and, when packed, ``position_ids``) for the DataLoader.
+
+    Example:
+        >>> rows = TokenRows([{"input_ids": [5, 6], "labels": [-100, 6]}])
+        >>> loader = torch.utils.data.DataLoader(rows, batch_size=8, collate_fn=PadCollate(pad_id=0))
+    """
 
     def __init__(self, rows: list[dict[str, list[int]]]):
         self.rows = rows
@@ -396,7 +405,13 @@ class TokenRows(torch.utils.data.Dataset):
 
 class PadCollate:
     """Right-pads a batch: ``input_ids`` with ``pad_id``, ``labels`` with -100; an ``attention_mask`` for
-    unpacked rows, restarting ``position_ids`` (and no mask) for packed ones."""
+    unpacked rows, restarting ``position_ids`` (and no mask) for packed ones.
+
+    Example:
+        >>> batch = PadCollate(0)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}])
+        >>> batch["attention_mask"].tolist(), batch["labels"][1].tolist()
+        ([[1, 1, 1], [1, 0, 0]], [8, -100, -100])
+    """
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id

@@ -51,7 +51,11 @@ TINY_SIZES = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2
 
 @dataclass
 class LoRASettings:
-    """A peft `LoraConfig`'s fields the recipe exposes (rank, scale, dropout, which linear layers)."""
+    """A peft `LoraConfig`'s fields the recipe exposes (rank, scale, dropout, which linear layers).
+
+    Example:
+        >>> settings = LoRASettings(r=64, alpha=512, dropout=0.1)   # LESS's alpha and dropout at App. A.3's rank
+    """
 
     r: int = 8
     alpha: float = 16.0

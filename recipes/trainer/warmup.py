@@ -143,7 +143,13 @@ class WarmupCheckpoint:
     paths) and the model, built on first use of ``.model`` or by `load_model`.
 
     Pass `embedder_kwargs` (moments *and* Adam's betas/eps/step) to the gradient embedder: the moments
-    alone would leave it on its default betas."""
+    alone would leave it on its default betas.
+
+    Example:
+        >>> for ckpt in load_warmup("runs/warmup/seed_0"):
+        ...     embedder = hp.embed.LoRAGradientEmbedder(ckpt.model, dim=8192, **ckpt.embedder_kwargs())
+        ...     weight = ckpt.mean_lr
+    """
 
     path: Path
     epoch: int
