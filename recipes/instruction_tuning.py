@@ -493,30 +493,32 @@ def linear_schedule(total_steps: int, warmup_steps: int):
 
 
 class EpochLR:
-    """The mean learning rate of each epoch's optimizer updates (the weight of a LESS checkpoint).
+    """The mean learning rate and the number of each epoch's optimizer updates (the weight of a LESS checkpoint).
 
     Registered for checkpointing: a checkpoint is written at an epoch's end, before `end_epoch`, so its
     state counts the epoch being saved and a resumed run reports the same means.
 
     Example:
-        >>> lrs = EpochLR(); lrs.values += [1.0, 0.5]; lrs.end_epoch(); lrs.means
-        [0.75]
+        >>> lrs = EpochLR(); lrs.values += [1.0, 0.5]; lrs.end_epoch(); lrs.means, lrs.updates
+        ([0.75], [2])
     """
 
     def __init__(self):
         self.means: list[float] = []
+        self.updates: list[int] = []
         self.values: list[float] = []
 
     def end_epoch(self) -> None:
         self.means.append(float(np.mean(self.values)) if self.values else 0.0)
+        self.updates.append(len(self.values))
         self.values = []
 
     def state_dict(self):
         current = [float(np.mean(self.values))] if self.values else []
-        return {"means": self.means + current}
+        return {"means": self.means + current, "updates": self.updates + ([len(self.values)] if self.values else [])}
 
     def load_state_dict(self, state):
-        self.means, self.values = list(state["means"]), []
+        self.means, self.updates, self.values = list(state["means"]), list(state["updates"]), []
 
 
 # ------------------------------------------------------------------------------------- one training run
@@ -675,6 +677,24 @@ def train_run(config: RunConfig) -> dict[str, Any]:
         return StepOutput(loss, torch.stack([1 - right, right], 1), torch.ones_like(targets))
 
     warmup_dir = out / "warmup"
+
+    def save_warmup(epoch: int) -> None:  # the model and optimizer as they are at the end of ``epoch``
+        save_warmup_checkpoint(
+            warmup_dir / f"epoch_{epoch}", unwrapped, optimizer, epoch=epoch, mean_lr=epoch_lr.means[epoch - 1],
+            base_model=base, tokenizer_dir=out / "tokenizer", lora=lora, max_length=cfg.max_length, template=cfg.template,
+            extra={"train_on": cfg.train_on, "warmup_fraction": data_cfg.warmup_fraction, "seed": config.seed,
+                   "warmup_rows": len(positions), "updates_in_epoch": epoch_lr.updates[epoch - 1]},
+        )
+
+    if warmup and state.epoch > 0 and accelerator.is_main_process:
+        # A kill between the epoch's accelerator checkpoint and its warm-up checkpoint: the resumed state
+        # is exactly the end of that epoch, so its warm-up checkpoint is written now.
+        if not (warmup_dir / f"epoch_{state.epoch}").is_dir():
+            save_warmup(state.epoch)
+        lost = [e for e in range(1, state.epoch) if not (warmup_dir / f"epoch_{e}").is_dir()]
+        if lost:
+            accelerator.print(f"warning: warm-up checkpoint(s) of epoch(s) {lost} are missing from {warmup_dir} and "
+                              "cannot be rebuilt from a later state; rerun the warm-up from scratch to have them")
     start = time.perf_counter()
     for epoch in range(state.epoch, num_epochs):
         train_epochs(
@@ -684,16 +704,9 @@ def train_run(config: RunConfig) -> dict[str, Any]:
         )
         if state.epoch != epoch + 1:
             break  # the step budget ended the run inside this epoch
-        updates = len(epoch_lr.values)
         epoch_lr.end_epoch()
         if warmup and accelerator.is_main_process:
-            save_warmup_checkpoint(
-                warmup_dir / f"epoch_{epoch + 1}", unwrapped, optimizer, epoch=epoch + 1, mean_lr=epoch_lr.means[-1],
-                base_model=base, tokenizer_dir=out / "tokenizer", lora=lora, max_length=cfg.max_length,
-                template=cfg.template,
-                extra={"train_on": cfg.train_on, "warmup_fraction": data_cfg.warmup_fraction, "seed": config.seed,
-                       "warmup_rows": len(positions), "updates_in_epoch": updates},
-            )
+            save_warmup(epoch + 1)
         accelerator.wait_for_everyone()
     loop_time = time.perf_counter() - start
 

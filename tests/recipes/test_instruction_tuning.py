@@ -355,3 +355,19 @@ def test_alpaca_rows_are_converted_before_training(data_dir, tmp_path):
         main(common + ["--output_dir", str(tmp_path / "b")])  # Alpaca columns read as the schema: no 'messages'
     with pytest.raises(ValueError, match="--dataset_format must be one of"):
         main(common + ["--dataset_format", "sharegpt", "--output_dir", str(tmp_path / "c")])
+
+
+def test_resumed_warmup_rebuilds_the_checkpoint_a_kill_lost(data_dir, tmp_path):
+    args = _base(data_dir) + ["--warmup_fraction", "0.5", "--warmup_epochs", "2"]
+    main(args + ["--output_dir", str(tmp_path / "full")])
+    # Killed after epoch 1's accelerator checkpoint, before its warm-up checkpoint was written.
+    resumed = tmp_path / "resumed" / "seed_0"
+    shutil.copytree(tmp_path / "full" / "seed_0" / "checkpoints" / "epoch_1", resumed / "checkpoints" / "epoch_1")
+    main(args + ["--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", "latest"])
+    full, again = load_warmup(tmp_path / "full" / "seed_0"), load_warmup(resumed)
+    assert [c.epoch for c in again] == [1, 2]
+    for a, b in zip(full, again):
+        assert (a.mean_lr, a.info["step"], a.info["updates_in_epoch"]) == (b.mean_lr, b.info["step"], b.info["updates_in_epoch"])
+        for name, moments in a.optimizer_state.items():
+            assert torch.equal(moments["exp_avg"], b.optimizer_state[name]["exp_avg"]), name
+            assert torch.equal(moments["exp_avg_sq"], b.optimizer_state[name]["exp_avg_sq"]), name
