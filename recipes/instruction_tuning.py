@@ -56,7 +56,10 @@ means. With several processes each one's loss is reweighted by its share of the 
 (`global_token_mean`), so the update is that of the token-mean over the global batch, as on one process.
 With ``--gradient_accumulation_steps k`` accelerate averages the k batch losses: each batch of a window
 weighs equally whatever its token count. The logged ``train_loss`` is the main process's token-weighted
-mean and ``train_accuracy`` its next-token accuracy on response tokens.
+mean and ``train_accuracy`` its next-token accuracy on response tokens. Models whose forward takes
+``logits_to_keep`` (transformers' causal LMs) are asked for the logits of the positions that predict a
+response token only (`predicting_positions`), which skips the vocabulary projection on prompts and
+padding (same loss and gradients, tested).
 
 Bad input. A conversation without an assistant turn, with an empty assistant turn or an unknown role is
 an error naming the row (``--on_invalid skip`` drops and counts it instead); ``--template chat`` with a
@@ -434,26 +437,52 @@ class PadCollate:
         return {"input_ids": ids, "labels": labels, ("position_ids" if packed else "attention_mask"): extra}
 
 
-def response_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def predicting_positions(labels: torch.Tensor) -> torch.Tensor:
+    """The sequence positions whose next token is a response token in at least one row of the batch.
+
+    Only these positions' logits enter the loss, so the model is asked for them alone
+    (``logits_to_keep``): the vocabulary projection and its (tokens × vocabulary) logits are skipped on
+    prompt and padding positions.
+
+    Example:
+        >>> predicting_positions(torch.tensor([[-100, -100, 7, 8], [-100, 5, -100, -100]])).tolist()
+        [0, 1, 2]
+    """
+    return torch.nonzero((labels[:, 1:] != IGNORE_INDEX).any(0)).flatten()
+
+
+def response_loss(logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, predictions, targets)``: the mean next-token cross-entropy over every response token of the batch.
 
     Position ``t`` predicts token ``t + 1``; targets labelled -100 are skipped. The mean is over all
     response tokens of the batch together (transformers' rule), so a long response weighs more than a
-    short one. ``predictions``/``targets`` are the argmax and the label at the response tokens. A batch
-    without a response token is an error (it would train on nothing and report a zero loss).
+    short one. ``predictions``/``targets`` are the argmax and the label at the response tokens. With
+    ``positions`` (`predicting_positions`), ``logits`` hold only those positions ``(B, len(positions), V)``.
+    A batch without a response token is an error (it would train on nothing and report a zero loss).
 
     Example:
         >>> loss, _, _ = response_loss(torch.zeros(1, 3, 5), torch.tensor([[-100, 2, 4]]))
         >>> round(float(loss), 4) == round(math.log(5), 4)
         True
     """
-    shift_logits, targets = logits[:, :-1, :], labels[:, 1:]
+    if positions is None:
+        shift_logits, targets = logits[:, :-1, :], labels[:, 1:]
+    else:
+        shift_logits, targets = logits, labels[:, positions + 1]
     mask = targets != IGNORE_INDEX
     if not bool(mask.any()):
         raise ValueError("a batch without any response token reached the loss (every label is -100)")
     selected = shift_logits[mask].float()
     loss = F.cross_entropy(selected, targets[mask], reduction="mean")
     return loss, selected.detach().argmax(-1), targets[mask]
+
+
+def _takes_logits_to_keep(model) -> bool:
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def global_token_mean(loss: torch.Tensor, num_tokens: int, accelerator) -> torch.Tensor:
@@ -663,12 +692,18 @@ def train_run(config: RunConfig) -> dict[str, Any]:
     accelerator.register_for_checkpointing(epoch_lr)
     resume(accelerator, checkpoint_dir, cfg.resume_from_checkpoint, state)
 
+    keep_logits = _takes_logits_to_keep(unwrapped)
+
     def step(batch, generator: torch.Generator) -> StepOutput:
         if accelerator.sync_gradients:  # this batch ends an accumulation window: the update uses this lr
             epoch_lr.values.append(scheduler.get_last_lr()[0])
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-        logits = model(**inputs, use_cache=False).logits
-        loss, predictions, targets = response_loss(logits, batch["labels"])
+        if keep_logits:
+            positions = predicting_positions(batch["labels"])
+            logits = model(**inputs, use_cache=False, logits_to_keep=positions).logits
+        else:
+            positions, logits = None, model(**inputs, use_cache=False).logits
+        loss, predictions, targets = response_loss(logits, batch["labels"], positions)
         loss = global_token_mean(loss, len(targets), accelerator)
         # The loop counts argmax(logits) == labels and weighs the loss by len(labels): two-column
         # "logits" flag each response token right or wrong, so it reports next-token accuracy and the

@@ -371,3 +371,24 @@ def test_resumed_warmup_rebuilds_the_checkpoint_a_kill_lost(data_dir, tmp_path):
         for name, moments in a.optimizer_state.items():
             assert torch.equal(moments["exp_avg"], b.optimizer_state[name]["exp_avg"]), name
             assert torch.equal(moments["exp_avg_sq"], b.optimizer_state[name]["exp_avg_sq"]), name
+
+
+def test_logits_at_the_predicting_positions_give_the_same_loss_and_gradients():
+    from recipes.instruction_tuning import predicting_positions
+
+    tokenizer = train_chat_tokenizer(["Which comes first, apple or mango? apple"], vocab_size=300)
+    torch.manual_seed(2)
+    model = tiny_llama(tokenizer, max_length=64, hidden_size=16).eval()
+    rows = [hp.data.encode_messages(tokenizer, _conversation(i), max_length=64) for i in (0, 3)]
+    batch = PadCollate(tokenizer.pad_token_id)([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    positions = predicting_positions(batch["labels"])
+    assert 0 < len(positions) < batch["input_ids"].shape[1] - 1
+    full, _, _ = response_loss(model(**inputs).logits, batch["labels"])
+    full.backward()
+    expected = model.model.embed_tokens.weight.grad.clone()
+    model.zero_grad()
+    kept, _, targets = response_loss(model(**inputs, logits_to_keep=positions).logits, batch["labels"], positions)
+    kept.backward()
+    assert kept.item() == pytest.approx(full.item(), rel=1e-6) and len(targets) == sum(r["num_response_tokens"] for r in rows)
+    torch.testing.assert_close(model.model.embed_tokens.weight.grad, expected, rtol=1e-5, atol=1e-7)
