@@ -27,8 +27,9 @@ defaults: LoRA rank 64 on q/k/v/o_proj, lr 1e-5, 4 epochs, batch 8 × 16 gradien
 (global batch 128), AdamW, bf16. App. A.3 gives no LoRA alpha, dropout or schedule; those follow LESS
 (Xia et al., 2024): alpha 512, dropout 0.1, linear decay after a 3% linear warm-up, max length 2048
 (LESS's own rank and lr are 128 and 2e-5). `recipes/configs/instruction_smollm2_cpu.yaml` scales this to
-SmolLM2-135M on a CPU: rank 8 (alpha 16), lr 2e-4 (a 135M model with a small adapter needs a larger
-step than a 7B one to move in a few hundred updates), batch 8 without accumulation, max length 256.
+SmolLM2-135M on a CPU: rank 8 (alpha 16), lr 2e-4 (App. A.3's 1e-5 is for a 7B model over thousands of
+updates; 2e-4 is a common LoRA rate for small models, not tuned here), batch 8 without accumulation,
+max length 256. ``--model_dtype bfloat16`` loads a Hub model's weights in bf16 (the GPU config does).
 
 Model. ``--model`` is ``tiny`` (a `LlamaForCausalLM` from a config with a byte-level BPE tokenizer
 trained on the pool's text, both saved with the run; for tests and smoke runs), ``smollm2``
