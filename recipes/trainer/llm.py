@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -125,12 +126,17 @@ def _load_smollm2(cache_dir: str | os.PathLike | None, dtype: torch.dtype | None
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.load_state_dict(loaded.state_dict())
         del loaded
-        # Written aside and renamed, so a run killed mid-save never leaves a half-converted cache.
-        staging = cached.with_name(cached.name + ".incomplete")
+        # Written aside and renamed, so a run killed mid-save never leaves a half-converted cache; the
+        # staging name is per process, so processes converting at once (a cold cache under torchrun)
+        # do not write into each other's folder, and the first finished copy is kept.
+        staging = cached.with_name(f"{cached.name}.incomplete-{os.getpid()}")
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "converted_from.json").write_text(json.dumps({"gguf": str(gguf), "size": gguf.stat().st_size}))
-        replace_folder(staging, cached)
+        if (cached / "config.json").is_file():
+            shutil.rmtree(staging)
+        else:
+            replace_folder(staging, cached)
     tokenizer = AutoTokenizer.from_pretrained(cached)
     model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype or torch.float32)
     return model, tokenizer

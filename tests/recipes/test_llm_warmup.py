@@ -176,3 +176,17 @@ def test_damaged_or_missing_warmup_is_an_error(tokenizer, tmp_path):
         save_warmup_checkpoint(tmp_path / "w" / "final", model, optimizer, epoch=1, mean_lr=1e-3,
                                base_model={"name": "tiny"}, tokenizer_dir=tmp_path, lora=LoRASettings(), max_length=8,
                                template="plain")
+
+
+@pytest.mark.slow  # converts the real GGUF file (~1 min) and loads it twice
+def test_smollm2_cache_holds_the_gguf_weights(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    gguf = llm.smollm2_gguf_path()
+    cached, tokenizer = llm.load_causal_lm("smollm2", cache_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["SmolLM2-135M-Instruct"]  # no staging folder left
+    assert tokenizer.chat_template is not None and tokenizer.pad_token is not None
+    direct = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    ids = torch.tensor([tokenizer("The capital of France is")["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(cached.eval()(input_ids=ids).logits, direct(input_ids=ids).logits)
