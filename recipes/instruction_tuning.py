@@ -92,7 +92,8 @@ Evaluation. With ``--eval_path`` (a saved Dataset, or the ``--eval_split`` of a 
 ``--dataset offline`` the pool's test split by default), after training the model is scored by
 `recipes.trainer.llm_eval.evaluate_tasks` (exact match of greedy generations; multiple-choice
 log-likelihood for rows with ``choices``; ``--few_shot k`` solved examples from ``--shots_path`` or the
-pool's validation split). ``--epochs 0`` evaluates the untuned model. Evaluation runs on the main process
+pool's validation split). ``--epochs 0`` evaluates the untuned model; ``--eval_each_epoch`` also records
+the average after every epoch (``test_accuracy`` in the history). Evaluation runs on the main process
 (the others wait for it, up to ``--distributed_timeout_s``).
 
 Outputs: ``config.json`` (configs, argv, git SHA, versions), per seed ``seed_<s>/metrics.json``
@@ -713,6 +714,12 @@ def train_run(config: RunConfig) -> dict[str, Any]:
         return StepOutput(loss, torch.stack([1 - right, right], 1), torch.ones_like(targets))
 
     warmup_dir = out / "warmup"
+    evaluate_epoch = None
+    if cfg.eval_each_epoch and eval_rows is not None:
+        def evaluate_epoch():  # the loop records it as the epoch's "test_accuracy": the average over tasks
+            if not accelerator.is_main_process:
+                return None
+            return _evaluate(unwrapped, tokenizer, eval_rows, shots, cfg, config.seed)["average"]
 
     def save_warmup(epoch: int) -> None:  # the model and optimizer as they are at the end of ``epoch``
         save_warmup_checkpoint(
@@ -736,7 +743,7 @@ def train_run(config: RunConfig) -> dict[str, Any]:
         train_epochs(
             accelerator, model, optimizer, scheduler, train_loader, sampler, step, state=state, num_epochs=epoch + 1,
             total_steps=total_steps, seed=config.seed, checkpoint_dir=checkpoint_dir if cfg.checkpointing else None,
-            save_total_limit=cfg.save_total_limit,
+            save_total_limit=cfg.save_total_limit, evaluate_epoch=evaluate_epoch,
         )
         if state.epoch != epoch + 1:
             break  # the step budget ended the run inside this epoch

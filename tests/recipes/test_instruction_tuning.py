@@ -152,7 +152,8 @@ def test_pretokenized_rows_are_truncated_and_rows_without_response_dropped():
 @pytest.fixture(scope="module")
 def full_run(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
-    summary = main(_base(data_dir) + ["--epochs", "2", "--eval_path", str(data_dir / "pool"), "--output_dir", str(out)])
+    summary = main(_base(data_dir) + ["--epochs", "2", "--eval_path", str(data_dir / "pool"), "--eval_each_epoch",
+                                      "--output_dir", str(out)])
     return out, summary
 
 
@@ -166,6 +167,7 @@ def test_training_writes_per_task_accuracy_and_counts(full_run):
     assert metrics["response_tokens"] > 0 and metrics["trainable_parameters"] < metrics["num_parameters"]
     history = metrics["history"]
     assert history[1]["train_loss"] < history[0]["train_loss"]  # it learns
+    assert history[1]["test_accuracy"] == metrics["average"]  # the last epoch's evaluation is the final one
     assert len(metrics["epoch_mean_lr"]) == 2 and metrics["epoch_mean_lr"][0] > metrics["epoch_mean_lr"][1] > 0
     assert (out / "seed_0" / "adapter" / "adapter_config.json").is_file()
     assert (out / "seed_0" / "base_model" / "config.json").is_file() and (out / "config.json").is_file()
@@ -175,11 +177,12 @@ def test_resume_gives_the_uninterrupted_metrics(full_run, data_dir, tmp_path):
     full, _ = full_run
     resumed = tmp_path / "resumed"
     shutil.copytree(full / "seed_0" / "checkpoints" / "epoch_1", resumed / "seed_0" / "checkpoints" / "epoch_1")
-    main(_base(data_dir) + ["--epochs", "2", "--eval_path", str(data_dir / "pool"), "--output_dir", str(resumed),
-                            "--resume_from_checkpoint", "latest"])
+    main(_base(data_dir) + ["--epochs", "2", "--eval_path", str(data_dir / "pool"), "--eval_each_epoch", "--output_dir",
+                            str(resumed), "--resume_from_checkpoint", "latest"])
     a, b = read(full / "seed_0" / "metrics.json"), read(resumed / "seed_0" / "metrics.json")
     assert a["tasks"] == b["tasks"] and a["average"] == b["average"] and a["epoch_mean_lr"] == b["epoch_mean_lr"]
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+    assert [h["test_accuracy"] for h in a["history"]] == [h["test_accuracy"] for h in b["history"]]
 
 
 def test_warmup_mode_writes_what_the_gradient_embedder_needs(data_dir, tmp_path):
