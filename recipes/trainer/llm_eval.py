@@ -420,9 +420,10 @@ def generate_answers(
         generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                    generation_config=config,
                                    stopping_criteria=StoppingCriteriaList([_StopAtNewline(tokenizer, width)]))
-        texts = tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
-        for i, text in zip(batch, texts):
-            answers[i] = _cut_generation(text)
+        for i, new in zip(batch, generated[:, width:].tolist()):
+            # What follows a row's end-of-sequence token is padding, which need not be a special token.
+            stop = next((j for j, token in enumerate(new) if token in eos), len(new))
+            answers[i] = _cut_generation(tokenizer.decode(new[:stop], skip_special_tokens=True))
     return answers, truncated
 
 

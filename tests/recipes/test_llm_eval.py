@@ -247,6 +247,17 @@ def test_left_padded_batched_generation_equals_unbatched_and_a_manual_greedy_loo
         assert got == tok.decode(new, skip_special_tokens=True).lstrip().split("\n")[0]
 
 
+def test_generation_ends_at_eos_even_when_padding_is_an_ordinary_token():
+    tok = make_tokenizer()
+    tok.pad_token = "z"  # an ordinary character: rows that finished early are padded with it
+    table = np.zeros((len(tok), len(tok)))
+    colon, semi, y, q, eos = (tok.convert_tokens_to_ids(t) for t in (":", ";", "y", "q", "</s>"))
+    table[colon, y], table[y, eos], table[semi, q], table[q, q] = 5.0, 5.0, 5.0, 5.0
+    answers, _ = generate_answers(bigram_llama(tok, table), tok, ["a:", "b;"], template="chat", max_new_tokens=5,
+                                  batch_size=2)
+    assert answers == ["y", "qqqqq"]
+
+
 def test_truncation_is_counted(tok):
     model = random_llama(tok)
     data = rows(("t", "word " * 40, "a", ["a", "b"]), ("t", "short", "b", ["a", "b"]))
