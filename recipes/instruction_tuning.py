@@ -123,6 +123,7 @@ from transformers import HfArgumentParser
 
 import hf_prune as hp
 from hf_prune.data.prompts import IGNORE_INDEX
+from hf_prune.ops.arrow import column_array
 from recipes.trainer.config import RunConfig, RunOptions, parse_config, run_metadata, write_json
 from recipes.trainer.data import EpochSampler, subset_rows
 from recipes.trainer.llm import (
@@ -363,49 +364,105 @@ def truncate_tokenized(ds: Dataset, max_length: int) -> tuple[Dataset, dict[str,
 # ------------------------------------------------------------------------------------------------- batches
 
 
-def pack_examples(input_ids: list[list[int]], labels: list[list[int]], max_length: int) -> list[dict[str, list[int]]]:
-    """Greedy packing, in order, into rows of at most ``max_length`` tokens (an example is never split).
+def pack_boundaries(lengths: np.ndarray, max_length: int) -> np.ndarray:
+    """Greedy packing in order: ``(rows, 2)`` ranges ``[first, stop)`` of consecutive examples per packed row.
 
-    Each row is ``{"input_ids", "labels", "position_ids"}``; position ids restart at 0 for every example
-    and each example's first label is -100 (module docstring, "Packing").
+    A row takes examples while their total length stays within ``max_length``; an example is never
+    split, and one longer than ``max_length`` is a `ValueError` (truncate first).
+
+    Example:
+        >>> pack_boundaries(np.array([2, 3, 4, 1]), max_length=5).tolist()
+        [[0, 2], [2, 4]]
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if len(lengths) and lengths.max() > max_length:
+        raise ValueError(f"an example of {int(lengths.max())} tokens does not fit --max_length {max_length}; truncate first")
+    rows, first, used = [], 0, 0
+    for i, n in enumerate(lengths.tolist()):
+        if i > first and used + n > max_length:
+            rows.append((first, i))
+            first, used = i, 0
+        used += n
+    if len(lengths):
+        rows.append((first, len(lengths)))
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+
+
+class TokenRows(torch.utils.data.Dataset):
+    """Training sequences over flat token arrays: one example per row, or packed rows (``pack_to``).
+
+    The tokens of all examples sit in two flat int64 arrays with the examples' lengths, so a pool of
+    hundreds of thousands of conversations costs 16 bytes a token, not Python lists. A packed row is a
+    run of consecutive examples (`pack_boundaries`): ``position_ids`` restart at 0 for each example and
+    each example's first label is -100 (module docstring, "Packing"). Rows are ``{"input_ids", "labels"}``
+    (and ``"position_ids"`` when packed), NumPy arrays for `PadCollate`.
+
+    Example:
+        >>> rows = TokenRows.from_dataset(tokenized, pack_to=512)
+        >>> loader = torch.utils.data.DataLoader(rows, batch_size=8, collate_fn=PadCollate(pad_id=0))
+    """
+
+    def __init__(self, input_ids: np.ndarray, labels: np.ndarray, lengths: np.ndarray, *, pack_to: int | None = None):
+        self.input_ids = np.asarray(input_ids, dtype=np.int64)
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+        if len(self.input_ids) != int(self.lengths.sum()) or len(labels) != len(self.input_ids):
+            raise ValueError("input_ids, labels and lengths disagree on the number of tokens")
+        self.labels = np.array(labels, dtype=np.int64)  # a copy: packing edits it
+        self.response_tokens = int((self.labels != IGNORE_INDEX).sum())  # before packing masks first tokens
+        self.packed = pack_to is not None
+        if self.packed:
+            self.rows = pack_boundaries(self.lengths, pack_to)
+            self.labels[self.starts[self.lengths > 0]] = IGNORE_INDEX  # nothing is predicted across examples
+        else:
+            self.rows = np.stack([np.arange(len(self.lengths)), np.arange(1, len(self.lengths) + 1)], 1)
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset, *, pack_to: int | None = None) -> TokenRows:
+        """The ``input_ids``/``labels`` columns of ``ds`` read through Arrow (no per-row Python lists).
+
+        Example:
+            >>> rows = TokenRows.from_dataset(hp.data.tokenize_messages(pool, tokenizer, max_length=512))
+        """
+        ids, lengths = _ragged(ds, "input_ids")
+        labels, label_lengths = _ragged(ds, "labels")
+        if not np.array_equal(lengths, label_lengths):
+            row = int(np.nonzero(lengths != label_lengths)[0][0])
+            raise ValueError(f"row {row}: 'input_ids' has {lengths[row]} tokens but 'labels' {label_lengths[row]}")
+        return cls(ids, labels, lengths, pack_to=pack_to)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, idx):
+        first, stop = self.rows[idx]
+        lo = self.starts[first]
+        hi = self.starts[stop - 1] + self.lengths[stop - 1]
+        row = {"input_ids": self.input_ids[lo:hi], "labels": self.labels[lo:hi]}
+        if self.packed:
+            row["position_ids"] = np.concatenate([np.arange(n) for n in self.lengths[first:stop]])
+        return row
+
+
+def _ragged(ds: Dataset, column: str) -> tuple[np.ndarray, np.ndarray]:
+    arr = column_array(ds, column)
+    lengths = np.diff(np.asarray(arr.offsets)).astype(np.int64)
+    return arr.flatten().to_numpy(zero_copy_only=False).astype(np.int64), lengths
+
+
+def pack_examples(input_ids: list[list[int]], labels: list[list[int]], max_length: int) -> list[dict[str, list[int]]]:
+    """Packed rows of the examples as lists, ``{"input_ids", "labels", "position_ids"}`` (`TokenRows` packing).
 
     Example:
         >>> rows = pack_examples([[5, 6], [7, 8, 9]], [[-100, 6], [-100, 8, 9]], max_length=8)
         >>> rows[0]["position_ids"], rows[0]["labels"]
         ([0, 1, 0, 1, 2], [-100, 6, -100, 8, 9])
     """
-    rows: list[dict[str, list[int]]] = []
-    current = {"input_ids": [], "labels": [], "position_ids": []}
-    for ids, labs in zip(input_ids, labels):
-        if len(ids) > max_length:
-            raise ValueError(f"an example of {len(ids)} tokens does not fit --max_length {max_length}; truncate first")
-        if current["input_ids"] and len(current["input_ids"]) + len(ids) > max_length:
-            rows.append(current)
-            current = {"input_ids": [], "labels": [], "position_ids": []}
-        current["input_ids"] += list(ids)
-        current["labels"] += [IGNORE_INDEX] + list(labs[1:])
-        current["position_ids"] += list(range(len(ids)))
-    if current["input_ids"]:
-        rows.append(current)
-    return rows
-
-
-class TokenRows(torch.utils.data.Dataset):
-    """Token rows (``input_ids``, ``labels`` and, when packed, ``position_ids``) for the DataLoader.
-
-    Example:
-        >>> rows = TokenRows([{"input_ids": [5, 6], "labels": [-100, 6]}])
-        >>> loader = torch.utils.data.DataLoader(rows, batch_size=8, collate_fn=PadCollate(pad_id=0))
-    """
-
-    def __init__(self, rows: list[dict[str, list[int]]]):
-        self.rows = rows
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, idx):
-        return self.rows[idx]
+    lengths = np.array([len(i) for i in input_ids], dtype=np.int64)
+    flat_ids = np.array([t for i in input_ids for t in i], dtype=np.int64)
+    flat_labels = np.array([t for lab in labels for t in lab], dtype=np.int64)
+    rows = TokenRows(flat_ids, flat_labels, lengths, pack_to=max_length)
+    return [{key: value.tolist() for key, value in rows[i].items()} for i in range(len(rows))]
 
 
 class PadCollate:
@@ -429,10 +486,10 @@ class PadCollate:
         extra = torch.zeros((len(batch), width), dtype=torch.long)
         for i, row in enumerate(batch):
             n = len(row["input_ids"])
-            ids[i, :n] = torch.tensor(row["input_ids"])
-            labels[i, :n] = torch.tensor(row["labels"])
+            ids[i, :n] = torch.as_tensor(row["input_ids"])
+            labels[i, :n] = torch.as_tensor(row["labels"])
             if packed:
-                extra[i, :n] = torch.tensor(row["position_ids"])
+                extra[i, :n] = torch.as_tensor(row["position_ids"])
                 extra[i, n:] = torch.arange(width - n)  # padding: a block of its own
             else:
                 extra[i, :n] = 1
@@ -670,14 +727,13 @@ def train_run(config: RunConfig) -> dict[str, Any]:
             base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # the frozen embeddings would otherwise cut the graph
 
-    ids, labels = tokens["input_ids"], tokens["labels"]
-    examples = (pack_examples(ids, labels, cfg.max_length) if cfg.packing
-                else [{"input_ids": i, "labels": lab} for i, lab in zip(ids, labels)])
+    examples = TokenRows.from_dataset(tokens, pack_to=cfg.max_length if cfg.packing else None)
+    num_tokens = int(examples.lengths.sum())
     processes = accelerator.num_processes
     if cfg.batch_size % processes:
         raise ValueError(f"the batch size {cfg.batch_size} is not divisible by the {processes} processes")
     sampler = EpochSampler(len(examples), config.seed)
-    loader = torch.utils.data.DataLoader(TokenRows(examples), batch_size=cfg.batch_size // processes, sampler=sampler,
+    loader = torch.utils.data.DataLoader(examples, batch_size=cfg.batch_size // processes, sampler=sampler,
                                          collate_fn=PadCollate(tokenizer.pad_token_id))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
                                   betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
@@ -779,9 +835,9 @@ def train_run(config: RunConfig) -> dict[str, Any]:
         "train_rows": len(train_rows),
         "train_examples": len(tokens),
         "train_sequences": len(examples),
-        "train_tokens": int(sum(len(i) for i in ids)),
-        "train_tokens_per_s": (sum(len(i) for i in ids) * state.epoch / state.train_time) if state.train_time else None,
-        "response_tokens": int(sum(sum(1 for v in lab if v != IGNORE_INDEX) for lab in labels)),
+        "train_tokens": num_tokens,
+        "train_tokens_per_s": (num_tokens * state.epoch / state.train_time) if state.train_time else None,
+        "response_tokens": examples.response_tokens,
         "full_train_size": len(train),
         "pruning_ratio": pruning_ratio,
         "subset": {**subset_info, "train_size": len(train_rows), "full_train_size": len(train), "pruning_ratio": pruning_ratio},

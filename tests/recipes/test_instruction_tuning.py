@@ -164,7 +164,9 @@ def test_training_writes_per_task_accuracy_and_counts(full_run):
     assert summary["average"]["n"] == 1 and summary["average"]["mean"] == metrics["average"]
     assert metrics["evaluation"]["tasks"]["pick"]["multiple_choice_acc"] is not None
     assert metrics["tokenization"]["kept"] == 24 and metrics["train_rows"] == 24 and metrics["iterations"] == 12
-    assert metrics["response_tokens"] > 0 and metrics["trainable_parameters"] < metrics["num_parameters"]
+    assert metrics["response_tokens"] == metrics["tokenization"]["response_tokens"] > 0
+    assert metrics["train_tokens"] == metrics["tokenization"]["tokens"]
+    assert metrics["trainable_parameters"] < metrics["num_parameters"]
     history = metrics["history"]
     assert history[1]["train_loss"] < history[0]["train_loss"]  # it learns
     assert history[1]["test_accuracy"] == metrics["average"]  # the last epoch's evaluation is the final one
@@ -395,3 +397,26 @@ def test_logits_at_the_predicting_positions_give_the_same_loss_and_gradients():
     kept.backward()
     assert kept.item() == pytest.approx(full.item(), rel=1e-6) and len(targets) == sum(r["num_response_tokens"] for r in rows)
     torch.testing.assert_close(model.model.embed_tokens.weight.grad, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_token_rows_read_the_columns_through_arrow_and_pack_consecutive_examples():
+    from recipes.instruction_tuning import TokenRows, pack_boundaries
+
+    assert pack_boundaries(np.array([2, 3, 4, 1]), 5).tolist() == [[0, 2], [2, 4]]
+    assert pack_boundaries(np.array([5, 5]), 5).tolist() == [[0, 1], [1, 2]]
+    assert pack_boundaries(np.array([], dtype=np.int64), 5).shape == (0, 2)
+    ds = Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5], [6, 7, 8, 9], [10]],
+                            "labels": [[-100, 2, 3], [-100, 5], [-100, -100, 8, 9], [10]], "task": list("abcd")})
+    view = ds.select([3, 0, 2])  # an indices mapping: rows in the view's order
+    rows = TokenRows.from_dataset(view)
+    assert len(rows) == 3 and rows.response_tokens == 5
+    assert [rows[i]["input_ids"].tolist() for i in range(3)] == [[10], [1, 2, 3], [6, 7, 8, 9]]
+    assert [rows[i]["labels"].tolist() for i in range(3)] == [[10], [-100, 2, 3], [-100, -100, 8, 9]]
+    packed = TokenRows.from_dataset(view, pack_to=4)
+    assert len(packed) == 2 and packed.response_tokens == 5
+    assert packed[0]["input_ids"].tolist() == [10, 1, 2, 3] and packed[0]["labels"].tolist() == [-100, -100, 2, 3]
+    assert packed[0]["position_ids"].tolist() == [0, 0, 1, 2] and packed[1]["position_ids"].tolist() == [0, 1, 2, 3]
+    assert ds["labels"][3] == [10]  # the dataset is not modified
+    bad = Dataset.from_dict({"input_ids": [[1, 2], [3]], "labels": [[1, 2], [3, 4]]})
+    with pytest.raises(ValueError, match="row 1: 'input_ids' has 1 tokens but 'labels' 2"):
+        TokenRows.from_dataset(bad)
