@@ -91,8 +91,8 @@ rebuilds the model (`recipes.trainer.warmup`; load with `recipes.trainer.warmup.
 Evaluation. With ``--eval_path`` (a saved Dataset, or the ``--eval_split`` of a DatasetDict; for
 ``--dataset offline`` the pool's test split by default), after training the model is scored by
 `recipes.trainer.llm_eval.evaluate_tasks` (exact match of greedy generations; multiple-choice
-log-likelihood for rows with ``choices``; ``--few_shot k`` solved examples from ``--shots_path`` or the
-pool's validation split). ``--epochs 0`` evaluates the untuned model; ``--eval_each_epoch`` also records
+log-likelihood for rows with ``choices``; ``--few_shot k`` solved examples from ``--shots_path``, else the
+``--shots_split`` of an ``--eval_path`` DatasetDict or of the offline pool; checked before training). ``--epochs 0`` evaluates the untuned model; ``--eval_each_epoch`` also records
 the average after every epoch (``test_accuracy`` in the history). Evaluation runs on the main process
 (the others wait for it, up to ``--distributed_timeout_s``).
 
@@ -268,6 +268,11 @@ def _load_pool(cfg: DataConfig) -> tuple[Dataset, Dataset | None, Dataset | None
                        f"{train.column_names} (--dataset_format alpaca, flan or oasst converts those formats)")
     if cfg.eval_path:
         eval_rows = _load_saved(cfg.eval_path, cfg.eval_split, "--eval_path")
+        if not cfg.shots_path:
+            # A pool saved by build_instruction_pool holds its few-shot (validation) rows beside the test rows.
+            saved = load_from_disk(cfg.eval_path)
+            if isinstance(saved, DatasetDict) and cfg.shots_split in saved:
+                shots = saved[cfg.shots_split]
     if cfg.shots_path:
         shots = _load_saved(cfg.shots_path, cfg.shots_split, "--shots_path")
     if cfg.max_train_samples is not None:
@@ -710,6 +715,9 @@ def train_run(config: RunConfig) -> dict[str, Any]:
         positions, subset_info = rows.row_ids, rows.info
         train_rows = train.select(positions) if rows.standalone is None else rows.standalone
 
+    if eval_rows is not None and cfg.few_shot > 0 and shots is None:
+        raise ValueError(f"--few_shot {cfg.few_shot} needs solved examples: pass --shots_path (or an --eval_path "
+                         f"DatasetDict with a {data_cfg.shots_split!r} split), or --few_shot 0")
     set_seed(config.seed)  # model init does not depend on what data loading consumed
     model, tokenizer, base = _build_model(cfg, train, out, accelerator.is_main_process)
     tokens, token_stats = _tokenize(train_rows, tokenizer, cfg, data_cfg)

@@ -224,10 +224,12 @@ def test_subset_by_row_id_and_selector(data_dir, tmp_path):
         main(_base(data_dir) + common + ["--subset_path", str(tmp_path / "big"), "--output_dir", str(tmp_path / "bad")])
 
 
-def test_untuned_model_is_evaluated_with_zero_epochs(data_dir, tmp_path):
-    summary = main(_base(data_dir) + ["--epochs", "0", "--eval_path", str(data_dir / "pool"), "--output_dir",
-                                      str(tmp_path / "base")])
+def test_untuned_model_is_evaluated_with_zero_epochs_and_shots_from_the_eval_pool(data_dir, tmp_path):
+    DatasetDict({"test": _eval_rows(), "validation": _eval_rows().select(range(4))}).save_to_disk(str(tmp_path / "eval"))
+    summary = main(_base(data_dir) + ["--epochs", "0", "--eval_path", str(tmp_path / "eval"), "--few_shot", "1",
+                                      "--output_dir", str(tmp_path / "base")])
     metrics = read(tmp_path / "base" / "seed_0" / "metrics.json")
+    assert metrics["evaluation"]["settings"]["few_shot"] == 1
     assert metrics["iterations"] == 0 and metrics["history"] == [] and not (tmp_path / "base" / "seed_0" / "adapter").exists()
     assert summary["average"]["mean"] == metrics["average"] and set(metrics["tasks"]) == {"order", "pick"}
 
@@ -274,6 +276,10 @@ def test_bad_input_is_an_error_or_a_counted_skip(data_dir, tmp_path):
         main(_base(data_dir) + common + ["--tokenizer", str(tmp_path / "plain_tok"), "--output_dir", str(tmp_path / "r5")])
     with pytest.raises(ValueError, match="--warmup_fraction draws its own rows"):
         main(_base(data_dir) + ["--warmup_fraction", "0.1", "--selector", "random:fraction=0.5"])
+    with pytest.raises(ValueError, match="--few_shot 2 needs solved examples"):  # the pool has no validation split
+        main(_base(data_dir) + common + ["--eval_path", str(data_dir / "pool"), "--few_shot", "2",
+                                         "--output_dir", str(tmp_path / "r7")])
+    assert not (tmp_path / "r7" / "seed_0" / "metrics.json").exists()
     with pytest.raises(ValueError, match="exactly one of --train_path"):
         main(["--output_dir", str(tmp_path / "r6")])
     assert load_from_disk(str(tmp_path / "bad"))["messages"][2] == [{"role": "user", "content": "no answer here"}]
