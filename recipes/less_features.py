@@ -9,9 +9,10 @@ validation gradients, maximised over tasks. This step turns a warm-up directory 
 into those columns::
 
     pool --tokenize_messages--> input_ids/labels
-         --LoRAGradientEmbedder(ckpt_i, optimizer_state=ckpt_i.optimizer_state)--> grad_<epoch_i>   (per checkpoint)
+         --LoRAGradientEmbedder(ckpt_i, optimizer_state=ckpt_i.optimizer_state)--> grad_<epoch_i>
     validation --for_validation()--> grad_<epoch_i>
-    hp.score.less(pool, gradient_column=[grad_...], checkpoint_weights=[mean lr_i], task_column="task") --> less
+    hp.score.less(pool, gradient_column=[grad_...], checkpoint_weights=[mean lr_i], task_column="task")
+         --> less
     grad = concat_i sqrt(η̄_i / Σ η̄) · unit(grad_<epoch_i>)   (the features InfoMax's K and D²'s graph use)
 
 so that ``hp.select.top_k(pool, score_column="less")`` is LESS and ``hp.select.infomax(pool,
@@ -42,8 +43,8 @@ Commands::
 
 Outputs in ``--output_dir``: ``scored_pool/`` (``row_id``, ``task``, ``source``, the gradient columns,
 ``less``, ``grad``), ``validation_gradients/``, optionally ``subset/`` (``--selector``), and
-``less_features.json`` (settings, per-stage timings: gradients per 1k rows, scoring, selection; config,
-git SHA and versions).
+``less_features.json`` (settings, per-stage timings: the warm-up's training time from its
+``metrics.json``, gradients per 1k rows, scoring, selection; config, git SHA and versions).
 
 Example:
     >>> out = less_features(pool, validation, "runs/warmup/seed_0/warmup", dim=2048, cache_dir="cache")
@@ -70,8 +71,18 @@ from hf_prune.ops.checks import check_positive_int
 from hf_prune.ops.columns import add_column, check_columns, read_matrix
 
 __all__ = [
-    "LessFeatures", "LessFeaturesConfig", "checkpoints_of", "file_backed", "tokenized", "shard_bounds", "embed_sharded",
-    "combine_gradients", "less_features", "response_token_counts", "make_parser", "main",
+    "LessFeatures",
+    "LessFeaturesConfig",
+    "checkpoints_of",
+    "file_backed",
+    "tokenized",
+    "shard_bounds",
+    "embed_sharded",
+    "combine_gradients",
+    "less_features",
+    "response_token_counts",
+    "make_parser",
+    "main",
 ]
 
 
@@ -94,15 +105,21 @@ def checkpoints_of(warmup: Any) -> list:
     elif isinstance(warmup, Sequence):
         items, where = list(warmup), "the given checkpoints"
     else:
-        raise TypeError(f"`warmup` must be a warm-up directory or a list of checkpoints, got {type(warmup).__name__}")
+        raise TypeError(
+            f"`warmup` must be a warm-up directory or a list of checkpoints, got {type(warmup).__name__}"
+        )
     if not items:
         raise ValueError(f"no warm-up checkpoint in {where}")
     for ckpt in items:
         missing = [a for a in ("epoch", "mean_lr", "optimizer_state") if not hasattr(ckpt, a)]
         if missing or not (hasattr(ckpt, "model") or hasattr(ckpt, "load_model")):
-            raise ValueError(f"{where}: a checkpoint lacks {missing or ['model']} (see recipes.trainer.warmup)")
+            raise ValueError(
+                f"{where}: a checkpoint lacks {missing or ['model']} (see recipes.trainer.warmup)"
+            )
         if not (isinstance(ckpt.mean_lr, (int, float)) and math.isfinite(ckpt.mean_lr) and ckpt.mean_lr >= 0):
-            raise ValueError(f"{where}: checkpoint of epoch {ckpt.epoch} has mean learning rate {ckpt.mean_lr!r}")
+            raise ValueError(
+                f"{where}: checkpoint of epoch {ckpt.epoch} has mean learning rate {ckpt.mean_lr!r}"
+            )
     epochs = [c.epoch for c in items]
     if len(set(epochs)) != len(epochs):
         raise ValueError(f"{where}: two checkpoints of the same epoch ({sorted(epochs)})")
@@ -141,9 +158,16 @@ def file_backed(dataset: Dataset, cache_dir: str | os.PathLike | None, name: str
     return load_from_disk(str(path))
 
 
-def tokenized(dataset: Dataset, tokenizer=None, *, template: str = "chat", max_length: int | None = 2048,
-              name: str = "pool", on_invalid: str = "raise") -> tuple[Dataset, dict]:
-    """``(dataset with input_ids/labels, stats)``: tokenised with `hp.data.tokenize_messages` unless it has them.
+def tokenized(
+    dataset: Dataset,
+    tokenizer=None,
+    *,
+    template: str = "chat",
+    max_length: int | None = 2048,
+    name: str = "pool",
+    on_invalid: str = "raise",
+) -> tuple[Dataset, dict]:
+    """``(dataset with input_ids/labels, stats)``: `hp.data.tokenize_messages` unless it has the columns.
 
     A ``row_id`` column (the row's position in ``dataset``) is added first when missing, so rows dropped
     by tokenisation (no response left after truncation; invalid conversations with ``on_invalid="skip"``)
@@ -161,18 +185,27 @@ def tokenized(dataset: Dataset, tokenizer=None, *, template: str = "chat", max_l
         # (every label after the first is -100) has no loss and no gradient; it is dropped and counted.
         keep = np.flatnonzero(response_token_counts(dataset, skip_first=True) > 0)
         out = dataset if len(keep) == len(dataset) else dataset.select(keep)
-        stats = {"rows": len(dataset), "kept": len(out), "pretokenized": True,
-                 "dropped": {"no response token": len(dataset) - len(out)} if len(out) < len(dataset) else {}}
+        stats = {
+            "rows": len(dataset),
+            "kept": len(out),
+            "pretokenized": True,
+            "dropped": {"no response token": len(dataset) - len(out)} if len(out) < len(dataset) else {},
+        }
         if len(out) == 0:
             raise ValueError(f"no row of the {name} has a response token (every label is -100)")
         return out, stats
     if tokenizer is None:
-        raise ValueError(f"the {name} has no input_ids/labels columns: pass a tokenizer (or tokenise it first)")
+        raise ValueError(
+            f"the {name} has no input_ids/labels columns: pass a tokenizer (or tokenise it first)"
+        )
     check_columns(dataset, "messages")
-    out, stats = hp.data.tokenize_messages(dataset, tokenizer, template=template, max_length=max_length,
-                                           on_invalid=on_invalid, return_stats=True)
+    out, stats = hp.data.tokenize_messages(
+        dataset, tokenizer, template=template, max_length=max_length, on_invalid=on_invalid, return_stats=True
+    )
     if len(out) == 0:
-        raise ValueError(f"no row of the {name} kept a response token after tokenisation ({stats['dropped']})")
+        raise ValueError(
+            f"no row of the {name} kept a response token after tokenisation ({stats['dropped']})"
+        )
     return out, stats
 
 
@@ -188,7 +221,7 @@ def _process_state(state, cpu: bool):
 
 
 def shard_bounds(rows: int, processes: int, index: int) -> tuple[int, int]:
-    """``(start, stop)`` of process ``index``'s contiguous shard: the first ``rows % processes`` get one more row.
+    """``(start, stop)`` of process ``index``'s contiguous shard; the first ``rows % processes`` get one more.
 
     The rule of ``Dataset.shard(..., contiguous=True)``, which however refuses shards past the last row;
     here a process with nothing left gets an empty range.
@@ -202,8 +235,14 @@ def shard_bounds(rows: int, processes: int, index: int) -> tuple[int, int]:
     return start, start + size + (index < extra)
 
 
-def embed_sharded(dataset: Dataset, embedder, *, state=None, shard_dir: str | os.PathLike | None = None,
-                  batch_size: int | None = None) -> tuple[Dataset, dict]:
+def embed_sharded(
+    dataset: Dataset,
+    embedder,
+    *,
+    state=None,
+    shard_dir: str | os.PathLike | None = None,
+    batch_size: int | None = None,
+) -> tuple[Dataset, dict]:
     """``(dataset with the embedder's column, timing)``, sharded over the processes of ``state``.
 
     One process: ``embedder.map(dataset)``. Several (``accelerate launch``/``torchrun``): process ``r``
@@ -238,17 +277,23 @@ def embed_sharded(dataset: Dataset, embedder, *, state=None, shard_dir: str | os
     # (a process past the last row has no shard to write: `datasets` cannot load an empty saved table)
     seconds = time.perf_counter() - clock
     state.wait_for_everyone()
-    parts = [load_from_disk(str(folder / f"rank_{r:05d}")) for r in range(state.num_processes)
-             if shard_bounds(len(dataset), state.num_processes, r)[1] > shard_bounds(len(dataset), state.num_processes, r)[0]]
+    bounds = [shard_bounds(len(dataset), state.num_processes, r) for r in range(state.num_processes)]
+    parts = [load_from_disk(str(folder / f"rank_{r:05d}")) for r, (a, b) in enumerate(bounds) if b > a]
     columns = concatenate_datasets(parts)
     base = dataset.remove_columns([column]) if column in dataset.column_names else dataset
     out = concatenate_datasets([base, columns], axis=1)
     return embedder.record_provenance(out, dataset), {"rows": len(part), "seconds": seconds, "cache_hit": hit}
 
 
-def combine_gradients(dataset: Dataset, columns: Sequence[str], weights: Sequence[float], *,
-                      output_column: str = "grad", overwrite: bool = False) -> Dataset:
-    """Concatenate unit gradient columns scaled by ``sqrt(w_i / Σ w)``: inner products = weighted mean cosines.
+def combine_gradients(
+    dataset: Dataset,
+    columns: Sequence[str],
+    weights: Sequence[float],
+    *,
+    output_column: str = "grad",
+    overwrite: bool = False,
+) -> Dataset:
+    """Unit gradient columns scaled by ``sqrt(w_i / Σ w)``, concatenated: inner products = weighted cosines.
 
     The result has unit rows (a zero gradient stays zero), so InfoMax's and D²'s cosine/L2 geometry on it
     is LESS's learning-rate-weighted cosine between two training rows.
@@ -259,14 +304,18 @@ def combine_gradients(dataset: Dataset, columns: Sequence[str], weights: Sequenc
     columns = list(columns)
     weights = np.asarray(weights, dtype=np.float64)
     if len(columns) == 0 or weights.shape != (len(columns),) or (weights < 0).any() or weights.sum() <= 0:
-        raise ValueError(f"`weights` must be {len(columns)} non-negative numbers, not all 0, got {list(weights)}")
+        raise ValueError(
+            f"`weights` must be {len(columns)} non-negative numbers, not all 0, got {list(weights)}"
+        )
     check_columns(dataset, *columns)
     blocks = []
     for column, w in zip(columns, weights / weights.sum()):
         x = read_matrix(dataset, column, dtype=np.float64)
         norms = np.linalg.norm(x, axis=1, keepdims=True)
         blocks.append(np.sqrt(w) * np.divide(x, norms, out=np.zeros_like(x), where=norms > 0))
-    return add_column(dataset, output_column, np.concatenate(blocks, axis=1).astype(np.float32), overwrite=overwrite)
+    return add_column(
+        dataset, output_column, np.concatenate(blocks, axis=1).astype(np.float32), overwrite=overwrite
+    )
 
 
 # ------------------------------------------------------------------------------------------ the chain
@@ -304,7 +353,9 @@ def less_features(
     state=None,
     device=None,
 ) -> LessFeatures:
-    """Gradient columns per warm-up checkpoint, the LESS score and the combined feature column (module docstring).
+    """Gradient columns per warm-up checkpoint, the LESS score and the combined feature column.
+
+    The chain is described in the module docstring.
 
     Args:
         pool: training rows (instruction schema, or already tokenised with ``input_ids``/``labels``).
@@ -340,15 +391,19 @@ def less_features(
     check_positive_int("batch_size", batch_size)
     checkpoints = checkpoints_of(warmup)
     state = _process_state(state, cpu=False)
-    pool, pool_stats = tokenized(pool, tokenizer, template=template, max_length=max_length, name="pool",
-                                 on_invalid="skip")
+    pool, pool_stats = tokenized(
+        pool, tokenizer, template=template, max_length=max_length, name="pool", on_invalid="skip"
+    )
     before_tasks = validation[task_column]
-    validation, val_stats = tokenized(validation, tokenizer, template=template, max_length=max_length,
-                                      name="validation set")
+    validation, val_stats = tokenized(
+        validation, tokenizer, template=template, max_length=max_length, name="validation set"
+    )
     lost = sorted(set(before_tasks) - set(validation[task_column]))
     if lost:
-        raise ValueError(f"target task(s) {lost} have no validation row with a response token left after "
-                         f"truncation to max_length={max_length}: raise max_length or give shorter validation rows")
+        raise ValueError(
+            f"target task(s) {lost} have no validation row with a response token left after "
+            f"truncation to max_length={max_length}: raise max_length or give shorter validation rows"
+        )
     pool = file_backed(pool, cache_dir, "pool")
     validation = file_backed(validation, cache_dir, "validation")
     columns = [f"{gradient_prefix}{c.epoch}" for c in checkpoints]
@@ -360,13 +415,28 @@ def less_features(
     for ckpt, column in zip(checkpoints, columns):
         model = _model_of(ckpt)
         # A saved checkpoint also carries Adam's betas/eps/step (its moments alone would not).
-        adam = ckpt.embedder_kwargs() if hasattr(ckpt, "embedder_kwargs") else {"optimizer_state": ckpt.optimizer_state}
-        train_emb = hp.embed.LoRAGradientEmbedder(model, dim=dim, seed=seed, output_column=column,
-                                                  batch_size=batch_size, vectorize=vectorize, device=dev, **adam)
+        adam = (
+            ckpt.embedder_kwargs()
+            if hasattr(ckpt, "embedder_kwargs")
+            else {"optimizer_state": ckpt.optimizer_state}
+        )
+        train_emb = hp.embed.LoRAGradientEmbedder(
+            model,
+            dim=dim,
+            seed=seed,
+            output_column=column,
+            batch_size=batch_size,
+            vectorize=vectorize,
+            device=dev,
+            **adam,
+        )
         pool, pool_t = embed_sharded(pool, train_emb, state=state, shard_dir=shard_dir)
-        validation, val_t = embed_sharded(validation, train_emb.for_validation(), state=state, shard_dir=shard_dir)
-        timings["checkpoints"].append({"epoch": ckpt.epoch, "mean_lr": ckpt.mean_lr, "pool": pool_t,
-                                       "validation": val_t})
+        validation, val_t = embed_sharded(
+            validation, train_emb.for_validation(), state=state, shard_dir=shard_dir
+        )
+        timings["checkpoints"].append(
+            {"epoch": ckpt.epoch, "mean_lr": ckpt.mean_lr, "pool": pool_t, "validation": val_t}
+        )
         del model, train_emb
         gc.collect()
     computed = [t for c in timings["checkpoints"] for t in (c["pool"], c["validation"]) if not t["cache_hit"]]
@@ -378,14 +448,27 @@ def less_features(
     timings["cache_hit"] = not computed
     timings["tokens_per_row"] = float(np.mean(_lengths(pool)))
     clock = time.perf_counter()
-    pool = hp.score.less(pool, validation_gradients=[validation] * len(columns), gradient_column=columns,
-                         task_column=task_column, reduce=reduce, checkpoint_weights=weights,
-                         output_column=output_column, overwrite=True)
+    pool = hp.score.less(
+        pool,
+        validation_gradients=[validation] * len(columns),
+        gradient_column=columns,
+        task_column=task_column,
+        reduce=reduce,
+        checkpoint_weights=weights,
+        output_column=output_column,
+        overwrite=True,
+    )
     if combined_column is not None:
         pool = combine_gradients(pool, columns, weights, output_column=combined_column, overwrite=True)
     timings["scoring_s"] = time.perf_counter() - clock
-    return LessFeatures(pool=pool, validation=validation, gradient_columns=columns, checkpoint_weights=weights,
-                        timings=timings, tokenize_stats={"pool": pool_stats, "validation": val_stats})
+    return LessFeatures(
+        pool=pool,
+        validation=validation,
+        gradient_columns=columns,
+        checkpoint_weights=weights,
+        timings=timings,
+        tokenize_stats={"pool": pool_stats, "validation": val_stats},
+    )
 
 
 def _lengths(ds: Dataset) -> np.ndarray:
@@ -421,23 +504,41 @@ def response_token_counts(ds: Dataset, *, skip_first: bool = False) -> np.ndarra
 class LessFeaturesConfig:
     """Options of ``python -m recipes.less_features``."""
 
-    warmup_dir: str = field(default=None, metadata={"help": "Warm-up folder (<run>/seed_<s>/warmup) of the recipe."})
-    train_path: str = field(default=None, metadata={"help": "Saved training pool (save_to_disk), instruction schema."})
-    validation_path: str = field(default=None, metadata={
-        "help": "Saved validation rows (a Dataset, or a DatasetDict with a 'validation' split)."})
+    warmup_dir: str = field(
+        default=None, metadata={"help": "Warm-up folder (<run>/seed_<s>/warmup) of the recipe."}
+    )
+    train_path: str = field(
+        default=None, metadata={"help": "Saved training pool (save_to_disk), instruction schema."}
+    )
+    validation_path: str = field(
+        default=None,
+        metadata={"help": "Saved validation rows (a Dataset, or a DatasetDict with a 'validation' split)."},
+    )
     output_dir: str = field(default="runs/less_features", metadata={"help": "Where the outputs go."})
     dim: int = field(default=8192, metadata={"help": "Projection dimension (LESS: 8192)."})
     seed: int = field(default=0, metadata={"help": "Projection seed."})
     batch_size: int = field(default=8, metadata={"help": "Examples per per-example-gradient batch."})
-    vectorize: bool | None = field(default=None, metadata={
-        "help": "torch.func.vmap per-example gradients (true), one backward per example (false; faster on CPU), "
-                "or try vmap first (unset)."})
+    vectorize: bool | None = field(
+        default=None,
+        metadata={
+            "help": "torch.func.vmap per-example gradients (true), one backward per example "
+            "(false; faster on CPU), "
+            "or try vmap first (unset)."
+        },
+    )
     task_column: str = field(default="task", metadata={"help": "Task column of the validation rows."})
     reduce: str = field(default="max", metadata={"help": "'max' (LESS) or 'mean' over tasks."})
-    template: str | None = field(default=None, metadata={"help": "Override the warm-up's chat/plain template."})
+    template: str | None = field(
+        default=None, metadata={"help": "Override the warm-up's chat/plain template."}
+    )
     max_length: int | None = field(default=None, metadata={"help": "Override the warm-up's max_length."})
-    selector: str | None = field(default=None, metadata={
-        "help": "Optional selector spec run on the scored pool, e.g. 'top_k:fraction=0.05,score_column=less'."})
+    selector: str | None = field(
+        default=None,
+        metadata={
+            "help": "Optional selector spec run on the scored pool, "
+            "e.g. 'top_k:fraction=0.05,score_column=less'."
+        },
+    )
     cpu: bool = field(default=False, metadata={"help": "Run on CPU (also what makes torchrun use gloo)."})
 
 
@@ -465,6 +566,17 @@ def _tokenizer_of(checkpoint):
     return AutoTokenizer.from_pretrained(path)
 
 
+def _warmup_seconds(checkpoint) -> float | None:
+    """The warm-up's training time, from the recipe's ``metrics.json`` next to the ``warmup`` folder."""
+    path = getattr(checkpoint, "path", None)
+    metrics = Path(path).parent.parent / "metrics.json" if path is not None else None
+    if metrics is None or not metrics.is_file():
+        return None
+    import json
+
+    return json.loads(metrics.read_text()).get("train_time_s")
+
+
 def _load_rows(path: str, split: str) -> Dataset:
     from datasets import DatasetDict
 
@@ -481,8 +593,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     Example:
         >>> main(["--warmup_dir", "runs/w/seed_0/warmup", "--train_path", "data/pool", "--validation_path",
-        ...       "data/validation", "--output_dir", "runs/less", "--dim", "1024"])["timings"]["scoring_s"] >= 0
-        True
+        ...       "data/validation", "--output_dir", "runs/less", "--dim", "1024"])["gradient_columns"]
+        ['grad_1', 'grad_2']
     """
     from recipes.trainer.config import parse_config, run_metadata, write_json
 
@@ -499,21 +611,39 @@ def main(argv: Sequence[str] | None = None) -> dict:
     pool = _load_rows(cfg.train_path, "train")
     validation = _load_rows(cfg.validation_path, "validation")
     result = less_features(
-        pool, validation, checkpoints, tokenizer=_tokenizer_of(checkpoints[0]), template=template,
-        max_length=max_length, dim=cfg.dim, seed=cfg.seed, batch_size=cfg.batch_size, vectorize=cfg.vectorize,
+        pool,
+        validation,
+        checkpoints,
+        tokenizer=_tokenizer_of(checkpoints[0]),
+        template=template,
+        max_length=max_length,
+        dim=cfg.dim,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        vectorize=cfg.vectorize,
         task_column=cfg.task_column,
-        reduce=cfg.reduce, cache_dir=out / "cache", shard_dir=out / "shards", state=state,
+        reduce=cfg.reduce,
+        cache_dir=out / "cache",
+        shard_dir=out / "shards",
+        state=state,
         device="cpu" if cfg.cpu else None,
     )
     report: dict[str, Any] = {}
     if state.is_main_process:
-        keep = [c for c in ("row_id", "task", "source", *result.gradient_columns, "less", "grad")
-                if c in result.pool.column_names]
+        keep = [
+            c
+            for c in ("row_id", "task", "source", *result.gradient_columns, "less", "grad")
+            if c in result.pool.column_names
+        ]
         result.pool.select_columns(keep).save_to_disk(str(out / "scored_pool"))
-        result.validation.select_columns([c for c in ("row_id", cfg.task_column, *result.gradient_columns)
-                                          if c in result.validation.column_names]).save_to_disk(
-            str(out / "validation_gradients"))
-        timings = dict(result.timings)
+        result.validation.select_columns(
+            [
+                c
+                for c in ("row_id", cfg.task_column, *result.gradient_columns)
+                if c in result.validation.column_names
+            ]
+        ).save_to_disk(str(out / "validation_gradients"))
+        timings = {"warmup_s": _warmup_seconds(checkpoints[-1]), **result.timings}
         if cfg.selector:
             from hf_prune.select.spec import run_spec
 
@@ -523,11 +653,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
             subset.select_columns(["row_id"]).save_to_disk(str(out / "subset"))
             timings["subset_rows"] = len(subset)
         report = {
-            "settings": {"dim": cfg.dim, "seed": cfg.seed, "template": template, "max_length": max_length,
-                         "reduce": cfg.reduce, "processes": state.num_processes, "selector": cfg.selector},
-            "gradient_columns": result.gradient_columns, "checkpoint_weights": result.checkpoint_weights,
-            "rows": len(result.pool), "validation_rows": len(result.validation),
-            "timings": timings, "tokenize_stats": result.tokenize_stats,
+            "settings": {
+                "dim": cfg.dim,
+                "seed": cfg.seed,
+                "template": template,
+                "max_length": max_length,
+                "reduce": cfg.reduce,
+                "processes": state.num_processes,
+                "selector": cfg.selector,
+            },
+            "gradient_columns": result.gradient_columns,
+            "checkpoint_weights": result.checkpoint_weights,
+            "rows": len(result.pool),
+            "validation_rows": len(result.validation),
+            "timings": timings,
+            "tokenize_stats": result.tokenize_stats,
             "metadata": run_metadata({"less_features": cfg}, argv),
         }
         write_json(out / "less_features.json", report)

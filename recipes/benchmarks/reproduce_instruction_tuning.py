@@ -13,7 +13,9 @@ Protocol (everything through the public API, `recipes.less_features` and the ins
    → one projected gradient column per checkpoint (Adam directions for the pool, plain gradients for the
    validation rows; ``--dim``), the ``less`` score (lr-weighted cosine, mean per target task, max over
    tasks) and ``grad`` (the lr-weighted unit gradients concatenated: inner product = LESS's weighted cosine).
-4. Methods (the selection seed is the training seed): **random**; **LESS** (`top_k` on ``less``);
+4. Methods, each keeping 5% / 10% of the rows that have gradient features (rows left without a response
+   token by the truncation to ``--max-length`` are dropped and counted, and never selected; the selection
+   seed is the training seed): **random**; **LESS** (`top_k` on ``less``);
    **InfoMax** (I = ``less``, K from ``grad``, ``k=5``, ``α=0.3``, ``T=20``, one partition);
    **D²** over LESS (`d2_pruning`, node value = LESS mapped to [0, 1] as ``(1 + less/W)/2`` with
    ``W = Σ`` checkpoint weights, the score's range, since D² needs non-negative scores; edges from
@@ -21,7 +23,8 @@ Protocol (everything through the public API, `recipes.less_features` and the ins
    hard cutoff drops the lowest-scored rows first; the CCS paper's 30% cutoff at ≥ 90% pruning);
    **Moderate** over LESS (the scores closest to the median). These are the conventions of
    ``reproduce_clip_pretraining.py`` with the CLIP score replaced by the LESS score.
-5. Training: the recipe on each subset (``--epochs`` epochs; LoRA as `recipes/configs/instruction_smollm2_cpu.yaml`),
+5. Training: the recipe on each subset (``--epochs`` epochs; LoRA as in
+   `recipes/configs/instruction_smollm2_cpu.yaml`),
    then `recipes.trainer.llm_eval.evaluate_tasks` on the target tasks' test rows (multiple-choice
    log-likelihood for tasks with choices, exact match of the greedy answer otherwise). The untuned model
    (``--epochs 0``) is the floor.
@@ -62,7 +65,8 @@ Default (CPU, ≈ 2.5 h in the background next to one other job; not run by the 
 
 Quick end-to-end check (about a minute): ``--quick`` (the recipe's tiny Llama, a 240-row pool with two
 target tasks, one seed, LESS, InfoMax and D² at 5%); with ``--pool-path`` (a saved train/validation/test
-DatasetDict in the schema) it needs neither ShareGPT nor the BIG-bench sdist, as in the tests. ``--report-only`` rebuilds the report and plot from ``results.json``.
+DatasetDict in the schema) it needs neither ShareGPT nor the BIG-bench sdist, as in the tests.
+``--report-only`` rebuilds the report and plot from ``results.json``.
 ``--gpu`` prints the commands of the paper-sized run (a 1B–8B model, the LESS mix from the Hub, MMLU /
 TydiQA / BBH) and exits.
 """
@@ -99,8 +103,14 @@ BASE = "base model (untuned)"
 # (median 65–110 tokens; causal_judgment and temporal_sequences need 180–600), of several kinds: sports
 # plausibility, spatial navigation, dates, logic, adjective order (multiple choice, scored by
 # log-likelihood) and object counting (generative, scored by exact match).
-TARGETS = ("sports_understanding", "navigate", "date_understanding", "logical_deduction:three_objects",
-           "hyperbaton", "object_counting")
+TARGETS = (
+    "sports_understanding",
+    "navigate",
+    "date_understanding",
+    "logical_deduction:three_objects",
+    "hyperbaton",
+    "object_counting",
+)
 QUICK = {
     "model": "tiny",
     "pool_size": 240,
@@ -118,7 +128,8 @@ QUICK = {
 
 GPU_COMMANDS = """\
 # 1. The LESS mix (FLAN v2, CoT, Dolly, OASST1 from the Hub) in the messages/source/task schema, and the
-#    targets' few validation examples (LESS: 5 for MMLU per subject group, 1 per TydiQA language, 3 per BBH task).
+#    targets' few validation examples (LESS: 5 for MMLU per subject group, 1 per TydiQA language,
+#    3 per BBH task).
 python - <<'EOF'
 import hf_prune as hp
 from datasets import load_dataset, concatenate_datasets, DatasetDict
@@ -133,7 +144,8 @@ EOF
 # 2. LESS warm-up on 5% for 4 epochs (App. A.3 model settings), then features on all GPUs:
 accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml recipes/instruction_tuning.py \\
     --config recipes/configs/instruction_less_gpu.yaml --model meta-llama/Llama-2-7b-hf \\
-    --train_path pools/less_mix --warmup_fraction 0.05 --warmup_epochs 4 --seeds 0 --output_dir runs/less_warmup
+    --train_path pools/less_mix --warmup_fraction 0.05 --warmup_epochs 4 --seeds 0 \\
+    --output_dir runs/less_warmup
 accelerate launch --multi_gpu --num_processes 8 -m recipes.less_features \\
     --warmup_dir runs/less_warmup/seed_0/warmup --train_path pools/less_mix \\
     --validation_path pools/less_targets --dim 8192 --output_dir runs/less_features
@@ -144,7 +156,8 @@ from datasets import load_from_disk
 pool = load_from_disk("runs/less_features/scored_pool")
 for name, sub in {
     "less": hp.select.top_k(pool, fraction=0.05, score_column="less"),
-    "infomax": hp.select.infomax(pool, fraction=0.05, score_column="less", embedding_column="grad", device="cuda"),
+    "infomax": hp.select.infomax(pool, fraction=0.05, score_column="less", embedding_column="grad",
+                                 device="cuda"),
 }.items():
     sub.select_columns(["row_id"]).save_to_disk(f"subsets/less_mix_{name}_5")
 EOF
@@ -153,7 +166,8 @@ accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml recipe
     --train_path pools/less_mix --subset_path subsets/less_mix_infomax_5 --seeds 0 1 2 \\
     --output_dir runs/less_mix_infomax_5
 # 4. MMLU (5-shot), TydiQA (1-shot, gold passage) and BBH (3-shot CoT) with lm-evaluation-harness:
-lm_eval --model hf --model_args pretrained=meta-llama/Llama-2-7b-hf,peft=runs/less_mix_infomax_5/seed_0/adapter \\
+lm_eval --model hf \\
+    --model_args pretrained=meta-llama/Llama-2-7b-hf,peft=runs/less_mix_infomax_5/seed_0/adapter \\
     --tasks mmlu,tydiqa,bbh_cot_fewshot --batch_size 8
 """
 
@@ -168,17 +182,46 @@ def run_recipe(argv: list[str], quiet: bool = True) -> dict:
 def model_options(args) -> list[str]:
     """Recipe options of the model, LoRA and tokens (the same for the warm-up and every subset)."""
     if args.model == "tiny":
-        opts = ["--model", "tiny", "--vocab_size", "400", "--tiny_hidden_size", "32", "--lora_r", "4",
-                "--lora_alpha", "8", "--learning_rate", "5e-3", "--max_new_tokens", "8", "--few_shot", "0"]
+        opts = [
+            "--model",
+            "tiny",
+            "--vocab_size",
+            "400",
+            "--tiny_hidden_size",
+            "32",
+            "--lora_r",
+            "4",
+            "--lora_alpha",
+            "8",
+            "--learning_rate",
+            "5e-3",
+            "--max_new_tokens",
+            "8",
+            "--few_shot",
+            "0",
+        ]
     else:
-        opts = ["--config", str(Path(recipe.__file__).parent / "configs" / "instruction_smollm2_cpu.yaml"),
-                "--model", args.model, "--few_shot", str(args.few_shot)]
-    return opts + ["--max_length", str(args.max_length), "--batch_size", str(args.batch_size),
-                   "--checkpointing", "false", *(["--cpu"] if args.cpu else [])]
+        opts = [
+            "--config",
+            str(Path(recipe.__file__).parent / "configs" / "instruction_smollm2_cpu.yaml"),
+            "--model",
+            args.model,
+            "--few_shot",
+            str(args.few_shot),
+        ]
+    return opts + [
+        "--max_length",
+        str(args.max_length),
+        "--batch_size",
+        str(args.batch_size),
+        "--checkpointing",
+        "false",
+        *(["--cpu"] if args.cpu else []),
+    ]
 
 
 def build_pool(out: Path, args) -> DatasetDict:
-    """The pool (``train``), the targets' ``validation`` and ``test`` rows; built once and saved to ``out/pool``.
+    """The pool (``train``) and the targets' ``validation`` and ``test`` rows, built once into ``out/pool``.
 
     ``--pool-path`` uses a saved DatasetDict in that layout instead. Otherwise: ShareGPT (`load_sharegpt`)
     and non-target BIG-bench tasks (`load_bigbench(exclude=BBH_TASKS)`, at most 20 rows a task) in equal
@@ -191,21 +234,30 @@ def build_pool(out: Path, args) -> DatasetDict:
     if args.pool_path:
         pool = load_from_disk(args.pool_path)
         if not isinstance(pool, DatasetDict) or not {"train", "validation", "test"} <= set(pool):
-            raise ValueError(f"--pool-path {args.pool_path} must be a DatasetDict with train/validation/test splits")
+            raise ValueError(
+                f"--pool-path {args.pool_path} must be a DatasetDict with train/validation/test splits"
+            )
         summary = {"pool_path": args.pool_path}
     else:
         bigbench = args.bigbench or hp.data.bigbench_path()
         per_target = args.validation_per_task + args.test_per_task
-        targets = hp.data.load_bigbench(bigbench, tasks=list(args.targets), max_examples_per_task=per_target,
-                                        seed=0, progress=False)
+        targets = hp.data.load_bigbench(
+            bigbench, tasks=list(args.targets), max_examples_per_task=per_target, seed=0, progress=False
+        )
         sources = {
             "sharegpt": hp.data.load_sharegpt(limit=4 * args.pool_size),
-            "bigbench": hp.data.load_bigbench(bigbench, exclude=list(hp.data.BBH_TASKS), max_examples_per_task=20,
-                                              seed=0, progress=False),
+            "bigbench": hp.data.load_bigbench(
+                bigbench, exclude=list(hp.data.BBH_TASKS), max_examples_per_task=20, seed=0, progress=False
+            ),
         }
         pool, summary = hp.data.build_instruction_pool(
-            sources, targets, pool_size=args.pool_size, shares={"sharegpt": 0.5, "bigbench": 0.5},
-            validation_per_task=args.validation_per_task, test_per_task=args.test_per_task, seed=0,
+            sources,
+            targets,
+            pool_size=args.pool_size,
+            shares={"sharegpt": 0.5, "bigbench": 0.5},
+            validation_per_task=args.validation_per_task,
+            test_per_task=args.test_per_task,
+            seed=0,
             return_summary=True,
         )
     pool.save_to_disk(str(path))
@@ -221,15 +273,34 @@ def warm_up(out: Path, args) -> tuple[Path, dict]:
     if info_path.is_file():
         return warmup_dir, json.loads(info_path.read_text())
     start = time.perf_counter()
-    metrics = run_recipe(model_options(args) + [
-        "--train_path", str(out / "pool"), "--train_split", "train", "--warmup_fraction", str(args.warmup_fraction),
-        "--warmup_epochs", str(args.warmup_epochs), "--seeds", "0", "--output_dir", str(run_dir),
-        "--save_model", "false",
-    ])
+    metrics = run_recipe(
+        model_options(args)
+        + [
+            "--train_path",
+            str(out / "pool"),
+            "--train_split",
+            "train",
+            "--warmup_fraction",
+            str(args.warmup_fraction),
+            "--warmup_epochs",
+            str(args.warmup_epochs),
+            "--seeds",
+            "0",
+            "--output_dir",
+            str(run_dir),
+            "--save_model",
+            "false",
+        ]
+    )
     seed = json.loads((run_dir / "seed_0" / "metrics.json").read_text())
-    info = {"warmup_s": time.perf_counter() - start, "warmup_train_s": metrics["train_time_s"]["mean"],
-            "warmup_rows": seed["train_rows"], "warmup_tokens": seed["train_tokens"], "epochs": seed["epochs"],
-            "epoch_mean_lr": seed["epoch_mean_lr"]}
+    info = {
+        "warmup_s": time.perf_counter() - start,
+        "warmup_train_s": metrics["train_time_s"]["mean"],
+        "warmup_rows": seed["train_rows"],
+        "warmup_tokens": seed["train_tokens"],
+        "epochs": seed["epochs"],
+        "epoch_mean_lr": seed["epoch_mean_lr"],
+    }
     write_json(info_path, info)
     return warmup_dir, info
 
@@ -242,20 +313,38 @@ def scored_pool(out: Path, pool: DatasetDict, warmup_dir: Path, args) -> tuple[D
     checkpoints = features.checkpoints_of(warmup_dir)
     info0 = checkpoints[0].info
     result = features.less_features(
-        pool["train"], pool["validation"], checkpoints, tokenizer=checkpoints[0].load_tokenizer(),
-        template=info0.get("template", "chat"), max_length=info0.get("max_length", args.max_length), dim=args.dim,
-        seed=0, batch_size=args.gradient_batch_size, vectorize=False, cache_dir=out / "cache", device="cpu" if args.cpu else None,
+        pool["train"],
+        pool["validation"],
+        checkpoints,
+        tokenizer=checkpoints[0].load_tokenizer(),
+        template=info0.get("template", "chat"),
+        max_length=info0.get("max_length", args.max_length),
+        dim=args.dim,
+        seed=0,
+        batch_size=args.gradient_batch_size,
+        vectorize=False,
+        cache_dir=out / "cache",
+        device="cpu" if args.cpu else None,
     )
     weights = result.checkpoint_weights
     scored = result.pool.select_columns(["row_id", "task", "source", "less", "grad"])
     # D² needs a non-negative node value: less ∈ [-W, W] with W = Σ weights, mapped to [0, 1].
-    scored = add_column(scored, "less_01", (1.0 + read_vector(scored, "less", dtype=np.float64) / sum(weights)) / 2.0)
+    scored = add_column(
+        scored, "less_01", (1.0 + read_vector(scored, "less", dtype=np.float64) / sum(weights)) / 2.0
+    )
     scored.save_to_disk(str(path))
     less = read_vector(scored, "less", dtype=np.float64)
-    info = {**result.timings, "checkpoint_weights": weights, "rows": len(scored),
-            "tokenize": result.tokenize_stats, "less_mean": float(less.mean()), "less_std": float(less.std()),
-            "less_by_source": {s: float(less[np.array(scored["source"]) == s].mean())
-                               for s in sorted(set(scored["source"]))}}
+    info = {
+        **result.timings,
+        "checkpoint_weights": weights,
+        "rows": len(scored),
+        "tokenize": result.tokenize_stats,
+        "less_mean": float(less.mean()),
+        "less_std": float(less.std()),
+        "less_by_source": {
+            s: float(less[np.array(scored["source"]) == s].mean()) for s in sorted(set(scored["source"]))
+        },
+    }
     write_json(info_path, info)
     return load_from_disk(str(path)), info
 
@@ -267,11 +356,15 @@ def methods() -> dict[str, Callable[[Dataset, float, int], Dataset]]:
     return {
         "random": lambda d, f, s: hp.select.random(d, fraction=f, seed=s),
         "LESS": lambda d, f, s: hp.select.top_k(d, fraction=f, score_column="less", seed=s),
-        "InfoMax": lambda d, f, s: hp.select.infomax(d, fraction=f, score_column="less", k=5, alpha=0.3,
-                                                     iterations=20, partitions=1, seed=s, **grad),
-        "D² (LESS)": lambda d, f, s: hp.select.d2_pruning(d, fraction=f, score_column="less_01", seed=s, **grad),
-        "CCS (LESS)": lambda d, f, s: hp.select.ccs(d, fraction=f, score_column="less", descending=False,
-                                                    hard_cutoff=CCS_CUTOFF.get(f, 0.0), seed=s),
+        "InfoMax": lambda d, f, s: hp.select.infomax(
+            d, fraction=f, score_column="less", k=5, alpha=0.3, iterations=20, partitions=1, seed=s, **grad
+        ),
+        "D² (LESS)": lambda d, f, s: hp.select.d2_pruning(
+            d, fraction=f, score_column="less_01", seed=s, **grad
+        ),
+        "CCS (LESS)": lambda d, f, s: hp.select.ccs(
+            d, fraction=f, score_column="less", descending=False, hard_cutoff=CCS_CUTOFF.get(f, 0.0), seed=s
+        ),
         "Moderate (LESS)": lambda d, f, s: hp.select.moderate(d, fraction=f, score_column="less", seed=s),
     }
 
@@ -280,10 +373,26 @@ def methods() -> dict[str, Callable[[Dataset, float, int], Dataset]]:
 def train_entry(out: Path, name: str, fraction: float, seed: int, subset: Dataset | None, args) -> dict:
     run_dir = out / "runs" / f"{_slug(name)}_{fraction}_{seed}"
     argv = model_options(args) + [
-        "--train_path", str(out / "pool"), "--train_split", "train", "--eval_path", str(out / "pool"),
-        "--eval_split", "test", "--shots_path", str(out / "pool"), "--shots_split", "validation",
-        "--epochs", str(0 if subset is None else args.epochs), "--seeds", str(seed), "--output_dir", str(run_dir),
-        "--save_model", "false",
+        "--train_path",
+        str(out / "pool"),
+        "--train_split",
+        "train",
+        "--eval_path",
+        str(out / "pool"),
+        "--eval_split",
+        "test",
+        "--shots_path",
+        str(out / "pool"),
+        "--shots_split",
+        "validation",
+        "--epochs",
+        str(0 if subset is None else args.epochs),
+        "--seeds",
+        str(seed),
+        "--output_dir",
+        str(run_dir),
+        "--save_model",
+        "false",
     ]
     if subset is not None:
         subset_dir = out / "subsets" / f"{_slug(name)}_{fraction}_{seed}"
@@ -292,8 +401,12 @@ def train_entry(out: Path, name: str, fraction: float, seed: int, subset: Datase
     run_recipe(argv)
     metrics = json.loads((run_dir / f"seed_{seed}" / "metrics.json").read_text())
     return {
-        "average": metrics["average"], "tasks": metrics["tasks"], "rows": metrics["train_rows"],
-        "tokens": metrics["train_tokens"], "iterations": metrics["iterations"], "train_s": metrics["train_time_s"],
+        "average": metrics["average"],
+        "tasks": metrics["tasks"],
+        "rows": metrics["train_rows"],
+        "tokens": metrics["train_tokens"],
+        "iterations": metrics["iterations"],
+        "train_s": metrics["train_time_s"],
         "eval_s": metrics["eval_time_s"],
         "sources": _sources(subset) if subset is not None else {},
     }
@@ -324,15 +437,19 @@ def run_all(out: Path, pool: Dataset, args, results: dict) -> None:
                 select_s = time.perf_counter() - start
                 entry = train_entry(out, name, fraction, seed, subset, args)
                 if entry["rows"] != len(subset):
-                    raise RuntimeError(f"{key}: the recipe trained on {entry['rows']} rows, the subset has {len(subset)}")
+                    raise RuntimeError(
+                        f"{key}: the recipe trained on {entry['rows']} rows, the subset has {len(subset)}"
+                    )
                 results["runs"][key] = {**entry, "select_s": select_s}
                 save_results(out, results)
                 print(f"{key}: {_line(results['runs'][key])}", flush=True)
 
 
 def _line(entry: dict) -> str:
-    return (f"average {entry['average'] * 100:.1f}%  rows {entry['rows']}  select {entry['select_s']:.1f}s  "
-            f"train {entry['train_s']:.0f}s  eval {entry['eval_s']:.0f}s")
+    return (
+        f"average {entry['average'] * 100:.1f}%  rows {entry['rows']}  select {entry['select_s']:.1f}s  "
+        f"train {entry['train_s']:.0f}s  eval {entry['eval_s']:.0f}s"
+    )
 
 
 def _slug(name: str) -> str:
@@ -366,24 +483,35 @@ def claim_lines(results: dict, fraction: float = CLAIM_FRACTION) -> list[str]:
     summary = summarize(results, "average")
     at = {n: summary.get(n, {}).get(fraction) for n in ("InfoMax", *rivals)}
     if any(v is None for v in at.values()):
-        return [f"- average accuracy: not measured at {fraction:.0%} kept (needs InfoMax, LESS and D² at {fraction})."]
+        return [
+            f"- average accuracy: not measured at {fraction:.0%} kept "
+            f"(needs InfoMax, LESS and D² at {fraction})."
+        ]
     ours = at["InfoMax"]["mean"]
     verdict = "agree" if all(ours > at[r]["mean"] for r in rivals) else "disagree"
-    diffs = ", ".join(f"{r} {at[r]['mean'] * 100:.1f} ± {at[r]['std'] * 100:.1f} ({(ours - at[r]['mean']) * 100:+.1f})"
-                      for r in rivals)
-    lines = [f"- average accuracy: **{verdict}** — InfoMax {ours * 100:.1f} ± {at['InfoMax']['std'] * 100:.1f}; "
-             f"{diffs} (n = {at['InfoMax']['n']} seeds)."]
+    diffs = ", ".join(
+        f"{r} {at[r]['mean'] * 100:.1f} ± {at[r]['std'] * 100:.1f} ({(ours - at[r]['mean']) * 100:+.1f})"
+        for r in rivals
+    )
+    lines = [
+        f"- average accuracy: **{verdict}** — InfoMax {ours * 100:.1f} ± {at['InfoMax']['std'] * 100:.1f}; "
+        f"{diffs} (n = {at['InfoMax']['n']} seeds)."
+    ]
     # Why: per target task, where the ordering holds or breaks.
-    tasks = sorted({t for k, e in results["runs"].items() if k.split("|")[0] == "InfoMax" for t in e["tasks"]})
+    tasks = sorted(
+        {t for k, e in results["runs"].items() if k.split("|")[0] == "InfoMax" for t in e["tasks"]}
+    )
     for task in tasks:
         per = summarize(results, task)
         cells = {n: per.get(n, {}).get(fraction) for n in ("InfoMax", *rivals)}
         if any(v is None for v in cells.values()):
             continue
         above = all(cells["InfoMax"]["mean"] > cells[r]["mean"] for r in rivals)
-        lines.append(f"  - {task}: InfoMax {cells['InfoMax']['mean'] * 100:.1f}, "
-                     + ", ".join(f"{r} {cells[r]['mean'] * 100:.1f}" for r in rivals)
-                     + (" (InfoMax above both)" if above else " (InfoMax not above both)"))
+        lines.append(
+            f"  - {task}: InfoMax {cells['InfoMax']['mean'] * 100:.1f}, "
+            + ", ".join(f"{r} {cells[r]['mean'] * 100:.1f}" for r in rivals)
+            + (" (InfoMax above both)" if above else " (InfoMax not above both)")
+        )
     return lines
 
 
@@ -398,7 +526,9 @@ def overlap_lines(results: dict, out: Path, fraction: float = CLAIM_FRACTION) ->
         path = out / "subsets" / f"{_slug(name)}_{fraction}_0"
         if name != "LESS" and path.is_dir():
             rows = set(load_from_disk(str(path))["row_id"])
-            lines.append(f"- {name}: {len(rows & less_rows) / max(1, len(rows)):.0%} of its rows are in LESS's top-k")
+            lines.append(
+                f"- {name}: {len(rows & less_rows) / max(1, len(rows)):.0%} of its rows are in LESS's top-k"
+            )
     return lines
 
 
@@ -414,11 +544,13 @@ def cost_table(results: dict) -> str:
             train.append(entry["train_s"])
         evals.append(entry["eval_s"])
     rows = [
-        "| stage | cost |", "|---|---|",
+        "| stage | cost |",
+        "|---|---|",
         f"| warm-up ({w.get('warmup_rows', '?')} rows × {w.get('epochs', '?')} epochs) | "
         f"{w.get('warmup_s', float('nan')):.0f} s |",
         f"| gradient features ({f.get('gradient_rows', '?')} rows over all checkpoints, "
-        f"{f.get('tokens_per_row', float('nan')):.0f} tokens/row) | {f.get('gradient_s', float('nan')):.0f} s = "
+        f"{f.get('tokens_per_row', float('nan')):.0f} tokens/row) | "
+        f"{f.get('gradient_s', float('nan')):.0f} s = "
         f"{f.get('gradient_s_per_1k_rows') or float('nan'):.0f} s per 1k rows |",
         f"| LESS scoring + combined features | {f.get('scoring_s', float('nan')):.2f} s |",
     ]
@@ -441,9 +573,17 @@ def plot(results: dict, path: Path) -> None:
     cmap = plt.get_cmap("tab10")
     for i, (name, per) in enumerate((n, p) for n, p in summary.items() if n != BASE):
         xs = sorted(per)
-        ax.errorbar([x * 100 for x in xs], [per[x]["mean"] * 100 for x in xs], yerr=[per[x]["std"] * 100 for x in xs],
-                    marker="o", markersize=4, capsize=2, color=cmap(i % 10), label=name,
-                    linewidth=2.5 if name in ("InfoMax", "LESS") else 1.2)
+        ax.errorbar(
+            [x * 100 for x in xs],
+            [per[x]["mean"] * 100 for x in xs],
+            yerr=[per[x]["std"] * 100 for x in xs],
+            marker="o",
+            markersize=4,
+            capsize=2,
+            color=cmap(i % 10),
+            label=name,
+            linewidth=2.5 if name in ("InfoMax", "LESS") else 1.2,
+        )
     if BASE in summary:
         ax.axhline(summary[BASE][0.0]["mean"] * 100, color="black", linestyle="--", linewidth=1, label=BASE)
     ax.set_title("average accuracy on the target tasks")
@@ -463,22 +603,29 @@ def report(out: Path, results: dict) -> str:
         "",
         f"Floor (untuned model): average {base['mean'] * 100:.1f}%." if base else "Floor: not measured.",
         "",
-        f"#### Average accuracy over the {len(tasks)} target tasks (%), mean ± std over seeds {', '.join(seeds)}",
+        f"#### Average accuracy over the {len(tasks)} target tasks (%), "
+        f"mean ± std over seeds {', '.join(seeds)}",
         "",
         mean_std_table({k: v for k, v in summarize(results, "average").items() if k != BASE}, fractions),
         "",
     ]
     for task in tasks:
-        parts += [f"#### {task} (%)", "",
-                  mean_std_table({k: v for k, v in summarize(results, task).items() if k != BASE}, fractions), ""]
+        parts += [
+            f"#### {task} (%)",
+            "",
+            mean_std_table({k: v for k, v in summarize(results, task).items() if k != BASE}, fractions),
+            "",
+        ]
         floor = summarize(results, task).get(BASE, {}).get(0.0)
         if floor:
             parts += [f"Untuned: {floor['mean'] * 100:.1f}%.", ""]
     parts += ["#### Cost per stage", "", cost_table(results), ""]
     f = results.get("features", {})
     if f.get("less_by_source"):
-        parts += ["Mean LESS score by source: " + ", ".join(f"{s} {v:.2e}" for s, v in f["less_by_source"].items()),
-                  ""]
+        parts += [
+            "Mean LESS score by source: " + ", ".join(f"{s} {v:.2e}" for s, v in f["less_by_source"].items()),
+            "",
+        ]
     overlap = overlap_lines(results, out)
     if overlap:
         parts += [f"#### Overlap with LESS's top-k at {CLAIM_FRACTION:.0%} (seed 0)", "", *overlap, ""]
@@ -490,18 +637,34 @@ def report(out: Path, results: dict) -> str:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--output-dir", default="runs/reproduce_instruction")
-    p.add_argument("--model", default="smollm2", help="smollm2 (offline GGUF), tiny, or a Hub id / local folder")
-    p.add_argument("--pool-size", type=int, default=1000, help="rows of the pool to prune (before tokenising)")
-    p.add_argument("--targets", nargs="+", default=list(TARGETS), help="held-out BIG-bench (BBH) target tasks")
-    p.add_argument("--bigbench", default=None, help="the bigbench sdist .tar.gz (default: $HF_PRUNE_BIGBENCH)")
-    p.add_argument("--pool-path", default=None, help="a saved DatasetDict (train/validation/test) to use as the pool")
-    p.add_argument("--validation-per-task", type=int, default=4, help="validation rows per target task (LESS: a few)")
+    p.add_argument(
+        "--model", default="smollm2", help="smollm2 (offline GGUF), tiny, or a Hub id / local folder"
+    )
+    p.add_argument(
+        "--pool-size", type=int, default=1000, help="rows of the pool to prune (before tokenising)"
+    )
+    p.add_argument(
+        "--targets", nargs="+", default=list(TARGETS), help="held-out BIG-bench (BBH) target tasks"
+    )
+    p.add_argument(
+        "--bigbench", default=None, help="the bigbench sdist .tar.gz (default: $HF_PRUNE_BIGBENCH)"
+    )
+    p.add_argument(
+        "--pool-path", default=None, help="a saved DatasetDict (train/validation/test) to use as the pool"
+    )
+    p.add_argument(
+        "--validation-per-task", type=int, default=4, help="validation rows per target task (LESS: a few)"
+    )
     p.add_argument("--test-per-task", type=int, default=10, help="test rows per target task")
     p.add_argument("--max-length", type=int, default=128, help="tokens per example (longer ones are cut)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--few-shot", type=int, default=0, help="solved validation examples in each evaluation prompt")
+    p.add_argument(
+        "--few-shot", type=int, default=0, help="solved validation examples in each evaluation prompt"
+    )
     p.add_argument("--warmup-fraction", type=float, default=0.05, help="LESS: 5%% of the pool")
     p.add_argument("--warmup-epochs", type=int, default=2, help="warm-up epochs = checkpoints (LESS: 4)")
     p.add_argument("--epochs", type=int, default=2, help="training epochs on each subset (App. A.3: 4)")
@@ -518,8 +681,21 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-SETTINGS = ("model", "pool_size", "targets", "pool_path", "validation_per_task", "test_per_task", "max_length", "batch_size",
-            "few_shot", "warmup_fraction", "warmup_epochs", "epochs", "dim")
+SETTINGS = (
+    "model",
+    "pool_size",
+    "targets",
+    "pool_path",
+    "validation_per_task",
+    "test_per_task",
+    "max_length",
+    "batch_size",
+    "few_shot",
+    "warmup_fraction",
+    "warmup_epochs",
+    "epochs",
+    "dim",
+)
 
 
 def main(argv: list[str] | None = None) -> dict:

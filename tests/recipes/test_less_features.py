@@ -33,11 +33,19 @@ def tiny_lora_model(seed=0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     model = LlamaForCausalLM(config)
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                             init_lora_weights=False))
+    model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     return model
 
 
@@ -57,16 +65,21 @@ def warmup(model, ids, labels, epochs=2, lr=1e-2):
     model.train()
     for epoch in range(1, epochs + 1):
         for start in range(0, len(ids), 4):
-            x = torch.tensor(ids[start:start + 4])
-            y = torch.tensor(labels[start:start + 4])
+            x = torch.tensor(ids[start : start + 4])
+            y = torch.tensor(labels[start : start + 4])
             loss = model(input_ids=x, labels=y).loss
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        state = {n: {k: v.clone() if torch.is_tensor(v) else v for k, v in optimizer.state[params[n]].items()}
-                 for n in names}
-        out.append(Checkpoint(epoch=epoch, mean_lr=lr / epoch, model=copy.deepcopy(model).eval(),
-                              optimizer_state=state))
+        state = {
+            n: {k: v.clone() if torch.is_tensor(v) else v for k, v in optimizer.state[params[n]].items()}
+            for n in names
+        }
+        out.append(
+            Checkpoint(
+                epoch=epoch, mean_lr=lr / epoch, model=copy.deepcopy(model).eval(), optimizer_state=state
+            )
+        )
     return out
 
 
@@ -128,8 +141,14 @@ def test_a_second_call_with_the_same_checkpoints_is_a_cache_hit(chain, tmp_path,
 
 
 def _worker(rank, world, port, shard_dir, queue):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_WORLD_SIZE=str(world),
+    )
     torch.set_num_threads(1)
     from accelerate import PartialState
 
@@ -138,8 +157,15 @@ def _worker(rank, world, port, shard_dir, queue):
         pool, validation, ids, labels = pool_and_validation(n=11)  # 11 rows: uneven shards (6 + 5)
         checkpoints = warmup(tiny_lora_model(), ids, labels, epochs=1)
         out = lf.less_features(pool, validation, checkpoints, dim=64, state=state, shard_dir=shard_dir)
-        queue.put((rank, state.num_processes, np.array(out.pool["grad_1"]), np.array(out.pool["less"]),
-                   out.timings["checkpoints"][0]["pool"]["rows"]))
+        queue.put(
+            (
+                rank,
+                state.num_processes,
+                np.array(out.pool["grad_1"]),
+                np.array(out.pool["less"]),
+                out.timings["checkpoints"][0]["pool"]["rows"],
+            )
+        )
     finally:
         torch.distributed.destroy_process_group()
 
@@ -177,7 +203,9 @@ def test_combine_gradients_by_hand():
     ds = Dataset.from_dict({"a": [[3.0, 4.0], [0.0, 0.0]], "b": [[0.0, 2.0], [1.0, 0.0]]})
     out = lf.combine_gradients(ds, ["a", "b"], [3.0, 1.0], output_column="g")
     g = np.array(out["g"])
-    np.testing.assert_allclose(g[0], [np.sqrt(0.75) * 0.6, np.sqrt(0.75) * 0.8, 0.0, np.sqrt(0.25)], rtol=1e-6)
+    np.testing.assert_allclose(
+        g[0], [np.sqrt(0.75) * 0.6, np.sqrt(0.75) * 0.8, 0.0, np.sqrt(0.25)], rtol=1e-6
+    )
     np.testing.assert_allclose(g[1], [0.0, 0.0, np.sqrt(0.25), 0.0])  # a zero gradient stays zero
     with pytest.raises(ValueError, match="weights"):
         lf.combine_gradients(ds, ["a", "b"], [0.0, 0.0])
@@ -213,8 +241,9 @@ def test_bad_input_is_named(chain, tmp_path):
         masked = pool.map(lambda r: {"labels": [-100] * len(r["labels"])})
         lf.less_features(masked, validation, checkpoints, dim=16)
 
-    two_tasks = Dataset.from_dict({"input_ids": [[1, 2, 3]] * 2, "labels": [[-100, 2, 3], [-100, -100, -100]],
-                                   "task": ["kept", "lost"]})
+    two_tasks = Dataset.from_dict(
+        {"input_ids": [[1, 2, 3]] * 2, "labels": [[-100, 2, 3], [-100, -100, -100]], "task": ["kept", "lost"]}
+    )
     with pytest.raises(ValueError, match=r"\['lost'\] have no validation row"):
         lf.less_features(pool, two_tasks, checkpoints, dim=16)
 
@@ -222,7 +251,9 @@ def test_bad_input_is_named(chain, tmp_path):
         num_processes, process_index, device = 2, 0, torch.device("cpu")
 
     with pytest.raises(ValueError, match="shard_dir"):
-        lf.embed_sharded(pool, hp.embed.LoRAGradientEmbedder(checkpoints[0].model, dim=8), state=TwoProcesses())
+        lf.embed_sharded(
+            pool, hp.embed.LoRAGradientEmbedder(checkpoints[0].model, dim=8), state=TwoProcesses()
+        )
 
 
 def test_shard_bounds_cover_every_row_once():
@@ -237,7 +268,10 @@ def test_response_token_counts():
     ds = Dataset.from_dict({"labels": [[-100, 5, 6], [-100, -100, 1, 2, 3], [7, -100], []]})
     assert lf.response_token_counts(ds).tolist() == [2, 3, 1, 0]
     assert lf.response_token_counts(ds, skip_first=True).tolist() == [2, 3, 0, 0]
-    assert lf.response_token_counts(ds.select([1, 2]), skip_first=True).tolist() == [3, 0]  # a view keeps offsets
+    assert lf.response_token_counts(ds.select([1, 2]), skip_first=True).tolist() == [
+        3,
+        0,
+    ]  # a view keeps offsets
 
 
 def test_cli_on_the_recipes_warmup_checkpoints(tmp_path):
@@ -250,24 +284,68 @@ def test_cli_on_the_recipes_warmup_checkpoints(tmp_path):
     pool = synthetic_pool()
     pool["train"] = pool["train"].select(range(80))
     pool.save_to_disk(str(tmp_path / "pool"))
-    instruction_tuning.main(["--model", "tiny", "--vocab_size", "300", "--tiny_hidden_size", "16", "--lora_r", "2",
-                             "--max_length", "48", "--train_path", str(tmp_path / "pool"), "--warmup_fraction", "0.2",
-                             "--warmup_epochs", "2", "--seeds", "0", "--checkpointing", "false", "--cpu",
-                             "--output_dir", str(tmp_path / "warmup")])
-    report = lf.main(["--warmup_dir", str(tmp_path / "warmup" / "seed_0"), "--train_path", str(tmp_path / "pool"),
-                      "--validation_path", str(tmp_path / "pool"), "--output_dir", str(tmp_path / "less"),
-                      "--dim", "32", "--vectorize", "false", "--cpu",
-                      "--selector", "top_k:fraction=0.1,score_column=less"])
+    instruction_tuning.main(
+        [
+            "--model",
+            "tiny",
+            "--vocab_size",
+            "300",
+            "--tiny_hidden_size",
+            "16",
+            "--lora_r",
+            "2",
+            "--max_length",
+            "48",
+            "--train_path",
+            str(tmp_path / "pool"),
+            "--warmup_fraction",
+            "0.2",
+            "--warmup_epochs",
+            "2",
+            "--seeds",
+            "0",
+            "--checkpointing",
+            "false",
+            "--cpu",
+            "--output_dir",
+            str(tmp_path / "warmup"),
+        ]
+    )
+    report = lf.main(
+        [
+            "--warmup_dir",
+            str(tmp_path / "warmup" / "seed_0"),
+            "--train_path",
+            str(tmp_path / "pool"),
+            "--validation_path",
+            str(tmp_path / "pool"),
+            "--output_dir",
+            str(tmp_path / "less"),
+            "--dim",
+            "32",
+            "--vectorize",
+            "false",
+            "--cpu",
+            "--selector",
+            "top_k:fraction=0.1,score_column=less",
+        ]
+    )
     assert report["gradient_columns"] == ["grad_1", "grad_2"] and report["rows"] == 80
-    assert report["settings"]["max_length"] == 48 and report["settings"]["template"] == "chat"  # from warmup.json
+    assert (
+        report["settings"]["max_length"] == 48 and report["settings"]["template"] == "chat"
+    )  # from warmup.json
     assert report["tokenize_stats"]["pool"]["kept"] == 80 and report["timings"]["selection_s"] >= 0
+    assert report["timings"]["warmup_s"] > 0 and report["timings"]["gradient_s_per_1k_rows"] > 0
     scored = load_from_disk(str(tmp_path / "less" / "scored_pool"))
     assert {"row_id", "less", "grad", "grad_1", "grad_2"} <= set(scored.column_names)
     subset = load_from_disk(str(tmp_path / "less" / "subset"))
     less = np.array(scored["less"])
     assert sorted(subset["row_id"]) == sorted(np.argsort(-less, kind="stable")[:8].tolist())
     saved = json.loads((tmp_path / "less" / "less_features.json").read_text())
-    assert saved["checkpoint_weights"] == pytest.approx(report["checkpoint_weights"]) and saved["metadata"]["git_sha"]
+    assert (
+        saved["checkpoint_weights"] == pytest.approx(report["checkpoint_weights"])
+        and saved["metadata"]["git_sha"]
+    )
 
 
 @pytest.mark.slow

@@ -21,8 +21,13 @@ def synthetic_pool(seed=0):
     for i in range(240):
         if i % 2:
             a, b = rng.integers(0, 9, 2)
-            train.append({"messages": _conversation(f"What is {a} plus {b}?", str(a + b)), "source": "sums",
-                          "task": "sums"})
+            train.append(
+                {
+                    "messages": _conversation(f"What is {a} plus {b}?", str(a + b)),
+                    "source": "sums",
+                    "task": "sums",
+                }
+            )
         else:
             w = " ".join(rng.choice(words, 3))
             train.append({"messages": _conversation(f"Repeat: {w}", w), "source": "chat", "task": "copy"})
@@ -30,11 +35,25 @@ def synthetic_pool(seed=0):
     for _ in range(22):
         a, b = rng.integers(0, 9, 2)
         wrong = str(a + b + 1)
-        targets.append({"messages": _conversation(f"What is {a} plus {b}? Options: {a + b}, {wrong}", str(a + b)),
-                        "source": "targets", "task": "sum_choice", "answer": str(a + b), "choices": [str(a + b), wrong]})
+        targets.append(
+            {
+                "messages": _conversation(f"What is {a} plus {b}? Options: {a + b}, {wrong}", str(a + b)),
+                "source": "targets",
+                "task": "sum_choice",
+                "answer": str(a + b),
+                "choices": [str(a + b), wrong],
+            }
+        )
         w = str(rng.choice(words))
-        targets.append({"messages": _conversation(f"Say {w}", w), "source": "targets", "task": "say", "answer": w,
-                        "choices": []})
+        targets.append(
+            {
+                "messages": _conversation(f"Say {w}", w),
+                "source": "targets",
+                "task": "say",
+                "answer": w,
+                "choices": [],
+            }
+        )
     train = Dataset.from_list(train, features=hp.data.INSTRUCTION_FEATURES)
     train = train.add_column("row_id", np.arange(len(train)))
     target = Dataset.from_list(targets, features=hp.data.EVAL_FEATURES)
@@ -51,7 +70,11 @@ def quick(tmp_path_factory):
     root = tmp_path_factory.mktemp("reproduce_instruction")
     synthetic_pool().save_to_disk(str(root / "synthetic"))
     out = root / "out"
-    return out, main(["--quick", "--pool-path", str(root / "synthetic"), "--output-dir", str(out)]), root / "synthetic"
+    return (
+        out,
+        main(["--quick", "--pool-path", str(root / "synthetic"), "--output-dir", str(out)]),
+        root / "synthetic",
+    )
 
 
 def test_quick_runs_the_chain_end_to_end_on_the_selected_rows(quick):
@@ -98,7 +121,9 @@ def test_claim_is_marked_from_the_seed_means():
         runs[f"LESS|0.05|{seed}"] = _entry(less)
         runs[f"D² (LESS)|0.05|{seed}"] = _entry(d2)
     lines = claim_lines({"runs": runs})
-    assert lines[0].startswith("- average accuracy: **agree**") and "(+20.0)" in lines[0] and "n = 2" in lines[0]
+    assert (
+        lines[0].startswith("- average accuracy: **agree**") and "(+20.0)" in lines[0] and "n = 2" in lines[0]
+    )
     assert "t: InfoMax 60.0" in lines[1] and "(InfoMax above both)" in lines[1]
     runs["D² (LESS)|0.05|1"] = _entry(0.9)  # D²'s mean 0.675 > InfoMax's 0.6
     assert claim_lines({"runs": runs})[0].startswith("- average accuracy: **disagree**")
@@ -111,8 +136,15 @@ def test_every_method_selects_from_a_scored_pool_with_negative_scores():
     grad = rng.normal(size=(200, 8)).astype(np.float32)
     grad /= np.linalg.norm(grad, axis=1, keepdims=True)
     less = rng.uniform(-2e-4, 2e-4, 200)
-    pool = Dataset.from_dict({"row_id": np.arange(200), "less": less, "less_01": (1 + less / 4e-4) / 2,
-                              "grad": grad.tolist(), "source": ["a"] * 200})
+    pool = Dataset.from_dict(
+        {
+            "row_id": np.arange(200),
+            "less": less,
+            "less_01": (1 + less / 4e-4) / 2,
+            "grad": grad.tolist(),
+            "source": ["a"] * 200,
+        }
+    )
     for name, select in methods().items():
         for fraction in (0.05, 0.1):
             sub = select(pool, fraction, 0)
