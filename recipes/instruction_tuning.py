@@ -92,7 +92,9 @@ Evaluation. With ``--eval_path`` (a saved Dataset, or the ``--eval_split`` of a 
 ``--dataset offline`` the pool's test split by default), after training the model is scored by
 `recipes.trainer.llm_eval.evaluate_tasks` (exact match of greedy generations; multiple-choice
 log-likelihood for rows with ``choices``; ``--few_shot k`` solved examples from ``--shots_path``, else the
-``--shots_split`` of an ``--eval_path`` DatasetDict or of the offline pool; checked before training). ``--epochs 0`` evaluates the untuned model; ``--eval_each_epoch`` also records
+``--shots_split`` of an ``--eval_path`` DatasetDict or of the offline pool; checked before training).
+Prompts are not cut to the training ``--max_length`` (few-shot prompts are longer than one example):
+``--eval_max_length`` bounds them, by default the model's maximum. ``--epochs 0`` evaluates the untuned model; ``--eval_each_epoch`` also records
 the average after every epoch (``test_accuracy`` in the history). Evaluation runs on the main process
 (the others wait for it, up to ``--distributed_timeout_s``).
 
@@ -203,6 +205,9 @@ class TrainConfig(RunOptions):
     few_shot: int = field(default=0, metadata={"help": "Evaluation: solved examples per prompt."})
     max_new_tokens: int = field(default=32, metadata={"help": "Evaluation: generation budget for exact match."})
     eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch size."})
+    eval_max_length: int | None = field(
+        default=None, metadata={"help": "Evaluation: tokens per prompt before left truncation (default: the model's maximum)."}
+    )
     save_model: bool = field(default=True, metadata={"help": "Save the final adapter to seed_<s>/adapter."})
     model_cache_dir: str | None = field(default=None, metadata={"help": "smollm2: folder of the converted GGUF model."})
     model_dtype: str = field(default="float32", metadata={"help": "Weights of a loaded model: float32 or bfloat16 (GPU)."})
@@ -683,7 +688,7 @@ def _evaluate(model, tokenizer, eval_rows, shots, cfg: TrainConfig, seed: int) -
     from recipes.trainer.llm_eval import evaluate_tasks
 
     return evaluate_tasks(model, tokenizer, eval_rows, shots=shots, few_shot=cfg.few_shot, template=cfg.template,
-                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size, max_length=cfg.max_length,
+                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size, max_length=cfg.eval_max_length,
                           seed=seed, progress=False)
 
 
