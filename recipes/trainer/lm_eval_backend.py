@@ -20,7 +20,10 @@ default (the tokenizer's own special tokens unless the text starts with BOS) for
 tokenizer is deep-copied first, because lm-eval sets a missing pad token on the tokenizer it is given.
 Generation runs until an end-of-sequence token or ``max_new_tokens`` (no ``until`` string), so the
 newline rule is applied afterwards to the same greedy text. ``n_truncated`` is counted by the native
-tokenisation rule, which lm-eval shares.
+tokenisation rule, which lm-eval shares. lm-eval runs one full pass per choice where the native backend
+shares a row's prompt across its choices, so it is the slower of the two (on 3-shot BBH rows with
+SmolLM2-135M on a CPU the native full-pass mode, lm-eval's computation, took 3.5x the shared one for the
+multiple-choice part); it is here to check the native numbers and for lm-eval's own Hub tasks.
 
 Example:
     >>> metrics = evaluate_tasks(model, tokenizer, rows, backend="lm_eval")   # same keys as "native"
