@@ -547,6 +547,7 @@ def evaluate_tasks(
     metrics: Sequence[str] = METRICS,
     tasks: Sequence[str] | None = None,
     seed: int = 0,
+    share_context: bool = True,
     device: torch.device | str | None = None,
     backend: str = "native",
     return_predictions: bool = False,
@@ -576,6 +577,9 @@ def evaluate_tasks(
         metrics: any of ``"exact_match"``, ``"multiple_choice"``.
         tasks: evaluate only these tasks (each must have rows).
         seed: seeds the per-task draw of shots.
+        share_context: score a row's choices on one pass of its prompt (`choice_loglikelihoods`); ``False``
+            runs one full sequence per choice in cross-row batches (lm-eval's computation), which can use a
+            large GPU better when rows are many and choices few.
         device: where the model runs.
         backend: ``"native"`` or ``"lm_eval"`` (lm-evaluation-harness on local task files).
         return_predictions: include per-row predictions.
@@ -598,7 +602,8 @@ def evaluate_tasks(
     selected = eval_rows.select(positions) if len(positions) < len(eval_rows) else eval_rows
     prompts = build_prompts(selected, tokenizer, shots=shots, few_shot=few_shot, template=template, seed=seed)
     settings = {"backend": backend, "few_shot": few_shot, "template": template, "max_new_tokens": max_new_tokens,
-                "max_length": max_length or _default_max_length(model), "metrics": metrics, "seed": seed}
+                "max_length": max_length or _default_max_length(model), "metrics": metrics, "seed": seed,
+                "share_context": bool(share_context)}
     if backend == "lm_eval":
         from .lm_eval_backend import run_lm_eval
 
@@ -608,7 +613,8 @@ def evaluate_tasks(
     else:
         outcome = _run_native(model, tokenizer, prompts, answers, choices, template=template, metrics=metrics,
                               max_new_tokens=max_new_tokens, batch_size=batch_size,
-                              max_length=settings["max_length"], device=device, progress=progress)
+                              max_length=settings["max_length"], share_context=share_context, device=device,
+                              progress=progress)
     generations = outcome["generations"]
     exact = [answers_match(g, a) for g, a in zip(generations, answers)] if generations is not None else None
     result = summarize(row_tasks, choices, exact, outcome["acc"], outcome["acc_norm"], outcome["truncated"])
@@ -641,7 +647,7 @@ def multiple_choice_outcomes(
 
 
 def _run_native(model, tokenizer, prompts, answers, choices, *, template, metrics, max_new_tokens, batch_size,
-                max_length, device, progress) -> dict[str, Any]:
+                max_length, share_context, device, progress) -> dict[str, Any]:
     """Per-row outcomes of the native backend; the model is moved/evaluated and given back as it was."""
     was_training, home = model.training, next(model.parameters()).device
     device = _resolve_device(device, home)
@@ -659,7 +665,8 @@ def _run_native(model, tokenizer, prompts, answers, choices, *, template, metric
         if "multiple_choice" in metrics:
             requests = [(prompts[i], c) for i, options in enumerate(choices) for c in options]
             lls, cut = choice_loglikelihoods(model, tokenizer, requests, template=template, batch_size=batch_size,
-                                             max_length=max_length, device=device, progress=progress)
+                                             max_length=max_length, share_context=share_context, device=device,
+                                             progress=progress)
             start = 0
             for i, options in enumerate(choices):
                 if options:

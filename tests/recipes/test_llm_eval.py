@@ -210,6 +210,9 @@ def test_evaluate_tasks_metrics_on_lookup_table(tok):
     assert gen["multiple_choice_acc"] is None
     assert (mc["accuracy_metric"], gen["accuracy_metric"]) == ("multiple_choice_acc", "exact_match")
     assert out["average"] == 0.5 and out["average_multiple_choice_acc"] == 0.5
+    unshared = evaluate_tasks(model, tok, data, template="chat", max_new_tokens=6, batch_size=2, progress=False,
+                              share_context=False)
+    assert unshared["tasks"] == out["tasks"] and unshared["settings"]["share_context"] is False
     only_em = evaluate_tasks(model, tok, data, metrics=("exact_match",), max_new_tokens=6, progress=False)
     assert only_em["tasks"]["mc"]["accuracy_metric"] == "exact_match"
 
