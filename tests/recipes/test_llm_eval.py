@@ -378,3 +378,26 @@ def test_smollm2_native_equals_lm_eval_and_knows_paris():
         assert ours["generation"] == theirs["generation"]
     for task in ("facts", "yes_no"):
         assert native["tasks"][task]["multiple_choice_acc"] == harness["tasks"][task]["multiple_choice_acc"]
+
+
+def test_lm_eval_task_files_and_the_install_hint(tok, tmp_path, monkeypatch):
+    import json
+    import sys
+
+    from recipes.trainer.lm_eval_backend import write_task_files
+
+    names = write_task_files(tmp_path, ["P0", "P1", "P2"], ["a b", "a b", "c"], ["x", "free", "y"],
+                             [["w", "x"], [], ["y", "z"]], max_new_tokens=7)
+    assert sorted(names.values()) == [("a b", "exact_match"), ("a b", "multiple_choice"), ("c", "exact_match"),
+                                      ("c", "multiple_choice")]
+    mc = next(name for name, value in names.items() if value == ("a b", "multiple_choice"))
+    lines = [json.loads(line) for line in (tmp_path / f"{mc}.jsonl").read_text().splitlines()]
+    assert lines == [{"row": 0, "prompt": "P0", "answer": "x", "choices": ["w", "x"], "gold": 1}]
+    yaml = (tmp_path / f"{mc}.yaml").read_text()
+    assert "output_type: multiple_choice" in yaml and "doc_to_text: prompt" in yaml and 'target_delimiter: ""' in yaml
+    gen = next(name for name, value in names.items() if value == ("a b", "exact_match"))
+    assert "max_gen_toks: 7" in (tmp_path / f"{gen}.yaml").read_text()
+    assert len((tmp_path / f"{gen}.jsonl").read_text().splitlines()) == 2
+    monkeypatch.setitem(sys.modules, "lm_eval", None)
+    with pytest.raises(ImportError, match="pip install lm-eval"):
+        evaluate_tasks(random_llama(tok), tok, rows(("t", "Q", "a", ["a", "b"])), backend="lm_eval", progress=False)
