@@ -284,6 +284,8 @@ def test_cli_on_the_recipes_warmup_checkpoints(tmp_path):
     pool = synthetic_pool()
     pool["train"] = pool["train"].select(range(80))
     pool.save_to_disk(str(tmp_path / "pool"))
+    # The validation set: one pool row, copied (a task of its own): it must rank first by LESS.
+    pool["train"].select([6]).map(lambda r: {"task": "target"}).save_to_disk(str(tmp_path / "validation"))
     instruction_tuning.main(
         [
             "--model",
@@ -318,11 +320,11 @@ def test_cli_on_the_recipes_warmup_checkpoints(tmp_path):
             "--train_path",
             str(tmp_path / "pool"),
             "--validation_path",
-            str(tmp_path / "pool"),
+            str(tmp_path / "validation"),
             "--output_dir",
             str(tmp_path / "less"),
             "--dim",
-            "32",
+            "512",
             "--vectorize",
             "false",
             "--cpu",
@@ -341,6 +343,7 @@ def test_cli_on_the_recipes_warmup_checkpoints(tmp_path):
     subset = load_from_disk(str(tmp_path / "less" / "subset"))
     less = np.array(scored["less"])
     assert sorted(subset["row_id"]) == sorted(np.argsort(-less, kind="stable")[:8].tolist())
+    assert int(np.argmax(less)) == 6 and pool["train"]["messages"].count(pool["train"][6]["messages"]) == 1
     saved = json.loads((tmp_path / "less" / "less_features.json").read_text())
     assert (
         saved["checkpoint_weights"] == pytest.approx(report["checkpoint_weights"])
