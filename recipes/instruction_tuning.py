@@ -231,6 +231,12 @@ def _load_saved(path: str, split: str, what: str) -> Dataset:
 _POOLS: dict[str, tuple[Dataset, Dataset | None, Dataset | None]] = {}
 
 
+def _newest_file(path: str | None) -> int | None:
+    if not path or not Path(path).exists():
+        return None
+    return max((f.stat().st_mtime_ns for f in Path(path).rglob("*") if f.is_file()), default=None)
+
+
 def load_pool(cfg: DataConfig) -> tuple[Dataset, Dataset | None, Dataset | None]:
     """The training split and, when there are any, the evaluation rows and the few-shot rows.
 
@@ -240,9 +246,12 @@ def load_pool(cfg: DataConfig) -> tuple[Dataset, Dataset | None, Dataset | None]
     Example:
         >>> train, eval_rows, shots = load_pool(DataConfig(train_path="pools/instr", eval_path="pools/instr"))
     """
+    # Saved folders enter the key with their files' newest modification time: one rewritten in place
+    # (save_to_disk to the same path) is read again.
+    stamps = [_newest_file(p) for p in (cfg.train_path, cfg.eval_path, cfg.shots_path)]
     key = json.dumps([cfg.dataset, cfg.train_path, cfg.train_split, cfg.pool_kwargs, cfg.eval_path, cfg.eval_split,
                       cfg.shots_path, cfg.shots_split, cfg.max_train_samples, cfg.max_eval_samples, cfg.dataset_format,
-                      cfg.on_invalid])
+                      cfg.on_invalid, stamps])
     if key not in _POOLS:
         _POOLS.clear()  # one pool at a time: a long-lived process switching pools does not pile them up
         _POOLS[key] = _load_pool(cfg)

@@ -426,3 +426,15 @@ def test_token_rows_read_the_columns_through_arrow_and_pack_consecutive_examples
     bad = Dataset.from_dict({"input_ids": [[1, 2], [3]], "labels": [[1, 2], [3, 4]]})
     with pytest.raises(ValueError, match="row 1: 'input_ids' has 1 tokens but 'labels' 2"):
         TokenRows.from_dataset(bad)
+
+
+def test_a_pool_saved_again_to_the_same_path_is_read_again(data_dir, tmp_path):
+    common = _base(data_dir) + ["--train_path", str(tmp_path / "pool"), "--epochs", "1", "--no_checkpointing",
+                                "--no_save_model"]
+    _pool(8).save_to_disk(str(tmp_path / "pool"))
+    main(common + ["--output_dir", str(tmp_path / "a")])
+    shutil.rmtree(tmp_path / "pool")
+    _pool(12).save_to_disk(str(tmp_path / "pool"))
+    main(common + ["--output_dir", str(tmp_path / "b")])
+    assert read(tmp_path / "a" / "seed_0" / "metrics.json")["full_train_size"] == 8
+    assert read(tmp_path / "b" / "seed_0" / "metrics.json")["full_train_size"] == 12
