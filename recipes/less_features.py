@@ -321,7 +321,12 @@ def combine_gradients(
 # ------------------------------------------------------------------------------------------ the chain
 @dataclass
 class LessFeatures:
-    """What `less_features` returns: the scored pool, the validation gradients, columns, weights, timings."""
+    """What `less_features` returns: the scored pool, the validation gradients, columns, weights, timings.
+
+    Example:
+        >>> out = less_features(pool, validation, checkpoints, dim=1024)
+        >>> out.gradient_columns, out.timings["gradient_s_per_1k_rows"]
+    """
 
     pool: Dataset
     validation: Dataset
@@ -502,7 +507,12 @@ def response_token_counts(ds: Dataset, *, skip_first: bool = False) -> np.ndarra
 # ------------------------------------------------------------------------------------------ CLI
 @dataclass
 class LessFeaturesConfig:
-    """Options of ``python -m recipes.less_features``."""
+    """Options of ``python -m recipes.less_features`` (``--config x.yaml`` sets them from a flat YAML file).
+
+    Example:
+        >>> LessFeaturesConfig(warmup_dir="runs/w/seed_0", train_path="pool", validation_path="pool").dim
+        8192
+    """
 
     warmup_dir: str = field(
         default=None, metadata={"help": "Warm-up folder (<run>/seed_<s>/warmup) of the recipe."}

@@ -174,13 +174,23 @@ lm_eval --model hf \\
 
 # --------------------------------------------------------------------------------------------- stages
 def run_recipe(argv: list[str], quiet: bool = True) -> dict:
+    """`recipes.instruction_tuning.main` with its printing silenced (the benchmark prints one line a run).
+
+    Example:
+        >>> summary = run_recipe(["--train_path", "pool", "--epochs", "0", "--output_dir", "runs/base"])
+    """
     sink = io.StringIO()
     with contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext():
         return recipe.main(argv)
 
 
 def model_options(args) -> list[str]:
-    """Recipe options of the model, LoRA and tokens (the same for the warm-up and every subset)."""
+    """Recipe options of the model, LoRA and tokens (the same for the warm-up and every subset).
+
+    Example:
+        >>> model_options(make_parser().parse_args(["--model", "tiny"]))[:2]
+        ['--model', 'tiny']
+    """
     if args.model == "tiny":
         opts = [
             "--model",
@@ -227,6 +237,11 @@ def build_pool(out: Path, args) -> DatasetDict:
     and non-target BIG-bench tasks (`load_bigbench(exclude=BBH_TASKS)`, at most 20 rows a task) in equal
     shares, and the ``--targets`` BBH tasks as the held-out targets, via `build_instruction_pool` (which
     removes any pool row of a target task or with a target's prompt).
+
+    Example:
+        >>> pool = build_pool(Path("runs/x"), make_parser().parse_args(["--pool-size", "200"]))
+        >>> sorted(pool)
+        ['test', 'train', 'validation']
     """
     path = out / "pool"
     if (path / "dataset_dict.json").is_file():
@@ -266,7 +281,12 @@ def build_pool(out: Path, args) -> DatasetDict:
 
 
 def warm_up(out: Path, args) -> tuple[Path, dict]:
-    """LESS warm-up on a random 5% (seed 0), one checkpoint per epoch; timed."""
+    """LESS warm-up on a random 5% (seed 0), one checkpoint per epoch; timed (cached in ``out/warmup``).
+
+    Example:
+        >>> warmup_dir, cost = warm_up(Path("runs/x"), args)
+        >>> cost["warmup_rows"], cost["epochs"]
+    """
     run_dir = out / "warmup"
     warmup_dir = run_dir / "seed_0" / "warmup"
     info_path = run_dir / "warmup_cost.json"
@@ -306,7 +326,12 @@ def warm_up(out: Path, args) -> tuple[Path, dict]:
 
 
 def scored_pool(out: Path, pool: DatasetDict, warmup_dir: Path, args) -> tuple[Dataset, dict]:
-    """The pool with ``less`` and ``grad`` (what the selectors read), computed once and cached."""
+    """The pool with ``less``, ``less_01`` and ``grad`` (what the selectors read), computed once and cached.
+
+    Example:
+        >>> scored, cost = scored_pool(Path("runs/x"), pool, warmup_dir, args)
+        >>> cost["gradient_s_per_1k_rows"]
+    """
     path, info_path = out / "scored_pool", out / "features.json"
     if info_path.is_file():
         return load_from_disk(str(path)), json.loads(info_path.read_text())
@@ -351,7 +376,11 @@ def scored_pool(out: Path, pool: DatasetDict, warmup_dir: Path, args) -> tuple[D
 
 # ------------------------------------------------------------------------------------------ methods
 def methods() -> dict[str, Callable[[Dataset, float, int], Dataset]]:
-    """Name → ``select(pool, fraction, seed)`` over the scored pool (``less``, ``less_01``, ``grad``)."""
+    """Name → ``select(pool, fraction, seed)`` over the scored pool (``less``, ``less_01``, ``grad``).
+
+    Example:
+        >>> subset = methods()["InfoMax"](scored, 0.05, 0)
+    """
     grad = {"embedding_column": "grad"}
     return {
         "random": lambda d, f, s: hp.select.random(d, fraction=f, seed=s),
@@ -371,6 +400,12 @@ def methods() -> dict[str, Callable[[Dataset, float, int], Dataset]]:
 
 # ------------------------------------------------------------------------------------------ running
 def train_entry(out: Path, name: str, fraction: float, seed: int, subset: Dataset | None, args) -> dict:
+    """Train on ``subset`` (``None``: evaluate the untuned model) with the recipe; what a run records.
+
+    Example:
+        >>> entry = train_entry(Path("runs/x"), "LESS", 0.05, 0, subset, args)
+        >>> entry["average"], entry["tasks"], entry["rows"]
+    """
     run_dir = out / "runs" / f"{_slug(name)}_{fraction}_{seed}"
     argv = model_options(args) + [
         "--train_path",
@@ -418,6 +453,11 @@ def _sources(subset: Dataset) -> dict[str, float]:
 
 
 def run_all(out: Path, pool: Dataset, args, results: dict) -> None:
+    """Every (method, fraction, seed) run not in ``results`` yet, and the untuned model; saved after each.
+
+    Example:
+        >>> run_all(Path("runs/x"), scored, args, results)
+    """
     key = f"{BASE}|0.0|0"
     if key not in results["runs"]:
         results["runs"][key] = {**train_entry(out, BASE, 0.0, 0, None, args), "select_s": 0.0}
@@ -457,6 +497,11 @@ def _slug(name: str) -> str:
 
 
 def save_results(out: Path, results: dict) -> None:
+    """Write ``out/results.json`` (atomically).
+
+    Example:
+        >>> save_results(Path("runs/x"), {"runs": {}})
+    """
     write_json(out / "results.json", results)
 
 
@@ -466,7 +511,12 @@ def _value(entry: dict, metric: str) -> float:
 
 
 def summarize(results: dict, metric: str = "average") -> dict[str, dict[float, dict]]:
-    """Method → kept fraction → aggregate of ``metric`` (``"average"`` or a task) over seeds (base at 0.0)."""
+    """Method → kept fraction → aggregate of ``metric`` (``"average"`` or a task) over seeds (base at 0.0).
+
+    Example:
+        >>> summarize({"runs": {"LESS|0.05|0": {"average": 0.5, "tasks": {}}}})["LESS"][0.05]["mean"]
+        0.5
+    """
     table: dict[str, dict[float, list]] = {}
     for run_key, entry in results["runs"].items():
         name, fraction, _ = run_key.split("|")
@@ -478,7 +528,14 @@ def summarize(results: dict, metric: str = "average") -> dict[str, dict[float, d
 
 
 def claim_lines(results: dict, fraction: float = CLAIM_FRACTION) -> list[str]:
-    """The paper's claim at 5% kept: InfoMax above LESS and D² on the average accuracy (seed means)."""
+    """The paper's claim at 5% kept: InfoMax above LESS and D² on the average accuracy (seed means).
+
+    A tie is not "above". The lines after the first give the per-task comparison, the reason for the verdict.
+
+    Example:
+        >>> claim_lines({"runs": {}})[0]
+        '- average accuracy: not measured at 5% kept (needs InfoMax, LESS and D² at 0.05).'
+    """
     rivals = ("LESS", "D² (LESS)")
     summary = summarize(results, "average")
     at = {n: summary.get(n, {}).get(fraction) for n in ("InfoMax", *rivals)}
@@ -516,7 +573,12 @@ def claim_lines(results: dict, fraction: float = CLAIM_FRACTION) -> list[str]:
 
 
 def overlap_lines(results: dict, out: Path, fraction: float = CLAIM_FRACTION) -> list[str]:
-    """How much of LESS's top-k each score-based method keeps (seed 0): whether they differ at all."""
+    """How much of LESS's top-k each score-based method keeps (seed 0): whether they differ at all.
+
+    Example:
+        >>> overlap_lines(results, Path("runs/x"))[0]
+        '- random: 6% of its rows are in LESS\'s top-k'
+    """
     base = out / "subsets" / f"LESS_{fraction}_0"
     if not base.is_dir():
         return []
@@ -533,6 +595,11 @@ def overlap_lines(results: dict, out: Path, fraction: float = CLAIM_FRACTION) ->
 
 
 def cost_table(results: dict) -> str:
+    """The markdown table of each stage's cost (warm-up, gradients per 1k rows, scoring, selection, runs).
+
+    Example:
+        >>> print(cost_table(results))
+    """
     w, f = results.get("warmup", {}), results.get("features", {})
     sel: dict[str, list[float]] = {}
     train: list[float] = []
@@ -563,6 +630,11 @@ def cost_table(results: dict) -> str:
 
 
 def plot(results: dict, path: Path) -> None:
+    """Average accuracy against the kept fraction, one line per method, the untuned model dashed.
+
+    Example:
+        >>> plot(results, Path("runs/x/accuracy_vs_budget.png"))
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -594,6 +666,11 @@ def plot(results: dict, path: Path) -> None:
 
 
 def report(out: Path, results: dict) -> str:
+    """Write ``report.md`` and the plot from ``results``; returns the report's text.
+
+    Example:
+        >>> text = report(Path("runs/x"), json.loads(Path("runs/x/results.json").read_text()))
+    """
     fractions = sorted({float(k.split("|")[1]) for k in results["runs"]} - {0.0})
     seeds = sorted({k.split("|")[2] for k in results["runs"] if not k.startswith(BASE)})
     tasks = sorted({t for e in results["runs"].values() for t in e["tasks"]})
@@ -637,6 +714,12 @@ def report(out: Path, results: dict) -> str:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    """The command-line options (``--help``).
+
+    Example:
+        >>> make_parser().parse_args([]).pool_size
+        1000
+    """
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -699,6 +782,13 @@ SETTINGS = (
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Run (or resume) the reproduction and write the report; returns ``results``.
+
+    Example:
+        >>> results = main(["--quick", "--output-dir", "runs/reproduce_instruction_quick"])
+        >>> sorted(results["runs"])[0]
+        'D² (LESS)|0.05|0'
+    """
     args = make_parser().parse_args(argv)
     if args.gpu:
         print(GPU_COMMANDS)
