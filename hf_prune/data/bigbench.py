@@ -66,15 +66,18 @@ BBH_TASKS = (
     "reasoning_about_colored_objects", "ruin_names", "salient_translation_error_detection", "snarks",
     "sports_understanding", "temporal_sequences", "tracking_shuffled_objects", "web_of_lies", "word_sorting",
 )
+_SDIST = "bigbench-1.0.0.tar.gz"
 _DOWNLOAD = "pip download --no-deps bigbench==1.0.0 -d <dir>"
 _TASKS_DIR = "benchmark_tasks"
 _DEFAULT_PREFIXES = {"example_input_prefix": "\nQ: ", "example_output_prefix": "\nA: ", "choice_prefix": "\n  choice: "}
 
 
 def bigbench_path() -> Path:
-    """The BIG-bench sdist (``.tar.gz``) or extracted folder named by the ``HF_PRUNE_BIGBENCH`` variable.
+    """The BIG-bench sdist (``.tar.gz``) or extracted folder: ``$HF_PRUNE_BIGBENCH``, else the cached sdist.
 
-    `FileNotFoundError` with the download command when the variable is unset or names nothing.
+    The cached sdist is ``bigbench-1.0.0.tar.gz`` in ``$HF_PRUNE_CACHE`` (default ``~/.cache/hf_prune``),
+    where ``bash scripts/dev.sh llm`` downloads it. `FileNotFoundError` with the download command when
+    neither names anything.
 
     Example:
         >>> os.environ["HF_PRUNE_BIGBENCH"] = "downloads/bigbench-1.0.0.tar.gz"
@@ -82,15 +85,18 @@ def bigbench_path() -> Path:
         'bigbench-1.0.0.tar.gz'
     """
     value = os.environ.get(BIGBENCH_ENV)
-    if not value:
-        raise FileNotFoundError(
-            f"no BIG-bench path: pass path= or set {BIGBENCH_ENV} to the bigbench sdist, fetched with `{_DOWNLOAD}` "
-            "(or to an extracted copy of it)"
-        )
-    path = Path(value)
-    if not path.exists():
-        raise FileNotFoundError(f"{BIGBENCH_ENV}={value!r} does not exist; fetch the sdist with `{_DOWNLOAD}`")
-    return path
+    if value:
+        path = Path(value)
+        if not path.exists():
+            raise FileNotFoundError(f"{BIGBENCH_ENV}={value!r} does not exist; fetch the sdist with `{_DOWNLOAD}`")
+        return path
+    cached = Path(os.environ.get("HF_PRUNE_CACHE", Path.home() / ".cache" / "hf_prune")) / _SDIST
+    if cached.exists():
+        return cached
+    raise FileNotFoundError(
+        f"no BIG-bench path: pass path=, set {BIGBENCH_ENV} to the bigbench sdist fetched with `{_DOWNLOAD}` "
+        f"(or to an extracted copy of it), or put the sdist at {cached} (`bash scripts/dev.sh llm` does)"
+    )
 
 
 def _task_name(relative: PurePosixPath) -> str:

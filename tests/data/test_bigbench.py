@@ -106,8 +106,13 @@ def test_filters_sampling_and_errors(sdist):
 
 def test_default_path_from_the_environment(sdist, monkeypatch, tmp_path):
     monkeypatch.delenv(BIGBENCH_ENV, raising=False)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("HF_PRUNE_CACHE", str(cache))
     with pytest.raises(FileNotFoundError, match="pip download --no-deps bigbench==1.0.0"):
         load_bigbench()
+    cache.mkdir()
+    (cache / "bigbench-1.0.0.tar.gz").write_bytes(sdist.read_bytes())  # where `dev.sh llm` puts it
+    assert len(load_bigbench(tasks="echo", progress=False)) == 3
     monkeypatch.setenv(BIGBENCH_ENV, str(sdist))
     assert len(load_bigbench(tasks="echo", progress=False)) == 3
     monkeypatch.setenv(BIGBENCH_ENV, str(tmp_path / "missing.tar.gz"))
