@@ -56,10 +56,10 @@ the rates above were measured at (≈ 5×) about 5 h: lower ``--pool-size``, ``-
 ``--seeds`` then. A measured reduced run (80-row pool, 3 targets, 1 seed, 10% kept) under that load took
 22 s warm-up, 328 s for 128 gradient rows, 15 s training and 27 s evaluation per subset.
 
-Default (CPU, ≈ 2.5 h in the background next to one other job; not run by the tests; the BIG-bench sdist from
-``pip download --no-deps bigbench==1.0.0``)::
+Default (CPU, ≈ 2.5 h in the background next to one other job; not run by the tests; ``bash scripts/dev.sh llm``
+puts SmolLM2 and the BIG-bench sdist where the loaders find them, or set ``HF_PRUNE_BIGBENCH``)::
 
-    HF_PRUNE_BIGBENCH=bigbench-1.0.0.tar.gz OMP_NUM_THREADS=1 nohup \\
+    OMP_NUM_THREADS=1 nohup \\
         python recipes/benchmarks/reproduce_instruction_tuning.py --threads 1 \\
         --output-dir runs/reproduce_instruction > runs/reproduce_instruction.log 2>&1 &
 
