@@ -14,11 +14,29 @@ with the same matrix; `hf_prune.score.less` scores each training example by cosi
 them.
 
 `LoRAGradientEmbedder` computes these features as a ``Dataset.map`` column. Per-example gradients
-are batched with ``torch.func``: ``vmap(grad(loss))`` over the LoRA parameters only, through
-``functional_call`` (falling back to one ``autograd`` call per example for models that ``vmap``
-cannot trace). The projection (`hf_prune.ops.projection.RandomProjection`) is generated chunk by
-chunk from the seed, so the ``(num_lora_params, dim)`` matrix is never held, and it is identical on
-every device, so training and validation gradients computed on different machines share one space.
+come from one of three strategies, which give the same numbers (to float32 rounding):
+
+- ``"hooks"`` (the default whenever every LoRA parameter is the weight or bias of a plain
+  ``torch.nn.Linear``, as peft's ``lora_A``/``lora_B`` are): ONE forward and backward of the *sum*
+  of the per-example losses over the right-padded batch. Under causal attention with right padding
+  the examples do not interact, so the gradient of that sum with respect to a layer's output at
+  example ``i`` is example ``i``'s own. A forward hook on every LoRA ``Linear`` keeps its input
+  ``x`` and a tensor hook its output gradient ``δ``; since peft computes
+  ``base(x) + lora_B(lora_A(dropout(x))) · scaling`` (dropout is the identity in eval mode), the
+  per-example weight gradients are ``∂W_i = Σ_t δ_{i,t} x_{i,t}ᵀ`` for each of ``lora_A`` (``x``
+  the layer input, ``δ = scaling · B ᵀ·(∂ℓ/∂result)``) and ``lora_B`` (``x = A x``, ``δ = scaling ·
+  ∂ℓ/∂result``): one ``einsum`` over tokens per module (the idea of Opacus' per-sample gradients).
+  Every batch is checked: the per-example gradients must sum to autograd's gradient of the summed
+  loss, which catches a LoRA weight used outside its module's forward (e.g. DoRA's weight norm).
+- ``"vmap"``: ``torch.func.vmap(grad(loss))`` over the LoRA parameters through ``functional_call``.
+- ``"loop"``: one ``autograd`` backward per unpadded example (what LESS's ``collect_grads`` does).
+
+The projection (`hf_prune.ops.projection.RandomProjection`) is generated chunk by chunk from the
+seed, so the ``(num_lora_params, dim)`` matrix is never held, and it is identical on every device,
+so training and validation gradients computed on different machines share one space. Generating
+it costs as much as projecting dozens of rows, so the rows of a whole ``map`` batch (up to
+``projection_batch_size``) are projected in one pass, after their gradients were computed in
+micro-batches of ``batch_size``.
 """
 
 from __future__ import annotations
@@ -34,11 +52,18 @@ import torch
 import xxhash
 
 from ..data.prompts import IGNORE_INDEX
-from ..ops.checks import seed_int
+from ..ops.checks import check_choice, check_positive_int, seed_int
+from ..ops.deprecation import renamed
+from ..ops.device import autocast_dtype
 from ..ops.projection import RandomProjection
 from ._base import Embedder
 
 __all__ = ["LoRAGradientEmbedder", "lora_parameter_names"]
+
+_METHODS = ("hooks", "vmap", "loop")
+# Default rows per projection pass: generating R costs about as much as projecting ~50 rows with it
+# (one CPU thread, dim 2048), so 64 rows cut the projection's cost per row ~4x against 8 rows.
+_PROJECTION_ROWS = 64
 
 
 # --------------------------------------------------------------------------- LoRA parameters
@@ -73,6 +98,29 @@ def lora_parameter_names(model: torch.nn.Module) -> list[str]:
             "wrap the model with peft.get_peft_model(model, peft.LoraConfig(...)) first"
         )
     return names
+
+
+def _linear_targets(model: torch.nn.Module, names: Sequence[str]) -> dict[torch.nn.Module, list[tuple[str, str]]]:
+    """``{Linear module: [(parameter name, "weight" | "bias")]}`` for the hooks strategy.
+
+    Raises `ValueError` naming the first LoRA parameter that is not the weight or bias of a module
+    running ``torch.nn.Linear.forward`` (DoRA's magnitude vector, LoRA on embeddings or convolutions):
+    its per-example gradient is not an outer product of the module's input and output gradient.
+    """
+    targets: dict[torch.nn.Module, list[tuple[str, str]]] = {}
+    for name in names:
+        owner, _, kind = name.rpartition(".")
+        module = model.get_submodule(owner) if owner else model
+        if not (isinstance(module, torch.nn.Linear) and type(module).forward is torch.nn.Linear.forward
+                and kind in ("weight", "bias")):
+            raise ValueError(f"LoRA parameter {name!r} is not the weight or bias of a plain torch.nn.Linear "
+                             f"({type(module).__name__}); use method='vmap' or 'loop'")
+        targets.setdefault(module, []).append((name, kind))
+    return targets
+
+
+class _HooksUnsupported(RuntimeError):
+    """The hooks strategy cannot give exact per-example gradients for this model (message says why)."""
 
 
 # --------------------------------------------------------------------------- Adam state
@@ -233,12 +281,29 @@ class LoRAGradientEmbedder(Embedder):
       active adapter(s), whether or not they ``require_grad`` (LESS sets them trainable itself).
     - The per-example loss is the token-mean over the example's response tokens (LESS computes
       ``model(**batch).loss`` with batch size 1), not a sum.
-    - ``torch.func.vmap`` cannot trace every model (``.item()``, data-dependent branches): with
-      ``vectorize=None`` the first failure is reported once in a warning and the embedder then
-      computes one ``autograd`` backward per example, which gives the same numbers more slowly.
+    - The per-example gradient strategy (``method``, module docstring) changes the speed, never
+      the column: ``"hooks"``, ``"vmap"`` and ``"loop"`` agree to float32 rounding, and the
+      fingerprint does not include the choice. ``method=None`` takes ``"hooks"`` when every LoRA
+      parameter belongs to a plain ``nn.Linear`` (peft's LoRA on linear layers, any number of
+      adapters, active or not) and otherwise ``"vmap"``; when the chosen strategy fails on a batch
+      (the hooks' sum check, a model ``vmap`` cannot trace: ``.item()``, data-dependent branches)
+      the failure is reported once in a warning and the next strategy (``"vmap"``, then
+      ``"loop"``) is used from then on. An explicit ``method`` raises instead. Measured on one CPU
+      thread with SmolLM2-135M's shapes (LoRA r=8 on q/k/v/o, 128 tokens, batches of 8), hooks are
+      several times faster than the loop, and ``vmap`` is the slowest
+      (``recipes/benchmarks/lora_gradient_throughput.py``).
+    - Projection amortisation: generating the matrix ``R`` once costs about as much as projecting
+      dozens of rows with it, so `Embedder.__call__` hands each ``_embed`` call up to
+      ``projection_batch_size`` rows (also the default ``map`` batch), whose gradients are computed
+      in micro-batches of ``batch_size`` and projected in one pass. Only time and memory depend on
+      either size: a row's value is the same (to float32 rounding, 1e-6) whatever the batching.
 
-    Memory: a batch holds ``batch_size × num_parameters`` float32 gradients plus the activations of
-    ``batch_size`` sequences; the projection adds one chunk of the matrix at a time.
+    Memory: the gradients of one projection batch, ``projection_batch_size × num_parameters``
+    float32 (e.g. 64 × 0.92M × 4 B = 236 MB for SmolLM2-135M with r=8 on q/k/v/o), plus, per
+    micro-batch, the activations of ``batch_size`` sequences and their logits (``batch_size ×
+    length × vocab`` float32); the hooks keep each LoRA layer's input until the backward (autograd
+    keeps it anyway) and the ``(batch_size, num_parameters)`` per-example gradients; the projection
+    adds one chunk of the matrix at a time.
 
     Args:
         model: a causal LM with LoRA adapters (e.g. ``peft.get_peft_model(model, LoraConfig(...))``),
@@ -261,12 +326,21 @@ class LoRAGradientEmbedder(Embedder):
         adam_step: the number of optimizer steps already taken, ``s``; default: the state's
             ``step``. Bias correction uses ``s + 1``, the step the next update would be, exactly as
             ``torch.optim.Adam`` computes it.
-        vectorize: ``True``: ``torch.func.vmap`` (error if the model cannot be vmapped); ``False``:
-            one autograd backward per example; ``None``: try ``vmap`` and fall back to the loop with a
-            warning.
+        method: the per-example gradient strategy: ``"hooks"`` (one batched backward, per-example
+            gradients from layer hooks), ``"vmap"`` (``torch.func.vmap``), ``"loop"`` (one backward per
+            example), or ``None`` (``"hooks"`` when the LoRA layers are plain ``nn.Linear``, else
+            ``"vmap"``, falling back with a warning; see above).
+        vectorize: deprecated spelling of ``method`` (hf_prune 0.1.0): ``True`` is ``"vmap"``, ``False``
+            ``"loop"``; accepted with a `FutureWarning`.
         pad_token_id: the id used to right-pad a batch (any valid id; default 0).
-        device, dtype, batch_size: as in `hf_prune.embed.Embedder` (``batch_size`` = examples per
-            vmapped forward/backward; memory grows with it and with the sequence length).
+        device, dtype: as in `hf_prune.embed.Embedder`.
+        batch_size: examples per gradient forward/backward (a micro-batch); memory grows with it and
+            with the sequence length.
+        projection_batch_size: rows whose gradients are held and projected together, and the default
+            ``map`` batch (a ``map`` batch larger than it is split into pieces of it). Default: 64,
+            lowered so the held gradients stay within 1 GiB, never below ``batch_size``. The
+            attributes: ``gradient_batch_size`` is the micro-batch, ``batch_size`` (`Embedder`'s
+            chunk per ``_embed`` call and default ``map`` batch) equals ``projection_batch_size``.
 
     Raises:
         ValueError: the model has no LoRA parameters; bad optimizer state; a row with no response
@@ -297,11 +371,13 @@ class LoRAGradientEmbedder(Embedder):
         adam_betas: tuple[float, float] | None = None,
         adam_eps: float | None = None,
         adam_step: int | None = None,
+        method: str | None = None,
         vectorize: bool | None = None,
         pad_token_id: int = 0,
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
         batch_size: int = 8,
+        projection_batch_size: int | None = None,
     ):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
@@ -311,9 +387,18 @@ class LoRAGradientEmbedder(Embedder):
         self.num_parameters = int(sum(params[n].numel() for n in self.parameter_names))
         self.input_ids_column, self.labels_column = input_ids_column, labels_column
         self.output_column = output_column
-        if vectorize not in (None, True, False):
-            raise ValueError(f"`vectorize` must be None, True or False, got {vectorize!r}")
-        self.vectorize = vectorize
+        method = renamed("LoRAGradientEmbedder", "vectorize", vectorize, "method", method, default=None,
+                         values={True: "vmap", False: "loop"})
+        if method is not None:
+            check_choice("method", method, _METHODS)
+        self.method = method
+        self._linear_error: str | None = None
+        try:
+            _linear_targets(model, self.parameter_names)
+        except ValueError as err:
+            if method == "hooks":
+                raise
+            self._linear_error = str(err)
         if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, (int, np.integer)) or pad_token_id < 0:
             raise ValueError(f"`pad_token_id` must be a non-negative integer, got {pad_token_id!r}")
         self.pad_token_id = int(pad_token_id)
@@ -322,9 +407,17 @@ class LoRAGradientEmbedder(Embedder):
             self.projection = RandomProjection(self.num_parameters, dim, seed=_projection_seed(seed), kind=projection, chunk_size=chunk_size)
         self.dim = self.num_parameters if dim is None else int(dim)
         self._set_adam(optimizer_state, adam_betas, adam_eps, adam_step)
+        check_positive_int("batch_size", batch_size)
+        if projection_batch_size is None:
+            fits = (1 << 30) // (4 * self.num_parameters)
+            projection_batch_size = max(int(batch_size), min(_PROJECTION_ROWS, fits))
+        check_positive_int("projection_batch_size", projection_batch_size)
+        # Embedder.__call__ hands `_embed` chunks of its `batch_size`: here, one projection batch.
         super().__init__(input_columns=[input_ids_column, labels_column], device=device, dtype=dtype,
-                         batch_size=batch_size)
-        self._vmap_failed: str | None = None
+                         batch_size=projection_batch_size)
+        self.projection_batch_size = int(projection_batch_size)
+        self.gradient_batch_size = int(batch_size)
+        self._failed: dict[str, str] = {}
         self._adam_on: tuple[torch.device, tuple[torch.Tensor, ...]] | None = None
 
     def _set_adam(self, optimizer_state, betas, eps, step) -> None:
@@ -404,7 +497,7 @@ class LoRAGradientEmbedder(Embedder):
         total = torch.nn.functional.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
         return total / (target != IGNORE_INDEX).sum()
 
-    def _vmapped(self, params, input_ids, labels) -> dict[str, torch.Tensor]:
+    def _vmapped(self, params, input_ids, labels, lengths) -> dict[str, torch.Tensor]:
         with warnings.catch_warnings():
             # sdpa has no batching rule yet: vmap loops over it internally, which is still correct.
             warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
@@ -421,31 +514,107 @@ class LoRAGradientEmbedder(Embedder):
                     out[n].append(g)
         return {n: torch.stack(g) for n, g in out.items()}
 
+    def _hooked(self, params, input_ids, labels, lengths) -> dict[str, torch.Tensor]:
+        """One backward of Σ_i mean-loss_i; per-example Linear weight gradients from hooks (module docstring)."""
+        targets = _linear_targets(self.model, self.parameter_names)
+        rows = len(input_ids)
+        grads: dict[str, torch.Tensor] = {}
+
+        def capture(module, args, output):
+            x = args[0] if args else None
+            if not isinstance(x, torch.Tensor) or x.dim() < 3 or x.shape[0] != rows or output.shape[0] != rows:
+                raise _HooksUnsupported(f"a LoRA layer ({type(module).__name__}) was called with input of shape "
+                                        f"{None if x is None else tuple(x.shape)}, not (batch={rows}, tokens, "
+                                        "features): its rows are not the batch's examples")
+            saved = x.detach()
+
+            def per_example(delta):
+                # float32 whatever the autocast dtype: these sums are the feature itself.
+                d = delta.reshape(rows, -1, delta.shape[-1]).float()
+                for name, kind in targets[module]:
+                    if kind == "weight":
+                        g = torch.einsum("bto,bti->boi", d, saved.reshape(rows, -1, saved.shape[-1]).float())
+                    else:
+                        g = d.sum(1)
+                    # A module called more than once per forward (shared layers) sums its calls.
+                    grads[name] = grads[name] + g if name in grads else g
+
+            output.register_hook(per_example)
+
+        leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+        handles = [module.register_forward_hook(capture) for module in targets]
+        try:
+            with torch.enable_grad():
+                out = torch.func.functional_call(self.model, leaves, args=(),
+                                                 kwargs={"input_ids": input_ids, "use_cache": False})
+                logits = out.logits[:, :-1].float()
+                target = labels[:, 1:]
+                ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                       ignore_index=IGNORE_INDEX, reduction="none")
+                # Padding and prompt positions carry weight 0, so their output gradients are exactly 0.
+                loss = (ce.view(rows, -1).sum(1) / (target != IGNORE_INDEX).sum(1)).sum()
+                total = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        finally:
+            for handle in handles:
+                handle.remove()
+        half = autocast_dtype(input_ids.device, self.dtype) not in (None, torch.float32)
+        tolerance = 2e-2 if half else 1e-4
+        for (name, p), whole in zip(leaves.items(), total):
+            per = grads.get(name)
+            if per is None:  # the module never ran (e.g. a merged adapter): its gradient is 0
+                per = grads[name] = torch.zeros((rows, *p.shape), dtype=torch.float32, device=p.device)
+            if per.shape[1:] != p.shape:
+                raise _HooksUnsupported(f"the per-example gradient of {name!r} has shape {tuple(per.shape[1:])}, "
+                                        f"the parameter {tuple(p.shape)}")
+            whole = torch.zeros_like(per[0]) if whole is None else whole.float()
+            # An exact per-example split sums to the batch gradient; a weight also used outside its
+            # Linear's forward (DoRA's weight norm, a tied copy) does not.
+            error = float((per.sum(0) - whole).norm())
+            scale = float(per.abs().sum(0).norm()) + float(whole.norm())
+            if error > tolerance * scale:
+                raise _HooksUnsupported(f"the per-example gradients of {name!r} from the Linear hooks do not sum to "
+                                        f"the batch gradient (relative error {error / scale:.2g}): the parameter "
+                                        "is also used outside its module's forward")
+        return grads
+
+    def _strategies(self) -> list[str]:
+        if self.method is not None:
+            return [self.method]
+        first = ["vmap", "loop"] if self._linear_error is not None else ["hooks", "vmap", "loop"]
+        return [m for m in first if m not in self._failed]
+
     def per_example_gradients(self, input_ids: torch.Tensor, labels: torch.Tensor,
                               lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Flattened LoRA gradients ``(B, num_parameters)`` of right-padded ``(B, L)`` batches (float32).
 
-        The columns follow `lora_parameter_names` order, each parameter flattened row-major.
+        The columns follow `lora_parameter_names` order, each parameter flattened row-major. The
+        strategy is the embedder's ``method`` (class docstring); all give the same values.
+
+        Example:
+            >>> emb = LoRAGradientEmbedder(model, dim=None)
+            >>> g = emb.per_example_gradients(torch.tensor([[5, 7, 9, 0]]), torch.tensor([[-100, 7, 9, -100]]))
+            >>> g.shape == (1, emb.num_parameters)
+            True
         """
         if lengths is None:
             lengths = torch.full((len(input_ids),), input_ids.shape[1], dtype=torch.int64)
         named = dict(self.model.named_parameters())
         params = {n: named[n].detach() for n in self.parameter_names}
+        run = {"hooks": self._hooked, "vmap": self._vmapped, "loop": self._looped}
         training = self.model.training
         self.model.eval()
         try:
-            grads = None
-            if self.vectorize is not False and self._vmap_failed is None:
+            strategies = self._strategies()
+            for k, method in enumerate(strategies):
                 try:
-                    grads = self._vmapped(params, input_ids, labels)
-                except Exception as err:  # vmap cannot trace every model (data-dependent control flow, ...)
-                    if self.vectorize:
+                    grads = run[method](params, input_ids, labels, lengths)
+                    break
+                except Exception as err:  # a model this strategy cannot handle: the next one gives the same numbers
+                    if self.method is not None or k == len(strategies) - 1:
                         raise
-                    self._vmap_failed = f"{type(err).__name__}: {err}"
-                    warnings.warn(f"torch.func.vmap failed on {type(self.model).__name__} ({self._vmap_failed}); "
-                                  "computing per-example gradients one example at a time", stacklevel=2)
-            if grads is None:
-                grads = self._looped(params, input_ids, labels, lengths)
+                    self._failed[method] = f"{type(err).__name__}: {err}"
+                    warnings.warn(f"{method} per-example gradients failed on {type(self.model).__name__} "
+                                  f"({self._failed[method]}); using {strategies[k + 1]!r} from now on", stacklevel=2)
         finally:
             self.model.train(training)
         return torch.cat([grads[n].reshape(len(input_ids), -1).float() for n in self.parameter_names], dim=1)
@@ -489,13 +658,24 @@ class LoRAGradientEmbedder(Embedder):
 
     def _embed(self, batch: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
         ids, labels, lengths = self._tokens(batch)
-        grads = self.per_example_gradients(torch.from_numpy(ids).to(device), torch.from_numpy(labels).to(device),
-                                           torch.from_numpy(lengths))
-        if self.adam:
-            grads = self.adam_direction(grads)
+        rows, micro = len(ids), self.gradient_batch_size
+        # The whole projection batch's gradients are held, so R is generated once for all of them.
+        out: torch.Tensor | None = None
+        for start in range(0, rows, micro):
+            stop = min(start + micro, rows)
+            # Each micro-batch is padded to its own longest row only.
+            width = int(lengths[start:stop].max())
+            grads = self.per_example_gradients(torch.from_numpy(ids[start:stop, :width]).to(device),
+                                               torch.from_numpy(labels[start:stop, :width]).to(device),
+                                               torch.from_numpy(lengths[start:stop]))
+            if self.adam:
+                grads = self.adam_direction(grads)
+            if out is None:
+                out = torch.empty(rows, grads.shape[1], dtype=torch.float32, device=grads.device)
+            out[start:stop] = grads
         if self.projection is not None:
-            grads = self.projection(grads)
-        return {self.output_column: grads}
+            out = self.projection(out)
+        return {self.output_column: out}
 
 
 def _projection_seed(seed):
