@@ -577,6 +577,16 @@ class LoRAGradientEmbedder(Embedder):
                                         "is also used outside its module's forward")
         return grads
 
+    @property
+    def gradient_method(self) -> str:
+        """The strategy the next batch uses: ``method``, or what ``method=None`` resolved to so far.
+
+        Example:
+            >>> LoRAGradientEmbedder(peft_llama).gradient_method   # LoRA on nn.Linear layers
+            'hooks'
+        """
+        return self._strategies()[0]
+
     def _strategies(self) -> list[str]:
         if self.method is not None:
             return [self.method]

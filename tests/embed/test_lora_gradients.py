@@ -70,7 +70,7 @@ def test_gradients_equal_autograd_per_example(model):
         np.testing.assert_allclose(grads[i], ref, rtol=1e-4, atol=1e-6)
         assert np.abs(ref).max() > 1e-3  # a real, non-trivial gradient
     # the autograd loop path gives the same numbers as vmap
-    looped = LoRAGradientEmbedder(model, dim=None, device="cpu", batch_size=3, vectorize=False)(ds[:])["grad"]
+    looped = LoRAGradientEmbedder(model, dim=None, device="cpu", batch_size=3, method="loop")(ds[:])["grad"]
     np.testing.assert_allclose(looped, grads, rtol=1e-4, atol=1e-6)
     model.train()
     LoRAGradientEmbedder(model, dim=None, device="cpu")(ds[:2])
@@ -253,20 +253,176 @@ class _NeedsItem(torch.nn.Module):
         return self.inner(input_ids=input_ids, **kwargs)
 
 
-def test_falls_back_to_a_loop_when_vmap_fails(model):
+def _embedding_lora_model():
+    """LoRA on the token embedding too: a LoRA parameter that is no Linear weight (hooks do not apply)."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                      num_key_value_heads=2, vocab_size=VOCAB)
+    lora = peft.LoraConfig(r=2, target_modules=["q_proj", "embed_tokens"], init_lora_weights=False)
+    return peft.get_peft_model(transformers.LlamaForCausalLM(config), lora)
+
+
+def test_falls_back_to_a_loop_when_vmap_fails():
+    inner = _embedding_lora_model()
     ids, labels = _rows()
-    wrapped = _NeedsItem(model)
+    wrapped = _NeedsItem(inner)
     emb = LoRAGradientEmbedder(wrapped, dim=None, device="cpu")
-    with pytest.warns(UserWarning, match="vmap failed"):
+    assert emb.gradient_method == "vmap"  # an embedding LoRA is not a Linear: no hooks
+    with pytest.warns(UserWarning, match="vmap per-example gradients failed"):
         got = emb({"input_ids": ids, "labels": labels})["grad"]
+    assert emb.gradient_method == "loop"
     for i in (0, 3):
-        np.testing.assert_allclose(got[i], _autograd(model, ids[i], labels[i]), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(got[i], _autograd(inner, ids[i], labels[i]), rtol=1e-4, atol=1e-6)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         emb({"input_ids": ids[:1], "labels": labels[:1]})
-    assert not [w for w in caught if "vmap failed" in str(w.message)]  # warned once, then loops silently
+    assert not [w for w in caught if "failed" in str(w.message)]  # warned once, then loops silently
     with pytest.raises(RuntimeError):
-        LoRAGradientEmbedder(wrapped, dim=None, device="cpu", vectorize=True)({"input_ids": ids, "labels": labels})
+        LoRAGradientEmbedder(wrapped, dim=None, device="cpu", method="vmap")({"input_ids": ids, "labels": labels})
+
+
+# --------------------------------------------------------------------------- the hooks strategy
+def _qkvo_model(variant):
+    torch.manual_seed(3)
+    config = transformers.LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, vocab_size=VOCAB)
+    qkvo = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    extra = {"lora_bias": True} if variant == "lora_bias" else {}
+    model = peft.get_peft_model(transformers.LlamaForCausalLM(config),
+                                peft.LoraConfig(r=4, lora_alpha=8, target_modules=qkvo, init_lora_weights=False, **extra))
+    # Inactive adapters hold LoRA modules too (on other layers and on the same ones): never hooked, never counted.
+    model.add_adapter("inactive", peft.LoraConfig(r=2, target_modules=["q_proj", "gate_proj"], init_lora_weights=False))
+    model.add_adapter("second", peft.LoraConfig(r=3, lora_alpha=3, target_modules=["v_proj", "down_proj"],
+                                                init_lora_weights=False))
+    if variant == "two_active":
+        model.base_model.set_adapter(["default", "second"])
+    return model
+
+
+def _uneven_rows():
+    """Uneven lengths, a row of 2 tokens, a row whose only response token is the last one."""
+    rng = np.random.default_rng(5)
+    ids = [rng.integers(0, VOCAB, n).tolist() for n in (7, 2, 13, 4, 10)]
+    prompts = (3, 1, 12, 0, 9)  # rows 1 and 2 have one response token; row 3 is all response
+    labels = [[-100] * p + row[p:] for p, row in zip(prompts, ids)]
+    return ids, labels
+
+
+def _assert_rows_close(got, expected, rel):
+    """Every row within ``rel`` of that row's largest entry (float32 rounding, not a looser match)."""
+    error = np.abs(np.asarray(got) - np.asarray(expected)).max(axis=1)
+    scale = np.abs(np.asarray(expected)).max(axis=1)
+    assert (error <= rel * scale).all(), f"relative errors {error / scale}"
+
+
+@pytest.mark.parametrize("variant", ["three_adapters", "two_active", "lora_bias"])
+def test_hooks_give_exactly_the_per_example_gradients_of_the_loop(variant):
+    model = _qkvo_model(variant)
+    names = lora_parameter_names(model)
+    active = ["default", "second"] if variant == "two_active" else ["default"]
+    assert {n.split(".")[-2] for n in names} == set(active) and ".inactive." not in "".join(names)
+    if variant == "lora_bias":
+        assert any(n.endswith("lora_B.default.bias") for n in names)
+    ids, labels = _uneven_rows()
+    batch = {"input_ids": ids, "labels": labels}
+    emb = LoRAGradientEmbedder(model, dim=None, device="cpu", batch_size=5)
+    assert emb.gradient_method == "hooks"
+    hooked = emb(batch)["grad"]
+    looped = LoRAGradientEmbedder(model, dim=None, device="cpu", method="loop")(batch)["grad"]
+    scale = np.abs(looped).max(axis=1, keepdims=True)
+    assert (scale > 1e-3).all()
+    _assert_rows_close(hooked, looped, 1e-5)
+    for i in (1, 2):  # the shortest rows, checked against a plain backward of the HF loss
+        np.testing.assert_allclose(hooked[i], _autograd(model, ids[i], labels[i]), rtol=1e-4, atol=1e-5 * scale[i, 0])
+    single = LoRAGradientEmbedder(model, dim=None, device="cpu", batch_size=1, method="hooks")(batch)["grad"]
+    _assert_rows_close(single, looped, 1e-5)  # batch of 1
+    assert not any(p.grad is not None for p in model.parameters())  # the model's .grad are left alone
+
+
+class _UsesAWeightOutsideItsLinear(torch.nn.Module):
+    """Adds a term built from a LoRA weight itself, as DoRA's weight norm does: the hooks miss that path."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+        self.owner = lora_parameter_names(inner)[0].rsplit(".", 1)[0]
+
+    def forward(self, input_ids, **kwargs):
+        out = self.inner(input_ids=input_ids, **kwargs)
+        weight = self.inner.get_submodule(self.owner).weight
+        out.logits = out.logits + weight.sum() * torch.arange(out.logits.shape[-1], dtype=out.logits.dtype) / 10
+        return out
+
+
+def test_hooks_check_the_sum_and_fall_back_when_a_weight_is_used_elsewhere():
+    wrapped = _UsesAWeightOutsideItsLinear(_tiny_lora_model(seed=2))
+    ids, labels = _rows(seed=4)
+    batch = {"input_ids": ids, "labels": labels}
+    with pytest.raises(RuntimeError, match="do not sum to the batch gradient"):
+        LoRAGradientEmbedder(wrapped, dim=None, device="cpu", method="hooks")(batch)
+    emb = LoRAGradientEmbedder(wrapped, dim=None, device="cpu")
+    with pytest.warns(UserWarning, match="hooks per-example gradients failed"):
+        got = emb(batch)["grad"]
+    assert emb.gradient_method == "vmap"
+    looped = LoRAGradientEmbedder(wrapped, dim=None, device="cpu", method="loop")(batch)["grad"]
+    np.testing.assert_allclose(got, looped, rtol=1e-4, atol=1e-6)
+
+
+def test_method_choice_and_the_deprecated_vectorize(model):
+    dora = peft.get_peft_model(transformers.LlamaForCausalLM(model.config),
+                               peft.LoraConfig(r=2, target_modules=["q_proj"], use_dora=True))
+    assert LoRAGradientEmbedder(dora, dim=8).gradient_method == "vmap"  # the magnitude vector is no Linear weight
+    with pytest.raises(ValueError, match="lora_magnitude_vector"):
+        LoRAGradientEmbedder(dora, dim=8, method="hooks")
+    with pytest.raises(ValueError, match="method"):
+        LoRAGradientEmbedder(model, dim=8, method="ghost")
+    for old, new in [(True, "vmap"), (False, "loop")]:
+        with pytest.warns(FutureWarning, match=f"method='{new}'"):
+            assert LoRAGradientEmbedder(model, dim=8, vectorize=old).method == new
+    with pytest.raises(ValueError, match="contradicts"):
+        LoRAGradientEmbedder(model, dim=8, vectorize=False, method="hooks")
+
+
+def test_column_and_fingerprint_do_not_depend_on_the_strategy_or_the_batch_sizes(model):
+    ids, labels = _rows(seed=8, lengths=(5, 9, 7, 12, 6, 8, 11))
+    ds = Dataset.from_dict({"input_ids": ids, "labels": labels})
+    kwargs = {"dim": 32, "seed": 4, "chunk_size": 100, "device": "cpu"}
+    reference = LoRAGradientEmbedder(model, method="loop", batch_size=1, projection_batch_size=1, **kwargs)
+    ref = np.array(reference.map(ds)["grad"])
+    scale = np.abs(ref).max()
+    raw = LoRAGradientEmbedder(model, dim=None, method="loop", device="cpu")(ds[:])["grad"]
+    np.testing.assert_allclose(ref, RandomProjection(raw.shape[1], 32, seed=4).project(raw), atol=1e-6 * scale)
+    for method in ("hooks", "vmap", None):
+        for batch_size, projection_batch_size, map_batch in [(1, 7, None), (3, 3, 5), (2, 64, 4), (8, None, None)]:
+            emb = LoRAGradientEmbedder(model, method=method, batch_size=batch_size,
+                                       projection_batch_size=projection_batch_size, **kwargs)
+            assert emb.fingerprint() == reference.fingerprint() and emb._spec() == reference._spec()
+            got = np.array(emb.map(ds, batch_size=map_batch, load_from_cache_file=False)["grad"])
+            _assert_rows_close(got, ref, 1e-5)
+    # Same micro-batches (one row each): one projection pass over 7 rows or 7 passes over one row
+    # differ only by the matmul's rounding.
+    one_pass = LoRAGradientEmbedder(model, batch_size=1, projection_batch_size=7, **kwargs)(ds[:])["grad"]
+    np.testing.assert_allclose(one_pass, LoRAGradientEmbedder(model, batch_size=1, projection_batch_size=1,
+                                                              **kwargs)(ds[:])["grad"], rtol=0, atol=1e-6 * scale)
+
+
+def test_projection_batch_defaults_and_the_rows_per_projection_pass(model, monkeypatch):
+    emb = LoRAGradientEmbedder(model, dim=16, device="cpu", batch_size=2)
+    assert (emb.gradient_batch_size, emb.projection_batch_size, emb.batch_size) == (2, 64, 64)
+    assert LoRAGradientEmbedder(model, dim=16, batch_size=100).projection_batch_size == 100  # never below batch_size
+    with pytest.raises(ValueError, match="projection_batch_size"):
+        LoRAGradientEmbedder(model, dim=16, projection_batch_size=0)
+    passes, micro = [], []
+    project = RandomProjection.project
+    gradients = LoRAGradientEmbedder.per_example_gradients
+    monkeypatch.setattr(RandomProjection, "project", lambda self, x: passes.append(len(x)) or project(self, x))
+    monkeypatch.setattr(LoRAGradientEmbedder, "per_example_gradients",
+                        lambda self, i, *a: micro.append(len(i)) or gradients(self, i, *a))
+    ids, labels = _rows(seed=9, lengths=(5, 6, 7, 8, 9, 10, 11))
+    LoRAGradientEmbedder(model, dim=16, device="cpu", batch_size=2, projection_batch_size=5).map(
+        Dataset.from_dict({"input_ids": ids, "labels": labels}))
+    assert passes == [5, 2] and micro == [2, 2, 1, 2]
 
 
 def test_bad_input(model):
