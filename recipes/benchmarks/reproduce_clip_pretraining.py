@@ -80,6 +80,7 @@ import hf_prune as hp
 from hf_prune.ops.columns import add_column, read_vector
 from recipes import clip_pretraining as recipe
 from recipes.benchmarks.reporting import mean_std_table, save_with_shared_legend
+from recipes.benchmarks.results_store import load_results, run_slug, save_results
 from recipes.trainer.config import run_metadata, write_json
 from recipes.trainer.metrics import aggregate
 
@@ -295,7 +296,7 @@ def epochs_for(fraction: float, args) -> int:
 
 
 def train_entry(out: Path, name: str, fraction: float, seed: int, subset: Dataset | None, args) -> dict:
-    run_dir = out / "runs" / f"{_slug(name)}_{fraction}_{seed}"
+    run_dir = out / "runs" / f"{run_slug(name)}_{fraction}_{seed}"
     argv = pool_options(args) + [
         "--epochs",
         str(epochs_for(fraction, args)),
@@ -314,7 +315,7 @@ def train_entry(out: Path, name: str, fraction: float, seed: int, subset: Datase
         *(["--cpu"] if args.cpu else []),
     ]
     if subset is not None:
-        subset_dir = out / "subsets" / f"{_slug(name)}_{fraction}_{seed}"
+        subset_dir = out / "subsets" / f"{run_slug(name)}_{fraction}_{seed}"
         subset.select_columns(["row_id"]).save_to_disk(str(subset_dir))
         argv += ["--subset_path", str(subset_dir)]
     metrics = run_recipe(argv)
@@ -373,12 +374,6 @@ def _line(entry: dict) -> str:
     )
 
 
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name.replace("²", "2"))
-
-
-def save_results(out: Path, results: dict) -> None:
-    write_json(out / "results.json", results)
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -562,8 +557,6 @@ def main(argv: list[str] | None = None) -> dict:
     disable_progress_bars()
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {"runs": {}}
     settings = {
         k: getattr(args, k)
         for k in (
@@ -577,9 +570,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     }
     settings["noise_rates"] = NOISE_RATES
-    if results.get("settings", settings) != settings and not args.report_only:
-        raise SystemExit(f"{results_path} was made with {results['settings']}; use another --output-dir")
-    results.setdefault("settings", settings)  # --report-only reports the settings the runs were made with
+    results = load_results(out, settings, report_only=args.report_only)
     results["metadata"] = run_metadata({"args": vars(args)}, argv)
     if not args.report_only:
         pool, results["reference"] = scored_pool(out, args)

@@ -71,6 +71,7 @@ import hf_prune as hp
 from hf_prune.ops.columns import add_column, read_labels, read_vector
 from recipes import image_classification as recipe
 from recipes.benchmarks.reporting import mean_std_table, save_with_shared_legend
+from recipes.benchmarks.results_store import load_results, run_slug, save_results
 from recipes.trainer.checkpoints import complete_checkpoints
 from recipes.trainer.config import run_metadata, write_json
 from recipes.trainer.metrics import aggregate, timed
@@ -280,9 +281,9 @@ def run_scenario_seed(out: Path, scenario: str, fractions, seed: int, args, resu
             start = time.perf_counter()
             subset = select(pool, fraction, seed)
             select_s = time.perf_counter() - start
-            subset_dir = out / scenario / "subsets" / f"{_slug(name)}_{fraction}_{seed}"
+            subset_dir = out / scenario / "subsets" / f"{run_slug(name)}_{fraction}_{seed}"
             subset.select_columns(["row_id", "label"]).save_to_disk(str(subset_dir))
-            run_dir = out / scenario / "runs" / f"{_slug(name)}_{fraction}"
+            run_dir = out / scenario / "runs" / f"{run_slug(name)}_{fraction}"
             argv = recipe_args(data_dir, run_dir, seed, args) + ["--subset_path", str(subset_dir), "--checkpointing", "false"]
             metrics = run_recipe(argv)
             entry = {"accuracy": metrics["test_accuracy"]["mean"], "select_s": select_s,
@@ -322,12 +323,6 @@ def run_tiny(out: Path, seeds, args, results: dict) -> None:
             for b in TINY_BUDGETS), flush=True)
 
 
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name.replace("²", "2").replace("β", "beta").replace("–", "-"))
-
-
-def save_results(out: Path, results: dict) -> None:
-    write_json(out / "results.json", results)
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -463,12 +458,8 @@ def main(argv: list[str] | None = None) -> None:
     disable_progress_bars()
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {"runs": {}, "cost": {}}
     settings = {k: v for k, v in vars(args).items() if k in ("pool_size", "test_size", "epochs", "model", "learning_rate")}
-    if results.get("settings", settings) != settings and not args.report_only:
-        raise SystemExit(f"{results_path} was made with {results['settings']}; use another --output-dir")
-    results["settings"] = settings
+    results = load_results(out, settings, report_only=args.report_only, cost={})
     for other in args.merge_from:
         found = json.loads((Path(other) / "results.json").read_text())
         if found["settings"] != settings:

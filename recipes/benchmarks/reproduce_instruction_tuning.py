@@ -91,6 +91,7 @@ from hf_prune.ops.columns import add_column, read_vector
 from recipes import instruction_tuning as recipe
 from recipes import less_features as features
 from recipes.benchmarks.reporting import mean_std_table, save_with_shared_legend
+from recipes.benchmarks.results_store import load_results, run_slug, save_results
 from recipes.trainer.config import run_metadata, write_json
 from recipes.trainer.metrics import aggregate
 
@@ -406,7 +407,7 @@ def train_entry(out: Path, name: str, fraction: float, seed: int, subset: Datase
         >>> entry = train_entry(Path("runs/x"), "LESS", 0.05, 0, subset, args)
         >>> entry["average"], entry["tasks"], entry["rows"]
     """
-    run_dir = out / "runs" / f"{_slug(name)}_{fraction}_{seed}"
+    run_dir = out / "runs" / f"{run_slug(name)}_{fraction}_{seed}"
     argv = model_options(args) + [
         "--train_path",
         str(out / "pool"),
@@ -430,7 +431,7 @@ def train_entry(out: Path, name: str, fraction: float, seed: int, subset: Datase
         "false",
     ]
     if subset is not None:
-        subset_dir = out / "subsets" / f"{_slug(name)}_{fraction}_{seed}"
+        subset_dir = out / "subsets" / f"{run_slug(name)}_{fraction}_{seed}"
         subset.select_columns(["row_id"]).save_to_disk(str(subset_dir))
         argv += ["--subset_path", str(subset_dir)]
     run_recipe(argv)
@@ -492,17 +493,6 @@ def _line(entry: dict) -> str:
     )
 
 
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name.replace("²", "2"))
-
-
-def save_results(out: Path, results: dict) -> None:
-    """Write ``out/results.json`` (atomically).
-
-    Example:
-        >>> save_results(Path("runs/x"), {"runs": {}})
-    """
-    write_json(out / "results.json", results)
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -585,7 +575,7 @@ def overlap_lines(results: dict, out: Path, fraction: float = CLAIM_FRACTION) ->
     less_rows = set(load_from_disk(str(base))["row_id"])
     lines = []
     for name in methods():
-        path = out / "subsets" / f"{_slug(name)}_{fraction}_0"
+        path = out / "subsets" / f"{run_slug(name)}_{fraction}_0"
         if name != "LESS" and path.is_dir():
             rows = set(load_from_disk(str(path))["row_id"])
             lines.append(
@@ -807,12 +797,7 @@ def main(argv: list[str] | None = None) -> dict:
     disable_progress_bars()
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {"runs": {}}
-    settings = {k: getattr(args, k) for k in SETTINGS}
-    if results.get("settings", settings) != settings and not args.report_only:
-        raise SystemExit(f"{results_path} was made with {results['settings']}; use another --output-dir")
-    results.setdefault("settings", settings)  # --report-only reports the settings the runs were made with
+    results = load_results(out, {k: getattr(args, k) for k in SETTINGS}, report_only=args.report_only)
     results["metadata"] = run_metadata({"args": vars(args)}, argv)
     if not args.report_only:
         save_results(out, results)  # the settings first: the cached stages below belong to them

@@ -37,3 +37,20 @@ def test_mean_std_table_scales_and_marks_missing_cells():
         "| infomax | 62.5 ± 0.0 | 90.0 ± 2.0 |",
     ]
     assert mean_std_table(summary, [0.1], header="budget", fmt=lambda c: f"{c} ex.").splitlines()[0] == "| budget | 0.1 ex. |"
+
+
+def test_results_store_resumes_only_with_the_same_settings(tmp_path):
+    import pytest
+
+    from recipes.benchmarks.results_store import load_results, run_slug, save_results
+
+    fresh = load_results(tmp_path, {"pool_size": 10}, cost={})
+    assert fresh == {"runs": {}, "cost": {}, "settings": {"pool_size": 10}}
+    fresh["runs"]["random|0.1|0"] = {"accuracy": 0.5}
+    save_results(tmp_path, fresh)
+    assert load_results(tmp_path, {"pool_size": 10})["runs"] == {"random|0.1|0": {"accuracy": 0.5}}
+    with pytest.raises(SystemExit, match="was made with .*pool_size.*10"):
+        load_results(tmp_path, {"pool_size": 20})
+    # --report-only reports the settings the runs were made with, not the new ones
+    assert load_results(tmp_path, {"pool_size": 20}, report_only=True)["settings"] == {"pool_size": 10}
+    assert run_slug("D² (CLIP score)") == "D2__CLIP_score_" and run_slug("random") == "random"
