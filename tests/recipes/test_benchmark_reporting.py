@@ -1,4 +1,5 @@
 import matplotlib
+import pytest
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -40,8 +41,6 @@ def test_mean_std_table_scales_and_marks_missing_cells():
 
 
 def test_results_store_resumes_only_with_the_same_settings(tmp_path):
-    import pytest
-
     from recipes.benchmarks.results_store import load_results, run_slug, save_results
 
     fresh = load_results(tmp_path, {"pool_size": 10}, cost={})
