@@ -42,6 +42,7 @@ micro-batches of ``batch_size``.
 from __future__ import annotations
 
 import copy
+import inspect
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -117,6 +118,15 @@ def _linear_targets(model: torch.nn.Module, names: Sequence[str]) -> dict[torch.
                              f"({type(module).__name__}); use method='vmap' or 'loop'")
         targets.setdefault(module, []).append((name, kind))
     return targets
+
+
+def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the (base) model's forward accepts ``logits_to_keep`` (transformers' causal LMs do)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class _HooksUnsupported(RuntimeError):
@@ -393,6 +403,7 @@ class LoRAGradientEmbedder(Embedder):
             check_choice("method", method, _METHODS)
         self.method = method
         self._linear_error: str | None = None
+        self._keep_logits = _takes_logits_to_keep(model)
         try:
             _linear_targets(model, self.parameter_names)
         except ValueError as err:
@@ -488,14 +499,31 @@ class LoRAGradientEmbedder(Embedder):
         return state
 
     # ------------------------------------------------------------------ gradients
+    def _summed_loss(self, params: dict[str, torch.Tensor], input_ids: torch.Tensor, labels: torch.Tensor,
+                     keep_logits: bool) -> torch.Tensor:
+        """Σ over the rows of ``(B, L)`` inputs of each row's mean next-token cross-entropy over labels ≠ -100.
+
+        ``keep_logits``: ask the model (``logits_to_keep``) for the logits of the positions that
+        predict a response token of some row only; the others take no loss, so the loss and its
+        gradients are the same while the vocabulary projection skips prompts and padding.
+        """
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "use_cache": False}
+        target = labels[:, 1:]
+        if keep_logits:
+            positions = torch.nonzero((target != IGNORE_INDEX).any(0)).flatten()
+            kwargs["logits_to_keep"] = positions
+            target = target[:, positions]
+        out = torch.func.functional_call(self.model, params, args=(), kwargs=kwargs)
+        logits = (out.logits if keep_logits else out.logits[:, :-1]).float()
+        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                               ignore_index=IGNORE_INDEX, reduction="none")
+        # Padding and prompt positions carry weight 0, so their output gradients are exactly 0.
+        return (ce.view(len(target), -1).sum(1) / (target != IGNORE_INDEX).sum(1)).sum()
+
     def _loss(self, params: dict[str, torch.Tensor], input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy of one sequence over positions whose label is not -100."""
-        out = torch.func.functional_call(self.model, params, args=(),
-                                         kwargs={"input_ids": input_ids.unsqueeze(0), "use_cache": False})
-        logits = out.logits[0, :-1].float()
-        target = labels[1:]
-        total = torch.nn.functional.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
-        return total / (target != IGNORE_INDEX).sum()
+        """Mean next-token cross-entropy of one sequence (what ``vmap`` differentiates; full logits, as
+        the positions to keep would depend on the vmapped labels)."""
+        return self._summed_loss(params, input_ids.unsqueeze(0), labels.unsqueeze(0), keep_logits=False)
 
     def _vmapped(self, params, input_ids, labels, lengths) -> dict[str, torch.Tensor]:
         with warnings.catch_warnings():
@@ -508,7 +536,8 @@ class LoRAGradientEmbedder(Embedder):
         out: dict[str, list[torch.Tensor]] = {n: [] for n in params}
         with torch.enable_grad():
             for i, length in enumerate(lengths.tolist()):
-                loss = self._loss(leaves, input_ids[i, :length], labels[i, :length])
+                loss = self._summed_loss(leaves, input_ids[i : i + 1, :length], labels[i : i + 1, :length],
+                                         self._keep_logits)
                 grads = torch.autograd.grad(loss, list(leaves.values()))
                 for n, g in zip(leaves, grads):
                     out[n].append(g)
@@ -545,14 +574,7 @@ class LoRAGradientEmbedder(Embedder):
         handles = [module.register_forward_hook(capture) for module in targets]
         try:
             with torch.enable_grad():
-                out = torch.func.functional_call(self.model, leaves, args=(),
-                                                 kwargs={"input_ids": input_ids, "use_cache": False})
-                logits = out.logits[:, :-1].float()
-                target = labels[:, 1:]
-                ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                                       ignore_index=IGNORE_INDEX, reduction="none")
-                # Padding and prompt positions carry weight 0, so their output gradients are exactly 0.
-                loss = (ce.view(rows, -1).sum(1) / (target != IGNORE_INDEX).sum(1)).sum()
+                loss = self._summed_loss(leaves, input_ids, labels, self._keep_logits)
                 total = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
         finally:
             for handle in handles:

@@ -326,7 +326,7 @@ def test_hooks_give_exactly_the_per_example_gradients_of_the_loop(variant):
     ids, labels = _uneven_rows()
     batch = {"input_ids": ids, "labels": labels}
     emb = LoRAGradientEmbedder(model, dim=None, device="cpu", batch_size=5)
-    assert emb.gradient_method == "hooks"
+    assert emb.gradient_method == "hooks" and emb._keep_logits  # logits of response-predicting positions only
     hooked = emb(batch)["grad"]
     looped = LoRAGradientEmbedder(model, dim=None, device="cpu", method="loop")(batch)["grad"]
     scale = np.abs(looped).max(axis=1, keepdims=True)

@@ -1,0 +1,221 @@
+"""LESS gradient features: per-example LoRA gradient strategies and projection batching, timed in one run.
+
+Everything runs on a randomly initialised causal LM shaped like SmolLM2-135M (hidden 576, 30
+layers, 9 heads, 3 key-value heads, intermediate 1536, vocabulary 49,152; no weights are needed:
+the cost depends on the shapes only) with LoRA r=8 on q/k/v/o (0.92M LoRA parameters), on
+``--rows`` sequences of ``--length`` tokens whose second half is the response:
+
+- ``loop``, ``vmap``, ``hooks``: `hf_prune.embed.LoRAGradientEmbedder.per_example_gradients` with
+  each ``method`` on micro-batches of ``--batch-size`` (the module docstring of
+  `hf_prune.embed.lora_gradients` describes them).
+- ``LESS reference``: what LESS's ``collect_grads`` does per example: batch size 1,
+  ``model(**batch).loss.backward()``, then the ``.grad`` of every trainable parameter flattened
+  into one vector (``model.zero_grad()`` before each example).
+- projection: `hf_prune.ops.projection.RandomProjection` to ``--dim`` applied to passes of 8
+  rows (the embedder's old behaviour: one pass per gradient batch), 16 rows (LESS's default
+  ``project_interval``) and ``--projection-batch-size`` rows (the new default: one pass per map
+  batch); the cost of generating the matrix is shared by the rows of a pass.
+
+The last table combines the two: seconds per feature row for a gradient strategy plus a projection
+batching, and its speed-up over the LESS reference procedure. Every line is measured in this run
+after one warm-up call per strategy; the hooks' gradients are also compared with the loop's.
+
+Default (CPU, a few minutes on one thread; the other core may be busy):
+    OMP_NUM_THREADS=1 python recipes/benchmarks/lora_gradient_throughput.py --threads 1
+
+On a GPU:
+    python recipes/benchmarks/lora_gradient_throughput.py --device cuda --rows 64 --batch-size 16 \
+        --projection-batch-size 256 --dim 8192
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from hf_prune.embed.lora_gradients import LoRAGradientEmbedder, lora_parameter_names
+from hf_prune.ops.projection import RandomProjection
+from recipes.trainer.metrics import timed
+
+METHODS = ("loop", "vmap", "hooks")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=8, help="sequences timed per gradient strategy")
+    p.add_argument("--length", type=int, default=128, help="tokens per sequence (the second half is the response)")
+    p.add_argument("--batch-size", type=int, default=8, help="examples per gradient micro-batch")
+    p.add_argument("--methods", default="loop,vmap,hooks,reference",
+                   help="comma-separated subset of loop, vmap, hooks, reference")
+    p.add_argument("--dim", type=int, default=2048, help="projection dimension")
+    p.add_argument("--projection-batch-size", type=int, default=64, help="rows per projection pass (large batch)")
+    p.add_argument("--layers", type=int, default=30, help="decoder layers (SmolLM2-135M: 30)")
+    p.add_argument("--rank", type=int, default=8, help="LoRA rank")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--repeats", type=int, default=2, help="timed runs per gradient strategy, interleaved (median)")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def build_model(args):
+    """A random SmolLM2-135M-shaped Llama with LoRA on q/k/v/o (B ≠ 0, as after a warm-up)."""
+    import peft
+    import transformers as T
+
+    torch.manual_seed(args.seed)
+    config = T.LlamaConfig(hidden_size=576, num_hidden_layers=args.layers, num_attention_heads=9,
+                           num_key_value_heads=3, intermediate_size=1536, vocab_size=49152,
+                           max_position_embeddings=max(2048, args.length), tie_word_embeddings=True)
+    base = T.LlamaForCausalLM(config)
+    lora = peft.LoraConfig(r=args.rank, lora_alpha=2 * args.rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                           lora_dropout=0.05, init_lora_weights=False)
+    return peft.get_peft_model(base, lora).to(args.device).eval()
+
+
+def make_rows(args, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rng = np.random.default_rng(args.seed)
+    ids = torch.from_numpy(rng.integers(0, vocab, (args.rows, args.length))).to(args.device)
+    labels = ids.clone()
+    labels[:, : args.length // 2] = -100
+    return ids, labels
+
+
+def reference_less(model, ids, labels) -> torch.Tensor:
+    """LESS's ``collect_grads`` gradient step: one ``loss.backward()`` per example, ``.grad`` flattened."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    out = []
+    for i in range(len(ids)):
+        model.zero_grad()
+        loss = model(input_ids=ids[i : i + 1], labels=labels[i : i + 1]).loss
+        loss.backward()
+        out.append(torch.cat([p.grad.reshape(-1) for p in trainable if p.grad is not None]))
+    model.zero_grad()
+    return torch.stack(out)
+
+
+def _sync(device) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main(argv=None) -> dict:
+    """Run the timings and print them as markdown tables; returns the measured numbers.
+
+    Example:
+        >>> main(["--rows", "2", "--layers", "2", "--methods", "loop,hooks", "--dim", "256"])["gradients"]["hooks"]
+    """
+    args = make_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - {*METHODS, "reference"})
+    if unknown:
+        raise SystemExit(f"--methods: unknown {unknown}; choose from {', '.join((*METHODS, 'reference'))}")
+    model = build_model(args)
+    names = lora_parameter_names(model)
+    num_params = sum(dict(model.named_parameters())[n].numel() for n in names)
+    ids, labels = make_rows(args, model.config.vocab_size)
+    lengths = torch.full((args.rows,), args.length, dtype=torch.int64)
+
+    runners = {}
+    for method in methods:
+        if method == "reference":
+            def run(n=None):
+                return reference_less(model, ids[:n], labels[:n])
+        else:
+            emb = LoRAGradientEmbedder(model, dim=None, method=method, device=args.device, dtype=torch.float32)
+
+            def run(n=None, emb=emb):
+                rows = len(ids) if n is None else n
+                return torch.cat([emb.per_example_gradients(ids[s : s + args.batch_size][:rows - s],
+                                                            labels[s : s + args.batch_size][:rows - s],
+                                                            lengths[s : s + args.batch_size][:rows - s])
+                                  for s in range(0, rows, args.batch_size)])
+        run(1)  # warm-up (allocations, vmap's first trace)
+        runners[method] = run
+    # Strategies alternate within each repeat, so background load affects them alike; medians are reported.
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    values: dict[str, torch.Tensor] = {}
+    for repeat in range(args.repeats):
+        for method, run in runners.items():
+            _sync(args.device)
+            seconds, values[method] = timed(run, cuda_sync=True)
+            times[method].append(seconds)
+            print(f"[{time.strftime('%H:%M:%S')}] repeat {repeat + 1}: {method}: {args.rows / seconds:.3f} rows/s",
+                  flush=True)
+    grad_s = {m: statistics.median(t) / args.rows for m, t in times.items()}
+
+    exactness = {}
+    base = values.get("loop", values.get("reference"))
+    if base is not None:
+        for method, v in values.items():
+            # The reference's .grad follows model.parameters() order, the embedder's lora_parameter_names: the same.
+            exactness[method] = float(((v - base).abs().max(dim=1).values / base.abs().max(dim=1).values).max())
+
+    projection = RandomProjection(num_params, args.dim, seed=0)
+    proj_s: dict[int, float] = {}
+    for rows in sorted({8, 16, args.projection_batch_size}):
+        # No warm-up pass: one would cost as much as the timed pass (R is generated either way).
+        x = torch.randn(rows, num_params, device=args.device)
+        seconds, _ = timed(lambda x=x: projection(x), cuda_sync=True)
+        proj_s[rows] = seconds / rows
+        print(f"[{time.strftime('%H:%M:%S')}] projection of {rows} rows: {seconds:.2f} s per pass", flush=True)
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    import peft
+    import transformers
+
+    print()
+    print(f"Machine: {cpu}; device {args.device}; torch threads {torch.get_num_threads()}; torch {torch.__version__}, "
+          f"transformers {transformers.__version__}, peft {peft.__version__}, Python {platform.python_version()}.")
+    print(f"Model: random Llama shaped like SmolLM2-135M ({args.layers} layers), LoRA r={args.rank} on q/k/v/o "
+          f"({num_params:,} LoRA parameters); {args.rows} rows × {args.length} tokens (half response), "
+          f"gradient micro-batch {args.batch_size}, projection dim {args.dim}, float32; gradient rates are "
+          f"medians of {args.repeats} interleaved runs, projections one pass each.")
+    print()
+    print("| per-example gradients | rows/s | s/row | vs LESS reference | max rel. diff to loop |")
+    print("|---|---:|---:|---:|---:|")
+    ref = grad_s.get("reference")
+    for method, s in grad_s.items():
+        label = "LESS reference (backward per example, batch 1)" if method == "reference" else f"`method=\"{method}\"`"
+        ratio = f"{ref / s:.2f}×" if ref else "–"
+        diff = f"{exactness[method]:.1e}" if method in exactness else "–"
+        print(f"| {label} | {1 / s:.3f} | {s:.2f} | {ratio} | {diff} |")
+    print()
+    print(f"| projection to {args.dim} | rows per pass | s/row | vs 8 rows per pass |")
+    print("|---|---:|---:|---:|")
+    for rows, s in proj_s.items():
+        print(f"| RandomProjection | {rows} | {s:.3f} | {proj_s[8] / s:.2f}× |")
+    print()
+    print("| feature row (gradient + projection) | s/row | rows/s | vs LESS reference |")
+    print("|---|---:|---:|---:|")
+    combos = []
+    if "reference" in grad_s:
+        combos.append(("LESS reference, projected every 16 rows", grad_s["reference"] + proj_s[16]))
+    for method, rows, note in [("vmap", 8, "old default"), ("loop", 8, "old recommended on CPU"),
+                               ("hooks", 8, "hooks, projection per gradient batch"),
+                               ("hooks", args.projection_batch_size, "new default")]:
+        if method in grad_s:
+            combos.append((f"`{method}` + {rows} rows per projection ({note})", grad_s[method] + proj_s[rows]))
+    reference_total = combos[0][1] if "reference" in grad_s else None
+    for label, s in combos:
+        ratio = f"{reference_total / s:.2f}×" if reference_total else "–"
+        print(f"| {label} | {s:.2f} | {1 / s:.3f} | {ratio} |")
+    return {"gradients": grad_s, "projection": proj_s, "exactness": exactness, "combined": dict(combos),
+            "num_parameters": num_params}
+
+
+if __name__ == "__main__":
+    main()
