@@ -17,7 +17,9 @@ the cost depends on the shapes only) with LoRA r=8 on q/k/v/o (0.92M LoRA parame
   batch); the cost of generating the matrix is shared by the rows of a pass.
 
 The last table combines the two: seconds per feature row for a gradient strategy plus a projection
-batching, and its speed-up over the LESS reference procedure. Every line is measured in this run
+batching, and its speed-up over the LESS reference procedure. ``loop`` and ``hooks`` ask the model for
+the logits of response-predicting positions only (``logits_to_keep``); the reference, like LESS,
+computes every position's logits. Every line is measured in this run
 after one warm-up call per strategy; the hooks' gradients are also compared with the loop's.
 
 Default (CPU, a few minutes on one thread; the other core may be busy):
@@ -204,9 +206,10 @@ def main(argv=None) -> dict:
     combos = []
     if "reference" in grad_s:
         combos.append(("LESS reference, projected every 16 rows", grad_s["reference"] + proj_s[16]))
-    for method, rows, note in [("vmap", 8, "old default"), ("loop", 8, "old recommended on CPU"),
-                               ("hooks", 8, "hooks, projection per gradient batch"),
-                               ("hooks", args.projection_batch_size, "new default")]:
+    # 8 rows per pass is the embedder's earlier batching (one projection per gradient batch).
+    for method, rows, note in [("vmap", 8, "earlier default strategy"), ("loop", 8, "earlier choice on CPU"),
+                               ("hooks", 8, "projection per gradient batch"),
+                               ("hooks", args.projection_batch_size, "the default now")]:
         if method in grad_s:
             combos.append((f"`{method}` + {rows} rows per projection ({note})", grad_s[method] + proj_s[rows]))
     reference_total = combos[0][1] if "reference" in grad_s else None
