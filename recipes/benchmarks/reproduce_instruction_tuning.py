@@ -348,7 +348,6 @@ def scored_pool(out: Path, pool: DatasetDict, warmup_dir: Path, args) -> tuple[D
         dim=args.dim,
         seed=0,
         batch_size=args.gradient_batch_size,
-        vectorize=False,
         cache_dir=out / "cache",
         device="cpu" if args.cpu else None,
     )

@@ -325,8 +325,8 @@ def test_cli_on_the_recipes_warmup_checkpoints(tmp_path):
             str(tmp_path / "less"),
             "--dim",
             "512",
-            "--vectorize",
-            "false",
+            "--method",
+            "loop",
             "--cpu",
             "--selector",
             "top_k:fraction=0.1,score_column=less",
@@ -374,6 +374,6 @@ def test_smollm2_on_real_sharegpt_rows_ranks_the_duplicated_row_first():
         optimizer.step()
     state = {n: dict(optimizer.state[params[n]]) for n in names}
     checkpoint = Checkpoint(epoch=1, mean_lr=1e-4, model=model.eval(), optimizer_state=state)
-    out = lf.less_features(pool, validation, [checkpoint], dim=512, vectorize=False, batch_size=4)
+    out = lf.less_features(pool, validation, [checkpoint], dim=512, method="loop", batch_size=4)
     less = np.array(out.pool["less"])
     assert int(np.argmax(less)) == 3 and less[3] > np.sort(less)[-2]
