@@ -300,8 +300,8 @@ class LoRAGradientEmbedder(Embedder):
       the failure is reported once in a warning and the next strategy (``"vmap"``, then
       ``"loop"``) is used from then on. An explicit ``method`` raises instead. On one CPU thread
       the cost is the model's FLOPs whatever the batching, so hooks gain little there (SmolLM2-135M
-      shapes, LoRA r=8 on q/k/v/o, 128 tokens, batches of 8: hooks 0.88, loop 0.84, vmap 0.66,
-      LESS's own loop 0.75 rows/s; ``recipes/benchmarks/lora_gradient_throughput.py``); they replace
+      shapes, LoRA r=8 on q/k/v/o, 128 tokens, batches of 8: hooks 0.95, loop 0.78, vmap 0.73,
+      LESS's own loop 0.76 rows/s; ``recipes/benchmarks/lora_gradient_throughput.py``); they replace
       ``batch_size`` small backward passes by one large one, which is where accelerators gain.
     - ``"hooks"`` and ``"loop"`` ask the model for the logits of the positions that predict a
       response token only (``logits_to_keep``, when its forward takes it): the other positions take
@@ -313,8 +313,8 @@ class LoRAGradientEmbedder(Embedder):
       ``projection_batch_size`` rows (also the default ``map`` batch), whose gradients are computed
       in micro-batches of ``batch_size`` and projected in one pass. Only time and memory depend on
       either size: a row's value is the same (to float32 rounding, 1e-6) whatever the batching.
-      Measured (0.92M LoRA parameters, ``dim=2048``, one CPU thread): 0.42 s a row in passes of 8
-      rows, 0.13 s in passes of 64.
+      Measured (0.92M LoRA parameters, ``dim=2048``, one CPU thread): 0.39 s a row in passes of 8
+      rows, 0.10 s in passes of 64.
 
     Memory: the gradients of one projection batch, ``projection_batch_size × num_parameters``
     float32 (e.g. 64 × 0.92M × 4 B = 236 MB for SmolLM2-135M with r=8 on q/k/v/o), plus, per
