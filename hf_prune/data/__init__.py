@@ -30,16 +30,14 @@ from .fashion_mnist import (
 from .hub import load_cifar10, load_cifar100, load_image_dataset
 from .image_text import check_image_text, load_image_text
 from .images import encode_png, images_to_arrow, read_images
+from .instruction_formats import from_alpaca, from_flan, from_oasst
+from .instruction_pool import build_instruction_pool
 from .instructions import (
     EVAL_FEATURES,
     INSTRUCTION_FEATURES,
     INSTRUCTION_ROLES,
     MESSAGES_FEATURE,
-    build_instruction_pool,
     check_instructions,
-    from_alpaca,
-    from_flan,
-    from_oasst,
     instruction_dataset,
     message_problem,
 )
