@@ -35,8 +35,9 @@ Protocol (everything through the public API, `recipes.less_features` and the ins
 
 Sizing of the default. Rates measured here with SmolLM2-135M-Instruct, LoRA r=8 on q/k/v/o (921,600
 parameters), one torch thread, on the 2-core machine while other jobs ran (load average ≈ 4):
-gradient features 2.6 s a row at 106 tokens (41 tokens/s, one backward per example; ``vmap`` was 40%
-slower, so ``vectorize=False``; the projection to ``dim=2048`` is 0.26 s of it), LoRA training 35
+gradient features 2.6 s a row at 106 tokens (41 tokens/s, one backward per example and 8 rows a
+projection pass, as first measured; the default now, one batched backward through hooks and 64 rows a
+projection pass, costs 1.15 s a row against 1.67 s for that route in `lora_gradient_throughput.py`), LoRA training 35
 tokens/s, evaluation 2.0 s a multiple-choice row and 1.25 s a generative one. Under the same load the
 gradients ran at 1.2× the training rate per token, so on an otherwise idle core (DESIGN.md: training
 ≈ 240 tokens/s, forward ≈ 700 tokens/s) they take ≈ 0.4 s a row and evaluation ≈ 0.4 s a row.
