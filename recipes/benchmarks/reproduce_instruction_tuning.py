@@ -84,15 +84,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
-from datasets import Dataset, DatasetDict, disable_progress_bars, load_from_disk
+from datasets import Dataset, DatasetDict, load_from_disk
 
 import hf_prune as hp
 from hf_prune.ops.columns import add_column, read_vector
 from recipes import instruction_tuning as recipe
 from recipes import less_features as features
 from recipes.benchmarks.reporting import mean_std_table, save_with_shared_legend
-from recipes.benchmarks.results_store import load_results, run_slug, save_results
+from recipes.benchmarks.results_store import load_results, prepare_run, run_slug, save_results
 from recipes.trainer.config import run_metadata, write_json
 from recipes.trainer.metrics import aggregate
 
@@ -780,23 +779,9 @@ def main(argv: list[str] | None = None) -> dict:
         'D² (LESS)|0.05|0'
     """
     args = make_parser().parse_args(argv)
-    if args.gpu:
-        print(GPU_COMMANDS)
+    out = prepare_run(args, methods=methods(), quick=QUICK, gpu_commands=GPU_COMMANDS)
+    if out is None:
         return {}
-    if args.quick:
-        for key, value in QUICK.items():
-            setattr(args, key, value)
-    unknown = sorted(set(args.methods or []) - set(methods()))
-    if unknown:
-        raise ValueError(f"--methods: unknown {unknown}; known: {list(methods())}")
-    bad = [f for f in args.fractions if not 0.0 < f < 1.0]
-    if bad:
-        raise ValueError(f"--fractions must lie in (0, 1), got {bad}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    disable_progress_bars()
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     results = load_results(out, {k: getattr(args, k) for k in SETTINGS}, report_only=args.report_only)
     results["metadata"] = run_metadata({"args": vars(args)}, argv)
     if not args.report_only:

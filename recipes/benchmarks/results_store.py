@@ -1,6 +1,7 @@
-"""The resumable ``results.json`` of a reproduction benchmark: one entry a run, tied to its settings.
+"""A reproduction benchmark's run: its shared options and its resumable ``results.json``.
 
-A benchmark records every finished run under ``results["runs"][key]`` and saves the file after each, so
+`prepare_run` applies the options every reproduction has (``--gpu`` prints the paper-sized commands,
+``--quick``, ``--methods``, ``--fractions``, ``--threads``). A benchmark records every finished run under ``results["runs"][key]`` and saves the file after each, so
 rerunning the same command skips what is done. The settings that change what a run measures are stored
 with it: resuming with other settings would mix two experiments in one table, so it is refused.
 """
@@ -8,11 +9,46 @@ with it: resuming with other settings would mix two experiments in one table, so
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+import torch
+from datasets import disable_progress_bars
 
 from recipes.trainer.config import write_json
 
-__all__ = ["load_results", "run_slug", "save_results"]
+__all__ = ["load_results", "prepare_run", "run_slug", "save_results"]
+
+
+def prepare_run(args, *, methods: Iterable[str], quick: Mapping, gpu_commands: str) -> Path | None:
+    """Apply the shared options to parsed ``args``; the output folder (created), or ``None`` after ``--gpu``.
+
+    ``--gpu`` prints ``gpu_commands`` (nothing runs); ``--quick`` overrides ``args`` with ``quick``;
+    unknown ``--methods`` and ``--fractions`` outside (0, 1) are `ValueError`s naming the option (the full
+    pool is run by the benchmark itself); ``--threads`` sets torch's CPU threads.
+
+    Example:
+        >>> out = prepare_run(args, methods=methods(), quick=QUICK, gpu_commands=GPU_COMMANDS)
+    """
+    if args.gpu:
+        print(gpu_commands)
+        return None
+    if args.quick:
+        for key, value in quick.items():
+            setattr(args, key, value)
+    known = list(methods)
+    unknown = sorted(set(args.methods or []) - set(known))
+    if unknown:
+        raise ValueError(f"--methods: unknown {unknown}; known: {known}")
+    bad = [f for f in args.fractions if not 0.0 < f < 1.0]
+    if bad:
+        raise ValueError(f"--fractions must lie in (0, 1), got {bad}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    disable_progress_bars()
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def load_results(out: Path, settings: dict, *, report_only: bool = False, **empty) -> dict:

@@ -53,3 +53,24 @@ def test_results_store_resumes_only_with_the_same_settings(tmp_path):
     # --report-only reports the settings the runs were made with, not the new ones
     assert load_results(tmp_path, {"pool_size": 20}, report_only=True)["settings"] == {"pool_size": 10}
     assert run_slug("D² (CLIP score)") == "D2__CLIP_score_" and run_slug("random") == "random"
+
+
+def test_prepare_run_applies_the_shared_options(tmp_path, capsys):
+    from argparse import Namespace
+
+    from recipes.benchmarks.results_store import prepare_run
+
+    def args(**kw):
+        base = {"gpu": False, "quick": False, "methods": None, "fractions": [0.1], "threads": None,
+                "output_dir": str(tmp_path / "out")}
+        return Namespace(**{**base, **kw})
+
+    assert prepare_run(args(gpu=True), methods=["random"], quick={}, gpu_commands="accelerate launch ...") is None
+    assert "accelerate launch ..." in capsys.readouterr().out and not (tmp_path / "out").exists()
+    quick = args(quick=True)
+    assert prepare_run(quick, methods=["random"], quick={"fractions": [0.3]}, gpu_commands="") == tmp_path / "out"
+    assert quick.fractions == [0.3] and (tmp_path / "out").is_dir()
+    with pytest.raises(ValueError, match=r"--methods: unknown \['InfoMx'\]"):
+        prepare_run(args(methods=["InfoMx"]), methods=["InfoMax"], quick={}, gpu_commands="")
+    with pytest.raises(ValueError, match="--fractions must lie in"):
+        prepare_run(args(fractions=[1.0]), methods=["random"], quick={}, gpu_commands="")
