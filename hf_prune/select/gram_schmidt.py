@@ -3,9 +3,11 @@ Network Pruning", Algorithm 1).
 
 Each step draws an example with probability proportional to the norm of its *residual* feature (its
 component outside the span of the examples already chosen), then removes the chosen direction from every
-residual. Examples are thus large in the subspace not yet covered, which keeps the subset diverse. The
-residual matrix lives on the device and is updated in place, ``R ← R − (R q) qᵀ`` (modified
-Gram–Schmidt, as the paper prescribes for stability): O(N·d) per pick, O(s·N·d) in all, O(N·d) memory.
+residual. Examples are thus large in the subspace not yet covered, which keeps the subset diverse. Only
+the residual *norms* are needed for the draws, and they follow from one product of the original features
+with each new basis vector, so a pick costs one read pass over the N×d features (the memory-bandwidth
+floor) and no residual matrix is stored: O(N·d) per pick, O(s·N·d) in all, O(N + s·d) memory beyond the
+features.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from datasets import Dataset
 
 from ..ops.checks import check_choice, check_positive_int
 from ..ops.columns import read_matrix
-from ..ops.device import resolve_device
+from ..ops.device import resolve_device, to_device
 from ._ordered import run_ordered_selection
 from .registry import selector
 
@@ -53,23 +55,29 @@ def gram_schmidt(
     1. picks row ``i`` among those not yet chosen with probability ``‖R_i‖ / Σ_j ‖R_j‖``
        (``mode="random"``, the paper's method) or the largest ``‖R_i‖`` (``mode="deterministic"``, the
        paper's ablation; this is column-pivoted QR of ``Fᵀ``, ties to the earlier row);
-    2. forms ``q = R_i / ‖R_i‖``, re-orthogonalised twice against the basis picked so far ("twice is
-       enough") so the basis stays orthonormal to working precision even when ``R_i`` is small;
-    3. updates every residual, ``R ← R − (R q) qᵀ``, which is the projection step of Algorithm 1.
+    2. forms ``q = R_i / ‖R_i‖`` with ``R_i = F_i`` minus its projection on the basis picked so far,
+       projected twice ("twice is enough") so the basis stays orthonormal to working precision even
+       when ``R_i`` is small;
+    3. removes ``q`` from every residual, ``R ← R − (R q) qᵀ``, the projection step of Algorithm 1.
 
-    Other rows' residuals are updated once per step (modified Gram–Schmidt); a second pass over all N
-    rows would double the cost and is unnecessary because a row's residual is re-orthogonalised in step
-    2 when it is picked. Residual norms are downdated from the inner products ``R q`` of step 3 and
-    recomputed exactly where cancellation would spoil them (LAPACK's rule for pivoted QR), so a step
-    reads the N×d matrix twice. Work is float32 on the device; randomness is one uniform number per step from
-    the seeded NumPy generator (inverse-CDF over the residual norms, accumulated in float64), so CPU and
-    GPU give the same rows up to floating-point near-ties.
+    Step 3 is carried out on the residual norms only: ``q`` is orthogonal to the earlier basis, so
+    ``R q = F q`` and ``‖R_i‖² ← ‖R_i‖² − (F_i·q)²``, one read pass over the features per step; the
+    picked row's residual is formed in step 2 from ``F_i`` and the basis. Norms are recomputed exactly
+    from ``F_i`` and the basis where the downdate has cancelled most of them (LAPACK's rule for pivoted
+    QR), which happens to few rows. Work is float32 on the device; randomness is one uniform number per
+    step from the seeded NumPy generator (inverse-CDF over the residual norms, accumulated in float64),
+    so CPU and GPU give the same rows up to floating-point near-ties. A residual norm is known to
+    about ``ε ‖F_i‖`` (float32 rounding of the features, ``ε ≈ 1.2e-7``), so rows whose residuals are
+    a small fraction of their norm (e.g. tight clusters after their centre is picked) are near-ties
+    at that accuracy.
 
     **More picks than dimensions.** Once the chosen rows span the remaining ones (after at most ``d``
     picks, or the data's rank), every residual is numerically zero (≤ ``tol`` × the largest remaining
     original norm) and Algorithm 1 would sample rounding noise. Instead the basis is *restarted*:
     residuals of the remaining rows are reset to their original features and the procedure continues,
-    so each round of up to ``d`` picks is again linearly independent and norm-driven. Rows whose
+    so each round of up to ``d`` picks is again linearly independent and norm-driven. Within a round,
+    a row whose residual is numerically zero (≤ ``tol`` × its own norm, e.g. a duplicate of a picked
+    row) is not drawn again before the restart; picking it would add nothing to the basis. Rows whose
     features are all zero are picked last, uniformly at random (first ones in deterministic mode).
 
     **Order.** Step ``t`` uses the ``t``-th uniform number of the group's generator (drawn in order,
@@ -95,10 +103,10 @@ def gram_schmidt(
         initial_subset: row positions (in ``dataset``) kept first, in the given order; they count
             towards the budget (per class: towards their class's budget, which they must not exceed).
         seed: seed of the random draws.
-        device: torch device for the residual matrix; ``None`` picks CUDA when available.
-        batch_size: rows per block of the in-place residual update (``None``: all rows at once). The
-            update never materialises an N×d temporary either way; blocks only bound the N-vector
-            ``R q`` temporaries and let very large matrices be updated piecewise.
+        device: torch device for the features and the norms (one float32 copy of the features on a
+            non-CPU device, none on CPU for float32 input); ``None`` picks CUDA when available.
+        batch_size: rows per block of the product ``F q`` (``None``: all rows at once). No N×d
+            temporary is made either way; blocks only bound the ``F q`` temporary.
         tol: relative threshold below which residuals count as zero (triggers a basis restart).
 
     Returns:
@@ -151,40 +159,51 @@ def gram_schmidt_order(
     residuals (the ``|R_ii|`` of pivoted QR in deterministic mode). ``initial`` rows (distinct, at
     most ``k``) take the first steps, in the given order, instead of a draw: the basis starts from them.
 
-    Residual norms are downdated, ``‖r − (r·q)q‖² = ‖r‖² − (r·q)²``, from the inner products the
-    projection computes anyway, and recomputed exactly for the rows whose norm has fallen below
-    ``√ε`` of its last exact value, where cancellation would make the downdate inaccurate (LAPACK's rule
-    for column-pivoted QR). Each step thus reads the residual matrix twice (``R q`` and the update).
+    No residual matrix is kept. The new basis vector ``q`` is orthogonal to the earlier ones, so a
+    row's residual has the same inner product with it as the row itself, ``r_i·q = x_i·q``: one
+    product ``c = X q`` over the original features (read only, ``batch_size`` rows at a time)
+    downdates every squared residual norm, ``‖r_i‖² ← ‖r_i‖² − c_i²``. The picked row's residual is
+    ``x_i − Bᵀ(B x_i)`` against the basis ``B``, projected twice. Where the downdate has cancelled
+    most of a norm (below ``√ε`` of its last exact value, LAPACK's rule for column-pivoted QR, here
+    measured against the geometric mean of that value and ``‖x_i‖²`` because ``c_i`` carries rounding
+    of the size of ``ε‖x_i‖``) the norm is recomputed exactly from ``x_i`` and the basis, a few
+    rows at a time; rows found numerically inside the span (``≤ tol ‖x_i‖``) wait for the next round.
+
+    Cost per pick: one read pass over the N×d features plus O(N) (and O(k·d) for the picked row);
+    memory: the float32 features (the input itself when it is float32 and C-contiguous; one copy on a
+    non-CPU device), O(N) vectors and the ``k×d`` basis, never an N×d temporary.
 
     Example:
         >>> picks, norms = gram_schmidt_order(x, 3)  # deterministic: pivoted QR order
     """
-    x = np.ascontiguousarray(features, dtype=np.float32)
-    n, d = x.shape
+    n, d = np.shape(features)
     initial = np.asarray(initial, dtype=np.int64).ravel()
     if len(initial) and (initial.min() < 0 or initial.max() >= n or len(np.unique(initial)) != len(initial)):
         raise ValueError(f"`initial` must hold distinct row positions in [0, {n})")
     if len(initial) > k:
         raise ValueError(f"`initial` has {len(initial)} rows, more than `k` ({k})")
     dev = resolve_device(device)
-    residual = torch.from_numpy(x.copy()).to(dev)
-    original_sq = _row_sq_norms(residual)
+    x = to_device(features, dev)  # read only: zero-copy on CPU for float32 input
+    block = batch_size or n
+    original_sq = torch.cat([_row_sq_norms(x[s : s + block]) for s in range(0, n, block)])
     squares, reference = original_sq.clone(), original_sq.clone()
     recompute_below = float(np.sqrt(np.finfo(np.float32).eps))
+    zero_below = tol * tol
     available = torch.ones(n, dtype=torch.bool, device=dev)
+    inside = original_sq == 0  # rows known to lie in the span: skipped by the exactness check
     basis = torch.empty((min(k, d), d), dtype=torch.float32, device=dev)
+    coefficients = torch.empty(min(block, n), dtype=torch.float32, device=dev)
     rank = 0
     picks = np.empty(k, dtype=np.int64)
     picked_norms = np.empty(k, dtype=np.float64)
-    block = batch_size or n
     for step in range(k):
         norms = squares.clamp_min(0.0).sqrt_().masked_fill_(~available, 0.0)
         scale = float(original_sq.masked_fill(~available, 0.0).max().sqrt())
         if rank > 0 and float(norms.max()) <= tol * scale:
             # The basis spans every remaining row: start a new round from the original features.
-            left = torch.nonzero(available).squeeze(1)
-            residual[left] = torch.from_numpy(x[left.cpu().numpy()]).to(dev)
-            squares[left] = reference[left] = original_sq[left]
+            squares.copy_(original_sq)
+            reference.copy_(original_sq)
+            inside = original_sq == 0
             rank = 0
             norms = squares.sqrt().masked_fill_(~available, 0.0)
         if step < len(initial):
@@ -200,12 +219,10 @@ def gram_schmidt_order(
             i = _draw(norms, float(uniforms[step]))
         picks[step] = i
         available[i] = False
-        q = residual[i].clone()
-        picked_norms[step] = float(torch.linalg.vector_norm(q))
-        if rank:
-            for _ in range(2):
-                q -= basis[:rank].T @ (basis[:rank] @ q)
+        # Twice is enough: the second projection removes what rounding left in the span.
+        q = _residuals(x[i : i + 1], basis[:rank], passes=2)[0]
         q_norm = float(torch.linalg.vector_norm(q))
+        picked_norms[step] = q_norm
         if q_norm <= tol * float(original_sq[i].sqrt()):
             continue  # numerically inside the span already: nothing to project out
         q /= q_norm
@@ -214,16 +231,35 @@ def gram_schmidt_order(
         basis[rank] = q
         rank += 1
         for start in range(0, n, block):
-            part = residual[start : start + block]
-            coefficients = part @ q
-            part.addmm_(coefficients[:, None], q[None, :], alpha=-1.0)
-            squares[start : start + block] -= coefficients.double().square()
-        stale = torch.nonzero(available & (squares <= recompute_below * reference)).squeeze(1)
-        if len(stale):
-            exact = _row_sq_norms(residual[stale])
-            squares[stale] = exact
-            reference[stale] = exact
+            part = coefficients[: min(block, n - start)]
+            torch.mv(x[start : start + block], q, out=part)
+            squares[start : start + block] -= part.double().square_()
+        if rank >= d:
+            inside = torch.ones_like(inside)  # a basis of the whole space: every residual is zero
+            squares.zero_()
+            continue
+        threshold = torch.minimum(recompute_below * (reference * original_sq).sqrt(), reference / 2)
+        stale = torch.nonzero(available & ~inside & (squares <= threshold)).squeeze(1)
+        for start in range(0, len(stale), _STALE_ROWS):
+            rows = stale[start : start + _STALE_ROWS]
+            exact = _row_sq_norms(_residuals(x[rows], basis[:rank], passes=1))
+            zero = exact <= zero_below * original_sq[rows]
+            squares[rows] = exact.masked_fill(zero, 0.0)
+            reference[rows] = exact
+            inside[rows] = zero
     return picks, picked_norms
+
+
+# Rows per block of exact residual recomputation: a (rows × d) temporary, small next to N×d.
+_STALE_ROWS = 4096
+
+
+def _residuals(rows: torch.Tensor, basis: torch.Tensor, *, passes: int) -> torch.Tensor:
+    """``rows`` minus their projection on the orthonormal ``basis`` (a new tensor; ``rows`` is read only)."""
+    residual = rows.clone()
+    for _ in range(passes if len(basis) else 0):
+        residual -= (residual @ basis.T) @ basis
+    return residual
 
 
 def _row_sq_norms(x: torch.Tensor) -> torch.Tensor:
