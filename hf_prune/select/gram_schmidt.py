@@ -186,11 +186,14 @@ def gram_schmidt_order(
     x = to_device(features, dev)  # read only: zero-copy on CPU for float32 input
     block = batch_size or n
     original_sq = torch.cat([_row_sq_norms(x[s : s + block]) for s in range(0, n, block)])
-    squares, reference = original_sq.clone(), original_sq.clone()
+    squares = original_sq.clone()
     recompute_below = float(np.sqrt(np.finfo(np.float32).eps))
     zero_below = tol * tol
+    # A row's norm is recomputed once ``squares`` falls to its threshold; -inf for rows that need no
+    # check (picked, all-zero, or known to lie in the span until the next round).
+    fresh_threshold = (recompute_below * original_sq).masked_fill_(original_sq == 0, -np.inf)
+    threshold = fresh_threshold.clone()
     available = torch.ones(n, dtype=torch.bool, device=dev)
-    inside = original_sq == 0  # rows known to lie in the span: skipped by the exactness check
     basis = torch.empty((min(k, d), d), dtype=torch.float32, device=dev)
     coefficients = torch.empty(min(block, n), dtype=torch.float32, device=dev)
     rank = 0
@@ -202,8 +205,7 @@ def gram_schmidt_order(
         if rank > 0 and float(norms.max()) <= tol * scale:
             # The basis spans every remaining row: start a new round from the original features.
             squares.copy_(original_sq)
-            reference.copy_(original_sq)
-            inside = original_sq == 0
+            threshold = fresh_threshold.masked_fill(~available, -np.inf)
             rank = 0
             norms = squares.sqrt().masked_fill_(~available, 0.0)
         if step < len(initial):
@@ -219,6 +221,7 @@ def gram_schmidt_order(
             i = _draw(norms, float(uniforms[step]))
         picks[step] = i
         available[i] = False
+        threshold[i] = -np.inf
         # Twice is enough: the second projection removes what rounding left in the span.
         q = _residuals(x[i : i + 1], basis[:rank], passes=2)[0]
         q_norm = float(torch.linalg.vector_norm(q))
@@ -235,18 +238,19 @@ def gram_schmidt_order(
             torch.mv(x[start : start + block], q, out=part)
             squares[start : start + block] -= part.double().square_()
         if rank >= d:
-            inside = torch.ones_like(inside)  # a basis of the whole space: every residual is zero
-            squares.zero_()
+            squares.zero_()  # a basis of the whole space: every residual is zero
+            threshold.fill_(-np.inf)
             continue
-        threshold = torch.minimum(recompute_below * (reference * original_sq).sqrt(), reference / 2)
-        stale = torch.nonzero(available & ~inside & (squares <= threshold)).squeeze(1)
+        stale = torch.nonzero(squares <= threshold).squeeze(1)
         for start in range(0, len(stale), _STALE_ROWS):
             rows = stale[start : start + _STALE_ROWS]
             exact = _row_sq_norms(_residuals(x[rows], basis[:rank], passes=1))
             zero = exact <= zero_below * original_sq[rows]
             squares[rows] = exact.masked_fill(zero, 0.0)
-            reference[rows] = exact
-            inside[rows] = zero
+            # LAPACK's √ε rule against √(exact · ‖x‖²), the scale of the rounding in x·q; at least a
+            # halving, so that a recomputed norm is not flagged again by rounding alone.
+            again = torch.minimum(recompute_below * (exact * original_sq[rows]).sqrt(), exact / 2)
+            threshold[rows] = again.masked_fill_(zero, -np.inf)
     return picks, picked_norms
 
 
