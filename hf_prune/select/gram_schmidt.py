@@ -164,10 +164,11 @@ def gram_schmidt_order(
     product ``c = X q`` over the original features (read only, ``batch_size`` rows at a time)
     downdates every squared residual norm, ``‖r_i‖² ← ‖r_i‖² − c_i²``. The picked row's residual is
     ``x_i − Bᵀ(B x_i)`` against the basis ``B``, projected twice. Where the downdate has cancelled
-    most of a norm (below ``√ε`` of its last exact value, LAPACK's rule for column-pivoted QR, here
-    measured against the geometric mean of that value and ``‖x_i‖²`` because ``c_i`` carries rounding
-    of the size of ``ε‖x_i‖``) the norm is recomputed exactly from ``x_i`` and the basis, a few
-    rows at a time; rows found numerically inside the span (``≤ tol ‖x_i‖``) wait for the next round.
+    most of a norm, the norm is recomputed exactly from ``x_i`` and the basis, a few rows at a time:
+    first below ``√ε ‖x_i‖²`` (LAPACK's rule for column-pivoted QR), later below ``√ε`` times the
+    geometric mean of the last exact value and ``‖x_i‖²`` (``c_i`` carries rounding of the size of
+    ``ε‖x_i‖``, not of the residual) and at most half the last exact value. Rows found numerically
+    inside the span (``≤ tol ‖x_i‖``, e.g. duplicates of a pick) wait for the next round.
 
     Cost per pick: one read pass over the N×d features plus O(N) (and O(k·d) for the picked row);
     memory: the float32 features (the input itself when it is float32 and C-contiguous; one copy on a
@@ -255,7 +256,7 @@ def gram_schmidt_order(
 
 
 # Rows per block of exact residual recomputation: a (rows × d) temporary, small next to N×d.
-_STALE_ROWS = 4096
+_STALE_ROWS = 1024
 
 
 def _residuals(rows: torch.Tensor, basis: torch.Tensor, *, passes: int) -> torch.Tensor:
