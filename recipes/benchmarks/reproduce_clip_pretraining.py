@@ -239,6 +239,25 @@ def scored_pool(out: Path, args) -> tuple[Dataset, dict]:
 
 
 # ------------------------------------------------------------------------------------------ methods
+REFERENCE_CHECKS = ("reference_zero_shot_mean", "clip_score_clean_mean", "clip_score_corrupted_mean")
+
+
+def check_same_reference(stored: dict | None, new: dict) -> None:
+    """Refuse to resume runs selected with another reference CLIP (e.g. ``results.json`` copied from another
+    machine whose rebuilt reference came out differently): the stored and rebuilt reference must give the
+    same zero-shot accuracy and mean CLIP scores, exactly.
+
+    Example:
+        >>> check_same_reference({"clip_score_clean_mean": 0.52}, {"clip_score_clean_mean": 0.52})
+    """
+    if not stored:
+        return
+    differ = {k: (stored[k], new.get(k)) for k in REFERENCE_CHECKS if k in stored and stored[k] != new.get(k)}
+    if differ:
+        raise SystemExit(f"the reference CLIP differs from the one the stored runs were selected with {differ}; "
+                         "use another --output-dir")
+
+
 def methods() -> dict[str, Callable[[Dataset, float, int], Dataset]]:
     """Name → ``select(pool, fraction, seed)``; the image features are the reference CLIP's."""
     img = {"embedding_column": "image_emb"}
@@ -558,7 +577,9 @@ def main(argv: list[str] | None = None) -> dict:
     results = load_results(out, settings, report_only=args.report_only)
     results["metadata"] = run_metadata({"args": vars(args)}, argv)
     if not args.report_only:
-        pool, results["reference"] = scored_pool(out, args)
+        pool, reference = scored_pool(out, args)
+        check_same_reference(results.get("reference"), reference)
+        results["reference"] = reference
         # Seeds outermost: a run cut short still has complete tables for the seeds it finished.
         for seed in args.seeds:
             run_seed(out, pool, seed, args, results)

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from datasets import Dataset, load_from_disk
 
+from recipes.benchmarks import reproduce_clip_pretraining as bench
 from recipes.benchmarks.reproduce_clip_pretraining import FULL, QUICK, build_pool, claim_lines, main
 
 
@@ -98,3 +99,11 @@ def test_every_method_selects_from_a_pool_with_negative_clip_scores():
         "is_corrupted",
         "image_emb",
     ]  # nothing added to the caller's pool
+
+
+def test_resuming_with_another_reference_clip_is_refused():
+    stored = {"reference_zero_shot_mean": 0.547, "clip_score_clean_mean": 0.5217, "embed_s": 17.0}
+    bench.check_same_reference(None, stored)
+    bench.check_same_reference(stored, {**stored, "embed_s": 30.0})  # timings may differ
+    with pytest.raises(SystemExit, match="clip_score_clean_mean"):
+        bench.check_same_reference(stored, {**stored, "clip_score_clean_mean": 0.5216})
