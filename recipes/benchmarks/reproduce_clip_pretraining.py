@@ -78,10 +78,14 @@ from datasets import Dataset, load_from_disk
 import hf_prune as hp
 from hf_prune.ops.columns import add_column, read_vector
 from recipes import clip_pretraining as recipe
-from recipes.benchmarks.reporting import mean_std_table, save_with_shared_legend
+from recipes.benchmarks.reporting import (
+    group_by_method,
+    mean_std_table,
+    plot_methods_vs_fraction,
+    save_with_shared_legend,
+)
 from recipes.benchmarks.results_store import load_results, prepare_run, run_slug, save_results
 from recipes.trainer.config import run_metadata, write_json
-from recipes.trainer.metrics import aggregate
 
 FRACTIONS = (0.1, 0.3, 0.5)
 # 30% web noise of every kind (the issue's pool); the rows of each kind are disjoint.
@@ -397,13 +401,8 @@ def _line(entry: dict) -> str:
 # ------------------------------------------------------------------------------------------ report
 def summarize(results: dict, key: str) -> dict[str, dict[float, dict]]:
     """Method → kept fraction → aggregate of ``key`` over seeds (the full pool as fraction 1.0)."""
-    table: dict[str, dict[float, list]] = {}
-    for run_key, entry in results["runs"].items():
-        name, fraction, _ = run_key.split("|")
-        table.setdefault(name, {}).setdefault(float(fraction), []).append(entry[key])
-    order = [FULL, *methods()]
-    names = sorted(table, key=lambda n: order.index(n) if n in order else len(order))
-    return {name: {f: aggregate(v) for f, v in sorted(table[name].items())} for name in names}
+    runs = (run_key.split("|")[:2] + [entry[key]] for run_key, entry in results["runs"].items())
+    return group_by_method(runs, [FULL, *methods()])
 
 
 def claim_lines(results: dict) -> list[str]:
@@ -439,26 +438,9 @@ def plot(results: dict, path: Path) -> None:
 
     panels = ["zero-shot mean", "i2t R@5", "t2i R@5", "corrupted kept"]
     fig, axes = plt.subplots(1, len(panels), figsize=(22, 5.5))
-    cmap = plt.get_cmap("tab10")
     for ax, metric in zip(axes, panels):
-        summary = summarize(results, metric)
-        for i, (name, per) in enumerate((n, p) for n, p in summary.items() if n != FULL):
-            xs = sorted(per)
-            ax.errorbar(
-                [x * 100 for x in xs],
-                [per[x]["mean"] * 100 for x in xs],
-                yerr=[per[x]["std"] * 100 for x in xs],
-                marker="o",
-                markersize=3,
-                capsize=2,
-                color=cmap(i % 10),
-                label=name,
-                linewidth=2.5 if name in ("random", "InfoMax") else 1.2,
-            )
-        if FULL in summary:
-            ax.axhline(
-                summary[FULL][1.0]["mean"] * 100, color="black", linestyle="--", linewidth=1, label=FULL
-            )
+        plot_methods_vs_fraction(ax, summarize(results, metric), baseline=FULL, baseline_fraction=1.0,
+                                 highlight=("random", "InfoMax"))
         ax.set_title(metric)
         ax.set_xlabel("kept fraction (%)")
         ax.set_ylabel("%")

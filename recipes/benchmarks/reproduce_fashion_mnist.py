@@ -70,7 +70,7 @@ from datasets import Dataset, DatasetDict, disable_progress_bars, load_from_disk
 import hf_prune as hp
 from hf_prune.ops.columns import add_column, read_labels, read_vector
 from recipes import image_classification as recipe
-from recipes.benchmarks.reporting import mean_std_table, save_with_shared_legend
+from recipes.benchmarks.reporting import group_by_method, mean_std_table, save_with_shared_legend
 from recipes.benchmarks.results_store import load_results, run_slug, save_results
 from recipes.trainer.checkpoints import complete_checkpoints
 from recipes.trainer.config import run_metadata, write_json
@@ -327,15 +327,12 @@ def run_tiny(out: Path, seeds, args, results: dict) -> None:
 
 # ------------------------------------------------------------------------------------------ report
 def summarize(results: dict, scenario: str, fractions, key: str = "accuracy") -> dict[str, dict[float, dict]]:
-    table: dict[str, dict[float, dict]] = {}
-    for run_key, entry in results["runs"].items():
-        scen, name, fraction, _ = run_key.split("|")
-        if scen != scenario or key not in entry:
-            continue
-        table.setdefault(name, {}).setdefault(float(fraction), []).append(entry[key])
-    order = list(tiny_methods()) if scenario == "tiny" else list(methods(2, 2))
-    names = sorted(table, key=lambda n: order.index(n) if n in order else len(order))
-    return {name: {f: aggregate(table[name][f]) for f in sorted(table[name])} for name in names}
+    runs = (
+        run_key.split("|")[1:3] + [entry[key]]
+        for run_key, entry in results["runs"].items()
+        if run_key.split("|")[0] == scenario and key in entry
+    )
+    return group_by_method(runs, list(tiny_methods()) if scenario == "tiny" else list(methods(2, 2)))
 
 
 def selection_cost_table(results: dict) -> str:

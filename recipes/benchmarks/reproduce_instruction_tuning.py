@@ -90,10 +90,14 @@ import hf_prune as hp
 from hf_prune.ops.columns import add_column, read_vector
 from recipes import instruction_tuning as recipe
 from recipes import less_features as features
-from recipes.benchmarks.reporting import mean_std_table, save_with_shared_legend
+from recipes.benchmarks.reporting import (
+    group_by_method,
+    mean_std_table,
+    plot_methods_vs_fraction,
+    save_with_shared_legend,
+)
 from recipes.benchmarks.results_store import load_results, prepare_run, run_slug, save_results
 from recipes.trainer.config import run_metadata, write_json
-from recipes.trainer.metrics import aggregate
 
 FRACTIONS = (0.05, 0.1)
 CLAIM_FRACTION = 0.05
@@ -506,14 +510,12 @@ def summarize(results: dict, metric: str = "average") -> dict[str, dict[float, d
         >>> summarize({"runs": {"LESS|0.05|0": {"average": 0.5, "tasks": {}}}})["LESS"][0.05]["mean"]
         0.5
     """
-    table: dict[str, dict[float, list]] = {}
-    for run_key, entry in results["runs"].items():
-        name, fraction, _ = run_key.split("|")
-        if metric == "average" or metric in entry["tasks"]:
-            table.setdefault(name, {}).setdefault(float(fraction), []).append(_value(entry, metric))
-    order = [BASE, *methods()]
-    names = sorted(table, key=lambda n: order.index(n) if n in order else len(order))
-    return {name: {f: aggregate(v) for f, v in sorted(table[name].items())} for name in names}
+    runs = (
+        run_key.split("|")[:2] + [_value(entry, metric)]
+        for run_key, entry in results["runs"].items()
+        if metric == "average" or metric in entry["tasks"]
+    )
+    return group_by_method(runs, [BASE, *methods()])
 
 
 def claim_lines(results: dict, fraction: float = CLAIM_FRACTION) -> list[str]:
@@ -630,23 +632,8 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 1, figsize=(7, 5))
-    summary = summarize(results, "average")
-    cmap = plt.get_cmap("tab10")
-    for i, (name, per) in enumerate((n, p) for n, p in summary.items() if n != BASE):
-        xs = sorted(per)
-        ax.errorbar(
-            [x * 100 for x in xs],
-            [per[x]["mean"] * 100 for x in xs],
-            yerr=[per[x]["std"] * 100 for x in xs],
-            marker="o",
-            markersize=4,
-            capsize=2,
-            color=cmap(i % 10),
-            label=name,
-            linewidth=2.5 if name in ("InfoMax", "LESS") else 1.2,
-        )
-    if BASE in summary:
-        ax.axhline(summary[BASE][0.0]["mean"] * 100, color="black", linestyle="--", linewidth=1, label=BASE)
+    plot_methods_vs_fraction(ax, summarize(results, "average"), baseline=BASE, baseline_fraction=0.0,
+                             highlight=("InfoMax", "LESS"), markersize=4)
     ax.set_title("average accuracy on the target tasks")
     ax.set_xlabel("kept fraction of the pool (%)")
     ax.set_ylabel("%")

@@ -74,3 +74,28 @@ def test_prepare_run_applies_the_shared_options(tmp_path, capsys):
         prepare_run(args(methods=["InfoMx"]), methods=["InfoMax"], quick={}, gpu_commands="")
     with pytest.raises(ValueError, match="--fractions must lie in"):
         prepare_run(args(fractions=[1.0]), methods=["random"], quick={}, gpu_commands="")
+
+
+def test_group_by_method_orders_methods_and_fractions_and_aggregates_seeds():
+    from recipes.benchmarks.reporting import group_by_method
+
+    runs = [("other", 0.3, 0.2), ("InfoMax", 0.3, 0.6), ("random", 0.1, 0.5), ("InfoMax", 0.1, 0.4),
+            ("random", 0.1, 0.7)]
+    summary = group_by_method(runs, ["random", "InfoMax"])
+    assert list(summary) == ["random", "InfoMax", "other"]  # the given order, unknown names last
+    assert list(summary["InfoMax"]) == [0.1, 0.3]
+    assert summary["random"][0.1]["mean"] == pytest.approx(0.6) and summary["random"][0.1]["n"] == 2
+
+
+def test_plot_methods_vs_fraction_draws_one_line_per_method_and_the_baseline(tmp_path):
+    from recipes.benchmarks.reporting import group_by_method, plot_methods_vs_fraction
+
+    summary = group_by_method([("full pool", 1.0, 0.9), ("random", 0.1, 0.5), ("random", 0.3, 0.6),
+                               ("InfoMax", 0.1, 0.7)], ["full pool", "random", "InfoMax"])
+    fig, ax = plt.subplots()
+    plot_methods_vs_fraction(ax, summary, baseline="full pool", baseline_fraction=1.0, highlight=["InfoMax"])
+    assert ax.get_legend_handles_labels()[1] == ["full pool", "random", "InfoMax"]
+    widths = {container.get_label(): container.lines[0].get_linewidth() for container in ax.containers}
+    assert widths == {"random": 1.2, "InfoMax": 2.5}  # the highlighted method drawn thicker
+    assert ax.lines[-1].get_ydata()[0] == pytest.approx(90.0)  # the baseline at its mean, in %
+    plt.close(fig)
