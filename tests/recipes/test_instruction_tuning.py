@@ -82,12 +82,22 @@ def test_response_loss_is_the_token_mean_over_response_tokens():
         response_loss(torch.zeros(1, 3, 5), torch.full((1, 3), -100))
 
 
-def test_response_loss_matches_transformers_on_a_padded_batch():
+def _tiny_model_and_rows(seed: int, conversations, model_length: int = 64):
+    """A seeded tiny Llama with its chat tokenizer, and those ``_conversation`` rows encoded (64 tokens)."""
     tokenizer = train_chat_tokenizer(["Which comes first, apple or mango? apple"], vocab_size=300)
-    torch.manual_seed(0)
-    model = tiny_llama(tokenizer, max_length=64, hidden_size=16).eval()
-    rows = [hp.data.encode_messages(tokenizer, _conversation(i), max_length=64) for i in (0, 5)]
-    batch = PadCollate(tokenizer.pad_token_id)([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+    torch.manual_seed(seed)
+    model = tiny_llama(tokenizer, max_length=model_length, hidden_size=16).eval()
+    rows = [hp.data.encode_messages(tokenizer, _conversation(i), max_length=64) for i in conversations]
+    return tokenizer, model, rows
+
+
+def _padded(tokenizer, rows):
+    return PadCollate(tokenizer.pad_token_id)([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+
+
+def test_response_loss_matches_transformers_on_a_padded_batch():
+    tokenizer, model, rows = _tiny_model_and_rows(0, (0, 5))
+    batch = _padded(tokenizer, rows)
     assert batch["attention_mask"].sum(1).tolist() == [len(r["input_ids"]) for r in rows]
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     ours, _, targets = response_loss(logits, batch["labels"])
@@ -99,10 +109,7 @@ def test_response_loss_matches_transformers_on_a_padded_batch():
 
 
 def test_packing_keeps_examples_apart():
-    tokenizer = train_chat_tokenizer(["Which comes first, apple or mango? apple"], vocab_size=300)
-    torch.manual_seed(1)
-    model = tiny_llama(tokenizer, max_length=128, hidden_size=16).eval()
-    rows = [hp.data.encode_messages(tokenizer, _conversation(i), max_length=64) for i in (0, 1, 2)]
+    tokenizer, model, rows = _tiny_model_and_rows(1, (0, 1, 2), model_length=128)
     packed = pack_examples([r["input_ids"] for r in rows], [r["labels"] for r in rows], max_length=128)
     assert len(packed) == 1 and packed[0]["position_ids"][: len(rows[0]["input_ids"]) + 1][-1] == 0
     batch = PadCollate(tokenizer.pad_token_id)(packed + [dict(packed[0], input_ids=packed[0]["input_ids"][:10],
@@ -387,11 +394,8 @@ def test_resumed_warmup_rebuilds_the_checkpoint_a_kill_lost(data_dir, tmp_path):
 def test_logits_at_the_predicting_positions_give_the_same_loss_and_gradients():
     from recipes.instruction_tuning import predicting_positions
 
-    tokenizer = train_chat_tokenizer(["Which comes first, apple or mango? apple"], vocab_size=300)
-    torch.manual_seed(2)
-    model = tiny_llama(tokenizer, max_length=64, hidden_size=16).eval()
-    rows = [hp.data.encode_messages(tokenizer, _conversation(i), max_length=64) for i in (0, 3)]
-    batch = PadCollate(tokenizer.pad_token_id)([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+    tokenizer, model, rows = _tiny_model_and_rows(2, (0, 3))
+    batch = _padded(tokenizer, rows)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     positions = predicting_positions(batch["labels"])
     assert 0 < len(positions) < batch["input_ids"].shape[1] - 1
