@@ -124,7 +124,7 @@ from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from transformers import HfArgumentParser
 
 import hf_prune as hp
-from hf_prune.data.prompts import IGNORE_INDEX
+from hf_prune.data.prompts import IGNORE_INDEX, predicting_positions, takes_logits_to_keep
 from hf_prune.ops.arrow import column_array
 from recipes.trainer.config import RunConfig, RunOptions, parse_config, run_metadata, write_json
 from recipes.trainer.data import EpochSampler, subset_rows
@@ -515,20 +515,6 @@ class PadCollate:
         return {"input_ids": ids, "labels": labels, ("position_ids" if packed else "attention_mask"): extra}
 
 
-def predicting_positions(labels: torch.Tensor) -> torch.Tensor:
-    """The sequence positions whose next token is a response token in at least one row of the batch.
-
-    Only these positions' logits enter the loss, so the model is asked for them alone
-    (``logits_to_keep``): the vocabulary projection and its (tokens × vocabulary) logits are skipped on
-    prompt and padding positions.
-
-    Example:
-        >>> predicting_positions(torch.tensor([[-100, -100, 7, 8], [-100, 5, -100, -100]])).tolist()
-        [0, 1, 2]
-    """
-    return torch.nonzero((labels[:, 1:] != IGNORE_INDEX).any(0)).flatten()
-
-
 def response_loss(logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, predictions, targets)``: the mean next-token cross-entropy over every response token of the batch.
@@ -554,13 +540,6 @@ def response_loss(logits: torch.Tensor, labels: torch.Tensor, positions: torch.T
     selected = shift_logits[mask].float()
     loss = F.cross_entropy(selected, targets[mask], reduction="mean")
     return loss, selected.detach().argmax(-1), targets[mask]
-
-
-def _takes_logits_to_keep(model) -> bool:
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def global_token_mean(loss: torch.Tensor, num_tokens: int, accelerator) -> torch.Tensor:
@@ -772,7 +751,7 @@ def train_run(config: RunConfig) -> dict[str, Any]:
     accelerator.register_for_checkpointing(epoch_lr)
     resume(accelerator, checkpoint_dir, cfg.resume_from_checkpoint, state)
 
-    keep_logits = _takes_logits_to_keep(unwrapped)
+    keep_logits = takes_logits_to_keep(unwrapped)
 
     def step(batch, generator: torch.Generator) -> StepOutput:
         if accelerator.sync_gradients:  # this batch ends an accumulation window: the update uses this lr

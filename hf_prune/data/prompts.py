@@ -11,18 +11,55 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
+import torch
 from datasets import Dataset, Features, Value
 from datasets import Sequence as SequenceFeature
 
 from ..ops.columns import check_columns, check_new_columns
 
-__all__ = ["IGNORE_INDEX", "encode_prompt_response", "tokenize_prompt_response"]
+__all__ = [
+    "IGNORE_INDEX",
+    "encode_prompt_response",
+    "predicting_positions",
+    "takes_logits_to_keep",
+    "tokenize_prompt_response",
+]
 
 IGNORE_INDEX = -100
+
+
+def predicting_positions(labels: torch.Tensor) -> torch.Tensor:
+    """The positions of a ``(B, L)`` label batch whose next token is a response token in at least one row.
+
+    Only these positions' logits enter a response-only loss, so a causal LM can be asked for them alone
+    (``logits_to_keep``, see `takes_logits_to_keep`): the vocabulary projection and its (tokens ×
+    vocabulary) logits are skipped on prompt and padding positions. Training (the instruction-tuning
+    recipe) and LESS's gradient features use the same rule.
+
+    Example:
+        >>> predicting_positions(torch.tensor([[-100, -100, 7, 8], [-100, 5, -100, -100]])).tolist()
+        [0, 1, 2]
+    """
+    return torch.nonzero((labels[:, 1:] != IGNORE_INDEX).any(0)).flatten()
+
+
+def takes_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the (base, for a peft model) causal LM's forward accepts ``logits_to_keep`` (transformers' do).
+
+    Example:
+        >>> takes_logits_to_keep(transformers.LlamaForCausalLM(config))
+        True
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):  # a forward without an inspectable signature
+        return False
 
 
 def encode_prompt_response(

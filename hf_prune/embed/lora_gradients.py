@@ -42,7 +42,6 @@ micro-batches of ``batch_size``.
 from __future__ import annotations
 
 import copy
-import inspect
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -52,7 +51,7 @@ import pyarrow as pa
 import torch
 import xxhash
 
-from ..data.prompts import IGNORE_INDEX
+from ..data.prompts import IGNORE_INDEX, predicting_positions, takes_logits_to_keep
 from ..ops.checks import check_choice, check_positive_int, seed_int
 from ..ops.deprecation import renamed
 from ..ops.device import autocast_dtype
@@ -118,15 +117,6 @@ def _linear_targets(model: torch.nn.Module, names: Sequence[str]) -> dict[torch.
                              f"({type(module).__name__}); use method='vmap' or 'loop'")
         targets.setdefault(module, []).append((name, kind))
     return targets
-
-
-def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
-    """Whether the (base) model's forward accepts ``logits_to_keep`` (transformers' causal LMs do)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    try:
-        return "logits_to_keep" in inspect.signature(base.forward).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 class _HooksUnsupported(RuntimeError):
@@ -411,7 +401,7 @@ class LoRAGradientEmbedder(Embedder):
             check_choice("method", method, _METHODS)
         self.method = method
         self._linear_error: str | None = None
-        self._keep_logits = _takes_logits_to_keep(model)
+        self._keep_logits = takes_logits_to_keep(model)
         try:
             _linear_targets(model, self.parameter_names)
         except ValueError as err:
@@ -518,7 +508,7 @@ class LoRAGradientEmbedder(Embedder):
         kwargs: dict[str, Any] = {"input_ids": input_ids, "use_cache": False}
         target = labels[:, 1:]
         if keep_logits:
-            positions = torch.nonzero((target != IGNORE_INDEX).any(0)).flatten()
+            positions = predicting_positions(labels)
             kwargs["logits_to_keep"] = positions
             target = target[:, positions]
         out = torch.func.functional_call(self.model, params, args=(), kwargs=kwargs)
