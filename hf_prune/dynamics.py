@@ -32,7 +32,8 @@ from datasets.fingerprint import Hasher
 from datasets.table import InMemoryTable
 
 from .ops.arrow import column_array, fingerprint, indices_mapping
-from .ops.columns import _flatten_fixed, check_columns, check_new_column
+from .ops.columns import check_columns, check_new_column
+from .ops.matrix import list_values
 
 __all__ = [
     "DYNAMICS_FIELDS",
@@ -95,10 +96,10 @@ def read_dynamics(dataset: Dataset, column: str, fields: tuple[str, ...] = ("tru
                 f"column {column!r} is a plain list (read as true-class probabilities); the field {field!r} "
                 "needs a full dynamics record (see hf_prune.dynamics)"
             )
-        values, width = _flatten_fixed(sub, label)
-        matrix = values.reshape(len(sub), width).astype(np.float32, copy=False)
-        if width == 0:
+        values, width = list_values(sub, label)
+        if not width:
             raise ValueError(f"column {label!r} has no epochs recorded")
+        matrix = values.reshape(len(sub), width).astype(np.float32, copy=False)
         if not np.isfinite(matrix).all():
             raise ValueError(f"column {label!r} has NaN/inf values")
         out[field] = matrix

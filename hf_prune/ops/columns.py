@@ -18,6 +18,7 @@ from datasets import Sequence as SequenceFeature
 
 from .arrow import column_array
 from .checks import check_columns, check_new_column, check_new_columns, check_positive_int, column_list
+from .matrix import ColumnMatrix, open_matrix
 
 __all__ = [
     "check_columns",
@@ -35,58 +36,23 @@ __all__ = [
 ]
 
 
-def _flatten_fixed(arr: pa.Array, column: str) -> tuple[np.ndarray, int]:
-    """Flatten a list / fixed-size-list array of numbers to (values, row_length)."""
-    if pa.types.is_fixed_size_list(arr.type):
-        width = arr.type.list_size
-        if arr.null_count:
-            raise ValueError(f"column {column!r} has {arr.null_count} null rows")
-        values = arr.flatten()
-    elif pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
-        if arr.null_count:
-            raise ValueError(f"column {column!r} has {arr.null_count} null rows")
-        offsets = np.asarray(arr.offsets)
-        lengths = np.diff(offsets)
-        if len(lengths) and (lengths != lengths[0]).any():
-            raise ValueError(
-                f"column {column!r} is ragged: row lengths range from {lengths.min()} to {lengths.max()}; "
-                "embeddings must have one fixed length"
-            )
-        width = int(lengths[0]) if len(lengths) else 0
-        values = arr.flatten()
-    else:
-        raise ValueError(f"column {column!r} has type {arr.type}; expected a list of numbers per row")
-    if not (pa.types.is_floating(values.type) or pa.types.is_integer(values.type)):
-        raise ValueError(f"column {column!r} holds {values.type} values; expected numbers")
-    return values.to_numpy(zero_copy_only=False), width
-
-
-def _to_matrix(arr: pa.Array, column: str, dtype) -> np.ndarray:
-    values, width = _flatten_fixed(arr, column)
-    if width == 0 and len(arr):
-        raise ValueError(f"column {column!r} has empty rows")
-    return values.reshape(len(arr), width).astype(dtype, copy=False)
-
-
 def read_matrix(dataset: Dataset, column: str, *, dtype=np.float32, allow_nonfinite: bool = False) -> np.ndarray:
-    """Read a fixed-length list column as an ``(N, d)`` array (zero-copy from Arrow when possible).
+    """Read a fixed-length list column as an ``(N, d)`` array.
 
-    Raises `KeyError` for a missing column and `ValueError` for ragged, non-numeric, null or
-    non-finite rows, each naming the column.
+    Zero-copy when the column is one chunk already stored as ``dtype`` (a column built in memory),
+    otherwise one contiguous copy; validation streams over the chunks (see `hf_prune.ops.matrix`,
+    which also reads a column block by block without any copy). Raises `KeyError` for a missing
+    column and `ValueError` for ragged, non-numeric, null or non-finite rows, each naming the column.
     """
-    matrix = _to_matrix(column_array(dataset, column), column, dtype)
-    if not allow_nonfinite and not np.isfinite(matrix).all():
-        bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
-        raise ValueError(f"column {column!r} has NaN/inf values in {len(bad)} rows (first: row {bad[0]})")
-    return matrix
+    return open_matrix(dataset, column, allow_nonfinite=allow_nonfinite).to_numpy(dtype)
 
 
 def iter_matrix(dataset: Dataset, column: str, *, batch_size: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
     """Stream a fixed-length list column as ``(start_row, (rows, d) float32 array)`` chunks.
 
     Only that column is read (never images or other columns), ``batch_size`` rows at a time.
-    The column, the dataset and ``batch_size`` are checked at the call; chunks then raise
-    `ValueError` naming the column for ragged, non-numeric, null or NaN/inf rows (with the row index).
+    The column, its type, the dataset and ``batch_size`` are checked at the call; chunks then raise
+    `ValueError` naming the column for NaN/inf rows (with the row index).
 
     Example:
         >>> for start, chunk in iter_matrix(ds, "emb", batch_size=1024):
@@ -96,21 +62,15 @@ def iter_matrix(dataset: Dataset, column: str, *, batch_size: int = 65536) -> It
     if len(dataset) == 0:
         raise ValueError(f"the dataset is empty: no rows in column {column!r}")
     batch_size = check_positive_int("batch_size", batch_size)
-    return _matrix_chunks(dataset.select_columns([column]).with_format("arrow"), column, batch_size)
+    return _finite_blocks(open_matrix(dataset, column, allow_nonfinite=True), batch_size)
 
 
-def _matrix_chunks(view: Dataset, column: str, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
-    width = None
-    for start in range(0, len(view), batch_size):
-        chunk = _to_matrix(view[start : start + batch_size].column(column).combine_chunks(), column, np.float32)
-        if width is None:
-            width = chunk.shape[1]
-        if chunk.shape[1] != width:
-            raise ValueError(f"column {column!r} is ragged: rows have lengths {width} and {chunk.shape[1]}")
-        finite = np.isfinite(chunk).all(axis=1)
+def _finite_blocks(matrix: ColumnMatrix, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+    for start, block in matrix.blocks(batch_size):
+        finite = np.isfinite(block).all(axis=1)
         if not finite.all():
-            raise ValueError(f"column {column!r} has NaN/inf values (first: row {start + int(np.argmin(finite))})")
-        yield start, chunk
+            raise ValueError(f"column {matrix.column!r} has NaN/inf values (first: row {start + int(np.argmin(finite))})")
+        yield start, block
 
 
 def read_vector(dataset: Dataset, column: str, *, dtype=np.float32, allow_nonfinite: bool = False) -> np.ndarray:
