@@ -24,19 +24,25 @@ def check_norm_order(p: Any) -> float:
     return float(p)
 
 
-def row_norms(matrix: np.ndarray, p: float | str = 2) -> np.ndarray:
+def row_norms(matrix, p: float | str = 2) -> np.ndarray:
     """The ℓp norm of every row, computed in float64 blocks of `CHUNK_ROWS` rows.
+
+    ``matrix`` is an array or a `hf_prune.ops.matrix.ColumnMatrix` (streamed from its chunks: no copy
+    of the column, only one float64 block at a time).
 
     Example:
         >>> row_norms(np.array([[3.0, -4.0], [1.0, 0.0]]), p=1)
         array([7., 1.])
     """
     p = check_norm_order(p)
-    matrix = np.asarray(matrix)
-    if matrix.ndim != 2:
-        raise ValueError(f"expected a 2-d (rows, dim) matrix, got shape {matrix.shape}")
+    if hasattr(matrix, "blocks"):
+        blocks = matrix.blocks(CHUNK_ROWS, dtype=np.float64)
+    else:
+        matrix = np.asarray(matrix)
+        if matrix.ndim != 2:
+            raise ValueError(f"expected a 2-d (rows, dim) matrix, got shape {matrix.shape}")
+        blocks = ((s, matrix[s : s + CHUNK_ROWS].astype(np.float64)) for s in range(0, len(matrix), CHUNK_ROWS))
     out = np.empty(len(matrix))
-    for start in range(0, len(matrix), CHUNK_ROWS):
-        block = matrix[start : start + CHUNK_ROWS].astype(np.float64)
-        out[start : start + CHUNK_ROWS] = np.linalg.norm(block, ord=p, axis=1)
+    for start, block in blocks:
+        out[start : start + len(block)] = np.linalg.norm(block, ord=p, axis=1)
     return out

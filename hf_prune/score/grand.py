@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 from datasets import Dataset
 
-from ..ops.columns import add_column, check_columns, check_new_column, column_list, read_matrix
+from ..ops.columns import add_column, check_columns, check_new_column, column_list
+from ..ops.matrix import open_matrix
 from ..ops.norms import row_norms
 from ..provenance import with_provenance
 
@@ -58,7 +59,7 @@ def grand(
     check_new_column(dataset, output_column, overwrite)
     total = np.zeros(len(dataset))
     for column in columns:
-        total += row_norms(read_matrix(dataset, column))
+        total += row_norms(open_matrix(dataset, column))
     result = add_column(dataset, output_column, total / len(columns), overwrite=overwrite)
     params = {"gradient_column": columns, "output_column": output_column}
     return with_provenance(result, dataset, method="score.grand", params=params)

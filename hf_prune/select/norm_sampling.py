@@ -13,7 +13,7 @@ import numpy as np
 from datasets import Dataset
 
 from ..ops.checks import check_bool, check_choice
-from ..ops.columns import read_matrix
+from ..ops.matrix import open_matrix
 from ..ops.norms import check_norm_order
 from ..ops.norms import row_norms as feature_norms  # public here: the ℓp norms the weights use
 from ..ops.sampling import weighted_sample_without_replacement
@@ -86,7 +86,7 @@ def norm_sampling(
     p_value = check_norm_order(p)
     check_choice("mode", mode, _MODES)
     check_bool("inverse", inverse)
-    norms = feature_norms(read_matrix(dataset, embedding_column), p_value)
+    norms = feature_norms(open_matrix(dataset, embedding_column), p_value)
 
     def pick(rows, k, rng):
         local = norms[rows]
