@@ -95,8 +95,9 @@ log-likelihood for rows with ``choices``; ``--few_shot k`` solved examples from 
 ``--shots_split`` of an ``--eval_path`` DatasetDict or of the offline pool; checked before training).
 Prompts are not cut to the training ``--max_length`` (few-shot prompts are longer than one example):
 ``--eval_max_length`` bounds them, by default the model's maximum. ``--epochs 0`` evaluates the untuned model; ``--eval_each_epoch`` also records
-the average after every epoch (``test_accuracy`` in the history). Evaluation runs on the main process
-(the others wait for it, up to ``--distributed_timeout_s``).
+the average after every epoch (``test_accuracy`` in the history). With several processes every rank
+evaluates a share of the rows (strided) and the outcomes are gathered: the metrics are those of one process
+(up to float rounding between padding partners; `recipes.trainer.llm_eval`).
 
 Outputs: ``config.json`` (configs, argv, git SHA, versions), per seed ``seed_<s>/metrics.json``
 (per-task accuracy and the average, tokenisation counts, timing, history), ``seed_<s>/checkpoints/epoch_<k>``
@@ -212,7 +213,7 @@ class TrainConfig(RunOptions):
     model_cache_dir: str | None = field(default=None, metadata={"help": "smollm2: folder of the converted GGUF model."})
     model_dtype: str = field(default="float32", metadata={"help": "Weights of a loaded model: float32 or bfloat16 (GPU)."})
     distributed_timeout_s: int = field(
-        default=4 * 3600, metadata={"help": "How long processes wait at a barrier (the others wait out the evaluation)."}
+        default=4 * 3600, metadata={"help": "How long processes wait at a barrier (e.g. for the main process's warm-up checkpoint)."}
     )
 
 
@@ -774,8 +775,6 @@ def train_run(config: RunConfig) -> dict[str, Any]:
     evaluate_epoch = None
     if cfg.eval_each_epoch and eval_rows is not None:
         def evaluate_epoch():  # the loop records it as the epoch's "test_accuracy": the average over tasks
-            if not accelerator.is_main_process:
-                return None
             return _evaluate(unwrapped, tokenizer, eval_rows, shots, cfg, config.seed)["average"]
 
     def save_warmup(epoch: int) -> None:  # the model and optimizer as they are at the end of ``epoch``
@@ -812,7 +811,7 @@ def train_run(config: RunConfig) -> dict[str, Any]:
 
     result: dict[str, Any] | None = None
     eval_time = 0.0
-    if eval_rows is not None and accelerator.is_main_process:
+    if eval_rows is not None:  # every rank evaluates its share of the rows and gets the whole result
         t = time.perf_counter()
         result = _evaluate(unwrapped, tokenizer, eval_rows, shots, cfg, config.seed)
         eval_time = time.perf_counter() - t

@@ -42,6 +42,14 @@ and ``exact_match`` otherwise (LESS reports BBH by exact match; pass ``metrics=(
 exact match the accuracy of every task). ``average`` is the unweighted mean of the tasks' ``accuracy``, as
 BBH and LESS report; ``average_<metric>`` averages one metric over the tasks that have it.
 
+Several processes. Under an initialised ``torch.distributed`` group (``accelerate launch``, ``torchrun``) with
+more than one process, the native backend shares the rows out: rank ``r`` of ``W`` evaluates rows ``r, r+W, ...``
+(strided, so every rank gets prompts of all lengths and tasks), the per-row outcomes are gathered, and every
+rank returns the whole result. Each rank needs the whole model (the unwrapped one under DDP). The rows are
+the same as on one process; only the padding partners of a row change, so log-likelihoods can differ by
+float rounding (on CPU, at the 1e-6 level) and a greedy token by a near tie. ``shard=False`` evaluates every
+row on every rank; the ``lm_eval`` backend always does.
+
 Backends. ``backend="native"`` is this module. ``backend="lm_eval"`` writes the same prompts to local JSONL
 files and task YAMLs and runs lm-evaluation-harness on them offline (`recipes.trainer.lm_eval_backend`);
 its multiple-choice numbers are lm-eval's own, its generations are scored by `answers_match` as above.
@@ -552,6 +560,7 @@ def evaluate_tasks(
     backend: str = "native",
     return_predictions: bool = False,
     progress: bool = True,
+    shard: bool = True,
 ) -> dict[str, Any]:
     """Exact match and multiple-choice accuracy of ``model`` per task of ``eval_rows``, and their averages.
 
@@ -583,7 +592,9 @@ def evaluate_tasks(
         device: where the model runs.
         backend: ``"native"`` or ``"lm_eval"`` (lm-evaluation-harness on local task files).
         return_predictions: include per-row predictions.
-        progress: show progress bars.
+        progress: show progress bars (on the first rank only when the rows are shared out).
+        shard: under ``torch.distributed`` with several processes, share the rows out over the ranks and
+            gather the outcomes (the module docstring); every rank must call this with the same arguments.
 
     Example:
         >>> metrics = evaluate_tasks(model, tokenizer, pool["test"], shots=pool["validation"], few_shot=3)
@@ -611,10 +622,16 @@ def evaluate_tasks(
                               metrics=metrics, max_new_tokens=max_new_tokens, batch_size=batch_size,
                               max_length=settings["max_length"], device=device)
     else:
-        outcome = _run_native(model, tokenizer, prompts, answers, choices, template=template, metrics=metrics,
+        rank, world = _ranks() if shard else (0, 1)
+        settings["processes"] = world
+        mine = list(range(rank, len(prompts), world))
+        outcome = _run_native(model, tokenizer, [prompts[i] for i in mine], [answers[i] for i in mine],
+                              [choices[i] for i in mine], template=template, metrics=metrics,
                               max_new_tokens=max_new_tokens, batch_size=batch_size,
                               max_length=settings["max_length"], share_context=share_context, device=device,
-                              progress=progress)
+                              progress=progress and rank == 0)
+        if world > 1:
+            outcome = _gather_outcomes(outcome, mine, len(prompts), world)
     generations = outcome["generations"]
     exact = [answers_match(g, a) for g, a in zip(generations, answers)] if generations is not None else None
     result = summarize(row_tasks, choices, exact, outcome["acc"], outcome["acc_norm"], outcome["truncated"])
@@ -627,6 +644,32 @@ def evaluate_tasks(
              "choice_loglikelihoods": outcome["loglikelihoods"].get(i)}
             for i in range(len(prompts))]
     return result
+
+
+def _ranks() -> tuple[int, int]:
+    """``(rank, world size)`` of the initialised torch.distributed group, ``(0, 1)`` without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _gather_outcomes(outcome: dict[str, Any], mine: list[int], n: int, world: int) -> dict[str, Any]:
+    """Every rank's per-row outcomes (keyed by local position) put back at the rows' global positions."""
+    parts: list[Any] = [None] * world
+    torch.distributed.all_gather_object(parts, (mine, outcome))
+    merged: dict[str, Any] = {"generations": None, "acc": {}, "acc_norm": {}, "loglikelihoods": {},
+                              "truncated": np.zeros(n, dtype=bool)}
+    if outcome["generations"] is not None:
+        merged["generations"] = [None] * n
+    for rows, part in parts:
+        for local, row in enumerate(rows):
+            if merged["generations"] is not None:
+                merged["generations"][row] = part["generations"][local]
+            merged["truncated"][row] = part["truncated"][local]
+            for key in ("acc", "acc_norm", "loglikelihoods"):
+                if local in part[key]:
+                    merged[key][row] = part[key][local]
+    return merged
 
 
 def multiple_choice_outcomes(

@@ -323,13 +323,16 @@ def test_two_processes_warm_up_like_one(data_dir, tmp_path):
 
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
-    args = _base(data_dir) + ["--warmup_fraction", "0.5", "--warmup_epochs", "2", "--no_checkpointing"]
+    args = _base(data_dir) + ["--warmup_fraction", "0.5", "--warmup_epochs", "2", "--no_checkpointing",
+                              "--eval_path", str(data_dir / "pool")]
     main(args + ["--output_dir", str(tmp_path / "one")])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(repo / "recipes/instruction_tuning.py"), *args, "--output_dir", str(tmp_path / "two")]
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert read(tmp_path / "two" / "seed_0" / "metrics.json")["num_processes"] == 2
+    metrics_one, metrics_two = (read(tmp_path / run / "seed_0" / "metrics.json") for run in ("one", "two"))
+    assert metrics_two["num_processes"] == 2 and metrics_two["evaluation"]["settings"]["processes"] == 2
+    assert metrics_two["evaluation"]["tasks"] == metrics_one["evaluation"]["tasks"]  # the rows shared out, then gathered
     one, two = load_warmup(tmp_path / "one" / "seed_0"), load_warmup(tmp_path / "two" / "seed_0")
     assert [c.mean_lr for c in one] == [c.mean_lr for c in two]
     for a, b in zip(one, two):  # the update is the global batch's token-mean on 1 or 2 processes

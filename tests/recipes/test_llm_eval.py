@@ -401,3 +401,57 @@ def test_lm_eval_task_files_and_the_install_hint(tok, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)
     with pytest.raises(ImportError, match="pip install lm-eval"):
         evaluate_tasks(random_llama(tok), tok, rows(("t", "Q", "a", ["a", "b"])), backend="lm_eval", progress=False)
+
+
+# ------------------------------------------------------------------------------------- several processes
+def _sharded_rows():
+    return rows(("mc", "Q1", "yes", ["no", "yes"]), ("mc", "Which one? Q2", "no", ["no", "yes", "maybe"]),
+                ("gen", "Q3", "Yes.", []), ("gen", "a longer question Q4", "maybe", []),
+                ("mc", "Q5", "b", ["a", "b"]), ("gen", "Q6", "x", []), ("mc", "Q7 again", "a", ["a", "b"]))
+
+
+def _evaluate_sharded(tok):
+    return evaluate_tasks(random_llama(tok), tok, _sharded_rows(), template="chat", max_new_tokens=4,
+                          batch_size=2, progress=False, return_predictions=True)
+
+
+def _eval_worker(rank, world, port, queue):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        queue.put((rank, _evaluate_sharded(make_tokenizer())))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_share_the_rows_and_return_the_one_process_result(tok):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    single = _evaluate_sharded(tok)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    procs = [context.Process(target=_eval_worker, args=(rank, 2, port, queue)) for rank in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=180) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    assert all(p.exitcode == 0 for p in procs)
+    assert single["settings"]["processes"] == 1
+    for rank in (0, 1):  # every rank gets the whole result, equal to one process's
+        out = results[rank]
+        assert out["settings"]["processes"] == 2 and out["tasks"] == single["tasks"]
+        assert out["average"] == single["average"] and out["n"] == single["n"] == 7
+        for mine, ref in zip(out["predictions"], single["predictions"]):
+            assert (mine["row"], mine["generation"], mine["exact_match"]) == (ref["row"], ref["generation"], ref["exact_match"])
+            np.testing.assert_allclose(mine["choice_loglikelihoods"] or [], ref["choice_loglikelihoods"] or [], rtol=1e-10)
