@@ -95,8 +95,8 @@ import torch
 import xxhash
 from datasets import Dataset, Features
 
-from ..ops.checks import check_positive_int
-from ..ops.columns import check_columns, check_new_columns, embedding_feature, score_feature
+from ..ops.checks import check_choice, check_positive_int
+from ..ops.columns import STORAGE_DTYPES, check_columns, check_new_columns, embedding_feature, score_feature
 from ..ops.device import autocast_dtype, resolve_device
 from ..provenance import with_provenance
 
@@ -228,6 +228,10 @@ class Embedder:
         device: ``None``/``"auto"`` (CUDA when available, else CPU) or any `torch.device` spec.
         dtype: autocast dtype; ``None`` = bf16/fp16 on CUDA and none on CPU, ``torch.float32`` = off.
         batch_size: the largest forward batch (a larger ``map`` batch is processed in chunks).
+        storage_dtype: how embedding columns are stored: ``"float32"`` or ``"float16"`` (half the disk,
+            page cache and memory; selectors read it in float32 blocks). A value beyond float16's range
+            (±65504) is an error naming the column. Arrow has no bfloat16: a bf16 model's output is
+            stored as float16 or float32. Score columns are always float32.
 
     Example:
         >>> emb = hp.embed.PixelEmbedder(image_column="image", size=16)
@@ -248,8 +252,10 @@ class Embedder:
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
         batch_size: int = 64,
+        storage_dtype: str = "float32",
     ):
         check_positive_int("batch_size", batch_size)
+        self.storage_dtype = check_choice("storage_dtype", storage_dtype, STORAGE_DTYPES)
         if isinstance(dtype, str):
             if not isinstance(getattr(torch, dtype, None), torch.dtype):
                 raise ValueError(f"`dtype`={dtype!r} is not a torch dtype")
@@ -300,10 +306,11 @@ class Embedder:
 
     @property
     def features(self) -> Features:
-        """Declared features of the output columns only (fixed-length float32 lists / float32)."""
-        return Features(
-            {c: score_feature() if d is None else embedding_feature(d) for c, d in self._output_dims().items()}
-        )
+        """Declared features of the output columns only (fixed-length lists of ``storage_dtype`` / float32 scores)."""
+        return Features({
+            c: score_feature() if d is None else embedding_feature(d, self.storage_dtype)
+            for c, d in self._output_dims().items()
+        })
 
     def features_for(self, dataset: Dataset) -> Features:
         """``dataset.features`` plus the output columns: pass it as ``features=`` to ``Dataset.map``."""
@@ -383,6 +390,7 @@ class Embedder:
             "inputs": list(self.input_columns),
             "outputs": self._hashed_outputs(),
             "settings": self._spec(),
+            "storage_dtype": self.storage_dtype,
             # bf16 on a GPU and fp32 on a CPU give different numbers: different cache entries.
             "device_type": device.type,
             "autocast": str(autocast_dtype(device, self.dtype)),
@@ -436,6 +444,7 @@ class Embedder:
             "fingerprint": self.fingerprint(),
             "device_type": device.type,
             "autocast": str(autocast_dtype(device, self.dtype)),
+            "storage_dtype": self.storage_dtype,
         }
 
     def record_provenance(self, result: Dataset, source: Dataset) -> Dataset:
@@ -496,8 +505,11 @@ class Embedder:
                     out = self._embed(chunk, device)
                 for column, dim in dims.items():
                     parts[column].append(self._as_output(out, column, dim, rows))
-        return {c: np.concatenate(p) if p else np.zeros((0,) if dims[c] is None else (0, dims[c]), np.float32)
+        return {c: np.concatenate(p) if p else np.zeros((0,) if dims[c] is None else (0, dims[c]), self._stored(dims[c]))
                 for c, p in parts.items()}
+
+    def _stored(self, dim: int | None) -> np.dtype:
+        return np.dtype(np.float32 if dim is None else self.storage_dtype)
 
     def _as_output(self, out: Mapping[str, Any], column: str, dim: int | None, rows: int) -> np.ndarray:
         if column not in out:
@@ -515,6 +527,14 @@ class Embedder:
                 f"{type(self).__name__} produced NaN/inf in column {column!r} (row {bad} of the batch); "
                 "check the inputs, or pass dtype=torch.float32 if half precision overflowed"
             )
+        stored = self._stored(dim)
+        if stored != value.dtype:
+            if np.abs(value).max(initial=0.0) > np.finfo(stored).max:
+                raise ValueError(
+                    f"{type(self).__name__} produced values beyond the {stored} range (±{np.finfo(stored).max:g}) in "
+                    f"column {column!r}; use storage_dtype='float32'"
+                )
+            value = value.astype(stored)
         return value
 
     def map(

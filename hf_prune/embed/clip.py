@@ -55,7 +55,7 @@ class CLIPEmbedder(Embedder):
         normalize: L2-normalise the stored embeddings (the score is a cosine either way).
         max_length: token limit (default: the text model's ``max_position_embeddings``).
         tokenizer_kwargs: extra tokenizer arguments (e.g. ``{"padding": "max_length"}`` for SigLIP).
-        revision, device, dtype, batch_size: as in `ImageEmbedder`.
+        revision, device, dtype, batch_size, storage_dtype: as in `ImageEmbedder`.
         score_column: deprecated spelling of ``score_output_column`` (hf_prune 0.1.0; ``score_column``
             names an input everywhere else), accepted with a `FutureWarning`.
 
@@ -85,6 +85,7 @@ class CLIPEmbedder(Embedder):
         batch_size: int = 64,
         model_kwargs: dict | None = None,
         score_column: str | None = None,
+        storage_dtype: str = "float32",
     ):
         score_output_column = renamed("CLIPEmbedder", "score_column", score_column, "score_output_column",
                                       score_output_column, default="clip_score")
@@ -117,7 +118,8 @@ class CLIPEmbedder(Embedder):
             max_length = getattr(text_config, "max_position_embeddings", None)
         self.max_length = max_length
         self.tokenizer_kwargs = dict(tokenizer_kwargs or {})
-        super().__init__(input_columns=[image_column, text_column], device=device, dtype=dtype, batch_size=batch_size)
+        super().__init__(input_columns=[image_column, text_column], device=device, dtype=dtype, batch_size=batch_size,
+                         storage_dtype=storage_dtype)
         self.dim_image, self.dim_text = self._probe_dims()
 
     def _probe_dims(self) -> tuple[int, int]:

@@ -156,7 +156,7 @@ class ImageEmbedder(Embedder):
         pooling: ``"auto"``, ``"cls"``, ``"mean"`` (patch tokens) or ``"pooler"``; see `pool_outputs`.
         normalize: L2-normalise each embedding.
         revision: Hub revision when ``model`` is a name (it enters the fingerprint).
-        device, dtype, batch_size: see `Embedder`.
+        device, dtype, batch_size, storage_dtype: see `Embedder`.
         model_kwargs: extra ``from_pretrained`` arguments.
 
     Images are converted to the channel count the model expects (``config.num_channels``: RGB for
@@ -181,6 +181,7 @@ class ImageEmbedder(Embedder):
         dtype: torch.dtype | str | None = None,
         batch_size: int = 64,
         model_kwargs: dict | None = None,
+        storage_dtype: str = "float32",
     ):
         if pooling not in _POOLINGS:
             raise ValueError(f"`pooling` must be one of {_POOLINGS}, got {pooling!r}")
@@ -208,7 +209,8 @@ class ImageEmbedder(Embedder):
         self.revision = revision
         channels = getattr(getattr(self.model, "config", None), "num_channels", 3)
         self.mode = "L" if channels == 1 else "RGB"
-        super().__init__(input_columns=[image_column], device=device, dtype=dtype, batch_size=batch_size)
+        super().__init__(input_columns=[image_column], device=device, dtype=dtype, batch_size=batch_size,
+                         storage_dtype=storage_dtype)
         self.dim = self._probe_dim()
 
     def _probe_dim(self) -> int:

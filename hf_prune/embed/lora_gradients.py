@@ -344,6 +344,7 @@ class LoRAGradientEmbedder(Embedder):
         device, dtype: as in `hf_prune.embed.Embedder`.
         batch_size: examples per gradient forward/backward (a micro-batch); memory grows with it and
             with the sequence length.
+        storage_dtype: ``"float32"`` or ``"float16"`` for the embedding columns (`hf_prune.embed.Embedder`).
         projection_batch_size: rows whose gradients are held and projected together, and the default
             ``map`` batch (a ``map`` batch larger than it is split into pieces of it). Default: 64,
             lowered so the held gradients stay within 1 GiB, never below ``batch_size``. The
@@ -386,6 +387,7 @@ class LoRAGradientEmbedder(Embedder):
         dtype: torch.dtype | str | None = None,
         batch_size: int = 8,
         projection_batch_size: int | None = None,
+        storage_dtype: str = "float32",
     ):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
@@ -423,7 +425,7 @@ class LoRAGradientEmbedder(Embedder):
         check_positive_int("projection_batch_size", projection_batch_size)
         # Embedder.__call__ hands `_embed` chunks of its `batch_size`: here, one projection batch.
         super().__init__(input_columns=[input_ids_column, labels_column], device=device, dtype=dtype,
-                         batch_size=projection_batch_size)
+                         batch_size=projection_batch_size, storage_dtype=storage_dtype)
         self.projection_batch_size = int(projection_batch_size)
         self.gradient_batch_size = int(batch_size)
         self._failed: dict[str, str] = {}

@@ -58,6 +58,7 @@ class PixelEmbedder(Embedder):
         mode: ``"RGB"`` (grayscale is repeated to 3 channels) or ``"L"`` (RGB is converted to luma).
         normalize: L2-normalise each vector.
         batch_size: rows decoded per chunk.
+        storage_dtype: ``"float32"`` or ``"float16"`` for the embedding columns (`hf_prune.embed.Embedder`).
 
     Pixels are decoded and resized on the CPU (there is no model, so no ``device``/``dtype``).
 
@@ -76,6 +77,7 @@ class PixelEmbedder(Embedder):
         mode: str = "RGB",
         normalize: bool = False,
         batch_size: int = 256,
+        storage_dtype: str = "float32",
     ):
         if mode not in ("RGB", "L"):
             raise ValueError(f"`mode` must be 'RGB' or 'L', got {mode!r}")
@@ -84,7 +86,8 @@ class PixelEmbedder(Embedder):
         self.mode = mode
         self.normalize = bool(normalize)
         self._shape: tuple[int, int] | None = self.size
-        super().__init__(input_columns=[image_column], device="cpu", batch_size=batch_size)
+        super().__init__(input_columns=[image_column], device="cpu", batch_size=batch_size,
+                         storage_dtype=storage_dtype)
 
     def _learn_shape(self, first_cell) -> None:
         if self._shape is None:

@@ -63,7 +63,7 @@ class RandomNetEmbedder(Embedder):
         image_mean, image_std: per-channel normalisation after scaling pixels to [0, 1].
         pooling: for ``config=`` models, as in `pool_outputs`.
         normalize: L2-normalise each embedding.
-        device, dtype, batch_size: see `Embedder`.
+        device, dtype, batch_size, storage_dtype: see `Embedder`.
 
     Example:
         >>> ds = hp.embed.RandomNetEmbedder(seed=0, image_column="img").map(ds)  # 512-d features
@@ -85,6 +85,7 @@ class RandomNetEmbedder(Embedder):
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
         batch_size: int = 128,
+        storage_dtype: str = "float32",
     ):
         seed = seed_int(seed)
         if image_size is None and config is not None and isinstance(getattr(config, "image_size", None), int):
@@ -110,7 +111,8 @@ class RandomNetEmbedder(Embedder):
             else:
                 self.model = _model_from_config(config)
         self.model.eval()
-        super().__init__(input_columns=[image_column], device=device, dtype=dtype, batch_size=batch_size)
+        super().__init__(input_columns=[image_column], device=device, dtype=dtype, batch_size=batch_size,
+                         storage_dtype=storage_dtype)
         if config is None:
             self.dim = self.model.out_features
         else:

@@ -44,7 +44,7 @@ class TextEmbedder(Embedder):
         max_length: token limit; default: the checkpoint's sentence-transformers ``max_seq_length``
             when it ships one (loading by name), else ``min(tokenizer.model_max_length,
             max_position_embeddings)``.
-        revision, device, dtype, batch_size: as in `ImageEmbedder`.
+        revision, device, dtype, batch_size, storage_dtype: as in `ImageEmbedder`.
 
     Example:
         >>> emb = hp.embed.TextEmbedder("sentence-transformers/all-MiniLM-L6-v2", text_column="text")
@@ -65,6 +65,7 @@ class TextEmbedder(Embedder):
         dtype: torch.dtype | str | None = None,
         batch_size: int = 64,
         model_kwargs: dict | None = None,
+        storage_dtype: str = "float32",
     ):
         if isinstance(model, str):
             from transformers import AutoModel, AutoTokenizer
@@ -90,7 +91,8 @@ class TextEmbedder(Embedder):
             limits = [x for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
             max_length = min(limits) if limits else None
         self.max_length = max_length
-        super().__init__(input_columns=[text_column], device=device, dtype=dtype, batch_size=batch_size)
+        super().__init__(input_columns=[text_column], device=device, dtype=dtype, batch_size=batch_size,
+                         storage_dtype=storage_dtype)
         self.dim = int(self._probe(lambda device: self._forward(["a"], device),
                                    "embed text with this tokenizer").shape[1])
 

@@ -32,6 +32,7 @@ __all__ = [
     "check_new_columns",
     "column_list",
     "embedding_feature",
+    "STORAGE_DTYPES",
     "score_feature",
 ]
 
@@ -130,9 +131,18 @@ def class_groups(dataset: Dataset, label_column: str | None) -> tuple[list[Any],
     return [c.item() for c in classes], np.split(order, bounds)
 
 
-def embedding_feature(dim: int | None = None) -> SequenceFeature:
-    """The declared feature of an embedding column: a fixed-length float32 list."""
-    return SequenceFeature(Value("float32"), length=-1 if dim is None else int(dim))
+# How an embedding column may be stored; either is read back as float32 blocks (`hf_prune.ops.matrix`).
+STORAGE_DTYPES = ("float32", "float16")
+
+
+def embedding_feature(dim: int | None = None, dtype: str = "float32") -> SequenceFeature:
+    """The declared feature of an embedding column: a fixed-length list of ``dtype`` (float32 or float16).
+
+    Example:
+        >>> embedding_feature(384, "float16")
+        List(Value('float16'), length=384)
+    """
+    return SequenceFeature(Value(dtype), length=-1 if dim is None else int(dim))
 
 
 def score_feature() -> Value:

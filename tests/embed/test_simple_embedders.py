@@ -194,3 +194,30 @@ def test_text_embedder_real_minilm():
 
         reference = SentenceTransformer(path, device="cpu").encode(texts, normalize_embeddings=True)
         np.testing.assert_allclose(got, reference, atol=2e-5)
+
+
+def test_float16_storage_end_to_end():
+    arrays = images(n=20, size=(6, 5), seed=3)
+    ds = image_dataset(arrays)
+    full = hp.embed.PixelEmbedder(size=(4, 4)).map(ds)
+    half_embedder = hp.embed.PixelEmbedder(size=(4, 4), storage_dtype="float16")
+    half = half_embedder.map(ds)
+    assert half.features["emb"].feature.dtype == "float16" and full.features["emb"].feature.dtype == "float32"
+    expected = np.asarray(full["emb"], dtype=np.float32).astype(np.float16)
+    np.testing.assert_array_equal(np.asarray(half["emb"], dtype=np.float16), expected)
+    assert half_embedder.fingerprint() != hp.embed.PixelEmbedder(size=(4, 4)).fingerprint()
+    assert hp.provenance(half)[-1]["params"]["storage_dtype"] == "float16"
+    # A selector reads the float16 column in float32 blocks: the same rows as from the float32 copy of it.
+    as_float32 = Dataset.from_dict({"emb": expected.astype(np.float32).tolist()})
+    picked = hp.select.norm_sampling(half, size=5, seed=0)["row_id"]
+    assert picked == hp.select.norm_sampling(as_float32, size=5, seed=0)["row_id"]
+    with pytest.raises(ValueError, match="storage_dtype"):
+        hp.embed.PixelEmbedder(storage_dtype="bfloat16")
+
+
+def test_float16_storage_refuses_values_it_cannot_hold():
+    ds = Dataset.from_dict({"image": [np.full((2, 2), 255, dtype=np.uint8).tolist()]})
+    embedder = hp.embed.PixelEmbedder(storage_dtype="float16")
+    embedder._embed = lambda batch, device: {"emb": np.full((len(batch["image"]), 12), 1e6, dtype=np.float32)}
+    with pytest.raises(ValueError, match=r"beyond the float16 range.*'emb'.*storage_dtype='float32'"):
+        embedder(ds[:1])
