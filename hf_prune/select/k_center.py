@@ -9,10 +9,11 @@ import torch
 from datasets import Dataset
 
 from ..ops.checks import check_choice
-from ..ops.columns import read_matrix
-from ..ops.device import resolve_device, to_device
-from ..ops.knn import normalize_rows
+from ..ops.device import resolve_device
+from ..ops.matrix import open_matrix
+from ..ops.threads import small_step_threads
 from ._ordered import run_ordered_selection
+from ._stream import FeatureRows
 from .registry import selector
 
 __all__ = ["k_center_greedy"]
@@ -89,22 +90,20 @@ def k_center_greedy(
     check_choice("metric", metric, _METRICS)
     check_choice("init", init, _INITS)
     dev = resolve_device(device)
-    emb = read_matrix(dataset, embedding_column)
-    if metric == "cosine":
-        emb = normalize_rows(emb)
-    x_all = to_device(emb, dev)
+    matrix = open_matrix(dataset, embedding_column)
 
     def order(rows, k, rng, initial):
-        x = x_all if len(rows) == len(x_all) else x_all[torch.from_numpy(rows).to(dev)]
-        x = x - x.mean(0)  # distances are translation invariant; centring keeps them accurate
-        sq = (x * x).sum(1)
+        x = FeatureRows(matrix.subset(rows), device=dev, normalize=metric == "cosine")
+        center = x.mean()  # distances are translation invariant; centring keeps them accurate
+        sq = x.sq_norms(center)
         if init == "random":
             first = int(rng.integers(len(rows)))
         elif init == "first":
             first = 0
         else:
-            first = int(torch.argmin(sq))  # nearest to the mean, which is now the origin
-        return greedy_k_center(x, k, first, sq=sq, initial=initial, return_gains=gain_column is not None)
+            first = int(torch.argmin(sq))  # nearest to the mean
+        return greedy_k_center(x, k, first, sq=sq, center=center, initial=initial,
+                               return_gains=gain_column is not None)
 
     params = {"embedding_column": embedding_column, "metric": metric, "init": init, "device": str(dev)}
     return run_ordered_selection(
@@ -115,20 +114,29 @@ def k_center_greedy(
 
 
 def greedy_k_center(
-    x: torch.Tensor,
+    x: torch.Tensor | FeatureRows,
     k: int,
     first: int,
     *,
     sq: torch.Tensor | None = None,
+    center: torch.Tensor | None = None,
     initial: Sequence[int] = (),
     return_gains: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """Positions of ``k`` greedy k-center picks in ``x`` (float tensor), starting from row ``first``.
+    """Positions of ``k`` greedy k-center picks in ``x`` (a float tensor or `FeatureRows`), starting from row ``first``.
 
     Returns the picks in the order they were made. With ``initial`` (distinct row positions, at
     most ``k``) those rows are the first centres, in the given order, and ``first`` is not used.
     With ``return_gains``, also each pick's insertion radius (distance to the nearest earlier pick,
     ``inf`` for the first), as float64.
+
+    One read pass over the rows per pick: with ``m = center`` (the origin when ``None``) and
+    ``v = c − m`` for the new centre ``c``, ``‖x_i − c‖² = ‖x_i − m‖² − 2(x_i·v − m·v) + ‖v‖²``, so
+    the product ``X v`` (float32 BLAS over the stored rows, block by block) and the O(N) vector
+    ``sq = ‖x_i − m‖²`` (exact, computed once) give every distance; no N×d temporary is made. The
+    rounding of ``x_i·v`` is about ``ε‖x_i‖‖v‖``: far rows, the ones the argmax compares, are
+    unaffected; near-ties may resolve differently from an explicitly centred computation. Steps
+    smaller than `hf_prune.ops.threads.SMALL_STEP_WORK` run on one thread.
 
     Example:
         >>> greedy_k_center(torch.tensor([[0.0], [1.0], [5.0]]), 2, 0)
@@ -136,7 +144,8 @@ def greedy_k_center(
         >>> greedy_k_center(torch.tensor([[0.0], [1.0], [5.0]]), 2, 0, initial=[1], return_gains=True)
         (array([1, 2]), array([inf,  4.]))
     """
-    n = x.shape[0]
+    rows = x if isinstance(x, FeatureRows) else FeatureRows(x)
+    n = len(rows)
     if not 1 <= k <= n:
         raise ValueError(f"`k` must be in [1, {n}], got {k}")
     if not 0 <= first < n:
@@ -146,26 +155,39 @@ def greedy_k_center(
         raise ValueError(f"`initial` must hold distinct row positions in [0, {n})")
     if len(initial) > k:
         raise ValueError(f"`initial` has {len(initial)} rows, more than `k` ({k})")
+    with small_step_threads(n * rows.dim, rows.device):
+        return _greedy(rows, k, first, sq, center, initial, return_gains)
+
+
+def _greedy(rows: FeatureRows, k, first, sq, center, initial, return_gains):
+    n, dev, dtype = len(rows), rows.device, rows.dtype
     if sq is None:
-        sq = (x * x).sum(1)
+        sq = rows.sq_norms(center)
+    center64 = None if center is None else center.to(device=dev, dtype=torch.float64)
     # Squared distance of every row to its nearest centre; chosen rows hold -1 so they are never
     # picked again (the elementwise minimum keeps them there).
-    nearest = torch.full((n,), torch.inf, dtype=x.dtype, device=x.device)
-    chosen = torch.empty(k, dtype=torch.long, device=x.device)
-    radii = torch.empty(k, dtype=x.dtype, device=x.device) if return_gains else None
+    nearest = torch.full((n,), torch.inf, dtype=dtype, device=dev)
+    dots, dist = rows.new_vector(), rows.new_vector()
+    chosen = np.empty(k, dtype=np.int64)
+    radii = np.empty(k, dtype=np.float64) if return_gains else None
     forced = initial.tolist() if len(initial) else [first]
+    current = forced[0]
     for t in range(k):
         if t < len(forced):
-            current = torch.tensor(forced[t], device=x.device)
+            current = forced[t]
         chosen[t] = current
         if radii is not None:
-            radii[t] = nearest[current]
+            radii[t] = float(nearest[current])
         if t == k - 1:
             break
-        dist = torch.addmv(sq, x, x[current], alpha=-2.0).add_(sq[current]).clamp_min_(0.0)
+        c = rows.take([current])[0]
+        v = c if center64 is None else (c.to(torch.float64) - center64).to(dtype)
+        offset = float(sq[current]) + (0.0 if center64 is None else 2.0 * float(center64 @ v.to(torch.float64)))
+        rows.matvec(v, dots)
+        torch.add(sq, dots, alpha=-2.0, out=dist).add_(offset).clamp_min_(0.0)
         torch.minimum(nearest, dist, out=nearest)
         nearest[current] = -1.0
-        current = torch.argmax(nearest)
+        current = int(torch.argmax(nearest))
     if radii is None:
-        return chosen.cpu().numpy()
-    return chosen.cpu().numpy(), radii.double().sqrt_().cpu().numpy()
+        return chosen
+    return chosen, np.sqrt(radii)

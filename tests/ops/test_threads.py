@@ -1,0 +1,55 @@
+"""The small-step thread rule: one thread for small steps, the caller's threads otherwise, always restored."""
+
+import pytest
+import torch
+from threadpoolctl import threadpool_info
+
+from hf_prune.ops.threads import SMALL_STEP_WORK, loop_threads, small_step_threads, thread_policy
+
+
+def blas_threads():
+    return max(pool["num_threads"] for pool in threadpool_info())
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_small_steps_get_one_thread_and_large_ones_are_left_alone():
+    assert loop_threads(2000 * 64) == 1
+    assert loop_threads(SMALL_STEP_WORK - 1) == 1
+    assert loop_threads(SMALL_STEP_WORK) is None
+    assert loop_threads(1_000_000 * 384) is None
+    assert loop_threads(10, device="meta") is None  # not a CPU loop: host threads are not its cost
+    with thread_policy(False):
+        assert loop_threads(10) is None
+    assert loop_threads(10) == 1
+
+
+def test_the_setting_is_restored_after_the_loop_and_on_error(two_threads):
+    with small_step_threads(1000) as threads:
+        assert threads == 1 and torch.get_num_threads() == 1
+        assert blas_threads() == 1
+    assert torch.get_num_threads() == 2
+    with pytest.raises(RuntimeError, match="boom"):
+        with small_step_threads(1000):
+            raise RuntimeError("boom")
+    assert torch.get_num_threads() == 2
+    with small_step_threads(SMALL_STEP_WORK * 4) as threads:
+        assert threads == 2 and torch.get_num_threads() == 2
+    with thread_policy(False), small_step_threads(1000) as threads:
+        assert threads == 2 and torch.get_num_threads() == 2
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="step_work"):
+        loop_threads(-1)
+    with pytest.raises(ValueError, match="step_work"):
+        loop_threads(1.5)
+    with pytest.raises((TypeError, ValueError), match="enabled"):
+        with thread_policy("yes"):
+            pass
