@@ -18,10 +18,11 @@ import torch
 from datasets import Dataset
 
 from ..ops.checks import check_bool, check_choice, check_nonnegative, check_positive_int
-from ..ops.columns import read_matrix, read_vector
+from ..ops.columns import read_vector
 from ..ops.device import resolve_device
 from ..ops.kmeans import kmeans
 from ..ops.knn import normalize_rows
+from ..ops.matrix import open_matrix
 from ._core import run_selection, split_budget
 from .registry import selector
 from .typiclust import kmeans_plus_plus
@@ -89,17 +90,30 @@ def _lloyd_steps(x, n_clusters, init, steps, seed, spherical, device):
     return centroids, assign
 
 
-def unit_rows(x: np.ndarray, column: str) -> np.ndarray:
+def unit_rows(x, column: str) -> np.ndarray:
     """``x`` with every row scaled to unit L2 norm; `ValueError` naming ``column`` for a zero row.
+
+    ``x`` is an array or a `hf_prune.ops.matrix.ColumnMatrix`; the latter is normalised block by block
+    into the one float32 array returned (no copy of the column before it).
 
     Example:
         >>> unit_rows(np.array([[3.0, 4.0]]), "emb")
         array([[0.6, 0.8]], dtype=float32)
+        >>> unit = unit_rows(open_matrix(ds, "emb"), "emb")
     """
-    norms = np.linalg.norm(x, axis=1)
+    if not hasattr(x, "blocks"):
+        _check_nonzero(np.linalg.norm(x, axis=1), 0, column)
+        return normalize_rows(x)
+    out = np.empty(x.shape, dtype=np.float32)
+    for start, block in x.blocks():
+        _check_nonzero(np.linalg.norm(block, axis=1), start, column)
+        out[start : start + len(block)] = normalize_rows(block)
+    return out
+
+
+def _check_nonzero(norms: np.ndarray, start: int, column: str) -> None:
     if (norms == 0).any():
-        raise ValueError(f"column {column!r} has a zero vector (row {int(np.argmin(norms))}); cosine is undefined")
-    return normalize_rows(x)
+        raise ValueError(f"column {column!r} has a zero vector (row {start + int(np.argmin(norms))}); cosine is undefined")
 
 
 def cluster_count(n_clusters: int | None, rows: np.ndarray, default: int, dataset: Dataset, label_column: str | None) -> int:
@@ -175,10 +189,10 @@ def cluster_top_k(
     check_positive_int("max_iter", max_iter)
     check_nonnegative("tol", tol)
     dev = resolve_device(device)
-    emb = read_matrix(dataset, embedding_column)
+    emb = open_matrix(dataset, embedding_column)
     scores = read_vector(dataset, score_column, dtype=np.float64)
-    if metric == "cosine":
-        emb = unit_rows(emb, embedding_column)
+    # One float32 copy at most: normalised block by block for cosine.
+    emb = unit_rows(emb, embedding_column) if metric == "cosine" else emb.to_numpy()
 
     def pick(rows, k, rng):
         n_c = cluster_count(n_clusters, rows, math.ceil(math.sqrt(len(rows))), dataset, label_column)

@@ -34,9 +34,9 @@ from ..ops.checks import (
     check_seed,
     seed_int,
 )
-from ..ops.columns import read_matrix
 from ..ops.device import resolve_device
 from ..ops.knn import knn
+from ..ops.matrix import open_matrix
 from ..provenance import stamp_output
 from ._core import finalize, run_selection
 from .cluster_score import cluster_count, fit_kmeans, unit_rows
@@ -113,14 +113,14 @@ def _read_inputs(dataset, target, embedding_column, target_embedding_column, met
         raise ValueError("the dataset is empty")
     if len(target) == 0:
         raise ValueError("`target` is empty: it needs at least one row of embeddings")
-    pool = read_matrix(dataset, embedding_column)
-    goal = read_matrix(target, target_column)
+    pool = open_matrix(dataset, embedding_column)
+    goal = open_matrix(target, target_column)
     if goal.shape[1] != pool.shape[1]:
         raise ValueError(f"`target` column {target_column!r} has dimension {goal.shape[1]} but the dataset's "
                          f"{embedding_column!r} has {pool.shape[1]}; embed both with the same model")
-    if metric == "cosine":
-        pool, goal = unit_rows(pool, embedding_column), unit_rows(goal, target_column)
-    return pool, goal, target_column
+    if metric == "cosine":  # one float32 copy of each, normalised block by block
+        return unit_rows(pool, embedding_column), unit_rows(goal, target_column), target_column
+    return pool.to_numpy(), goal.to_numpy(), target_column
 
 
 def _kmeans_seed(seed: int) -> int:

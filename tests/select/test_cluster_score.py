@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from datasets import Dataset, concatenate_datasets
 
 import hf_prune as hp
 from hf_prune.ops.columns import add_column
@@ -134,3 +135,16 @@ def test_cpu_and_gpu_keep_the_same_rows(blobs):
     for metric in ("cosine", "l2"):
         kw = dict(fraction=0.3, score_column="score", n_clusters=5, metric=metric, label_column="label")
         assert ids(cluster_top_k(ds, device="cuda", **kw)) == ids(cluster_top_k(ds, device="cpu", **kw))
+
+
+def test_unit_rows_of_a_column_matrix_equals_the_array_path():
+    from hf_prune.ops.matrix import open_matrix
+    from hf_prune.select.cluster_score import unit_rows
+
+    x = np.random.default_rng(0).normal(size=(300, 5)).astype(np.float32)
+    chunked = concatenate_datasets([Dataset.from_dict({"emb": x[:170].tolist()}), Dataset.from_dict({"emb": x[170:].tolist()})])
+    np.testing.assert_array_equal(unit_rows(open_matrix(chunked, "emb"), "emb"), unit_rows(x, "emb"))
+    x[200] = 0
+    zero = concatenate_datasets([Dataset.from_dict({"emb": x[:170].tolist()}), Dataset.from_dict({"emb": x[170:].tolist()})])
+    with pytest.raises(ValueError, match=r"'emb' has a zero vector \(row 200\)"):
+        unit_rows(open_matrix(zero, "emb"), "emb")
