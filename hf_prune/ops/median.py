@@ -53,10 +53,14 @@ def geometric_median(
     than ``eps`` while the true gap is far smaller.
 
     Memory is O(N·d): points are processed in row chunks (each chunk cast to float64, which
-    keeps the result the same on CPU and GPU up to rounding), never as an N×N matrix.
+    keeps the result the same on CPU and GPU up to rounding), never as an N×N matrix. ``x`` may
+    also be a block source, e.g. a `hf_prune.ops.matrix.ColumnMatrix` over a memory-mapped column:
+    every iteration then streams its ``blocks()`` and nothing but one chunk and O(N) is held.
 
     Args:
-        x: ``(N, d)`` array or tensor of finite numbers.
+        x: ``(N, d)`` array or tensor of finite numbers, or an object with ``shape``,
+            ``blocks(batch_rows)`` yielding ``(start, rows)`` and ``take(indices)`` (already
+            validated as finite, as `hf_prune.ops.matrix.open_matrix` does).
         weights: optional ``(N,)`` non-negative weights with a positive sum (default: all 1).
         eps: relative accuracy ε > 0.
         max_iter: maximum number of Weiszfeld iterations (≥ 1).
@@ -84,7 +88,7 @@ def geometric_median(
     z = _weighted_sum(xt, w, chunk) / total
     info = {"iterations": 0, "converged": True, "objective": 0.0, "gap_bound": 0.0, "at_data_point": False}
     if n == 1 or int(keep.sum()) == 1:
-        point = xt[keep.nonzero()[0, 0]].to(torch.float64)
+        point = _row(xt, int(keep.nonzero()[0, 0]), dev)
         return point.cpu().numpy(), {**info, "at_data_point": True}
 
     # Coincidence tolerance scales with the data so the algorithm is scale invariant.
@@ -110,7 +114,7 @@ def geometric_median(
         near = stats["nearest_dist"]
         if stop or (near <= 1e-3 * scale and near <= 0.1 * tried):
             tried = near
-            point = xt[stats["nearest"]].to(torch.float64)
+            point = _row(xt, stats["nearest"], dev)
             at_point = _pass(xt, w, point, chunk, tol)
             if _vardi_zhang_optimum(at_point, point) is not None:
                 return point.cpu().numpy(), {
@@ -132,7 +136,38 @@ def _vardi_zhang_optimum(stats: dict, z: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
-def _as_matrix(x, dev: torch.device) -> torch.Tensor:
+def _is_block_source(x) -> bool:
+    return not isinstance(x, (torch.Tensor, np.ndarray)) and hasattr(x, "blocks") and hasattr(x, "take")
+
+
+def _chunks(xt, chunk: int, dev: torch.device):
+    """``(start, float64 rows on dev)`` of a tensor or block source, ``chunk`` rows at a time."""
+    if isinstance(xt, torch.Tensor):
+        for s in range(0, len(xt), chunk):
+            yield s, xt[s : s + chunk].to(torch.float64)
+        return
+    for start, block in xt.blocks(chunk):
+        block = block if isinstance(block, torch.Tensor) else to_device(np.asarray(block), dev, dtype=None)
+        for lo in range(0, len(block), chunk):
+            yield start + lo, block[lo : lo + chunk].to(device=dev, dtype=torch.float64)
+
+
+def _row(xt, i: int, dev: torch.device) -> torch.Tensor:
+    if isinstance(xt, torch.Tensor):
+        return xt[i].to(torch.float64)
+    row = xt.take([i])
+    row = row if isinstance(row, torch.Tensor) else to_device(np.asarray(row), dev, dtype=None)
+    return row[0].to(device=dev, dtype=torch.float64)
+
+
+def _as_matrix(x, dev: torch.device):
+    if _is_block_source(x):
+        n, d = x.shape
+        if n == 0:
+            raise ValueError("`x` has no rows")
+        if d == 0:
+            raise ValueError("`x` has zero columns")
+        return x
     if isinstance(x, torch.Tensor):
         xt = x.detach()
     else:
@@ -166,18 +201,17 @@ def _as_weights(weights, n: int, dev: torch.device) -> torch.Tensor:
     return w.to(dev)
 
 
-def _weighted_sum(xt: torch.Tensor, w: torch.Tensor, chunk: int) -> torch.Tensor:
-    out = torch.zeros(xt.shape[1], dtype=torch.float64, device=xt.device)
-    for s in range(0, len(xt), chunk):
-        out += w[s : s + chunk] @ xt[s : s + chunk].to(torch.float64)
+def _weighted_sum(xt, w: torch.Tensor, chunk: int) -> torch.Tensor:
+    out = torch.zeros(xt.shape[1], dtype=torch.float64, device=w.device)
+    for s, xc in _chunks(xt, chunk, w.device):
+        out += w[s : s + len(xc)] @ xc
     return out
 
 
 def _objective(xt, w, z, chunk) -> float:
     total = 0.0
-    for s in range(0, len(xt), chunk):
-        diff = xt[s : s + chunk].to(torch.float64) - z
-        total += float(w[s : s + chunk] @ torch.linalg.vector_norm(diff, dim=1))
+    for s, xc in _chunks(xt, chunk, w.device):
+        total += float(w[s : s + len(xc)] @ torch.linalg.vector_norm(xc - z, dim=1))
     return total
 
 
@@ -187,9 +221,8 @@ def _pass(xt, w, z, chunk, tol):
     at_sum = torch.zeros_like(z)
     den = eta = obj = 0.0
     nearest, nearest_dist = 0, math.inf
-    for s in range(0, len(xt), chunk):
-        xc = xt[s : s + chunk].to(torch.float64)
-        wc = w[s : s + chunk]
+    for s, xc in _chunks(xt, chunk, w.device):
+        wc = w[s : s + len(xc)]
         dist = torch.linalg.vector_norm(xc - z, dim=1)
         obj += float(wc @ dist)
         at = dist <= tol

@@ -20,12 +20,13 @@ import torch
 from datasets import Dataset
 
 from ..ops.checks import check_bool, check_choice, check_positive, check_positive_int
-from ..ops.columns import read_matrix
 from ..ops.deprecation import renamed
-from ..ops.device import resolve_device, to_device
-from ..ops.knn import normalize_rows
+from ..ops.device import resolve_device
+from ..ops.matrix import open_matrix
 from ..ops.median import geometric_median
+from ..ops.threads import small_step_threads
 from ._ordered import run_ordered_selection
+from ._stream import FeatureRows
 from .registry import selector
 
 __all__ = ["gm_matching", "herding"]
@@ -141,6 +142,9 @@ def gm_matching(
     re-sort. We recompute ``X θ_t`` from the exactly maintained ``θ_t`` (float64) instead of
     accumulating the scores: it is the same one matvec per step, and the scores cannot drift
     over thousands of steps. Rows agree between CPU and GPU up to floating-point near-ties.
+    The column is read block by block from its Arrow chunks (`hf_prune.ops.matrix.open_matrix`;
+    zero-copy over a memory-mapped file), per class through the class's rows: beyond the column,
+    memory is O(N) vectors, the k picks and one block (on a GPU, one float32 copy of the group there).
 
     Args:
         dataset: the input Dataset (not modified).
@@ -242,17 +246,14 @@ def _herding_selection(
 ) -> Dataset:
     check_choice("init", init, _INITS)
     dev = resolve_device(device)
-    emb = read_matrix(dataset, embedding_column)
-    if metric == "cosine":
-        emb = normalize_rows(emb)
-    x_all = to_device(emb, dev)
+    matrix = open_matrix(dataset, embedding_column)
 
     ordered = rank_column is not None or gain_column is not None
 
     def order(rows, k, rng, initial):
         if k == len(rows) and not ordered and not len(initial):
             return np.arange(k)  # every row is kept: their order is not asked for
-        x = x_all if len(rows) == len(x_all) else x_all[torch.from_numpy(rows).to(dev)]
+        x = FeatureRows(matrix.subset(rows), device=dev, normalize=metric == "cosine")
         if target == "geometric_median":
             median, info = geometric_median(x, eps=eps, max_iter=max_iter, device=dev)
             if not info["converged"]:
@@ -265,13 +266,13 @@ def _herding_selection(
             if renormalize_median:
                 mu = _unit_target(mu, method)
         else:
-            mu = x.to(torch.float64).mean(0)
+            mu = x.mean()
         if init == "target":
             theta0 = mu
         elif init == "mean":
-            theta0 = mu if target == "mean" else x.to(torch.float64).mean(0)  # herd() copies theta0
+            theta0 = mu if target == "mean" else x.mean()  # herd() copies theta0
         else:
-            theta0 = x[int(rng.integers(len(rows)))].to(torch.float64)
+            theta0 = x.take([int(rng.integers(len(rows)))])[0].to(torch.float64)
         return herd(x, mu, theta0, k, initial=initial, return_gains=gain_column is not None)
 
     params = {"embedding_column": embedding_column, "metric": metric, "init": init, "device": str(dev)}
@@ -298,7 +299,7 @@ def _unit_target(mu: torch.Tensor, method: str) -> torch.Tensor:
 
 
 def herd(
-    x: torch.Tensor,
+    x: torch.Tensor | FeatureRows,
     mu: torch.Tensor,
     theta0: torch.Tensor,
     k: int,
@@ -308,16 +309,20 @@ def herd(
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """``k`` distinct rows of ``x`` chosen by herding towards ``mu`` from ``theta0`` (Eq. 7–8).
 
-    Returns the picks in the order they were made. Each step is one matrix–vector product over
-    all rows on ``x``'s device (chosen rows get a -inf penalty); the picked index stays on the
-    device, so a GPU run does not synchronise with the host per pick. ``initial`` rows (distinct,
-    at most ``k``) are the first picks, in the given order, each moving ``θ`` as a herding step
-    does. With ``return_gains``, also each pick's score ``⟨θ_t, x⟩`` at its step (float64).
+    ``x`` is a float tensor or `FeatureRows` (e.g. a memory-mapped column read block by block).
+    Returns the picks in the order they were made. Each step is one read pass over the rows, the
+    product ``X θ_t`` (float32), plus O(N) (chosen rows get a -inf penalty) and the gather of the
+    picked row for the exact float64 update of ``θ``; no N×d temporary is made. Steps smaller than
+    `hf_prune.ops.threads.SMALL_STEP_WORK` run on one thread. ``initial`` rows (distinct, at most
+    ``k``) are the first picks, in the given order, each moving ``θ`` as a herding step does. With
+    ``return_gains``, also each pick's score ``⟨θ_t, x⟩`` at its step (float64).
 
     Example:
         >>> order = herd(torch.randn(100, 4), torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64), 10)
     """
-    n = x.shape[0]
+    exact = isinstance(x, torch.Tensor) and x.dtype == torch.float64
+    rows = x if isinstance(x, FeatureRows) else FeatureRows(x.to(torch.float32))
+    n = len(rows)
     if not 1 <= k <= n:
         raise ValueError(f"`k` must be in [1, {n}], got {k}")
     initial = np.asarray(initial, dtype=np.int64).ravel()
@@ -325,24 +330,31 @@ def herd(
         raise ValueError(f"`initial` must hold distinct row positions in [0, {n})")
     if len(initial) > k:
         raise ValueError(f"`initial` has {len(initial)} rows, more than `k` ({k})")
-    x32 = x.to(torch.float32)
-    x64 = x.to(torch.float64) if x.dtype == torch.float64 else None
-    mu = mu.to(device=x.device, dtype=torch.float64)
-    theta = theta0.to(device=x.device, dtype=torch.float64).clone()
+    # A float64 tensor keeps its exact rows for the θ update (the products stay float32).
+    picked_row = (lambda i: x[i]) if exact else (lambda i: rows.take([i])[0].to(torch.float64))
+    with small_step_threads(n * rows.dim, rows.device):
+        return _herd(rows, mu, theta0, k, initial, return_gains, picked_row)
+
+
+def _herd(rows: FeatureRows, mu, theta0, k, initial, return_gains, picked_row):
+    n, dev = len(rows), rows.device
+    mu = mu.to(device=dev, dtype=torch.float64)
+    theta = theta0.to(device=dev, dtype=torch.float64).clone()
     # 0 for candidates, -inf for chosen rows; adding it is much cheaper than a masked fill.
-    penalty = torch.zeros(n, dtype=torch.float32, device=x.device)
-    chosen = torch.empty(k, dtype=torch.long, device=x.device)
-    gains = torch.empty(k, dtype=torch.float32, device=x.device) if return_gains else None
+    penalty = torch.zeros(n, dtype=torch.float32, device=dev)
+    scores = rows.new_vector(torch.float32)
+    chosen = np.empty(k, dtype=np.int64)
+    gains = np.empty(k, dtype=np.float64) if return_gains else None
     for t in range(k):
         forced = t < len(initial)
         if not forced or gains is not None:
-            scores = torch.addmv(penalty, x32, theta.to(torch.float32))
-        i = torch.tensor(int(initial[t]), device=x.device) if forced else torch.argmax(scores)
+            rows.matvec(theta.to(torch.float32), scores).add_(penalty)
+        i = int(initial[t]) if forced else int(torch.argmax(scores))
         chosen[t] = i
         if gains is not None:
-            gains[t] = scores[i]
+            gains[t] = float(scores[i])
         penalty[i] = -torch.inf
-        theta += mu - (x64[i] if x64 is not None else x32[i].to(torch.float64))
+        theta += mu - picked_row(i)
     if gains is None:
-        return chosen.cpu().numpy()
-    return chosen.cpu().numpy(), gains.double().cpu().numpy()
+        return chosen
+    return chosen, gains
