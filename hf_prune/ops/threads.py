@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from .checks import check_bool
 
@@ -111,11 +111,28 @@ def small_step_threads(step_work: int, device: str | torch.device | None = "cpu"
     if threads is None:
         yield previous
         return
+    blas = _blas_controller()
+    # Only pools above the limit are touched: limiting costs a call into each library.
+    if any(lib.num_threads > threads for lib in blas.lib_controllers):
+        limited = blas.limit(limits=threads)
+    else:
+        limited = nullcontext()
     if threads != previous:
         torch.set_num_threads(threads)
     try:
-        with threadpool_limits(limits=threads):
+        with limited:
             yield threads
     finally:
         if threads != previous:
             torch.set_num_threads(previous)
+
+
+_controller: ThreadpoolController | None = None
+
+
+def _blas_controller() -> ThreadpoolController:
+    """The BLAS / OpenMP pools loaded in this process, found once (discovery takes milliseconds)."""
+    global _controller
+    if _controller is None:
+        _controller = ThreadpoolController()
+    return _controller

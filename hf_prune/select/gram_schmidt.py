@@ -19,9 +19,11 @@ import torch
 from datasets import Dataset
 
 from ..ops.checks import check_choice, check_positive_int
-from ..ops.columns import read_matrix
-from ..ops.device import resolve_device, to_device
+from ..ops.device import resolve_device
+from ..ops.matrix import open_matrix
+from ..ops.threads import small_step_threads
 from ._ordered import run_ordered_selection
+from ._stream import FeatureRows
 from .registry import selector
 
 __all__ = ["gram_schmidt", "gram_schmidt_order"]
@@ -104,9 +106,10 @@ def gram_schmidt(
             towards the budget (per class: towards their class's budget, which they must not exceed).
         seed: seed of the random draws.
         device: torch device for the features and the norms (one float32 copy of the features on a
-            non-CPU device, none on CPU for float32 input); ``None`` picks CUDA when available.
-        batch_size: rows per block of the product ``F q`` (``None``: all rows at once). No N×d
-            temporary is made either way; blocks only bound the ``F q`` temporary.
+            non-CPU device; on CPU the column is read block by block from its Arrow chunks, no copy);
+            ``None`` picks CUDA when available.
+        batch_size: rows per block of the product ``F q`` (``None``: the column's blocks,
+            `hf_prune.ops.matrix.DEFAULT_BLOCK_ROWS` rows at most). No N×d temporary is made either way.
         tol: relative threshold below which residuals count as zero (triggers a basis restart).
 
     Returns:
@@ -122,13 +125,13 @@ def gram_schmidt(
         batch_size = check_positive_int("batch_size", batch_size)
     if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating)) or not 0 < tol < 1:
         raise ValueError(f"`tol` must be a number in (0, 1), got {tol!r}")
-    features = read_matrix(dataset, embedding_column)
+    matrix = open_matrix(dataset, embedding_column)
     dev = resolve_device(device)
 
     def order(rows, k, rng, initial):
         uniforms = rng.random(k)
         picks, norms = gram_schmidt_order(
-            features[rows], k, uniforms=None if mode == "deterministic" else uniforms,
+            matrix.subset(rows), k, uniforms=None if mode == "deterministic" else uniforms,
             device=dev, batch_size=batch_size, tol=tol, initial=initial,
         )
         return picks if gain_column is None else (picks, norms)
@@ -143,7 +146,7 @@ def gram_schmidt(
 
 @torch.inference_mode()
 def gram_schmidt_order(
-    features: np.ndarray,
+    features,
     k: int,
     *,
     uniforms: np.ndarray | None = None,
@@ -153,6 +156,9 @@ def gram_schmidt_order(
     initial: Sequence[int] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """The first ``k`` rows chosen by Algorithm 1 on ``features`` (N, d), in the order chosen.
+
+    ``features`` is an array, a tensor, a `hf_prune.ops.matrix.ColumnMatrix` (read block by block)
+    or `FeatureRows`.
 
     ``uniforms`` (k numbers in [0, 1)) drive the norm-proportional draws; ``None`` picks the largest
     residual each step. Returns ``(picks, picked_residual_norms)``; the norms are those of the picked
@@ -171,22 +177,33 @@ def gram_schmidt_order(
     inside the span (``≤ tol ‖x_i‖``, e.g. duplicates of a pick) wait for the next round.
 
     Cost per pick: one read pass over the N×d features plus O(N) (and O(k·d) for the picked row);
-    memory: the float32 features (the input itself when it is float32 and C-contiguous; one copy on a
-    non-CPU device), O(N) vectors and the ``k×d`` basis, never an N×d temporary.
+    memory: the float32 features (the input itself when it is float32 and C-contiguous, the Arrow
+    chunks of a ColumnMatrix; one copy on a non-CPU device), O(N) vectors and the ``k×d`` basis,
+    never an N×d temporary. Steps smaller than `hf_prune.ops.threads.SMALL_STEP_WORK` run on one thread.
 
     Example:
         >>> picks, norms = gram_schmidt_order(x, 3)  # deterministic: pivoted QR order
     """
-    n, d = np.shape(features)
+    if isinstance(features, FeatureRows):
+        x = features
+    else:
+        if isinstance(features, torch.Tensor):
+            features = features.to(torch.float32)
+        x = FeatureRows(features, device=device, batch_rows=batch_size)  # read only, no copy on CPU
+    n, d = x.shape
     initial = np.asarray(initial, dtype=np.int64).ravel()
     if len(initial) and (initial.min() < 0 or initial.max() >= n or len(np.unique(initial)) != len(initial)):
         raise ValueError(f"`initial` must hold distinct row positions in [0, {n})")
     if len(initial) > k:
         raise ValueError(f"`initial` has {len(initial)} rows, more than `k` ({k})")
-    dev = resolve_device(device)
-    x = to_device(features, dev)  # read only: zero-copy on CPU for float32 input
-    block = batch_size or n
-    original_sq = torch.cat([_row_sq_norms(x[s : s + block]) for s in range(0, n, block)])
+    with small_step_threads(n * d, x.device):
+        return _order(x, k, uniforms, tol, initial)
+
+
+def _order(x: FeatureRows, k, uniforms, tol, initial):
+    n, d = x.shape
+    dev = x.device
+    original_sq = torch.cat([_row_sq_norms(block) for _, block in x.blocks()])
     squares = original_sq.clone()
     recompute_below = float(np.sqrt(np.finfo(np.float32).eps))
     zero_below = tol * tol
@@ -196,7 +213,7 @@ def gram_schmidt_order(
     threshold = fresh_threshold.clone()
     available = torch.ones(n, dtype=torch.bool, device=dev)
     basis = torch.empty((min(k, d), d), dtype=torch.float32, device=dev)
-    coefficients = torch.empty(min(block, n), dtype=torch.float32, device=dev)
+    coefficients = x.new_vector(torch.float32)
     rank = 0
     picks = np.empty(k, dtype=np.int64)
     picked_norms = np.empty(k, dtype=np.float64)
@@ -224,7 +241,7 @@ def gram_schmidt_order(
         available[i] = False
         threshold[i] = -np.inf
         # Twice is enough: the second projection removes what rounding left in the span.
-        q = _residuals(x[i : i + 1], basis[:rank], passes=2)[0]
+        q = _residuals(x.take([i]), basis[:rank], passes=2)[0]
         q_norm = float(torch.linalg.vector_norm(q))
         picked_norms[step] = q_norm
         if q_norm <= tol * float(original_sq[i].sqrt()):
@@ -234,10 +251,8 @@ def gram_schmidt_order(
             basis = torch.cat([basis, torch.empty_like(basis[:1])])
         basis[rank] = q
         rank += 1
-        for start in range(0, n, block):
-            part = coefficients[: min(block, n - start)]
-            torch.mv(x[start : start + block], q, out=part)
-            squares[start : start + block] -= part.double().square_()
+        x.matvec(q, coefficients)
+        squares -= coefficients.double().square_()
         if rank >= d:
             squares.zero_()  # a basis of the whole space: every residual is zero
             threshold.fill_(-np.inf)
@@ -245,7 +260,7 @@ def gram_schmidt_order(
         stale = torch.nonzero(squares <= threshold).squeeze(1)
         for start in range(0, len(stale), _STALE_ROWS):
             rows = stale[start : start + _STALE_ROWS]
-            exact = _row_sq_norms(_residuals(x[rows], basis[:rank], passes=1))
+            exact = _row_sq_norms(_residuals(x.take(rows), basis[:rank], passes=1))
             zero = exact <= zero_below * original_sq[rows]
             squares[rows] = exact.masked_fill(zero, 0.0)
             # LAPACK's √ε rule against √(exact · ‖x‖²), the scale of the rounding in x·q; at least a
