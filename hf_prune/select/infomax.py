@@ -61,34 +61,77 @@ Choices where the paper is ambiguous or degenerate (each one is tested):
   CCS's rule (`infomax_hard_cut`), and solves on the rest; ``normalize_scores`` then min-maxes
   over the rows left, so ``α`` keeps its weight. The removed rows are never kept, and a cutoff that
   leaves a group fewer rows than its budget is an error. The partitions split the rows left.
+
+Parallel partitions (the paper runs its CC12M parts on 16 GPUs, App. B.2). The partitions of a group are
+independent problems, so they can be solved anywhere; the rows kept depend only on the data, ``seed``
+and ``partitions``, never on where or how many at a time the parts were solved:
+
+* ``workers=n`` solves the parts of each group on a local pool of ``n`` spawned processes (CPU only),
+  each limited to ``cores // n`` torch, BLAS and faiss threads so the pool does not oversubscribe the
+  machine. The parent copies each part's rows once into one shared-memory block (the column's size in
+  all, no pickling of embeddings); a task carries only its slice bounds, scores and budget.
+* Under ``torch.distributed`` (``accelerate launch``, ``torchrun``; any backend with
+  ``all_gather_object``, e.g. gloo on CPU) rank ``r`` of ``W`` solves parts ``r, r + W, …`` of each group
+  and the picks are gathered, so every rank returns the same Dataset. ``distributed=False`` solves
+  everything on each rank instead. Every rank must make the same call (the groups and parts are the
+  same on every rank since they depend only on the data and ``seed``). Both can be combined.
+
+Stage times (App. B.2 reports its kernel and solve stages separately): the step recorded by
+`hf_prune.provenance` carries ``stage_times`` next to its ``params`` (measured facts stay out of the
+replayable parameters): ``read_s`` (gathering the parts' embedding rows), ``kernel_s`` (normalising and the
+k-NN search that builds ``K``), ``solve_s`` (the iteration and the top-``p``), summed over the parts,
+``wall_s`` for the whole call, ``workers``, ``world_size``, ``parts`` and, for at most `STAGE_TIMES_PARTS`
+parts, one record per part. The same numbers are logged (logger ``hf_prune.select.infomax``: INFO for the
+totals, DEBUG per part).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from datasets import Dataset
+from threadpoolctl import threadpool_limits
 
 from ..ops.checks import (
+    check_bool,
     check_choice,
     check_nonnegative,
     check_optional_positive,
     check_positive_int,
     check_probability,
 )
-from ..ops.columns import check_columns, class_groups, read_matrix, read_vector
+from ..ops.columns import check_columns, class_groups, read_vector
 from ..ops.deprecation import renamed
 from ..ops.device import resolve_device
+from ..ops.faiss_import import faiss_available, import_faiss
 from ..ops.knn import knn, neighbour_pairs, normalize_rows
+from ..ops.matrix import open_matrix
+from ..provenance import _stored_steps, _with_steps
 from ._core import run_selection, split_budget
 from .registry import selector
 
-__all__ = ["infomax", "infomax_kernel", "infomax_solve", "infomax_objective", "infomax_hard_cut", "DENSE_MAX_ROWS"]
+__all__ = [
+    "infomax", "infomax_kernel", "infomax_solve", "infomax_objective", "infomax_hard_cut", "DENSE_MAX_ROWS",
+    "STAGE_TIMES_PARTS",
+]
+
+logger = logging.getLogger(__name__)
 
 DENSE_MAX_ROWS = 4096
+# Parts listed one by one in the recorded stage times; beyond this only the totals (the step lives in
+# the dataset's description and card, which must stay small for 1,000 classes × 10 parts).
+STAGE_TIMES_PARTS = 256
 _KERNELS = ("sparse", "dense", "auto")
 _METRICS = ("cosine", "ip")
 
@@ -114,6 +157,8 @@ def infomax(
     knn_index: str = "flat",
     label_column: str | None = None,
     seed: int | np.random.Generator = 0,
+    workers: int = 1,
+    distributed: bool = True,
     device: str | torch.device | None = None,
     normalize: bool | None = None,
 ) -> Dataset:
@@ -145,7 +190,16 @@ def infomax(
         knn_index: ``"flat"`` (exact) or ``"ivf"`` for the k-NN search of large groups.
         label_column: when given, the budget is split per class and InfoMax runs inside each class.
         seed: seeds the random partition (the only random choice; ``partitions=1`` is deterministic).
-        device: torch device for the solver and k-NN search; ``None`` picks CUDA when available.
+        workers: local processes that solve the partitions of each group in parallel (default 1: in
+            this process). CPU only; each worker gets ``cores // workers`` threads. Started with
+            ``spawn``, so a script calling this with ``workers > 1`` needs ``if __name__ == "__main__":``.
+            Starting the pool costs a few seconds (each worker imports torch), worth it from parts of
+            roughly 10k rows. Not recorded in ``params``: the rows do not depend on it.
+        distributed: under an initialised ``torch.distributed`` process group, spread the partitions
+            over the ranks and gather the picks (default); ``False`` solves every part on every rank.
+            Not recorded in ``params`` either.
+        device: torch device for the solver and k-NN search; ``None`` picks CUDA when available (under
+            ``torch.distributed`` the current CUDA device of each rank, which accelerate sets).
         normalize: deprecated spelling of ``metric`` (hf_prune 0.1.0): ``True`` is ``"cosine"``,
             ``False`` is ``"ip"``; it warns with a `FutureWarning` and will be removed.
 
@@ -169,7 +223,8 @@ def infomax(
     that do not rank the hardest rows first (SSP-like prototypicality, CLIP score).
 
     Returns:
-        ``dataset.select(kept rows)`` with a ``row_id`` column and a provenance step ``"infomax"``.
+        ``dataset.select(kept rows)`` with a ``row_id`` column and a provenance step ``"infomax"``
+        whose ``stage_times`` hold the measured read, kernel and solve times (module docstring).
 
     Example:
         >>> sub = hp.select.infomax(ds, fraction=0.1, score_column="el2n", embedding_column="emb",
@@ -179,6 +234,9 @@ def infomax(
         >>> # A hardest-first score at a small budget: drop each class's hardest 10% first.
         >>> sub = hp.select.infomax(ds, fraction=0.1, score_column="el2n", embedding_column="emb",
         ...                         hard_cutoff=0.1, label_column="label")
+        >>> # Ten parts on four local processes; the same rows as workers=1.
+        >>> sub = hp.select.infomax(ds, fraction=0.1, score_column="el2n", partitions=10, workers=4)
+        >>> hp.provenance(sub)[-1]["stage_times"]["kernel_s"]  # seconds spent building K
     """
     metric = _resolve_metric("infomax", metric, normalize, stacklevel=5)  # through the decorator
     check_columns(dataset, score_column, embedding_column, label_column)
@@ -194,8 +252,12 @@ def infomax(
     check_choice("kernel", kernel, _KERNELS)
     if knn_index not in ("flat", "ivf"):
         raise ValueError(f"`knn_index` must be 'flat' or 'ivf', got {knn_index!r}")
+    workers = check_positive_int("workers", workers)
+    distributed = check_bool("distributed", distributed)
+    started = time.perf_counter()
     scores = read_vector(dataset, score_column, dtype=np.float64)
-    embeddings = read_matrix(dataset, embedding_column)
+    # Validated in one streamed pass; rows are gathered part by part, never as one N×d copy here.
+    embeddings = open_matrix(dataset, embedding_column)
     # Rows the cutoff leaves in play; decided per class (or over all rows) on the raw scores.
     eligible = np.ones(len(scores), dtype=bool)
     if hard_cutoff > 0 and len(scores):
@@ -206,25 +268,15 @@ def infomax(
         low, high = scores[eligible].min(), scores[eligible].max()
         scores = (scores - low) / (high - low) if high > low else np.zeros_like(scores)
     torch_device = resolve_device(device)
-
-    def solve_part(rows: np.ndarray, budget: int) -> np.ndarray:
-        n = len(rows)
-        if budget == n:
-            return np.arange(n)
-        use_dense = kernel == "dense" or (kernel == "auto" and n <= DENSE_MAX_ROWS)
-        if kernel == "dense" and n > DENSE_MAX_ROWS:
-            raise ValueError(
-                f"kernel='dense' builds an N×N matrix and is limited to {DENSE_MAX_ROWS} rows per "
-                f"solved group, got {n}; use kernel='sparse' or more `partitions`"
-            )
-        if not use_dense and k >= n:
-            raise ValueError(f"`k`={k} must be smaller than the number of rows in a solved group ({n})")
-        K = infomax_kernel(
-            embeddings[rows], k=k, kernel="dense" if use_dense else "sparse", metric=metric,
-            knn_index=knn_index, device=torch_device,
+    if workers > 1 and torch_device.type != "cpu":
+        raise ValueError(
+            f"`workers`={workers} starts CPU processes, but the device is {str(torch_device)!r}; "
+            "pass device='cpu', or run one process per GPU under torch.distributed (accelerate launch)"
         )
-        _, logits = _solve(scores[rows], K, budget, alpha, iterations, temperature, step_size, torch_device)
-        return _top(logits, budget)
+    rank, world = _ranks() if distributed else (0, 1)
+    settings = _Settings(k=k, kernel=kernel, metric=metric, knn_index=knn_index, alpha=alpha,
+                         iterations=iterations, temperature=temperature, step_size=step_size)
+    runner = _PartRunner(embeddings, scores, settings, torch_device, workers=workers, rank=rank, world=world)
 
     def pick(rows, budget, rng):
         pool = np.flatnonzero(eligible[rows])
@@ -243,8 +295,11 @@ def infomax(
             # Sorted parts keep ties broken by row order; the split itself is the seeded shuffle.
             parts = [np.sort(part) for part in np.array_split(rng.permutation(len(rows)), partitions)]
         budgets = split_budget(np.array([len(part) for part in parts]), budget)
-        chosen = [part[solve_part(rows[part], int(b))] for part, b in zip(parts, budgets) if b > 0]
-        return np.concatenate(chosen)
+        solved = [(part, int(b)) for part, b in zip(parts, budgets) if b > 0]
+        for part, _ in solved:
+            settings.check_part(len(part))  # on every rank and before any work: no rank waits on a failed one
+        picks = runner.run([rows[part] for part, _ in solved], [b for _, b in solved])
+        return np.concatenate([part[local] for (part, _), local in zip(solved, picks)])
 
     params = {
         "score_column": score_column, "embedding_column": embedding_column, "k": k, "alpha": alpha,
@@ -252,10 +307,230 @@ def infomax(
         "metric": metric, "normalize_scores": normalize_scores, "temperature": temperature,
         "step_size": step_size, "knn_index": knn_index,
     }
-    return run_selection(
-        dataset, method="infomax", params=params, fraction=fraction, size=size, seed=seed,
-        label_column=label_column, pick=pick,
+    try:
+        result = run_selection(
+            dataset, method="infomax", params=params, fraction=fraction, size=size, seed=seed,
+            label_column=label_column, pick=pick,
+        )
+    finally:
+        runner.close()
+    stage_times = runner.stage_times(time.perf_counter() - started)
+    logger.info(
+        "infomax: %d part(s) on %d worker(s) × %d rank(s): read %.3f s, kernel %.3f s, solve %.3f s (summed), "
+        "wall %.3f s", stage_times["parts"], workers, world, stage_times["read_s"], stage_times["kernel_s"],
+        stage_times["solve_s"], stage_times["wall_s"],
     )
+    return _with_stage_times(result, stage_times)
+
+
+def _with_stage_times(result: Dataset, stage_times: dict[str, Any]) -> Dataset:
+    """``result`` with ``stage_times`` on its last provenance step, beside (not inside) its ``params``."""
+    steps = _stored_steps(result)
+    steps[-1]["stage_times"] = stage_times
+    return _with_steps(result, steps)
+
+
+def _ranks() -> tuple[int, int]:
+    """``(rank, world size)`` of the initialised torch.distributed group, ``(0, 1)`` without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What solving one part needs besides its rows, scores and budget (picklable for the workers)."""
+
+    k: int
+    kernel: str
+    metric: str
+    knn_index: str
+    alpha: float
+    iterations: int
+    temperature: float | None
+    step_size: float | None
+
+    def dense(self, n: int) -> bool:
+        return self.kernel == "dense" or (self.kernel == "auto" and n <= DENSE_MAX_ROWS)
+
+    def check_part(self, n: int) -> None:
+        if self.kernel == "dense" and n > DENSE_MAX_ROWS:
+            raise ValueError(
+                f"kernel='dense' builds an N×N matrix and is limited to {DENSE_MAX_ROWS} rows per "
+                f"solved group, got {n}; use kernel='sparse' or more `partitions`"
+            )
+        if not self.dense(n) and self.k >= n:
+            raise ValueError(f"`k`={self.k} must be smaller than the number of rows in a solved group ({n})")
+
+
+def _solve_part(embeddings, scores, budget, settings, device) -> tuple[np.ndarray, float, float]:
+    """``(kept positions, kernel seconds, solve seconds)`` for one part: build ``K``, iterate, take the top."""
+    n = len(scores)
+    if budget == n:
+        return np.arange(n), 0.0, 0.0
+    started = time.perf_counter()
+    K = infomax_kernel(
+        embeddings, k=settings.k, kernel="dense" if settings.dense(n) else "sparse", metric=settings.metric,
+        knn_index=settings.knn_index, device=device,
+    )
+    built = time.perf_counter()
+    _, logits = _solve(scores, K, budget, settings.alpha, settings.iterations, settings.temperature,
+                       settings.step_size, device)
+    kept = _top(logits, budget)
+    return kept, built - started, time.perf_counter() - built
+
+
+class _PartRunner:
+    """Solves lists of parts: this rank's share (``r, r + W, …``), in process or on a worker pool; gathers.
+
+    The pool and its shared memory are made on the first list that needs them and kept for the call's
+    later groups (a worker costs an interpreter start and a torch import).
+    """
+
+    def __init__(self, embeddings, scores, settings, device, *, workers, rank, world):
+        self.embeddings, self.scores, self.settings, self.device = embeddings, scores, settings, device
+        self.workers, self.rank, self.world = workers, rank, world
+        self.records: list[dict[str, Any]] = []
+        self.read_s = 0.0
+        self.pool: ProcessPoolExecutor | None = None
+        self.group = 0
+
+    def run(self, parts: list[np.ndarray], budgets: list[int]) -> list[np.ndarray]:
+        """Kept positions within each part (every part, on every rank)."""
+        mine = list(range(self.rank, len(parts), self.world))
+        try:
+            done = self._solve_mine(parts, budgets, mine)
+            failure = None
+        except Exception as error:  # noqa: BLE001 - re-raised below, after the other ranks hear of it
+            done, failure = {}, error
+        if self.world > 1:
+            gathered: list[Any] = [None] * self.world
+            torch.distributed.all_gather_object(gathered, (done, None if failure is None else repr(failure)))
+            if failure is None:
+                failed = [(r, message) for r, (_, message) in enumerate(gathered) if message is not None]
+                if failed:
+                    raise RuntimeError(f"infomax failed on rank {failed[0][0]}: {failed[0][1]}")
+                done = {i: value for part_done, _ in gathered for i, value in part_done.items()}
+        if failure is not None:
+            raise failure
+        picks = []
+        for i, (part, budget) in enumerate(zip(parts, budgets)):
+            kept, kernel_s, solve_s, rank = done[i]
+            record = {"group": self.group, "part": i, "rows": len(part), "budget": budget, "rank": rank,
+                      "kernel_s": kernel_s, "solve_s": solve_s}
+            logger.debug("infomax part %s", record)
+            self.records.append(record)
+            picks.append(np.asarray(kept, dtype=np.int64))
+        self.group += 1
+        return picks
+
+    def _solve_mine(self, parts, budgets, mine) -> dict[int, tuple[np.ndarray, float, float, int]]:
+        if self.workers == 1 or len(mine) <= 1:
+            done = {}
+            for i in mine:
+                started = time.perf_counter()
+                x = self.embeddings.take(parts[i])
+                self.read_s += time.perf_counter() - started
+                kept, kernel_s, solve_s = _solve_part(x, self.scores[parts[i]], budgets[i], self.settings, self.device)
+                done[i] = (kept, kernel_s, solve_s, self.rank)
+            return done
+        # This rank's parts, one after another in one shared block; each task names its slice of it.
+        started = time.perf_counter()
+        sizes = [len(parts[i]) for i in mine]
+        bounds = np.concatenate([[0], np.cumsum(sizes)])
+        dim = self.embeddings.shape[1]
+        block = shared_memory.SharedMemory(create=True, size=max(1, int(bounds[-1]) * dim * 4))
+        try:
+            shared = np.ndarray((int(bounds[-1]), dim), dtype=np.float32, buffer=block.buf)
+            for j, i in enumerate(mine):
+                shared[bounds[j] : bounds[j + 1]] = self.embeddings.take(parts[i])
+            del shared  # the parent's view must go before the block can be closed
+            self.read_s += time.perf_counter() - started
+            pool = self._pool()
+            futures = {
+                i: pool.submit(_worker_solve, block.name, (int(bounds[-1]), dim), int(bounds[j]), int(bounds[j + 1]),
+                               self.scores[parts[i]], budgets[i], self.settings)
+                for j, i in enumerate(mine)
+            }
+            return {i: (*future.result(), self.rank) for i, future in futures.items()}
+        finally:
+            _close(block)
+            block.unlink()
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self.pool is None:
+            threads = max(1, _cores() // self.workers)
+            self.pool = ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_init, initargs=(threads,),
+            )
+        return self.pool
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+    def stage_times(self, wall_s: float) -> dict[str, Any]:
+        out = {
+            "read_s": self.read_s,
+            "kernel_s": float(sum(r["kernel_s"] for r in self.records)),
+            "solve_s": float(sum(r["solve_s"] for r in self.records)),
+            "wall_s": wall_s,
+            "workers": self.workers,
+            "world_size": self.world,
+            "parts": len(self.records),
+            "kernel_s_max": max((r["kernel_s"] for r in self.records), default=0.0),
+            "solve_s_max": max((r["solve_s"] for r in self.records), default=0.0),
+        }
+        if len(self.records) <= STAGE_TIMES_PARTS:
+            out["per_part"] = self.records
+        return out
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# Worker-process state: the thread limit kept for the worker's life, and the shared block in use.
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(threads: int) -> None:
+    """Pool initializer: ``threads`` for torch, the BLAS/OpenMP pools and faiss, so workers share the cores."""
+    torch.set_num_threads(threads)
+    _WORKER["limits"] = threadpool_limits(limits=threads)
+    if faiss_available():
+        import_faiss().omp_set_num_threads(threads)
+
+
+def _worker_solve(name, shape, start, stop, scores, budget, settings) -> tuple[np.ndarray, float, float]:
+    """Solve the part stored at rows ``start:stop`` of the shared block ``name`` (in a worker process)."""
+    if _WORKER.get("name") != name:
+        _worker_detach()
+        # Spawned workers share the parent's resource tracker, so attaching registers nothing new and the
+        # parent's unlink is the one clean-up (unregistering here would make that unlink fail in the tracker).
+        block = shared_memory.SharedMemory(name=name)
+        _WORKER.update(name=name, block=block)
+    rows = np.ndarray(shape, dtype=np.float32, buffer=_WORKER["block"].buf)[start:stop]
+    try:
+        return _solve_part(rows, scores, budget, settings, torch.device("cpu"))
+    finally:
+        del rows
+
+
+def _worker_detach() -> None:
+    block = _WORKER.pop("block", None)
+    _WORKER.pop("name", None)
+    if block is not None:
+        _close(block)
+
+
+def _close(block: shared_memory.SharedMemory) -> None:
+    try:
+        block.close()
+    except BufferError:  # a view is still alive (an error mid-copy): the mapping goes with that view
+        pass
 
 
 def infomax_hard_cut(scores: np.ndarray, hard_cutoff: float) -> np.ndarray:
