@@ -78,9 +78,11 @@ and ``partitions``, never on where or how many at a time the parts were solved:
 
 Stage times (App. B.2 reports its kernel and solve stages separately): the step recorded by
 `hf_prune.provenance` carries ``stage_times`` next to its ``params`` (measured facts stay out of the
-replayable parameters): ``read_s`` (gathering the parts' embedding rows), ``kernel_s`` (normalising and the
-k-NN search that builds ``K``), ``solve_s`` (the iteration and the top-``p``), summed over the parts,
-``wall_s`` for the whole call, ``workers``, ``world_size``, ``parts`` and, for at most `STAGE_TIMES_PARTS`
+replayable parameters): ``read_s`` (gathering the parts' embedding rows), ``pool_start_s`` (starting the
+``workers``: an interpreter and the imports each, a few seconds), ``kernel_s`` (normalising and the
+k-NN search that builds ``K``), ``solve_s`` (the iteration and the top-``p``), each summed over the parts
+(on parallel workers more than the time they took: compare ``wall_s``, the whole call) with its largest
+part as ``kernel_s_max``/``solve_s_max``, ``workers``, ``world_size``, ``parts`` and, for at most `STAGE_TIMES_PARTS`
 parts, one record per part. The same numbers are logged (logger ``hf_prune.select.infomax``: INFO for the
 totals, DEBUG per part).
 """
@@ -316,9 +318,10 @@ def infomax(
         runner.close()
     stage_times = runner.stage_times(time.perf_counter() - started)
     logger.info(
-        "infomax: %d part(s) on %d worker(s) × %d rank(s): read %.3f s, kernel %.3f s, solve %.3f s (summed), "
-        "wall %.3f s", stage_times["parts"], workers, world, stage_times["read_s"], stage_times["kernel_s"],
-        stage_times["solve_s"], stage_times["wall_s"],
+        "infomax: %d part(s) on %d worker(s) × %d rank(s): read %.3f s, pool start %.3f s, kernel %.3f s, "
+        "solve %.3f s (summed over parts), wall %.3f s", stage_times["parts"], workers, world,
+        stage_times["read_s"], stage_times["pool_start_s"], stage_times["kernel_s"], stage_times["solve_s"],
+        stage_times["wall_s"],
     )
     return _with_stage_times(result, stage_times)
 
@@ -392,6 +395,7 @@ class _PartRunner:
         self.workers, self.rank, self.world = workers, rank, world
         self.records: list[dict[str, Any]] = []
         self.read_s = 0.0
+        self.pool_start_s = 0.0
         self.pool: ProcessPoolExecutor | None = None
         self.group = 0
 
@@ -459,11 +463,15 @@ class _PartRunner:
 
     def _pool(self) -> ProcessPoolExecutor:
         if self.pool is None:
+            started = time.perf_counter()
             threads = max(1, _cores() // self.workers)
             self.pool = ProcessPoolExecutor(
                 max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
                 initializer=_worker_init, initargs=(threads,),
             )
+            # All spawned workers start together; the first answers time their start (interpreter, imports).
+            list(self.pool.map(_worker_ready, range(self.workers)))
+            self.pool_start_s = time.perf_counter() - started
         return self.pool
 
     def close(self) -> None:
@@ -474,6 +482,7 @@ class _PartRunner:
     def stage_times(self, wall_s: float) -> dict[str, Any]:
         out = {
             "read_s": self.read_s,
+            "pool_start_s": self.pool_start_s,
             "kernel_s": float(sum(r["kernel_s"] for r in self.records)),
             "solve_s": float(sum(r["solve_s"] for r in self.records)),
             "wall_s": wall_s,
@@ -502,6 +511,10 @@ def _worker_init(threads: int) -> None:
     _WORKER["limits"] = threadpool_limits(limits=threads)
     if faiss_available():
         import_faiss().omp_set_num_threads(threads)
+
+
+def _worker_ready(_: int) -> int:
+    return os.getpid()
 
 
 def _worker_solve(name, shape, start, stop, scores, budget, settings) -> tuple[np.ndarray, float, float]:

@@ -44,7 +44,7 @@ def test_two_workers_give_the_rows_of_one(data, single):
     pooled = hp.select.infomax(data, **SETTINGS, workers=2, device="cpu")
     assert list(pooled["row_id"]) == list(single["row_id"])
     times = hp.provenance(pooled)[-1]["stage_times"]
-    assert times["workers"] == 2 and times["parts"] == 6
+    assert times["workers"] == 2 and times["parts"] == 6 and times["pool_start_s"] > 0
     # The parts really were solved (not skipped): each has its kernel and solve time.
     assert all(part["kernel_s"] > 0 and part["solve_s"] > 0 for part in times["per_part"])
     # A different seed moves the parts, and with them the rows: the comparison above can fail.
@@ -66,7 +66,7 @@ def test_stage_times_are_recorded_beside_replayable_params(data, single):
     step = hp.provenance(single)[-1]
     times = step["stage_times"]
     assert "stage_times" not in step["params"] and "workers" not in step["params"]
-    assert times["workers"] == 1 and times["world_size"] == 1
+    assert times["workers"] == 1 and times["world_size"] == 1 and times["pool_start_s"] == 0
     parts = times["per_part"]
     assert len(parts) == times["parts"] == 6  # 2 classes × 3 parts
     assert sorted({(part["group"], part["part"]) for part in parts}) == [(g, p) for g in range(2) for p in range(3)]
