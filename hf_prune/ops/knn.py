@@ -1,13 +1,15 @@
-"""k-nearest-neighbour search: faiss (exact or IVF) when available, a chunked torch search otherwise.
+"""k-nearest-neighbour search: faiss (exact, IVF-Flat, IVF-PQ, HNSW; `hf_prune.ops.knn_index`) when
+available, a chunked torch search otherwise, with recall@k measured for approximate indexes.
 
-Memory stays bounded: the torch path scores ``batch_size`` queries at a time (never N×N), and faiss
-holds only the index. Similarities are inner products (``metric="ip"``, or ``"cosine"`` on
+Memory stays bounded: rows are added and queries searched block by block (never N×N), faiss holds
+only the index, and the source may be a memory-mapped `hf_prune.ops.matrix.ColumnMatrix`. Similarities are inner products (``metric="ip"``, or ``"cosine"`` on
 L2-normalised copies); distances are squared Euclidean (``metric="l2"``). `radius_neighbors` finds
 every pair closer than a radius (a CSR graph whose memory is bounded by its number of edges).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -16,6 +18,9 @@ import torch
 from .checks import check_choice, check_positive, check_positive_int
 from .device import resolve_device
 from .faiss_import import faiss_available, import_faiss
+from .knn_index import build_index, gpu_count, resolve_spec
+from .knn_recall import exact_neighbours, knn_recall
+from .row_blocks import as_rows, take_rows
 
 __all__ = ["knn", "normalize_rows", "neighbour_pairs", "radius_neighbors", "RadiusGraphTooLarge"]
 
@@ -49,98 +54,192 @@ def neighbour_pairs(
 
 
 def knn(
-    x: np.ndarray,
+    x,
     k: int,
     *,
     metric: str = "ip",
-    queries: np.ndarray | None = None,
+    queries=None,
     exclude_self: bool = True,
     index: str = "flat",
     nlist: int | None = None,
-    nprobe: int = 16,
+    nprobe: int | None = None,
+    pq_m: int | None = None,
+    hnsw_m: int | None = None,
+    ef_search: int | None = None,
+    train_size: int | None = None,
+    memory_budget: int | None = None,
     backend: str = "auto",
     device: str | torch.device | None = "cpu",
     batch_size: int = 4096,
     seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
+    return_report: bool = False,
+    recall_queries: int = 1000,
+):
     """The ``k`` nearest rows of ``x`` for each query (default: each row of ``x`` itself).
 
     Returns ``(values, indices)``, both ``(Q, k)``, best first: similarities for ``"ip"``/``"cosine"``
     (descending), squared distances for ``"l2"`` (ascending). With ``queries=None`` and
     ``exclude_self=True`` a row is never its own neighbour (duplicates of it still can be).
-    ``index="ivf"`` builds an IVF index (``nlist`` ≈ 4√N lists, ``nprobe`` probed) for large N.
+
+    ``x`` (and ``queries``) is an array or anything with the block API of
+    `hf_prune.ops.matrix.ColumnMatrix` (``shape``, ``blocks()``, ``take()``): rows are added to the
+    index and queries searched ``batch_size`` rows at a time, so beyond the index itself the extra
+    memory is one block (cosine normalises each block, never an N×d normalised copy).
+
+    ``index`` (see `hf_prune.ops.knn_index` for the defaults and the ``"auto"`` rule): ``"flat"`` /
+    ``"exact"`` (exact), ``"ivf"`` (IVF-Flat: ``nlist``, ``nprobe``), ``"ivfpq"`` (IVF-PQ: also
+    ``pq_m``), ``"hnsw"`` (``hnsw_m``, ``ef_search``) or ``"auto"`` (by ``N``, ``d`` and
+    ``memory_budget``). Approximate indexes are trained on ``train_size`` rows drawn with ``seed``.
+    A query for which an approximate index returns fewer than ``k`` rows (its probed lists hold too
+    few) is searched again exactly, so the table is always complete.
+
+    ``backend="auto"``: faiss on the CPU, faiss on the GPU(s) for ``device="cuda"`` when the installed
+    faiss has GPUs (several: a sharded index), else torch for exact search on ``device``; approximate
+    indexes always use faiss (on the CPU when it has no GPU support).
+
+    With ``return_report=True`` a third value is returned, a small dict: ``index`` (the kind used),
+    ``params`` (its parameters), ``recall_at_k`` (1.0 for exact search, by definition, with
+    ``recall_measured=False``; else measured by `hf_prune.ops.knn_recall.knn_recall` on
+    ``recall_queries`` seeded query rows), ``recall_queries``, ``rows``, ``dim``, ``k``,
+    ``build_s`` / ``search_s`` / ``recall_s`` (seconds), ``refilled`` (queries searched again exactly).
 
     Example:
         >>> sims, idx = knn(embeddings, 5, metric="cosine")
+        >>> sims, idx, report = knn(embeddings, 10, metric="cosine", index="auto", return_report=True)
+        >>> report["index"], report["recall_at_k"]
+        ('flat', 1.0)
     """
-    if metric not in ("ip", "cosine", "l2"):
-        raise ValueError(f"`metric` must be 'ip', 'cosine' or 'l2', got {metric!r}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    check_choice("metric", metric, ("ip", "cosine", "l2"))
+    rows = as_rows(x)
     self_search = queries is None
-    q = x if self_search else np.ascontiguousarray(queries, dtype=np.float32)
+    q_rows = rows if self_search else as_rows(queries, "queries")
+    n, d = rows.shape
+    if q_rows.shape[1] != d:
+        raise ValueError(f"`queries` have dimension {q_rows.shape[1]}, the rows {d}")
     drop_self = self_search and exclude_self
-    available = len(x) - (1 if drop_self else 0)
-    if not isinstance(k, (int, np.integer)) or k < 1:
+    available = n - (1 if drop_self else 0)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"`k` must be a positive integer, got {k!r}")
     if k > available:
-        raise ValueError(f"`k`={k} must be smaller than the number of rows ({len(x)})")
-    if metric == "cosine":
-        x = normalize_rows(x)
-        q = x if self_search else normalize_rows(q)
+        raise ValueError(f"`k`={k} must be smaller than the number of rows ({n})")
+    batch_size = check_positive_int("batch_size", batch_size)
     search_k = k + 1 if drop_self else k
+    spec = resolve_spec(index, n, d, search_k, nlist=nlist, nprobe=nprobe, pq_m=pq_m, hnsw_m=hnsw_m,
+                        ef_search=ef_search, train_size=train_size, memory_budget=memory_budget)
+    dev = resolve_device(device)
+    check_choice("backend", backend, ("auto", "faiss", "torch"))
     if backend == "auto":
-        backend = "faiss" if faiss_available() and resolve_device(device).type == "cpu" else "torch"
+        if spec.kind != "flat" or not faiss_available():
+            backend = "faiss" if spec.kind != "flat" else "torch"
+        else:
+            backend = "faiss" if dev.type == "cpu" or gpu_count() > 0 else "torch"
+    if backend == "torch" and spec.kind != "flat":
+        raise ValueError(f"index={spec.kind!r} needs faiss; backend='torch' searches exactly (index='flat')")
+    started = time.perf_counter()
     if backend == "faiss":
-        values, indices = _faiss_search(x, q, search_k, metric, index, nlist, nprobe, seed)
-    elif backend == "torch":
-        values, indices = _torch_search(x, q, search_k, metric, resolve_device(device), batch_size)
+        gpu = dev.type == "cuda" and gpu_count() > 0
+        built, keepalive = build_index(rows, spec, metric, seed=seed, gpu=gpu, batch_rows=batch_size)
+
+        def search(block):
+            if spec.rerank is None:
+                return built.search(block, search_k)
+            _, candidates = built.search(block, spec.rerank * search_k)
+            return _rerank(rows, block, candidates, search_k, metric)
     else:
-        raise ValueError(f"`backend` must be 'auto', 'faiss' or 'torch', got {backend!r}")
-    if drop_self:
-        values, indices = _drop_self(values, indices, k)
+        search, keepalive = _torch_searcher(rows, metric, search_k, dev), None
+    build_s = time.perf_counter() - started
+    started = time.perf_counter()
+    values = np.empty((q_rows.shape[0], k), dtype=np.float32)
+    indices = np.empty((q_rows.shape[0], k), dtype=np.int64)
+    short = []
+    for start, block in q_rows.blocks(batch_size):
+        block = normalize_rows(block) if metric == "cosine" else block
+        v, i = search(np.ascontiguousarray(block, dtype=np.float32))
+        v, i = np.asarray(v, dtype=np.float32), np.asarray(i, dtype=np.int64)
+        if drop_self:
+            v, i = _drop_self(v, i, k, offset=start)
+        stop = start + len(block)
+        values[start:stop], indices[start:stop] = v, i
+        missing = np.flatnonzero((i < 0).any(axis=1))
+        if len(missing):
+            short.append(missing + start)
+    del keepalive
+    refilled = np.concatenate(short) if short else np.zeros(0, dtype=np.int64)
+    if len(refilled):
+        # An approximate index can find fewer than k rows in its probed lists: search those exactly.
+        ev, ei = exact_neighbours(rows, take_rows(q_rows, refilled), k, metric=metric,
+                                  self_rows=refilled if drop_self else None)
+        values[refilled], indices[refilled] = ev, ei
+    search_s = time.perf_counter() - started
+    if not return_report:
+        return values, indices
+    report = {"index": spec.kind, "params": spec.params(), "rows": n, "dim": d, "k": k, "metric": metric,
+              "backend": backend, "build_s": build_s, "search_s": search_s, "refilled": int(len(refilled))}
+    if spec.kind == "flat":
+        report.update(recall_at_k=1.0, recall_measured=False, recall_queries=0, recall_s=0.0)
+    else:
+        started = time.perf_counter()
+        measured = knn_recall(rows, k, indices, metric=metric, queries=recall_queries, seed=seed,
+                              query_data=None if self_search else q_rows, exclude_self=drop_self)
+        report.update(recall_at_k=measured["recall_at_k"], recall_measured=True,
+                      recall_queries=measured["queries"], recall_s=time.perf_counter() - started)
+    return values, indices, report
+
+
+def _rerank(rows, queries, candidates, k, metric):
+    """The best ``k`` of each query's ``candidates``, by exact values from the source rows (IVF-PQ)."""
+    width = candidates.shape[1]
+    values = np.full((len(queries), k), np.inf if metric == "l2" else -np.inf, dtype=np.float32)
+    indices = np.full((len(queries), k), -1, dtype=np.int64)
+    step = max(1, _CHUNK_ELEMENTS // max(1, width * queries.shape[1]))  # bounded gather
+    for lo in range(0, len(queries), step):
+        cand = candidates[lo : lo + step]
+        q = queries[lo : lo + step]
+        gathered = take_rows(rows, np.maximum(cand, 0).ravel())
+        if metric == "cosine":
+            gathered = normalize_rows(gathered)
+        gathered = gathered.reshape(len(q), width, -1)
+        if metric == "l2":
+            diff = gathered - q[:, None]
+            key = np.einsum("ikd,ikd->ik", diff, diff)
+        else:
+            key = -np.einsum("ikd,id->ik", gathered, q)
+        key = np.where(cand < 0, np.inf, key)
+        # Best first, equal values to the lower row position, like a flat index.
+        order = np.lexsort((cand, key), axis=1)[:, :k]
+        best = np.take_along_axis(key, order, 1)
+        found = np.take_along_axis(cand, order, 1)
+        found[~np.isfinite(best)] = -1
+        values[lo : lo + step] = best if metric == "l2" else -best
+        indices[lo : lo + step] = found
     return values, indices
 
 
-def _faiss_search(x, q, k, metric, index, nlist, nprobe, seed):
-    faiss = import_faiss()
-    d = x.shape[1]
-    faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
-    if index == "flat":
-        idx = faiss.IndexFlatL2(d) if metric == "l2" else faiss.IndexFlatIP(d)
-    elif index == "ivf":
-        nlist = nlist or max(1, int(4 * np.sqrt(len(x))))
-        quantizer = faiss.IndexFlatL2(d) if metric == "l2" else faiss.IndexFlatIP(d)
-        idx = faiss.IndexIVFFlat(quantizer, d, nlist, faiss_metric)
-        idx.cp.seed = seed
-        idx.train(x)
-        idx.nprobe = nprobe
-    else:
-        raise ValueError(f"`index` must be 'flat' or 'ivf', got {index!r}")
-    idx.add(x)
-    values, indices = idx.search(q, k)
-    return values.astype(np.float32), indices.astype(np.int64)
-
-
-def _torch_search(x, q, k, metric, device, batch_size):
-    xt = torch.from_numpy(x).to(device)
+def _torch_searcher(rows, metric, k, device):
+    """Exact search on ``device`` against every row (normalised per block for cosine)."""
+    n, d = rows.shape
+    xt = torch.empty((n, d), dtype=torch.float32, device=device)
+    for start, block in rows.blocks():
+        block = normalize_rows(block) if metric == "cosine" else block
+        xt[start : start + len(block)] = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
     x_sq = (xt * xt).sum(1) if metric == "l2" else None
-    out_v, out_i = [], []
-    for start in range(0, len(q), batch_size):
-        qt = torch.from_numpy(q[start : start + batch_size]).to(device)
+
+    def search(block):
+        qt = torch.from_numpy(block).to(device)
         sims = qt @ xt.T
         if metric == "l2":
             dist = (qt * qt).sum(1, keepdim=True) - 2 * sims + x_sq
             v, i = torch.topk(dist, k, dim=1, largest=False)
         else:
             v, i = torch.topk(sims, k, dim=1, largest=True)
-        out_v.append(v.cpu().numpy())
-        out_i.append(i.cpu().numpy())
-    return np.concatenate(out_v).astype(np.float32), np.concatenate(out_i).astype(np.int64)
+        return v.cpu().numpy(), i.cpu().numpy()
+
+    return search
 
 
-def _drop_self(values, indices, k):
-    """Remove each row's own index from its k+1 results (the last one when it is absent)."""
-    rows = np.arange(len(indices))[:, None]
+def _drop_self(values, indices, k, offset=0):
+    """Remove each row's own index (``offset`` + its position) from its k+1 results (the last one when absent)."""
+    rows = offset + np.arange(len(indices))[:, None]
     is_self = indices == rows
     # Rows without a self-match drop their last (worst) neighbour instead.
     no_self = ~is_self.any(1)
