@@ -1,0 +1,743 @@
+"""Scale: the embedding selectors on a memory-mapped N×d column, each run alone in a fresh process.
+
+What is measured, per (selector, N, kept fraction):
+
+* wall time of the public call (``hp.select.<name>(ds, size=kept, embedding_column="emb", ...)``) on a
+  Dataset opened with ``datasets.load_from_disk`` (memory-mapped Arrow, never loaded into RAM first);
+* peak memory split the way Linux accounts it (``/proc/self/status``, sampled every 10 ms by a thread
+  while the call runs, plus ``VmHWM`` at the end): ``RssAnon`` is heap (copies the selector makes),
+  ``RssFile`` the file-backed pages of the mapped column. The report gives the heap peak above the
+  process's level just before the call, and that peak over the column's size (1.0 = one full copy);
+* a ratio to the run's floor, measured in the same run and the same way: one streamed pass over the
+  column (read + one matvec per block) for the greedy selectors (milliseconds per pick over one pass)
+  and the streaming ones (time over one pass); one k-NN graph of all N rows (faiss exact, or IVF for an
+  approximate ``knn_index``) for the k-NN selectors; one k-means (``hf_prune.ops.kmeans``, faiss,
+  √N clusters) for the clustering ones;
+* recall@k of the IVF floor against exact search (1,000 sampled queries) and, where a selector reports
+  one in its provenance step, the selector's own recall.
+
+Each run has a time limit (``--run-timeout``); a run that passes it is killed with its process group and
+recorded as "did not finish in X s". A run that raises is recorded with its error (and the benchmark
+exits non-zero), never dropped. Nothing is extrapolated: the greedy selectors (Gram–Schmidt, k-center,
+herding, GM matching) get a kept size that fits (``--greedy-row-picks``: at most that many N×picks,
+1,000 picks at 100k, 100 at 1M), and the report says so beside the run.
+
+k-NN selectors run once per ``knn_index`` value the selector accepts, read at run time from its
+signature and its own validation error (so a new index type appears here when the selector takes it).
+
+Data (seeded, written once per (N, d, dtype, seed) under ``--workdir`` in 65,536-row chunks, never whole
+in RAM): ``emb`` 100 classes × 10 sub-clusters with a random per-row scale, ``label`` (100 classes),
+``score`` uniform in [0, 1). ``--dtype float16`` stores the column in half precision. Selections are over
+the whole set unless ``--per-class`` (then ``label_column="label"``).
+
+``--load`` repeats the selector runs with a competing CPU job (a separate process multiplying matrices
+on BLAS with as many threads as there are cores) and reports each run's slowdown.
+
+Default (about 1.5 hours on 2 cores):
+    python recipes/benchmarks/scale.py
+Small check (a few minutes):
+    python recipes/benchmarks/scale.py --sizes 20000 --output-dir runs/scale_20k
+A subset, with the competing job:
+    python recipes/benchmarks/scale.py --sizes 100000 --selectors herding,d2_pruning --fractions 0.01 --load
+On a GPU machine (N = 1M and 10M × 768, ``device="cuda"``; fails clearly without a GPU). The InfoMax
+paper selects 1M ImageNet rows in 16.1 min on 8 V100s (1.7 min of solve): the line to beat.
+    python recipes/benchmarks/scale.py --gpu --output-dir runs/scale_gpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make `recipes` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from recipes.benchmarks.results_store import load_results, run_slug, save_results  # noqa: E402
+from recipes.benchmarks.selectors_speed import fmt_ratio, fmt_seconds, versions  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+CHUNK_ROWS = 1 << 16
+CLASSES, SUBCLUSTERS = 100, 10
+KNN_K = 10  # k of the k-NN floors (D²-Pruning's default)
+RECALL_QUERIES = 1000
+GPU_SIZES, GPU_DIM = [1_000_000, 10_000_000], 768
+INFOMAX_PAPER = "InfoMax paper: 1M ImageNet rows in 16.1 min on 8 V100s (1.7 min solve)"
+LOAD_SCRIPT = (
+    "import numpy as np\n"
+    "a = np.random.default_rng(0).standard_normal((1024, 1024))\n"
+    "while True:\n"
+    "    a = a @ a\n"
+    "    a /= np.abs(a).max()\n"
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Cases
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmarked selector: its floor kind and the extra keyword arguments of its call."""
+
+    selector: str
+    kind: str  # "pass" | "greedy" | "knn" | "kmeans": which floor its ratio is taken to
+    kwargs: Callable[[dict], dict] = field(default=lambda ctx: {})
+    knn: bool = False  # run once per accepted `knn_index`
+    note: str = ""
+
+
+def _infomax_kwargs(ctx: dict) -> dict:
+    kw = {"score_column": "score", "k": 5, "partitions": max(1, ctx["n"] // 10_000)}
+    if "workers" in ctx["parameters"]:
+        kw["workers"] = ctx["workers"]
+    return kw
+
+
+CASES = {
+    c.selector: c
+    for c in [
+        Case("random", "pass"),
+        Case("top_k", "pass", lambda ctx: {"score_column": "score"}, note="score rank"),
+        Case("norm_sampling", "pass", lambda ctx: {"p": 2}),
+        Case("moderate", "pass", note="distance to the centre"),
+        Case("hard", "pass", note="SSP-style: farthest from the centre (no k-means prototypes)"),
+        Case("easy", "pass"),
+        Case("gram_schmidt", "greedy"),
+        Case("k_center_greedy", "greedy"),
+        Case("herding", "greedy"),
+        Case("gm_matching", "greedy"),
+        Case("log_determinant", "greedy"),
+        Case("disparity_min", "greedy"),
+        Case("disparity_sum", "greedy"),
+        Case("d2_pruning", "knn", lambda ctx: {"score_column": "score", "k": KNN_K}, knn=True),
+        Case("infomax", "knn", _infomax_kwargs, knn=True, note="partitions = N / 10,000"),
+        Case("facility_location", "knn", knn=True),
+        Case("graph_cut", "knn", knn=True),
+        Case("probcover", "knn", lambda ctx: {"delta": ctx["delta"]}, note="δ from a 20k-row sample"),
+        Case("typiclust", "kmeans"),
+        Case("semdedup", "kmeans"),
+        Case("cluster_top_k", "kmeans", lambda ctx: {"score_column": "score"}),
+    ]
+}
+DEFAULT_SELECTORS = [
+    "random", "top_k", "norm_sampling", "moderate", "hard", "gram_schmidt", "k_center_greedy", "herding",
+    "gm_matching", "d2_pruning", "infomax", "probcover", "typiclust", "semdedup",
+]
+FLOORS = ["pass", "knn_flat", "knn_ivf", "kmeans"]
+EXACT_INDEXES = ("flat", "exact")
+
+
+def knn_choices(selector: str) -> list[str]:
+    """The ``knn_index`` values ``selector`` accepts, read from its default and its validation error.
+
+    The selector is called on a 16-row Dataset with an invalid ``knn_index``; the quoted names in the
+    `ValueError` it raises are the choices (its default first). A selector without ``knn_index`` gives ``[]``.
+
+    Example:
+        >>> knn_choices("d2_pruning")
+        ['flat', 'ivf']
+    """
+    from datasets import Dataset
+
+    import hf_prune as hp
+
+    fn = getattr(hp.select, selector)
+    params = inspect.signature(fn).parameters
+    if "knn_index" not in params:
+        return []
+    default = params["knn_index"].default
+    rng = np.random.default_rng(0)
+    tiny = Dataset.from_dict({"emb": rng.standard_normal((16, 4)).astype(np.float32).tolist(),
+                              "score": rng.random(16).tolist()})
+    probe = "no-such-index"
+    extra = CASES[selector].kwargs({"n": 16, "parameters": params, "workers": 1, "delta": 0.5})
+    extra.pop("k", None)
+    try:
+        fn(tiny, size=2, embedding_column="emb", knn_index=probe, k=2, **extra)
+    except ValueError as error:
+        message = str(error)
+        if "knn_index" in message:
+            names = [n for n in re.findall(r"'([^']+)'", message) if n != probe]
+            return [default] + [n for n in dict.fromkeys(names) if n != default]
+    return [default]
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+def data_path(workdir: Path, n: int, dim: int, dtype: str, seed: int) -> Path:
+    return Path(workdir) / f"N{n}_d{dim}_{dtype}_seed{seed}"
+
+
+def ensure_data(workdir: Path, n: int, dim: int, dtype: str, seed: int, log=print) -> Path:
+    """The seeded dataset at ``data_path(...)``, written there once in chunks (never whole in RAM).
+
+    Example:
+        >>> path = ensure_data(Path("runs/scale/data"), 20_000, 384, "float32", 0)
+    """
+    import pyarrow as pa
+    from datasets import Dataset, Features, Sequence, Value
+    from datasets.arrow_writer import ArrowWriter
+
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"--dtype must be 'float32' or 'float16', got {dtype!r}")
+    final = data_path(workdir, n, dim, dtype, seed)
+    if (final / "state.json").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    centre_rng = np.random.default_rng([seed, 0])
+    centres = centre_rng.standard_normal((CLASSES, dim)).astype(np.float32)
+    subs = 0.7 * centre_rng.standard_normal((CLASSES, SUBCLUSTERS, dim)).astype(np.float32)
+    features = Features({"emb": Sequence(Value(dtype), length=dim), "label": Value("int64"),
+                         "score": Value("float32")})
+    with tempfile.TemporaryDirectory(dir=final.parent) as tmp:
+        raw = Path(tmp) / "raw.arrow"
+        with ArrowWriter(features=features, path=str(raw)) as writer:
+            for chunk, start in enumerate(range(0, n, CHUNK_ROWS)):
+                rows = min(CHUNK_ROWS, n - start)
+                rng = np.random.default_rng([seed, 1, chunk])
+                label = rng.integers(0, CLASSES, rows)
+                sub = rng.integers(0, SUBCLUSTERS, rows)
+                emb = centres[label] + subs[label, sub] + 0.6 * rng.standard_normal((rows, dim), dtype=np.float32)
+                emb *= rng.lognormal(0.0, 0.25, (rows, 1)).astype(np.float32)
+                values = pa.array(emb.astype(dtype).reshape(-1))
+                table = pa.table({"emb": pa.FixedSizeListArray.from_arrays(values, dim),
+                                  "label": pa.array(label.astype(np.int64)),
+                                  "score": pa.array(rng.random(rows, dtype=np.float32))})
+                writer.write_table(table.cast(features.arrow_schema))
+            writer.finalize()
+        staged = Path(tmp) / "dataset"
+        Dataset.from_file(str(raw)).save_to_disk(str(staged), num_shards=1)
+        staged.rename(final)
+    log(f"data: wrote {n:,}×{dim} {dtype} to {final} in {time.perf_counter() - started:.1f}s")
+    return final
+
+
+# ----------------------------------------------------------------------------------------------
+# The measured process
+
+
+def proc_status() -> dict[str, int]:
+    """``VmRSS``, ``VmHWM``, ``RssAnon``, ``RssFile`` of this process in bytes (``/proc/self/status``).
+
+    Example:
+        >>> proc_status()["RssAnon"] > 0
+        True
+    """
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+                out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+class PeakSampler:
+    """A thread sampling `proc_status` every ``interval`` seconds; ``peak`` holds the largest of each."""
+
+    def __init__(self, interval: float = 0.01):
+        self.interval, self.peak = interval, proc_status()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            self._update()
+
+    def _update(self):
+        for key, value in proc_status().items():
+            self.peak[key] = max(self.peak[key], value)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._update()
+
+
+def find_recall(step: Any) -> Any:
+    """The first value under a key containing ``recall`` anywhere in a provenance step (or ``None``).
+
+    Example:
+        >>> find_recall({"params": {}, "knn": {"recall_at_k": 0.93}})
+        0.93
+    """
+    if isinstance(step, dict):
+        for key, value in step.items():
+            if "recall" in str(key).lower() and isinstance(value, (int, float)):
+                return float(value)
+        for value in step.values():
+            found = find_recall(value)
+            if found is not None:
+                return found
+    elif isinstance(step, list):
+        for value in step:
+            found = find_recall(value)
+            if found is not None:
+                return found
+    return None
+
+
+def sample_delta(ds, rows: int = 20_000, target_degree: int = 20) -> float:
+    """ProbCover's δ from the first ``rows`` rows: a radius whose balls hold about ``target_degree`` rows."""
+    from hf_prune.ops.matrix import open_matrix
+    from recipes.benchmarks.selectors_speed import probcover_delta
+
+    m = open_matrix(ds.select(range(min(rows, len(ds)))), "emb")
+    return probcover_delta(m.to_numpy(), target_degree=target_degree)
+
+
+def _floor(name: str, ds, device: str) -> tuple[Callable[[], Any], dict]:
+    """The timed function of one floor and the facts it fills in (recall, read time)."""
+    import faiss
+
+    from hf_prune.ops.kmeans import kmeans
+    from hf_prune.ops.matrix import open_matrix
+
+    facts: dict[str, Any] = {}
+    m = open_matrix(ds, "emb")
+    n, d = m.shape
+    if name == "pass":
+        v = np.random.default_rng(0).standard_normal(d).astype(np.float32)
+        out = np.empty(n, dtype=np.float32)
+
+        def one_pass():
+            for start, block in m.blocks():
+                out[start : start + len(block)] = block @ v
+            return out
+
+        started = time.perf_counter()
+        one_pass()  # the first pass pulls the pages in; the greedy selectors' passes find them cached
+        facts["cold_pass_s"] = time.perf_counter() - started
+        return one_pass, facts
+    started = time.perf_counter()
+    x = m.to_numpy()
+    facts["read_s"] = time.perf_counter() - started
+    if name == "kmeans":
+        clusters = max(2, int(np.sqrt(n)))
+        facts.update(clusters=clusters, iterations=25)
+        return lambda: kmeans(x, clusters, iterations=25, seed=0, backend="faiss"), facts
+    k = min(KNN_K, n - 1)
+
+    def flat():
+        index = faiss.IndexFlatL2(d)
+        index.add(x)
+        return index.search(x, k + 1)
+
+    def ivf():
+        nlist = max(1, int(4 * np.sqrt(n)))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist, faiss.METRIC_L2)
+        index.cp.seed = 0
+        index.train(x)
+        index.nprobe = 16
+        index.add(x)
+        facts.update(nlist=nlist, nprobe=16)
+        return index, index.search(x, k + 1)
+
+    if name == "knn_flat":
+        return flat, facts
+
+    def ivf_with_recall():
+        index, found = ivf()
+        queries = np.random.default_rng(0).choice(n, size=min(RECALL_QUERIES, n), replace=False)
+        exact = faiss.IndexFlatL2(d)
+        exact.add(x)
+        _, truth = exact.search(x[queries], k + 1)
+        hits = [len(set(found[1][q]) & set(t)) for q, t in zip(queries, truth)]
+        facts[f"recall_at_{k}"] = float(np.sum(hits) / truth.size)
+        return found
+
+    if name == "knn_ivf":
+        return ivf_with_recall, facts
+    raise ValueError(f"unknown floor {name!r}; choose from {FLOORS}")
+
+
+def measure(spec: dict) -> dict:
+    """Run one spec (a selector call or a floor) in this process and return its measurements.
+
+    Example:
+        >>> measure({"kind": "floor", "name": "pass", "path": "runs/scale/data/N2000_d16_float32_seed0"})["wall_s"]
+        0.0012
+    """
+    import warnings
+
+    from datasets import disable_progress_bars, load_from_disk
+
+    import hf_prune as hp
+
+    disable_progress_bars()
+    ds = load_from_disk(spec["path"])
+    result: dict[str, Any] = {"rows": len(ds)}
+    device = spec.get("device", "cpu")
+    if spec["kind"] == "floor":
+        fn, facts = _floor(spec["name"], ds, device)
+    else:
+        selector = getattr(hp.select, spec["name"], None)
+        if selector is None:
+            raise ValueError(f"--selectors: {spec['name']!r} is not a selector of hp.select")
+        parameters = inspect.signature(selector).parameters
+        kwargs = dict(spec.get("kwargs", {}))
+        if "embedding_column" in parameters:
+            kwargs["embedding_column"] = "emb"
+        if spec.get("knn_index") is not None:
+            kwargs["knn_index"] = spec["knn_index"]
+        if spec.get("per_class"):
+            kwargs["label_column"] = "label"
+        if "device" in parameters:
+            kwargs["device"] = device
+        if spec["name"] == "probcover":
+            kwargs["delta"] = sample_delta(ds)
+        kwargs = {**CASES[spec["name"]].kwargs({"n": len(ds), "parameters": parameters,
+                                                  "workers": spec.get("workers", 1),
+                                                  "delta": kwargs.get("delta")}), **kwargs}
+        result["kwargs"] = {k: v for k, v in kwargs.items() if k != "device"}
+        with warnings.catch_warnings():  # warm-up: imports, faiss and BLAS initialisation
+            warnings.simplefilter("ignore")
+            tiny = ds.select(range(min(len(ds), 300)))
+            selector(tiny, size=min(10, spec["kept"]), **{**kwargs, **({"partitions": 1} if "partitions" in kwargs else {})})
+        facts = {}
+
+        def fn():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return selector(ds, size=spec["kept"], **kwargs)
+
+    before = proc_status()
+    with PeakSampler() as sampler:
+        started = time.perf_counter()
+        out = fn()
+        wall = time.perf_counter() - started
+    import resource
+
+    result.update(facts)
+    result.update(
+        wall_s=wall,
+        rss_before=before,
+        peak=sampler.peak,
+        peak_heap_bytes=sampler.peak["RssAnon"] - before["RssAnon"],
+        peak_file_bytes=sampler.peak["RssFile"],
+        vm_hwm_bytes=proc_status()["VmHWM"],
+        children_max_rss_bytes=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
+    )
+    if spec["kind"] == "selector":
+        step = hp.provenance(out, warn=False)[-1]
+        result["kept_rows"] = len(out)
+        result["recall"] = find_recall(step)
+        if "stage_times" in step:
+            result["stage_times"] = step["stage_times"]
+    return result
+
+
+def child_main(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    result = measure(spec)
+    Path(spec["result_path"]).write_text(json.dumps(result))
+
+
+def run_child(spec: dict, timeout: float, env: dict | None = None) -> dict:
+    """``measure(spec)`` in a fresh Python process with a time limit: its result with ``status``.
+
+    ``status`` is ``"ok"``, ``"did not finish in X s"`` (the process group is killed at the limit) or
+    ``"error: ..."`` with the last line the process wrote to stderr.
+
+    Example:
+        >>> run_child({"kind": "floor", "name": "pass", "path": str(path)}, timeout=60)["status"]
+        'ok'
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = {**spec, "result_path": str(Path(tmp) / "result.json")}
+        spec_path = Path(tmp) / "spec.json"
+        spec_path.write_text(json.dumps(spec))
+        command = [sys.executable, "-m", "recipes.benchmarks.scale", "--child", str(spec_path)]
+        child_env = {**os.environ, **(env or {})}
+        child_env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [child_env.get("PYTHONPATH")] if p])
+        started = time.perf_counter()
+        proc = subprocess.Popen(command, cwd=REPO, env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        try:
+            _, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the whole group: InfoMax's worker pool too
+            proc.communicate()
+            return {"status": f"did not finish in {timeout:g} s", "timeout_s": timeout,
+                    "process_s": time.perf_counter() - started}
+        result_path = Path(spec["result_path"])
+        if proc.returncode != 0 or not result_path.exists():
+            lines = [line for line in (stderr or "").strip().splitlines() if line.strip()]
+            return {"status": f"error: {lines[-1] if lines else f'exit code {proc.returncode}'}",
+                    "returncode": proc.returncode, "stderr_tail": "\n".join(lines[-20:])}
+        result = json.loads(result_path.read_text())
+        result.update(status="ok", timeout_s=timeout, process_s=time.perf_counter() - started)
+        return result
+
+
+class CompetingLoad:
+    """A separate process busy on BLAS matrix products while the ``with`` block runs."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+
+    def __enter__(self):
+        env = {**os.environ, **{v: str(self.threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                                  "MKL_NUM_THREADS")}}
+        self.proc = subprocess.Popen([sys.executable, "-c", LOAD_SCRIPT], env=env, start_new_session=True)
+        time.sleep(1.0)  # let it reach its loop
+        return self
+
+    def __exit__(self, *exc):
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+# ----------------------------------------------------------------------------------------------
+# Planning, running, reporting
+
+
+def greedy_kept(n: int, kept: int, row_picks: int) -> int:
+    """The kept size a greedy selector runs at: ``kept`` capped at ``row_picks / n`` (at least 10).
+
+    Example:
+        >>> greedy_kept(1_000_000, 100_000, 100_000_000)
+        100
+    """
+    return min(kept, max(10, row_picks // n))
+
+
+def plan(args, choices: dict[str, list[str]]) -> list[dict]:
+    """Every (selector, variant, N, fraction) run of this invocation, unloaded first."""
+    runs = []
+    for n in args.sizes:
+        for name in args.selectors:
+            case = CASES[name]
+            for index in (choices.get(name) or [None]) if case.knn else [None]:
+                for fraction in args.fractions:
+                    budget = max(1, int(round(fraction * n)))
+                    kept = greedy_kept(n, budget, args.greedy_row_picks) if case.kind == "greedy" else budget
+                    variant = name if index is None else f"{name}[{index}]"
+                    runs.append({"key": f"{run_slug(variant)}/N={n}/f={fraction:g}", "selector": name,
+                                 "variant": variant, "knn_index": index, "n": n, "fraction": fraction,
+                                 "budget": budget, "kept": kept, "kind": case.kind})
+    return runs
+
+
+def floor_for(run: dict) -> str:
+    if run["kind"] == "knn":
+        return "knn_flat" if run["knn_index"] in (None, *EXACT_INDEXES) else "knn_ivf"
+    return {"kmeans": "kmeans"}.get(run["kind"], "pass")
+
+
+def floor_ratio(run: dict, entry: dict, floors: dict) -> float | None:
+    """The run's time over its floor's (greedy: milliseconds per pick over one pass)."""
+    floor = floors.get(f"floor/{floor_for(run)}/N={run['n']}")
+    if entry.get("status") != "ok" or not floor or floor.get("status") != "ok":
+        return None
+    wall = entry["wall_s"] / entry["kept_rows"] if run["kind"] == "greedy" else entry["wall_s"]
+    return wall / floor["wall_s"]
+
+
+def column_bytes(n: int, dim: int, dtype: str) -> int:
+    return n * dim * np.dtype(dtype).itemsize
+
+
+def mib(x) -> str:
+    return "n/a" if x is None else f"{x / 2**20:,.1f}"
+
+
+def report(results: dict, args) -> str:
+    """The Markdown report: floors and a table per N, then the slowdown under a competing job."""
+    runs, lines = results["runs"], []
+    s = results["settings"]
+    lines.append(f"Scale benchmark: d={s['dim']}, {s['dtype']}, seed {s['seed']}, device {s['device']}, "
+                 f"{'per class' if s['per_class'] else 'whole set'}; BLAS threads {s['threads'] or 'inherited'}.")
+    for n in args.sizes:
+        col = column_bytes(n, s["dim"], s["dtype"])
+        lines += ["", f"### N = {n:,} (column {col / 2**20:,.1f} MiB)", "",
+                  "| floor | wall s | peak heap MiB | heap/column | recall | status |", "|---|---:|---:|---:|---:|---|"]
+        for f in FLOORS:
+            e = runs.get(f"floor/{f}/N={n}")
+            if e is None:
+                continue
+            recall = next((v for k, v in e.items() if k.startswith("recall_at_")), None)
+            if e["status"] == "ok":
+                lines.append(f"| {f} | {fmt_seconds(e['wall_s'])} | {mib(e['peak_heap_bytes'])} | "
+                             f"{e['peak_heap_bytes'] / col:.2f} | {'' if recall is None else f'{recall:.3f}'} | ok |")
+            else:
+                lines.append(f"| {f} | — | — | — | | {e['status']} |")
+        lines += ["", "| selector | kept | wall s | peak heap MiB | heap/column | floor ratio | recall | status |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|"]
+        for run in plan(args, results.get("knn_choices", {})):
+            if run["n"] != n or run["key"] not in runs:
+                continue
+            e = runs[run["key"]]
+            kept = f"{run['kept']:,}"
+            if run["kept"] < run["budget"]:
+                kept += f" (capped; {run['fraction']:.0%} = {run['budget']:,} does not fit)"
+            else:
+                kept += f" ({run['fraction']:.0%})"
+            ratio = floor_ratio(run, e, runs)
+            ratio_text = "n/a" if ratio is None else fmt_ratio(ratio) + (" passes/pick" if run["kind"] == "greedy" else "")
+            if e["status"] == "ok":
+                recall = "" if e.get("recall") is None else f"{e['recall']:.3f}"
+                lines.append(f"| {run['variant']} | {kept} | {fmt_seconds(e['wall_s'])} | {mib(e['peak_heap_bytes'])} | "
+                             f"{e['peak_heap_bytes'] / col:.2f} | {ratio_text} | {recall} | ok |")
+            else:
+                lines.append(f"| {run['variant']} | {kept} | — | — | — | n/a | | {e['status']} |")
+    loaded = [(r, runs[r["key"]], runs[r["key"] + "/load"]) for r in plan(args, results.get("knn_choices", {}))
+              if r["key"] in runs and r["key"] + "/load" in runs]
+    if loaded:
+        lines += ["", f"### With a competing CPU job ({results.get('load_threads')} BLAS threads)", "",
+                  "| selector | N | kept | alone s | loaded s | slowdown | status |", "|---|---:|---:|---:|---:|---:|---|"]
+        for run, alone, busy in loaded:
+            both = alone["status"] == busy["status"] == "ok"
+            slow = fmt_ratio(busy["wall_s"] / alone["wall_s"]) + "×" if both else "n/a"
+            lines.append(f"| {run['variant']} | {run['n']:,} | {run['kept']:,} | "
+                         f"{fmt_seconds(alone['wall_s']) if alone['status'] == 'ok' else '—'} | "
+                         f"{fmt_seconds(busy['wall_s']) if busy['status'] == 'ok' else '—'} | {slow} | "
+                         f"{busy['status']} |")
+    if s["device"] != "cpu":
+        lines += ["", f"Line to beat — {INFOMAX_PAPER}."]
+    return "\n".join(lines)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default=None, help="comma-separated N (default 100000,1000000; --gpu: 1M,10M)")
+    p.add_argument("--dim", type=int, default=None, help="embedding width d (default 384; --gpu: 768)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="storage type of the column")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--selectors", default=None,
+                   help=f"comma-separated subset of {sorted(CASES)} (default: {','.join(DEFAULT_SELECTORS)})")
+    p.add_argument("--fractions", default="0.01,0.1", help="comma-separated kept fractions (default 0.01,0.1)")
+    p.add_argument("--greedy-row-picks", type=int, default=100_000_000,
+                   help="greedy selectors keep at most this / N rows (default 1e8: 1,000 at 100k, 100 at 1M)")
+    p.add_argument("--run-timeout", type=float, default=150.0, help="seconds per run before it is recorded as "
+                   "'did not finish' (default 150: the default plan stays within about 1.5 h on 2 cores)")
+    p.add_argument("--per-class", action="store_true", help="select per class (label_column='label')")
+    p.add_argument("--threads", type=int, default=None, help="BLAS / OpenMP threads of each run (default: inherited)")
+    p.add_argument("--infomax-workers", type=int, default=None, help="InfoMax `workers=` (default: all cores)")
+    p.add_argument("--load", action="store_true", help="also run every selector with a competing CPU job")
+    p.add_argument("--gpu", action="store_true", help="N = 1M, 10M × 768 with device='cuda' (needs a GPU)")
+    p.add_argument("--workdir", default="runs/scale/data", help="cache of the generated datasets")
+    p.add_argument("--output-dir", default="runs/scale", help="results.json and report.md go here")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def _csv(value: str, cast) -> list:
+    return [cast(v) for v in value.split(",") if v.strip()]
+
+
+def main(argv=None) -> dict:
+    """Run (or resume) the plan; returns the results dict (``runs``, ``settings``, ``report``).
+
+    Example:
+        >>> main(["--sizes", "2000", "--dim", "16", "--selectors", "random", "--output-dir", "runs/x"])["report"]
+    """
+    args = make_parser().parse_args(argv)
+    if args.child:
+        child_main(args.child)
+        return {}
+    device = "cpu"
+    if args.gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--gpu: no CUDA device is visible (torch.cuda.is_available() is False); "
+                             "run it on a GPU machine")
+        device = "cuda"
+    args.sizes = _csv(args.sizes, int) if args.sizes else (GPU_SIZES if args.gpu else [100_000, 1_000_000])
+    args.dim = args.dim or (GPU_DIM if args.gpu else 384)
+    args.fractions = _csv(args.fractions, float)
+    args.selectors = _csv(args.selectors, str) if args.selectors else DEFAULT_SELECTORS
+    unknown = sorted(set(args.selectors) - set(CASES))
+    if unknown:
+        raise SystemExit(f"--selectors: unknown {unknown}; choose from {sorted(CASES)}")
+    bad = [f for f in args.fractions if not 0.0 < f < 1.0]
+    if bad or min(args.sizes) < 100:
+        raise SystemExit(f"--fractions must lie in (0, 1) and --sizes be at least 100, got {args.fractions}, {args.sizes}")
+    env = {} if args.threads is None else {v: str(args.threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                                        "MKL_NUM_THREADS")}
+    workers = args.infomax_workers or os.cpu_count() or 1
+    settings = {"dim": args.dim, "dtype": args.dtype, "seed": args.seed, "device": device, "per_class": args.per_class,
+                "threads": args.threads, "greedy_row_picks": args.greedy_row_picks, "infomax_workers": workers}
+    from datasets import disable_progress_bars
+
+    disable_progress_bars()
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = load_results(out, settings)
+    results["environment"] = versions()
+    results.setdefault("knn_choices", {})
+    for name in args.selectors:
+        if CASES[name].knn:
+            results["knn_choices"][name] = knn_choices(name)
+
+    def log(msg):
+        print(msg, flush=True)
+
+    log(f"settings: {settings}; sizes {args.sizes}; fractions {args.fractions}; knn_index {results['knn_choices']}")
+    started = time.perf_counter()
+
+    def record(key: str, spec: dict, load: bool = False) -> None:
+        old = results["runs"].get(key)
+        if old and (old["status"] == "ok" or (old["status"].startswith("did not finish")
+                                                and old.get("timeout_s", 0) >= args.run_timeout)):
+            return  # done (or already past this time limit): resume skips it
+        log(f"[{key}] ...")
+        entry = run_child({**spec, "device": device}, args.run_timeout, env)
+        entry.update(load=load, spec={k: v for k, v in spec.items() if k != "path"})
+        results["runs"][key] = entry
+        save_results(out, results)
+        detail = f"{entry['wall_s']:.3f}s, heap +{mib(entry['peak_heap_bytes'])} MiB" if entry["status"] == "ok" else ""
+        log(f"[{key}]   {entry['status']} {detail}")
+
+    runs = plan(args, results["knn_choices"])
+    for n in args.sizes:
+        path = str(ensure_data(Path(args.workdir), n, args.dim, args.dtype, args.seed, log))
+        for f in FLOORS:
+            record(f"floor/{f}/N={n}", {"kind": "floor", "name": f, "path": path})
+        for run in (r for r in runs if r["n"] == n):
+            record(run["key"], {"kind": "selector", "name": run["selector"], "knn_index": run["knn_index"],
+                                "kept": run["kept"], "path": path, "per_class": args.per_class, "workers": workers})
+    if args.load:
+        results["load_threads"] = os.cpu_count()
+        with CompetingLoad(os.cpu_count() or 1):
+            for run in runs:
+                path = str(data_path(Path(args.workdir), run["n"], args.dim, args.dtype, args.seed))
+                record(run["key"] + "/load", {"kind": "selector", "name": run["selector"], "knn_index": run["knn_index"],
+                                              "kept": run["kept"], "path": path, "per_class": args.per_class,
+                                              "workers": workers}, load=True)
+    results["report"] = report(results, args)
+    save_results(out, results)
+    (out / "report.md").write_text(results["report"] + "\n")
+    log(f"\ntotal {(time.perf_counter() - started) / 60:.1f} min\n")
+    print(results["report"])
+    errors = [k for k, e in results["runs"].items() if e["status"].startswith("error")]
+    if errors:
+        raise SystemExit(f"{len(errors)} run(s) failed: {errors} (see {out / 'results.json'})")
+    return results
+
+
+if __name__ == "__main__":
+    main()
