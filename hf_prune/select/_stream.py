@@ -75,6 +75,7 @@ class FeatureRows:
             self.device, self.dtype = torch.device("cpu"), torch.float32
             self.shape = source.shape
         self.scale = None
+        self._views = None
         if normalize:
             norms = torch.empty(self.shape[0], dtype=self.dtype, device=self.device)
             for start, block in self._raw_blocks():
@@ -107,6 +108,8 @@ class FeatureRows:
 
     def take(self, indices) -> torch.Tensor:
         """The rows at ``indices`` (normalised when asked), a ``(len(indices), d)`` tensor on the device."""
+        if self._x is not None and self.scale is None and isinstance(indices, list) and len(indices) == 1:
+            return self._x[indices[0] : indices[0] + 1]  # the picked row: a view, read only
         if isinstance(indices, torch.Tensor):
             indices = indices.to(self.device) if self._x is not None else indices.cpu().numpy()
         if self._x is not None:
@@ -130,8 +133,14 @@ class FeatureRows:
         v = v.to(device=self.device, dtype=self.dtype)
         if self.device.type == "cpu":
             v_np, out_np = v.numpy(), out.numpy()
-            for start, block in self._raw_blocks():
-                np.dot(block.numpy(), v_np, out=out_np[start : start + len(block)])
+            if self._x is not None:
+                if self._views is None:  # resident rows: the block views are made once, not per pick
+                    self._views = [(start, block.numpy()) for start, block in self._raw_blocks()]
+                for start, block in self._views:
+                    np.dot(block, v_np, out=out_np[start : start + len(block)])
+            else:
+                for start, block in self._raw_blocks():
+                    np.dot(block.numpy(), v_np, out=out_np[start : start + len(block)])
         else:
             for start, block in self._raw_blocks():
                 torch.mv(block, v, out=out[start : start + len(block)])
