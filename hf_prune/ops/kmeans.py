@@ -1,18 +1,27 @@
-"""k-means with faiss (seeded), falling back to a torch Lloyd's loop when faiss is unavailable."""
+"""k-means with faiss (seeded, trained on a sample, GPU when present), falling back to a torch Lloyd's loop
+when faiss is unavailable; every row is assigned block by block."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from .checks import check_choice, check_positive_int
 from .device import resolve_device
 from .faiss_import import faiss_available, import_faiss
+from .knn_index import gpu_count
+from .row_blocks import as_rows, take_rows
 
-__all__ = ["kmeans"]
+__all__ = ["kmeans", "MIN_TRAIN_ROWS"]
+
+
+#: Rows k-means trains on by default: ``max(256·K, 65,536)`` (faiss's own cap is 256 points per centroid).
+MIN_TRAIN_ROWS = 1 << 16
+_POINTS_PER_CENTROID = 256
 
 
 def kmeans(
-    x: np.ndarray,
+    x,
     n_clusters: int,
     *,
     iterations: int = 25,
@@ -21,42 +30,79 @@ def kmeans(
     backend: str = "auto",
     init: np.ndarray | None = None,
     device: str | torch.device | None = "cpu",
+    train_size: int | None = None,
+    batch_size: int = 65536,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cluster the rows of ``x``: returns ``(centroids (K, d), assignment (N,), squared_distance (N,))``.
 
-    ``spherical=True`` normalises centroids (cosine k-means). Deterministic for a given ``seed``.
-    ``init`` (K, d) gives the starting centroids (e.g. k-means++ seeds) instead of random rows.
-    ``device`` runs the torch backend's assignment steps (and the final assignment) there; faiss
-    trains on the CPU. ``backend="auto"`` takes faiss whenever it is installed, whatever the device,
-    so the clustering does not depend on the device.
+    ``spherical=True`` normalises centroids (cosine k-means; pass unit rows). Deterministic for a given
+    ``seed``. ``init`` (K, d) gives the starting centroids (e.g. k-means++ seeds) instead of random rows.
+
+    ``x`` is an array or a ColumnMatrix-like block source (``shape``, ``blocks()``, ``take()``). The
+    centroids are trained on a seeded sample of ``train_size`` rows (default ``max(256·K, 65,536)``;
+    every row when there are fewer), then every row is assigned block by block (``batch_size`` rows),
+    so a memory-mapped column is never copied whole. faiss's ``max_points_per_centroid`` (256) would
+    subsample the same way, but only after the caller has materialised all rows; sampling first keeps
+    the memory at the sample, and small inputs (at most ``train_size`` rows) are clustered on all
+    their rows exactly as before.
+
+    ``device``: ``"cuda"`` trains with faiss on the GPU(s) when the installed faiss has GPUs (and runs
+    the block assignments there with torch); the torch backend runs its Lloyd steps there.
+    ``backend="auto"`` takes faiss whenever it is installed, whatever the device, so the clustering
+    does not depend on the device.
 
     Example:
         >>> centroids, assign, dist = kmeans(emb, 100, seed=0)
+        >>> centroids, assign, dist = kmeans(open_matrix(ds, "emb"), 1000, train_size=200_000)
     """
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if not isinstance(n_clusters, (int, np.integer)) or not 1 <= n_clusters <= len(x):
-        raise ValueError(f"`n_clusters` must be an integer in [1, {len(x)}], got {n_clusters!r}")
+    rows = as_rows(x)
+    n, d = rows.shape
+    if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)) or not 1 <= n_clusters <= n:
+        raise ValueError(f"`n_clusters` must be an integer in [1, {n}], got {n_clusters!r}")
     if init is not None:
         init = np.ascontiguousarray(init, dtype=np.float32)
-        if init.shape != (n_clusters, x.shape[1]):
-            raise ValueError(f"`init` must have shape ({n_clusters}, {x.shape[1]}), got {init.shape}")
+        if init.shape != (n_clusters, d):
+            raise ValueError(f"`init` must have shape ({n_clusters}, {d}), got {init.shape}")
+    if train_size is None:
+        train_size = max(_POINTS_PER_CENTROID * int(n_clusters), MIN_TRAIN_ROWS)
+    train_size = max(int(n_clusters), check_positive_int("train_size", train_size))
+    batch_size = check_positive_int("batch_size", batch_size)
     dev = resolve_device(device)
+    if n <= train_size:
+        sample = take_rows(rows, np.arange(n)) if not isinstance(x, np.ndarray) else np.ascontiguousarray(x, np.float32)
+    else:
+        picked = np.sort(np.random.default_rng(seed).choice(n, size=train_size, replace=False))
+        sample = take_rows(rows, picked)
+    check_choice("backend", backend, ("auto", "faiss", "torch"))
     if backend == "auto":
         backend = "faiss" if faiss_available() else "torch"
     if backend == "faiss":
         faiss = import_faiss()
+        gpus = gpu_count() if dev.type == "cuda" else 0
         km = faiss.Kmeans(
-            x.shape[1], int(n_clusters), niter=iterations, seed=seed, spherical=spherical,
-            max_points_per_centroid=max(256, len(x) // n_clusters + 1), min_points_per_centroid=1, verbose=False,
+            d, int(n_clusters), niter=iterations, seed=seed, spherical=spherical, gpu=gpus or False,
+            # The sample is already the subsample: faiss must not draw another one.
+            max_points_per_centroid=max(_POINTS_PER_CENTROID, len(sample) // n_clusters + 1),
+            min_points_per_centroid=1, verbose=False,
         )
-        km.train(x, init_centroids=init)
+        km.train(sample, init_centroids=init)
         centroids = km.centroids.astype(np.float32)
-    elif backend == "torch":
-        centroids = _torch_lloyd(x, int(n_clusters), iterations, seed, spherical, init, dev)
     else:
-        raise ValueError(f"`backend` must be 'auto', 'faiss' or 'torch', got {backend!r}")
-    assign, dist = _assign(x, centroids, dev)
+        centroids = _torch_lloyd(sample, int(n_clusters), iterations, seed, spherical, init, dev)
+    if n <= train_size and isinstance(x, np.ndarray):
+        assign, dist = _assign(sample, centroids, dev)
+    else:
+        assign, dist = _assign_blocks(rows, centroids, dev, batch_size)
     return centroids, assign, dist
+
+
+def _assign_blocks(rows, centroids, device, batch_size):
+    assign = np.empty(rows.shape[0], dtype=np.int64)
+    dist = np.empty(rows.shape[0], dtype=np.float32)
+    for start, block in rows.blocks(batch_size):
+        a, v = _assign(block, centroids, device, batch_size)
+        assign[start : start + len(block)], dist[start : start + len(block)] = a, v
+    return assign, dist
 
 
 def _assign(x: np.ndarray, centroids: np.ndarray, device: torch.device | None = None, batch_size: int = 65536):
@@ -64,7 +110,7 @@ def _assign(x: np.ndarray, centroids: np.ndarray, device: torch.device | None = 
     c_sq = (ct * ct).sum(1)
     assign, dist = [], []
     for start in range(0, len(x), batch_size):
-        xt = torch.from_numpy(x[start : start + batch_size]).to(device)
+        xt = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])).to(device)
         d = (xt * xt).sum(1, keepdim=True) - 2 * (xt @ ct.T) + c_sq
         v, i = d.min(1)
         assign.append(i.cpu().numpy())

@@ -45,6 +45,7 @@ from ..ops.columns import check_columns, read_matrix, read_vector
 from ..ops.deprecation import renamed
 from ..ops.device import resolve_device
 from ..ops.knn import knn, neighbour_pairs, normalize_rows
+from ._knn_step import KnnLog, check_knn_index, with_knn_record
 from ._ordered import run_ordered_selection
 from .registry import selector
 
@@ -63,7 +64,7 @@ def d2_pruning(
     gamma_f: float = 1.0,
     gamma_r: float = 1.0,
     metric: str = "l2",
-    knn_index: str = "flat",
+    knn_index: str = "auto",
     label_column: str | None = None,
     rank_column: str | None = None,
     gain_column: str | None = None,
@@ -85,7 +86,10 @@ def d2_pruning(
         gamma_r: reverse message weight ``exp(−γ_r·d)``.
         metric: ``"l2"`` (default: Euclidean distance of the embeddings) or ``"cosine"`` (Euclidean
             distance of the L2-normalised embeddings, ``√(2 − 2 cos)``).
-        knn_index: ``"flat"`` (exact) or ``"ivf"`` for the k-NN search of large groups.
+        knn_index: the k-NN index (`hf_prune.select._knn_step`): ``"auto"`` (default: exact up to
+            50,000 rows per group, IVF above), ``"flat"``/``"exact"``, ``"ivf"``, ``"ivfpq"`` or
+            ``"hnsw"``. The index used and its measured recall@k are recorded on the provenance
+            step under ``"knn"``.
         label_column: when given, the budget is split per class and a graph is built per class.
         rank_column: if given, an int64 column with each kept row's pick position in the reverse pass
             (0 first; per class when ``label_column`` is given). A group kept whole then still runs the
@@ -96,7 +100,8 @@ def d2_pruning(
         initial_subset: row positions (in ``dataset``) kept first, in the given order; they
             down-weight their neighbours before the greedy continues and count towards the budget (per
             class: towards their class's budget, which they must not exceed).
-        seed: recorded for provenance; D²-Pruning makes no random choice.
+        seed: seeds an approximate ``knn_index``'s training sample (per group); D²-Pruning itself
+            makes no random choice.
         device: device for the k-NN search; ``None`` picks CUDA when available.
         normalize: deprecated spelling of ``metric`` (hf_prune 0.1.0): ``False`` is ``"l2"``, ``True``
             is ``"cosine"``; it warns with a `FutureWarning` and will be removed.
@@ -115,8 +120,7 @@ def d2_pruning(
     k = check_positive_int("k", k)
     gamma_f = check_nonnegative("gamma_f", gamma_f)
     gamma_r = check_nonnegative("gamma_r", gamma_r)
-    if knn_index not in ("flat", "ivf"):
-        raise ValueError(f"`knn_index` must be 'flat' or 'ivf', got {knn_index!r}")
+    log = KnnLog(knn_index)
     scores = read_vector(dataset, score_column, dtype=np.float64)
     if len(scores) and scores.min() < 0:
         raise ValueError(
@@ -132,9 +136,12 @@ def d2_pruning(
             return np.concatenate([initial, np.setdiff1d(np.arange(len(rows)), initial)])
         if k >= len(rows):
             raise ValueError(f"`k`={k} must be smaller than the number of rows in a group ({len(rows)})")
-        neighbours, distances = d2_graph(
-            embeddings[rows], k, metric=metric, knn_index=knn_index, device=torch_device
+        neighbours, distances, report = d2_graph(
+            embeddings[rows], k, metric=metric, knn_index=knn_index, device=torch_device,
+            seed=int(rng.integers(2**31 - 1)),  # seeds an approximate index's training sample
+            return_report=True,
         )
+        log.add(report)
         return d2_select(scores[rows], neighbours, distances, budget=budget, gamma_f=gamma_f, gamma_r=gamma_r,
                          initial=initial, return_gains=True)
 
@@ -142,11 +149,12 @@ def d2_pruning(
         "score_column": score_column, "embedding_column": embedding_column, "k": k, "gamma_f": gamma_f,
         "gamma_r": gamma_r, "metric": metric, "knn_index": knn_index,
     }
-    return run_ordered_selection(
+    result = run_ordered_selection(
         dataset, method="d2_pruning", params=params, fraction=fraction, size=size, seed=seed,
         label_column=label_column, order=order, rank_column=rank_column, gain_column=gain_column,
         overwrite=overwrite, initial_subset=initial_subset,
     )
+    return with_knn_record(result, log)
 
 
 def d2_graph(
@@ -154,19 +162,23 @@ def d2_graph(
     k: int,
     *,
     metric: str = "l2",
-    knn_index: str = "flat",
+    knn_index: str = "auto",
     device: str | torch.device | None = None,
     normalize: bool | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    seed: int = 0,
+    return_report: bool = False,
+):
     """The k-NN table ``(neighbours (N, k) int64, distances (N, k) float64)``, Euclidean distances.
 
     Neighbours come from `hf_prune.ops.knn` (a row is never its own neighbour); distances are
     recomputed exactly in float64, so near-duplicates get ``d ≈ 0`` rather than round-off.
     ``metric="cosine"`` L2-normalises the rows first; ``normalize`` is its deprecated spelling
-    (``True`` is ``"cosine"``, ``False`` is ``"l2"``).
+    (``True`` is ``"cosine"``, ``False`` is ``"l2"``). ``knn_index`` and ``seed`` choose and seed the
+    index (`hf_prune.ops.knn.knn`); ``return_report=True`` adds the search's report (index, recall@k).
 
     Example:
         >>> neighbours, distances = d2_graph(embeddings, 10)
+        >>> neighbours, distances, report = d2_graph(embeddings, 10, knn_index="ivf", return_report=True)
     """
     x = np.asarray(embeddings, dtype=np.float32)
     if x.ndim != 2 or not np.isfinite(x).all():
@@ -177,8 +189,10 @@ def d2_graph(
     k = check_positive_int("k", k)
     if k >= len(x):
         raise ValueError(f"`k`={k} must be smaller than the number of rows ({len(x)})")
-    _, neighbours = knn(x, k, metric="l2", index=knn_index, device=device)
-    return neighbours, neighbour_pairs(x, neighbours, _euclidean)
+    _, neighbours, report = knn(x, k, metric="l2", index=check_knn_index(knn_index), device=device, seed=seed,
+                                return_report=True)
+    distances = neighbour_pairs(x, neighbours, _euclidean)
+    return (neighbours, distances, report) if return_report else (neighbours, distances)
 
 
 def _resolve_metric(method: str, metric: str, normalize: bool | None, stacklevel: int = 4) -> str:

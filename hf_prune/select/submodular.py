@@ -62,6 +62,7 @@ from ..ops.checks import (
 from ..ops.columns import read_matrix
 from ..ops.device import resolve_device, to_device
 from ..ops.knn import knn, neighbour_pairs, normalize_rows
+from ._knn_step import KnnLog, check_knn_index, with_knn_record
 from ._ordered import check_initial_subset, run_ordered_selection
 from .registry import selector
 
@@ -86,7 +87,6 @@ __all__ = [
 
 _METRICS = ("cosine", "l2", "ip")
 _DISTANCE_METRICS = ("cosine", "l2")
-_KNN_INDEXES = {"exact": "flat", "flat": "flat", "ivf": "ivf"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -103,7 +103,7 @@ def facility_location(
     embedding_column: str = "emb",
     metric: str = "cosine",
     k: int = 10,
-    knn_index: str = "exact",
+    knn_index: str = "auto",
     bandwidth: float | None = None,
     label_column: str | None = None,
     rank_column: str | None = None,
@@ -127,7 +127,10 @@ def facility_location(
         embedding_column: fixed-length numeric embedding column.
         metric: ``"cosine"`` (default), ``"ip"`` or ``"l2"``; see the module docstring.
         k: neighbours per row in the similarity graph (``k`` < rows per group).
-        knn_index: ``"exact"`` (flat) or ``"ivf"`` (approximate, for large groups).
+        knn_index: the k-NN index (`hf_prune.select._knn_step`): ``"auto"`` (default: exact up to
+            50,000 rows per group, IVF above), ``"exact"``/``"flat"``, ``"ivf"``, ``"ivfpq"`` or
+            ``"hnsw"``; the index used and its measured recall@k are recorded on the provenance
+            step under ``"knn"``.
         bandwidth: ``σ`` of the Gaussian kernel for ``metric="l2"`` (``None``: from the graph).
         label_column: run per class with a proportional budget split (`hf_prune.select._core`).
         rank_column: if given, an int64 column with each kept row's pick position (0 first; per
@@ -136,7 +139,8 @@ def facility_location(
         initial_subset: row positions (in ``dataset``) that are kept first, in the given order; the
             greedy continues from them and they count towards the budget (per class: towards their
             class's budget, which they must not exceed).
-        seed: seeds the IVF training; the greedy itself makes no random choice.
+        seed: seeds an approximate index's training sample (per group); the greedy itself makes no
+            random choice.
         device: device of the k-NN search (``None`` → CUDA when available).
 
     Example:
@@ -161,7 +165,7 @@ def graph_cut(
     lambdaVal: float = 0.5,  # submodlib's name for the trade-off
     metric: str = "cosine",
     k: int = 10,
-    knn_index: str = "exact",
+    knn_index: str = "auto",
     bandwidth: float | None = None,
     label_column: str | None = None,
     rank_column: str | None = None,
@@ -340,22 +344,26 @@ def _graph_selector(method, dataset, *, fraction, size, embedding_column, metric
                     label_column, rank_column, overwrite, initial_subset, seed, device, order, extra):
     check_choice("metric", metric, _METRICS)
     k = check_positive_int("k", k)
-    check_choice("knn_index", knn_index, _KNN_INDEXES)
+    log = KnnLog(knn_index)
     bandwidth = check_optional_positive("bandwidth", bandwidth)
     dev = resolve_device(device)
     emb = read_matrix(dataset, embedding_column)
 
-    def group_order(rows, budget, initial):
+    def group_order(rows, budget, rng, initial):
         if k >= len(rows):
             raise ValueError(f"`k`={k} must be smaller than the number of rows in a group ({len(rows)})")
-        W = similarity_graph(emb[rows], metric=metric, k=k, knn_index=knn_index, bandwidth=bandwidth,
-                             device=dev, seed=seed)
+        W, report = similarity_graph(emb[rows], metric=metric, k=k, knn_index=knn_index, bandwidth=bandwidth,
+                                     device=dev, seed=int(rng.integers(2**31 - 1)), return_report=True)
+        log.add(report)
         return order(W, budget, initial)
 
     params = {"embedding_column": embedding_column, **extra, "metric": metric, "k": k, "knn_index": knn_index,
               "bandwidth": bandwidth, "device": str(dev)}
-    return _select(method, dataset, fraction, size, seed, label_column, rank_column, overwrite, initial_subset,
-                   params, group_order)
+    result = run_ordered_selection(
+        dataset, method=method, params=params, fraction=fraction, size=size, seed=seed, label_column=label_column,
+        order=group_order, rank_column=rank_column, overwrite=overwrite, initial_subset=initial_subset,
+    )
+    return with_knn_record(result, log)
 
 
 def _disparity_selector(method, reduce, dataset, fraction, size, embedding_column, metric, label_column,
@@ -405,21 +413,26 @@ def similarity_graph(
     *,
     metric: str = "cosine",
     k: int = 10,
-    knn_index: str = "exact",
+    knn_index: str = "auto",
     bandwidth: float | None = None,
     device: str | torch.device | None = None,
-    seed: int | np.random.Generator = 0,
-) -> sp.csr_matrix:
+    seed: int = 0,
+    return_report: bool = False,
+):
     """The sparse symmetric similarity ``W`` (float64 CSR, ``W ≥ 0``, diagonal included) of the module docstring.
+
+    ``knn_index`` (see `hf_prune.ops.knn_index`) and ``seed`` choose and seed the k-NN index;
+    ``return_report=True`` returns ``(W, report)`` with the search's report (index, recall@k).
 
     Example:
         >>> W = similarity_graph(embeddings, metric="l2", k=10)
+        >>> W, report = similarity_graph(embeddings, k=10, knn_index="ivf", return_report=True)
         >>> facility_location_objective(W, facility_location_order(W, 100))
     """
     check_choice("metric", metric, _METRICS)
     x = _check_embeddings(embeddings)
     k = check_positive_int("k", k)
-    check_choice("knn_index", knn_index, _KNN_INDEXES)
+    check_knn_index(knn_index)
     bandwidth = check_optional_positive("bandwidth", bandwidth)
     n = len(x)
     if k >= n:
@@ -427,8 +440,8 @@ def similarity_graph(
     if metric == "cosine":
         x = normalize_rows(x)
     search = "l2" if metric == "l2" else "ip"
-    _, neighbours = knn(x, k, metric=search, index=_KNN_INDEXES[knn_index], device=device, seed=seed)
-    # IVF may pad short result lists with -1: those entries are dropped.
+    _, neighbours, report = knn(x, k, metric=search, index=knn_index, device=device, seed=seed, return_report=True)
+    # `knn` refills short approximate lists exactly; -1 entries are still dropped, defensively.
     valid = neighbours >= 0
     safe = np.where(valid, neighbours, 0)
     x64 = x.astype(np.float64)
@@ -448,7 +461,7 @@ def similarity_graph(
     # lists never hold a row itself, so the diagonal is added to an empty one.
     W = (K.maximum(K.T) + sp.diags(diagonal, format="csr")).tocsr()
     W.sort_indices()
-    return W
+    return (W, report) if return_report else W
 
 
 def _inner_products(rows: np.ndarray, neighbours: np.ndarray) -> np.ndarray:

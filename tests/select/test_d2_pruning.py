@@ -135,7 +135,7 @@ def test_bad_input(blobs):
     for kwargs, word in [
 
         ({"fraction": 0.1, "gamma_f": -1.0}, "gamma_f"), ({"fraction": 0.1, "gamma_r": float("nan")}, "gamma_r"), ({"fraction": 0.1, "k": 0}, "`k`"),
-        ({"fraction": 0.1, "knn_index": "hnsw"}, "knn_index"),
+        ({"fraction": 0.1, "knn_index": "annoy"}, "knn_index"),
     ]:
         with pytest.raises(ValueError, match=word):
             hp.select.d2_pruning(ds, score_column="score", **kwargs)

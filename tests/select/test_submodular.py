@@ -368,7 +368,7 @@ def test_bad_parameters(blobs):
     with pytest.raises(ValueError, match="`k`=40"):
         hp.select.facility_location(ds, size=5, k=40, label_column="label")
     with pytest.raises(ValueError, match="`knn_index`"):
-        hp.select.graph_cut(ds, size=5, knn_index="hnsw")
+        hp.select.graph_cut(ds, size=5, knn_index="annoy")
     with pytest.raises(ValueError, match="`lambdaVal`"):
         hp.select.graph_cut(ds, size=5, lambdaVal=-0.1)
     with pytest.raises(ValueError, match="`bandwidth`"):
