@@ -20,7 +20,8 @@ from datasets import Dataset
 from ..ops.checks import check_optional_positive, check_positive_int, check_probability
 from ..ops.columns import read_matrix
 from ..ops.device import resolve_device
-from ..ops.knn import RadiusGraphTooLarge, knn, normalize_rows, radius_neighbors
+from ..ops.knn import RadiusGraphTooLarge, normalize_rows, radius_neighbors
+from ._knn_step import KnnLog, with_knn_record
 from ._ordered import run_ordered_selection
 from .registry import selector
 from .typiclust import best_kmeans
@@ -46,6 +47,7 @@ def probcover(
     n_pseudo_labels: int | None = None,
     n_init: int = 3,
     max_edges: int | None = MAX_EDGES,
+    knn_index: str = "auto",
     label_column: str | None = None,
     rank_column: str | None = None,
     gain_column: str | None = None,
@@ -101,6 +103,11 @@ def probcover(
         n_pseudo_labels: k-means clusters for the purity rule; default ``min(budget, 500)``, at least 2.
         n_init: k-means runs with different seeds for the pseudo-labels; the lowest inertia is used.
         max_edges: cap on the δ-graph's edges (about 8 bytes each while it is built); ``None`` for no cap.
+        knn_index: the index of the purity rule's k-NN searches (`hf_prune.select._knn_step`):
+            ``"auto"`` (default: exact up to 50,000 rows per group), ``"exact"``/``"flat"``,
+            ``"ivf"``, ``"ivfpq"`` or ``"hnsw"`` (see `purity_delta`). The δ-graph itself is always an
+            exact radius search. The indexes used and their recall@k are recorded on the provenance
+            step under ``"knn"``.
         label_column: if given, the budget is split per class and ProbCover runs inside each class.
         rank_column: if given, an int64 column with each kept row's pick position (0 first; per
             class when ``label_column`` is given).
@@ -130,6 +137,7 @@ def probcover(
     n_init = check_positive_int("n_init", n_init)
     if max_edges is not None:
         max_edges = check_positive_int("max_edges", max_edges)
+    log = KnnLog(knn_index)
     features = read_matrix(dataset, embedding_column)
     unit = normalize_rows(features)
     dev = resolve_device(device)
@@ -145,7 +153,9 @@ def probcover(
             else:
                 n_labels = n_pseudo_labels if n_pseudo_labels is not None else max(2, min(k, MAX_PSEUDO_LABELS))
                 labels = best_kmeans(x, min(n_labels, n), rng, n_init, device=dev)
-                radius = purity_delta(x, labels, purity=purity, device=dev)
+                # A child stream seeds the index: `rng`'s own draws (the covered-pool picks) stay as they were.
+                radius = purity_delta(x, labels, purity=purity, device=dev, log=log,
+                                      seed=int(rng.spawn(1)[0].integers(2**31 - 1)))
         else:
             radius = float(delta)
         deltas.append(radius)
@@ -171,18 +181,19 @@ def probcover(
         "delta_used": deltas,
         "graph_edges": edges,
     }
-    return run_ordered_selection(
+    result = run_ordered_selection(
         dataset, method="probcover", params=params, fraction=fraction, size=size, seed=seed,
         label_column=label_column, order=order, rank_column=rank_column, gain_column=gain_column,
         overwrite=overwrite, initial_subset=initial_subset,
     )
+    return with_knn_record(result, log)
 
 
 def _unit_distances(sims: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(2.0 - 2.0 * sims.astype(np.float64), 0.0, None))
 
 
-def _candidates(x, m, pending, device, first_search):
+def _candidates(x, m, pending, device, first_search, log, seed):
     """``(sims, idx)`` of the ``m`` most similar rows for each row in ``pending``.
 
     ``first_search`` is a caller's ``knn(x, m0, queries=x, metric="ip")``; it is the same search
@@ -190,7 +201,7 @@ def _candidates(x, m, pending, device, first_search):
     """
     if first_search is not None and len(pending) == len(x) and first_search[1].shape[1] == m:
         return first_search
-    return knn(x, m, queries=x[pending], metric="ip", device=device)
+    return log.search(x, m, queries=x[pending], metric="ip", device=device, seed=seed)
 
 
 def purity_delta(
@@ -201,6 +212,9 @@ def purity_delta(
     device: str | torch.device | None = "cpu",
     first_neighbors: int = _FIRST_NEIGHBOURS,
     first_search: tuple[np.ndarray, np.ndarray] | None = None,
+    knn_index: str = "auto",
+    seed: int = 0,
+    log: KnnLog | None = None,
 ) -> float:
     """The largest δ such that at least ``purity`` of the balls ``{y : ‖x − y‖ < δ}`` are label-pure.
 
@@ -210,11 +224,16 @@ def purity_delta(
     them only get a lower bound, and are searched again with twice as many candidates while that bound
     could still change the order statistic. Returns ``inf`` when every point has the same label.
     ``first_search`` may pass ``knn(x, min(N, first_neighbors), queries=x, metric="ip")`` when the
-    caller already ran it.
+    caller already ran it. ``knn_index`` and ``seed`` choose and seed the index of these searches
+    (`hf_prune.ops.knn_index`; ``"auto"`` is exact up to 50,000 rows, and with exact search δ is
+    exact; an approximate index can miss the nearest other-label point and so overestimate an
+    ``r_x``); ``log`` (a `hf_prune.select._knn_step.KnnLog`) keeps the searches' reports and then
+    decides the index instead of ``knn_index``.
 
     Example:
         >>> purity_delta(unit_embeddings, kmeans_labels, purity=0.95)
     """
+    log = KnnLog(knn_index) if log is None else log
     n = len(x)
     labels = np.asarray(labels)
     need = n - int(np.ceil(purity * n - 1e-9))  # position of δ among the sorted r_x
@@ -223,7 +242,7 @@ def purity_delta(
     pending = np.arange(n)
     m = min(n, first_neighbors)
     while True:
-        sims, idx = _candidates(x, m, pending, device, first_search)
+        sims, idx = _candidates(x, m, pending, device, first_search, log, seed)
         dist = _unit_distances(sims)
         other = labels[idx] != labels[pending][:, None]
         found = other.any(axis=1)

@@ -20,6 +20,7 @@ from ..ops.columns import read_matrix
 from ..ops.device import resolve_device
 from ..ops.kmeans import kmeans
 from ..ops.knn import knn, normalize_rows
+from ._knn_step import KnnLog, check_knn_index, with_knn_record
 from ._ordered import run_ordered_selection
 from .registry import selector
 
@@ -29,20 +30,32 @@ __all__ = ["typiclust", "typicality", "best_kmeans", "kmeans_plus_plus"]
 MAX_CLUSTERS = 500
 
 
-def typicality(embeddings: np.ndarray, k: int, *, device: str | torch.device | None = "cpu") -> np.ndarray:
+def typicality(
+    embeddings: np.ndarray,
+    k: int,
+    *,
+    device: str | torch.device | None = "cpu",
+    knn_index: str = "auto",
+    seed: int = 0,
+    return_report: bool = False,
+):
     """``1 / mean Euclidean distance to the k nearest other rows`` for every row of ``embeddings``.
 
     Duplicate points at distance 0 give ``inf`` (the most typical possible). ``device`` is where the
-    k-NN search runs (`hf_prune.ops.knn`: faiss on the CPU, torch on CUDA).
+    k-NN search runs (`hf_prune.ops.knn`: faiss on the CPU, torch on CUDA); ``knn_index`` and ``seed``
+    choose and seed its index (`hf_prune.ops.knn_index`); ``return_report=True`` returns
+    ``(typicality, report)`` with the search's report (index, recall@k).
 
     Example:
         >>> typicality(np.array([[0.0], [1.0], [3.0]]), 1)
         array([1. , 1. , 0.5])
     """
-    sq, _ = knn(np.asarray(embeddings, dtype=np.float32), k, metric="l2", device=device)
+    sq, _, report = knn(np.asarray(embeddings, dtype=np.float32), k, metric="l2", device=device,
+                        index=check_knn_index(knn_index), seed=seed, return_report=True)
     mean = np.sqrt(np.maximum(sq, 0.0)).mean(axis=1)
     with np.errstate(divide="ignore"):
-        return 1.0 / mean
+        out = 1.0 / mean
+    return (out, report) if return_report else out
 
 
 def kmeans_plus_plus(
@@ -110,6 +123,7 @@ def typiclust(
     n_clusters: int | None = None,
     min_cluster_size: int = 5,
     n_init: int = 3,
+    knn_index: str = "auto",
     label_column: str | None = None,
     rank_column: str | None = None,
     overwrite: bool = False,
@@ -155,6 +169,10 @@ def typiclust(
         n_clusters: number of k-means clusters; default ``min(budget, 500)``.
         min_cluster_size: clusters with at most this many points are skipped (TypiClust: 5).
         n_init: k-means runs with different seeds; the one with the lowest inertia is used.
+        knn_index: the typicality k-NN index (`hf_prune.select._knn_step`): ``"auto"`` (default:
+            exact for clusters of up to 50,000 rows), ``"exact"``/``"flat"``, ``"ivf"``, ``"ivfpq"``
+            or ``"hnsw"``; the indexes used and their recall@k are recorded on the provenance step
+            under ``"knn"``.
         label_column: if given, the budget is split per class and TypiClust runs inside each class.
         rank_column: if given, an int64 column with each kept row's pick position (0 first; per
             class when ``label_column`` is given).
@@ -179,6 +197,7 @@ def typiclust(
         n_clusters = check_positive_int("n_clusters", n_clusters)
     min_cluster_size = check_positive_int("min_cluster_size", min_cluster_size, minimum=0)
     n_init = check_positive_int("n_init", n_init)
+    log = KnnLog(knn_index)
     features = read_matrix(dataset, embedding_column)
     if k >= len(features):
         raise ValueError(f"`k`={k} must be smaller than the number of rows ({len(features)})")
@@ -192,7 +211,7 @@ def typiclust(
         used_clusters.append(n_c)
         assign = best_kmeans(x, n_c, rng, n_init, device=dev)
         return _typiclust_pick(x, assign, budget, k=k, min_cluster_size=min_cluster_size, initial=initial,
-                               device=dev)
+                               device=dev, log=log, seed=int(rng.integers(2**31 - 1)))
 
     params = {
         "embedding_column": embedding_column,
@@ -202,11 +221,12 @@ def typiclust(
         "n_init": n_init,
         "n_clusters_used": used_clusters,
     }
-    return run_ordered_selection(
+    result = run_ordered_selection(
         dataset, method="typiclust", params=params, fraction=fraction, size=size, seed=seed,
         label_column=label_column, order=order, rank_column=rank_column, overwrite=overwrite,
         initial_subset=initial_subset,
     )
+    return with_knn_record(result, log)
 
 
 def _typiclust_pick(
@@ -218,8 +238,13 @@ def _typiclust_pick(
     min_cluster_size: int,
     initial: Sequence[int] = (),
     device: str | torch.device | None = "cpu",
+    log: KnnLog | None = None,
+    seed: int = 0,
 ) -> np.ndarray:
-    """TypiClust's picks (positions into ``x``) in pick order, the ``initial`` rows first."""
+    """TypiClust's picks (positions into ``x``) in pick order, the ``initial`` rows first.
+
+    The typicality searches run through ``log`` (default: exact search, unrecorded), seeded by ``seed``."""
+    log = KnnLog("flat") if log is None else log
     initial = np.asarray(initial, dtype=np.int64).reshape(-1)
     sizes = np.bincount(assign)
     # A cluster is visited once per initial row it holds before the greedy starts.
@@ -248,8 +273,11 @@ def _typiclust_pick(
         if len(points) == 1:
             best = 0
         else:
+            found, _ = log.search(x[points], max(1, min(k, len(points) // 2)), metric="l2", device=device,
+                                  seed=seed)
             # Highest typicality = smallest mean neighbour distance (ties: the earlier row).
-            best = int(np.argmax(typicality(x[points], max(1, min(k, len(points) // 2)), device=device)))
+            with np.errstate(divide="ignore"):
+                best = int(np.argmax(1.0 / np.sqrt(np.maximum(found, 0.0)).mean(axis=1)))
         chosen[step] = points[best]
         members[cluster] = np.delete(points, best)
         left[slot] -= 1
