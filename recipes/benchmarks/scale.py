@@ -173,7 +173,9 @@ def knn_choices(selector: str) -> list[str]:
         message = str(error)
         if "knn_index" in message:
             names = [n for n in re.findall(r"'([^']+)'", message) if n != probe]
-            return [default] + [n for n in dict.fromkeys(names) if n != default]
+            choices = [default] + [n for n in dict.fromkeys(names) if n != default]
+            # "exact" is a documented synonym of "flat" (hf_prune.ops.knn_index): run exact search once.
+            return [c for c in choices if not (c == "exact" and "flat" in choices)]
     return [default]
 
 
@@ -285,7 +287,7 @@ def find_recall(step: Any) -> Any:
     """
     if isinstance(step, dict):
         for key, value in step.items():
-            if "recall" in str(key).lower() and isinstance(value, (int, float)):
+            if "recall" in str(key).lower() and isinstance(value, (int, float)) and not isinstance(value, bool):
                 return float(value)
         for value in step.values():
             found = find_recall(value)
@@ -444,6 +446,8 @@ def measure(spec: dict) -> dict:
         step = hp.provenance(out, warn=False)[-1]
         result["kept_rows"] = len(out)
         result["recall"] = find_recall(step)
+        if isinstance(step.get("knn"), dict):  # the k-NN record: index used, recall, build/search seconds
+            result["knn"] = {k: v for k, v in step["knn"].items() if k != "reports"}
         if "stage_times" in step:
             result["stage_times"] = step["stage_times"]
     return result
@@ -599,6 +603,9 @@ def report(results: dict, args) -> str:
             ratio_text = "n/a" if ratio is None else fmt_ratio(ratio) + (" passes/pick" if run["kind"] == "greedy" else "")
             if e["status"] == "ok":
                 recall = "" if e.get("recall") is None else f"{e['recall']:.3f}"
+                knn = e.get("knn") or {}
+                if knn.get("indexes_used"):
+                    recall += f" ({'/'.join(knn['indexes_used'])}{'' if knn.get('recall_measured') else ', exact'})"
                 lines.append(f"| {run['variant']} | {kept} | {fmt_seconds(e['wall_s'])} | {mib(e['peak_heap_bytes'])} | "
                              f"{e['peak_heap_bytes'] / col:.2f} | {ratio_text} | {recall} | ok |")
             else:
