@@ -5,9 +5,13 @@ What is measured, per (selector, N, kept fraction):
 * wall time of the public call (``hp.select.<name>(ds, size=kept, embedding_column="emb", ...)``) on a
   Dataset opened with ``datasets.load_from_disk`` (memory-mapped Arrow, never loaded into RAM first);
 * peak memory split the way Linux accounts it (``/proc/self/status``, sampled every 10 ms by a thread
-  while the call runs, plus ``VmHWM`` at the end): ``RssAnon`` is heap (copies the selector makes),
-  ``RssFile`` the file-backed pages of the mapped column. The report gives the heap peak above the
-  process's level just before the call, and that peak over the column's size (1.0 = one full copy);
+  while the call runs, and ``VmHWM`` reset just before the call so it is the call's own high-water
+  mark): ``RssAnon`` (+ ``RssShmem``) is heap (copies the selector makes), ``RssFile`` the file-backed
+  pages of the mapped column. The report gives the heap peak above the process's level just before the
+  call (the larger of the sampled peak and ``VmHWM`` minus the file-backed peak, so a temporary shorter
+  than a sample is not missed), and that peak over the column's size (1.0 = one full copy). Worker
+  processes a selector starts (InfoMax's pool) are not in these numbers: their largest RSS is stored as
+  ``children_max_rss_bytes``;
 * a ratio to the run's floor, measured in the same run and the same way: one streamed pass over the
   column (read + one matvec per block) for the greedy selectors (milliseconds per pick over one pass)
   and the streaming ones (time over one pass); one k-NN graph of all N rows (faiss exact, or IVF for an
@@ -237,7 +241,7 @@ def ensure_data(workdir: Path, n: int, dim: int, dtype: str, seed: int, log=prin
 
 
 def proc_status() -> dict[str, int]:
-    """``VmRSS``, ``VmHWM``, ``RssAnon``, ``RssFile`` of this process in bytes (``/proc/self/status``).
+    """``VmRSS``, ``VmHWM``, ``RssAnon``, ``RssFile``, ``RssShmem`` of this process in bytes (``/proc/self/status``).
 
     Example:
         >>> proc_status()["RssAnon"] > 0
@@ -247,7 +251,7 @@ def proc_status() -> dict[str, int]:
     with open("/proc/self/status") as f:
         for line in f:
             key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
                 out[key] = int(value.split()[0]) * 1024
     return out
 
@@ -276,6 +280,21 @@ class PeakSampler:
         self._stop.set()
         self._thread.join()
         self._update()
+
+
+def reset_high_water_mark() -> bool:
+    """Reset ``VmHWM`` to the current RSS (``/proc/self/clear_refs``, Linux ≥ 4.0); ``False`` where refused.
+
+    Example:
+        >>> reset_high_water_mark()
+        True
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def find_recall(step: Any) -> Any:
@@ -425,21 +444,30 @@ def measure(spec: dict) -> dict:
                 warnings.simplefilter("ignore")
                 return selector(ds, size=spec["kept"], **kwargs)
 
+    import resource
+
+    hwm_reset = reset_high_water_mark()
     before = proc_status()
     with PeakSampler() as sampler:
         started = time.perf_counter()
         out = fn()
         wall = time.perf_counter() - started
-    import resource
-
+    hwm = proc_status()["VmHWM"]
+    # The sampler can miss a temporary that lives < 10 ms; the reset high-water mark cannot. At its moment
+    # the file-backed pages were at most their sampled maximum (mapped pages stay resident), so the heap
+    # (anonymous + shared memory) was at least VmHWM minus that maximum.
+    heap = sampler.peak["RssAnon"] + sampler.peak.get("RssShmem", 0)
+    if hwm_reset:
+        heap = max(heap, hwm - sampler.peak["RssFile"])
     result.update(facts)
     result.update(
         wall_s=wall,
         rss_before=before,
         peak=sampler.peak,
-        peak_heap_bytes=sampler.peak["RssAnon"] - before["RssAnon"],
+        hwm_reset=hwm_reset,
+        peak_heap_bytes=heap - before["RssAnon"] - before.get("RssShmem", 0),
         peak_file_bytes=sampler.peak["RssFile"],
-        vm_hwm_bytes=proc_status()["VmHWM"],
+        vm_hwm_bytes=hwm,
         children_max_rss_bytes=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
     )
     if spec["kind"] == "selector":
