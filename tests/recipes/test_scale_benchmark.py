@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from datasets import load_from_disk
 
 import hf_prune as hp
@@ -105,6 +106,13 @@ def test_report_from_measured_runs(data):
     assert cells[1] == "50 (2%)" and cells[-1] == "ok"
     assert float(cells[2]) > 0 and float(cells[3]) >= 0 and float(cells[4]) >= 0
     assert cells[5].endswith("passes/pick") and float(cells[5].split()[0]) > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_gpu_plan_fails_clearly_without_a_gpu(tmp_path):
+    with pytest.raises(SystemExit, match="--gpu: no CUDA device"):
+        main(["--gpu", "--output-dir", str(tmp_path / "out"), "--workdir", str(tmp_path / "data")])
+    assert not (tmp_path / "data").exists()  # nothing written before the check
 
 
 @pytest.mark.slow
