@@ -7,7 +7,7 @@ matmul per block, a running top-k, never more than one block of scores), and cou
 each row's approximate neighbours are exact ones.
 
 **Ties.** A neighbour counts as found when it is at least as close as the exact ``k``-th neighbour
-(up to float32 rounding, ``1e-5`` of the scale ``‖q‖² + max‖x‖²``), recomputed in float64 from
+(up to float32 rounding, ``1e-6`` of the scale ``‖q‖² + max‖x‖²``), recomputed in float64 from
 the rows. So an index that returns another row at the same distance (duplicates, float ties) is
 not charged a miss, and a row that is genuinely farther is.
 """
@@ -21,7 +21,7 @@ from .row_blocks import as_rows, take_rows
 
 __all__ = ["knn_recall", "exact_neighbours"]
 
-_TIE_TOLERANCE = 1e-5
+_TIE_TOLERANCE = 1e-6
 
 
 def _prepare(block: np.ndarray, metric: str) -> np.ndarray:
