@@ -69,7 +69,9 @@ and ``partitions``, never on where or how many at a time the parts were solved:
 * ``workers=n`` solves the parts of each group on a local pool of ``n`` spawned processes (CPU only),
   each limited to ``cores // n`` torch, BLAS and faiss threads so the pool does not oversubscribe the
   machine. The parent copies each part's rows once into one shared-memory block (the column's size in
-  all, no pickling of embeddings); a task carries only its slice bounds, scores and budget.
+  all, no pickling of embeddings); a task carries only its slice bounds, scores and budget. Where
+  ``/dev/shm`` has too little room for the block (64 MiB in a default Docker container) the rows are
+  pickled to the workers instead, at most two parts per worker in flight.
 * Under ``torch.distributed`` (``accelerate launch``, ``torchrun``; any backend with
   ``all_gather_object``, e.g. gloo on CPU) rank ``r`` of ``W`` solves parts ``r, r + W, …`` of each group
   and the picks are gathered, so every rank returns the same Dataset. ``distributed=False`` solves
@@ -78,13 +80,14 @@ and ``partitions``, never on where or how many at a time the parts were solved:
 
 Stage times (App. B.2 reports its kernel and solve stages separately): the step recorded by
 `hf_prune.provenance` carries ``stage_times`` next to its ``params`` (measured facts stay out of the
-replayable parameters): ``read_s`` (gathering the parts' embedding rows), ``pool_start_s`` (starting the
-``workers``: an interpreter and the imports each, a few seconds), ``kernel_s`` (normalising and the
-k-NN search that builds ``K``), ``solve_s`` (the iteration and the top-``p``), each summed over the parts
-(on parallel workers more than the time they took: compare ``wall_s``, the whole call) with its largest
-part as ``kernel_s_max``/``solve_s_max``, ``workers``, ``world_size``, ``parts`` and, for at most `STAGE_TIMES_PARTS`
-parts, one record per part. The same numbers are logged (logger ``hf_prune.select.infomax``: INFO for the
-totals, DEBUG per part).
+replayable parameters): ``read_s`` (gathering the parts' embedding rows), ``pool_start_s`` (starting
+the ``workers``: an interpreter and the imports each, a few seconds), ``kernel_s`` (normalising and
+the k-NN search that builds ``K``) and ``solve_s`` (the iteration and the top-``p``), each summed over
+the parts (on parallel workers more than the time they took: compare ``wall_s``, the whole call),
+with the largest part's as ``kernel_s_max``/``solve_s_max``; ``workers``, ``worker_threads``,
+``transport`` (``"shared_memory"``, ``"pickle"``, or ``None`` in process), ``world_size``, ``parts``
+and, for at most `STAGE_TIMES_PARTS` parts, one record per part. The same numbers are logged (logger
+``hf_prune.select.infomax``: INFO for the totals, DEBUG per part).
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ import math
 import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from typing import Any
@@ -393,9 +396,13 @@ class _PartRunner:
     def __init__(self, embeddings, scores, settings, device, *, workers, rank, world):
         self.embeddings, self.scores, self.settings, self.device = embeddings, scores, settings, device
         self.workers, self.rank, self.world = workers, rank, world
+        # The ranks of one machine share its cores with their pools (torchrun sets LOCAL_WORLD_SIZE).
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if world > 1 else 1
+        self.threads = max(1, _cores() // (workers * max(1, local_ranks))) if workers > 1 else None
         self.records: list[dict[str, Any]] = []
         self.read_s = 0.0
         self.pool_start_s = 0.0
+        self.transport: str | None = None  # how the rows reached the workers: "shared_memory" or "pickle"
         self.pool: ProcessPoolExecutor | None = None
         self.group = 0
 
@@ -438,9 +445,22 @@ class _PartRunner:
                 kept, kernel_s, solve_s = _solve_part(x, self.scores[parts[i]], budgets[i], self.settings, self.device)
                 done[i] = (kept, kernel_s, solve_s, self.rank)
             return done
+        sizes = [len(parts[i]) for i in mine]
+        needed = int(sum(sizes)) * self.embeddings.shape[1] * 4
+        room = _shared_memory_room()
+        if room is not None and room < needed:
+            # Writing past a too-small /dev/shm (64 MiB in a default Docker container) would kill the process
+            # with SIGBUS, so the rows travel pickled instead, a few parts at a time.
+            logger.info("infomax: %d MiB of rows do not fit the %d MiB free in /dev/shm; sending them pickled",
+                        needed >> 20, room >> 20)
+            self.transport = "pickle"
+            return self._solve_pickled(parts, budgets, mine)
+        self.transport = "shared_memory"
+        return self._solve_shared(parts, budgets, mine, sizes)
+
+    def _solve_shared(self, parts, budgets, mine, sizes):
         # This rank's parts, one after another in one shared block; each task names its slice of it.
         started = time.perf_counter()
-        sizes = [len(parts[i]) for i in mine]
         bounds = np.concatenate([[0], np.cumsum(sizes)])
         dim = self.embeddings.shape[1]
         block = shared_memory.SharedMemory(create=True, size=max(1, int(bounds[-1]) * dim * 4))
@@ -461,13 +481,29 @@ class _PartRunner:
             _close(block)
             block.unlink()
 
+    def _solve_pickled(self, parts, budgets, mine):
+        pool, done, running = self._pool(), {}, {}
+        waiting = list(mine)
+        while waiting or running:
+            # At most two parts per worker in flight: the parent never holds more than that many copies.
+            while waiting and len(running) < 2 * self.workers:
+                i = waiting.pop(0)
+                started = time.perf_counter()
+                rows = self.embeddings.take(parts[i])
+                self.read_s += time.perf_counter() - started
+                running[pool.submit(_solve_part, rows, self.scores[parts[i]], budgets[i], self.settings,
+                                    torch.device("cpu"))] = i
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                done[running.pop(future)] = (*future.result(), self.rank)
+        return done
+
     def _pool(self) -> ProcessPoolExecutor:
         if self.pool is None:
             started = time.perf_counter()
-            threads = max(1, _cores() // self.workers)
             self.pool = ProcessPoolExecutor(
                 max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_worker_init, initargs=(threads,),
+                initializer=_worker_init, initargs=(self.threads,),
             )
             # All spawned workers start together; the first answers time their start (interpreter, imports).
             list(self.pool.map(_worker_ready, range(self.workers)))
@@ -487,6 +523,8 @@ class _PartRunner:
             "solve_s": float(sum(r["solve_s"] for r in self.records)),
             "wall_s": wall_s,
             "workers": self.workers,
+            "worker_threads": self.threads,
+            "transport": self.transport,
             "world_size": self.world,
             "parts": len(self.records),
             "kernel_s_max": max((r["kernel_s"] for r in self.records), default=0.0),
@@ -495,6 +533,15 @@ class _PartRunner:
         if len(self.records) <= STAGE_TIMES_PARTS:
             out["per_part"] = self.records
         return out
+
+
+def _shared_memory_room() -> int | None:
+    """Free bytes where `multiprocessing.shared_memory` puts its blocks on Linux; ``None`` where unknown."""
+    try:
+        stats = os.statvfs("/dev/shm")
+    except (AttributeError, OSError):  # not Linux: POSIX shared memory lives elsewhere, unmeasured
+        return None
+    return stats.f_bavail * stats.f_frsize
 
 
 def _cores() -> int:
