@@ -4,6 +4,7 @@ Run as a script under ``torchrun`` (``python -m torch.distributed.run --nproc_pe
 it is the two-rank side of `test_two_ranks_return_the_single_process_rows`.
 """
 
+import importlib
 import json
 import os
 import subprocess
@@ -16,6 +17,8 @@ import pytest
 import hf_prune as hp
 from tests.conftest import make_dataset
 
+# The package re-exports the function under the module's name; the tests patch the module itself.
+infomax_module = importlib.import_module("hf_prune.select.infomax")
 REPO = Path(__file__).resolve().parents[2]
 # Two classes, three parts each: six parts, so both the pool and the ranks get several.
 SETTINGS = dict(fraction=0.15, score_column="score", k=5, alpha=0.5, partitions=3, label_column="label", seed=7)
@@ -55,7 +58,7 @@ def test_two_workers_give_the_rows_of_one(data, single):
 @pytest.mark.slow  # another pool start: 6 s on an idle 2-core machine, 15 s on a loaded one
 def test_rows_are_pickled_where_shared_memory_is_short(data, single, monkeypatch):
     # As in a container with a 64 MiB /dev/shm: the fallback keeps the rows.
-    monkeypatch.setattr(sys.modules["hf_prune.select.infomax"], "_shared_memory_room", lambda: 1024)
+    monkeypatch.setattr(infomax_module, "_shared_memory_room", lambda: 1024)
     pooled = hp.select.infomax(data, **SETTINGS, workers=2, device="cpu")
     assert list(pooled["row_id"]) == list(single["row_id"])
     assert hp.provenance(pooled)[-1]["stage_times"]["transport"] == "pickle"
@@ -104,10 +107,23 @@ def test_stage_times_are_logged(data, caplog):
 
 
 def test_part_records_are_capped(data, monkeypatch):
-    infomax_module = sys.modules["hf_prune.select.infomax"]
     monkeypatch.setattr(infomax_module, "STAGE_TIMES_PARTS", 5)
     times = hp.provenance(hp.select.infomax(data, **SETTINGS))[-1]["stage_times"]
     assert times["parts"] == 6 and "per_part" not in times and times["kernel_s"] > 0
+
+
+def test_a_failed_rank_fails_every_rank(data, monkeypatch):
+    # Rank 0 of two, where rank 1 reports an error: rank 0 raises it too instead of waiting or going on.
+    monkeypatch.setattr(infomax_module, "_ranks", lambda: (0, 2))
+
+    def gather(out, mine):
+        out[0], out[1] = mine, ({}, "MemoryError('part 1')")
+
+    monkeypatch.setattr(infomax_module.torch.distributed, "all_gather_object", gather)
+    with pytest.raises(RuntimeError, match=r"rank 1: MemoryError\('part 1'\)"):
+        hp.select.infomax(data, **SETTINGS)
+    # Without the process group (distributed=False) the same call does not gather at all.
+    assert len(hp.select.infomax(data, **SETTINGS, distributed=False)) > 0
 
 
 def _launch_two_ranks(out: Path) -> None:
