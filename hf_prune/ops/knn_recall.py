@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from .checks import check_choice, check_positive_int, seed_int
+from .faiss_import import faiss_available, import_faiss
 from .row_blocks import as_rows, take_rows
 
 __all__ = ["knn_recall", "exact_neighbours"]
@@ -57,12 +58,20 @@ def exact_neighbours(
     best_i = np.zeros((n_q, 0), dtype=np.int64)
     q_sq = np.einsum("ij,ij->i", q, q)[:, None]
     sign = 1.0 if metric == "l2" else -1.0  # smaller key is better
+    faiss = import_faiss() if faiss_available() else None
+    per_block = k + (1 if self_rows is not None else 0)
     for start, block in rows.blocks(batch_rows):
         block = _prepare(block, metric)
-        scores = q @ block.T
-        if metric == "l2":
-            scores = q_sq - 2 * scores + np.einsum("ij,ij->i", block, block)[None]
-        ids = np.broadcast_to(np.arange(start, start + len(block)), scores.shape)
+        if faiss is not None:
+            # faiss's exact search keeps a heap per query: no (Q, block) partition of the scores.
+            scores, ids = faiss.knn(q, block, min(per_block, len(block)),
+                                    metric=faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT)
+            ids = ids.astype(np.int64) + start
+        else:
+            scores = q @ block.T
+            if metric == "l2":
+                scores = q_sq - 2 * scores + np.einsum("ij,ij->i", block, block)[None]
+            ids = np.broadcast_to(np.arange(start, start + len(block)), scores.shape)
         keys = sign * scores
         if self_rows is not None:
             keys = np.where(ids == np.asarray(self_rows)[:, None], np.inf, keys)  # never its own neighbour
