@@ -24,7 +24,7 @@ LAYERS = [
     {"ops", "version"},
     {"embed", "score", "data", "corrupt", "dynamics", "provenance"},
     {"select"},
-    {"hub", "cli", ""},  # "": the package root, which can reach everything in hf_prune
+    {"hub", "pipeline", "cli", ""},  # "": the package root, which can reach everything in hf_prune
 ]
 ABOVE_THE_PACKAGE = "recipes"
 # Dataset internals: only hf_prune/ops/arrow.py may touch them.
