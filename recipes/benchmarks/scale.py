@@ -13,9 +13,9 @@ What is measured, per (selector, N, kept fraction):
   processes a selector starts (InfoMax's pool) are not in these numbers: their largest RSS is stored as
   ``children_max_rss_bytes``;
 * a ratio to the run's floor, measured in the same run and the same way: one streamed pass over the
-  column (read + one matvec per block) for the greedy selectors (milliseconds per pick over one pass)
-  and the streaming ones (time over one pass); one k-NN graph of all N rows (faiss exact, or IVF for an
-  approximate ``knn_index``) for the k-NN selectors; one k-means (``hf_prune.ops.kmeans``, faiss,
+  column (read + one matvec per block) for the greedy selectors (time per pick over one pass) and the
+  streaming ones (time over one pass); one k-NN graph of all N rows, k = 10 (faiss exact, or IVF-Flat
+  with the library's defaults for an approximate ``knn_index``) for the k-NN selectors; one k-means (``hf_prune.ops.kmeans``, faiss,
   √N clusters) for the clustering ones;
 * recall@k of the IVF floor against exact search (1,000 sampled queries) and, where a selector reports
   one in its provenance step, the selector's own recall.
@@ -369,13 +369,18 @@ def _floor(name: str, ds, device: str) -> tuple[Callable[[], Any], dict]:
         return index.search(x, k + 1)
 
     def ivf():
-        nlist = max(1, int(4 * np.sqrt(n)))
+        # The library's IVF defaults (hf_prune.ops.knn_index): 4·√N lists (≤ N/39), trained on a seeded
+        # sample of max(40·nlist, 50,000) rows, 16 lists probed.
+        nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))
+        train = np.sort(np.random.default_rng(0).choice(n, size=min(n, max(40 * nlist, 50_000)), replace=False))
         index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist, faiss.METRIC_L2)
         index.cp.seed = 0
-        index.train(x)
-        index.nprobe = 16
+        started = time.perf_counter()
+        index.train(x[train])
+        facts["train_s"] = time.perf_counter() - started
+        index.nprobe = min(16, nlist)
         index.add(x)
-        facts.update(nlist=nlist, nprobe=16)
+        facts.update(nlist=nlist, nprobe=index.nprobe, train_size=len(train))
         return index, index.search(x, k + 1)
 
     if name == "knn_flat":
