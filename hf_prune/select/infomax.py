@@ -389,8 +389,9 @@ def _solve_part(embeddings, scores, budget, settings, device) -> tuple[np.ndarra
 class _PartRunner:
     """Solves lists of parts: this rank's share (``r, r + W, …``), in process or on a worker pool; gathers.
 
-    The pool and its shared memory are made on the first list that needs them and kept for the call's
-    later groups (a worker costs an interpreter start and a torch import).
+    The pool is started on the first list that needs it and kept for the call's later groups (a worker
+    costs an interpreter start and the imports); each list's rows get their own shared block, freed once
+    the list is solved. A part record's ``group`` counts the solved groups (classes in sorted order).
     """
 
     def __init__(self, embeddings, scores, settings, device, *, workers, rank, world):
