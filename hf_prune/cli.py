@@ -1,5 +1,8 @@
 """The ``hf-prune`` command.
 
+    hf-prune run PIPELINE.yaml [--dry-run] [--offline-models]   # load → ... → save/push, cached per step
+    hf-prune embed EMBEDDER INPUT --output OUT [--model ...]    # one embed step (options of the class)
+    hf-prune score SCORER INPUT --output OUT [...]              # one score step (options of the function)
     hf-prune select INPUT --selector "gm_matching:fraction=0.1,embedding_column=emb" --output OUT [--push REPO]
     hf-prune info PATH          # the provenance of a saved subset
     hf-prune list               # available selectors
@@ -7,7 +10,9 @@
 INPUT is a saved dataset folder, a folder of data files, a single ``.parquet``/``.csv``/``.jsonl``
 (``.json``, ``.tsv``, ``.arrow``, ``.txt``, optionally compressed) file, or a Hub dataset id. Every
 check that needs no data (selector options, output folder, Hub login) runs before anything is loaded.
-Only the standard library is imported until a command runs, so ``--help`` is instant. The demo is a
+Only the standard library is imported until a command runs, so ``--help`` is instant; the flags of
+``embed``/``score`` are generated from the embedder classes and score functions
+(`hf_prune.pipeline.components`), so they are built only when one of those commands is parsed. The demo is a
 recipe, ``hf-prune-demo`` (`recipes.demo`); ``hf-prune demo`` only says so.
 """
 
@@ -151,7 +156,88 @@ def _cmd_demo(args) -> int:
                      "`bash scripts/dev.sh demo`) with the same options")
 
 
-def make_parser() -> argparse.ArgumentParser:
+def _cmd_run(args) -> int:
+    from .pipeline import read_pipeline, run_pipeline
+
+    spec = read_pipeline(args.pipeline)
+    result = run_pipeline(spec, cache_dir=args.cache_dir, offline_models=args.offline_models, dry_run=args.dry_run,
+                          progress=not args.no_progress)
+    if not args.dry_run:
+        computed = [str(s["index"]) for s in result.steps if s["status"] == "computed"]
+        print(f"done: {len(result.steps)} steps, computed {', '.join(computed) or 'none'} (the rest cached or "
+              f"written out); final dataset {len(result.dataset):,} rows")
+    return 0
+
+
+def _cmd_step(args) -> int:
+    """``embed``/``score`` as a three-step pipeline (load, the step, save) run without a kept cache."""
+    import tempfile
+
+    from .pipeline import PipelineSpec, StepSpec, run_pipeline
+
+    load = {"path": args.input, "split": args.split, "revision": args.input_revision, "rows": args.rows}
+    step = {args.component_key: args.component_name, **args.step_extras}
+    for name in args.component_options:
+        value = getattr(args, name)
+        if value is not None:
+            step[name] = value
+    save = {"path": args.output, "overwrite": args.overwrite_output}
+    steps = [StepSpec("load", {k: v for k, v in load.items() if v is not None}, 1),
+             StepSpec(args.command, step, 2), StepSpec("save", save, 3)]
+    text = json.dumps({"steps": [{s.kind: s.options} for s in steps]}, indent=2)
+    spec = PipelineSpec(steps, text, source=f"hf-prune {args.command}")
+    with tempfile.TemporaryDirectory(prefix="hf-prune-") as scratch:
+        run_pipeline(spec, cache_dir=args.cache_dir or scratch, offline_models=args.offline_models,
+                     progress=not args.no_progress)
+    return 0
+
+
+def _value(text: str):
+    from .select.spec import parse_value
+
+    return parse_value(text)
+
+
+def _add_component_commands(parent, command: str, kind: str, key: str) -> None:
+    """One sub-command per component, with one ``--flag`` per option of its signature."""
+    from .pipeline.components import components
+    from .pipeline.spec import StepSpec
+    from .pipeline.steps import STEP_KINDS, step_options
+
+    sub = parent.add_subparsers(dest="component_name", required=True, metavar=key.upper())
+    for name, info in sorted(components(kind).items()):
+        _, valid, _ = step_options(StepSpec(command, {key: name}, 1))
+        cmd = sub.add_parser(name, help=info.summary, description=info.summary)
+        cmd.add_argument("input", help="a saved dataset folder, a folder of data files, a .parquet/.csv/.jsonl file, "
+                                       "or a Hub dataset id")
+        cmd.add_argument("--output", required=True, help="save the result (with a dataset card) here")
+        cmd.add_argument("--overwrite", action="store_true", dest="overwrite_output",
+                         help="replace an existing saved dataset at --output")
+        cmd.add_argument("--split", default=None, help="the split of INPUT to use when it has several")
+        cmd.add_argument("--input-revision", default=None, help="the Hub revision of a Hub INPUT")
+        cmd.add_argument("--rows", type=int, default=None, help="use only the first ROWS rows")
+        cmd.add_argument("--cache-dir", default=None, help="keep the step's output cached here (default: none kept)")
+        cmd.add_argument("--offline-models", action="store_true", help="replace Hub models by tiny offline ones")
+        cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
+        options, extras = [], {}
+        for option in valid:
+            if option == key:
+                continue
+            spec = info.options.get(option)
+            if spec is None:
+                text = STEP_KINDS[command].extras.get(option, "")
+            else:
+                default = "" if spec.required else f" (default: {spec.default!r})"
+                text = f"{spec.help}{default}" if spec.help else default.strip(" ()")
+            # `--overwrite` is the output folder's, as in `select`; the function's own one replaces a column.
+            flag = "--overwrite-column" if option == "overwrite" else "--" + option.replace("_", "-")
+            cmd.add_argument(flag, dest=option, type=_value, default=None, required=spec is not None and spec.required,
+                             help=text.replace("%", "%%") or option)
+            options.append(option)
+        cmd.set_defaults(func=_cmd_step, component_key=key, component_options=options, step_extras=extras)
+
+
+def make_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-prune", description="Data pruning for Hugging Face datasets.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -181,6 +267,27 @@ def make_parser() -> argparse.ArgumentParser:
 
     lister = sub.add_parser("list", help="list the selectors, one line each")
     lister.set_defaults(func=_cmd_list)
+
+    run = sub.add_parser("run", help="run a pipeline file (load, corrupt, tokenize, embed, score, select, save, push)")
+    run.add_argument("pipeline", help="a .yaml/.yml/.json pipeline file")
+    run.add_argument("--dry-run", action="store_true", help="print the plan and which steps are cached; run nothing")
+    run.add_argument("--cache-dir", default=None, help="where step outputs are cached (default: the file's "
+                                                       "cache_dir, else $HF_PRUNE_PIPELINE_CACHE or ~/.cache/hf_prune/pipelines)")
+    run.add_argument("--offline-models", action="store_true",
+                     help="replace every Hub model by a tiny random one built from a config (a test run offline)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar (the step lines still print)")
+    run.set_defaults(func=_cmd_run)
+
+    # The flags of embed/score come from the Python API, which loads torch: build them only when needed.
+    words = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("-")]
+    command = words[0] if words else None
+    for name, kind, key, what in (("embed", "embedder", "embedder", "an embedder class of hf_prune.embed"),
+                                  ("score", "scorer", "scorer", "a score function of hf_prune.score")):
+        cmd = sub.add_parser(name, help=f"one {name} step: {what} on a dataset, saved with its provenance")
+        if command == name:
+            _add_component_commands(cmd, name, kind, key)
+        else:
+            cmd.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -191,9 +298,9 @@ def main(argv: list[str] | None = None) -> int:
         >>> main(["select", "data.parquet", "--selector", "random:fraction=0.1,seed=0", "--output", "sub"])
         0
     """
-    args = make_parser().parse_args(argv)
+    args = make_parser(argv).parse_args(argv)
     from_hub = ()
-    if args.command in ("select", "info"):
+    if args.command in ("select", "info", "run", "embed", "score"):
         from .hub import HubAccessError
 
         from_hub = (HubAccessError,)
