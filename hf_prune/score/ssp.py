@@ -33,6 +33,7 @@ def ssp(
     seed: int | np.random.Generator = 0,
     overwrite: bool = False,
     backend: str = "auto",
+    train_size: int | None = None,
 ) -> Dataset:
     """Add the distance of each row to its nearest k-means centroid as a float32 column.
 
@@ -56,6 +57,9 @@ def ssp(
             class it is derived from that integer and the class's position in the sorted class order.
         overwrite: replace an existing ``output_column``.
         backend: ``"auto"`` (faiss when installed), ``"faiss"`` or ``"torch"``.
+        train_size: rows (per k-means) the centroids are trained on, a seeded sample
+            (`hf_prune.ops.kmeans.kmeans`: default ``max(256·n_clusters, 65,536)``; every row of a
+            smaller group); every row is then scored against the centroids.
 
     Example:
         >>> ds = hp.score.ssp(ds, embedding_column="emb", n_clusters=100, output_column="ssp")
@@ -64,6 +68,8 @@ def ssp(
     metric = renamed_value("ssp", "metric", metric, {"euclidean": "l2"})
     check_choice("metric", metric, ("l2", "cosine"))
     n_clusters = check_positive_int("n_clusters", n_clusters)
+    if train_size is not None:
+        train_size = check_positive_int("train_size", train_size)
     iterations = check_positive_int("iterations", iterations)
     seed = seed_int(seed)
     check_columns(dataset, embedding_column, label_column)
@@ -83,11 +89,11 @@ def ssp(
             raise ValueError(f"`n_clusters`={n_clusters} must be smaller than the number of rows in {where} ({len(rows)})")
         group_seed = seed if code is None else int(np.random.default_rng([seed, index]).integers(2**31 - 1))
         centroids, assign, _ = kmeans(x[rows], n_clusters, iterations=iterations, seed=group_seed,
-                                      spherical=metric == "cosine", backend=backend)
+                                      spherical=metric == "cosine", backend=backend, train_size=train_size)
         scores[rows] = _distance_to_assigned(x, rows, centroids.astype(np.float64), assign, metric)
     result = add_column(dataset, output_column, scores, overwrite=overwrite)
     params = {"embedding_column": embedding_column, "n_clusters": n_clusters, "label_column": label_column,
-              "metric": metric, "iterations": iterations, "seed": seed, "backend": backend,
+              "metric": metric, "iterations": iterations, "seed": seed, "backend": backend, "train_size": train_size,
               "output_column": output_column}
     return with_provenance(result, dataset, method="score.ssp", params=params)
 

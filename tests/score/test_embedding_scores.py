@@ -30,6 +30,20 @@ def test_ssp_equals_distance_to_blob_means(backend):
     np.testing.assert_allclose(np.asarray(out["ssp"]), nearest_mean_distance(x.astype(np.float64), blobs), rtol=1e-4, atol=1e-4)
 
 
+def test_ssp_trains_on_a_sample():
+    # 3 far-apart blobs of 400 rows: centroids trained on 60 sampled rows sit near the blob means, and
+    # every row is still scored (the distance to its own blob's centroid).
+    x, blobs = blob_data(n_per=(400, 400, 400))
+    out = hp.score.ssp(make_dataset(x), n_clusters=3, seed=0, train_size=60)
+    full = nearest_mean_distance(x.astype(np.float64), blobs)
+    scores = np.asarray(out["ssp"])
+    # |score − full| ≤ ‖sampled centroid − blob mean‖, about √(d/20) ≈ 0.55 for 20 rows per blob in 6-d.
+    assert len(scores) == 1200 and np.abs(scores - full).max() < 1.5 and not np.allclose(scores, full, atol=1e-4)
+    assert hp.provenance(out)[-1]["params"]["train_size"] == 60
+    with pytest.raises(ValueError, match="train_size"):
+        hp.score.ssp(make_dataset(x), n_clusters=3, train_size=0)
+
+
 def test_ssp_cosine_metric():
     x, blobs = blob_data(seed=1)
     out = hp.score.ssp(make_dataset(x), n_clusters=3, metric="cosine", seed=0)
