@@ -2,11 +2,12 @@
 
 from ..data.prompts import tokenize_prompt_response  # its home is hf_prune.data; kept here for 0.1.0 code
 from .clip import CLIPEmbedder
+from .hidden_states import HiddenStateEmbedder
 from .image import ImageEmbedder
 from .lora_gradients import LoRAGradientEmbedder
 from .pixels import PixelEmbedder
 from .random_net import RandomNetEmbedder
 from .text import TextEmbedder
 
-__all__ = ["CLIPEmbedder", "ImageEmbedder", "LoRAGradientEmbedder", "PixelEmbedder", "RandomNetEmbedder", "TextEmbedder",
-           "tokenize_prompt_response"]
+__all__ = ["CLIPEmbedder", "HiddenStateEmbedder", "ImageEmbedder", "LoRAGradientEmbedder", "PixelEmbedder",
+           "RandomNetEmbedder", "TextEmbedder", "tokenize_prompt_response"]

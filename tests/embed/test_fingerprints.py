@@ -46,6 +46,13 @@ def lora_embedder():
     return hp.embed.LoRAGradientEmbedder(peft.get_peft_model(T.LlamaForCausalLM(config), lora), dim=8, device="cpu")
 
 
+def hidden_state_embedder():
+    torch.manual_seed(0)
+    config = T.LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           num_key_value_heads=2, vocab_size=len(WORDS))
+    return hp.embed.HiddenStateEmbedder(T.LlamaForCausalLM(config), input_ids_column="input_ids", device="cpu")
+
+
 def random_net_embedder():
     config = T.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_channels=3)
     return hp.embed.RandomNetEmbedder(seed=0, config=config, image_size=16)
@@ -54,6 +61,7 @@ def random_net_embedder():
 # One builder per embedder class; every call builds a new, identical instance.
 BUILDERS = {
     "CLIPEmbedder": clip_embedder,
+    "HiddenStateEmbedder": hidden_state_embedder,
     "ImageEmbedder": image_embedder,
     "LoRAGradientEmbedder": lora_embedder,
     "PixelEmbedder": lambda: hp.embed.PixelEmbedder(image_column="image"),  # width learned from the data
