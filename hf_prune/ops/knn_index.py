@@ -15,6 +15,9 @@ Kinds (``index=`` of `hf_prune.ops.knn.knn`, ``knn_index=`` of the selectors):
   ``ef_search`` (default ``max(64, 2·k)``). Needs no training; memory is float32 rows plus
   ``2·hnsw_m`` links per row. Never chosen by ``"auto"``: its insertion is ~10× slower than adding to
   an IVF index on these all-rows-as-queries searches, for recall IVF reaches with a larger ``nprobe``.
+  Built on several OpenMP threads its graph depends on their timing, so its neighbours (and a
+  selection on them) are reproducible only on one faiss thread (``faiss.omp_set_num_threads(1)``);
+  the other kinds give the same neighbours on any thread count.
 * ``"auto"``: `choose_index`, a rule on ``N`` and ``d``:
   exact when ``N ≤ 50,000`` or ``N²·d ≤ 10¹²`` (about a minute of float32 BLAS on two cores: cheaper
   than a trained index and no recall to lose); otherwise IVF-Flat when its float32 rows

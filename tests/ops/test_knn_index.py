@@ -11,6 +11,19 @@ from hf_prune.ops.knn_recall import exact_neighbours, knn_recall
 from hf_prune.ops.matrix import open_matrix
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_faiss_thread():
+    # HNSW insertion on several threads depends on their timing; one thread makes every index
+    # reproducible, so array and block paths can be compared exactly (and small searches run faster).
+    from hf_prune.ops.faiss_import import import_faiss
+
+    faiss = import_faiss()
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
 def clustered(n=3000, d=16, centres=30, spread=0.35, seed=0):
     rng = np.random.default_rng(seed)
     c = rng.normal(size=(centres, d)).astype(np.float32)
