@@ -18,11 +18,14 @@ per-step rows × dim    idle machine (1 / 2)  one busy BLAS process (1 / 2)
 
 So one thread never loses much on small steps and often wins by a large factor; on large steps
 (a pass over more than a few million numbers) the extra threads pay off on an idle machine and the
-caller's setting is kept. **Rule:** a loop whose step reads fewer than `SMALL_STEP_WORK` numbers
-(``2**22``, 16 MiB of float32) runs with one torch thread and one BLAS thread; otherwise the
-threads are left as the caller set them. The previous settings are restored when the loop ends,
-also on an error. Callers on a shared machine who want one thread for large steps too set
-``torch.set_num_threads(1)`` (and ``OMP_NUM_THREADS=1``) themselves, as the tests do.
+caller's setting is kept. **Rule:** an operation of fewer than `SMALL_STEP_WORK` numbers
+(``2**22``, 16 MiB of float32) runs on one thread; larger ones on the threads the caller set. A
+greedy step has two kinds: the product over the N×d rows, which runs in NumPy's BLAS (limited when
+``N·d`` is small), and O(N) bookkeeping in torch (limited when ``N`` is small, i.e. up to ~4M rows:
+a 100,000-row vector operation gains nothing from a second thread and stalls at its barrier under
+load). The previous settings are restored when the loop ends, also on an error. Callers on a shared
+machine who want one thread for the large products too set ``OMP_NUM_THREADS=1`` themselves, as the
+tests do.
 
 `thread_policy(False)` switches the rule off (the threads stay at torch's and OpenBLAS's defaults),
 e.g. to measure what it buys (``recipes/benchmarks/greedy_under_load.py``).
@@ -96,34 +99,39 @@ def loop_threads(step_work: int, device: str | torch.device | None = "cpu") -> i
 
 
 @contextmanager
-def small_step_threads(step_work: int, device: str | torch.device | None = "cpu") -> Iterator[int]:
-    """Run the block with the threads `loop_threads` picks for ``step_work``; yields the torch thread count.
+def small_step_threads(
+    step_work: int, device: str | torch.device | None = "cpu", *, vector_work: int | None = None,
+) -> Iterator[int]:
+    """Run the block with the threads `loop_threads` picks; yields the torch thread count inside it.
 
-    Both torch's intra-op threads and the BLAS / OpenMP pools NumPy uses (through threadpoolctl) are
-    limited; the previous settings come back when the block ends, also on an error.
+    ``step_work`` (numbers one step's matrix–vector product reads) sets the BLAS / OpenMP pools
+    NumPy uses (through threadpoolctl); ``vector_work`` (the length of the step's torch vector
+    operations, default ``step_work``) sets torch's intra-op threads. The greedy loops pass ``N·d``
+    and ``N``: their product runs in NumPy's BLAS, their O(N) bookkeeping in torch, and an O(N)
+    operation is small long before the product is. The previous settings come back when the block
+    ends, also on an error.
 
     Example:
-        >>> with small_step_threads(len(x) * x.shape[1]):
+        >>> with small_step_threads(len(x) * x.shape[1], vector_work=len(x)):
         ...     picks = [greedy_step(x) for _ in range(k)]
     """
-    threads = loop_threads(step_work, device)
+    blas_threads = loop_threads(step_work, device)
+    torch_threads = blas_threads if vector_work is None else loop_threads(vector_work, device)
     previous = torch.get_num_threads()
-    if threads is None:
-        yield previous
-        return
-    blas = _blas_controller()
-    # Only pools above the limit are touched: limiting costs a call into each library.
-    if any(lib.num_threads > threads for lib in blas.lib_controllers):
-        limited = blas.limit(limits=threads)
-    else:
-        limited = nullcontext()
-    if threads != previous:
-        torch.set_num_threads(threads)
+    limited = nullcontext()
+    if blas_threads is not None:
+        blas = _blas_controller()
+        # Only pools above the limit are touched: limiting costs a call into each library.
+        if any(lib.num_threads > blas_threads for lib in blas.lib_controllers):
+            limited = blas.limit(limits=blas_threads)
+    change = torch_threads is not None and torch_threads != previous
+    if change:
+        torch.set_num_threads(torch_threads)
     try:
         with limited:
-            yield threads
+            yield torch.get_num_threads()
     finally:
-        if threads != previous:
+        if change:
             torch.set_num_threads(previous)
 
 

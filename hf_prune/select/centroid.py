@@ -14,7 +14,8 @@ import torch
 from datasets import Dataset
 
 from ..ops.checks import check_choice, check_columns
-from ..ops.columns import read_matrix, read_vector
+from ..ops.columns import read_vector
+from ..ops.matrix import ColumnMatrix, open_matrix
 from ..ops.median import geometric_median
 from ._core import run_selection
 from .registry import selector
@@ -134,10 +135,10 @@ def _distance_selection(
         check_columns(dataset, score_column)
         values = read_vector(dataset, score_column, dtype=np.float64)  # ValueError on NaN / nulls
     else:
-        values = read_matrix(dataset, embedding_column)
+        values = open_matrix(dataset, embedding_column)  # read block by block, never copied whole
 
     def pick(rows, k, rng):
-        x = values if len(rows) == len(values) else values[rows]
+        x = values if len(rows) == len(values) else (values.subset(rows) if score_column is None else values[rows])
         # With a score the "distance" is the score itself: |s − median(s)| below.
         dist = x if score_column is not None else distances_to_center(x, center, device=device)
         if method == "easy":
@@ -159,22 +160,37 @@ def _distance_selection(
     )
 
 
-def distances_to_center(x: np.ndarray, center: str = "mean", *, device=None) -> np.ndarray:
+def distances_to_center(x: np.ndarray | ColumnMatrix, center: str = "mean", *, device=None) -> np.ndarray:
     """Euclidean distance (float64) of each row of ``x`` to the rows' centre, in row chunks.
+
+    ``x`` is an array or a `hf_prune.ops.matrix.ColumnMatrix`, read block by block: the mean and the
+    geometric median take passes over the blocks and O(d) memory; the coordinate-wise median
+    (``center="median"``) needs every value of a coordinate at once and makes one float32 copy.
 
     Example:
         >>> distances_to_center(np.array([[0.0], [2.0], [4.0]]))
         array([2., 0., 2.])
     """
-    if center == "mean":
-        c = x.mean(0, dtype=np.float64)
-    elif center == "median":
-        c = np.median(x, axis=0).astype(np.float64)
-    elif center == "geometric_median":
-        c, _ = geometric_median(x, device=device)
-    else:
+    if center not in _CENTERS:
         raise ValueError(f"`center` must be one of {_CENTERS}, got {center!r}")
-    chunk = max(1, _CHUNK_NUMBERS // max(x.shape[1], 1))
-    return np.concatenate(
-        [np.linalg.norm(x[s : s + chunk].astype(np.float64) - c, axis=1) for s in range(0, len(x), chunk)]
-    )
+    n, d = x.shape
+    chunk = max(1, _CHUNK_NUMBERS // max(d, 1))
+    if center == "mean":
+        c = sum((block.sum(0, dtype=np.float64) for _, block in _blocks(x, chunk)), np.zeros(d)) / max(n, 1)
+    elif center == "median":
+        c = np.median(np.asarray(x), axis=0).astype(np.float64)
+    else:
+        c, _ = geometric_median(x, device=device)
+    out = np.empty(n, dtype=np.float64)
+    for start, block in _blocks(x, chunk):
+        out[start : start + len(block)] = np.linalg.norm(block.astype(np.float64) - c, axis=1)
+    return out
+
+
+def _blocks(x, rows: int):
+    """``(start, rows × d block)`` of an array (views) or a ColumnMatrix (its float32 blocks)."""
+    if isinstance(x, ColumnMatrix):
+        yield from x.blocks(rows)
+        return
+    for start in range(0, len(x), rows):
+        yield start, x[start : start + rows]

@@ -312,10 +312,11 @@ def herd(
     ``x`` is a float tensor or `FeatureRows` (e.g. a memory-mapped column read block by block).
     Returns the picks in the order they were made. Each step is one read pass over the rows, the
     product ``X θ_t`` (float32), plus O(N) (chosen rows get a -inf penalty) and the gather of the
-    picked row for the exact float64 update of ``θ``; no N×d temporary is made. Steps smaller than
-    `hf_prune.ops.threads.SMALL_STEP_WORK` run on one thread. ``initial`` rows (distinct, at most
-    ``k``) are the first picks, in the given order, each moving ``θ`` as a herding step does. With
-    ``return_gains``, also each pick's score ``⟨θ_t, x⟩`` at its step (float64).
+    picked row for the exact float64 update of ``θ``; no N×d temporary is made. Threads follow
+    `hf_prune.ops.threads.small_step_threads` (one for small products; one torch thread for the
+    O(N) bookkeeping below 4M rows). ``initial`` rows (distinct, at most ``k``) are the first picks,
+    in the given order, each moving ``θ`` as a herding step does. With ``return_gains``, also each
+    pick's score ``⟨θ_t, x⟩`` at its step (float64).
 
     Example:
         >>> order = herd(torch.randn(100, 4), torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64), 10)
@@ -332,7 +333,7 @@ def herd(
         raise ValueError(f"`initial` has {len(initial)} rows, more than `k` ({k})")
     # A float64 tensor keeps its exact rows for the θ update (the products stay float32).
     picked_row = (lambda i: x[i]) if exact else (lambda i: rows.take([i])[0].to(torch.float64))
-    with small_step_threads(n * rows.dim, rows.device):
+    with small_step_threads(n * rows.dim, rows.device, vector_work=n):
         return _herd(rows, mu, theta0, k, initial, return_gains, picked_row)
 
 

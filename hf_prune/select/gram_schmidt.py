@@ -179,7 +179,8 @@ def gram_schmidt_order(
     Cost per pick: one read pass over the N×d features plus O(N) (and O(k·d) for the picked row);
     memory: the float32 features (the input itself when it is float32 and C-contiguous, the Arrow
     chunks of a ColumnMatrix; one copy on a non-CPU device), O(N) vectors and the ``k×d`` basis,
-    never an N×d temporary. Steps smaller than `hf_prune.ops.threads.SMALL_STEP_WORK` run on one thread.
+    never an N×d temporary. Threads follow `hf_prune.ops.threads.small_step_threads` (one for small
+    products; one torch thread for the O(N) bookkeeping below 4M rows).
 
     Example:
         >>> picks, norms = gram_schmidt_order(x, 3)  # deterministic: pivoted QR order
@@ -196,7 +197,7 @@ def gram_schmidt_order(
         raise ValueError(f"`initial` must hold distinct row positions in [0, {n})")
     if len(initial) > k:
         raise ValueError(f"`initial` has {len(initial)} rows, more than `k` ({k})")
-    with small_step_threads(n * d, x.device):
+    with small_step_threads(n * d, x.device, vector_work=n):
         return _order(x, k, uniforms, tol, initial)
 
 

@@ -47,12 +47,15 @@ def k_center_greedy(
     (2018) bound the core-set loss with.
 
     We keep the vector of distances from every row to its nearest centre and update it with the
-    new centre only: per pick one matrix–vector product on ``device`` (O(N·d)), an elementwise
-    minimum and an argmax — never the N×N distance matrix. Squared distances are computed as
-    ``‖x‖² − 2⟨x, c⟩ + ‖c‖²`` on rows centred at their group mean (which keeps the cancellation
-    small). Kept rows are masked, so the ``k`` rows are distinct even with duplicate embeddings;
-    once every row is covered (all distances 0) further picks go to the earliest uncovered rows.
-    Ties in the argmax go to the earliest row.
+    new centre only: per pick one matrix–vector product on ``device`` (O(N·d), one read pass over
+    the column), an elementwise minimum and an argmax — never the N×N distance matrix. Squared
+    distances are computed as ``‖x − m‖² − 2⟨x − m, c − m⟩ + ‖c − m‖²`` about the group mean ``m``
+    (the exact ``‖x − m‖²`` computed once, which keeps the cancellation small) without forming the
+    centred rows. The column is read block by block from its Arrow chunks (zero-copy over a
+    memory-mapped file; per class through the class's rows), so memory beyond it is O(N) (on a
+    GPU, one float32 copy of the group there). Kept rows are masked, so the ``k`` rows are distinct
+    even with duplicate embeddings; once every row is covered (all distances 0) further picks go
+    to the earliest uncovered rows. Ties in the argmax go to the earliest row.
 
     **Order.** The picks are a greedy permutation: with the same ``init`` and ``seed`` a smaller
     budget's picks are the first picks of a larger one's (per class when ``label_column`` is given),
@@ -135,8 +138,9 @@ def greedy_k_center(
     the product ``X v`` (float32 BLAS over the stored rows, block by block) and the O(N) vector
     ``sq = ‖x_i − m‖²`` (exact, computed once) give every distance; no N×d temporary is made. The
     rounding of ``x_i·v`` is about ``ε‖x_i‖‖v‖``: far rows, the ones the argmax compares, are
-    unaffected; near-ties may resolve differently from an explicitly centred computation. Steps
-    smaller than `hf_prune.ops.threads.SMALL_STEP_WORK` run on one thread.
+    unaffected; near-ties may resolve differently from an explicitly centred computation. Threads
+    follow `hf_prune.ops.threads.small_step_threads` (one for small products; one torch thread for
+    the O(N) bookkeeping below 4M rows).
 
     Example:
         >>> greedy_k_center(torch.tensor([[0.0], [1.0], [5.0]]), 2, 0)
@@ -155,7 +159,7 @@ def greedy_k_center(
         raise ValueError(f"`initial` must hold distinct row positions in [0, {n})")
     if len(initial) > k:
         raise ValueError(f"`initial` has {len(initial)} rows, more than `k` ({k})")
-    with small_step_threads(n * rows.dim, rows.device):
+    with small_step_threads(n * rows.dim, rows.device, vector_work=n):
         return _greedy(rows, k, first, sq, center, initial, return_gains)
 
 

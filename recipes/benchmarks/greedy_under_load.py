@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -151,6 +152,8 @@ class CompetingJob:
         self.children: list[subprocess.Popen] = []
 
     def __enter__(self):
+        # A terminated benchmark stops its competing job too: SIGTERM unwinds through __exit__.
+        self._previous_handler = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         for _ in range(self.processes):
             self.children.append(subprocess.Popen([sys.executable, "-c", BUSY_LOOP], env=env,
@@ -163,7 +166,12 @@ class CompetingJob:
             child.kill()
         for child in self.children:
             child.wait()
+        signal.signal(signal.SIGTERM, self._previous_handler)
         return False
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def run(args) -> dict:

@@ -45,6 +45,15 @@ def test_the_setting_is_restored_after_the_loop_and_on_error(two_threads):
         assert threads == 2 and torch.get_num_threads() == 2
 
 
+def test_large_products_keep_their_threads_while_small_vector_work_gets_one(two_threads):
+    # A greedy step over 100,000 × 384 rows: the product is large, the O(N) bookkeeping is not.
+    with small_step_threads(100_000 * 384, vector_work=100_000) as threads:
+        assert threads == 1 and torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with small_step_threads(SMALL_STEP_WORK * 8, vector_work=SMALL_STEP_WORK * 2) as threads:
+        assert threads == 2
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="step_work"):
         loop_threads(-1)
