@@ -5,9 +5,10 @@ from .dynamics import aum, dual, dyn_unc, el2n, entropy, forgetting, margin, tdd
 from .feature_norm import feature_norm
 from .grand import grand
 from .less import less
+from .rds import rds
 from .ssp import ssp
 
 __all__ = [
     "aum", "clip_score", "dual", "dyn_unc", "el2n", "entropy", "feature_norm", "forgetting", "grand",
-    "less", "margin", "ssp", "tdds",
+    "less", "margin", "rds", "ssp", "tdds",
 ]

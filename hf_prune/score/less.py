@@ -23,9 +23,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pyarrow as pa
 import torch
-from datasets import Dataset
+from datasets import ClassLabel, Dataset
 
+from ..ops.arrow import column_array
 from ..ops.checks import check_positive_int
 from ..ops.columns import (
     add_column,
@@ -39,7 +41,7 @@ from ..ops.columns import (
 from ..ops.device import resolve_device
 from ..provenance import input_fingerprint, with_provenance
 
-__all__ = ["less"]
+__all__ = ["dataset_tasks", "less", "task_index"]
 
 
 def _unit_rows(x: torch.Tensor) -> torch.Tensor:
@@ -76,25 +78,63 @@ def _describe(value) -> dict:
     return {"shape": list(np.shape(value))}
 
 
-def _task_codes(tasks, validation, num_rows: int) -> tuple[np.ndarray, int]:
+def task_index(values, what: str) -> tuple[list, np.ndarray]:
+    """``(task names, int64 code per row)``: the distinct task values in sorted order and each row's position in it.
+
+    ``values`` are task ids (strings or integers) of the rows; ``what`` names them in errors. The order
+    is the layout of every per-task score column (`less`'s and `hf_prune.score.rds`'s ``per_task_column``).
+
+    Example:
+        >>> task_index(np.array(["mmlu", "bbh", "mmlu"]), "task_column")
+        (['bbh', 'mmlu'], array([1, 0, 1]))
+    """
+    ids = np.asarray(values)
+    if ids.ndim != 1:
+        raise ValueError(f"{what} must hold one task id per row, got shape {ids.shape}")
+    if ids.dtype.kind == "f" and not np.isfinite(ids).all():
+        raise ValueError(f"{what} has NaN task ids")
+    if ids.dtype.kind == "O":
+        if any(v is None for v in ids):
+            raise ValueError(f"{what} has missing (None) task ids")
+        ids = ids.astype(str)
+    names, codes = np.unique(ids, return_inverse=True)
+    return names.tolist(), codes.astype(np.int64).reshape(-1)
+
+
+def dataset_tasks(dataset: Dataset, column: str) -> tuple[list, np.ndarray]:
+    """`task_index` of a Dataset's task column (strings, integers or ClassLabel; ClassLabel ids give their names).
+
+    Example:
+        >>> dataset_tasks(Dataset.from_dict({"task": ["b", "a", "b"]}), "task")
+        (['a', 'b'], array([1, 0, 1]))
+    """
+    codes = read_labels(dataset, column)  # checks the column: present, no nulls, integer or string labels
+    arr = column_array(dataset, column)
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.cast(arr.type.value_type)
+    values = arr.to_numpy(zero_copy_only=False) if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type) \
+        else codes
+    names, codes = task_index(values, f"column {column!r}")
+    feature = dataset.features[column]
+    if isinstance(feature, ClassLabel):
+        names = [feature.int2str(int(n)) for n in names]
+    return names, codes
+
+
+def _task_codes(tasks, validation, num_rows: int) -> tuple[np.ndarray, list]:
     if tasks is None:
-        return np.zeros(num_rows, dtype=np.int64), 1
+        return np.zeros(num_rows, dtype=np.int64), [None]
     if isinstance(tasks, str):
         first = validation[0] if isinstance(validation, (list, tuple)) else validation
         if not isinstance(first, Dataset):
             raise ValueError("`task_column` names a column of the validation Dataset; with array validation "
                              "gradients pass the task ids as an array instead")
-        codes = read_labels(first, tasks)
+        names, codes = dataset_tasks(first, tasks)
     else:
-        ids = np.asarray(tasks)
-        if ids.ndim != 1:
-            raise ValueError(f"`task_column` as an array must be 1-d (one task id per validation row), got shape {ids.shape}")
-        if ids.dtype.kind == "f" and not np.isfinite(ids).all():
-            raise ValueError("`task_column` has NaN task ids")
-        _, codes = np.unique(ids, return_inverse=True)
+        names, codes = task_index(tasks, "`task_column` as an array")
     if len(codes) != num_rows:
         raise ValueError(f"{len(codes)} task ids for {num_rows} validation gradients")
-    return codes.astype(np.int64), int(codes.max()) + 1
+    return codes, names
 
 
 def less(
@@ -107,6 +147,7 @@ def less(
     reduce: str = "max",
     checkpoint_weights: Sequence[float] | None = None,
     output_column: str = "less",
+    per_task_column: str | None = None,
     overwrite: bool = False,
     device: str | torch.device | None = None,
     batch_size: int = 4096,
@@ -142,6 +183,10 @@ def less(
         reduce: ``"max"`` (LESS) or ``"mean"`` over tasks.
         checkpoint_weights: one non-negative weight per checkpoint (η̄_i), not all zero.
         output_column: the new float32 column; an existing one is replaced only with ``overwrite=True``.
+        per_task_column: if given, also a fixed-length float32 list column of the ``J`` per-task scores
+            (the checkpoint-weighted mean cosines before the reduction over tasks), tasks in sorted
+            order of their ids (`task_index`), recorded as the provenance step's ``tasks``. This is what
+            `hf_prune.select.round_robin` takes (LESS-RR); `hf_prune.score.rds` writes the same layout.
         device: where the products run (``None``: CUDA when available).
         batch_size: training rows read and scored at a time.
 
@@ -163,6 +208,10 @@ def less(
     if len(dataset) == 0:
         raise ValueError("the dataset is empty")
     check_new_column(dataset, output_column, overwrite)
+    if per_task_column is not None:
+        if per_task_column == output_column:
+            raise ValueError(f"`per_task_column` and `output_column` are both {output_column!r}")
+        check_new_column(dataset, per_task_column, overwrite)
     if reduce not in ("max", "mean"):
         raise ValueError(f"`reduce` must be 'max' or 'mean', got {reduce!r}")
     check_positive_int("batch_size", batch_size)
@@ -198,7 +247,8 @@ def less(
     rows = len(matrices[0])
     if any(len(m) != rows for m in matrices):
         raise ValueError("every checkpoint's validation set must have the same rows (one gradient per example)")
-    codes, num_tasks = _task_codes(task_column, validations, rows)
+    codes, task_names = _task_codes(task_column, validations, rows)
+    num_tasks = len(task_names)
     # Per task j: the mean of its unit validation gradients, so x̂ · u_j = mean cosine over task j.
     averaging = torch.zeros(num_tasks, rows, dtype=torch.float64)
     averaging[torch.from_numpy(codes), torch.arange(rows)] = 1.0
@@ -217,10 +267,13 @@ def less(
             per_task[start : start + len(chunk)] += float(weights[i]) * (x @ means.T)
     reduced = per_task.max(dim=1).values if reduce == "max" else per_task.mean(dim=1)
     result = add_column(dataset, output_column, reduced.cpu().numpy(), overwrite=overwrite)
+    if per_task_column is not None:
+        result = add_column(result, per_task_column, per_task.cpu().numpy(), overwrite=overwrite)
     params = {
         "gradient_column": columns, "validation_gradients": [_describe(v) for v in validations],
         "validation_column": val_columns, "task_column": task_column if isinstance(task_column, str) or task_column is None
         else {"task_ids": len(codes), "tasks": num_tasks},
         "reduce": reduce, "checkpoint_weights": weights.tolist(), "output_column": output_column,
+        "per_task_column": per_task_column, "tasks": task_names,
     }
     return with_provenance(result, dataset, method="score.less", params=params)

@@ -26,6 +26,7 @@ CALLS = {
     "grand": dict(gradient_column="grad"),
     "less": dict(validation_gradients=VALIDATION),
     "margin": dict(),
+    "rds": dict(targets=make_dataset(VALIDATION), task_column=None),
     "ssp": dict(n_clusters=3, label_column="label"),
     "tdds": dict(window=3),
 }

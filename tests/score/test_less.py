@@ -161,3 +161,40 @@ def test_less_records_a_provenance_step():
     as_array = hp.score.less(ds, validation_gradients=rng.normal(size=(3, 5)), task_column=[0, 1, 1])
     params = hp.provenance(as_array)[0]["params"]
     assert params["validation_gradients"] == [{"shape": [3, 5]}] and params["task_column"] == {"task_ids": 3, "tasks": 2}
+
+
+def test_per_task_column_holds_the_scores_before_the_reduction_in_sorted_task_order():
+    train = np.array([[1, 0, 0], [0, 2, 0], [1, 1, 0], [0, 0, -3]], dtype=np.float32)
+    val = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 1, 1], [0, 0, 1]], dtype=np.float32)
+    s = 1 / np.sqrt(2)
+    qa = np.array([(1 + s) / 2, (0 + s) / 2, (s + 1) / 2, 0.0])
+    math = np.array([0.0, (1 + s + 0) / 3, (s + 0.5 + 0) / 3, (0 - s - 1) / 3])
+    val_ds = _grads(val, task=["qa", "qa", "math", "math", "math"])
+    out = hp.score.less(_grads(train), validation_gradients=val_ds, task_column="task", per_task_column="per_task")
+    np.testing.assert_allclose(np.asarray(out["per_task"]), np.stack([math, qa], axis=1), atol=1e-6)  # sorted names
+    np.testing.assert_allclose(out["less"], np.maximum(qa, math), atol=1e-6)
+    step = hp.provenance(out)[-1]
+    assert step["params"]["tasks"] == ["math", "qa"] and step["params"]["per_task_column"] == "per_task"
+    assert out.features["per_task"].length == 2
+    # Two checkpoints: the weighted per-task sums, as the reduction sees them.
+    two = hp.score.less(_grads(train).add_column("grad2", _grads(train * 2)["grad"]), gradient_column=["grad", "grad2"],
+                        validation_gradients=[val, val], task_column=["qa", "qa", "math", "math", "math"],
+                        checkpoint_weights=[1.0, 3.0], per_task_column="per_task")
+    np.testing.assert_allclose(np.asarray(two["per_task"]), 4 * np.stack([math, qa], axis=1), atol=1e-5)
+    with pytest.raises(ValueError, match="both 'less'"):
+        hp.score.less(_grads(train), validation_gradients=val, per_task_column="less")
+    with pytest.raises(ValueError, match="already"):
+        hp.score.less(_grads(train), validation_gradients=val, per_task_column="grad")
+
+
+def test_integer_task_ids_with_gaps_are_tasks_too():
+    rng = np.random.default_rng(3)
+    train = rng.normal(size=(40, 6)).astype(np.float32)
+    val = rng.normal(size=(6, 6)).astype(np.float32)
+    task = np.array([2, 2, 7, 7, 7, 11])  # three tasks, not twelve
+    direct = np.stack([_cos(train, val[task == j]).mean(1) for j in (2, 7, 11)], axis=1)
+    out = hp.score.less(_grads(train), validation_gradients=_grads(val, task=task), task_column="task",
+                        per_task_column="t", reduce="mean")
+    np.testing.assert_allclose(np.asarray(out["t"]), direct, atol=1e-5)
+    np.testing.assert_allclose(out["less"], direct.mean(1), atol=1e-5)
+    assert hp.provenance(out)[-1]["params"]["tasks"] == [2, 7, 11]
