@@ -260,8 +260,8 @@ class PipelineResult:
 
 
 def _write_cache(dataset, cache_dir: str, key: str, step: StepSpec, seconds: float):
+    import datasets as datasets_tqdm  # its progress-bar switches
     from datasets import load_from_disk
-    from datasets.utils import tqdm as datasets_tqdm
 
     os.makedirs(cache_dir, exist_ok=True)
     final, tmp = os.path.join(cache_dir, key), os.path.join(cache_dir, f".{key}.tmp-{uuid.uuid4().hex[:8]}")
@@ -398,7 +398,7 @@ def run_pipeline(
                 log(f"[{step.index}/{len(entries)}] {step.kind} {_describe(step)}"
                     + ("" if rows_in is None else f" on {rows_in:,} rows"))
                 if step.kind == "load":
-                    dataset = load_source(step.options)
+                    dataset = load_source(step.options, ctx.loaded)
                     from ..ops.arrow import fingerprint
 
                     key = entry.key or _hash({"fingerprint": fingerprint(dataset), "options": step.options,

@@ -54,14 +54,18 @@ def _yaml_load(text: str, where: str) -> Any:
         pass
 
     def mapping(loader, node):
-        loader.flatten_mapping(node)
-        result = _Mapping()
+        explicit = sum(key.tag != "tag:yaml.org,2002:merge" for key, _ in node.value)
+        loader.flatten_mapping(node)  # `<<: *anchor` entries come first; the mapping's own keys override them
+        merged = len(node.value) - explicit
+        result, own = _Mapping(), set()
         result.line = node.start_mark.line + 1
-        for key_node, value_node in node.value:
+        for position, (key_node, value_node) in enumerate(node.value):
             key = loader.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
-            if key in result:
+            if position >= merged and key in own:
                 raise PipelineError(f"{where}:{line}: key {key!r} is given twice (first on line {result.lines[key]})")
+            if position >= merged:
+                own.add(key)
             result[key] = loader.construct_object(value_node, deep=True)
             result.lines[key] = line
         return result
@@ -113,10 +117,6 @@ class StepSpec:
     line: int | None = None
     option_lines: dict[str, int] = field(default_factory=dict)
 
-    def where(self, option: str | None = None) -> str:
-        """``line N`` of an option (or of the step), else ``step N``."""
-        line = self.option_lines.get(option, self.line) if option else self.line
-        return f"{line}" if line else f"step {self.index}"
 
 
 @dataclass
@@ -140,9 +140,8 @@ class PipelineSpec:
         if step is None:
             line = self.setting_lines.get(option) if option else None
             return f"{self.source}{f':{line}' if line else ''}: {message}"
-        where = step.where(option)
-        prefix = f"{self.source}:{where}" if where[0].isdigit() else f"{self.source}: {where}"
-        return f"{prefix}: step {step.index} ({step.kind}): {message}"
+        line = step.option_lines.get(option, step.line) if option else step.line
+        return f"{self.source}{f':{line}' if line else ''}: step {step.index} ({step.kind}): {message}"
 
 
 def parse_pipeline(text: str, *, source: str = "<pipeline>", kinds: tuple[str, ...] | None = None) -> PipelineSpec:

@@ -164,7 +164,7 @@ def step_columns(step: StepSpec, info: Component | None) -> tuple[list[tuple[str
             needs = registry.get(step.options["selector"]).needs
             reads = [r for r in reads if r[0] in needs or r[0] == "label_column" or step.options.get(r[0])]
         writes.append("row_id")
-    if step.kind == "score" and info.name == "less" and step.options.get("task_column") is None:
+    if step.kind == "score" and info.name == "less":  # LESS's task column is one of the validation rows
         reads = [r for r in reads if r[0] != "task_column"]
     return reads, writes
 
@@ -274,8 +274,11 @@ def _pick_split(data, split: str | None, where: str):
     return data
 
 
-def load_source(options: dict[str, Any]):
+def load_source(options: dict[str, Any], memo: dict[str, Any] | None = None):
     """The Dataset a load step describes (see the module docstring for its options).
+
+    ``memo`` keeps what builtin loaders return, so a pipeline that reads two splits of one builtin
+    (LESS's pool and validation rows) builds it once.
 
     Example:
         >>> ds = load_source({"builtin": "digits", "split": "train", "rows": 100})
@@ -293,7 +296,13 @@ def load_source(options: dict[str, Any]):
         raise ValueError("`streaming: true` needs `rows`: the number of rows to materialise")
     if options.get("builtin"):
         name = options.pop("builtin")
-        data = components("loader")[name].fn(**options)
+        key = json.dumps({"builtin": name, **options}, sort_keys=True, default=str)
+        if memo is not None and key in memo:
+            data = memo[key]
+        else:
+            data = components("loader")[name].fn(**options)
+            if memo is not None:
+                memo[key] = data
         where = f"builtin {name!r}"
     else:
         path_or_id, revision, config_name = options["path"], options.get("revision"), options.get("config_name")
@@ -353,6 +362,7 @@ class Context:
     offline_models: bool = False
     log: Callable[[str], None] = print
     built: dict[int, Any] = field(default_factory=dict)  # step index -> embedder / tokenizer
+    loaded: dict[str, Any] = field(default_factory=dict)  # what builtin loaders returned, by their options
 
     def step(self, index: int) -> StepSpec:
         return self.spec.steps[index - 1]
@@ -459,7 +469,7 @@ def _validation_gradients(ctx: Context, step: StepSpec):
                  and any(c in columns for c in step_columns(s, components("embedder")[s.options["embedder"]])[1])]
     if not producers:
         raise ValueError(f"less: no earlier embed step writes {column!r}, so the validation rows cannot be embedded")
-    data = load_source(step.options["validation"])
+    data = load_source(step.options["validation"], ctx.loaded)
     for earlier in ctx.spec.steps[: step.index - 1]:
         if earlier.kind == "tokenize":
             data = run_tokenize(ctx, earlier, data)

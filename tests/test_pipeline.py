@@ -1,0 +1,234 @@
+"""Pipeline files: validation before anything runs (lines, choices, columns), caching by fingerprint, --dry-run."""
+
+import json
+
+import numpy as np
+import pytest
+from datasets import Dataset, load_from_disk
+
+import hf_prune as hp
+from hf_prune.pipeline import PipelineError, parse_pipeline, plan, run_pipeline, steps, validate
+from hf_prune.pipeline.components import embedders, scorers, selectors
+
+
+@pytest.fixture
+def source(tmp_path):
+    """A saved 40-row dataset with a 6-d embedding and two classes, and its path."""
+    rng = np.random.default_rng(0)
+    ds = Dataset.from_dict({"emb": rng.normal(size=(40, 6)).astype(np.float32).tolist(), "label": [0, 1] * 20})
+    path = tmp_path / "source"
+    ds.save_to_disk(path)
+    return str(path)
+
+
+def pipeline_text(source, out, fraction=0.25):
+    return f"""\
+steps:
+  - load:
+      path: {source}
+  - score:
+      scorer: feature_norm
+      embedding_column: emb
+      output_column: norm
+  - select:
+      selector: top_k
+      fraction: {fraction}
+      score_column: norm
+      label_column: label
+  - save:
+      path: {out}
+      overwrite: true
+"""
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """How many times each step kind computed (wrapping the runners the pipeline calls)."""
+    calls = {}
+    for kind, fn in list(steps.RUNNERS.items()):
+        def wrapped(ctx, step, dataset, fn=fn, kind=kind):
+            calls[kind] = calls.get(kind, 0) + 1
+            return fn(ctx, step, dataset)
+        monkeypatch.setitem(steps.RUNNERS, kind, wrapped)
+    loads = []
+    original = steps.load_source
+
+    def load(options, memo=None):
+        loads.append(options)
+        return original(options, memo)
+    monkeypatch.setattr("hf_prune.pipeline.runner.load_source", load)
+    calls["load"] = loads
+    return calls
+
+
+def test_unknown_step_names_the_line_and_the_valid_steps():
+    text = "steps:\n  - load: {builtin: digits, split: train}\n  - embedd: {embedder: PixelEmbedder}\n"
+    with pytest.raises(PipelineError) as err:
+        parse_pipeline(text, source="p.yaml")
+    assert str(err.value).startswith("p.yaml:3: unknown step 'embedd'; valid steps: load, corrupt, tokenize, embed")
+
+
+def test_unknown_component_and_option_name_their_lines_and_choices():
+    text = (
+        "steps:\n"
+        "  - load: {builtin: digits, split: train}\n"
+        "  - embed:\n"
+        "      embedder: PixelEmbeder\n"
+        "  - select:\n"
+        "      selector: top_k\n"
+        "      fraction: 0.1\n"
+        "      score_colum: s\n"
+    )
+    with pytest.raises(PipelineError) as err:
+        validate(parse_pipeline(text, source="p.yaml"))
+    lines = str(err.value).splitlines()
+    assert lines[0].startswith("p.yaml:4: step 2 (embed): unknown embedder 'PixelEmbeder'; choose one of: ")
+    assert "PixelEmbedder" in lines[0] and "ImageEmbedder" in lines[0]
+    assert lines[1].startswith("p.yaml:8: step 3 (select): select top_k has no option 'score_colum'; its options "
+                               "are: fraction, size, score_column")
+    assert any(line.startswith("p.yaml:5: step 3 (select): selector top_k needs option(s) score_column")
+               for line in lines)
+
+
+def test_a_column_no_earlier_step_writes_is_rejected_before_running(source, tmp_path, counted):
+    text = pipeline_text(source, tmp_path / "out").replace("score_column: norm", "score_column: nrom")
+    spec = parse_pipeline(text, source="p.yaml")
+    with pytest.raises(PipelineError) as err:
+        run_pipeline(spec, cache_dir=str(tmp_path / "cache"), progress=False)
+    message = str(err.value)
+    assert message.startswith("p.yaml:11: step 3 (select): score_column='nrom': no earlier step writes the column "
+                              "'nrom'")
+    assert "the columns here are: emb, label, norm" in message
+    assert counted["load"] == [] and not (tmp_path / "out").exists()
+    # The source's own columns count (read from its dataset_info.json), and so does an earlier output.
+    assert "embedding_column" not in message
+
+
+def test_json_pipelines_keep_line_numbers(source):
+    text = json.dumps({"steps": [{"load": {"path": source}}, {"score": {"scorer": "feature_norm", "p": 2,
+                                                                        "colour": 1}}]}, indent=2)
+    with pytest.raises(PipelineError, match=r"^p.json:12: step 2 \(score\): score feature_norm has no option 'colour'"):
+        validate(parse_pipeline(text, source="p.json"))
+
+
+def test_structure_errors():
+    with pytest.raises(PipelineError, match="unknown key 'step'; valid keys: steps"):
+        parse_pipeline("step: []\n")
+    with pytest.raises(PipelineError, match=r"^<pipeline>:2: step 1 must be a one-key mapping"):
+        parse_pipeline("steps:\n  - {load: {}, save: {}}\n")
+    with pytest.raises(PipelineError, match=r"<pipeline>:3: key 'rows' is given twice \(first on line 2\)"):
+        parse_pipeline("steps:\n  - load: {builtin: digits, rows: 1,\n      rows: 2}\n")
+    with pytest.raises(PipelineError, match="starts with one `load` step"):
+        validate(parse_pipeline("steps:\n  - score: {scorer: feature_norm}\n"))
+    with pytest.raises(PipelineError, match="set exactly one of `builtin`"):
+        validate(parse_pipeline("steps:\n  - load: {split: train}\n"))
+    with pytest.raises(PipelineError, match="`streaming: true` needs `rows`"):
+        validate(parse_pipeline("steps:\n  - load: {path: user/data, streaming: true}\n"))
+
+
+def test_second_run_computes_nothing_and_an_edited_later_step_reruns_only_it(source, tmp_path, counted):
+    cache = str(tmp_path / "cache")
+    first = run_pipeline(parse_pipeline(pipeline_text(source, tmp_path / "out")), cache_dir=cache, progress=False)
+    assert [s["status"] for s in first.steps] == ["computed", "computed", "computed", "ran"]
+    assert counted["score"] == counted["select"] == 1 and len(counted["load"]) == 1
+    assert len(load_from_disk(tmp_path / "out")) == 10
+
+    again = run_pipeline(parse_pipeline(pipeline_text(source, tmp_path / "out")), cache_dir=cache, progress=False)
+    assert again.computed == 0 and [s["status"] for s in again.steps] == ["skipped", "skipped", "cached", "ran"]
+    assert counted["score"] == counted["select"] == 1 and len(counted["load"]) == 1
+
+    edited = run_pipeline(parse_pipeline(pipeline_text(source, tmp_path / "out", fraction=0.5)), cache_dir=cache,
+                          progress=False)
+    assert [s["status"] for s in edited.steps] == ["skipped", "cached", "computed", "ran"]
+    assert counted["score"] == 1 and counted["select"] == 2 and len(counted["load"]) == 1
+    assert len(load_from_disk(tmp_path / "out")) == 20
+
+
+def test_a_changed_source_file_invalidates_its_steps(tmp_path, counted):
+    path = tmp_path / "data.jsonl"
+    Dataset.from_dict({"emb": [[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]], "label": [0, 1, 0]}).to_json(path)
+    text = pipeline_text(str(path), tmp_path / "out").replace("label_column: label", "seed: 0")
+    run_pipeline(parse_pipeline(text), cache_dir=str(tmp_path / "cache"), progress=False)
+    Dataset.from_dict({"emb": [[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [5.0, 5.0]], "label": [0, 1, 0, 1]}).to_json(path)
+    result = run_pipeline(parse_pipeline(text), cache_dir=str(tmp_path / "cache"), progress=False)
+    assert result.computed == 3 and len(counted["load"]) == 2
+    assert load_from_disk(tmp_path / "out")["row_id"] == [3]
+
+
+def test_a_rerun_after_a_failure_resumes_from_the_last_finished_step(source, tmp_path, counted, monkeypatch):
+    cache = str(tmp_path / "cache")
+    spec = parse_pipeline(pipeline_text(source, tmp_path / "out"))
+
+    def broken(ctx, step, dataset):
+        raise KeyboardInterrupt  # an interruption in the middle of the selection
+
+    monkeypatch.setitem(steps.RUNNERS, "select", broken)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(spec, cache_dir=cache, progress=False)
+    assert not (tmp_path / "out").exists()
+    monkeypatch.undo()
+    result = run_pipeline(spec, cache_dir=cache, progress=False)
+    assert [s["status"] for s in result.steps] == ["skipped", "cached", "computed", "ran"]
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(source, tmp_path, counted):
+    cache = str(tmp_path / "cache")
+    spec = parse_pipeline(pipeline_text(source, tmp_path / "out"), source="p.yaml")
+    lines = []
+    run_pipeline(spec, cache_dir=cache, dry_run=True, log=lines.append)
+    assert lines[0].splitlines()[0] == f"pipeline p.yaml: 4 steps; cache {cache}"
+    assert [line.split()[2] for line in lines[0].splitlines()[1:]] == ["runs", "runs", "runs", "runs"]
+    assert counted["load"] == [] and not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+    run_pipeline(spec, cache_dir=cache, progress=False)
+    spec.steps[2].options["fraction"] = 0.5
+    lines.clear()
+    run_pipeline(spec, cache_dir=cache, dry_run=True, log=lines.append)
+    statuses = [line.split(None, 3)[2:4] for line in lines[0].splitlines()[1:]]
+    assert [s[0] for s in statuses] == ["cached", "cached", "runs", "runs"]
+    assert lines[0].splitlines()[1].split()[3] == "(not" and [e.cached is not None for e in plan(spec, cache_dir=cache)] \
+        == [True, True, False, False]
+
+
+def test_the_subset_records_the_pipeline_text(source, tmp_path):
+    text = pipeline_text(source, tmp_path / "out")
+    run_pipeline(parse_pipeline(text, source="p.yaml"), cache_dir=str(tmp_path / "cache"), progress=False)
+    saved = hp.provenance(load_from_disk(tmp_path / "out"), warn=False)
+    assert [s["method"] for s in saved] == ["score.feature_norm", "top_k", "pipeline"]
+    assert saved[-1]["params"]["text"] == text and saved[-1]["params"]["file"] == "p.yaml"
+    assert "pipeline" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_push_is_checked_before_anything_loads(source, tmp_path, counted, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    text = pipeline_text(source, tmp_path / "out") + "  - push:\n      repo_id: me/subset\n      private: true\n"
+    with pytest.raises(hp.hub.HubAccessError, match="offline mode"):
+        run_pipeline(parse_pipeline(text), cache_dir=str(tmp_path / "cache"), progress=False)
+    assert counted["load"] == []
+    with pytest.raises(PipelineError, match=r":18: step 5 \(push\): push has no option 'privat'; its options are: "):
+        validate(parse_pipeline(text.replace("private", "privat")))
+
+
+def test_options_are_read_from_the_python_api():
+    import inspect
+
+    # Every public embedder class and score function is a component with its signature's options.
+    assert set(embedders()) == {n for n in hp.embed.__all__ if inspect.isclass(getattr(hp.embed, n))}
+    assert set(scorers()) == set(hp.score.__all__)
+    from hf_prune.select.spec import available_selectors
+
+    assert set(selectors()) == set(available_selectors())
+    ssp = scorers()["ssp"]
+    assert ssp.options["n_clusters"].required and [o.name for o in ssp.inputs()] == ["embedding_column", "label_column"]
+    assert "score_column" not in embedders()["CLIPEmbedder"].options  # deprecated spelling left out
+    assert ssp.options["metric"].help
+
+
+def test_load_options_rows_and_split(tmp_path):
+    path = tmp_path / "d.parquet"
+    Dataset.from_dict({"x": list(range(10))}).to_parquet(path)
+    assert steps.load_source({"path": str(path), "rows": 3})["x"] == [0, 1, 2]
+    shuffled = steps.load_source({"path": str(path), "rows": 3, "shuffle_seed": 0})["x"]
+    assert len(shuffled) == 3 and shuffled != [0, 1, 2]
+    with pytest.raises(ValueError, match="one split, 'train'"):
+        steps.load_source({"path": str(path), "split": "test"})
+    assert steps.source_columns({"path": str(path)}) == {"x"}
