@@ -74,7 +74,8 @@ and ``partitions``, never on where or how many at a time the parts were solved:
   pickled to the workers instead, at most two parts per worker in flight.
 * Under ``torch.distributed`` (``accelerate launch``, ``torchrun``; any backend with
   ``all_gather_object``, e.g. gloo on CPU) rank ``r`` of ``W`` solves parts ``r, r + W, …`` of each group
-  and the picks are gathered, so every rank returns the same Dataset. ``distributed=False`` solves
+  and the picks are gathered, so every rank returns the same Dataset (rows and fingerprint; only the
+  rank's own ``read_s``, ``pool_start_s`` and ``wall_s`` differ in its stage times). ``distributed=False`` solves
   everything on each rank instead. Every rank must make the same call (the groups and parts are the
   same on every rank since they depend only on the data and ``seed``). Both can be combined.
 

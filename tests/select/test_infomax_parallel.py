@@ -146,6 +146,9 @@ def test_two_ranks_return_the_single_process_rows(data, single, tmp_path):
         assert sorted({part["rank"] for part in got["per_part"]}) == [0, 1]
         assert [part["rank"] for part in got["per_part"]] == [0, 1, 0] * 2
         assert got["everything_world_size"] == 1
+    ranks = [json.loads((tmp_path / f"rank_{rank}.json").read_text()) for rank in range(2)]
+    assert ranks[0]["fingerprint"] == ranks[1]["fingerprint"] == hp.provenance(single)[-1]["output_fingerprint"]
+    assert ranks[0]["per_part"] == ranks[1]["per_part"]  # the gathered part times, the same on both ranks
 
 
 def _rank_main(out: Path) -> None:
@@ -162,6 +165,7 @@ def _rank_main(out: Path) -> None:
         "world_size": times["world_size"], "per_part": times["per_part"], "spread": list(spread["row_id"]),
         "everything": list(everything["row_id"]),
         "everything_world_size": hp.provenance(everything)[-1]["stage_times"]["world_size"],
+        "fingerprint": hp.provenance(spread)[-1]["output_fingerprint"],
     }
     (out / f"rank_{rank}.json").write_text(json.dumps(result))
     dist.barrier()
