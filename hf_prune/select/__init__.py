@@ -23,6 +23,7 @@ from .k_center import k_center_greedy
 from .norm_sampling import norm_sampling
 from .probcover import probcover
 from .random_sampling import random
+from .round_robin import round_robin
 from .score_rank import threshold, top_k
 from .semdedup import semdedup, semdedup_filter
 from .submodular import disparity_min, disparity_sum, facility_location, graph_cut, log_determinant
