@@ -160,6 +160,7 @@ def test_help_imports_no_heavy_library():
         "import sys\nfrom hf_prune.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         "try:\n    main(['select', '--help'])\nexcept SystemExit:\n    pass\n"
+        "try:\n    main(['run', '--help'])\nexcept SystemExit:\n    pass\n"
         "print('LOADED', [m for m in ('torch', 'datasets', 'transformers', 'huggingface_hub') if m in sys.modules])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=_same_package_env())
@@ -202,3 +203,78 @@ def test_demo_says_where_it_moved(tmp_path, capsys):
     assert code == 2
     assert "hf-prune-demo" in capsys.readouterr().err
     assert not out.exists()
+
+
+def _embedded_source(path):
+    make_dataset(np.arange(24, dtype=np.float32).reshape(8, 3), label=[0, 1] * 4).save_to_disk(path)
+
+
+def test_run_reports_a_bad_pipeline_with_its_line_before_loading(tmp_path, capsys):
+    _embedded_source(tmp_path / "in")
+    (tmp_path / "p.yaml").write_text(
+        f"steps:\n  - load:\n      path: {tmp_path / 'in'}\n  - select:\n      selector: top_k\n"
+        "      size: 2\n      score_column: missing\n  - save:\n      path: " + str(tmp_path / "out") + "\n"
+    )
+    assert main(["run", str(tmp_path / "p.yaml"), "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"hf-prune: error: {tmp_path / 'p.yaml'}:7: step 2 (select): score_column='missing': no "
+                          "earlier step writes the column 'missing'")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
+
+
+def test_run_dry_run_then_run(tmp_path, capsys):
+    _embedded_source(tmp_path / "in")
+    (tmp_path / "p.json").write_text(json.dumps({"steps": [
+        {"load": {"path": str(tmp_path / "in")}},
+        {"score": {"scorer": "feature_norm", "output_column": "norm"}},
+        {"select": {"selector": "top_k", "size": 2, "score_column": "norm"}},
+        {"save": {"path": str(tmp_path / "out")}},
+    ]}))
+    argv = ["run", str(tmp_path / "p.json"), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    assert main([*argv, "--dry-run"]) == 0
+    out = capsys.readouterr().out + capsys.readouterr().err
+    assert "4 steps" in out and [line.split()[2] for line in out.splitlines()[1:5]] == ["runs"] * 4
+    assert not (tmp_path / "out").exists()
+    assert main(argv) == 0
+    assert load_from_disk(tmp_path / "out")["row_id"] == [6, 7]  # the two largest norms
+
+
+def test_embed_and_score_commands_take_the_python_options(tmp_path, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)) for _ in range(6)]
+    Dataset.from_dict({"img": images}).save_to_disk(tmp_path / "in")
+    assert main(["embed", "PixelEmbedder", str(tmp_path / "in"), "--output", str(tmp_path / "emb"),
+                 "--image-column", "img", "--size", "4", "--mode", "L", "--no-progress"]) == 0
+    embedded = load_from_disk(tmp_path / "emb")
+    assert np.asarray(embedded["emb"]).shape == (6, 16)
+    assert main(["score", "feature_norm", str(tmp_path / "emb"), "--output", str(tmp_path / "scored"), "--p", "1",
+                 "--no-progress"]) == 0
+    scored = load_from_disk(tmp_path / "scored")
+    np.testing.assert_allclose(scored["feature_norm"], np.abs(np.asarray(embedded["emb"])).sum(1), rtol=1e-5)
+    capsys.readouterr()
+    # An option the function does not take is argparse's error; a missing column is the pipeline's, before work.
+    with pytest.raises(SystemExit):
+        main(["score", "feature_norm", str(tmp_path / "emb"), "--output", str(tmp_path / "x"), "--colour", "1"])
+    assert main(["score", "ssp", str(tmp_path / "emb"), "--output", str(tmp_path / "x"), "--n-clusters", "2",
+                 "--embedding-column", "nope"]) == 2
+    assert "embedding_column='nope': no earlier step writes the column 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_embed_and_score_flags_are_the_signatures(capsys):
+    import inspect
+
+    import hf_prune as hp
+    from hf_prune.cli import make_parser
+
+    for command, name, fn in (("score", "ssp", hp.score.ssp), ("embed", "PixelEmbedder", hp.embed.PixelEmbedder)):
+        parser = make_parser([command, name])
+        sub = next(a for a in parser._subparsers._group_actions[0].choices[command]._actions
+                   if a.dest == "component_name").choices[name]
+        flags = {a.dest for a in sub._actions if a.option_strings} - {
+            "help", "output", "overwrite_output", "split", "input_revision", "rows", "cache_dir", "offline_models",
+            "no_progress", "num_proc", "map_batch_size"}
+        params = set(list(inspect.signature(fn).parameters)[0 if command == "embed" else 1:])
+        assert flags == params, (name, flags ^ params)

@@ -128,6 +128,8 @@ def step_options(step: StepSpec) -> tuple[Component | None, dict[str, str], list
     options = {**{k: o.help for k, o in info.options.items()}, **extras}
     if step.kind == "embed" and name != "LoRAGradientEmbedder":
         options.pop("lora"), options.pop("adapter")
+        if "revision" not in info.options:  # only a model loaded by the pipeline has one
+            options.pop("revision")
     if step.kind == "score" and name != "less":
         options.pop("validation")
     if step.kind == "score":
