@@ -123,6 +123,7 @@ from ..ops.device import resolve_device
 from ..ops.faiss_import import faiss_available, import_faiss
 from ..ops.knn import knn, neighbour_pairs, normalize_rows
 from ..ops.matrix import open_matrix
+from ..ops.threads import small_step_threads
 from ..provenance import _stored_steps, _with_steps
 from ._core import run_selection, split_budget
 from .registry import selector
@@ -748,6 +749,14 @@ def _solve(scores, K, budget, alpha, iterations, temperature, step_size, device)
     tau = 1.0 / budget if temperature is None else temperature
     log_x = torch.full((n,), math.log(budget / n), dtype=torch.float64, device=device)
     logits = log_x
+    product = K.nnz if sp.issparse(K) else n * n
+    # Many small O(N) torch steps: one torch thread below the rule's size (hf_prune.ops.threads), so a
+    # shared CPU does not stall each step at a thread barrier; in a worker it is one thread anyway.
+    with small_step_threads(int(product), device, vector_work=n):
+        return _iterate(scores_t, matvec, log_x, logits, budget, alpha, iterations, tau, step_size)
+
+
+def _iterate(scores_t, matvec, log_x, logits, budget, alpha, iterations, tau, step_size):
     for _ in range(iterations):
         grad = scores_t - 2.0 * alpha * matvec(torch.exp(log_x))
         if step_size is None:
