@@ -232,3 +232,21 @@ def test_load_options_rows_and_split(tmp_path):
     with pytest.raises(ValueError, match="one split, 'train'"):
         steps.load_source({"path": str(path), "split": "test"})
     assert steps.source_columns({"path": str(path)}) == {"x"}
+
+
+def test_streaming_materialises_the_first_rows(tmp_path):
+    path = tmp_path / "d.jsonl"
+    Dataset.from_dict({"x": list(range(10))}).to_json(path)
+    loaded = steps.load_source({"path": str(path), "streaming": True, "rows": 3})
+    assert isinstance(loaded, Dataset) and loaded["x"] == [0, 1, 2]
+
+
+def test_an_unpinned_hub_source_is_keyed_once_loaded(tmp_path):
+    spec = parse_pipeline("steps:\n  - load: {path: someone/data, split: train}\n"
+                          "  - score: {scorer: feature_norm}\n")
+    assert [e.key for e in plan(spec, cache_dir=str(tmp_path))] == [None, None]
+    lines = []
+    run_pipeline(spec, cache_dir=str(tmp_path), dry_run=True, log=lines.append)
+    assert "runs (unpinned source: known once loaded)" in lines[0]
+    pinned = parse_pipeline("steps:\n  - load: {path: someone/data, revision: abc123, split: train}\n")
+    assert plan(pinned, cache_dir=str(tmp_path))[0].key is not None
