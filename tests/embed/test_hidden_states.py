@@ -170,3 +170,25 @@ def test_bad_input_names_the_column_or_option():
     for option, value in (("pooling", "max"), ("text", "response"), ("template", "jinja"), ("padding_side", "up")):
         with pytest.raises(ValueError, match=f"`{option}`"):
             embedder(**{option: value})
+
+
+@pytest.mark.slow
+def test_smollm2_rds_vectors_on_real_conversations():
+    """SmolLM2-135M-Instruct (the offline GGUF) over real ShareGPT rows with its own chat template."""
+    from recipes.trainer.llm import load_causal_lm, smollm2_gguf_path
+
+    try:
+        smollm2_gguf_path()
+        conversations = hp.data.load_sharegpt(limit=6, progress=False).select_columns(["messages"])
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    pytest.importorskip("gguf", reason="loading a GGUF file needs the `gguf` package")
+    model, tok = load_causal_lm("smollm2")
+    one = hp.embed.HiddenStateEmbedder(model, tokenizer=tok, max_length=64, batch_size=1, output_column="h",
+                                       device="cpu")
+    many = hp.embed.HiddenStateEmbedder(model, tokenizer=tok, max_length=64, batch_size=6, padding_side="left",
+                                        output_column="h", device="cpu")
+    alone, batched = np.asarray(one.map(conversations)["h"]), np.asarray(many.map(conversations)["h"])
+    assert alone.shape == (6, model.config.hidden_size)
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(alone, axis=1), 1.0, atol=1e-5)
