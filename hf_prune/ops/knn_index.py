@@ -227,12 +227,17 @@ def _to_gpus(faiss, index, spec):
     if ngpu == 0:
         raise ValueError("device='cuda' asks for faiss on the GPU, but the installed faiss has no GPU support "
                          "(install faiss-gpu: `pip install hf_prune[gpu]`)")
+    # faiss's GPU IVF-PQ needs float16 lookup tables beyond 48 sub-quantizers (d/4 is 96 at d=384).
+    float16_tables = spec.kind == "ivfpq" and spec.pq_m > 48
     if ngpu == 1:
         resources = faiss.StandardGpuResources()
-        gpu_index = faiss.index_cpu_to_gpu(resources, 0, index)
+        options = faiss.GpuClonerOptions()
+        options.useFloat16LookupTables = float16_tables
+        gpu_index = faiss.index_cpu_to_gpu(resources, 0, index, options)
     else:
         options = faiss.GpuMultipleClonerOptions()
         options.shard = True  # each GPU holds a slice of the rows; results are merged per query
+        options.useFloat16LookupTables = float16_tables
         gpu_index = faiss.index_cpu_to_all_gpus(index, co=options, ngpu=ngpu)
         resources = None
     if spec.nprobe is not None:
