@@ -48,25 +48,36 @@ def round_robin_order(scores: np.ndarray, budget: int, initial: Sequence[int] = 
     initial = np.asarray(initial, dtype=np.int64)
     taken = np.zeros(n, dtype=bool)
     taken[initial] = True
-    # Stable sort of the negated scores: best first, equal scores in row order.
-    orders = [np.argsort(-scores[:, j], kind="stable")[:budget].tolist() for j in range(tasks)]
+    orders = [_best_rows(scores[:, j], budget) for j in range(tasks)]
     pointers = [0] * tasks
     picks = initial.tolist()
     gains = [np.nan] * len(picks)
     turn = len(picks)
-    taken_list = taken.tolist()  # Python lists: the loop does scalar reads only
+    taken_list = taken.tolist()  # a Python list: the loop does scalar reads only
     while len(picks) < budget:
         task = turn % tasks
         order, p = orders[task], pointers[task]
         while taken_list[order[p]]:
             p += 1
-        row = order[p]
+        row = int(order[p])
         pointers[task] = p + 1
         taken_list[row] = True
         picks.append(row)
         gains.append(float(scores[row, task]))
         turn += 1
     return np.asarray(picks, dtype=np.int64), np.asarray(gains, dtype=np.float64)
+
+
+def _best_rows(scores: np.ndarray, count: int) -> np.ndarray:
+    """The ``count`` highest-scoring positions, best first, equal scores in row order (a stable sort's first
+    ``count``), sorting only the rows that score at least the ``count``-th best score."""
+    if count == 0:
+        return np.empty(0, dtype=np.int64)
+    if 2 * count >= len(scores):
+        return np.argsort(-scores, kind="stable")[:count]
+    cut = -np.partition(-scores, count - 1)[count - 1]
+    candidates = np.flatnonzero(scores >= cut)  # every row tied with the cut is here, in row order
+    return candidates[np.argsort(-scores[candidates], kind="stable")[:count]]
 
 
 @selector(family="score-based", needs=("score_column",))

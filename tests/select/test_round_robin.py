@@ -5,7 +5,7 @@ import pytest
 
 import hf_prune as hp
 from hf_prune.ops.columns import add_column
-from hf_prune.select.round_robin import round_robin_order
+from hf_prune.select.round_robin import _best_rows, round_robin_order
 from tests.conftest import make_dataset
 
 # 6 rows × 3 tasks. By hand (turn t is task t mod 3, each takes its best free row, ties to the lower row):
@@ -44,6 +44,14 @@ def test_hand_computed_order_ties_and_gains():
     np.testing.assert_allclose(np.asarray(sub["gain"])[np.argsort(sub["rank"])], GAINS, atol=1e-6)
     step = hp.provenance(sub)[-1]
     assert step["method"] == "round_robin" and step["params"]["tasks"] == 3
+
+
+def test_a_task_s_best_rows_are_a_stable_sort_s_first_even_with_ties_at_the_cut():
+    rng = np.random.default_rng(5)
+    for _ in range(100):
+        scores = rng.integers(0, 4, int(rng.integers(1, 50))).astype(np.float64)  # many ties
+        count = int(rng.integers(0, len(scores) + 1))
+        assert _best_rows(scores, count).tolist() == np.argsort(-scores, kind="stable")[:count].tolist()
 
 
 def test_uneven_budgets_give_the_first_tasks_one_more():
