@@ -24,23 +24,12 @@ import os
 import re
 import sys
 
+from .pipeline.steps import FILE_BUILDERS as _FILE_BUILDERS
+from .pipeline.steps import file_builder as _file_builder
+
 __all__ = ["main", "make_parser"]
 
-# Builder of `datasets.load_dataset` for a single data file, by extension.
-_FILE_BUILDERS = {
-    ".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".arrow": "arrow",
-    ".txt": "text",
-}
-_COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".lz4")
 _HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
-
-
-def _file_builder(path: str) -> tuple[str | None, str]:
-    name = path.lower()
-    for ext in _COMPRESSION:
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-    return _FILE_BUILDERS.get(os.path.splitext(name)[1]), os.path.splitext(name)[1]
 
 
 def _is_path_like(text: str) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-__all__ = ["byte_tokenizer", "offline_embedder", "OFFLINE_LLAMA"]
+__all__ = ["byte_tokenizer", "offline_embedder", "tiny_causal_lm", "OFFLINE_LLAMA"]
 
 # The tiny causal LM that stands in for any Hub LM (the vocabulary matches `byte_tokenizer`).
 OFFLINE_LLAMA = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -74,7 +74,11 @@ def _tiny_text_model():
 
 
 def tiny_causal_lm(lora: dict[str, Any] | None):
-    """The offline stand-in LM: a 2-layer Llama (byte vocabulary) with LoRA adapters (random A and B)."""
+    """The offline stand-in LM: a 2-layer Llama (byte vocabulary) with LoRA adapters (random A and B).
+
+    Example:
+        >>> model = tiny_causal_lm({"r": 2, "target_modules": ["q_proj"]})
+    """
     import peft
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM

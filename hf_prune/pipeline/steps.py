@@ -33,7 +33,8 @@ from typing import Any
 from .components import Component, components
 from .spec import PipelineSpec, StepSpec
 
-__all__ = ["STEP_KINDS", "StepKind", "Context", "source_columns", "source_signature", "build_embedder"]
+__all__ = ["STEP_KINDS", "StepKind", "Context", "step_options", "step_columns", "file_builder", "FILE_BUILDERS", "source_columns",
+           "source_signature", "load_source", "build_embedder", "RUNNERS"]
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,13 @@ def _push_options() -> dict[str, str]:
 
 
 def step_options(step: StepSpec) -> tuple[Component | None, dict[str, str], list[str]]:
-    """``(component, {valid option: help}, [error])`` of a written step; the component's name is checked."""
+    """``(component, {valid option: help}, [error])`` of a written step; the component's name is checked.
+
+    Example:
+        >>> info, valid, errors = step_options(StepSpec("score", {"scorer": "ssp"}, 2))
+        >>> info.name, "n_clusters" in valid, errors
+        ('ssp', True, [])
+    """
     kind = STEP_KINDS[step.kind]
     if step.kind == "push":
         return None, _push_options(), []
@@ -154,7 +161,13 @@ def _columns_of(value: Any) -> list[str]:
 
 
 def step_columns(step: StepSpec, info: Component | None) -> tuple[list[tuple[str, str]], list[str]]:
-    """``([(option, column read)], [columns written])`` of a step, defaults included."""
+    """``([(option, column read)], [columns written])`` of a step, defaults included.
+
+    Example:
+        >>> step = StepSpec("score", {"scorer": "feature_norm", "output_column": "norm"}, 2)
+        >>> step_columns(step, components("scorer")["feature_norm"])
+        ([('embedding_column', 'emb')], ['norm'])
+    """
     if info is None or step.kind == "load":
         return [], []
     reads = [(o.name, c) for o in info.inputs() for c in _columns_of(_default(info, step, o.name))]
@@ -172,7 +185,8 @@ def step_columns(step: StepSpec, info: Component | None) -> tuple[list[tuple[str
 
 
 # ------------------------------------------------------------------------------------------ sources
-_FILE_BUILDERS = {
+# Builder of `datasets.load_dataset` for a single data file, by extension (also `hf-prune select`'s).
+FILE_BUILDERS = {
     ".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".arrow": "arrow",
     ".txt": "text",
 }
@@ -180,12 +194,17 @@ _COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".lz4")
 
 
 def file_builder(path: str) -> tuple[str | None, str]:
-    """``(datasets builder, extension)`` of a data file (``None`` when it is not one), compression aside."""
+    """``(datasets builder, extension)`` of a data file (``None`` when it is not one), compression aside.
+
+    Example:
+        >>> file_builder("rows.jsonl.gz")
+        ('json', '.jsonl')
+    """
     name = path.lower()
     for ext in _COMPRESSION:
         if name.endswith(ext):
             name = name[: -len(ext)]
-    return _FILE_BUILDERS.get(os.path.splitext(name)[1]), os.path.splitext(name)[1]
+    return FILE_BUILDERS.get(os.path.splitext(name)[1]), os.path.splitext(name)[1]
 
 
 def source_columns(options: dict[str, Any]) -> set[str] | None:
@@ -316,7 +335,7 @@ def load_source(options: dict[str, Any], memo: dict[str, Any] | None = None):
             builder, ext = file_builder(path)
             if builder is None:
                 raise ValueError(f"cannot read {path_or_id!r}: {ext or 'no extension'} is not a data file type; "
-                                 f"expected one of {', '.join(sorted(_FILE_BUILDERS))}, or a folder")
+                                 f"expected one of {', '.join(sorted(FILE_BUILDERS))}, or a folder")
             if split not in (None, "train"):
                 raise ValueError(f"{path_or_id!r} is a single file: it has one split, 'train'; drop `split: {split}`")
             split = "train"
@@ -380,7 +399,7 @@ def _auto(kind: str, name: str, revision: str | None):
     return getattr(transformers, kind).from_pretrained(name, revision=revision)
 
 
-def build_tokenizer(ctx: Context, step: StepSpec):
+def _build_tokenizer(ctx: Context, step: StepSpec):
     """The tokenizer of a tokenize step (the byte-level stand-in under ``offline_models``)."""
     if step.index not in ctx.built:
         if ctx.offline_models:
@@ -449,15 +468,15 @@ def _causal_lm(ctx: Context, step: StepSpec):
     return peft.get_peft_model(base, peft.LoraConfig(**lora))
 
 
-def run_tokenize(ctx: Context, step: StepSpec, dataset):
+def _run_tokenize(ctx: Context, step: StepSpec, dataset):
     info = components("tokenizer")[step.options["format"]]
     kwargs = {k: v for k, v in _component_kwargs(step, info).items() if k != "tokenizer"}
     if ctx.offline_models and info.name == "messages":
         kwargs["template"] = "plain"  # the byte-level stand-in has no chat template
-    return info.fn(dataset, build_tokenizer(ctx, step), **kwargs)
+    return info.fn(dataset, _build_tokenizer(ctx, step), **kwargs)
 
 
-def run_embed(ctx: Context, step: StepSpec, dataset):
+def _run_embed(ctx: Context, step: StepSpec, dataset):
     embedder = build_embedder(ctx, step)
     return embedder.map(dataset, num_proc=step.options.get("num_proc"), batch_size=step.options.get("map_batch_size"),
                         desc=f"step {step.index} embed {step.options['embedder']}")
@@ -474,7 +493,7 @@ def _validation_gradients(ctx: Context, step: StepSpec):
     data = load_source(step.options["validation"], ctx.loaded)
     for earlier in ctx.spec.steps[: step.index - 1]:
         if earlier.kind == "tokenize":
-            data = run_tokenize(ctx, earlier, data)
+            data = _run_tokenize(ctx, earlier, data)
     for producer in producers:
         embedder = build_embedder(ctx, producer)
         validation = embedder.for_validation() if hasattr(embedder, "for_validation") else embedder
@@ -482,7 +501,7 @@ def _validation_gradients(ctx: Context, step: StepSpec):
     return data
 
 
-def run_score(ctx: Context, step: StepSpec, dataset):
+def _run_score(ctx: Context, step: StepSpec, dataset):
     info = components("scorer")[step.options["scorer"]]
     kwargs = _component_kwargs(step, info)
     if info.name == "less":
@@ -492,13 +511,13 @@ def run_score(ctx: Context, step: StepSpec, dataset):
     return info.fn(dataset, **kwargs)
 
 
-def run_component(ctx: Context, step: StepSpec, dataset):
+def _run_component(ctx: Context, step: StepSpec, dataset):
     kind = STEP_KINDS[step.kind]
     info = components(kind.component_kind)[step.options[kind.component_key]]
     return info.fn(dataset, **_component_kwargs(step, info))
 
 
 RUNNERS: dict[str, Callable[[Context, StepSpec, Any], Any]] = {
-    "corrupt": run_component, "tokenize": run_tokenize, "embed": run_embed, "score": run_score,
-    "select": run_component,
+    "corrupt": _run_component, "tokenize": _run_tokenize, "embed": _run_embed, "score": _run_score,
+    "select": _run_component,
 }
