@@ -300,7 +300,7 @@ def reset_high_water_mark() -> bool:
 
 
 def find_recall(step: Any) -> Any:
-    """The first value under a key containing ``recall`` anywhere in a provenance step (or ``None``).
+    """The first number under a ``recall_at...`` key anywhere in a provenance step (or ``None``).
 
     Example:
         >>> find_recall({"params": {}, "knn": {"recall_at_k": 0.93}})
@@ -308,7 +308,7 @@ def find_recall(step: Any) -> Any:
     """
     if isinstance(step, dict):
         for key, value in step.items():
-            if "recall" in str(key).lower() and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if str(key).lower().startswith("recall_at") and isinstance(value, (int, float)) and not isinstance(value, bool):
                 return float(value)
         for value in step.values():
             found = find_recall(value)
@@ -603,13 +603,27 @@ def mib(x) -> str:
     return "n/a" if x is None else f"{x / 2**20:,.1f}"
 
 
-def report(results: dict, args) -> str:
-    """The Markdown report: floors and a table per N, then the slowdown under a competing job."""
+def stored_plan(results: dict) -> list[dict]:
+    """`plan` over every size, fraction and selector that has a stored run (all invocations together)."""
+    keys = " ".join(results["runs"])
+    args = argparse.Namespace(sizes=sorted({int(n) for n in re.findall(r"/N=(\d+)", keys)}), selectors=list(CASES),
+                              fractions=sorted({float(f) for f in re.findall(r"/f=([0-9.e-]+)", keys)}),
+                              greedy_row_picks=results["settings"]["greedy_row_picks"])
+    return [r for r in plan(args, results.get("knn_choices", {})) if r["key"] in results["runs"]]
+
+
+def report(results: dict) -> str:
+    """The Markdown report of every stored run: floors and a table per N, then the slowdown under load.
+
+    Example:
+        >>> print(report(load_results(Path("runs/scale"), settings)))
+    """
     runs, lines = results["runs"], []
     s = results["settings"]
+    stored = stored_plan(results)
     lines.append(f"Scale benchmark: d={s['dim']}, {s['dtype']}, seed {s['seed']}, device {s['device']}, "
                  f"{'per class' if s['per_class'] else 'whole set'}; BLAS threads {s['threads'] or 'inherited'}.")
-    for n in args.sizes:
+    for n in sorted({int(k.rsplit("N=", 1)[1].split("/")[0]) for k in runs if "N=" in k}):
         col = column_bytes(n, s["dim"], s["dtype"])
         lines += ["", f"### N = {n:,} (column {col / 2**20:,.1f} MiB)", "",
                   "| floor | wall s | peak heap MiB | heap/column | recall | status |", "|---|---:|---:|---:|---:|---|"]
@@ -625,8 +639,8 @@ def report(results: dict, args) -> str:
                 lines.append(f"| {f} | — | — | — | | {e['status']} |")
         lines += ["", "| selector | kept | wall s | peak heap MiB | heap/column | floor ratio | recall | status |",
                   "|---|---:|---:|---:|---:|---:|---:|---|"]
-        for run in plan(args, results.get("knn_choices", {})):
-            if run["n"] != n or run["key"] not in runs:
+        for run in stored:
+            if run["n"] != n:
                 continue
             e = runs[run["key"]]
             kept = f"{run['kept']:,}"
@@ -637,16 +651,19 @@ def report(results: dict, args) -> str:
             ratio = floor_ratio(run, e, runs)
             ratio_text = "n/a" if ratio is None else fmt_ratio(ratio) + (" passes/pick" if run["kind"] == "greedy" else "")
             if e["status"] == "ok":
-                recall = "" if e.get("recall") is None else f"{e['recall']:.3f}"
                 knn = e.get("knn") or {}
+                found = find_recall(knn) if knn else e.get("recall")
+                recall = "" if found is None else f"{found:.3f}"
                 if knn.get("indexes_used"):
                     recall += f" ({'/'.join(knn['indexes_used'])}{'' if knn.get('recall_measured') else ', exact'})"
-                lines.append(f"| {run['variant']} | {kept} | {fmt_seconds(e['wall_s'])} | {mib(e['peak_heap_bytes'])} | "
+                heap = mib(e["peak_heap_bytes"])
+                if e.get("children_max_rss_bytes"):  # worker processes (InfoMax's pool): their largest RSS
+                    heap += f" (+ workers {mib(e['children_max_rss_bytes'])} each)"
+                lines.append(f"| {run['variant']} | {kept} | {fmt_seconds(e['wall_s'])} | {heap} | "
                              f"{e['peak_heap_bytes'] / col:.2f} | {ratio_text} | {recall} | ok |")
             else:
                 lines.append(f"| {run['variant']} | {kept} | — | — | — | n/a | | {e['status']} |")
-    loaded = [(r, runs[r["key"]], runs[r["key"] + "/load"]) for r in plan(args, results.get("knn_choices", {}))
-              if r["key"] in runs and r["key"] + "/load" in runs]
+    loaded = [(r, runs[r["key"]], runs[r["key"] + "/load"]) for r in stored if r["key"] + "/load" in runs]
     if loaded:
         lines += ["", f"### With a competing CPU job ({results.get('load_threads')} BLAS threads)", "",
                   "| selector | N | kept | alone s | loaded s | slowdown | status |", "|---|---:|---:|---:|---:|---:|---|"]
@@ -773,7 +790,7 @@ def main(argv=None) -> dict:
                 record(run["key"] + "/load", {"kind": "selector", "name": run["selector"], "knn_index": run["knn_index"],
                                               "kept": run["kept"], "path": path, "per_class": args.per_class,
                                               "workers": workers}, load=True)
-    results["report"] = report(results, args)
+    results["report"] = report(results)
     save_results(out, results)
     (out / "report.md").write_text(results["report"] + "\n")
     log(f"\ntotal {(time.perf_counter() - started) / 60:.1f} min\n")

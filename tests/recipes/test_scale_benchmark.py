@@ -82,7 +82,7 @@ def test_greedy_kept_and_plan_say_when_a_budget_is_capped():
 def test_find_recall_walks_the_provenance_step():
     assert find_recall({"params": {"k": 5}, "stage_times": {"knn": {"recall_at_5": 0.9}}}) == 0.9
     assert find_recall({"params": {"k": 5}}) is None
-    assert find_recall({"knn": {"recall_at_k_min": None, "recall_measured": True}}) is None
+    assert find_recall({"knn": {"recall_at_k_min": None, "recall_measured": True, "recall_s": 0.0}}) is None
 
 
 def test_a_failing_or_slow_run_is_recorded_not_dropped(data):
@@ -95,12 +95,12 @@ def test_a_failing_or_slow_run_is_recorded_not_dropped(data):
 
 def test_report_from_measured_runs(data):
     _, path = data
-    args = argparse.Namespace(sizes=[2000], selectors=["herding"], fractions=[0.025], greedy_row_picks=10**8)
     runs = {"floor/pass/N=2000": {**measure({"kind": "floor", "name": "pass", "path": str(path)}), "status": "ok"},
             "herding/N=2000/f=0.025": {**measure({"kind": "selector", "name": "herding", "path": str(path), "kept": 50}),
                                        "status": "ok"}}
-    settings = {"dim": 16, "dtype": "float32", "seed": 0, "device": "cpu", "per_class": False, "threads": None}
-    text = report({"runs": runs, "settings": settings, "knn_choices": {}}, args)
+    settings = {"dim": 16, "dtype": "float32", "seed": 0, "device": "cpu", "per_class": False, "threads": None,
+                "greedy_row_picks": 10**8}
+    text = report({"runs": runs, "settings": settings, "knn_choices": {}})
     row = next(line for line in text.splitlines() if line.startswith("| herding |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "50 (2%)" and cells[-1] == "ok"
