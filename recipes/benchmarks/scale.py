@@ -405,8 +405,9 @@ def measure(spec: dict) -> dict:
     """Run one spec (a selector call or a floor) in this process and return its measurements.
 
     Example:
-        >>> measure({"kind": "floor", "name": "pass", "path": "runs/scale/data/N2000_d16_float32_seed0"})["wall_s"]
-        0.0012
+        >>> result = measure({"kind": "selector", "name": "herding", "kept": 50, "path": str(path)})
+        >>> result["kept_rows"], result["peak_heap_bytes"] >= 0
+        (50, True)
     """
     import warnings
 
