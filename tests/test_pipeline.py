@@ -250,3 +250,37 @@ def test_an_unpinned_hub_source_is_keyed_once_loaded(tmp_path):
     assert "runs (unpinned source: known once loaded)" in lines[0]
     pinned = parse_pipeline("steps:\n  - load: {path: someone/data, revision: abc123, split: train}\n")
     assert plan(pinned, cache_dir=str(tmp_path))[0].key is not None
+
+
+@pytest.mark.slow
+def test_two_processes_split_the_embed_step_and_match_one(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)) for _ in range(9)]
+    Dataset.from_dict({"image": images, "label": [0, 1, 2] * 3}).save_to_disk(tmp_path / "in")
+    text = (f"steps:\n  - load: {{path: {tmp_path / 'in'}}}\n"
+            "  - embed: {embedder: PixelEmbedder, size: 4, mode: L, batch_size: 2}\n"
+            "  - score: {scorer: feature_norm}\n"
+            "  - select: {selector: top_k, size: 3, score_column: feature_norm, label_column: label}\n"
+            "  - save: {path: OUT}\n")
+    (tmp_path / "two.yaml").write_text(text.replace("OUT", str(tmp_path / "two")))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hf_prune.cli",
+           "run", str(tmp_path / "two.yaml"), "--cache-dir", str(tmp_path / "cache2"), "--no-progress"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("saved 3 rows") == 1 and "2 processes" in done.stdout
+    run_pipeline(parse_pipeline(text.replace("OUT", str(tmp_path / "one"))), cache_dir=str(tmp_path / "cache1"),
+                 progress=False)
+    one, two = load_from_disk(tmp_path / "one"), load_from_disk(tmp_path / "two")
+    assert one["row_id"] == two["row_id"] and one["emb"] == two["emb"]
+    embedded = load_from_disk(next(p for p in (tmp_path / "cache2").iterdir()
+                                   if p.is_dir() and "PixelEmbedder" in (p.parent / f"{p.name}.json").read_text()))
+    assert len(embedded) == 9 and [s["method"] for s in hp.provenance(embedded)] == ["embed.PixelEmbedder"]
+    assert not [p for p in (tmp_path / "cache2").iterdir() if ".part-" in p.name]

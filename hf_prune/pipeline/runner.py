@@ -14,6 +14,13 @@ entry), and a run starts from the last step whose entry exists: a re-run after a
 after editing a later step, computes only the steps from the first changed one on. ``save``/``push``
 are never cached; they run every time, with a provenance step ``pipeline`` that holds the pipeline
 file's text, so the subset's card says exactly how to rebuild it.
+
+Several processes (``accelerate launch -m hf_prune.cli run FILE``, ``torchrun --nproc_per_node N -m
+hf_prune.cli run FILE``): every process runs every step, and each embed step is split into contiguous
+shards, one per process (on its own device unless the step sets ``device``); the main process joins
+the shards in rank order, writes each cache entry and the outputs, and the others wait for it at
+accelerate's barrier and read the entry. Other steps are computed by every process (the same result,
+or spread over the processes where the function itself is distributed, as InfoMax's partitions are).
 """
 
 from __future__ import annotations
@@ -287,6 +294,50 @@ def _write_cache(dataset, cache_dir: str, key: str, step: StepSpec, seconds: flo
     return load_from_disk(final)  # memory-mapped: later steps (and their map caches) read from the entry
 
 
+def _process_state():
+    """accelerate's ``PartialState`` when launched with several processes, else ``None``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    # A CPU-only machine launched with torchrun has WORLD_SIZE > 1 and no GPU: gloo, only when told CPU.
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def _commit(dataset, cache_dir: str, key: str, step: StepSpec, seconds: float, state):
+    """Write a step's cache entry (the main process) and read it back (every process)."""
+    if state is None:
+        return _write_cache(dataset, cache_dir, key, step, seconds)
+    from datasets import load_from_disk
+
+    if state.is_main_process:
+        _write_cache(dataset, cache_dir, key, step, seconds)
+    state.wait_for_everyone()
+    return load_from_disk(os.path.join(cache_dir, key))
+
+
+def _embed_sharded(ctx: Context, step: StepSpec, dataset, state, cache_dir: str, key: str):
+    """One contiguous shard per process, joined in rank order on the main process (``None`` elsewhere)."""
+    from datasets import concatenate_datasets, load_from_disk
+
+    from .steps import build_embedder
+
+    embedder = build_embedder(ctx, step)
+    part = dataset.shard(num_shards=state.num_processes, index=state.process_index, contiguous=True)
+    paths = [os.path.join(cache_dir, f".{key}.part-{rank}") for rank in range(state.num_processes)]
+    if len(part):
+        embedder.map(part, batch_size=step.options.get("map_batch_size"),
+                     desc=f"step {step.index} embed (process {state.process_index})").save_to_disk(
+            paths[state.process_index])
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+    parts = [load_from_disk(path) for path in paths if os.path.isdir(path)]
+    # The joined rows are the input's, in order: record one embed step over the whole input.
+    return embedder.record_provenance(concatenate_datasets(parts), dataset), paths
+
+
 def _reproduction_option(fn: Callable[..., Any]) -> str | None:
     import inspect
 
@@ -374,8 +425,16 @@ def run_pipeline(
         log(format_plan(spec, entries, cache_dir))
         return PipelineResult(None, [{"index": e.step.index, "kind": e.step.kind, "status": "planned",
                                       "cached": e.cached is not None} for e in entries])
-    _precheck_outputs(spec)
+    state = _process_state()
+    main = state is None or state.is_main_process
+    if not main:
+        log, progress = (lambda line: None), False
+    if main:
+        _precheck_outputs(spec)
     ctx = Context(spec, offline_models=offline_models, log=log)
+    if state is not None:
+        ctx.device = str(state.device)
+        log(f"{state.num_processes} processes: embed steps are split into one shard per process")
     start = max((i for i, e in enumerate(entries) if e.cached), default=-1)
     dataset, parent, report = None, None, []
     bar = tqdm(total=len(entries), unit="step", desc="pipeline", disable=not progress)
@@ -403,16 +462,27 @@ def run_pipeline(
 
                     key = entry.key or _hash({"fingerprint": fingerprint(dataset), "options": step.options,
                                               "version": __version__})
+                elif step.kind == "embed" and state is not None:
+                    key = _step_key(parent, step, offline_models)
+                    joined = _embed_sharded(ctx, step, dataset, state, cache_dir, key)
+                    if joined is not None:
+                        dataset, parts = joined
                 else:
                     dataset = RUNNERS[step.kind](ctx, step, dataset)
                     key = _step_key(parent, step, offline_models)
                 seconds = time.perf_counter() - began
-                dataset = _write_cache(dataset, cache_dir, key, step, seconds)
+                dataset = _commit(dataset, cache_dir, key, step, seconds, state)
+                if step.kind == "embed" and state is not None and main:
+                    for path in parts:
+                        shutil.rmtree(path, ignore_errors=True)
                 parent = key
                 row.update(status="computed", cache=os.path.join(cache_dir, key))
             else:
-                final = _with_pipeline_step(dataset, spec, offline_models)
-                log(f"[{step.index}/{len(entries)}] {_write_out(step, final, spec, offline_models)}")
+                if main:
+                    final = _with_pipeline_step(dataset, spec, offline_models)
+                    log(f"[{step.index}/{len(entries)}] {_write_out(step, final, spec, offline_models)}")
+                if state is not None:
+                    state.wait_for_everyone()
                 row["status"] = "ran"
             row.update(rows=None if dataset is None else len(dataset), seconds=round(time.perf_counter() - began, 3))
             if row["status"] == "computed":

@@ -384,6 +384,7 @@ class Context:
     log: Callable[[str], None] = print
     built: dict[int, Any] = field(default_factory=dict)  # step index -> embedder / tokenizer
     loaded: dict[str, Any] = field(default_factory=dict)  # what builtin loaders returned, by their options
+    device: str | None = None  # this process's device when several run, for embedders without `device`
 
     def step(self, index: int) -> StepSpec:
         return self.spec.steps[index - 1]
@@ -425,6 +426,8 @@ def build_embedder(ctx: Context, step: StepSpec):
     info = components("embedder")[name]
     kwargs = _component_kwargs(step, info)
     revision = step.options.get("revision")
+    if ctx.device is not None and "device" in info.options and "device" not in kwargs:
+        kwargs["device"] = ctx.device
     if isinstance(kwargs.get("config"), dict):
         from transformers import AutoConfig
 
