@@ -146,9 +146,9 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from .pipeline import read_pipeline, run_pipeline
+    from .pipeline import apply_overrides, read_pipeline, run_pipeline
 
-    spec = read_pipeline(args.pipeline)
+    spec = apply_overrides(read_pipeline(args.pipeline), args.set or [])
     result = run_pipeline(spec, cache_dir=args.cache_dir, offline_models=args.offline_models, dry_run=args.dry_run,
                           progress=not args.no_progress)
     if not args.dry_run:
@@ -264,6 +264,10 @@ def make_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                                                        "cache_dir, else $HF_PRUNE_PIPELINE_CACHE or ~/.cache/hf_prune/pipelines)")
     run.add_argument("--offline-models", action="store_true",
                      help="replace every Hub model by a tiny random one built from a config (a test run offline)")
+    run.add_argument("--set", action="append", metavar="STEP.OPTION=VALUE",
+                     help="change one step option, e.g. --set load.rows=200 --set 4.fraction=0.05 (repeatable; "
+                          "STEP is a number or a kind that occurs once; an empty VALUE removes the option; recorded in the "
+                          "subset's provenance)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (the step lines still print)")
     run.set_defaults(func=_cmd_run)
 

@@ -284,3 +284,19 @@ def test_two_processes_split_the_embed_step_and_match_one(tmp_path):
                                    if p.is_dir() and "PixelEmbedder" in (p.parent / f"{p.name}.json").read_text()))
     assert len(embedded) == 9 and [s["method"] for s in hp.provenance(embedded)] == ["embed.PixelEmbedder"]
     assert not [p for p in (tmp_path / "cache2").iterdir() if ".part-" in p.name]
+
+
+def test_overrides_set_and_remove_options(source, tmp_path):
+    from hf_prune.pipeline import apply_overrides
+
+    spec = apply_overrides(parse_pipeline(pipeline_text(source, tmp_path / "out")),
+                           ["select.fraction=0.5", "3.label_column=", "save.path=elsewhere", "2.p=[1]"])
+    assert spec.steps[2].options == {"selector": "top_k", "fraction": 0.5, "score_column": "norm"}
+    assert spec.steps[3].options["path"] == "elsewhere" and spec.steps[1].options["p"] == [1]
+    assert spec.overrides[0] == "select.fraction=0.5"
+    with pytest.raises(PipelineError, match="no 'embed' step; name it by number"):
+        apply_overrides(spec, ["embed.size=2"])
+    with pytest.raises(PipelineError, match="there is no step 9"):
+        apply_overrides(spec, ["9.size=2"])
+    with pytest.raises(PipelineError, match="expected STEP.OPTION=VALUE"):
+        apply_overrides(spec, ["rows=2"])

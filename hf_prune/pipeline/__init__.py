@@ -15,11 +15,11 @@ Example:
 
 from .components import Component, Option, components
 from .runner import PipelineResult, default_cache_dir, format_plan, plan, run_pipeline, validate
-from .spec import PipelineError, PipelineSpec, StepSpec, parse_pipeline, read_pipeline
+from .spec import PipelineError, PipelineSpec, StepSpec, apply_overrides, parse_pipeline, read_pipeline
 from .steps import STEP_KINDS, load_source
 
 __all__ = [
     "Component", "Option", "components", "PipelineResult", "default_cache_dir", "format_plan", "plan", "run_pipeline",
-    "validate", "PipelineError", "PipelineSpec", "StepSpec", "parse_pipeline", "read_pipeline", "STEP_KINDS",
+    "validate", "PipelineError", "apply_overrides", "PipelineSpec", "StepSpec", "parse_pipeline", "read_pipeline", "STEP_KINDS",
     "load_source",
 ]

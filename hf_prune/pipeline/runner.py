@@ -350,6 +350,8 @@ def _with_pipeline_step(dataset, spec: PipelineSpec, offline_models: bool):
 
     params = {"file": os.path.basename(spec.source), "sha256": hashlib.sha256(spec.text.encode()).hexdigest(),
               "offline_models": offline_models, "text": spec.text}
+    if spec.overrides:
+        params["overrides"] = list(spec.overrides)
     return with_provenance(dataset, dataset, method="pipeline", params=params)
 
 

@@ -20,7 +20,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PipelineError", "StepSpec", "PipelineSpec", "parse_pipeline", "read_pipeline", "TOP_LEVEL_KEYS"]
+__all__ = ["PipelineError", "StepSpec", "PipelineSpec", "parse_pipeline", "read_pipeline", "apply_overrides",
+           "TOP_LEVEL_KEYS"]
 
 TOP_LEVEL_KEYS = ("steps", "cache_dir", "name", "description")
 
@@ -134,6 +135,7 @@ class PipelineSpec:
     source: str = "<pipeline>"
     settings: dict[str, Any] = field(default_factory=dict)
     setting_lines: dict[str, int] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)  # `--set` items applied after parsing
 
     def error(self, step: StepSpec | None, message: str, option: str | None = None) -> str:
         """``file:line: step N (kind): message``, the format of every validation error."""
@@ -207,3 +209,44 @@ def read_pipeline(path: str | os.PathLike) -> PipelineSpec:
         raise FileNotFoundError(f"no such pipeline file: {path!r}")
     with open(path, encoding="utf-8") as handle:
         return parse_pipeline(handle.read(), source=path)
+
+
+def apply_overrides(spec: PipelineSpec, items: list[str]) -> PipelineSpec:
+    """Set step options from ``STEP.OPTION=VALUE`` items (``hf-prune run --set``); returns ``spec``, changed.
+
+    ``STEP`` is a 1-based step number or a step kind that occurs once (``load``, ``save``, ...); ``VALUE``
+    is read as YAML (``200``, ``true``, ``[a, b]``, ``{r: 8}``), else kept as text; an empty ``VALUE``
+    removes the option (``load.split=``). The items are kept in
+    ``spec.overrides`` so the subset's provenance records them beside the file's text.
+
+    Example:
+        >>> spec = apply_overrides(read_pipeline("p.yaml"), ["load.rows=200", "4.fraction=0.05"])
+    """
+    for item in items:
+        target, sep, text = item.partition("=")
+        step_name, dot, option = target.strip().rpartition(".")
+        if not sep or not dot or not step_name or not option:
+            raise PipelineError(f"--set {item!r}: expected STEP.OPTION=VALUE, e.g. load.rows=200 or 3.fraction=0.1")
+        if step_name.isdigit():
+            index = int(step_name)
+            if not 1 <= index <= len(spec.steps):
+                raise PipelineError(f"--set {item!r}: there is no step {index}; the pipeline has {len(spec.steps)}")
+            step = spec.steps[index - 1]
+        else:
+            matches = [s for s in spec.steps if s.kind == step_name]
+            if len(matches) != 1:
+                kinds = ", ".join(f"{s.index}={s.kind}" for s in spec.steps)
+                raise PipelineError(f"--set {item!r}: {'no' if not matches else 'more than one'} {step_name!r} step; "
+                                    f"name it by number ({kinds})")
+            step = matches[0]
+        step.option_lines.pop(option, None)  # no longer the file's line
+        if not text.strip():
+            step.options.pop(option, None)
+            continue
+        try:
+            value = _load_text(text, f"--set {item!r}")
+        except PipelineError:
+            value = text
+        step.options[option] = value
+    spec.overrides.extend(items)
+    return spec
