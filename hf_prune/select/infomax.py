@@ -126,6 +126,7 @@ from ..ops.matrix import open_matrix
 from ..ops.threads import small_step_threads
 from ..provenance import _stored_steps, _with_steps
 from ._core import run_selection, split_budget
+from ._knn_step import KnnLog, check_knn_index, with_knn_record
 from .registry import selector
 
 __all__ = [
@@ -161,7 +162,7 @@ def infomax(
     normalize_scores: bool = True,
     temperature: float | None = None,
     step_size: float | None = 1.0,
-    knn_index: str = "flat",
+    knn_index: str = "auto",
     label_column: str | None = None,
     seed: int | np.random.Generator = 0,
     workers: int = 1,
@@ -194,7 +195,9 @@ def infomax(
         temperature: entropy weight ``τ``; ``None`` is the paper's ``λ = 1``, i.e. ``τ = 1/p``.
         step_size: proximal step (normalised by the gradient's standard deviation each iteration);
             ``None`` is the paper's ``β → ∞`` (Eq. 13, no damping).
-        knn_index: ``"flat"`` (exact) or ``"ivf"`` for the k-NN search of large groups.
+        knn_index: the k-NN index of the sparse kernel (`hf_prune.select._knn_step`): ``"auto"`` (default:
+            exact up to 50,000 rows per part, then IVF), ``"flat"``/``"exact"``, ``"ivf"``, ``"ivfpq"`` or
+            ``"hnsw"``; the index used and its measured recall@k are on the provenance step's ``"knn"``.
         label_column: when given, the budget is split per class and InfoMax runs inside each class.
         seed: seeds the random partition (the only random choice; ``partitions=1`` is deterministic).
         workers: local processes that solve the partitions of each group in parallel (default 1: in
@@ -257,8 +260,7 @@ def infomax(
     temperature = check_optional_positive("temperature", temperature)
     step_size = check_optional_positive("step_size", step_size)
     check_choice("kernel", kernel, _KERNELS)
-    if knn_index not in ("flat", "ivf"):
-        raise ValueError(f"`knn_index` must be 'flat' or 'ivf', got {knn_index!r}")
+    knn_index = check_knn_index(knn_index)
     workers = check_positive_int("workers", workers)
     distributed = check_bool("distributed", distributed)
     started = time.perf_counter()
@@ -328,7 +330,10 @@ def infomax(
         stage_times["read_s"], stage_times["pool_start_s"], stage_times["kernel_s"], stage_times["solve_s"],
         stage_times["wall_s"],
     )
-    return _with_stage_times(result, stage_times)
+    knn_log = KnnLog(knn_index)
+    for report in runner.knn_reports:
+        knn_log.add(report)
+    return with_knn_record(_with_stage_times(result, stage_times), knn_log)
 
 
 def _with_stage_times(result: Dataset, stage_times: dict[str, Any]) -> Dataset:
@@ -371,21 +376,22 @@ class _Settings:
             raise ValueError(f"`k`={self.k} must be smaller than the number of rows in a solved group ({n})")
 
 
-def _solve_part(embeddings, scores, budget, settings, device) -> tuple[np.ndarray, float, float]:
-    """``(kept positions, kernel seconds, solve seconds)`` for one part: build ``K``, iterate, take the top."""
+def _solve_part(embeddings, scores, budget, settings, device) -> tuple[np.ndarray, float, float, dict | None]:
+    """``(kept positions, kernel seconds, solve seconds, kNN report)`` for one part: build ``K``, iterate,
+    take the top. The report (`hf_prune.ops.knn.knn`'s) is ``None`` when no search ran (dense kernel)."""
     n = len(scores)
     if budget == n:
-        return np.arange(n), 0.0, 0.0
+        return np.arange(n), 0.0, 0.0, None
     started = time.perf_counter()
-    K = infomax_kernel(
+    K, report = infomax_kernel(
         embeddings, k=settings.k, kernel="dense" if settings.dense(n) else "sparse", metric=settings.metric,
-        knn_index=settings.knn_index, device=device,
+        knn_index=settings.knn_index, device=device, return_report=True,
     )
     built = time.perf_counter()
     _, logits = _solve(scores, K, budget, settings.alpha, settings.iterations, settings.temperature,
                        settings.step_size, device)
     kept = _top(logits, budget)
-    return kept, built - started, time.perf_counter() - built
+    return kept, built - started, time.perf_counter() - built, report
 
 
 class _PartRunner:
@@ -403,6 +409,7 @@ class _PartRunner:
         local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if world > 1 else 1
         self.threads = max(1, _cores() // (workers * max(1, local_ranks))) if workers > 1 else None
         self.records: list[dict[str, Any]] = []
+        self.knn_reports: list[dict[str, Any]] = []
         self.read_s = 0.0
         self.pool_start_s = 0.0
         self.transport: str | None = None  # how the rows reached the workers: "shared_memory" or "pickle"
@@ -429,7 +436,9 @@ class _PartRunner:
             raise failure
         picks = []
         for i, (part, budget) in enumerate(zip(parts, budgets)):
-            kept, kernel_s, solve_s, rank = done[i]
+            kept, kernel_s, solve_s, report, rank = done[i]
+            if report is not None:
+                self.knn_reports.append(report)
             record = {"group": self.group, "part": i, "rows": len(part), "budget": budget, "rank": rank,
                       "kernel_s": kernel_s, "solve_s": solve_s}
             logger.debug("infomax part %s", record)
@@ -438,15 +447,14 @@ class _PartRunner:
         self.group += 1
         return picks
 
-    def _solve_mine(self, parts, budgets, mine) -> dict[int, tuple[np.ndarray, float, float, int]]:
+    def _solve_mine(self, parts, budgets, mine) -> dict[int, tuple[np.ndarray, float, float, dict | None, int]]:
         if self.workers == 1 or len(mine) <= 1:
             done = {}
             for i in mine:
                 started = time.perf_counter()
                 x = self.embeddings.take(parts[i])
                 self.read_s += time.perf_counter() - started
-                kept, kernel_s, solve_s = _solve_part(x, self.scores[parts[i]], budgets[i], self.settings, self.device)
-                done[i] = (kept, kernel_s, solve_s, self.rank)
+                done[i] = (*_solve_part(x, self.scores[parts[i]], budgets[i], self.settings, self.device), self.rank)
             return done
         sizes = [len(parts[i]) for i in mine]
         needed = int(sum(sizes)) * self.embeddings.shape[1] * 4
@@ -567,7 +575,7 @@ def _worker_ready(_: int) -> int:
     return os.getpid()
 
 
-def _worker_solve(name, shape, start, stop, scores, budget, settings) -> tuple[np.ndarray, float, float]:
+def _worker_solve(name, shape, start, stop, scores, budget, settings) -> tuple[np.ndarray, float, float, dict | None]:
     """Solve the part stored at rows ``start:stop`` of the shared block ``name`` (in a worker process)."""
     if _WORKER.get("name") != name:
         _worker_detach()
@@ -617,10 +625,11 @@ def infomax_kernel(
     k: int = 5,
     kernel: str = "sparse",
     metric: str = "cosine",
-    knn_index: str = "flat",
+    knn_index: str = "auto",
     device: str | torch.device | None = None,
     normalize: bool | None = None,
-) -> sp.csr_matrix | np.ndarray:
+    return_report: bool = False,
+) -> sp.csr_matrix | np.ndarray | tuple[sp.csr_matrix | np.ndarray, dict | None]:
     """The similarity matrix ``K`` InfoMax uses: inner products, zero diagonal, symmetric.
 
     ``kernel="sparse"`` keeps each row's ``k`` nearest neighbours (found with `hf_prune.ops.knn`,
@@ -628,7 +637,9 @@ def infomax_kernel(
     at most ``2·N·k`` entries. ``kernel="dense"`` returns the full ``(N, N)`` float64 array
     (at most ``DENSE_MAX_ROWS`` rows). ``metric="cosine"`` (default) L2-normalises the rows first,
     ``metric="ip"`` keeps them as they are; ``normalize`` is the deprecated spelling (``True`` is
-    ``"cosine"``, ``False`` is ``"ip"``).
+    ``"cosine"``, ``False`` is ``"ip"``). ``knn_index`` is any `hf_prune.ops.knn_index` kind (``"auto"``:
+    exact up to 50,000 rows). ``return_report=True`` returns ``(K, report)``, the search's report (index,
+    recall@k, seconds; ``None`` for the dense kernel, which searches nothing).
 
     Example:
         >>> K = infomax_kernel(embeddings, k=5)
@@ -647,18 +658,19 @@ def infomax_kernel(
         x64 = x.astype(np.float64)
         K = x64 @ x64.T
         np.fill_diagonal(K, 0.0)
-        return K
+        return (K, None) if return_report else K
     if kernel != "sparse":
         raise ValueError(f"`kernel` must be 'sparse' or 'dense', got {kernel!r}")
     k = check_positive_int("k", k)
     if k >= n:
         raise ValueError(f"`k`={k} must be smaller than the number of rows ({n})")
-    _, neighbours = knn(x, k, metric="ip", index=knn_index, device=device)
+    _, neighbours, report = knn(x, k, metric="ip", index=check_knn_index(knn_index), device=device, return_report=True)
     # Exact float64 ⟨x_i, x_j⟩ for each row and its neighbours.
     values = neighbour_pairs(x, neighbours, lambda rows, nb: np.einsum("id,ikd->ik", rows, nb))
     rows = np.repeat(np.arange(n), k)
     K = sp.csr_matrix((values.ravel(), (rows, neighbours.ravel())), shape=(n, n))
-    return ((K + K.T) * 0.5).tocsr()
+    K = ((K + K.T) * 0.5).tocsr()
+    return (K, report) if return_report else K
 
 
 def _resolve_metric(method: str, metric: str, normalize: bool | None, stacklevel: int = 4) -> str:

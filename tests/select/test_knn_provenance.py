@@ -13,6 +13,7 @@ SELECTORS = {
     "graph_cut": {},
     "typiclust": dict(n_clusters=4),
     "probcover": dict(n_pseudo_labels=4),
+    "infomax": dict(score_column="score", kernel="sparse", partitions=2),
 }
 
 
