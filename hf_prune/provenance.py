@@ -29,12 +29,16 @@ from .version import __version__
 if TYPE_CHECKING:  # datasets is imported lazily so `import hf_prune` stays light
     from datasets import Dataset
 
-__all__ = ["provenance", "with_provenance", "stamp_output", "input_fingerprint", "row_id_digest", "source_info"]
+__all__ = ["provenance", "with_provenance", "with_measurements", "stamp_output", "input_fingerprint", "row_id_digest",
+           "source_info"]
 
 _START, _END = "<!-- hf_prune:provenance ", " -->"
 _PATTERN = re.compile(re.escape(_START) + r"(.*?)" + re.escape(_END), re.DOTALL)
 _ROW_ID = "row_id"
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+# The fields `with_provenance` writes on every step (plus ``stale``, added on reading).
+_STEP_FIELDS = ("method", "params", "input_fingerprint", "input_rows", "input_row_id_digest", "output_fingerprint",
+                "output_rows", "output_row_id_digest", "library", "version", "source", "stale")
 
 
 def _stored_steps(dataset: Dataset) -> list[dict[str, Any]]:
@@ -216,6 +220,28 @@ def _with_steps(result: Dataset, steps: list[dict[str, Any]]) -> Dataset:
 
     # Dataset.info is read-only; set it on the new object only.
     return with_info(result, info)
+
+
+def with_measurements(result: Dataset, key: str, facts: dict[str, Any]) -> Dataset:
+    """``result`` with ``facts`` stored as ``key`` on its last provenance step, beside its ``params``.
+
+    For what a step measured rather than was asked (seconds per stage, the kNN index used and its
+    recall): it is kept out of ``params``, which stay the arguments that replay the step. ``key`` must
+    not be one of the step's own fields. ``result`` must be the Dataset the step just created; it is
+    updated in place and returned.
+
+    Example:
+        >>> sub = with_measurements(sub, "stage_times", {"solve_s": 1.5})
+        >>> provenance(sub)[-1]["stage_times"]
+        {'solve_s': 1.5}
+    """
+    steps = _stored_steps(result)
+    if not steps:
+        raise ValueError("the dataset has no provenance step to add measurements to")
+    if key in _STEP_FIELDS:
+        raise ValueError(f"`key`={key!r} is a field of every step; pick another name for measured facts")
+    steps[-1][key] = _jsonable(facts)
+    return _with_steps(result, steps)
 
 
 def stamp_output(result: Dataset, fingerprint: str) -> Dataset:

@@ -225,3 +225,18 @@ def test_stamp_output_sets_the_fingerprint_the_last_step_records():
         stamp_output(ds.select([0]), "0123456789abcdef")
     with pytest.raises(ValueError):  # `datasets` rejects characters a cache file name cannot hold
         stamp_output(sub, "a/b")
+
+
+def test_measurements_sit_beside_the_params_of_the_last_step():
+    from hf_prune.provenance import with_measurements
+
+    ds = Dataset.from_dict({"x": list(range(10))})
+    sub = hp.select.random(ds, size=4, seed=0)
+    measured = with_measurements(sub, "stage_times", {"solve_s": np.float64(1.5), "parts": np.int64(2)})
+    step = hp.provenance(measured)[-1]
+    assert step["stage_times"] == {"solve_s": 1.5, "parts": 2} and "stage_times" not in step["params"]
+    assert step["params"] == hp.provenance(sub)[-1]["params"]
+    with pytest.raises(ValueError, match="`key`='params'"):
+        with_measurements(sub, "params", {})
+    with pytest.raises(ValueError, match="no provenance step"):
+        with_measurements(ds, "stage_times", {})

@@ -18,7 +18,7 @@ from datasets import Dataset
 from ..ops.checks import check_choice
 from ..ops.knn import knn
 from ..ops.knn_index import INDEX_KINDS
-from ..provenance import _stored_steps, _with_steps
+from ..provenance import with_measurements
 
 __all__ = ["KNN_INDEXES", "check_knn_index", "KnnLog", "with_knn_record"]
 
@@ -88,6 +88,4 @@ def with_knn_record(result: Dataset, log: KnnLog) -> Dataset:
         >>> hp.provenance(sub)[-1]["knn"]["indexes_used"]
         ['flat']
     """
-    steps = _stored_steps(result)
-    steps[-1]["knn"] = log.record()
-    return _with_steps(result, steps)
+    return with_measurements(result, "knn", log.record())

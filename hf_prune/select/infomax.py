@@ -124,7 +124,7 @@ from ..ops.faiss_import import faiss_available, import_faiss
 from ..ops.knn import knn, neighbour_pairs, normalize_rows
 from ..ops.matrix import open_matrix
 from ..ops.threads import small_step_threads
-from ..provenance import _stored_steps, _with_steps
+from ..provenance import with_measurements
 from ._core import run_selection, split_budget
 from ._knn_step import KnnLog, check_knn_index, with_knn_record
 from .registry import selector
@@ -338,9 +338,7 @@ def infomax(
 
 def _with_stage_times(result: Dataset, stage_times: dict[str, Any]) -> Dataset:
     """``result`` with ``stage_times`` on its last provenance step, beside (not inside) its ``params``."""
-    steps = _stored_steps(result)
-    steps[-1]["stage_times"] = stage_times
-    return _with_steps(result, steps)
+    return with_measurements(result, "stage_times", stage_times)
 
 
 def _ranks() -> tuple[int, int]:
