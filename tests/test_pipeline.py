@@ -300,3 +300,20 @@ def test_overrides_set_and_remove_options(source, tmp_path):
         apply_overrides(spec, ["9.size=2"])
     with pytest.raises(PipelineError, match="expected STEP.OPTION=VALUE"):
         apply_overrides(spec, ["rows=2"])
+
+
+def test_values_are_checked_against_the_annotations_before_running():
+    text = ("steps:\n  - load: {builtin: digits, split: train}\n"
+            "  - select: {selector: random, fraction: 2}\n"
+            "  - select: {selector: random, size: 'x'}\n"
+            "  - embed: {embedder: PixelEmbedder, num_proc: 0, size: true}\n"
+            "  - score: {scorer: ssp, n_clusters: 4, seed: 1}\n")
+    with pytest.raises(PipelineError) as err:
+        validate(parse_pipeline(text))
+    assert str(err.value).splitlines() == [
+        "<pipeline>:3: step 2 (select): `fraction` is the kept fraction, 0 < fraction <= 1; got 2",
+        "<pipeline>:4: step 3 (select): selector random: `size` takes int or None, got 'x' (str)",
+        "<pipeline>:5: step 4 (embed): embedder PixelEmbedder: `size` takes int or tuple[int, int] or None, got True "
+        "(bool)",
+        "<pipeline>:5: step 4 (embed): `num_proc` must be a positive integer, got 0",
+    ]

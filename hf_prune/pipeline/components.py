@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Option", "Component", "OBJECT_OPTIONS", "embedders", "scorers", "selectors", "corruptions", "loaders",
+__all__ = ["Option", "Component", "OBJECT_OPTIONS", "check_value", "embedders", "scorers", "selectors", "corruptions", "loaders",
            "tokenizers", "components"]
 
 # Options whose Python value is an object that the pipeline builds from what the file says (see steps.py).
@@ -40,7 +40,11 @@ _OUTPUT_NAMES = {"flag_column", "type_column", "original_column", "duplicate_col
 # `*_column` parameters that name a column of some other dataset, not of the step's input.
 _NOT_INPUT = {"validation_column"}
 # Annotations that no file can express.
-_OBJECT_TYPES = re.compile(r"\b(Callable|Module|Any|Generator\])\b")
+_OBJECT_TYPES = re.compile(r"\b(Callable|Module|Any|Dataset|DatasetDict|Selector|torch\.device|torch\.dtype)\b")
+# What a value read from YAML/JSON can be, per annotation alternative (the others are not checked).
+_BASIC_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "os.PathLike": (str,),
+                "None": (type(None),), "dict": (dict,), "list": (list,)}
+_CONTAINERS = {"Sequence": (list,), "tuple": (list,), "list": (list,), "Mapping": (dict,), "dict": (dict,)}
 _ARG_LINE = re.compile(r"^(\s*)([\w][\w, ]*):\s*(.*)$")
 
 
@@ -122,6 +126,66 @@ def _docstring_args(doc: str) -> dict[str, str]:
     return found
 
 
+def _alternatives(annotation: str) -> list[str]:
+    """The top-level ``|`` alternatives of an annotation's text (brackets kept whole)."""
+    parts, depth, current = [], 0, ""
+    for char in annotation:
+        depth += char == "["
+        depth -= char == "]"
+        if char == "|" and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += char
+    return [p for p in [*parts, current.strip()] if p]
+
+
+def _writable(alternative: str) -> bool:
+    """Whether a file can hold a value of this annotation alternative (a container of Datasets cannot)."""
+    base = alternative.split("[", 1)[0].strip()
+    if base in _CONTAINERS:
+        return not re.search(r"\b(Dataset|DatasetDict|Module)\b", alternative)
+    return alternative != "None" and not _OBJECT_TYPES.search(alternative)
+
+
+def _value_types(annotation: str) -> tuple[type, ...] | None:
+    """The Python types a file value may have for this annotation, or ``None`` when it is not checked."""
+    allowed: list[type] = []
+    for alternative in _alternatives(annotation):
+        base = alternative.split("[", 1)[0].strip()
+        if alternative in _BASIC_TYPES:
+            allowed += _BASIC_TYPES[alternative]
+        elif base in _CONTAINERS and _writable(alternative):
+            allowed += _CONTAINERS[base]
+        elif not _writable(alternative):
+            continue  # an object alternative: a file value is one of the others
+        else:
+            return None  # a type alias (``Epochs``) or anything else: left to the function's own checks
+    return tuple(allowed) or None
+
+
+def check_value(option: Option, value: Any) -> str | None:
+    """Why ``value`` (read from a file) cannot be ``option``'s, from its annotation; ``None`` when it can.
+
+    Example:
+        >>> check_value(scorers()["ssp"].options["n_clusters"], "ten")
+        "`n_clusters` takes int, got 'ten' (str)"
+    """
+    if option.role == "object" or not option.annotation:
+        return None
+    types = _value_types(option.annotation)
+    if types is None:
+        return None
+    if isinstance(value, bool) and bool not in types:
+        ok = False  # True is an int to Python, never a count or a fraction
+    else:
+        ok = isinstance(value, types)
+    if ok:
+        return None
+    names = " or ".join(a for a in _alternatives(option.annotation) if a == "None" or _writable(a))
+    return f"`{option.name}` takes {names}, got {value!r} ({type(value).__name__})"
+
+
 def _role(name: str) -> str:
     if name in OBJECT_OPTIONS:
         return "object"
@@ -149,8 +213,8 @@ def _component(kind: str, name: str, fn: Callable[..., Any], *, skip: tuple[str,
             continue
         annotation = "" if p.annotation is p.empty else str(p.annotation)
         role = "output" if p.name in outputs else _role(p.name)
-        if role != "object" and _OBJECT_TYPES.search(annotation) and "int" not in annotation:
-            continue  # a module, callable or state object: nothing a file can write
+        if role != "object" and annotation and not any(_writable(a) for a in _alternatives(annotation)):
+            continue  # a module, callable, Dataset or state object: nothing a file can write
         options[p.name] = Option(p.name, role, p.default, annotation, text)
     summary = (inspect.cleandoc(fn.__doc__ or "").splitlines() or [""])[0]
     return Component(kind, name, fn, options, summary, takes_any)

@@ -121,6 +121,12 @@ def validate(spec: PipelineSpec, *, cache_dir: str | None = None) -> None:
                 errors.append(spec.error(step, f"{what} has no option {option!r}; its options are: "
                                                f"{', '.join(valid)}", option))
         if info is not None:
+            from .components import check_value
+
+            for option, value in step.options.items():
+                problem = check_value(info.options[option], value) if option in info.options else None
+                if problem:
+                    errors.append(spec.error(step, f"{info.kind} {info.name}: {problem}", option))
             missing = [o.name for o in info.options.values() if o.required and o.name not in step.options
                        and o.name != "validation_gradients"]
             if missing:
@@ -166,6 +172,12 @@ def _check_step(spec: PipelineSpec, step: StepSpec) -> list[str]:
                     errors.append(spec.error(step, f"`{bad}` applies to a `path`, not to a builtin loader", bad))
         if options.get("streaming") and options.get("rows") is None:
             errors.append(spec.error(step, "`streaming: true` needs `rows`: how many rows to materialise", "streaming"))
+    fraction = options.get("fraction")
+    if step.kind == "select" and isinstance(fraction, (int, float)) and not isinstance(fraction, bool) \
+            and not 0 < fraction <= 1:
+        errors.append(spec.error(step, f"`fraction` is the kept fraction, 0 < fraction <= 1; got {fraction}",
+                                 "fraction"))
+    if step.kind in ("load", "embed"):
         for name in ("rows", "shuffle_seed", "num_proc", "map_batch_size"):
             value = options.get(name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0
