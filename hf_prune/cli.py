@@ -227,6 +227,13 @@ def _add_component_commands(parent, command: str, kind: str, key: str) -> None:
 
 
 def make_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``hf-prune`` parser; the ``embed``/``score`` flags are generated only when ``argv`` runs one of them.
+
+    Example:
+        >>> make_parser(["score", "ssp", "data", "--output", "out"]).parse_args(
+        ...     ["score", "ssp", "data", "--output", "out", "--n-clusters", "10"]).n_clusters
+        10
+    """
     parser = argparse.ArgumentParser(prog="hf-prune", description="Data pruning for Hugging Face datasets.")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -59,6 +59,10 @@ class Option:
         default: the signature's default; `Option.required` when there is none.
         annotation: the annotation as text (``""`` when there is none).
         help: the docstring's description of the parameter.
+
+    Example:
+        >>> scorers()["ssp"].options["n_clusters"].required
+        True
     """
 
     name: str

@@ -200,7 +200,12 @@ def _check_step(spec: PipelineSpec, step: StepSpec) -> list[str]:
 
 @dataclass
 class PlanEntry:
-    """One step of a plan: the step, its cache key (``None`` until the source is loaded) and cache entry."""
+    """One step of a plan: the step, its cache key (``None`` until the source is loaded) and cache entry.
+
+    Example:
+        >>> [(e.step.kind, e.cached is not None) for e in plan(spec, cache_dir="cache")]
+        [('load', True), ('select', False), ('save', False)]
+    """
 
     step: StepSpec
     key: str | None

@@ -27,7 +27,13 @@ TOP_LEVEL_KEYS = ("steps", "cache_dir", "name", "description")
 
 
 class PipelineError(ValueError):
-    """A pipeline file that cannot run; the message names the file, line and valid choices."""
+    """A pipeline file that cannot run; the message names the file, line and valid choices.
+
+    Example:
+        >>> parse_pipeline("steps:\n  - embedd: {}\n", source="p.yaml")
+        Traceback (most recent call last):
+        PipelineError: p.yaml:2: unknown step 'embedd'; valid steps: load, corrupt, tokenize, embed, ...
+    """
 
 
 class _Mapping(dict):
@@ -110,6 +116,10 @@ class StepSpec:
         index: 1-based position in ``steps``.
         line: the line of the step in the file (``None`` when unknown).
         option_lines: the line of each option key.
+
+    Example:
+        >>> StepSpec("select", {"selector": "random", "size": 10}, index=3).kind
+        'select'
     """
 
     kind: str

@@ -47,6 +47,10 @@ class StepKind:
         component_key: the option naming the component (``embedder``, ``scorer``, ...).
         extras: the step's own options (not the component's) and their help.
         data: whether it returns a new Dataset (cached); ``save``/``push`` only write it out.
+
+    Example:
+        >>> STEP_KINDS["embed"].component_key
+        'embedder'
     """
 
     name: str
@@ -377,6 +381,9 @@ class Context:
         spec: the pipeline being run.
         offline_models: swap Hub models for tiny offline ones (`hf_prune.pipeline.offline`).
         log: where steps report what they did (a line at a time).
+
+    Example:
+        >>> embedder = build_embedder(Context(spec, offline_models=True), spec.steps[1])
     """
 
     spec: PipelineSpec
