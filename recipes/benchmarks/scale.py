@@ -35,8 +35,9 @@ in RAM): ``emb`` 100 classes × 10 sub-clusters with a random per-row scale, ``l
 ``score`` uniform in [0, 1). ``--dtype float16`` stores the column in half precision. Selections are over
 the whole set unless ``--per-class`` (then ``label_column="label"``).
 
-``--load`` repeats the selector runs with a competing CPU job (a separate process multiplying matrices
-on BLAS with as many threads as there are cores) and reports each run's slowdown.
+``--load`` repeats each selector run twice more, back to back: alone, then with a competing CPU job (a
+separate process multiplying matrices on BLAS with as many threads as there are cores, started and
+killed around the run), and reports the slowdown of that pair.
 
 Default (sized for about 1.5 hours on 2 cores: 76 runs and 8 floors of at most ``--run-timeout`` = 150 s each, most
 far shorter; the 1M floors and k-NN runs are the ones expected to reach the limit):
@@ -664,7 +665,8 @@ def report(results: dict) -> str:
                              f"{e['peak_heap_bytes'] / col:.2f} | {ratio_text} | {recall} | ok |")
             else:
                 lines.append(f"| {run['variant']} | {kept} | — | — | — | n/a | | {e['status']} |")
-    loaded = [(r, runs[r["key"]], runs[r["key"] + "/load"]) for r in stored if r["key"] + "/load" in runs]
+    loaded = [(r, runs[r["key"] + "/alone"], runs[r["key"] + "/load"]) for r in stored
+              if r["key"] + "/load" in runs and r["key"] + "/alone" in runs]
     if loaded:
         lines += ["", f"### With a competing CPU job ({results.get('load_threads')} BLAS threads)", "",
                   "| selector | N | kept | alone s | loaded s | slowdown | status |", "|---|---:|---:|---:|---:|---:|---|"]
@@ -784,13 +786,18 @@ def main(argv=None) -> dict:
             record(run["key"], {"kind": "selector", "name": run["selector"], "knn_index": run["knn_index"],
                                 "kept": run["kept"], "path": path, "per_class": args.per_class, "workers": workers})
     if args.load:
+        # Each loaded run right after an unloaded one of the same spec ("/alone"), so the slowdown compares
+        # two runs minutes apart rather than against a run made when the machine was otherwise busier.
         results["load_threads"] = os.cpu_count()
-        with CompetingLoad(os.cpu_count() or 1):
-            for run in runs:
-                path = str(data_path(Path(args.workdir), run["n"], args.dim, args.dtype, args.seed))
-                record(run["key"] + "/load", {"kind": "selector", "name": run["selector"], "knn_index": run["knn_index"],
-                                              "kept": run["kept"], "path": path, "per_class": args.per_class,
-                                              "workers": workers}, load=True)
+        for run in runs:
+            path = str(data_path(Path(args.workdir), run["n"], args.dim, args.dtype, args.seed))
+            spec = {"kind": "selector", "name": run["selector"], "knn_index": run["knn_index"], "kept": run["kept"],
+                    "path": path, "per_class": args.per_class, "workers": workers}
+            if results["runs"].get(run["key"] + "/load", {}).get("status") != "ok":
+                results["runs"].pop(run["key"] + "/alone", None)  # re-pair: measure both again
+            record(run["key"] + "/alone", spec)
+            with CompetingLoad(os.cpu_count() or 1):
+                record(run["key"] + "/load", spec, load=True)
     results["report"] = report(results)
     save_results(out, results)
     (out / "report.md").write_text(results["report"] + "\n")
