@@ -38,7 +38,7 @@ def main(out: Path) -> None:
     result = hp.embed.map_distributed(tiny_images(), tiny_embedder(), output_dir=out / "shards", batch_size=BATCH)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     np.save(out / f"emb_{rank}.npy", np.asarray(result["emb"], dtype=np.float32))
-    info = {"rank": rank, "world": world, "row_id": result["row_id"], "columns": result.column_names,
+    info = {"rank": rank, "world": world, "row_id": list(result["row_id"]), "columns": result.column_names,
             "method": hp.provenance(result)[-1]["method"]}
     (out / f"rank_{rank}.json").write_text(json.dumps(info))
 
