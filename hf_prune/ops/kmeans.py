@@ -10,7 +10,7 @@ from .checks import check_choice, check_positive_int
 from .device import resolve_device
 from .faiss_import import faiss_available, import_faiss
 from .knn_index import gpu_count
-from .row_blocks import as_rows, take_rows
+from .matrix import as_matrix
 
 __all__ = ["kmeans", "MIN_TRAIN_ROWS"]
 
@@ -38,7 +38,7 @@ def kmeans(
     ``spherical=True`` normalises centroids (cosine k-means; pass unit rows). Deterministic for a given
     ``seed``. ``init`` (K, d) gives the starting centroids (e.g. k-means++ seeds) instead of random rows.
 
-    ``x`` is an array or a ColumnMatrix-like block source (``shape``, ``blocks()``, ``take()``). The
+    ``x`` is an array or a `hf_prune.ops.matrix.ColumnMatrix` (read block by block). The
     centroids are trained on a seeded sample of ``train_size`` rows (default ``max(256·K, 65,536)``;
     every row when there are fewer), then every row is assigned block by block (``batch_size`` rows),
     so a memory-mapped column is never copied whole. faiss's ``max_points_per_centroid`` (256) would
@@ -55,7 +55,7 @@ def kmeans(
         >>> centroids, assign, dist = kmeans(emb, 100, seed=0)
         >>> centroids, assign, dist = kmeans(open_matrix(ds, "emb"), 1000, train_size=200_000)
     """
-    rows = as_rows(x)
+    rows = as_matrix(x)
     n, d = rows.shape
     if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)) or not 1 <= n_clusters <= n:
         raise ValueError(f"`n_clusters` must be an integer in [1, {n}], got {n_clusters!r}")
@@ -69,10 +69,10 @@ def kmeans(
     batch_size = check_positive_int("batch_size", batch_size)
     dev = resolve_device(device)
     if n <= train_size:
-        sample = take_rows(rows, np.arange(n)) if not isinstance(x, np.ndarray) else np.ascontiguousarray(x, np.float32)
+        sample = rows.to_numpy()  # zero-copy for a float32 array
     else:
         picked = np.sort(np.random.default_rng(seed).choice(n, size=train_size, replace=False))
-        sample = take_rows(rows, picked)
+        sample = rows.take(picked)
     check_choice("backend", backend, ("auto", "faiss", "torch"))
     if backend == "auto":
         backend = "faiss" if faiss_available() else "torch"

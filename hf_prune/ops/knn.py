@@ -20,7 +20,7 @@ from .device import resolve_device
 from .faiss_import import faiss_available, import_faiss
 from .knn_index import build_index, gpu_count, resolve_spec
 from .knn_recall import exact_neighbours, knn_recall
-from .row_blocks import as_rows, take_rows
+from .matrix import as_matrix
 
 __all__ = ["knn", "normalize_rows", "neighbour_pairs", "radius_neighbors", "RadiusGraphTooLarge"]
 
@@ -81,8 +81,7 @@ def knn(
     (descending), squared distances for ``"l2"`` (ascending). With ``queries=None`` and
     ``exclude_self=True`` a row is never its own neighbour (duplicates of it still can be).
 
-    ``x`` (and ``queries``) is an array or anything with the block API of
-    `hf_prune.ops.matrix.ColumnMatrix` (``shape``, ``blocks()``, ``take()``): rows are added to the
+    ``x`` (and ``queries``) is an array or a `hf_prune.ops.matrix.ColumnMatrix`: rows are added to the
     index and queries searched ``batch_size`` rows at a time, so beyond the index itself the extra
     memory is one block (cosine normalises each block, never an N×d normalised copy).
 
@@ -110,9 +109,9 @@ def knn(
         ('flat', 1.0)
     """
     check_choice("metric", metric, ("ip", "cosine", "l2"))
-    rows = as_rows(x)
+    rows = as_matrix(x)
     self_search = queries is None
-    q_rows = rows if self_search else as_rows(queries, "queries")
+    q_rows = rows if self_search else as_matrix(queries, "queries")
     n, d = rows.shape
     if q_rows.shape[1] != d:
         raise ValueError(f"`queries` have dimension {q_rows.shape[1]}, the rows {d}")
@@ -167,7 +166,7 @@ def knn(
     refilled = np.concatenate(short) if short else np.zeros(0, dtype=np.int64)
     if len(refilled):
         # An approximate index can find fewer than k rows in its probed lists: search those exactly.
-        ev, ei = exact_neighbours(rows, take_rows(q_rows, refilled), k, metric=metric,
+        ev, ei = exact_neighbours(rows, q_rows.take(refilled), k, metric=metric,
                                   self_rows=refilled if drop_self else None)
         values[refilled], indices[refilled] = ev, ei
     search_s = time.perf_counter() - started
@@ -195,7 +194,7 @@ def _rerank(rows, queries, candidates, k, metric):
     for lo in range(0, len(queries), step):
         cand = candidates[lo : lo + step]
         q = queries[lo : lo + step]
-        gathered = take_rows(rows, np.maximum(cand, 0).ravel())
+        gathered = rows.take(np.maximum(cand, 0).ravel())
         if metric == "cosine":
             gathered = normalize_rows(gathered)
         gathered = gathered.reshape(len(q), width, -1)

@@ -44,7 +44,6 @@ import numpy as np
 
 from .checks import check_choice, check_positive_int
 from .faiss_import import import_faiss
-from .row_blocks import take_rows
 
 __all__ = [
     "INDEX_KINDS",
@@ -190,7 +189,7 @@ def build_index(rows, spec: IndexSpec, metric: str, *, seed: int = 0, gpu: bool 
     keep ``keepalive`` (GPU resources) referenced while the index is used.
 
     Example:
-        >>> index, _ = build_index(as_rows(emb), resolve_spec("ivf", len(emb), emb.shape[1], 10), "l2")
+        >>> index, _ = build_index(as_matrix(emb), resolve_spec("ivf", len(emb), emb.shape[1], 10), "l2")
     """
     faiss = import_faiss()
     n, d = rows.shape
@@ -212,7 +211,7 @@ def build_index(rows, spec: IndexSpec, metric: str, *, seed: int = 0, gpu: bool 
         index.cp.min_points_per_centroid = 1
         index.cp.max_points_per_centroid = max(256, spec.train_size)  # the sample is already the subsample
         sample = np.sort(np.random.default_rng(seed).choice(n, size=spec.train_size, replace=False))
-        index.train(_normalised(take_rows(rows, sample), cosine))
+        index.train(_normalised(rows.take(sample), cosine))
         index.nprobe = spec.nprobe
     keepalive = None
     if gpu and spec.kind != "hnsw":

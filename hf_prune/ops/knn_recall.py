@@ -18,7 +18,7 @@ import numpy as np
 
 from .checks import check_choice, check_positive_int, seed_int
 from .faiss_import import faiss_available, import_faiss
-from .row_blocks import as_rows, take_rows
+from .matrix import as_matrix
 
 __all__ = ["knn_recall", "exact_neighbours"]
 
@@ -42,7 +42,7 @@ def exact_neighbours(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact ``(values, indices)`` ``(Q, k)`` of the few ``queries`` against all rows of ``x``, best first.
 
-    ``x`` is an array or a block source (`hf_prune.ops.row_blocks.as_rows`); it is read once, block by
+    ``x`` is an array or a block source (`hf_prune.ops.matrix.as_matrix`); it is read once, block by
     block. Values are similarities for ``"ip"``/``"cosine"`` (rows and queries normalised per block),
     squared distances for ``"l2"``. ``self_rows[q]`` (a row position, or ``-1``) is left out of query
     ``q``'s neighbours, as in a self-search. Memory: ``Q × block`` scores at a time.
@@ -51,7 +51,7 @@ def exact_neighbours(
         >>> sims, idx = exact_neighbours(emb, emb[:10], 5, metric="cosine", self_rows=np.arange(10))
     """
     check_choice("metric", metric, ("ip", "cosine", "l2"))
-    rows = as_rows(x)
+    rows = as_matrix(x)
     q = _prepare(np.ascontiguousarray(queries, dtype=np.float32), metric)
     n_q = len(q)
     best_v = np.full((n_q, 0), 0.0, dtype=np.float32)
@@ -117,25 +117,25 @@ def knn_recall(
     check_choice("metric", metric, ("ip", "cosine", "l2"))
     k = check_positive_int("k", k)
     queries = check_positive_int("queries", queries)
-    rows = as_rows(x)
+    rows = as_matrix(x)
     indices = np.asarray(indices)
     if indices.ndim != 2 or indices.shape[1] < k:
         raise ValueError(f"`indices` must be a (Q, ≥{k}) neighbour table, got shape {indices.shape}")
     self_search = query_data is None
     exclude_self = self_search if exclude_self is None else bool(exclude_self)
-    source = rows if self_search else as_rows(query_data, "query_data")
+    source = rows if self_search else as_matrix(query_data, "query_data")
     if len(indices) != source.shape[0]:
         raise ValueError(f"`indices` has {len(indices)} rows but there are {source.shape[0]} queries")
     seed = seed_int(seed)
     n_q = len(indices)
     sample = np.sort(np.random.default_rng(seed).choice(n_q, size=min(queries, n_q), replace=False))
-    q = take_rows(source, sample)
+    q = source.take(sample)
     self_rows = sample if exclude_self else None
     exact_v, _ = exact_neighbours(rows, q, k, metric=metric, self_rows=self_rows)
     approx = indices[sample, :k].astype(np.int64)
     valid = approx >= 0
     # The approximate neighbours' values, recomputed in float64 from the rows.
-    found_rows = take_rows(rows, np.where(valid, approx, 0).ravel()).reshape(len(sample), k, -1)
+    found_rows = rows.take(np.where(valid, approx, 0).ravel()).reshape(len(sample), k, -1)
     qd, nd = _prepare(q, metric).astype(np.float64), _prepare(found_rows.reshape(-1, q.shape[1]), metric)
     nd = nd.astype(np.float64).reshape(len(sample), k, -1)
     scale = np.einsum("ij,ij->i", qd, qd) + float(np.max(np.einsum("ikj,ikj->ik", nd, nd), initial=0.0))

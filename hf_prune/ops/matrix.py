@@ -31,7 +31,7 @@ from datasets import Dataset
 from .arrow import arrow_table, indices_mapping
 from .checks import check_columns, check_positive_int
 
-__all__ = ["ColumnMatrix", "open_matrix", "list_values", "DEFAULT_BLOCK_ROWS"]
+__all__ = ["ColumnMatrix", "open_matrix", "as_matrix", "list_values", "DEFAULT_BLOCK_ROWS"]
 
 # Rows per block: 64k rows of 384 float32 values are 96 MiB, large enough that per-block overhead
 # vanishes next to the arithmetic, small next to a million-row column.
@@ -231,6 +231,31 @@ def open_matrix(dataset: Dataset, column: str, *, allow_nonfinite: bool = False)
     matrix = ColumnMatrix(chunks, column, indices_mapping(dataset))
     if not allow_nonfinite and np.issubdtype(matrix.dtype, np.floating):
         _check_finite(matrix)
+    return matrix
+
+
+def as_matrix(x, name: str = "x") -> ColumnMatrix:
+    """``x`` as a `ColumnMatrix`: one as is, an array-like as a single zero-copy chunk.
+
+    So the kernels that stream their rows (kNN search, k-means, recall) take an in-memory array and a
+    memory-mapped column through the same code path. `ValueError` naming ``name`` unless ``x`` is a
+    non-empty 2-D numeric matrix.
+
+    Example:
+        >>> [(start, len(block)) for start, block in as_matrix(np.zeros((600, 3))).blocks(256)]
+        [(0, 256), (256, 256), (512, 88)]
+    """
+    if isinstance(x, ColumnMatrix):
+        matrix = x
+    else:
+        array = np.asarray(x)
+        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+            raise ValueError(f"`{name}` must hold numbers, got dtype {array.dtype}")
+        if array.ndim != 2:
+            raise ValueError(f"`{name}` must be a non-empty 2-D matrix, got shape {array.shape}")
+        matrix = ColumnMatrix([array], name)
+    if matrix.shape[0] == 0 or matrix.shape[1] == 0:
+        raise ValueError(f"`{name}` must be a non-empty 2-D matrix, got shape {matrix.shape}")
     return matrix
 
 

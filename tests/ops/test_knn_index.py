@@ -8,7 +8,7 @@ from hf_prune.ops.kmeans import kmeans
 from hf_prune.ops.knn import knn
 from hf_prune.ops.knn_index import DEFAULT_MEMORY_BUDGET, choose_index, resolve_spec
 from hf_prune.ops.knn_recall import exact_neighbours, knn_recall
-from hf_prune.ops.matrix import open_matrix
+from hf_prune.ops.matrix import ColumnMatrix, open_matrix
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -30,19 +30,9 @@ def clustered(n=3000, d=16, centres=30, spread=0.35, seed=0):
     return (c[rng.integers(0, centres, n)] + spread * rng.normal(size=(n, d))).astype(np.float32)
 
 
-class Blocks:
-    """A minimal ColumnMatrix-like source (shape, blocks, take) over an array, in uneven blocks."""
-
-    def __init__(self, x, rows=257):
-        self._x, self._rows, self.shape = x, rows, x.shape
-
-    def blocks(self, batch_rows=None):
-        step = min(self._rows, batch_rows or self._rows)
-        for start in range(0, len(self._x), step):
-            yield start, np.ascontiguousarray(self._x[start : start + step], dtype=np.float32)
-
-    def take(self, indices):
-        return self._x[np.asarray(indices)].astype(np.float32)
+def Blocks(x, rows=257):
+    """``x`` as a chunked column (chunks of ``rows`` rows, the last one shorter), read block by block."""
+    return ColumnMatrix([x[start : start + rows] for start in range(0, len(x), rows)], "x")
 
 
 def brute(x, k, metric):
