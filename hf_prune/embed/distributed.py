@@ -26,6 +26,11 @@ embedder is an error, never overwritten: pick a new ``output_dir`` or delete the
 dataset whose fingerprint is not stable across runs (``datasets`` gives a random one to some
 in-memory tables it cannot hash) is never resumed, only recomputed.
 
+Input: the dataset as each process sees it, indices mapping included (a shuffled or selected
+dataset is sharded in its own order). Joining the columns flattens such a mapping (``datasets``
+rewrites the table in that order, as a one-process ``map`` does too); call ``flatten_indices`` first
+to choose where that copy goes.
+
 Failures: a process that fails (a bad ``output_dir``, a fingerprint mismatch, an error in the
 model) makes every process raise, after one ``all_gather_object`` of the outcomes, instead of
 leaving the others waiting at the barrier.

@@ -232,3 +232,13 @@ def test_two_launched_processes_equal_one_process(tmp_path):
     markers = [json.loads((tmp_path / "shards" / f"shard-0000{r}-of-00002.json").read_text()) for r in range(2)]
     assert [(m["start"], m["stop"]) for m in markers] == [(0, 20), (20, 37)]
     assert markers[0]["embedder_fingerprint"] == emb.fingerprint()
+
+
+def test_a_shuffled_dataset_keeps_its_order(data, tmp_path):
+    shuffled = data.shuffle(seed=0)  # an indices mapping: shards are cut in the shuffled order
+    single = TinyMLP().map(shuffled, batch_size=4)
+    with pytest.raises(ValueError, match="shard 0 of 2"):
+        map_distributed(shuffled, TinyMLP(), output_dir=tmp_path, batch_size=4, state=rank(1, 2))
+    out = map_distributed(shuffled, TinyMLP(), output_dir=tmp_path, batch_size=4, state=rank(0, 2))
+    assert out["row_id"] == single["row_id"] != data["row_id"]
+    assert out["emb"] == single["emb"] and out["x"] == single["x"]
