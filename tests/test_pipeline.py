@@ -283,7 +283,7 @@ def test_two_processes_split_the_embed_step_and_match_one(tmp_path):
     embedded = load_from_disk(next(p for p in (tmp_path / "cache2").iterdir()
                                    if p.is_dir() and "PixelEmbedder" in (p.parent / f"{p.name}.json").read_text()))
     assert len(embedded) == 9 and [s["method"] for s in hp.provenance(embedded)] == ["embed.PixelEmbedder"]
-    assert not [p for p in (tmp_path / "cache2").iterdir() if ".part-" in p.name]
+    assert not [p for p in (tmp_path / "cache2").iterdir() if ".shards" in p.name]
 
 
 def test_overrides_set_and_remove_options(source, tmp_path):

@@ -16,10 +16,11 @@ are never cached; they run every time, with a provenance step ``pipeline`` that 
 file's text, so the subset's card says exactly how to rebuild it.
 
 Several processes (``accelerate launch -m hf_prune.cli run FILE``, ``torchrun --nproc_per_node N -m
-hf_prune.cli run FILE``): every process runs every step, and each embed step is split into contiguous
-shards, one per process (on its own device unless the step sets ``device``); the main process joins
-the shards in rank order, writes each cache entry and the outputs, and the others wait for it at
-accelerate's barrier and read the entry. Other steps are computed by every process (the same result,
+hf_prune.cli run FILE``): every process runs every step, and each embed step is split into contiguous,
+batch-aligned shards, one per process on its own device unless the step sets ``device``
+(`hf_prune.embed.map_distributed`: the same column as one process, and an interrupted step resumes
+from the shards already written); the main process writes each cache entry and the outputs, and the
+others wait for it at accelerate's barrier and read the entry. Other steps are computed by every process (the same result,
 or spread over the processes where the function itself is distributed, as InfoMax's partitions are).
 """
 
@@ -334,25 +335,13 @@ def _commit(dataset, cache_dir: str, key: str, step: StepSpec, seconds: float, s
     return load_from_disk(os.path.join(cache_dir, key))
 
 
-def _embed_sharded(ctx: Context, step: StepSpec, dataset, state, cache_dir: str, key: str):
-    """One contiguous shard per process, joined in rank order on the main process (``None`` elsewhere)."""
-    from datasets import concatenate_datasets, load_from_disk
-
+def _embed_distributed(ctx: Context, step: StepSpec, dataset, state, shards: str):
+    """The embed step over every process of the launch (`hf_prune.embed.map_distributed`)."""
+    from ..embed import map_distributed
     from .steps import build_embedder
 
-    embedder = build_embedder(ctx, step)
-    part = dataset.shard(num_shards=state.num_processes, index=state.process_index, contiguous=True)
-    paths = [os.path.join(cache_dir, f".{key}.part-{rank}") for rank in range(state.num_processes)]
-    if len(part):
-        embedder.map(part, batch_size=step.options.get("map_batch_size"),
-                     desc=f"step {step.index} embed (process {state.process_index})").save_to_disk(
-            paths[state.process_index])
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        return None
-    parts = [load_from_disk(path) for path in paths if os.path.isdir(path)]
-    # The joined rows are the input's, in order: record one embed step over the whole input.
-    return embedder.record_provenance(concatenate_datasets(parts), dataset), paths
+    return map_distributed(dataset, build_embedder(ctx, step), output_dir=shards, state=state,
+                           batch_size=step.options.get("map_batch_size"), desc=f"step {step.index} embed")
 
 
 def _reproduction_option(fn: Callable[..., Any]) -> str | None:
@@ -452,7 +441,6 @@ def run_pipeline(
         _precheck_outputs(spec)
     ctx = Context(spec, offline_models=offline_models, log=log)
     if state is not None:
-        ctx.device = str(state.device)
         log(f"{state.num_processes} processes: embed steps are split into one shard per process")
     start = max((i for i, e in enumerate(entries) if e.cached), default=-1)
     dataset, parent, report = None, None, []
@@ -483,17 +471,15 @@ def run_pipeline(
                                               "version": __version__})
                 elif step.kind == "embed" and state is not None:
                     key = _step_key(parent, step, offline_models)
-                    joined = _embed_sharded(ctx, step, dataset, state, cache_dir, key)
-                    if joined is not None:
-                        dataset, parts = joined
+                    shards = os.path.join(cache_dir, f".{key}.shards")  # resumed after a preemption
+                    dataset = _embed_distributed(ctx, step, dataset, state, shards)
                 else:
                     dataset = RUNNERS[step.kind](ctx, step, dataset)
                     key = _step_key(parent, step, offline_models)
                 seconds = time.perf_counter() - began
                 dataset = _commit(dataset, cache_dir, key, step, seconds, state)
                 if step.kind == "embed" and state is not None and main:
-                    for path in parts:
-                        shutil.rmtree(path, ignore_errors=True)
+                    shutil.rmtree(shards, ignore_errors=True)  # the entry holds the joined columns now
                 parent = key
                 row.update(status="computed", cache=os.path.join(cache_dir, key))
             else:

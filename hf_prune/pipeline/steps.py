@@ -391,7 +391,6 @@ class Context:
     log: Callable[[str], None] = print
     built: dict[int, Any] = field(default_factory=dict)  # step index -> embedder / tokenizer
     loaded: dict[str, Any] = field(default_factory=dict)  # what builtin loaders returned, by their options
-    device: str | None = None  # this process's device when several run, for embedders without `device`
 
     def step(self, index: int) -> StepSpec:
         return self.spec.steps[index - 1]
@@ -433,8 +432,6 @@ def build_embedder(ctx: Context, step: StepSpec):
     info = components("embedder")[name]
     kwargs = _component_kwargs(step, info)
     revision = step.options.get("revision")
-    if ctx.device is not None and "device" in info.options and "device" not in kwargs:
-        kwargs["device"] = ctx.device
     if isinstance(kwargs.get("config"), dict):
         from transformers import AutoConfig
 
