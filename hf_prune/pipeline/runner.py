@@ -344,13 +344,6 @@ def _embed_distributed(ctx: Context, step: StepSpec, dataset, state, shards: str
                            batch_size=step.options.get("map_batch_size"), desc=f"step {step.index} embed")
 
 
-def _reproduction_option(fn: Callable[..., Any]) -> str | None:
-    import inspect
-
-    names = inspect.signature(fn).parameters
-    return next((n for n in ("reproduction", "reproduce", "pipeline_text") if n in names), None)
-
-
 def _with_pipeline_step(dataset, spec: PipelineSpec, offline_models: bool):
     from ..provenance import with_provenance
 
@@ -361,10 +354,12 @@ def _with_pipeline_step(dataset, spec: PipelineSpec, offline_models: bool):
     return with_provenance(dataset, dataset, method="pipeline", params=params)
 
 
-def _source_of(spec: PipelineSpec) -> tuple[str | None, str | None]:
-    load = spec.steps[0].options
-    source = load.get("path") or (f"hf_prune.data.{load['builtin']}" if load.get("builtin") else None)
-    return source, load.get("revision")
+def _source_dataset(entries: list[PlanEntry]):
+    """The load step's output (its cache entry), for a card that compares the subset with its source."""
+    from datasets import load_from_disk
+
+    path = entries[0].cached
+    return load_from_disk(path) if path else None
 
 
 def _precheck_outputs(spec: PipelineSpec) -> None:
@@ -377,22 +372,25 @@ def _precheck_outputs(spec: PipelineSpec) -> None:
             hub.check_push(step.options["repo_id"], token=step.options.get("token"))
 
 
-def _write_out(step: StepSpec, dataset, spec: PipelineSpec, offline_models: bool) -> str:
+def _write_out(step: StepSpec, dataset, spec: PipelineSpec, source_dataset) -> str:
+    import inspect
+
     from .. import hub
 
-    source, revision = _source_of(spec)
-    options = dict(step.options)
+    load = spec.steps[0].options
+    source = load.get("path") or f"hf_prune.data.{load['builtin']}"
     fn = hub.save_subset if step.kind == "save" else hub.push_subset
-    kwargs = {"source": options.pop("source", source), "source_revision": options.pop("source_revision", revision)}
-    reproduction = _reproduction_option(fn)
-    if reproduction:
-        kwargs[reproduction] = spec.text
+    accepted = inspect.signature(fn).parameters
+    filled = {"source": source, "source_revision": load.get("revision"), "source_split": load.get("split"),
+              "source_config": load.get("config_name"), "reproduce": spec.text, "source_dataset": source_dataset}
+    kwargs = {k: v for k, v in filled.items() if k in accepted and v is not None}
+    kwargs.update(step.options)
     if step.kind == "save":
-        path = options.pop("path")
-        hub.save_subset(dataset, path, overwrite=bool(options.pop("overwrite", False)), **kwargs)
+        path = kwargs.pop("path")
+        hub.save_subset(dataset, path, **kwargs)
         return f"saved {len(dataset):,} rows to {path}"
-    repo_id = options.pop("repo_id")
-    hub.push_subset(dataset, repo_id, **kwargs, **options)
+    repo_id = kwargs.pop("repo_id")
+    hub.push_subset(dataset, repo_id, **kwargs)
     return f"pushed {len(dataset):,} rows to {repo_id}"
 
 
@@ -480,12 +478,13 @@ def run_pipeline(
                 dataset = _commit(dataset, cache_dir, key, step, seconds, state)
                 if step.kind == "embed" and state is not None and main:
                     shutil.rmtree(shards, ignore_errors=True)  # the entry holds the joined columns now
-                parent = key
-                row.update(status="computed", cache=os.path.join(cache_dir, key))
+                parent = entry.key = key
+                entry.cached = os.path.join(cache_dir, key)
+                row.update(status="computed", cache=entry.cached)
             else:
                 if main:
                     final = _with_pipeline_step(dataset, spec, offline_models)
-                    log(f"[{step.index}/{len(entries)}] {_write_out(step, final, spec, offline_models)}")
+                    log(f"[{step.index}/{len(entries)}] {_write_out(step, final, spec, _source_dataset(entries))}")
                 if state is not None:
                     state.wait_for_everyone()
                 row["status"] = "ran"

@@ -14,8 +14,10 @@ embed      ``embedder``: a class of `hf_prune.embed`, with its options; ``num_pr
 score      ``scorer``: a function of `hf_prune.score`; LESS's ``validation`` is a mapping of load
            options, embedded like the pool (same tokenize steps, the embedder's `for_validation`).
 select     ``selector``: a registered selector or ``combine``, with its options.
-save       ``path``, ``overwrite`` (`hf_prune.hub.save_subset`).
+save       ``path`` and every option of `hf_prune.hub.save_subset` (``overwrite``, ...).
 push       ``repo_id`` and every option of `hf_prune.hub.push_subset` and ``Dataset.push_to_hub``.
+           The source, its revision/split/config, the pipeline text (``reproduce``) and the source
+           Dataset are passed for you when the function takes them (`FILLED_BY_PIPELINE`).
 =========  ==========================================================================================
 """
 
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import inspect
 import json
 import os
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from .components import Component, components
 from .spec import PipelineSpec, StepSpec
 
 __all__ = ["STEP_KINDS", "StepKind", "Context", "step_options", "step_columns", "file_builder", "FILE_BUILDERS", "source_columns",
-           "source_signature", "load_source", "build_embedder", "RUNNERS"]
+           "source_signature", "load_source", "build_embedder", "RUNNERS", "FILLED_BY_PIPELINE"]
 
 
 @dataclass(frozen=True)
@@ -90,26 +91,37 @@ STEP_KINDS: dict[str, StepKind] = {
         "validation": "less: load options of the validation examples (embedded like the pool)",
     }),
     "select": StepKind("select", "selector", "selector", {"selector": "a registered selector, or combine"}),
-    "save": StepKind("save", None, None, {
-        "path": "the folder to save the subset (and its dataset card) to",
-        "overwrite": "replace an existing saved dataset at `path`",
-        "source": "the source named on the card (default: the load step's builtin/path)",
-        "source_revision": "the source revision named on the card (default: the load step's revision)",
-    }, data=False),
+    # save/push take every option of hf_prune.hub.save_subset / push_subset (`_writer_options`).
+    "save": StepKind("save", None, None, {}, data=False),
     "push": StepKind("push", None, None, {}, data=False),
 }
 
 
-def _push_options() -> dict[str, str]:
+# What the pipeline passes to save/push itself unless the step sets it (see `hf_prune.pipeline.runner`).
+FILLED_BY_PIPELINE = {
+    "source": "the load step's `path` (or `hf_prune.data.<builtin>`)",
+    "source_revision": "the load step's `revision`",
+    "source_split": "the load step's `split`",
+    "source_config": "the load step's `config_name`",
+    "reproduce": "the pipeline file's text",
+    "source_dataset": "the load step's output",
+}
+
+
+def _writer_options(kind: str) -> dict[str, str]:
+    """The options of a save/push step: `hf_prune.hub.save_subset`'s (and ``Dataset.push_to_hub``'s for a push)."""
     from datasets import Dataset
 
     from .. import hub
+    from .components import _component
 
-    found = {}
-    for fn in (hub.push_subset, Dataset.push_to_hub):
-        for p in list(inspect.signature(fn).parameters.values())[1:]:
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ("self", "dataset"):
-                found.setdefault(p.name, f"{fn.__qualname__} option")
+    fns = [hub.save_subset] if kind == "save" else [hub.push_subset, Dataset.push_to_hub]
+    found: dict[str, str] = {"path": "the folder to save the subset (and its dataset card) to"} if kind == "save" else {}
+    for fn in fns:
+        info = _component(kind, fn.__name__, fn, skip=("self", "dataset", "path"))
+        for name, option in info.options.items():
+            default = f" (default: {FILLED_BY_PIPELINE[name]})" if name in FILLED_BY_PIPELINE else ""
+            found.setdefault(name, f"{option.help}{default}".strip() or f"{fn.__qualname__} option")
     return found
 
 
@@ -122,8 +134,8 @@ def step_options(step: StepSpec) -> tuple[Component | None, dict[str, str], list
         ('ssp', True, [])
     """
     kind = STEP_KINDS[step.kind]
-    if step.kind == "push":
-        return None, _push_options(), []
+    if step.kind in ("save", "push"):
+        return None, _writer_options(step.kind), []
     extras = dict(kind.extras)
     if kind.component_kind is None:
         return None, extras, []
