@@ -31,12 +31,16 @@ come from one of three strategies, which give the same numbers (to float32 round
 - ``"vmap"``: ``torch.func.vmap(grad(loss))`` over the LoRA parameters through ``functional_call``.
 - ``"loop"``: one ``autograd`` backward per unpadded example (what LESS's ``collect_grads`` does).
 
-The projection (`hf_prune.ops.projection.RandomProjection`) is generated chunk by chunk from the
-seed, so the ``(num_lora_params, dim)`` matrix is never held, and it is identical on every device,
-so training and validation gradients computed on different machines share one space. Generating
-it costs as much as projecting dozens of rows, so the rows of a whole ``map`` batch (up to
-``projection_batch_size``) are projected in one pass, after their gradients were computed in
-micro-batches of ``batch_size``.
+The projection (`hf_prune.ops.projection.RandomProjection`, ``projection="rademacher"``, LESS's
+own) is generated chunk by chunk from the seed, so the ``(num_lora_params, dim)`` matrix is never
+held, and it is identical on every device, so training and validation gradients computed on
+different machines share one space. Generating it costs as much as projecting dozens of rows, so
+the rows of a whole ``map`` batch (up to ``projection_batch_size``) are projected in one pass,
+after their gradients were computed in micro-batches of ``batch_size``. Its cost is ``O(num_lora_params
+· dim)`` per row whatever the batching; ``projection="srht"`` (a subsampled randomized Hadamard
+transform, `hf_prune.ops.projection.HadamardProjection`) costs ``O(n log n)`` with about the same
+distortion, and applies to Adam directions too, which a per-layer factorised projection of the
+layer inputs and output gradients (LoGra) cannot: ``m̂/(√v̂ + ε)`` needs the whole gradient.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ from ..data.prompts import IGNORE_INDEX, predicting_positions, takes_logits_to_k
 from ..ops.checks import check_choice, check_positive_int, seed_int
 from ..ops.deprecation import renamed
 from ..ops.device import autocast_dtype
-from ..ops.projection import RandomProjection
+from ..ops.projection import make_projection
 from ._base import Embedder
 
 __all__ = ["LoRAGradientEmbedder", "lora_parameter_names"]
@@ -320,9 +324,15 @@ class LoRAGradientEmbedder(Embedder):
         output_column: the new column (fixed-length float32 list of length ``dim``).
         dim: projection dimension (LESS uses 8192); ``None`` stores the raw gradient.
         seed, projection: the random projection's seed (an integer in [0, 2**64), or a NumPy
-            Generator: one draw from it gives the integer) and kind (``"rademacher"`` as in LESS, or
-            ``"gaussian"``); train and validation embedders must use the same ones.
-        chunk_size: rows of the projection matrix generated at a time (memory only, never the result).
+            Generator: one draw from it gives the integer) and kind: ``"rademacher"`` (dense, as in
+            LESS: exactly LESS's features up to the random draw), ``"gaussian"`` (dense), or
+            ``"srht"`` (`hf_prune.ops.projection.HadamardProjection`, a subsampled randomized
+            Hadamard transform: the same inner products in expectation and about the dense
+            projection's distortion, at ``O(n log n)`` per row instead of ``O(n · dim)`` plus
+            regenerating the matrix; the choice for large adapters, see that class). Train and
+            validation embedders must use the same ones.
+        chunk_size: memory only, never the result: rows of the dense matrix generated at a time, or
+            gradient rows transformed at a time for ``"srht"``.
         optimizer_state: warm-up Adam state for the Adam-normalised features. Accepted forms: the
             ``torch.optim.Adam``/``AdamW`` optimizer itself (its state for each LoRA parameter), its
             ``state_dict()`` (states in the order of the LoRA parameters), a mapping
@@ -415,7 +425,8 @@ class LoRAGradientEmbedder(Embedder):
         self.pad_token_id = int(pad_token_id)
         self.projection = None
         if dim is not None:
-            self.projection = RandomProjection(self.num_parameters, dim, seed=_projection_seed(seed), kind=projection, chunk_size=chunk_size)
+            self.projection = make_projection(self.num_parameters, dim, seed=_projection_seed(seed), kind=projection,
+                                              chunk_size=chunk_size)
         self.dim = self.num_parameters if dim is None else int(dim)
         self._set_adam(optimizer_state, adam_betas, adam_eps, adam_step)
         check_positive_int("batch_size", batch_size)
