@@ -8,7 +8,7 @@
     hf-prune list               # available selectors
 
 INPUT is a saved dataset folder, a folder of data files, a single ``.parquet``/``.csv``/``.jsonl``
-(``.json``, ``.tsv``, ``.arrow``, ``.txt``, optionally compressed) file, or a Hub dataset id. Every
+(``.json``, ``.tsv``, ``.arrow``, ``.txt``, optionally compressed; ``.tar`` webdataset shards) file, or a Hub dataset id. Every
 check that needs no data (selector options, output folder, Hub login) runs before anything is loaded.
 Only the standard library is imported until a command runs, so ``--help`` is instant; the flags of
 ``embed``/``score`` are generated from the embedder classes and score functions

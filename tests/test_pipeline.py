@@ -322,3 +322,17 @@ def test_values_are_checked_against_the_annotations_before_running():
         "(bool)",
         "<pipeline>:5: step 4 (embed): `num_proc` must be a positive integer, got 0",
     ]
+
+
+def test_a_webdataset_tar_loads(tmp_path):
+    import io
+    import tarfile
+
+    with tarfile.open(tmp_path / "shard.tar", "w") as tar:
+        for i in range(3):
+            for suffix, data in (("json", json.dumps({"label": i}).encode()), ("txt", f"caption {i}".encode())):
+                info = tarfile.TarInfo(f"s{i}.{suffix}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    loaded = steps.load_source({"path": str(tmp_path / "shard.tar"), "rows": 2})
+    assert loaded["txt"] == ["caption 0", "caption 1"] and loaded["__key__"] == ["s0", "s1"]

@@ -2,7 +2,7 @@
 
 =========  ==========================================================================================
 load       ``builtin`` (a loader of `hf_prune.data`: ``fashion_mnist``, ``digits``, ...) or ``path`` (a
-           saved dataset, a folder of data files, a parquet/csv/jsonl file, or a Hub id with
+           saved dataset, a folder of data files, a parquet/csv/jsonl/webdataset-tar file, or a Hub id with
            ``revision``); ``split``; ``streaming`` (then ``rows`` is required: the first rows are
            materialised); ``rows`` (keep the first N, after ``shuffle_seed`` if given).
 corrupt    ``corruption``: a Dataset-level function of `hf_prune.corrupt`, with its options.
@@ -63,7 +63,8 @@ class StepKind:
 
 _LOAD_EXTRAS = {
     "builtin": "a loader of hf_prune.data (e.g. fashion_mnist, digits, fashion_mnist_captions, instruction_pool)",
-    "path": "a saved dataset folder, a folder of data files, a .parquet/.csv/.jsonl file, or a Hub dataset id",
+    "path": "a saved dataset folder, a folder of data files, a .parquet/.csv/.jsonl/.tar (webdataset) file, or a "
+            "Hub dataset id",
     "revision": "the Hub revision (branch, tag or commit) of a Hub `path`; pins the source for caching",
     "config_name": "the Hub dataset's configuration name",
     "split": "the split to keep when the source has several",
@@ -204,7 +205,7 @@ def step_columns(step: StepSpec, info: Component | None) -> tuple[list[tuple[str
 # Builder of `datasets.load_dataset` for a single data file, by extension (also `hf-prune select`'s).
 FILE_BUILDERS = {
     ".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".arrow": "arrow",
-    ".txt": "text",
+    ".txt": "text", ".tar": "webdataset",
 }
 _COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".lz4")
 
