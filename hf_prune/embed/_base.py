@@ -63,6 +63,16 @@ Subclass API (what a new embedder implements):
   names, processor config, ...); they enter the fingerprint.
 - ``_hashed_outputs() -> dict`` (optional): the outputs as they enter the fingerprint; override it
   when a width is learned from the data, so hashing never needs the data (see `PixelEmbedder`).
+- ``_prepare(batch) -> (batch, lengths)`` (optional): work done once per ``map`` batch before it is
+  cut into chunks. It may add per-row entries to the batch (e.g. the token ids, so that the text is
+  tokenised once and the forward reuses them) and give each row's length (e.g. its token count).
+  With lengths, the chunks are cut from the rows sorted by length, longest first (ties keep their
+  order), so each chunk is padded to a length its rows nearly share rather than to the longest row
+  of an arbitrary mix, and the outputs are put back in the input order: only the padding changes,
+  and an attention-masked pooling ignores it, so the values are those of unsorted batching to
+  float rounding (1e-6). This is what sentence-transformers' ``encode`` does (it sorts by
+  characters); the text-side embedders give token counts. Without lengths (``None``, the default)
+  the chunks keep the input order.
 
 Multi-GPU, one process per GPU (the column equals the one-process column up to the numerics of
 each device)::
@@ -111,6 +121,15 @@ def _checksum_tensors(items: Sequence[tuple[str, torch.Tensor]]) -> str:
         # bytes of any dtype (bf16 included): reinterpret as uint8 after flattening.
         h.update(t.reshape(-1).contiguous().cpu().view(torch.uint8).numpy().data)
     return h.hexdigest()
+
+
+def _take(values: Any, rows: np.ndarray) -> Any:
+    """The ``rows`` (indices) of one batch entry, of the same kind (list, array or tensor)."""
+    if isinstance(values, np.ndarray):
+        return values[rows]
+    if isinstance(values, torch.Tensor):
+        return values[torch.from_numpy(rows).to(values.device)]
+    return [values[i] for i in rows.tolist()]
 
 
 def weights_checksum(module: torch.nn.Module) -> str:
@@ -287,6 +306,14 @@ class Embedder:
     def _hashed_outputs(self) -> dict[str, Any]:
         """The outputs as they enter the fingerprint; override when a width is learned from the data."""
         return self._output_dims()
+
+    def _prepare(self, batch: Mapping[str, Any]) -> tuple[Mapping[str, Any], Sequence[int] | np.ndarray | None]:
+        """The batch the chunks are cut from, and each row's length (``None``: keep the input order).
+
+        Runs once per ``map`` batch (module docstring). An entry it adds must hold one value per row;
+        its key should not be a column name (a private name such as ``"_tokens"``).
+        """
+        return batch, None
 
     def _probe(self, forward: Callable[[torch.device], Any], cannot: str, hint: str = "") -> Any:
         """Run ``forward`` once on the model's device at construction, to check the model and find
@@ -492,6 +519,7 @@ class Embedder:
             n = len(values)
         device = self._place(rank)
         dims = self._output_dims()
+        prepared, order = self._prepared({c: batch[c] for c in self.input_columns}, n)
         parts: dict[str, list[np.ndarray]] = {c: [] for c in dims}
         grad = torch.inference_mode() if self.use_inference_mode else contextlib.nullcontext()
         with grad:
@@ -499,14 +527,40 @@ class Embedder:
                 guard = getattr(self, "_sigterm", None)
                 if guard is not None and guard.requested:
                     raise _Terminated("SIGTERM received: the map was stopped")
-                chunk = {c: batch[c][start : start + self.batch_size] for c in self.input_columns}
+                if order is None:
+                    chunk = {c: v[start : start + self.batch_size] for c, v in prepared.items()}
+                else:
+                    rows_of = order[start : start + self.batch_size]
+                    chunk = {c: _take(v, rows_of) for c, v in prepared.items()}
                 rows = min(self.batch_size, n - start)
                 with self.autocast(device):
                     out = self._embed(chunk, device)
                 for column, dim in dims.items():
                     parts[column].append(self._as_output(out, column, dim, rows))
-        return {c: np.concatenate(p) if p else np.zeros((0,) if dims[c] is None else (0, dims[c]), self._stored(dims[c]))
-                for c, p in parts.items()}
+        result = {}
+        for c, p in parts.items():
+            value = np.concatenate(p) if p else np.zeros((0,) if dims[c] is None else (0, dims[c]), self._stored(dims[c]))
+            if order is not None:  # back to the input order: row order[k] was computed k-th
+                restored = np.empty_like(value)
+                restored[order] = value
+                value = restored
+            result[c] = value
+        return result
+
+    def _prepared(self, batch: dict[str, Any], n: int) -> tuple[Mapping[str, Any], np.ndarray | None]:
+        """`_prepare` checked: every entry has ``n`` values; the rows' processing order (longest first) or ``None``."""
+        prepared, lengths = self._prepare(batch)
+        for key, values in prepared.items():
+            if len(values) != n:
+                raise RuntimeError(f"{type(self).__name__}._prepare gave {len(values)} values for {key!r} in a batch of {n}")
+        if lengths is None:
+            return prepared, None
+        lengths = np.asarray(lengths)
+        if lengths.shape != (n,) or not (np.issubdtype(lengths.dtype, np.integer) or n == 0):
+            raise RuntimeError(f"{type(self).__name__}._prepare gave lengths of shape {lengths.shape} and dtype "
+                               f"{lengths.dtype}; expected {n} integers")
+        # Stable, so equal lengths keep their input order (a batch of equal rows is not permuted at all).
+        return prepared, np.argsort(-lengths.astype(np.int64), kind="stable")
 
     def _stored(self, dim: int | None) -> np.dtype:
         return np.dtype(np.float32 if dim is None else self.storage_dtype)

@@ -13,6 +13,7 @@ from ..ops.deprecation import renamed
 from ..score.clip_score import pair_cosine
 from ._base import Embedder
 from .image import load_images
+from .text import _TOKENS, _pad_rows, _text_values, _token_lengths, _tokenize_rows
 
 __all__ = ["CLIPEmbedder"]
 
@@ -25,14 +26,6 @@ def _features(value: Any) -> torch.Tensor:
     if pooled is None:
         raise ValueError(f"cannot find the projected features in a {type(value).__name__}")
     return pooled
-
-
-def _text_values(values, column: str) -> list[str]:
-    texts = list(values)
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise ValueError(f"column {column!r}, row {i} of the batch: expected a string, got {type(text).__name__}")
-    return texts
 
 
 class CLIPEmbedder(Embedder):
@@ -130,13 +123,17 @@ class CLIPEmbedder(Embedder):
         image, text = self._probe(lambda device: self._forward([blank], ["a"], device), "embed an image–text pair")
         return int(image.shape[1]), int(text.shape[1])
 
-    def _forward(self, images, texts, device):
-        pixel_values = self.image_processor(images=images, return_tensors="pt")["pixel_values"].to(device)
+    def _tokenize(self, texts: list[str]) -> list[dict[str, list[int]]]:
         kwargs = {"padding": True, "truncation": True, "max_length": self.max_length, **self.tokenizer_kwargs}
-        tokens = self.tokenizer(texts, return_tensors="pt", **kwargs)
-        text_inputs = {"input_ids": tokens["input_ids"].to(device)}
-        if "attention_mask" in tokens:
-            text_inputs["attention_mask"] = tokens["attention_mask"].to(device)
+        return _tokenize_rows(self.tokenizer, texts, **kwargs)
+
+    def _forward(self, images, texts, device):
+        return self._forward_tokens(images, self._tokenize(texts), device)
+
+    def _forward_tokens(self, images, rows, device):
+        pixel_values = self.image_processor(images=images, return_tensors="pt")["pixel_values"].to(device)
+        tokens = _pad_rows(self.tokenizer, rows)
+        text_inputs = {k: tokens[k].to(device) for k in ("input_ids", "attention_mask") if k in tokens}
         image = _features(self.model.get_image_features(pixel_values=pixel_values)).float()
         text = _features(self.model.get_text_features(**text_inputs)).float()
         return image, text
@@ -161,10 +158,17 @@ class CLIPEmbedder(Embedder):
             "tokenizer": Hasher.hash(self.tokenizer),
         }
 
+    def _prepare(self, batch: Mapping[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
+        # The text is tokenised once per map batch; pairs are embedded in chunks of similar token
+        # counts (`hf_prune.embed.text`), images travelling with their texts.
+        rows = self._tokenize(_text_values(batch[self.text_column], self.text_column))
+        return {**batch, _TOKENS: rows}, _token_lengths(rows)
+
     def _embed(self, batch: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
         images = load_images(batch[self.image_column], column=self.image_column, mode="RGB")
-        texts = _text_values(batch[self.text_column], self.text_column)
-        image, text = self._forward(images, texts, device)
+        rows = batch[_TOKENS] if _TOKENS in batch else self._tokenize(_text_values(batch[self.text_column],
+                                                                                   self.text_column))
+        image, text = self._forward_tokens(images, rows, device)
         if image.shape[1] != text.shape[1]:
             raise ValueError(f"image ({image.shape[1]}) and text ({text.shape[1]}) embeddings differ in width")
         if self.normalize:

@@ -32,6 +32,7 @@ __all__ = ["HiddenStateEmbedder", "POOLINGS", "pool_hidden_states"]
 POOLINGS = ("mean", "weighted_mean", "last_token")
 _TEXTS = ("prompt_response", "prompt")
 _PADDING_SIDES = ("right", "left")
+_ROWS = "_token_rows"  # the batch entry holding each row's token ids (a private name, never a column)
 
 
 def pool_hidden_states(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -110,9 +111,11 @@ class HiddenStateEmbedder(Embedder):
     - ``input_ids_column``: pre-tokenised rows (lists of token ids, unpadded), e.g. the ``input_ids``
       of `hf_prune.data.tokenize_messages`; their first ``max_length`` tokens are used.
 
-    A row with no tokens after truncation is an error naming the column. Rows are padded on
-    ``padding_side`` to the longest of each forward batch; the side and the batch partners change
-    no vector beyond float rounding (1e-6), so neither enters the fingerprint.
+    A row with no tokens after truncation is an error naming the column. Each ``map`` batch is
+    tokenised once and embedded in forward batches of similar token counts (sorted, longest first;
+    the outputs in the input order), each padded on ``padding_side`` to its own longest row; the
+    side and the batch partners change no vector beyond float rounding (1e-6), so neither enters
+    the fingerprint.
 
     Args:
         model: a Hub id / local path (loaded with ``AutoModel`` and ``AutoTokenizer``) or a model instance.
@@ -318,5 +321,12 @@ class HiddenStateEmbedder(Embedder):
             spec.update(text=self.text, template=self.template, tokenizer=Hasher.hash(self.tokenizer))
         return spec
 
+    def _prepare(self, batch: Mapping[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
+        # Rendered and tokenised (or read) once per map batch; the token counts order the chunks, so
+        # each forward pads to a length its rows nearly share (`hf_prune.embed.Embedder`).
+        rows = self._token_rows(batch)
+        return {**batch, _ROWS: rows}, np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+
     def _embed(self, batch: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
-        return {self.output_column: self.embed_tokens(self._token_rows(batch), device)}
+        rows = batch[_ROWS] if _ROWS in batch else self._token_rows(batch)
+        return {self.output_column: self.embed_tokens(rows, device)}

@@ -699,6 +699,11 @@ class LoRAGradientEmbedder(Embedder):
                              f"-100 in {self.labels_column!r}): its loss and gradient are undefined")
         return ids, labels, id_lengths
 
+    def _prepare(self, batch: Mapping[str, Any]) -> tuple[Mapping[str, Any], np.ndarray]:
+        # Rows of similar length share a micro-batch (sorted, longest first; outputs in the input
+        # order), so each backward pads to a length its rows nearly share (`hf_prune.embed.Embedder`).
+        return batch, _ragged(batch[self.input_ids_column], self.input_ids_column)[1]
+
     def _embed(self, batch: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
         ids, labels, lengths = self._tokens(batch)
         rows, micro = len(ids), self.gradient_batch_size

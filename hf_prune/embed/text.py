@@ -1,4 +1,9 @@
-"""Sentence embeddings: attention-masked mean of a transformers encoder's token states."""
+"""Sentence embeddings: attention-masked mean of a transformers encoder's token states.
+
+Also the text-side batching shared with `CLIPEmbedder`'s text tower: a ``map`` batch is tokenised
+once, unpadded; its rows are embedded in chunks of similar token counts (`hf_prune.embed.Embedder`
+sorts them, longest first, and restores the input order), each chunk padded to its own longest row.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,65 @@ from typing import Any
 
 import torch
 
+import numpy as np
+
 from ._base import Embedder
-from .clip import _text_values
 
 __all__ = ["TextEmbedder"]
+
+# The batch entry holding each row's token ids etc. (a private name, never a column).
+_TOKENS = "_tokens"
+# The tokenizer outputs a model is given; each is padded with its own value.
+_TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _text_values(values, column: str) -> list[str]:
+    texts = list(values)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(f"column {column!r}, row {i} of the batch: expected a string, got {type(text).__name__}")
+    return texts
+
+
+def _tokenize_rows(tokenizer, texts: list[str], **kwargs) -> list[dict[str, list[int]]]:
+    """Each text's unpadded tokenizer outputs (``input_ids``, and ``attention_mask``/``token_type_ids``
+    when the tokenizer gives them), one dict per row. ``padding=True``/``"longest"`` in ``kwargs`` is
+    dropped (rows are padded per chunk); ``"max_length"`` is kept (then every row has that length)."""
+    if kwargs.get("padding") in (True, "longest"):
+        kwargs = {**kwargs, "padding": False}
+    encoded = tokenizer(texts, **kwargs)
+    keys = [k for k in _TOKEN_KEYS if k in encoded]
+    return [{k: encoded[k][i] for k in keys} for i in range(len(texts))]
+
+
+def _token_lengths(rows: list[dict[str, list[int]]]) -> np.ndarray:
+    return np.fromiter((len(r["input_ids"]) for r in rows), dtype=np.int64, count=len(rows))
+
+
+def _pad_rows(tokenizer, rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+    """Rows of `_tokenize_rows` padded to their longest, as the tokenizer's ``padding=True`` does
+    (its ``padding_side``, pad token and pad token type; attention mask 0 on padding). The keys are
+    the tokenizer's: no ``attention_mask`` when it gives none."""
+    lengths = _token_lengths(rows)
+    width = int(lengths.max(initial=0))
+    pads = {"input_ids": getattr(tokenizer, "pad_token_id", None), "attention_mask": 0,
+            "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0) or 0}
+    if pads["input_ids"] is None and len(lengths) and (lengths != width).any():
+        raise ValueError(f"{type(tokenizer).__name__} has no pad token, so rows of different lengths cannot be "
+                         "batched: set `tokenizer.pad_token` (e.g. to its eos token) or use batch_size=1")
+    left = getattr(tokenizer, "padding_side", "right") == "left"
+    out = {}
+    keys = list(rows[0]) if rows else ["input_ids"]
+    for key in keys:
+        array = np.full((len(rows), width), pads[key] if pads[key] is not None else 0, dtype=np.int64)
+        for i, row in enumerate(rows):
+            values = row[key]
+            if left:
+                array[i, width - len(values):] = values
+            else:
+                array[i, : len(values)] = values
+        out[key] = torch.from_numpy(array)
+    return out
 
 
 def _sentence_transformers_max_length(name: str, revision: str | None) -> int | None:
@@ -96,10 +156,14 @@ class TextEmbedder(Embedder):
         self.dim = int(self._probe(lambda device: self._forward(["a"], device),
                                    "embed text with this tokenizer").shape[1])
 
+    def _tokenize(self, texts: list[str]) -> list[dict[str, list[int]]]:
+        return _tokenize_rows(self.tokenizer, texts, truncation=self.max_length is not None, max_length=self.max_length)
+
     def _forward(self, texts: list[str], device: torch.device) -> torch.Tensor:
-        tokens = self.tokenizer(texts, padding=True, truncation=self.max_length is not None,
-                                max_length=self.max_length, return_tensors="pt")
-        inputs = {k: v.to(device) for k, v in tokens.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        return self._forward_tokens(self._tokenize(texts), device)
+
+    def _forward_tokens(self, rows: list[dict[str, list[int]]], device: torch.device) -> torch.Tensor:
+        inputs = {k: v.to(device) for k, v in _pad_rows(self.tokenizer, rows).items()}
         hidden = getattr(self.model(**inputs), "last_hidden_state", None)
         if hidden is None or hidden.ndim != 3:
             raise ValueError(f"{type(self.model).__name__} returns no (B, T, D) `last_hidden_state`; pass an encoder AutoModel")
@@ -119,5 +183,12 @@ class TextEmbedder(Embedder):
         return {"normalize": self.normalize, "max_length": self.max_length, "revision": self.revision,
                 "tokenizer": Hasher.hash(self.tokenizer)}
 
+    def _prepare(self, batch: Mapping[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
+        # Tokenised once per map batch; the token counts order the chunks (module docstring).
+        rows = self._tokenize(_text_values(batch[self.text_column], self.text_column))
+        return {**batch, _TOKENS: rows}, _token_lengths(rows)
+
     def _embed(self, batch: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
-        return {self.output_column: self._forward(_text_values(batch[self.text_column], self.text_column), device)}
+        rows = batch[_TOKENS] if _TOKENS in batch else self._tokenize(_text_values(batch[self.text_column],
+                                                                                   self.text_column))
+        return {self.output_column: self._forward_tokens(rows, device)}

@@ -147,13 +147,13 @@ def test_one_route_to_the_clip_score(setup):
 def test_a_zero_embedding_has_no_clip_score(setup, monkeypatch):
     model, proc, tok, ds, _, _ = setup
     clip = hp.embed.CLIPEmbedder(model, image_processor=proc, tokenizer=tok, text_column="caption")
-    real = clip._forward
+    real = clip._forward_tokens
 
-    def zero_text(images, texts, device):
-        image, text = real(images, texts, device)
+    def zero_text(images, rows, device):
+        image, text = real(images, rows, device)
         return image, torch.zeros_like(text)
 
-    monkeypatch.setattr(clip, "_forward", zero_text)
+    monkeypatch.setattr(clip, "_forward_tokens", zero_text)
     # As hp.score.clip_score on a stored zero vector: the cosine is undefined, the column is named.
     with pytest.raises(ValueError, match="'text_emb' has a zero vector"):
         clip.map(ds, load_from_cache_file=False)
