@@ -11,7 +11,7 @@ from datasets import Dataset
 import hf_prune as hp
 from hf_prune.data.prompts import encode_prompt_response, tokenize_prompt_response
 from hf_prune.embed.lora_gradients import LoRAGradientEmbedder, lora_parameter_names
-from hf_prune.ops.projection import RandomProjection
+from hf_prune.ops.projection import HadamardProjection, RandomProjection
 
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
@@ -133,6 +133,57 @@ def test_projection_is_the_seeded_chunked_matrix(model):
     np.testing.assert_allclose(again, projected, rtol=1e-4, atol=1e-6)  # chunking never changes the result
     other = LoRAGradientEmbedder(model, dim=32, seed=6, device="cpu")(batch)["grad"]
     assert np.abs(other - projected).max() > 1e-3
+
+
+def test_srht_projection_is_the_seeded_hadamard_map(model):
+    ids, labels = _rows()
+    batch = {"input_ids": ids, "labels": labels}
+    raw = LoRAGradientEmbedder(model, dim=None, device="cpu")(batch)["grad"]
+    emb = LoRAGradientEmbedder(model, dim=64, seed=5, projection="srht", device="cpu")
+    assert isinstance(emb.projection, HadamardProjection)
+    projected = emb(batch)["grad"]
+    np.testing.assert_allclose(projected, HadamardProjection(raw.shape[1], 64, seed=5).project(raw), rtol=1e-4, atol=1e-6)
+    # rows per transform (chunk_size) and the batching never change the values
+    again = LoRAGradientEmbedder(model, dim=64, seed=5, projection="srht", chunk_size=1, batch_size=2,
+                                 device="cpu")(batch)["grad"]
+    np.testing.assert_allclose(again, projected, rtol=1e-4, atol=1e-6)
+    dense = LoRAGradientEmbedder(model, dim=64, seed=5, device="cpu")
+    assert emb.fingerprint() != dense.fingerprint()
+    assert emb.for_validation().projection is emb.projection
+    with pytest.raises(ValueError, match="dim"):
+        LoRAGradientEmbedder(model, dim=4 * raw.shape[1], projection="srht")
+
+
+def _pair_errors(exact: np.ndarray, z: np.ndarray) -> tuple[float, float]:
+    """RMS over pairs i < j of the inner-product error relative to ‖g_i‖‖g_j‖, and of the cosine error."""
+    norms = np.sqrt(np.diag(exact))
+    iu = np.triu_indices(len(exact), 1)
+    est = z.astype(np.float64) @ z.T.astype(np.float64)
+    inner = ((est - exact) / np.outer(norms, norms))[iu]
+    zn = np.sqrt(np.diag(est))
+    cosine = (est / np.outer(zn, zn) - exact / np.outer(norms, norms))[iu]
+    return float(np.sqrt((inner**2).mean())), float(np.sqrt((cosine**2).mean()))
+
+
+def test_srht_distortion_on_real_gradients_is_the_dense_projections():
+    # Real per-example LoRA gradients of a tiny Llama (8,192 LoRA parameters), projected to 512 dims.
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=4, vocab_size=VOCAB)
+    lora = peft.LoraConfig(r=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False)
+    tiny = peft.get_peft_model(transformers.LlamaForCausalLM(config), lora)
+    ids, labels = _rows(seed=3, lengths=tuple(range(6, 30)))
+    raw = LoRAGradientEmbedder(tiny, dim=None, device="cpu")({"input_ids": ids, "labels": labels})["grad"]
+    assert raw.shape == (24, 8192)
+    exact = raw.astype(np.float64) @ raw.T.astype(np.float64)
+    k = 512
+    errors = {kind: np.mean([_pair_errors(exact, make(raw.shape[1], k, seed=s).project(raw)) for s in range(4)], axis=0)
+              for kind, make in [("dense", RandomProjection), ("srht", HadamardProjection)]}
+    # JL: the error of ⟨g_i, g_j⟩/(‖g_i‖‖g_j‖) has standard deviation √((1 + cos²)/k) ∈ [1, 1.42]/√k.
+    for kind, (inner, cosine) in errors.items():
+        assert 0.7 / np.sqrt(k) < inner < 1.6 / np.sqrt(k), (kind, inner)
+        assert cosine < 1.6 / np.sqrt(k), (kind, cosine)
+    assert errors["srht"][0] < 1.3 * errors["dense"][0] and errors["srht"][1] < 1.3 * errors["dense"][1]
 
 
 def _warmed_up(seed=0, steps=3):
