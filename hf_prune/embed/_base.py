@@ -72,7 +72,9 @@ Subclass API (what a new embedder implements):
   and an attention-masked pooling ignores it, so the values are those of unsorted batching to
   float rounding (1e-6). This is what sentence-transformers' ``encode`` does (it sorts by
   characters); the text-side embedders give token counts. Without lengths (``None``, the default)
-  the chunks keep the input order.
+  the chunks keep the input order, as they do for any embedder after ``embedder.sort_by_length =
+  False`` (what a benchmark of the sorting compares against; it does not enter the fingerprint,
+  since the values do not change).
 
 Multi-GPU, one process per GPU (the column equals the one-process column up to the numerics of
 each device)::
@@ -259,6 +261,8 @@ class Embedder:
     """
 
     use_inference_mode: ClassVar[bool] = True
+    # Chunks cut from the rows sorted by `_prepare`'s lengths (module docstring); False: input order.
+    sort_by_length: bool = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -553,7 +557,7 @@ class Embedder:
         for key, values in prepared.items():
             if len(values) != n:
                 raise RuntimeError(f"{type(self).__name__}._prepare gave {len(values)} values for {key!r} in a batch of {n}")
-        if lengths is None:
+        if lengths is None or not self.sort_by_length:
             return prepared, None
         lengths = np.asarray(lengths)
         if lengths.shape != (n,) or not (np.issubdtype(lengths.dtype, np.integer) or n == 0):

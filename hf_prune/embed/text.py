@@ -11,9 +11,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-
 import numpy as np
+import torch
 
 from ._base import Embedder
 
