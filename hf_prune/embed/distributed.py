@@ -48,6 +48,7 @@ from typing import Any
 import torch
 from datasets import Dataset, concatenate_datasets
 
+from ..ops.arrow import fingerprint
 from ..ops.checks import check_columns, check_new_columns, check_positive_int
 from ._base import Embedder
 
@@ -286,7 +287,7 @@ def map_distributed(
         folder = _output_dir(output_dir)
         marker = {
             "format": _MARKER_FORMAT,
-            "dataset_fingerprint": dataset._fingerprint,
+            "dataset_fingerprint": fingerprint(dataset),
             "embedder_fingerprint": local.fingerprint(),
             "embedder": f"{type(embedder).__module__}.{type(embedder).__qualname__}",
             "output_columns": embedder.output_columns,
