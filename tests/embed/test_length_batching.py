@@ -175,3 +175,17 @@ def test_a_tokenizer_without_a_pad_token_is_a_clear_error():
     emb.tokenizer.pad_token = None
     with pytest.raises(ValueError, match="no pad token"):
         emb({"text": ["the cat sat", "dog"]})
+
+
+@pytest.mark.parametrize("name", ["text", "hidden_states"])
+def test_the_default_map_batch_spans_many_forward_chunks(name, monkeypatch):
+    emb, ds = BUILDERS[name]()
+    seen, real = [], emb._embed
+
+    def spy(chunk, device):
+        seen.extend(emb._prepare(chunk)[1])
+        return real(chunk, device)
+
+    monkeypatch.setattr(emb, "_embed", spy)
+    emb.map(ds, load_from_cache_file=False)  # no batch_size: one map batch of all 9 rows, chunks of 2
+    assert seen == sorted(emb._prepare(ds[:])[1], reverse=True)
