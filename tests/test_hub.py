@@ -4,11 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import huggingface_hub
 import numpy as np
 import pytest
 from datasets import load_from_disk
-from huggingface_hub import DatasetCard, constants
+from huggingface_hub import DatasetCard
 
 import hf_prune as hp
 from tests.conftest import make_dataset
@@ -38,21 +37,6 @@ def test_save_subset_round_trip(tmp_path):
     assert loaded["row_id"] == sub["row_id"]
     assert hp.provenance(loaded) == hp.provenance(sub)  # provenance survives save_to_disk
     assert "`random`" in DatasetCard.load(tmp_path / "sub" / "README.md").content
-
-
-def test_push_subset_pushes_data_then_card(monkeypatch):
-    _, sub = _subset()
-    calls = []
-    # Online with a token the Hub accepts; the transfers themselves are recorded, not sent.
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(huggingface_hub, "whoami", lambda token: {"name": "me"})
-    monkeypatch.setenv("HF_TOKEN", "hf_test")
-    monkeypatch.setattr(type(sub), "push_to_hub", lambda self, repo_id, **kw: calls.append(("data", repo_id, kw)))
-    monkeypatch.setattr(DatasetCard, "push_to_hub", lambda self, repo_id, **kw: calls.append(("card", repo_id, kw)))
-    hp.hub.push_subset(sub, "me/tiny", private=True)
-    assert [c[0] for c in calls] == ["data", "card"] and calls[0][2]["private"] is True
-    assert calls[1][2]["repo_type"] == "dataset"
 
 
 def test_card_says_what_row_id_refers_to():
@@ -104,7 +88,8 @@ def test_save_subset_overwrite_replaces_the_old_shards(tmp_path):
     ds.save_to_disk(target, num_shards=3)
     assert "data-00002-of-00003.arrow" in _listing(target)
     hp.hub.save_subset(sub, target, overwrite=True)
-    assert _listing(target) == ["README.md", "data-00000-of-00001.arrow", "dataset_info.json", "state.json"]
+    assert _listing(target) == ["README.md", "class_balance.png", "data-00000-of-00001.arrow", "dataset_info.json",
+                                "hf_prune.json", "state.json"]
     assert load_from_disk(target)["row_id"] == sub["row_id"]
     assert _listing(tmp_path) == ["sub"]  # no temporary sibling left
 
@@ -116,10 +101,10 @@ def test_interrupted_save_keeps_the_old_folder(tmp_path, monkeypatch, error):
     hp.hub.save_subset(ds, target)
     before = {p.name: p.read_bytes() for p in target.iterdir()}
 
-    def fail(self, path):
+    def fail(*args, **kwargs):
         raise error("interrupted while writing the card")
 
-    monkeypatch.setattr(DatasetCard, "save", fail)
+    monkeypatch.setattr(hp.hub, "dataset_card", fail)  # after the data was written to the temporary folder
     with pytest.raises(error):
         hp.hub.save_subset(sub, target, overwrite=True)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before

@@ -1,162 +1,40 @@
-"""Saving and pushing subsets with a dataset card that records how they were selected.
+"""Saving, pushing and loading subsets with a dataset card that records how they were selected.
+
+A subset is written as its rows, or as indices only (``row_id`` plus chosen columns, rebuilt from the
+source by `load_subset`, see `hf_prune.hub.rebuild`), always with a card (`hf_prune.hub.card`), an
+``hf_prune.json`` (source, revision, fingerprint, column digests, provenance) and a class-balance plot.
 
 `save_subset` never writes into a folder that holds something else: a non-empty target is refused
 unless ``overwrite=True`` (and then only when it is a saved dataset), and the subset is written to a
 temporary sibling that is renamed into place, so an interrupted save leaves the old folder or the new
-one. `push_subset` checks offline mode, the token and the Hub's answer before pushing anything.
+one. `push_subset` checks offline mode, the token and the Hub's answer before any work, then writes
+the data shards, card, metadata and plot in ONE commit (`HfApi.create_commit`): a failure before the
+commit leaves the repo as it was, and a re-run uploads only the LFS files the Hub does not hold yet.
 `check_save_path` and `check_push` run those checks alone, so a long selection can be preceded by them.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import tempfile
 import uuid
 from typing import Any
 
 from datasets import Dataset
-from huggingface_hub import DatasetCard
 
-from .ops.files import replace_folder
-from .provenance import provenance
-from .version import __version__
+from ..ops.files import replace_folder
+from .card import PLOT_FILE, class_balance_png, class_counts, dataset_card
+from .rebuild import META_FILE, SourceMismatchError, load_subset, subset_metadata
 
-__all__ = ["dataset_card", "save_subset", "push_subset", "check_save_path", "check_push", "HubAccessError"]
+__all__ = ["dataset_card", "save_subset", "push_subset", "load_subset", "check_save_path", "check_push",
+           "HubAccessError", "SourceMismatchError"]
 
 
 class HubAccessError(RuntimeError):
     """The Hub cannot be used for a push (offline mode, no token, rejected token, no network)."""
-
-
-def _params_text(params: dict[str, Any]) -> str:
-    shown = {k: v for k, v in params.items() if v is not None}
-    return ", ".join(f"`{k}={json.dumps(v)}`" for k, v in sorted(shown.items())) or "—"
-
-
-def _source_text(steps: list[dict[str, Any]], source: str | None, source_revision: str | None) -> str:
-    lines = []
-    if source:
-        lines.append(f"Source dataset: `{source}`" + (f" at revision `{source_revision}`." if source_revision else "."))
-    elif source_revision:
-        lines.append(f"Source revision: `{source_revision}`.")
-    if steps:
-        first, found = steps[0], steps[0].get("source") or {}
-        known = [
-            f"{label} `{found[key]}`"
-            for key, label in (("hub_id", "Hub dataset"), ("revision", "revision"), ("config_name", "config"),
-                               ("split", "split"), ("builder_name", "builder"))
-            if key in found
-        ]
-        lines.append(
-            f"The first recorded step read a Dataset of {first['input_rows']:,} rows with fingerprint "
-            f"`{first['input_fingerprint']}`" + (f" ({', '.join(known)}, as recorded by `datasets`)." if known else ".")
-        )
-    return " ".join(lines)
-
-
-def _row_id_text(dataset: Dataset, steps: list[dict[str, Any]]) -> str:
-    if "row_id" not in dataset.column_names:
-        return ""
-    # The step that added row_id is the first whose input had none; steps saved before digests were
-    # recorded lack the keys, and the first of them is that step.
-    origin = next(
-        (
-            i
-            for i, s in enumerate(steps)
-            if s.get("input_row_id_digest") is None and ("output_row_id_digest" not in s or s["output_row_id_digest"])
-        ),
-        None,
-    )
-    if origin is None:
-        return (
-            "The column `row_id` was already in the Dataset passed to the first recorded step; hf_prune keeps it "
-            "as-is.\n\n" if steps else ""
-        )
-    step = steps[origin]
-    return (
-        f"The column `row_id` holds each row's position (0-based) in the Dataset passed to step {origin + 1} "
-        f"(`{step['method']}`): the {step['input_rows']:,}-row view with fingerprint `{step['input_fingerprint']}`. "
-        "If that view had been shuffled, filtered or selected from a larger dataset, `row_id` indexes the view, "
-        "not the original files.\n\n"
-    )
-
-
-def _stale_text(dataset: Dataset, steps: list[dict[str, Any]]) -> str:
-    notes = []
-    for i, step in enumerate(steps):
-        if not step["stale"]:
-            continue
-        if i + 1 == len(steps):
-            notes.append(
-                f"**Warning:** this dataset ({len(dataset):,} rows) is not the output of the last recorded step "
-                f"(`{step['method']}`, {step['output_rows']:,} rows): it was filtered, reordered or re-selected "
-                "afterwards by an operation hf_prune does not record, so the steps below describe how an earlier "
-                "version of it was made."
-            )
-        else:
-            notes.append(
-                f"**Warning:** the output of step {i + 1} (`{step['method']}`, {step['output_rows']:,} rows) was "
-                f"changed before step {i + 2} read it ({steps[i + 1]['input_rows']:,} rows), by an operation "
-                "hf_prune does not record."
-            )
-    return "".join(f"{note}\n\n" for note in notes)
-
-
-def dataset_card(
-    dataset: Dataset,
-    *,
-    repo_id: str | None = None,
-    source: str | None = None,
-    source_revision: str | None = None,
-) -> DatasetCard:
-    """A Hub dataset card for a subset: YAML tags, where it came from, what ``row_id`` refers to, a
-    table of every recorded step (flagging steps the rows no longer match, see `hf_prune.provenance`)
-    and the raw provenance JSON (method, parameters, seed, fingerprints, library version).
-
-    ``source``/``source_revision`` name the dataset the subset was drawn from (e.g. a Hub id and
-    commit); what `datasets` recorded about the first step's input is shown beside them.
-
-    Example:
-        >>> card = hp.hub.dataset_card(sub, source="zalando-datasets/fashion_mnist", source_revision="531be5e")
-        >>> print(card.content[:200])
-    """
-    steps = provenance(dataset, warn=False)  # the card states staleness in its text
-    title = repo_id.split("/")[-1] if repo_id else "hf_prune subset"
-    rows = "\n".join(
-        f"| {i + 1} | `{s['method']}` | {s['input_rows']:,} → {s['output_rows']:,} | {_params_text(s['params'])} "
-        f"| `{s['input_fingerprint']}` | {'changed afterwards' if s['stale'] else 'current'} |"
-        for i, s in enumerate(steps)
-    )
-    table = (
-        "| step | method | rows | parameters | input fingerprint | its output |\n|---|---|---|---|---|---|\n" + rows
-        if steps
-        else "No hf_prune step is recorded on this dataset."
-    )
-    source_text = _source_text(steps, source, source_revision)
-    about = (f"{source_text}\n\n" if source_text else "") + _row_id_text(dataset, steps) + _stale_text(dataset, steps)
-    content = f"""---
-tags:
-- hf_prune
-- data-pruning
-- coreset
----
-
-# {title}
-
-A subset of {len(dataset):,} rows selected with hf_prune {__version__}.
-{about}## Selection
-
-{table}
-
-<details><summary>Provenance (JSON)</summary>
-
-```json
-{json.dumps(steps, indent=2, sort_keys=True)}
-```
-</details>
-"""
-    return DatasetCard(content)
 
 
 def check_save_path(path: str | os.PathLike, *, overwrite: bool = False, dataset: Dataset | None = None) -> str:
@@ -169,7 +47,7 @@ def check_save_path(path: str | os.PathLike, *, overwrite: bool = False, dataset
     Example:
         >>> hp.hub.check_save_path("subsets/fmnist_gm_10pct")  # before a long selection
     """
-    from .data.hub import is_saved_dataset
+    from ..data.hub import is_saved_dataset
 
     target = os.path.realpath(os.fspath(path))
     if os.path.lexists(target):
@@ -200,6 +78,41 @@ def check_save_path(path: str | os.PathLike, *, overwrite: bool = False, dataset
     return target
 
 
+def _card_files(
+    dataset: Dataset,
+    written: Dataset,
+    meta: dict[str, Any],
+    *,
+    repo_id: str | None,
+    source: str | None,
+    source_revision: str | None,
+    card_options: dict[str, Any],
+    configs: list[dict[str, Any]] | None = None,
+) -> dict[str, bytes]:
+    """``{file name: bytes}`` written beside the data: README.md, hf_prune.json and the plot when there are classes."""
+    from .card import _label_column
+
+    label = _label_column(dataset, card_options.get("label_column"))
+    files: dict[str, bytes] = {}
+    if label is not None:
+        source_dataset = card_options.get("source_dataset")
+        source_counts = (class_counts(source_dataset, label)
+                         if source_dataset is not None and label in source_dataset.column_names else None)
+        files[PLOT_FILE] = class_balance_png(class_counts(dataset, label), source_counts)
+    card = dataset_card(dataset, repo_id=repo_id, source=source, source_revision=source_revision, subset_meta=meta,
+                        plot=PLOT_FILE if PLOT_FILE in files else None, configs=configs, **card_options)
+    files["README.md"] = str(card).encode()
+    files[META_FILE] = json.dumps(meta, indent=1, sort_keys=True).encode()
+    return files
+
+
+def _card_options(license, task_categories, label_column, source_dataset, reason, reproduce) -> dict[str, Any]:
+    if source_dataset is not None and not isinstance(source_dataset, Dataset):
+        raise TypeError(f"`source_dataset` must be a datasets.Dataset, got {type(source_dataset).__name__}")
+    return {"license": license, "task_categories": task_categories, "label_column": label_column,
+            "source_dataset": source_dataset, "reason": reason, "reproduce": reproduce}
+
+
 def save_subset(
     dataset: Dataset,
     path: str | os.PathLike,
@@ -207,25 +120,48 @@ def save_subset(
     source: str | None = None,
     source_revision: str | None = None,
     overwrite: bool = False,
+    indices_only: bool = False,
+    columns: list[str] | None = None,
+    source_config: str | None = None,
+    source_split: str | None = None,
+    reproduce: str | None = None,
+    license: str | None = None,
+    task_categories: list[str] | None = None,
+    label_column: str | None = None,
+    source_dataset: Dataset | None = None,
+    reason: str | None = None,
 ) -> str:
-    """`save_to_disk` plus a ``README.md`` dataset card beside the data; returns ``path``.
+    """`save_to_disk` plus a ``README.md`` dataset card, ``hf_prune.json`` and a class-balance plot; returns ``path``.
 
-    A non-empty ``path`` is refused unless ``overwrite=True`` (see `check_save_path`). The data and
-    card are written to a temporary sibling folder first, then renamed into place; if anything fails
-    or is interrupted, the temporary folder is removed and an old ``path`` is left as it was.
+    With ``indices_only=True`` only ``row_id`` and ``columns`` are saved, with the ``source`` to
+    rebuild from (see `hf_prune.hub.rebuild.subset_metadata`); `load_subset` reads either kind.
+    ``reproduce`` (a pipeline file or the Python call), ``license``, ``task_categories``,
+    ``label_column``, ``source_dataset`` and ``reason`` go into the card (see `dataset_card`).
+    A non-empty ``path`` is refused unless ``overwrite=True`` (see `check_save_path`). Everything is
+    written to a temporary sibling folder first, then renamed into place; if anything fails or is
+    interrupted, the temporary folder is removed and an old ``path`` is left as it was.
 
     Example:
-        >>> hp.hub.save_subset(sub, "subsets/fmnist_gm_10pct")
+        >>> hp.hub.save_subset(sub, "subsets/fmnist_gm_10pct", reproduce="hp.select.random(ds, fraction=0.1, seed=0)")
         >>> hp.hub.save_subset(sub2, "subsets/fmnist_gm_10pct", overwrite=True)  # replaces it whole
+        >>> hp.hub.save_subset(sub, "subsets/ids", indices_only=True, source="subsets/fmnist_full")
     """
+    options = _card_options(license, task_categories, label_column, source_dataset, reason, reproduce)
+    written, meta = subset_metadata(dataset, indices_only=indices_only, columns=columns, source=source,
+                                    source_revision=source_revision, source_config=source_config,
+                                    source_split=source_split)
     target = check_save_path(path, overwrite=overwrite, dataset=dataset)
     parent, name = os.path.split(target)
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:12]}")
     os.mkdir(tmp)  # respects the umask, unlike mkdtemp's 0700
     try:
-        dataset.save_to_disk(tmp)
-        dataset_card(dataset, source=source, source_revision=source_revision).save(os.path.join(tmp, "README.md"))
+        written.save_to_disk(tmp)
+        files = _card_files(dataset, written, meta, repo_id=None, source=source, source_revision=source_revision,
+                            card_options=options)
+        for file_name, content in files.items():
+            with open(os.path.join(tmp, file_name), "wb") as f:
+                f.write(content)
         # A hidden, unique name for the old folder while it is swapped: never one of the user's own.
         replace_folder(tmp, target, aside=f"{tmp}-old")
     except BaseException:  # KeyboardInterrupt too
@@ -234,18 +170,19 @@ def save_subset(
     return os.fspath(path)
 
 
-def check_push(repo_id: str, *, token: str | None = None) -> str:
+def check_push(repo_id: str, *, token: str | None = None, endpoint: str | None = None) -> str:
     """Raise unless a push to ``repo_id`` can work now; returns the Hub user name.
 
     Checked in this order, before any data is converted or sent: ``repo_id`` is a valid repo id
     (`ValueError`); offline mode (``HF_HUB_OFFLINE``) is off, a token is passed or stored (``hf auth
-    login``/``HF_TOKEN``), and the Hub accepts it (`HubAccessError`, saying what to do).
+    login``/``HF_TOKEN``), and the Hub (``endpoint``, default ``HF_ENDPOINT``) accepts it
+    (`HubAccessError`, saying what to do).
 
     Example:
         >>> hp.hub.check_push("me/fmnist-gm-matching-10pct")
         'me'
     """
-    from huggingface_hub import constants, get_token, whoami
+    from huggingface_hub import HfApi, constants, get_token
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
@@ -269,7 +206,7 @@ def check_push(repo_id: str, *, token: str | None = None) -> str:
             f"HF_HUB_OFFLINE=1 and {save_hint}."
         )
     try:
-        return whoami(token=token)["name"]
+        return HfApi(endpoint=endpoint).whoami(token=token)["name"]
     except HfHubHTTPError as err:
         status = getattr(getattr(err, "response", None), "status_code", None)
         if status == 401:
@@ -279,9 +216,39 @@ def check_push(repo_id: str, *, token: str | None = None) -> str:
         raise HubAccessError(f"cannot push to {repo_id!r}: the Hub answered {err}; retry later, or {save_hint}.") from None
     except Exception as err:  # no network: the transport's own error types vary
         raise HubAccessError(
-            f"cannot push to {repo_id!r}: could not reach the Hub at {constants.ENDPOINT} ({type(err).__name__}: "
+            f"cannot push to {repo_id!r}: could not reach the Hub at {endpoint or constants.ENDPOINT} ({type(err).__name__}: "
             f"{err}). Check the network connection, or set HF_HUB_OFFLINE=1 and {save_hint}."
         ) from None
+
+
+
+
+def _write_shards(dataset: Dataset, folder: str, *, split: str, data_dir: str, num_shards: int | None,
+                  max_shard_size: int | str | None, embed_external_files: bool, num_proc: int | None) -> list[str]:
+    """Parquet shards of ``dataset`` under ``folder/data_dir`` named as `Dataset.push_to_hub` names them."""
+    from datasets.features.features import require_storage_embed
+    from datasets.table import embed_table_storage
+    from datasets.utils.py_utils import convert_file_size_to_int
+
+    from ..ops.arrow import arrow_table
+
+    if num_shards is None:
+        table = arrow_table(dataset)
+        nbytes = table.nbytes * len(dataset) / max(1, table.num_rows)  # the view's share of its table
+        limit = convert_file_size_to_int(max_shard_size or "500MB")
+        num_shards = max(1, min(len(dataset), math.ceil(nbytes / limit)))
+    os.makedirs(os.path.join(folder, data_dir), exist_ok=True)
+    embed = embed_external_files and any(require_storage_embed(f) for f in dataset.features.values())
+    paths = []
+    for index in range(num_shards):
+        shard = dataset.shard(num_shards=num_shards, index=index, contiguous=True)
+        if embed:  # image/audio files referenced by path travel inside the parquet, as push_to_hub does
+            shard = shard.with_format("arrow").map(embed_table_storage, batched=True, keep_in_memory=True,
+                                                   num_proc=num_proc).with_format(**shard.format)
+        path = f"{data_dir}/{split}-{index:05d}-of-{num_shards:05d}.parquet"
+        shard.to_parquet(os.path.join(folder, path))
+        paths.append(path)
+    return paths
 
 
 def push_subset(
@@ -292,17 +259,96 @@ def push_subset(
     source_revision: str | None = None,
     private: bool | None = None,
     token: str | None = None,
-    **push_kwargs: Any,
+    revision: str | None = None,
+    indices_only: bool = False,
+    columns: list[str] | None = None,
+    source_config: str | None = None,
+    source_split: str | None = None,
+    reproduce: str | None = None,
+    license: str | None = None,
+    task_categories: list[str] | None = None,
+    label_column: str | None = None,
+    source_dataset: Dataset | None = None,
+    reason: str | None = None,
+    split: str | None = None,
+    config_name: str = "default",
+    set_default: bool | None = None,
+    data_dir: str | None = None,
+    commit_message: str | None = None,
+    commit_description: str | None = None,
+    create_pr: bool = False,
+    max_shard_size: int | str | None = None,
+    num_shards: int | None = None,
+    embed_external_files: bool = True,
+    num_proc: int | None = None,
+    endpoint: str | None = None,
 ):
-    """Push a subset to the Hub with a dataset card carrying its provenance.
+    """Push a subset (its rows, or ``indices_only``) with its card, ``hf_prune.json`` and plot in ONE commit.
 
-    `check_push` runs first, so offline mode or a missing token is reported before any work.
+    `check_push` runs first, so offline mode or a missing or rejected token is reported before any
+    work. The parquet shards (named and sharded as `Dataset.push_to_hub` does: ``max_shard_size``,
+    ``num_shards``, ``split``, ``data_dir``, ``config_name``), the card (see `dataset_card`; the
+    ``reproduce``/``license``/``task_categories``/``label_column``/``source_dataset``/``reason``
+    options), ``hf_prune.json`` and the class-balance plot go to the Hub in a single
+    `HfApi.create_commit`, on the branch ``revision`` (created from ``main`` when missing) or as a pull
+    request (``create_pr``), with the branch head read first as the parent commit, so a push that
+    raced another one fails instead of mixing them. The repo is created when missing (``private``
+    applies then). If anything fails before the commit, the repo is unchanged; re-running uploads
+    only the LFS files the Hub does not hold yet (same rows give the same shard bytes), and re-running
+    after a success makes no new commit. Shards of an earlier push of this split that the new one
+    does not write are deleted in the same commit. Returns the `CommitInfo`.
+
+    ``indices_only=True`` pushes ``row_id`` plus ``columns`` and the ``source`` (Hub id or path,
+    ``source_revision``, config, split) to rebuild from with `load_subset`; see
+    `hf_prune.hub.rebuild.subset_metadata`. ``endpoint`` is the Hub's URL (default ``HF_ENDPOINT``).
 
     Example:
         >>> hp.hub.push_subset(sub, "me/fmnist-gm-matching-10pct", private=True)
+        >>> hp.hub.push_subset(sub, "me/fmnist-ids", indices_only=True, columns=["el2n"],
+        ...                    source="zalando-datasets/fashion_mnist", source_revision="531be5e", revision="v1")
     """
-    check_push(repo_id, token=token)
-    card = dataset_card(dataset, repo_id=repo_id, source=source, source_revision=source_revision)
-    info = dataset.push_to_hub(repo_id, private=private, token=token, **push_kwargs)
-    card.push_to_hub(repo_id, repo_type="dataset", token=token)
-    return info
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    check_push(repo_id, token=token, endpoint=endpoint)
+    options = _card_options(license, task_categories, label_column, source_dataset, reason, reproduce)
+    written, meta = subset_metadata(dataset, indices_only=indices_only, columns=columns, source=source,
+                                    source_revision=source_revision, source_config=source_config,
+                                    source_split=source_split)
+    split = split or "train"
+    data_dir = data_dir or ("data" if config_name == "default" else config_name)
+    meta["data_dir"] = data_dir
+    config = {"config_name": config_name, "data_files": [{"split": split, "path": f"{data_dir}/{split}-*"}]}
+    if set_default:
+        config["default"] = True
+    api = HfApi(endpoint=endpoint, token=token)
+    with tempfile.TemporaryDirectory(prefix="hf_prune_push_") as folder:
+        shards = _write_shards(written, folder, split=split, data_dir=data_dir, num_shards=num_shards,
+                               max_shard_size=max_shard_size, embed_external_files=embed_external_files,
+                               num_proc=num_proc)
+        files = _card_files(dataset, written, meta, repo_id=repo_id, source=source, source_revision=source_revision,
+                            card_options=options, configs=[config])
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        branch = revision or "main"
+        try:
+            head = api.repo_info(repo_id, repo_type="dataset", revision=branch)
+        except RevisionNotFoundError:
+            api.create_branch(repo_id, repo_type="dataset", branch=branch, exist_ok=True)
+            head = api.repo_info(repo_id, repo_type="dataset", revision=branch)
+        existing = [s.rfilename for s in head.siblings or []]
+        stale = [p for p in existing if p.startswith(f"{data_dir}/{split}-") and p.endswith(".parquet")
+                 and p not in shards]
+        operations = [CommitOperationAdd(p, os.path.join(folder, p)) for p in shards]
+        operations += [CommitOperationAdd(name, content) for name, content in files.items()]
+        operations += [CommitOperationDelete(p) for p in stale]
+        kind = "indices of" if indices_only else "rows of"
+        return api.create_commit(
+            repo_id,
+            operations,
+            repo_type="dataset",
+            revision=branch,
+            commit_message=commit_message or f"hf_prune: {kind} a {len(dataset):,}-row subset",
+            commit_description=commit_description,
+            create_pr=create_pr,
+            parent_commit=head.sha,
+        )
