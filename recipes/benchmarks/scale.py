@@ -456,12 +456,14 @@ def measure(spec: dict) -> dict:
     import resource
 
     hwm_reset = reset_high_water_mark()
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     before = proc_status()
     with PeakSampler() as sampler:
         started = time.perf_counter()
         out = fn()
         wall = time.perf_counter() - started
     hwm = proc_status()["VmHWM"]
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     # The sampler can miss a temporary that lives < 10 ms; the reset high-water mark cannot. At its moment
     # the file-backed pages were at most their sampled maximum (mapped pages stay resident), so the heap
     # (anonymous + shared memory) was at least VmHWM minus that maximum.
@@ -477,7 +479,9 @@ def measure(spec: dict) -> dict:
         peak_heap_bytes=heap - before["RssAnon"] - before.get("RssShmem", 0),
         peak_file_bytes=sampler.peak["RssFile"],
         vm_hwm_bytes=hwm,
-        children_max_rss_bytes=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
+        # The largest RSS of a worker process that ended during the call (0 when none beat earlier ones;
+        # in a fresh process there are no earlier ones).
+        children_max_rss_bytes=children_after * 1024 if children_after > children_before else 0,
     )
     if spec["kind"] == "selector":
         step = hp.provenance(out, warn=False)[-1]
