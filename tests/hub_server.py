@@ -301,8 +301,13 @@ class _Handler(BaseHTTPRequestHandler):
         if oid is None:
             return
         files = repo.commits[oid]["files"]
+        card_data = None
+        if "README.md" in files:  # the Hub parses the card's YAML into cardData
+            match = re.match(r"^---\n(.*?)\n---", self._file_content(repo, files["README.md"]).decode(), re.DOTALL)
+            card_data = yaml.safe_load(match.group(1)) if match else None
         self._send(200, {"id": f"{groups['ns']}/{groups['name']}", "author": groups["ns"], "sha": oid,
-                         "private": repo.private, "siblings": [{"rfilename": name} for name in sorted(files)]})
+                         "private": repo.private, "cardData": card_data,
+                         "siblings": [{"rfilename": name} for name in sorted(files)]})
 
     def _tree(self, groups, body, query):
         repo = self._repo(groups["key"])

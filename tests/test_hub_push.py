@@ -79,6 +79,13 @@ def test_push_rows_is_one_commit_with_card_plot_and_reads_back(hub, tmp_path):
     assert [s["method"] for s in hp.provenance(loaded)] == ["random"] and not hp.provenance(loaded)[0]["stale"]
 
 
+def test_the_source_license_is_carried_when_none_is_given(hub):
+    ds = _source()
+    _push(hub, ds, "me/animals", license="cc-by-sa-4.0")
+    _push(hub, _subset(ds), source="me/animals")
+    assert DatasetCard(hub.files("me/tiny")["README.md"].decode()).data.to_dict()["license"] == "cc-by-sa-4.0"
+
+
 def test_re_push_of_the_same_subset_uploads_and_commits_nothing(hub):
     sub = _subset(_source())
     _push(hub, sub)
@@ -113,10 +120,14 @@ def test_indices_only_push_rebuilds_from_a_local_source(hub, tmp_path):
 def test_indices_only_save_works_offline_and_refuses_a_changed_source(tmp_path):
     # No server here: the session is offline (HF_HUB_OFFLINE=1).
     ds = _source()
-    ds.save_to_disk(tmp_path / "source")
+    hp.hub.save_subset(ds, tmp_path / "source", license="mit")
     sub = _subset(load_from_disk(tmp_path / "source"))
     hp.hub.save_subset(sub, tmp_path / "ids", indices_only=True, columns=["score"], source=str(tmp_path / "source"),
                        source_revision="v1")
+    assert sorted(p.name for p in (tmp_path / "ids").iterdir()) == [
+        "README.md", "class_balance.png", "data-00000-of-00001.arrow", "dataset_info.json", "hf_prune.json", "state.json"]
+    assert DatasetCard.load(tmp_path / "ids" / "README.md").data.license == "mit"  # carried from the source's card
+    assert load_from_disk(tmp_path / "ids").column_names == ["row_id", "score"]
     assert hp.hub.load_subset(tmp_path / "ids").to_dict() == sub.to_dict()
     with pytest.raises(hp.hub.SourceMismatchError, match="revision 'v1' of .*; revision 'v2' .* was asked for"):
         hp.hub.load_subset(tmp_path / "ids", source_revision="v2")

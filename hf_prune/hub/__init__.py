@@ -26,7 +26,7 @@ from typing import Any
 from datasets import Dataset
 
 from ..ops.files import replace_folder
-from .card import PLOT_FILE, class_balance_png, class_counts, dataset_card
+from .card import PLOT_FILE, class_balance_png, class_counts, dataset_card, source_license
 from .rebuild import META_FILE, SourceMismatchError, load_subset, subset_metadata
 
 __all__ = ["dataset_card", "save_subset", "push_subset", "load_subset", "check_save_path", "check_push",
@@ -136,7 +136,8 @@ def save_subset(
     With ``indices_only=True`` only ``row_id`` and ``columns`` are saved, with the ``source`` to
     rebuild from (see `hf_prune.hub.rebuild.subset_metadata`); `load_subset` reads either kind.
     ``reproduce`` (a pipeline file or the Python call), ``license``, ``task_categories``,
-    ``label_column``, ``source_dataset`` and ``reason`` go into the card (see `dataset_card`).
+    ``label_column``, ``source_dataset`` and ``reason`` go into the card (see `dataset_card`); without
+    ``license``, the source's own card gives it when it has one (`hf_prune.hub.card.source_license`).
     A non-empty ``path`` is refused unless ``overwrite=True`` (see `check_save_path`). Everything is
     written to a temporary sibling folder first, then renamed into place; if anything fails or is
     interrupted, the temporary folder is removed and an old ``path`` is left as it was.
@@ -146,7 +147,8 @@ def save_subset(
         >>> hp.hub.save_subset(sub2, "subsets/fmnist_gm_10pct", overwrite=True)  # replaces it whole
         >>> hp.hub.save_subset(sub, "subsets/ids", indices_only=True, source="subsets/fmnist_full")
     """
-    options = _card_options(license, task_categories, label_column, source_dataset, reason, reproduce)
+    options = _card_options(license or source_license(source), task_categories, label_column, source_dataset, reason,
+                            reproduce)
     written, meta = subset_metadata(dataset, indices_only=indices_only, columns=columns, source=source,
                                     source_revision=source_revision, source_config=source_config,
                                     source_split=source_split)
@@ -289,7 +291,7 @@ def push_subset(
     work. The parquet shards (named and sharded as `Dataset.push_to_hub` does: ``max_shard_size``,
     ``num_shards``, ``split``, ``data_dir``, ``config_name``), the card (see `dataset_card`; the
     ``reproduce``/``license``/``task_categories``/``label_column``/``source_dataset``/``reason``
-    options), ``hf_prune.json`` and the class-balance plot go to the Hub in a single
+    options; ``license`` defaults to the source card's), ``hf_prune.json`` and the class-balance plot go to the Hub in a single
     `HfApi.create_commit`, on the branch ``revision`` (created from ``main`` when missing) or as a pull
     request (``create_pr``), with the branch head read first as the parent commit, so a push that
     raced another one fails instead of mixing them. The repo is created when missing (``private``
@@ -311,6 +313,7 @@ def push_subset(
     from huggingface_hub.errors import RevisionNotFoundError
 
     check_push(repo_id, token=token, endpoint=endpoint)
+    license = license or source_license(source, token=token, endpoint=endpoint)
     options = _card_options(license, task_categories, label_column, source_dataset, reason, reproduce)
     written, meta = subset_metadata(dataset, indices_only=indices_only, columns=columns, source=source,
                                     source_revision=source_revision, source_config=source_config,

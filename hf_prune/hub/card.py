@@ -22,7 +22,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from ..provenance import provenance
 from ..version import __version__
 
-__all__ = ["dataset_card", "class_balance_png", "class_counts", "size_category", "PLOT_FILE"]
+__all__ = ["dataset_card", "class_balance_png", "class_counts", "size_category", "source_license", "PLOT_FILE"]
 
 PLOT_FILE = "class_balance.png"
 _SIZES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -109,6 +109,34 @@ def _is_hub_id(source: str | None) -> bool:
     except Exception:
         return False
     return "/" in source
+
+
+def source_license(source: str | None, *, token: str | None = None, endpoint: str | None = None) -> str | None:
+    """The ``license`` in the card of ``source`` (a local folder with a README.md, or a Hub id), else ``None``.
+
+    A Hub id is asked of the Hub only when offline mode is off; any failure (no card, no network, a
+    gated repo) gives ``None``: the license is then left out rather than guessed.
+
+    Example:
+        >>> source_license("uoft-cs/cifar10")
+        'unknown'
+    """
+    if not source:
+        return None
+    readme = os.path.join(os.fspath(source), "README.md")
+    try:
+        if os.path.isfile(readme):
+            return DatasetCard.load(readme).data.to_dict().get("license")
+        if not _is_hub_id(source):
+            return None
+        from huggingface_hub import HfApi, constants
+
+        if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
+            return None
+        info = HfApi(endpoint=endpoint, token=token).dataset_info(source)
+        return (info.card_data.to_dict() if info.card_data is not None else {}).get("license")
+    except Exception:  # the license is optional metadata: never a reason to fail a save or push
+        return None
 
 
 def _task_categories(dataset: Dataset, label: str | None) -> list[str]:
