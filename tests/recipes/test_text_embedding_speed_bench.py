@@ -32,7 +32,7 @@ def inputs(tmp_path_factory):
 
 
 def _run(inputs, tmp_path, *extra):
-    return bench.main(["--rows", "6", "--batch-size", "2", "--warmup", "2", "--threads", "1",
+    return bench.main(["--rows", "6", "--batch-size", "2", "--warmup", "2", "--blocks", "2", "--threads", "1",
                        "--model", str(inputs / "model"), "--sharegpt-path", str(inputs / "sharegpt.json"),
                        "--output-dir", str(tmp_path), *extra])
 
