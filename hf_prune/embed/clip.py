@@ -39,6 +39,12 @@ class CLIPEmbedder(Embedder):
     float32 embeddings as they are stored, so ``hp.score.clip_score`` over the stored columns gives
     the identical column; like it, a zero embedding raises `ValueError` (its cosine is undefined).
 
+    The captions of each ``map`` batch are tokenised once, and the pairs are embedded in chunks of
+    similar caption length (sorted by token count; images travel with their captions), each padded
+    to its own longest caption; the columns are in the input order and equal unsorted batching to
+    float rounding (1e-6). A ``map`` batch of one chunk (the default) leaves nothing to sort: pass a
+    larger ``map`` ``batch_size`` when the text tower's cost matters.
+
     Args:
         model: a Hub id / local path (``AutoModel`` + ``AutoProcessor``) or a model instance.
         processor: a processor holding ``image_processor`` and ``tokenizer`` (e.g. ``CLIPProcessor``).
