@@ -193,3 +193,22 @@ def test_push_subset_without_a_network_says_so(tmp_path, monkeypatch):
     out = _run_push(tmp_path, monkeypatch, HF_TOKEN="hf_unchecked", HF_ENDPOINT="http://127.0.0.1:9")
     assert "ERROR cannot push to 'me/tiny': could not reach the Hub at http://127.0.0.1:9" in out
     assert "Check the network connection" in out and "PUSHED" not in out
+
+
+def test_card_shows_the_chain_embedding_scores_selection_and_the_pipeline_to_rerun():
+    from hf_prune.provenance import with_provenance
+
+    ds = make_dataset(np.eye(10), label=[0, 1] * 5)
+    embedded = with_provenance(ds.map(lambda row: {"e": [1.0, 0.0]}), ds, method="embed.FakeEmbedder",
+                               params={"model": "org/encoder", "revision": "r1", "weights_checksum": "c0ffee",
+                                       "input_columns": ["x"], "output_columns": ["e"]})
+    scored = with_provenance(embedded.map(lambda row: {"s": 0.5}), embedded, method="score.feature_norm",
+                             params={"column": "e", "output_column": "s"})
+    sub = hp.select.random(scored, size=4, seed=7)
+    pipeline = "steps:\n  - load: {path: me/data}\n  - select: {method: random, size: 4, seed: 7}\n"
+    text = hp.hub.dataset_card(sub, reproduce=pipeline).content
+    assert "**Embeddings**" in text and "model `org/encoder` at revision `r1`, weights checksum `c0ffee`" in text
+    assert "**Scores**" in text and "`output_column=\"s\"`" in text
+    assert "**Selection**" in text and "seed `7`" in text and "(40.00% of 10 source rows)" in text
+    assert "run `hf-prune run pipeline.yaml`" in text and f"```yaml\n{pipeline}```" in text
+    assert hp.hub.card.size_category(4_500) == "1K<n<10K" and hp.hub.card.size_category(10**12) == "n>10B"
