@@ -9,7 +9,9 @@ What is measured, per (selector, N, kept fraction):
   mark): ``RssAnon`` (+ ``RssShmem``) is heap (copies the selector makes), ``RssFile`` the file-backed
   pages of the mapped column. The report gives the heap peak above the process's level just before the
   call (the larger of the sampled peak and ``VmHWM`` minus the file-backed peak, so a temporary shorter
-  than a sample is not missed), and that peak over the column's size (1.0 = one full copy). Worker
+  than a sample is not missed), and that peak over the column's size (1.0 = one full copy). Memory the
+  allocator kept from the warm-up call (a 300-row selection run first) is reused without showing, so
+  the figure is a lower bound, exact for any allocation larger than that. Worker
   processes a selector starts (InfoMax's pool) are not in these numbers: their largest RSS is stored as
   ``children_max_rss_bytes``;
 * a ratio to the run's floor, measured in the same run and the same way: one streamed pass over the
