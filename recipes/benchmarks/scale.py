@@ -73,11 +73,8 @@ from typing import Any
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make `recipes` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from recipes.benchmarks.results_store import load_results, run_slug, save_results  # noqa: E402
-from recipes.benchmarks.selectors_speed import fmt_ratio, fmt_seconds, versions  # noqa: E402
+from recipes.benchmarks.results_store import load_results, run_slug, save_results
+from recipes.benchmarks.selectors_speed import fmt_ratio, fmt_seconds, versions
 
 REPO = Path(__file__).resolve().parents[2]
 CHUNK_ROWS = 1 << 16
