@@ -212,3 +212,17 @@ def test_card_shows_the_chain_embedding_scores_selection_and_the_pipeline_to_rer
     assert "**Selection**" in text and "seed `7`" in text and "(40.00% of 10 source rows)" in text
     assert "run `hf-prune run pipeline.yaml`" in text and f"```yaml\n{pipeline}```" in text
     assert hp.hub.card.size_category(4_500) == "1K<n<10K" and hp.hub.card.size_category(10**12) == "n>10B"
+
+
+def test_column_digests_follow_values_not_chunks_or_views():
+    from datasets import Dataset, concatenate_datasets
+
+    from hf_prune.hub.rebuild import column_digests
+
+    ds = Dataset.from_dict({"v": [[1.0, 2.0], [3.0], [4.0, 5.0]], "t": ["a", "b", None], "n": [1, 2, 3]})
+    view = ds.select([2, 0])
+    chunked = concatenate_datasets([ds.select([2]).flatten_indices(), ds.select([0]).flatten_indices()])
+    assert column_digests(view) == column_digests(view.flatten_indices()) == column_digests(chunked)
+    assert column_digests(ds.select([0, 2])) != column_digests(view)  # order counts
+    with pytest.raises(KeyError, match="nope"):
+        column_digests(ds, ["nope"])

@@ -70,9 +70,18 @@ def column_digests(dataset: Dataset, columns: list[str] | None = None) -> dict[s
         >>> column_digests(ds.select([2, 0]), ["label"]) == column_digests(ds.select([2, 0]).flatten_indices(), ["label"])
         True
     """
-    from ..ops.arrow import column_array
+    import pyarrow as pa
 
-    return {name: _array_digest(column_array(dataset, name)) for name in (columns or dataset.column_names)}
+    from ..ops.arrow import arrow_table, indices_mapping
+    from ..ops.checks import check_columns
+
+    names = list(columns or dataset.column_names)
+    check_columns(dataset, *names)
+    table, mapping = arrow_table(dataset), indices_mapping(dataset)
+    # One Arrow take per column over the view's positions (column_array on a 1M-row view took ~7 s a column
+    # here, the take 0.01 s).
+    take = (lambda col: col.take(pa.array(mapping))) if mapping is not None else (lambda col: col)
+    return {name: _array_digest(take(table.column(name)).combine_chunks()) for name in names}
 
 
 def _row_id_origin(steps: list[dict[str, Any]]) -> dict[str, Any] | None:
