@@ -317,9 +317,19 @@ class _Handler(BaseHTTPRequestHandler):
         if oid is None:
             return
         folder = unquote(groups.get("folder") or "").strip("/")
-        entries = []
+        recursive = query.get("recursive", ["false"])[0].lower() in ("1", "true")
+        prefix = f"{folder}/" if folder else ""
+        entries, folders = [], set()
         for path, entry in sorted(repo.commits[oid]["files"].items()):
-            if folder and not path.startswith(folder + "/"):
+            if not path.startswith(prefix):
+                continue
+            rest = path[len(prefix):].split("/")
+            for depth in range(1, len(rest) if recursive else min(2, len(rest))):  # the folders on the way
+                sub = prefix + "/".join(rest[:depth])
+                if sub not in folders:
+                    folders.add(sub)
+                    entries.append({"type": "directory", "path": sub, "size": 0, "oid": git_blob_sha1(sub.encode())})
+            if len(rest) > 1 and not recursive:
                 continue
             content = self._file_content(repo, entry)
             item = {"type": "file", "path": path, "size": len(content), "oid": git_blob_sha1(content)}

@@ -199,3 +199,37 @@ def test_indices_only_needs_row_id_and_a_source(hub):
     with pytest.raises(KeyError, match=r"`columns` \['nope'\]"):
         _push(hub, _subset(ds), indices_only=True, source="me/animals", columns=["nope"])
     assert hub.state.repos == {}
+
+
+@pytest.fixture
+def hub_as_endpoint(hub, monkeypatch, tmp_path):
+    """The stand-in as the endpoint `datasets`' load_dataset reads from (its settings are read at import)."""
+    import datasets.config
+
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", hub.url)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets_cache")
+    return hub
+
+
+def test_indices_only_subset_of_a_hub_source_is_rebuilt_at_its_commit(hub_as_endpoint, tmp_path):
+    from datasets import load_dataset
+
+    hub = hub_as_endpoint
+    ds = _source()
+    first = _push(hub, ds, "me/animals").oid
+    source = load_dataset("me/animals", split="train", revision=first, token=TOKEN)
+    sub = _subset(source)
+    _push(hub, sub, "me/ids", indices_only=True, columns=["score"], source="me/animals")
+    meta = json.loads(hub.files("me/ids")["hf_prune.json"])
+    assert meta["source_revision"] == first and meta["source_split"] == "train"  # the commit datasets loaded
+    _push(hub, ds.map(lambda row: {"text": row["text"] + "!"}), "me/animals")  # the source moves on
+    assert _load(hub, "me/ids", tmp_path).to_dict() == sub.to_dict()  # still rebuilt from the recorded commit
+    head = hub.state.repos["datasets/me/animals"].branches["main"]
+    with pytest.raises(hp.hub.SourceMismatchError, match=f"revision '{first}' of 'me/animals'; revision 'main'"):
+        _load(hub, "me/ids", tmp_path, source_revision="main")
+    with pytest.warns(UserWarning, match=rf"despite a source mismatch.*columns \['text'\]"):
+        moved = _load(hub, "me/ids", tmp_path, source_revision=head, ignore_source_mismatch=True)
+    assert moved["row_id"] == sub["row_id"] and moved["text"] == [t + "!" for t in sub["text"]]
