@@ -230,6 +230,6 @@ def test_indices_only_subset_of_a_hub_source_is_rebuilt_at_its_commit(hub_as_end
     head = hub.state.repos["datasets/me/animals"].branches["main"]
     with pytest.raises(hp.hub.SourceMismatchError, match=f"revision '{first}' of 'me/animals'; revision 'main'"):
         _load(hub, "me/ids", tmp_path, source_revision="main")
-    with pytest.warns(UserWarning, match=rf"despite a source mismatch.*columns \['text'\]"):
+    with pytest.warns(UserWarning, match=r"despite a source mismatch.*columns \['text'\]"):
         moved = _load(hub, "me/ids", tmp_path, source_revision=head, ignore_source_mismatch=True)
     assert moved["row_id"] == sub["row_id"] and moved["text"] == [t + "!" for t in sub["text"]]
