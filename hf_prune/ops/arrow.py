@@ -74,11 +74,11 @@ def column_array(dataset: Dataset, column: str) -> pa.Array:
         True
     """
     check_columns(dataset, column)
+    values = dataset.data.table.column(column)
     if dataset._indices is not None:
-        table = dataset.select_columns([column]).with_format("arrow")[:]
-    else:
-        table = dataset.data.table
-    return table.column(column).combine_chunks()
+        # One Arrow take of that column (datasets' own formatted read of a view is ~100× slower).
+        return values.take(dataset._indices.column(0)).combine_chunks()
+    return values.combine_chunks()
 
 
 def with_info(dataset: Dataset, info: DatasetInfo) -> Dataset:
