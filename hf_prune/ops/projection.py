@@ -311,8 +311,9 @@ class HadamardProjection:
 
     Cost: ``log₂ n / 6`` small matrix products per row (Kronecker factors of 64), ``O(n log n)``
     with no matrix to generate, against ``O(n · dim)`` (plus regenerating ``R``) for the dense
-    projection; measured at 7.4M inputs → 8,192 (one CPU thread) in
-    ``recipes/benchmarks/lora_gradient_throughput.py``.
+    projection. Measured at 7,372,800 inputs (SmolLM2-135M, LoRA r=64 on q/k/v/o) → 8,192 on one
+    shared CPU thread: 0.11 s a row, against 5.2 s a row for the dense projection in passes of 64
+    rows and 12 s in passes of 16 (``recipes/benchmarks/lora_gradient_throughput.py``).
 
     Memory: the ``n`` signs (4 bytes each, cached per device) and about three ``chunk_size × n``
     float32 buffers while transforming.
@@ -322,7 +323,9 @@ class HadamardProjection:
     inner products with the variance of a dense Gaussian projection, ``(‖x‖²‖y‖² + ⟨x,y⟩²)/dim``,
     up to the factor ``(n − dim)/(n − 1)`` of sampling without replacement; vectors with mass on
     very few coordinates are the worst case (bounds then lose a ``log n`` factor). Measured on real
-    LoRA gradients in the tests and the benchmark above.
+    LoRA gradients (RMS over pairs, times √dim; JL predicts about 1): SmolLM2-135M, 16 rows, 8,192
+    dims: inner products 0.67 (dense Rademacher 0.76), cosines 0.47 (0.62); a tiny Llama in the
+    tests: 0.99 (dense 0.97).
 
     Args:
         in_features: Length of the input rows (at most 2**31).
