@@ -154,6 +154,18 @@ def test_srht_projection_is_the_seeded_hadamard_map(model):
         LoRAGradientEmbedder(model, dim=4 * raw.shape[1], projection="srht")
 
 
+def test_srht_projects_adam_directions_and_validation_gradients_into_one_space():
+    warmed, opt = _warmed_up()
+    ids, labels = _rows(seed=3, lengths=(6, 9))
+    batch = {"input_ids": ids, "labels": labels}
+    train = LoRAGradientEmbedder(warmed, dim=64, seed=2, projection="srht", optimizer_state=opt, device="cpu")
+    adam = LoRAGradientEmbedder(warmed, dim=None, optimizer_state=opt, device="cpu")(batch)["grad"]
+    srht = HadamardProjection(adam.shape[1], 64, seed=2)
+    np.testing.assert_allclose(train(batch)["grad"], srht.project(adam), rtol=1e-4, atol=1e-5)
+    plain = LoRAGradientEmbedder(warmed, dim=None, device="cpu")(batch)["grad"]
+    np.testing.assert_allclose(train.for_validation()(batch)["grad"], srht.project(plain), rtol=1e-4, atol=1e-6)
+
+
 def _pair_errors(exact: np.ndarray, z: np.ndarray) -> tuple[float, float]:
     """RMS over pairs i < j of the inner-product error relative to ‖g_i‖‖g_j‖, and of the cosine error."""
     norms = np.sqrt(np.diag(exact))
