@@ -80,7 +80,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--kinds", default="rademacher,srht",
                    help="projections compared on this run's gradients (rademacher, gaussian, srht; empty: none)")
     p.add_argument("--projection-passes", default=None,
-                   help="rows per dense projection pass to time (default: 8,16,--projection-batch-size)")
+                   help="rows per dense projection pass to time (default: 8,16,--projection-batch-size; none: skip)")
     return p
 
 
@@ -204,8 +204,12 @@ def main(argv=None) -> dict:
 
     projection = RandomProjection(num_params, args.dim, seed=0)
     proj_s: dict[int, float] = {}
-    passes = ([int(r) for r in args.projection_passes.split(",")] if args.projection_passes
-              else [8, 16, args.projection_batch_size])
+    if args.projection_passes is None:
+        passes = [8, 16, args.projection_batch_size]
+    elif args.projection_passes.strip().lower() == "none":
+        passes = []
+    else:
+        passes = [int(r) for r in args.projection_passes.split(",")]
     for rows in sorted(set(passes)):
         # No warm-up pass: one would cost as much as the timed pass (R is generated either way).
         x = torch.randn(rows, num_params, device=args.device)
