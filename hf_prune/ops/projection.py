@@ -364,6 +364,10 @@ class HadamardProjection:
         self._signs: dict[str, torch.Tensor] = {}
         self._rows: dict[str, torch.Tensor] = {}
 
+    def __getstate__(self):
+        # The cached signs and samples (tens of MB) are rebuilt from the seed rather than pickled.
+        return {**self.__dict__, "_signs": {}, "_rows": {}}
+
     def __repr__(self) -> str:
         return (f"HadamardProjection(in_features={self.in_features}, dim={self.dim}, seed={self.seed}, "
                 f"chunk_size={self.chunk_size})")

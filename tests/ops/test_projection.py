@@ -1,4 +1,5 @@
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -203,6 +204,9 @@ def test_srht_is_deterministic_chunk_invariant_and_a_fixed_linear_map():
     assert isinstance(z64, np.ndarray) and z64.dtype == np.float32
     np.testing.assert_allclose(z64, za.numpy(), rtol=1e-5, atol=1e-5)
     assert a(x.reshape(5, 1, 1000)).shape == (5, 1, 96)
+    # pickled without its caches, and the same map after unpickling
+    clone = pickle.loads(pickle.dumps(a))
+    assert clone._signs == {} and torch.equal(clone(x), za)
 
 
 def test_srht_with_every_coordinate_is_orthogonal():
