@@ -63,10 +63,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from datasets import Dataset, concatenate_datasets, load_from_disk
+from datasets import Dataset, load_from_disk
 
 import hf_prune as hp
 from hf_prune.data.prompts import IGNORE_INDEX
+from hf_prune.ops.arrow import fingerprint
 from hf_prune.ops.checks import check_positive_int
 from hf_prune.ops.columns import add_column, check_columns, read_matrix
 
@@ -76,7 +77,6 @@ __all__ = [
     "checkpoints_of",
     "file_backed",
     "tokenized",
-    "shard_bounds",
     "embed_sharded",
     "combine_gradients",
     "less_features",
@@ -147,7 +147,7 @@ def file_backed(dataset: Dataset, cache_dir: str | os.PathLike | None, name: str
     """
     if dataset.cache_files or cache_dir is None:
         return dataset
-    path = Path(cache_dir) / f"{name}_{dataset._fingerprint}"
+    path = Path(cache_dir) / f"{name}_{fingerprint(dataset)}"
     if not (path / "dataset_info.json").is_file():
         staging = path.with_name(path.name + f".incomplete-{os.getpid()}")
         dataset.save_to_disk(str(staging))
@@ -220,21 +220,6 @@ def _process_state(state, cpu: bool):
     return PartialState(cpu=cpu or not torch.cuda.is_available())
 
 
-def shard_bounds(rows: int, processes: int, index: int) -> tuple[int, int]:
-    """``(start, stop)`` of process ``index``'s contiguous shard; the first ``rows % processes`` get one more.
-
-    The rule of ``Dataset.shard(..., contiguous=True)``, which however refuses shards past the last row;
-    here a process with nothing left gets an empty range.
-
-    Example:
-        >>> [shard_bounds(11, 2, i) for i in range(2)]
-        [(0, 6), (6, 11)]
-    """
-    size, extra = divmod(rows, processes)
-    start = index * size + min(index, extra)
-    return start, start + size + (index < extra)
-
-
 def embed_sharded(
     dataset: Dataset,
     embedder,
@@ -245,11 +230,11 @@ def embed_sharded(
 ) -> tuple[Dataset, dict]:
     """``(dataset with the embedder's column, timing)``, sharded over the processes of ``state``.
 
-    One process: ``embedder.map(dataset)``. Several (``accelerate launch``/``torchrun``): process ``r``
-    maps the ``r``-th contiguous shard, saves its output column under ``shard_dir``, all processes wait at
-    accelerate's barrier and read the shards back in rank order. Every process returns the same Dataset.
-    ``timing`` has ``rows`` (this process's), ``seconds`` and ``cache_hit`` (the column came from the
-    ``datasets`` cache: its file is older than this call).
+    One process: ``embedder.map(dataset)`` (cached by ``datasets``). Several (``accelerate launch`` /
+    ``torchrun``): `hf_prune.embed.map_distributed` under ``shard_dir`` (batch-aligned shards, so the
+    column is the one-process column; a shard already written is reused). Every process returns the
+    same Dataset. ``timing`` has ``rows`` (this process's), ``seconds`` and ``cache_hit`` (the column
+    came from a cache: the ``datasets`` cache file, or this process's shard, existed before this call).
 
     Example:
         >>> ds, timing = embed_sharded(ds, LoRAGradientEmbedder(model, dim=1024), shard_dir="runs/shards")
@@ -265,24 +250,14 @@ def embed_sharded(
         return out, {"rows": len(dataset), "seconds": time.perf_counter() - clock, "cache_hit": hit}
     if shard_dir is None:
         raise ValueError("several processes need `shard_dir`, a folder every process can read")
-    start_row, stop_row = shard_bounds(len(dataset), state.num_processes, state.process_index)
-    part = dataset.select(range(start_row, stop_row)) if stop_row > start_row else dataset.select([])
-    folder = Path(shard_dir) / f"{dataset._fingerprint}_{embedder.fingerprint()}_{column}"
-    hit = False
-    if len(part):
-        mapped = embedder.map(part, batch_size=batch_size)
-        files = [f["filename"] for f in mapped.cache_files]
-        hit = bool(files) and all(os.path.getmtime(f) < start for f in files)
-        mapped.select_columns([column]).save_to_disk(str(folder / f"rank_{state.process_index:05d}"))
-    # (a process past the last row has no shard to write: `datasets` cannot load an empty saved table)
-    seconds = time.perf_counter() - clock
-    state.wait_for_everyone()
-    bounds = [shard_bounds(len(dataset), state.num_processes, r) for r in range(state.num_processes)]
-    parts = [load_from_disk(str(folder / f"rank_{r:05d}")) for r, (a, b) in enumerate(bounds) if b > a]
-    columns = concatenate_datasets(parts)
-    base = dataset.remove_columns([column]) if column in dataset.column_names else dataset
-    out = concatenate_datasets([base, columns], axis=1)
-    return embedder.record_provenance(out, dataset), {"rows": len(part), "seconds": seconds, "cache_hit": hit}
+    batch_size = batch_size or embedder.batch_size
+    rank, world = state.process_index, state.num_processes
+    folder = Path(shard_dir) / f"{fingerprint(dataset)}_{embedder.fingerprint()}_{column}"
+    hit = (folder / f"{hp.embed.shard_name(rank, world)}.json").exists()
+    out = hp.embed.map_distributed(dataset, embedder, output_dir=folder, batch_size=batch_size, state=state,
+                                   overwrite=column in dataset.column_names)
+    start_row, stop_row = hp.embed.batch_aligned_bounds(len(dataset), batch_size, world, rank)
+    return out, {"rows": stop_row - start_row, "seconds": time.perf_counter() - clock, "cache_hit": hit}
 
 
 def combine_gradients(

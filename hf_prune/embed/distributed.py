@@ -52,7 +52,7 @@ from ..ops.arrow import fingerprint
 from ..ops.checks import check_columns, check_new_columns, check_positive_int
 from ._base import Embedder
 
-__all__ = ["map_distributed", "batch_aligned_bounds"]
+__all__ = ["map_distributed", "batch_aligned_bounds", "shard_name"]
 
 _MARKER_FORMAT = 1
 _SHARD = re.compile(r"shard-(\d{5})-of-(\d{5})\.json")
@@ -107,7 +107,13 @@ def _output_dir(output_dir: Any) -> Path:
     return path
 
 
-def _shard_name(index: int, num_shards: int) -> str:
+def shard_name(index: int, num_shards: int) -> str:
+    """The file stem of shard ``index`` of ``num_shards`` in ``output_dir`` (``.arrow`` data, ``.json`` marker).
+
+    Example:
+        >>> shard_name(1, 4)
+        'shard-00001-of-00004'
+    """
     return f"shard-{index:05d}-of-{num_shards:05d}"
 
 
@@ -299,7 +305,7 @@ def map_distributed(
         }
         marker["start"], marker["stop"] = batch_aligned_bounds(len(dataset), batch_size, world, rank)
         _check_markers(folder, marker)
-        name = _shard_name(rank, world)
+        name = shard_name(rank, world)
         if not _is_done(folder, name, marker):
             with _quiet_progress(quiet=rank != 0):
                 _embed_shard(dataset, local, folder, name, (marker["start"], marker["stop"]), batch_size, desc,
@@ -311,7 +317,7 @@ def map_distributed(
     parts = []
     for index in range(world):
         start, stop = batch_aligned_bounds(len(dataset), batch_size, world, index)
-        name = _shard_name(index, world)
+        name = shard_name(index, world)
         if stop == start:
             continue
         if not _is_done(folder, name, {**marker, "start": start, "stop": stop}):
