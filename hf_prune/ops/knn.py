@@ -24,8 +24,10 @@ from .matrix import as_matrix
 
 __all__ = ["knn", "normalize_rows", "neighbour_pairs", "radius_neighbors", "RadiusGraphTooLarge"]
 
-# Neighbour rows gathered at once by `neighbour_pairs`: an (rows, k, d) float64 block of ~16M numbers.
+# Values per block of the searches and radius graph below: ~16M numbers.
 _CHUNK_ELEMENTS = 1 << 24
+# Neighbour values gathered at once by `neighbour_pairs`: a (rows, k, d) float64 block of 32 MiB.
+_PAIR_ELEMENTS = 1 << 22
 
 
 def normalize_rows(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -33,23 +35,27 @@ def normalize_rows(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return (x / np.maximum(norms, eps)).astype(np.float32, copy=False)
 
 
-def neighbour_pairs(
-    x: np.ndarray, neighbours: np.ndarray, reduce: Callable[[np.ndarray, np.ndarray], np.ndarray]
-) -> np.ndarray:
+def neighbour_pairs(x, neighbours: np.ndarray, reduce: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
     """``(N, k)`` float64 values of ``reduce(rows, rows' neighbours)`` over the k-NN table ``neighbours``.
 
-    ``reduce`` gets a float64 ``(b, d)`` block of rows and their ``(b, k, d)`` neighbours and returns
-    ``(b, k)``; rows are processed in chunks so memory stays bounded whatever ``N`` is.
+    ``x`` is an array or a `hf_prune.ops.matrix.ColumnMatrix` (rows gathered chunk by chunk, no copy of
+    the column). ``reduce`` gets a float64 ``(b, d)`` block of rows and their ``(b, k, d)`` neighbours and
+    returns ``(b, k)``; rows are processed in chunks of about 4M neighbour values (32 MiB in float64) so
+    memory stays bounded whatever ``N`` is.
 
     Example:
         >>> sims = neighbour_pairs(x, idx, lambda rows, nb: np.einsum("id,ikd->ik", rows, nb))
     """
+    rows = as_matrix(x)
     n, k = neighbours.shape
+    d = rows.shape[1]
     out = np.empty((n, k), dtype=np.float64)
-    step = max(1, _CHUNK_ELEMENTS // max(1, k * x.shape[1]))
+    step = max(1, _PAIR_ELEMENTS // max(1, k * d))
     for start in range(0, n, step):
-        block = slice(start, start + step)
-        out[block] = reduce(x[block].astype(np.float64), x[neighbours[block]].astype(np.float64))
+        stop = min(n, start + step)
+        block = rows.take(np.arange(start, stop), dtype=np.float64)
+        around = rows.take(neighbours[start:stop].ravel(), dtype=np.float64).reshape(stop - start, k, d)
+        out[start:stop] = reduce(block, around)
     return out
 
 

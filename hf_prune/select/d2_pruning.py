@@ -41,12 +41,14 @@ import torch
 from datasets import Dataset
 
 from ..ops.checks import check_choice, check_nonnegative, check_positive_int
-from ..ops.columns import check_columns, read_matrix, read_vector
+from ..ops.columns import check_columns, read_vector
 from ..ops.deprecation import renamed
 from ..ops.device import resolve_device
 from ..ops.knn import knn, neighbour_pairs, normalize_rows
+from ..ops.matrix import ColumnMatrix, open_matrix
 from ._knn_step import KnnLog, check_knn_index, with_knn_record
 from ._ordered import run_ordered_selection
+from .cluster_score import unit_rows
 from .registry import selector
 
 __all__ = ["d2_pruning", "d2_graph", "d2_message_passing", "d2_select"]
@@ -127,7 +129,7 @@ def d2_pruning(
             f"column {score_column!r} has negative scores (min {scores.min():.4g}); D²-Pruning's messages "
             "scale with the score, so shift or min-max the column to be non-negative first"
         )
-    embeddings = read_matrix(dataset, embedding_column)
+    embeddings = open_matrix(dataset, embedding_column)  # validated; groups are views, never copies
     torch_device = resolve_device(device)
 
     def order(rows, budget, rng, initial):
@@ -137,7 +139,7 @@ def d2_pruning(
         if k >= len(rows):
             raise ValueError(f"`k`={k} must be smaller than the number of rows in a group ({len(rows)})")
         neighbours, distances, report = d2_graph(
-            embeddings[rows], k, metric=metric, knn_index=knn_index, device=torch_device,
+            embeddings.subset(rows), k, metric=metric, knn_index=knn_index, device=torch_device,
             seed=int(rng.integers(2**31 - 1)),  # seeds an approximate index's training sample
             return_report=True,
         )
@@ -170,6 +172,8 @@ def d2_graph(
 ):
     """The k-NN table ``(neighbours (N, k) int64, distances (N, k) float64)``, Euclidean distances.
 
+    ``embeddings`` is an array or a `hf_prune.ops.matrix.ColumnMatrix` (searched and gathered block by
+    block: no copy of it for ``"l2"``, one normalised copy for ``"cosine"``).
     Neighbours come from `hf_prune.ops.knn` (a row is never its own neighbour); distances are
     recomputed exactly in float64, so near-duplicates get ``d ≈ 0`` rather than round-off.
     ``metric="cosine"`` L2-normalises the rows first; ``normalize`` is its deprecated spelling
@@ -180,12 +184,15 @@ def d2_graph(
         >>> neighbours, distances = d2_graph(embeddings, 10)
         >>> neighbours, distances, report = d2_graph(embeddings, 10, knn_index="ivf", return_report=True)
     """
-    x = np.asarray(embeddings, dtype=np.float32)
-    if x.ndim != 2 or not np.isfinite(x).all():
-        raise ValueError("`embeddings` must be a finite (N, d) array")
     metric = _resolve_metric("d2_graph", metric, normalize)
-    if metric == "cosine":
-        x = normalize_rows(x)
+    if isinstance(embeddings, ColumnMatrix):  # validated when opened; read block by block
+        x = unit_rows(embeddings, embeddings.column) if metric == "cosine" else embeddings
+    else:
+        x = np.asarray(embeddings, dtype=np.float32)
+        if x.ndim != 2 or not np.isfinite(x).all():
+            raise ValueError("`embeddings` must be a finite (N, d) array")
+        if metric == "cosine":
+            x = normalize_rows(x)
     k = check_positive_int("k", k)
     if k >= len(x):
         raise ValueError(f"`k`={k} must be smaller than the number of rows ({len(x)})")
