@@ -20,7 +20,7 @@ from .device import resolve_device
 from .faiss_import import faiss_available, import_faiss
 from .knn_index import build_index, gpu_count, resolve_spec
 from .knn_recall import exact_neighbours, knn_recall
-from .matrix import as_matrix
+from .matrix import ColumnMatrix, as_matrix
 
 __all__ = ["knn", "normalize_rows", "neighbour_pairs", "radius_neighbors", "RadiusGraphTooLarge"]
 
@@ -30,7 +30,22 @@ _CHUNK_ELEMENTS = 1 << 24
 _PAIR_ELEMENTS = 1 << 22
 
 
-def normalize_rows(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+def normalize_rows(x, eps: float = 1e-12) -> np.ndarray:
+    """float32 rows of ``x`` divided by their L2 norms (at least ``eps``: an all-zero row stays zero).
+
+    ``x`` is an array or a `hf_prune.ops.matrix.ColumnMatrix`, normalised block by block into the one
+    array returned.
+
+    Example:
+        >>> normalize_rows(np.array([[3.0, 4.0], [0.0, 0.0]]))
+        array([[0.6, 0.8],
+               [0. , 0. ]], dtype=float32)
+    """
+    if isinstance(x, ColumnMatrix):
+        out = np.empty(x.shape, dtype=np.float32)
+        for start, block in x.blocks():
+            out[start : start + len(block)] = normalize_rows(block, eps)
+        return out
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.maximum(norms, eps)).astype(np.float32, copy=False)
 

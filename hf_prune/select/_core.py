@@ -24,6 +24,7 @@ __all__ = [
     "split_budget",
     "run_selection",
     "finalize",
+    "group_rows",
 ]
 
 ROW_ID = "row_id"
@@ -72,6 +73,18 @@ def split_budget(counts: np.ndarray, total: int) -> np.ndarray:
     order = np.lexsort((np.arange(len(counts)), -remainder))
     budgets[order[:left]] += 1
     return budgets
+
+
+def group_rows(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``values[rows]`` for the ``rows`` of one group: ``values`` itself (no copy) when the group is every row.
+
+    `run_selection` hands a selector without ``label_column`` the one group ``arange(N)``.
+
+    Example:
+        >>> group_rows(x, np.arange(len(x))) is x
+        True
+    """
+    return values if len(rows) == len(values) else values[rows]
 
 
 def run_selection(

@@ -18,9 +18,10 @@ import torch
 from datasets import Dataset
 
 from ..ops.checks import check_optional_positive, check_positive_int, check_probability
-from ..ops.columns import read_matrix
 from ..ops.device import resolve_device
 from ..ops.knn import RadiusGraphTooLarge, normalize_rows, radius_neighbors
+from ..ops.matrix import open_matrix
+from ._core import group_rows
 from ._knn_step import KnnLog, with_knn_record
 from ._ordered import run_ordered_selection
 from .registry import selector
@@ -138,15 +139,14 @@ def probcover(
     if max_edges is not None:
         max_edges = check_positive_int("max_edges", max_edges)
     log = KnnLog(knn_index)
-    features = read_matrix(dataset, embedding_column)
-    unit = normalize_rows(features)
+    unit = normalize_rows(open_matrix(dataset, embedding_column))  # the one copy: normalised block by block
     dev = resolve_device(device)
     deltas: list[float] = []
     edges: list[int] = []
 
     def order(rows, k, rng, initial):
         n = len(rows)
-        x = unit[rows]
+        x = group_rows(unit, rows)
         if delta is None:
             if n == 1:
                 radius = float("inf")

@@ -42,10 +42,11 @@ from ..ops.checks import (
     check_seed,
     seed_int,
 )
-from ..ops.columns import class_groups, read_matrix
+from ..ops.columns import class_groups
 from ..ops.device import resolve_device, to_device
+from ..ops.matrix import open_matrix
 from ..provenance import stamp_output
-from ._core import finalize, run_selection
+from ._core import finalize, group_rows, run_selection
 from .cluster_score import cluster_count, fit_kmeans, unit_rows
 from .registry import derive_fingerprint, selector
 
@@ -191,13 +192,13 @@ def semdedup(
     """
     _check_options(keep, n_clusters, max_iter, tol, chunk_size)
     dev = resolve_device(device)
-    emb = unit_rows(read_matrix(dataset, embedding_column), embedding_column)
+    emb = unit_rows(open_matrix(dataset, embedding_column), embedding_column)
     options = dict(keep=keep, max_iter=max_iter, tol=tol, chunk_size=chunk_size, device=dev)
 
     def pick(rows, k, rng):
         # ``rng`` is default_rng([seed, group]), the generator semdedup_filter gives the same group,
         # so the budgeted and the ε forms cluster and order every group identically.
-        m = semdedup_similarity(emb[rows], _default_clusters(n_clusters, rows, dataset, label_column), rng, **options)
+        m = semdedup_similarity(group_rows(emb, rows), _default_clusters(n_clusters, rows, dataset, label_column), rng, **options)
         return np.argsort(m, kind="stable")[:k]
 
     params = {"embedding_column": embedding_column, "n_clusters": n_clusters, "keep": keep, "metric": "cosine",
@@ -251,12 +252,12 @@ def semdedup_filter(
     if len(dataset) == 0:
         raise ValueError("the dataset is empty")
     dev = resolve_device(device)
-    emb = unit_rows(read_matrix(dataset, embedding_column), embedding_column)
+    emb = unit_rows(open_matrix(dataset, embedding_column), embedding_column)
     seed = seed_int(seed)
     options = dict(keep=keep, max_iter=max_iter, tol=tol, chunk_size=chunk_size, device=dev)
     kept = []
     for group, rows in enumerate(class_groups(dataset, label_column)[1]):
-        m = semdedup_similarity(emb[rows], _default_clusters(n_clusters, rows, dataset, label_column),
+        m = semdedup_similarity(group_rows(emb, rows), _default_clusters(n_clusters, rows, dataset, label_column),
                                 np.random.default_rng([seed, group]), **options)
         kept.append(rows[m <= 1.0 - float(eps)])
     params = {"eps": float(eps), "embedding_column": embedding_column, "n_clusters": n_clusters, "keep": keep,

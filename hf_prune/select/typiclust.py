@@ -16,10 +16,11 @@ import torch
 from datasets import Dataset
 
 from ..ops.checks import check_positive_int
-from ..ops.columns import read_matrix
 from ..ops.device import resolve_device
 from ..ops.kmeans import kmeans
 from ..ops.knn import knn, normalize_rows
+from ..ops.matrix import open_matrix
+from ._core import group_rows
 from ._knn_step import KnnLog, check_knn_index, with_knn_record
 from ._ordered import run_ordered_selection
 from .registry import selector
@@ -198,15 +199,15 @@ def typiclust(
     min_cluster_size = check_positive_int("min_cluster_size", min_cluster_size, minimum=0)
     n_init = check_positive_int("n_init", n_init)
     log = KnnLog(knn_index)
-    features = read_matrix(dataset, embedding_column)
+    features = open_matrix(dataset, embedding_column)
     if k >= len(features):
         raise ValueError(f"`k`={k} must be smaller than the number of rows ({len(features)})")
-    unit = normalize_rows(features)
+    unit = normalize_rows(features)  # the one copy: normalised block by block
     dev = resolve_device(device)
     used_clusters: list[int] = []
 
     def order(rows, budget, rng, initial):
-        x = unit[rows]
+        x = group_rows(unit, rows)
         n_c = min(n_clusters if n_clusters is not None else min(budget, MAX_CLUSTERS), len(rows))
         used_clusters.append(n_c)
         assign = best_kmeans(x, n_c, rng, n_init, device=dev)

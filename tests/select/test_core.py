@@ -37,3 +37,11 @@ def test_random_depends_on_the_seed(blobs):
     ds, _, _ = blobs
     sub = hp.select.random(ds, fraction=0.2, label_column="label", seed=3)
     assert hp.select.random(ds, fraction=0.2, label_column="label", seed=4)["row_id"] != sub["row_id"]
+
+
+def test_group_rows_copies_only_a_proper_subset():
+    from hf_prune.select._core import group_rows
+
+    x = np.arange(12.0).reshape(6, 2)
+    assert group_rows(x, np.arange(6)) is x
+    np.testing.assert_array_equal(group_rows(x, np.array([4, 1])), x[[4, 1]])
