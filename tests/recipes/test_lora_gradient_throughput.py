@@ -10,3 +10,8 @@ def test_benchmark_times_every_strategy_and_they_agree():
     assert all(seconds > 0 for seconds in out["gradients"].values())
     # The ratios are only meaningful when every strategy computes the same per-example gradients.
     assert max(out["exactness"].values()) < 1e-5
+    # Both projections of this run's gradients, with their distortion against the exact inner products.
+    assert set(out["structured"]) == {"rademacher", "srht"} == set(out["per_thousand"])
+    assert all(0 < r["inner"] < 1 and 0 <= r["cosine"] < 1 for r in out["structured"].values())
+    thousand = out["per_thousand"]["srht"]
+    assert thousand["total"] == thousand["gradients"] + thousand["projection"] > 0
