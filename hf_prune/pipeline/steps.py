@@ -82,7 +82,7 @@ STEP_KINDS: dict[str, StepKind] = {
     "embed": StepKind("embed", "embedder", "embedder", {
         "embedder": "a class of hf_prune.embed",
         "num_proc": "worker processes for Dataset.map (one GPU each when there are GPUs)",
-        "map_batch_size": "rows per Dataset.map batch (default: the embedder's batch_size)",
+        "map_batch_size": "rows per Dataset.map batch (default: the embedder's own map batch, see its docstring)",
         "lora": "LoRAGradientEmbedder: LoraConfig options for a new adapter on `model`",
         "adapter": "LoRAGradientEmbedder: a saved PEFT adapter folder to load on `model`",
         "revision": "the model's Hub revision",
