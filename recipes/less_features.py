@@ -250,7 +250,7 @@ def embed_sharded(
         return out, {"rows": len(dataset), "seconds": time.perf_counter() - clock, "cache_hit": hit}
     if shard_dir is None:
         raise ValueError("several processes need `shard_dir`, a folder every process can read")
-    batch_size = batch_size or embedder.batch_size
+    batch_size = batch_size or embedder.default_map_batch_size
     rank, world = state.process_index, state.num_processes
     folder = Path(shard_dir) / f"{fingerprint(dataset)}_{embedder.fingerprint()}_{column}"
     hit = (folder / f"{hp.embed.shard_name(rank, world)}.json").exists()

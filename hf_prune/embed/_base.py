@@ -261,6 +261,9 @@ class Embedder:
     """
 
     use_inference_mode: ClassVar[bool] = True
+    #: The smallest default ``map`` batch. Embedders that sort a map batch by length (text) set it
+    #: above their forward batch, so that a map batch holds many forward chunks to sort.
+    min_map_batch_size: ClassVar[int] = 1
     # Chunks cut from the rows sorted by `_prepare`'s lengths (module docstring); False: input order.
     sort_by_length: bool = True
 
@@ -595,6 +598,16 @@ class Embedder:
             value = value.astype(stored)
         return value
 
+    @property
+    def default_map_batch_size(self) -> int:
+        """Rows per ``map`` batch when none is given: ``max(batch_size, min_map_batch_size)``.
+
+        Example:
+            >>> hp.embed.TextEmbedder(model, tokenizer=tok, batch_size=64).default_map_batch_size
+            1000
+        """
+        return max(self.batch_size, self.min_map_batch_size)
+
     def map(
         self,
         dataset: Dataset,
@@ -611,7 +624,7 @@ class Embedder:
 
         Args:
             dataset: the input; it is never modified.
-            batch_size: rows per ``map`` batch (default: the embedder's ``batch_size``).
+            batch_size: rows per ``map`` batch (default: `default_map_batch_size`).
             overwrite: replace output columns that already exist (otherwise `ValueError`).
             desc: progress-bar label (default: the class and its output columns).
             num_proc: worker processes; each gets its ``rank`` (one GPU each, see the module docstring).
@@ -642,7 +655,7 @@ class Embedder:
                 result = dataset.map(
                     self,
                     batched=True,
-                    batch_size=batch_size or self.batch_size,
+                    batch_size=batch_size or self.default_map_batch_size,
                     with_rank=True,
                     num_proc=num_proc,
                     features=features,

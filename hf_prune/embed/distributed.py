@@ -252,7 +252,7 @@ def map_distributed(
         embedder: any `Embedder`. With ``device`` ``None``/``"auto"``/``"cuda"`` each process uses its
             own device; any other explicit device (``"cpu"``) is kept.
         output_dir: the folder of the shard files (created; shared by all processes).
-        batch_size: rows per map batch (default: the embedder's ``batch_size``); shards are whole batches.
+        batch_size: rows per map batch (default: the embedder's ``default_map_batch_size``); shards are whole batches.
         overwrite: replace output columns that ``dataset`` already has (otherwise `ValueError`).
         desc: progress-bar label (default: the class and its output columns).
         state: accelerate's ``PartialState`` (default: created, with ``cpu=True`` on a machine without CUDA).
@@ -281,7 +281,7 @@ def map_distributed(
     check_columns(dataset, *embedder.input_columns)
     if len(dataset) == 0:
         raise ValueError("the dataset is empty: nothing to embed")
-    batch_size = check_positive_int("batch_size", batch_size if batch_size is not None else embedder.batch_size)
+    batch_size = check_positive_int("batch_size", batch_size if batch_size is not None else embedder.default_map_batch_size)
     existing = check_new_columns(dataset, embedder.output_columns, overwrite)
     state = _process_state(state)
     rank, world = _ranks(state)

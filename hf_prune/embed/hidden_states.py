@@ -20,14 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from datasets import Dataset
 
 from ..data.chat import TEMPLATES, encode_messages
 from ..data.instructions import message_problem
 from ..ops.checks import check_bool, check_choice, check_positive_int
 from ._base import Embedder
 from .lora_gradients import _ragged
-from .text import _MAP_ROWS
+from .text import TEXT_MAP_ROWS
 
 __all__ = ["HiddenStateEmbedder", "POOLINGS", "pool_hidden_states"]
 
@@ -114,8 +113,8 @@ class HiddenStateEmbedder(Embedder):
       of `hf_prune.data.tokenize_messages`; their first ``max_length`` tokens are used.
 
     A row with no tokens after truncation is an error naming the column. Each ``map`` batch (default
-    1000 rows, `HiddenStateEmbedder.map`) is tokenised once and embedded in forward batches of similar token counts (sorted, longest first;
-    the outputs in the input order), each padded on ``padding_side`` to its own longest row; the
+    1000 rows, `Embedder.default_map_batch_size`) is tokenised once and embedded in forward batches of
+    similar token counts (sorted, longest first; the outputs in the input order), each padded on ``padding_side`` to its own longest row; the
     side and the batch partners change no vector beyond float rounding (1e-6), so neither enters
     the fingerprint.
 
@@ -151,6 +150,8 @@ class HiddenStateEmbedder(Embedder):
         >>> targets = emb.map(targets, batch_size=32)
         >>> pool = hp.score.rds(pool, targets, embedding_column="h", task_column="task", per_task_column="rds_tasks")
     """
+
+    min_map_batch_size = TEXT_MAP_ROWS
 
     def __init__(
         self,
@@ -306,19 +307,6 @@ class HiddenStateEmbedder(Embedder):
         except ValueError as err:
             raise ValueError(f"column {column!r}: row {row} of the batch: {err}") from err
         return out["input_ids"]
-
-    def map(self, dataset: Dataset, *, batch_size: int | None = None, **kwargs) -> Dataset:
-        """`hf_prune.embed.Embedder.map`, whose default ``map`` batch is ``max(batch_size, 1000)`` rows.
-
-        Rows are sorted by token count within a ``map`` batch (module docstring of
-        `hf_prune.embed.Embedder`), so a batch of many forward chunks (1000 rows: ``datasets``' own default)
-        lets each chunk hold rows of nearly one length; a ``map`` batch of one chunk could not sort anything.
-        Any ``batch_size`` given is used as it is.
-
-        Example:
-            >>> ds = emb.map(ds)                  # map batches of 1000 rows, forward chunks of emb.batch_size
-        """
-        return super().map(dataset, batch_size=batch_size or max(self.batch_size, _MAP_ROWS), **kwargs)
 
     # ------------------------------------------------------------------ Embedder hooks
     def _output_dims(self) -> dict[str, int | None]:

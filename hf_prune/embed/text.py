@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from datasets import Dataset
 
 from ._base import Embedder
 
@@ -23,8 +22,8 @@ __all__ = ["TextEmbedder"]
 _TOKENS = "_tokens"
 # The tokenizer outputs a model is given; each is padded with its own value.
 _TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-# The default map batch: many forward chunks, so the length sort has rows to group (`TextEmbedder.map`).
-_MAP_ROWS = 1000
+# The default map batch: many forward chunks, so the length sort has rows to group.
+TEXT_MAP_ROWS = 1000
 
 
 def _text_values(values, column: str) -> list[str]:
@@ -98,7 +97,7 @@ class TextEmbedder(Embedder):
     This is the sentence-transformers recipe of models such as all-MiniLM-L6-v2 (mean pooling, then
     L2 normalisation), so the column equals what that library returns for them. Like its ``encode``,
     rows are embedded in forward batches of similar length: each ``map`` batch (default 1000 rows,
-    `TextEmbedder.map`) is tokenised once and cut into ``batch_size`` chunks of rows sorted by token
+    `Embedder.default_map_batch_size`) is tokenised once and cut into ``batch_size`` chunks of rows sorted by token
     count, each padded to its own longest row; the column is in the input order and equals unsorted
     batching to float rounding (1e-6).
 
@@ -116,6 +115,8 @@ class TextEmbedder(Embedder):
         >>> emb = hp.embed.TextEmbedder("sentence-transformers/all-MiniLM-L6-v2", text_column="text")
         >>> ds = emb.map(ds, batch_size=256)
     """
+
+    min_map_batch_size = TEXT_MAP_ROWS
 
     def __init__(
         self,
@@ -176,19 +177,6 @@ class TextEmbedder(Embedder):
         mask = inputs.get("attention_mask", torch.ones(hidden.shape[:2], device=device)).unsqueeze(-1).to(hidden.dtype)
         pooled = ((hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)).float()
         return torch.nn.functional.normalize(pooled, dim=1) if self.normalize else pooled
-
-    def map(self, dataset: Dataset, *, batch_size: int | None = None, **kwargs) -> Dataset:
-        """`hf_prune.embed.Embedder.map`, whose default ``map`` batch is ``max(batch_size, 1000)`` rows.
-
-        Rows are sorted by token count within a ``map`` batch (module docstring of
-        `hf_prune.embed.Embedder`), so a batch of many forward chunks (1000 rows: ``datasets``' own default)
-        lets each chunk hold rows of nearly one length; a ``map`` batch of one chunk could not sort anything.
-        Any ``batch_size`` given is used as it is.
-
-        Example:
-            >>> ds = emb.map(ds)                  # map batches of 1000 rows, forward chunks of emb.batch_size
-        """
-        return super().map(dataset, batch_size=batch_size or max(self.batch_size, _MAP_ROWS), **kwargs)
 
     def _output_dims(self) -> dict[str, int | None]:
         return {self.output_column: self.dim}
