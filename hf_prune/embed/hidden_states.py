@@ -26,7 +26,7 @@ from ..data.instructions import message_problem
 from ..ops.checks import check_bool, check_choice, check_positive_int
 from ._base import Embedder
 from .lora_gradients import _ragged
-from .text import TEXT_MAP_ROWS
+from .text import TEXT_MAP_ROWS, load_text_model
 
 __all__ = ["HiddenStateEmbedder", "POOLINGS", "pool_hidden_states"]
 
@@ -177,12 +177,7 @@ class HiddenStateEmbedder(Embedder):
         storage_dtype: str = "float32",
     ):
         if isinstance(model, str):
-            from transformers import AutoModel, AutoTokenizer
-
-            name = model
-            model = AutoModel.from_pretrained(name, revision=revision, **(model_kwargs or {}))
-            if tokenizer is None:
-                tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+            model, tokenizer = load_text_model(model, tokenizer, revision=revision, model_kwargs=model_kwargs)
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"`model` must be a name or a torch.nn.Module, got {type(model).__name__}")
         self.model = model.eval()

@@ -91,6 +91,20 @@ def _sentence_transformers_max_length(name: str, revision: str | None) -> int | 
     return None
 
 
+def load_text_model(name: str, tokenizer=None, *, revision: str | None = None, model_kwargs: dict | None = None):
+    """``(AutoModel, tokenizer)`` of the Hub id or folder ``name``; ``tokenizer`` is loaded only when ``None``.
+
+    Example:
+        >>> model, tok = load_text_model("sentence-transformers/all-MiniLM-L6-v2")
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(name, revision=revision, **(model_kwargs or {}))
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+    return model, tokenizer
+
+
 class TextEmbedder(Embedder):
     """Mean-pooled (over non-padding tokens) sentence embeddings from an ``AutoModel``.
 
@@ -135,12 +149,8 @@ class TextEmbedder(Embedder):
         storage_dtype: str = "float32",
     ):
         if isinstance(model, str):
-            from transformers import AutoModel, AutoTokenizer
-
             name = model
-            model = AutoModel.from_pretrained(name, revision=revision, **(model_kwargs or {}))
-            if tokenizer is None:
-                tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+            model, tokenizer = load_text_model(name, tokenizer, revision=revision, model_kwargs=model_kwargs)
             if max_length is None:
                 max_length = _sentence_transformers_max_length(name, revision)
         if not isinstance(model, torch.nn.Module):
