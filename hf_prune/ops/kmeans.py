@@ -105,10 +105,16 @@ def _assign_blocks(rows, centroids, device, batch_size):
     return assign, dist
 
 
+# Row-to-centroid distances computed at once: (rows × K) float32 temporaries of 16 MiB each.
+_DISTANCE_ELEMENTS = 1 << 22
+
+
 def _assign(x: np.ndarray, centroids: np.ndarray, device: torch.device | None = None, batch_size: int = 65536):
     ct = torch.from_numpy(centroids).to(device)
     c_sq = (ct * ct).sum(1)
     assign, dist = [], []
+    # Fewer rows per step when K is large: 65,536 rows × 500 centroids would be 131 MiB per temporary.
+    batch_size = max(1, min(batch_size, _DISTANCE_ELEMENTS // max(1, len(centroids))))
     for start in range(0, len(x), batch_size):
         xt = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])).to(device)
         d = (xt * xt).sum(1, keepdim=True) - 2 * (xt @ ct.T) + c_sq
