@@ -65,7 +65,7 @@ def fit_kmeans(
     max_iter = check_positive_int("max_iter", max_iter)
     tol = check_nonnegative("tol", tol)
     x = np.ascontiguousarray(x, dtype=np.float32)
-    limit = tol * float(x.astype(np.float64).var(axis=0).mean())
+    limit = tol * _mean_feature_variance(x)
     centroids = x[kmeans_plus_plus(x, n_clusters, np.random.default_rng(seed))]
     assign, steps = None, 0
     while steps < max_iter:
@@ -88,6 +88,18 @@ def _lloyd_steps(x, n_clusters, init, steps, seed, spherical, device):
         centroids, assign, _ = kmeans(x, n_clusters, iterations=steps, seed=seed, spherical=spherical, init=init,
                                       device=device)
     return centroids, assign
+
+
+def _mean_feature_variance(x: np.ndarray, block_rows: int = 1 << 14) -> float:
+    """``x.var(axis=0).mean()`` in float64, two passes over row blocks (no float64 copy of ``x``)."""
+    mean = np.zeros(x.shape[1])
+    for start in range(0, len(x), block_rows):
+        mean += x[start : start + block_rows].sum(axis=0, dtype=np.float64)
+    mean /= max(len(x), 1)
+    squares = np.zeros(x.shape[1])
+    for start in range(0, len(x), block_rows):
+        squares += ((x[start : start + block_rows].astype(np.float64) - mean) ** 2).sum(axis=0)
+    return float((squares / max(len(x), 1)).mean())
 
 
 def unit_rows(x, column: str) -> np.ndarray:

@@ -148,3 +148,11 @@ def test_unit_rows_of_a_column_matrix_equals_the_array_path():
     zero = concatenate_datasets([Dataset.from_dict({"emb": x[:170].tolist()}), Dataset.from_dict({"emb": x[170:].tolist()})])
     with pytest.raises(ValueError, match=r"'emb' has a zero vector \(row 200\)"):
         unit_rows(open_matrix(zero, "emb"), "emb")
+
+
+def test_mean_feature_variance_streams_to_numpys_value():
+    from hf_prune.select.cluster_score import _mean_feature_variance
+
+    x = np.random.default_rng(1).normal(3.0, 2.0, size=(5000, 7)).astype(np.float32)
+    expected = float(x.astype(np.float64).var(axis=0).mean())
+    assert _mean_feature_variance(x, block_rows=333) == pytest.approx(expected, rel=1e-12)
