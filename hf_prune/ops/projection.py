@@ -297,6 +297,16 @@ def walsh_hadamard(x: torch.Tensor, columns: torch.Tensor | None = None) -> torc
     return y if columns is None else y[:, columns]
 
 
+def _on_device(cache: dict[str, torch.Tensor], device, build) -> torch.Tensor:
+    """``cache[device]``: ``build()`` once on the CPU (the values never depend on the device), then copied."""
+    device = resolve_device(device)
+    if str(device) not in cache:
+        if "cpu" not in cache:
+            cache["cpu"] = build()
+        cache[str(device)] = cache["cpu"].to(device)
+    return cache[str(device)]
+
+
 class HadamardProjection:
     """A seeded subsampled randomized Hadamard transform (SRHT) from ``in_features`` to ``dim``.
 
@@ -384,29 +394,17 @@ class HadamardProjection:
 
     def signs(self, device=None) -> torch.Tensor:
         """The diagonal ``D`` as a ``(n,)`` float32 tensor of ±1 (cached per device)."""
-        device = resolve_device(device)
-        key = str(device)
-        if key not in self._signs:
-            cpu = self._signs.get("cpu")
-            if cpu is None:
-                cpu = 1.0 - 2.0 * (self._index_hash(0, 1) & 1).to(torch.float32)
-                self._signs["cpu"] = cpu
-            self._signs[key] = cpu.to(device)
-        return self._signs[key]
+        return _on_device(self._signs, device, lambda: 1.0 - 2.0 * (self._index_hash(0, 1) & 1).to(torch.float32))
 
     def sampled(self, device=None) -> torch.Tensor:
         """The ``dim`` sampled output coordinates ``S`` (ascending int64 indices into ``[0, n)``)."""
-        device = resolve_device(device)
-        key = str(device)
-        if key not in self._rows:
-            cpu = self._rows.get("cpu")
-            if cpu is None:
-                # The dim smallest of the distinct keys hash·n + index: a uniform sample without replacement.
-                keys = self._index_hash(2, 3) * self.padded + torch.arange(self.padded, dtype=torch.int64)
-                cpu = torch.sort(torch.topk(keys, self.dim, largest=False).values % self.padded).values
-                self._rows["cpu"] = cpu
-            self._rows[key] = cpu.to(device)
-        return self._rows[key]
+
+        def build() -> torch.Tensor:
+            # The dim smallest of the distinct keys hash·n + index: a uniform sample without replacement.
+            keys = self._index_hash(2, 3) * self.padded + torch.arange(self.padded, dtype=torch.int64)
+            return torch.sort(torch.topk(keys, self.dim, largest=False).values % self.padded).values
+
+        return _on_device(self._rows, device, build)
 
     def __call__(self, x):
         return self.project(x)
