@@ -107,6 +107,12 @@ class ColumnMatrix:
         return (len(self), self.dim)
 
     @property
+    def gathered(self) -> bool:
+        """Whether rows are gathered through positions (a view after select/shuffle/filter, or a `subset`),
+        so that every block is a copy rather than a view of the chunks."""
+        return self._positions is not None
+
+    @property
     def nbytes(self) -> int:
         """Bytes of storage the rows of this view occupy (``N · d · itemsize``)."""
         return len(self) * self.dim * self.dtype.itemsize

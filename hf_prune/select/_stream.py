@@ -58,7 +58,7 @@ class FeatureRows:
                 for start, block in source.blocks(self.batch_rows):
                     self._x[start : start + len(block)] = to_device(block, dev)
                 self._matrix = None
-            elif len(source) <= self.batch_rows and source.subset(np.arange(len(source))) is not source:
+            elif len(source) <= self.batch_rows and source.gathered:
                 # A gathered view (a class) that fits in one block: gathered once, not at every pass.
                 self._x = to_device(source.take(np.arange(len(source))), dev)
                 self._matrix = None

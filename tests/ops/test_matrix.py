@@ -57,9 +57,9 @@ def test_take_and_subset_follow_view_positions(tmp_path, values):
     m = open_matrix(_on_disk(tmp_path, values, rows_per_chunk=70), "emb")
     idx = np.array([999, 0, 5, 5, 700, -1])
     np.testing.assert_array_equal(m.take(idx), values[idx])
-    assert m.subset(np.arange(1000)) is m
+    assert m.subset(np.arange(1000)) is m and not m.gathered
     part = m.subset([10, 3, 998])
-    assert isinstance(part, ColumnMatrix) and part.shape == (3, 8)
+    assert isinstance(part, ColumnMatrix) and part.shape == (3, 8) and part.gathered
     np.testing.assert_array_equal(part.to_numpy(), values[[10, 3, 998]])
     np.testing.assert_array_equal(part.subset([2, 0]).take([1]), values[[10]])
     with pytest.raises(IndexError, match="emb"):
