@@ -48,7 +48,6 @@ from ..ops.knn import knn, neighbour_pairs, normalize_rows
 from ..ops.matrix import ColumnMatrix, open_matrix
 from ._knn_step import KnnLog, check_knn_index, with_knn_record
 from ._ordered import run_ordered_selection
-from .cluster_score import unit_rows
 from .registry import selector
 
 __all__ = ["d2_pruning", "d2_graph", "d2_message_passing", "d2_select"]
@@ -186,7 +185,7 @@ def d2_graph(
     """
     metric = _resolve_metric("d2_graph", metric, normalize)
     if isinstance(embeddings, ColumnMatrix):  # validated when opened; read block by block
-        x = unit_rows(embeddings, embeddings.column) if metric == "cosine" else embeddings
+        x = normalize_rows(embeddings) if metric == "cosine" else embeddings
     else:
         x = np.asarray(embeddings, dtype=np.float32)
         if x.ndim != 2 or not np.isfinite(x).all():
