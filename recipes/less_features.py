@@ -11,12 +11,15 @@ into those columns::
     pool --tokenize_messages--> input_ids/labels
          --LoRAGradientEmbedder(ckpt_i, optimizer_state=ckpt_i.optimizer_state)--> grad_<epoch_i>
     validation --for_validation()--> grad_<epoch_i>
-    hp.score.less(pool, gradient_column=[grad_...], checkpoint_weights=[mean lr_i], task_column="task")
-         --> less
+    hp.score.less(pool, gradient_column=[grad_...], checkpoint_weights=[mean lr_i], task_column="task",
+                  per_task_column="less_tasks")
+         --> less, less_tasks (the J per-task scores before the max over tasks, tasks in sorted order)
     grad = concat_i sqrt(η̄_i / Σ η̄) · unit(grad_<epoch_i>)   (the features InfoMax's K and D²'s graph use)
 
 so that ``hp.select.top_k(pool, score_column="less")`` is LESS and ``hp.select.infomax(pool,
-score_column="less", embedding_column="grad")`` is InfoMax over LESS. The inner product of two rows'
+score_column="less", embedding_column="grad")`` is InfoMax over LESS, and
+``hp.select.round_robin(pool, score_column="less_tasks")`` is LESS-RR (the target tasks take turns
+picking their best row, so no task's score scale takes the budget). The inner product of two rows'
 ``grad`` is the same learning-rate-weighted mean cosine LESS uses between a training and a validation
 gradient, so the redundancy term measures similarity in the space the score lives in.
 
@@ -42,13 +45,16 @@ Commands::
     torchrun --nproc_per_node 2 -m recipes.less_features --cpu --warmup_dir ... --output_dir ...
 
 Outputs in ``--output_dir``: ``scored_pool/`` (``row_id``, ``task``, ``source``, the gradient columns,
-``less``, ``grad``), ``validation_gradients/``, optionally ``subset/`` (``--selector``), and
+``less``, ``less_tasks``, ``grad``), ``validation_gradients/``, optionally ``subset/`` (``--selector``), and
 ``less_features.json`` (settings, per-stage timings: the warm-up's training time from its
 ``metrics.json``, gradients per 1k rows, scoring, selection; config, git SHA and versions).
 
 Example:
     >>> out = less_features(pool, validation, "runs/warmup/seed_0/warmup", dim=2048, cache_dir="cache")
     >>> sub = hp.select.infomax(out.pool, fraction=0.05, score_column="less", embedding_column="grad")
+    >>> rr = hp.select.round_robin(out.pool, fraction=0.05, score_column="less_tasks")   # LESS-RR
+    >>> out.tasks                                  # the order of the less_tasks entries
+    ['navigate', 'sports_understanding']
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ from hf_prune.data.prompts import IGNORE_INDEX
 from hf_prune.ops.arrow import fingerprint
 from hf_prune.ops.checks import check_positive_int
 from hf_prune.ops.columns import add_column, check_columns, read_matrix
+from hf_prune.score.less import dataset_tasks
 
 __all__ = [
     "LessFeatures",
@@ -298,6 +305,8 @@ def combine_gradients(
 class LessFeatures:
     """What `less_features` returns: the scored pool, the validation gradients, columns, weights, timings.
 
+    ``tasks`` are the target tasks in the order of the per-task column's entries (sorted ids).
+
     Example:
         >>> out = less_features(pool, validation, checkpoints, dim=1024)
         >>> out.gradient_columns, out.timings["gradient_s_per_1k_rows"]
@@ -309,6 +318,7 @@ class LessFeatures:
     checkpoint_weights: list[float]
     timings: dict[str, Any] = field(default_factory=dict)
     tokenize_stats: dict[str, Any] = field(default_factory=dict)
+    tasks: list = field(default_factory=list)
 
 
 def less_features(
@@ -327,6 +337,7 @@ def less_features(
     reduce: str = "max",
     gradient_prefix: str = "grad_",
     output_column: str = "less",
+    per_task_column: str | None = "less_tasks",
     combined_column: str | None = "grad",
     cache_dir: str | os.PathLike | None = None,
     shard_dir: str | os.PathLike | None = None,
@@ -350,6 +361,9 @@ def less_features(
         reduce: ``"max"`` (LESS) or ``"mean"`` over tasks.
         gradient_prefix: the gradient columns are ``f"{gradient_prefix}{epoch}"``.
         output_column: the LESS score column.
+        per_task_column: the per-task LESS scores, one float32 list of ``J`` entries per row (tasks in
+            sorted order, `LessFeatures.tasks`), what `hp.select.round_robin` takes (LESS-RR);
+            ``None``: not written.
         combined_column: the `combine_gradients` column (``None``: not written).
         cache_dir: where in-memory pools are saved so their gradient columns are cached (`file_backed`).
         shard_dir: the shared folder for several processes' shards.
@@ -436,6 +450,7 @@ def less_features(
         reduce=reduce,
         checkpoint_weights=weights,
         output_column=output_column,
+        per_task_column=per_task_column,
         overwrite=True,
     )
     if combined_column is not None:
@@ -448,6 +463,7 @@ def less_features(
         checkpoint_weights=weights,
         timings=timings,
         tokenize_stats={"pool": pool_stats, "validation": val_stats},
+        tasks=dataset_tasks(validation, task_column)[0],
     )
 
 
@@ -512,6 +528,10 @@ class LessFeaturesConfig:
     )
     task_column: str = field(default="task", metadata={"help": "Task column of the validation rows."})
     reduce: str = field(default="max", metadata={"help": "'max' (LESS) or 'mean' over tasks."})
+    per_task_column: str | None = field(
+        default="less_tasks",
+        metadata={"help": "Column of the per-task LESS scores (round_robin's input, LESS-RR); empty: none."},
+    )
     template: str | None = field(
         default=None, metadata={"help": "Override the warm-up's chat/plain template."}
     )
@@ -607,6 +627,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         method=cfg.method,
         task_column=cfg.task_column,
         reduce=cfg.reduce,
+        per_task_column=cfg.per_task_column or None,
         cache_dir=out / "cache",
         shard_dir=out / "shards",
         state=state,
@@ -616,7 +637,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if state.is_main_process:
         keep = [
             c
-            for c in ("row_id", "task", "source", *result.gradient_columns, "less", "grad")
+            for c in ("row_id", "task", "source", *result.gradient_columns, "less", cfg.per_task_column, "grad")
             if c in result.pool.column_names
         ]
         result.pool.select_columns(keep).save_to_disk(str(out / "scored_pool"))
@@ -643,6 +664,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 "template": template,
                 "max_length": max_length,
                 "reduce": cfg.reduce,
+                "per_task_column": cfg.per_task_column or None,
+                "tasks": result.tasks,
                 "processes": state.num_processes,
                 "selector": cfg.selector,
             },

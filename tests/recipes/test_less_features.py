@@ -118,6 +118,30 @@ def test_a_training_row_identical_to_the_validation_row_ranks_first(chain):
     assert pool.column_names == ["input_ids", "labels", "task"]  # the caller's pool is untouched
 
 
+def test_the_per_task_column_holds_each_tasks_score_and_less_is_its_max(chain):
+    pool, validation, checkpoints = chain
+    # Two target tasks, each a copy of one pool row: row 9 for "b_task", row 5 (validation's row) for "a_task".
+    two = Dataset.from_dict(
+        {
+            "input_ids": [pool[9]["input_ids"], validation[0]["input_ids"]],
+            "labels": [pool[9]["labels"], validation[0]["labels"]],
+            "task": ["b_task", "a_task"],
+        }
+    )
+    out = lf.less_features(pool, two, checkpoints, dim=256, seed=0, batch_size=8)
+    assert out.tasks == ["a_task", "b_task"]  # sorted: the order of the list entries
+    per_task = np.array(out.pool["less_tasks"], dtype=np.float64)
+    assert per_task.shape == (24, 2)
+    assert per_task[:, 0].argmax() == 5 and per_task[:, 1].argmax() == 9
+    assert np.allclose(np.array(out.pool["less"]), per_task.max(axis=1), atol=1e-6)
+    # LESS-RR: the tasks take turns, so each task's copy is among the first two picks.
+    rr = hp.select.round_robin(out.pool, size=2, score_column="less_tasks")
+    assert sorted(rr["row_id"]) == [5, 9]
+    assert "less_tasks" not in lf.less_features(
+        pool, two, checkpoints, dim=256, seed=0, per_task_column=None
+    ).pool.column_names
+
+
 def test_a_second_call_with_the_same_checkpoints_is_a_cache_hit(chain, tmp_path, monkeypatch):
     pool, validation, checkpoints = chain
     calls = []
@@ -331,7 +355,8 @@ def test_cli_on_the_recipes_warmup_checkpoints(tmp_path):
     assert report["tokenize_stats"]["pool"]["kept"] == 80 and report["timings"]["selection_s"] >= 0
     assert report["timings"]["warmup_s"] > 0 and report["timings"]["gradient_s_per_1k_rows"] > 0
     scored = load_from_disk(str(tmp_path / "less" / "scored_pool"))
-    assert {"row_id", "less", "grad", "grad_1", "grad_2"} <= set(scored.column_names)
+    assert {"row_id", "less", "less_tasks", "grad", "grad_1", "grad_2"} <= set(scored.column_names)
+    assert report["settings"]["tasks"] == ["target"] and len(scored[0]["less_tasks"]) == 1
     subset = load_from_disk(str(tmp_path / "less" / "subset"))
     less = np.array(scored["less"])
     assert sorted(subset["row_id"]) == sorted(np.argsort(-less, kind="stable")[:8].tolist())
