@@ -18,7 +18,7 @@ import importlib
 from .provenance import provenance
 from .version import __version__
 
-_SUBPACKAGES = ("corrupt", "data", "embed", "hub", "score", "select")
+_SUBPACKAGES = ("corrupt", "data", "embed", "hub", "parallel", "score", "select")
 # Reachable as attributes too (``hp.dynamics.attach_dynamics``), as they were when everything was eager.
 _MODULES = ("cli", "dynamics", "ops")
 

@@ -20,7 +20,7 @@ setup() {
         "$VENV/bin/pip" install --quiet --disable-pip-version-check "torch==$TORCH_VERSION" \
             || "$VENV/bin/pip" install --quiet --disable-pip-version-check "torch==$TORCH_VERSION" \
                 --index-url https://download.pytorch.org/whl/cpu
-        "$VENV/bin/pip" install --quiet --disable-pip-version-check -e ".[test,llm]"
+        "$VENV/bin/pip" install --quiet --disable-pip-version-check -e ".[test,llm,ray]"
         echo "$want" > "$stamp"
     fi
 }

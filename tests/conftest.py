@@ -60,3 +60,15 @@ def random_hash_records(monkeypatch):
     yield records
     logger.removeHandler(handler)
     logger.setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster (2 CPUs) for the whole test session; the tests that use it skip without Ray."""
+    ray = pytest.importorskip("ray", reason="the `ray` extra is not installed")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
