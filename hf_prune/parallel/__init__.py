@@ -53,6 +53,7 @@ def ray(
     gpus_per_actor: float | None = None,
     max_retries: int = 3,
     progress: bool = True,
+    storage: str | None = None,
     init_kwargs: dict | None = None,
 ) -> Iterator[RayExecutor]:
     """Run the work inside the block on Ray; see `hf_prune.parallel.ray_executor.RayExecutor` for the options.
@@ -71,7 +72,7 @@ def ray(
 
     executor = RayExecutor(
         address=address, workers=workers, cpus_per_task=cpus_per_task, gpus_per_actor=gpus_per_actor,
-        max_retries=max_retries, progress=progress, init_kwargs=init_kwargs,
+        max_retries=max_retries, progress=progress, storage=storage, init_kwargs=init_kwargs,
     )
     executor.connect()
     token = _CURRENT.set(executor)

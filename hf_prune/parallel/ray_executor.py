@@ -30,6 +30,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from ..ops.checks import check_positive_int
@@ -72,6 +73,8 @@ class RayExecutor:
         gpus_per_actor: GPUs per embedding actor; default 1 when the cluster has GPUs, else 0 (CPU actors).
         max_retries: times Ray re-runs a task whose worker died (and restarts an actor) before the job fails.
         progress: show one progress bar per job.
+        storage: folder for the files tasks write (embedding shards), readable by every node: a shared
+            file system path on a multi-node cluster; default ``$HF_PRUNE_CACHE/ray`` (``~/.cache/hf_prune/ray``).
         init_kwargs: more ``ray.init`` arguments (``runtime_env``, ``num_cpus`` for a local cluster, ...).
 
     Example:
@@ -92,6 +95,7 @@ class RayExecutor:
         gpus_per_actor: float | None = None,
         max_retries: int = 3,
         progress: bool = True,
+        storage: str | os.PathLike | None = None,
         init_kwargs: dict | None = None,
     ):
         if address is not None and (not isinstance(address, str) or not address.strip()):
@@ -111,6 +115,8 @@ class RayExecutor:
         self.max_retries = max_retries
         self.progress = progress
         self.init_kwargs = dict(init_kwargs or {})
+        cache = os.environ.get("HF_PRUNE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "hf_prune"))
+        self.storage = Path(storage) if storage is not None else Path(cache) / "ray"
         self._ray = None
         self._remote_cache: dict[tuple, Any] = {}
 
