@@ -59,30 +59,60 @@ def typicality(
     return (out, report) if return_report else out
 
 
+#: Rows converted to float64 at a time by the k-means++ seeding (8 MiB blocks at d = 64).
+SEEDING_BLOCK_ROWS = 16384
+
+
+def _row_norms64(x: np.ndarray) -> np.ndarray:
+    """Float64 squared row norms of ``x``, converting one block of rows at a time."""
+    out = np.empty(len(x), dtype=np.float64)
+    for start in range(0, len(x), SEEDING_BLOCK_ROWS):
+        block = np.asarray(x[start : start + SEEDING_BLOCK_ROWS], dtype=np.float64)
+        out[start : start + len(block)] = np.einsum("ij,ij->i", block, block)
+    return out
+
+
+def _products64(x: np.ndarray, centre: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out = x @ centre`` in float64, converting one block of rows at a time (no N×d float64 copy)."""
+    for start in range(0, len(x), SEEDING_BLOCK_ROWS):
+        block = np.asarray(x[start : start + SEEDING_BLOCK_ROWS], dtype=np.float64)
+        np.matmul(block, centre, out=out[start : start + len(block)])
+    return out
+
+
 def kmeans_plus_plus(
     x: np.ndarray, n_clusters: int, rng: np.random.Generator, *, sq: np.ndarray | None = None
 ) -> np.ndarray:
     """Row indices of k-means++ seeds: each next seed drawn with probability ∝ squared distance to the
-    nearest seed so far (Arthur & Vassilvitskii). O(N·d) per seed, no N×d temporaries.
+    nearest seed so far (Arthur & Vassilvitskii). O(N·d) per seed.
 
-    ``sq`` optionally passes the float64 squared row norms of ``x`` (`best_kmeans` reuses them).
+    Distances are computed in float64 whatever the dtype of ``x``, from blocks of
+    `SEEDING_BLOCK_ROWS` rows converted one at a time: the memory above ``x`` is a few float64
+    vectors of length N, not a float64 copy of the rows. ``sq`` optionally passes the float64
+    squared row norms of ``x`` (`best_kmeans` reuses them).
 
     Example:
         >>> seeds = kmeans_plus_plus(x, 10, np.random.default_rng(0))
     """
-    x64 = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x)
     if sq is None:
-        sq = np.einsum("ij,ij->i", x64, x64)
+        sq = _row_norms64(x)
+    products = np.empty(len(x), dtype=np.float64)
+
+    def distances(seed: int) -> np.ndarray:
+        centre = np.asarray(x[seed], dtype=np.float64)
+        return np.maximum(sq - 2 * _products64(x, centre, products) + sq[seed], 0.0)
+
     seeds = np.empty(n_clusters, dtype=np.int64)
-    seeds[0] = rng.integers(len(x64))
-    nearest = np.maximum(sq - 2 * (x64 @ x64[seeds[0]]) + sq[seeds[0]], 0.0)
+    seeds[0] = rng.integers(len(x))
+    nearest = distances(seeds[0])
     for j in range(1, n_clusters):
         cumulative = np.cumsum(nearest)
         if cumulative[-1] > 0:
-            seeds[j] = min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), len(x64) - 1)
+            seeds[j] = min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), len(x) - 1)
         else:  # only duplicates of the seeds are left
-            seeds[j] = rng.choice(np.setdiff1d(np.arange(len(x64)), seeds[:j]))
-        nearest = np.minimum(nearest, np.maximum(sq - 2 * (x64 @ x64[seeds[j]]) + sq[seeds[j]], 0.0))
+            seeds[j] = rng.choice(np.setdiff1d(np.arange(len(x)), seeds[:j]))
+        np.minimum(nearest, distances(seeds[j]), out=nearest)
     return seeds
 
 
@@ -100,12 +130,10 @@ def best_kmeans(
     Example:
         >>> assign = best_kmeans(unit_embeddings, 10, np.random.default_rng(0))
     """
-    # Convert and take the norms once for all n_init seedings.
-    x64 = np.asarray(x, dtype=np.float64)
-    norms = np.einsum("ij,ij->i", x64, x64)
+    norms = _row_norms64(x)  # once for all n_init seedings
     best, best_inertia = None, np.inf
     for _ in range(n_init):
-        init = x[kmeans_plus_plus(x64, n_clusters, rng, sq=norms)]
+        init = x[kmeans_plus_plus(x, n_clusters, rng, sq=norms)]
         _, assign, sq = kmeans(x, n_clusters, seed=int(rng.integers(2**31 - 1)), init=init, device=device)
         inertia = float(sq.astype(np.float64).sum())
         if inertia < best_inertia:

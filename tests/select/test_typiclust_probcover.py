@@ -358,3 +358,31 @@ def test_kmeans_init_and_plus_plus_seeding():
         np.testing.assert_array_equal(assign, blob)  # started at the true centres, Lloyd stays there
     with pytest.raises(ValueError, match="init"):
         kmeans(x, 4, init=centers[:3])
+
+
+def test_plus_plus_seeding_by_blocks_matches_a_float64_copy_and_holds_no_copy(monkeypatch):
+    import tracemalloc
+
+    tc = importlib.import_module("hf_prune.select.typiclust")  # the module, not the selector function
+
+    def reference(x, n, rng):  # the textbook form: one float64 copy of the rows
+        x64 = x.astype(np.float64)
+        sq = (x64 * x64).sum(1)
+        seeds = [int(rng.integers(len(x)))]
+        nearest = np.maximum(sq - 2 * (x64 @ x64[seeds[0]]) + sq[seeds[0]], 0.0)
+        for _ in range(1, n):
+            cumulative = np.cumsum(nearest)
+            seeds.append(min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), len(x) - 1))
+            nearest = np.minimum(nearest, np.maximum(sq - 2 * (x64 @ x64[seeds[-1]]) + sq[seeds[-1]], 0.0))
+        return np.array(seeds)
+
+    monkeypatch.setattr(tc, "SEEDING_BLOCK_ROWS", 1000)  # several blocks, one of them partial
+    x = np.random.default_rng(0).standard_normal((5500, 64)).astype(np.float32)
+    for seed in range(3):
+        np.testing.assert_array_equal(tc.kmeans_plus_plus(x, 25, np.random.default_rng(seed)),
+                                      reference(x, 25, np.random.default_rng(seed)))
+    tracemalloc.start()
+    tc.best_kmeans(x, 25, np.random.default_rng(0), n_init=1)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < x.size * 8 / 2  # well under the float64 copy (2.8 MB) the seeding used to make
