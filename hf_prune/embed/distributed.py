@@ -54,8 +54,9 @@ from ._base import Embedder
 
 __all__ = ["map_distributed", "batch_aligned_bounds", "shard_name"]
 
-_MARKER_FORMAT = 1
-_SHARD = re.compile(r"shard-(\d{5})-of-(\d{5})\.json")
+# Shared with `hf_prune.parallel.ray_map`, which writes the same markers beside parquet shards.
+MARKER_FORMAT = 1
+SHARD_MARKER = re.compile(r"shard-(\d{5})-of-(\d{5})\.json")
 
 
 def batch_aligned_bounds(rows: int, batch_size: int, num_shards: int, index: int) -> tuple[int, int]:
@@ -117,39 +118,56 @@ def shard_name(index: int, num_shards: int) -> str:
     return f"shard-{index:05d}-of-{num_shards:05d}"
 
 
-def _read_marker(path: Path) -> dict[str, Any]:
+def read_marker(path: Path, where: str = "`output_dir`") -> dict[str, Any]:
+    """The JSON marker of a shard; `ValueError` for an unreadable one or one of another format version."""
     try:
         marker = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise ValueError(f"`output_dir` holds an unreadable shard marker {path.name}: {err}; delete it") from err
-    if not isinstance(marker, dict) or marker.get("format") != _MARKER_FORMAT:
-        raise ValueError(f"`output_dir` holds {path.name}, which is not a shard marker of this version; delete it")
+        raise ValueError(f"{where} holds an unreadable shard marker {path.name}: {err}; delete it") from err
+    if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT:
+        raise ValueError(f"{where} holds {path.name}, which is not a shard marker of this version; delete it")
     return marker
 
 
-def _check_markers(folder: Path, expected: dict[str, Any]) -> None:
-    """Refuse a folder holding shards of another dataset or embedder (of any number of shards)."""
-    for path in sorted(folder.iterdir()):
-        if not _SHARD.fullmatch(path.name):
-            continue
-        marker = _read_marker(path)
+def shard_markers(folder: Path, where: str = "`output_dir`") -> dict[str, dict[str, Any]]:
+    """Every shard marker in ``folder`` (``{file name: marker}``), other files ignored."""
+    return {path.name: read_marker(path, where) for path in sorted(folder.iterdir()) if SHARD_MARKER.fullmatch(path.name)}
+
+
+def check_markers(folder: Path, expected: dict[str, Any], where: str = "`output_dir`",
+                  remedy: str = "use a new output_dir or delete the old shards") -> dict[str, dict[str, Any]]:
+    """Refuse a folder holding shards of another dataset or embedder (of any number of shards).
+
+    Returns the markers found (`shard_markers`), all written for ``expected``'s dataset and embedder.
+    """
+    markers = shard_markers(folder, where)
+    for name, marker in markers.items():
         for key, what in (("embedder_fingerprint", "embedder"), ("dataset_fingerprint", "dataset")):
             if marker.get(key) != expected[key]:
                 raise ValueError(
-                    f"`output_dir`={str(folder)!r} holds {path.name}, written by a different {what} "
+                    f"{where}={str(folder)!r} holds {name}, written by a different {what} "
                     f"({key} {marker.get(key)!r}, this call's is {expected[key]!r}; embedder "
-                    f"{marker.get('embedder')!r}, output columns {marker.get('output_columns')}): "
-                    "use a new output_dir or delete the old shards"
+                    f"{marker.get('embedder')!r}, output columns {marker.get('output_columns')}): {remedy}"
                 )
+    return markers
 
 
-def _is_done(folder: Path, name: str, expected: dict[str, Any]) -> bool:
-    marker_path, arrow = folder / f"{name}.json", folder / f"{name}.arrow"
-    if not marker_path.exists() or not arrow.exists():
+def shard_is_done(folder: Path, name: str, expected: dict[str, Any], data_suffix: str = ".arrow",
+                  where: str = "`output_dir`") -> bool:
+    """Whether shard ``name`` has its data file and a marker written for ``expected`` (rows, batch size, columns)."""
+    marker_path, data = folder / f"{name}.json", folder / f"{name}{data_suffix}"
+    if not marker_path.exists() or not data.exists():
         return False
-    marker = _read_marker(marker_path)
+    marker = read_marker(marker_path, where)
     keys = ("dataset_fingerprint", "embedder_fingerprint", "start", "stop", "batch_size", "output_columns", "features")
     return all(marker.get(k) == expected[k] for k in keys)
+
+
+def write_marker(folder: Path, name: str, marker: dict[str, Any]) -> None:
+    """Write shard ``name``'s marker atomically; call it only once the shard's data file is complete."""
+    tmp = folder / f"{name}.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(marker, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, folder / f"{name}.json")  # the marker appears only once the shard is complete
 
 
 def _embed_shard(dataset: Dataset, embedder: Embedder, folder: Path, name: str, bounds: tuple[int, int],
@@ -169,9 +187,7 @@ def _embed_shard(dataset: Dataset, embedder: Embedder, folder: Path, name: str, 
             desc=desc,
             **map_kwargs,
         )
-    tmp = folder / f"{name}.json.tmp"
-    tmp.write_text(json.dumps(marker, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, folder / f"{name}.json")  # the marker appears only once the shard is complete
+    write_marker(folder, name, marker)
 
 
 def _agree(failure: BaseException | None, rank: int, world: int) -> None:
@@ -292,7 +308,7 @@ def map_distributed(
     try:
         folder = _output_dir(output_dir)
         marker = {
-            "format": _MARKER_FORMAT,
+            "format": MARKER_FORMAT,
             "dataset_fingerprint": fingerprint(dataset),
             "embedder_fingerprint": local.fingerprint(),
             "embedder": f"{type(embedder).__module__}.{type(embedder).__qualname__}",
@@ -304,9 +320,9 @@ def map_distributed(
             "index": rank,
         }
         marker["start"], marker["stop"] = batch_aligned_bounds(len(dataset), batch_size, world, rank)
-        _check_markers(folder, marker)
+        check_markers(folder, marker)
         name = shard_name(rank, world)
-        if not _is_done(folder, name, marker):
+        if not shard_is_done(folder, name, marker):
             with _quiet_progress(quiet=rank != 0):
                 _embed_shard(dataset, local, folder, name, (marker["start"], marker["stop"]), batch_size, desc,
                              map_kwargs, marker)
@@ -320,7 +336,7 @@ def map_distributed(
         name = shard_name(index, world)
         if stop == start:
             continue
-        if not _is_done(folder, name, {**marker, "start": start, "stop": stop}):
+        if not shard_is_done(folder, name, {**marker, "start": start, "stop": stop}):
             raise ValueError(
                 f"shard {index} of {world} ({name}) is missing from `output_dir`={str(folder)!r} or was not "
                 "written for this call: with several machines, output_dir must be on a filesystem they all share"
