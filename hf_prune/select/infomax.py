@@ -78,15 +78,29 @@ and ``partitions``, never on where or how many at a time the parts were solved:
   rank's own ``read_s``, ``pool_start_s`` and ``wall_s`` differ in its stage times). ``distributed=False`` solves
   everything on each rank instead. Every rank must make the same call (the groups and parts are the
   same on every rank since they depend only on the data and ``seed``). Both can be combined.
+* Inside ``with hp.parallel.ray(...)`` (`hf_prune.parallel`) the parts of each group are Ray tasks
+  (`solve_infomax_part`, one per part, at most the executor's ``workers`` at once, each on
+  ``cpus_per_task`` CPUs; a task whose worker dies is re-run by Ray up to ``max_retries`` times). The
+  driver gathers each part's rows from the column and puts them into the object store once, when the
+  task is submitted, so the store holds at most ``workers`` parts and no task reads the column itself;
+  a task gets its rows, scores, budget and settings and returns its picks. Ray's tasks hold CPUs
+  only, so the parts are solved on the CPU (an explicit GPU ``device`` is an error); ``workers`` of
+  this call is ignored, with a log line (the executor's ``workers`` decides). A group of one part
+  (``partitions=1``) has nothing to split and is solved on the driver. A part that still fails ends
+  the call with `hf_prune.parallel.ray_executor.TaskFailed` naming its group, part and row count.
+  The step's provenance carries ``"executor"`` (`RayExecutor.record`: workers, nodes, CPUs, with
+  ``infomax_parts``, the number of parts solved on Ray, added to what the selection runner recorded).
 
 Stage times (App. B.2 reports its kernel and solve stages separately): the step recorded by
 `hf_prune.provenance` carries ``stage_times`` next to its ``params`` (measured facts stay out of the
 replayable parameters): ``read_s`` (gathering the parts' embedding rows), ``pool_start_s`` (starting
-the ``workers``: an interpreter and the imports each, a few seconds), ``kernel_s`` (normalising and
+the ``workers``: an interpreter and the imports each, a few seconds; ``0`` on Ray, whose workers belong
+to the cluster), ``share_s`` (putting the parts' rows into Ray's object store), ``kernel_s`` (normalising and
 the k-NN search that builds ``K``) and ``solve_s`` (the iteration and the top-``p``), each summed over
 the parts (on parallel workers more than the time they took: compare ``wall_s``, the whole call),
-with the largest part's as ``kernel_s_max``/``solve_s_max``; ``workers``, ``worker_threads``,
-``transport`` (``"shared_memory"``, ``"pickle"``, or ``None`` in process), ``world_size``, ``parts``
+with the largest part's as ``kernel_s_max``/``solve_s_max``; ``backend`` (``"in_process"``,
+``"process_pool"`` or ``"ray"``), ``workers``, ``worker_threads``, ``transport`` (``"shared_memory"``,
+``"pickle"``, ``"object_store"`` on Ray, or ``None`` in process), ``world_size``, ``parts``
 and, for at most `STAGE_TIMES_PARTS` parts, one record per part. The same numbers are logged (logger
 ``hf_prune.select.infomax``: INFO for the totals, DEBUG per part).
 """
@@ -98,6 +112,7 @@ import math
 import multiprocessing
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import shared_memory
@@ -124,7 +139,8 @@ from ..ops.faiss_import import faiss_available, import_faiss
 from ..ops.knn import knn, neighbour_pairs, normalize_rows
 from ..ops.matrix import open_matrix
 from ..ops.threads import small_step_threads
-from ..provenance import with_measurements
+from ..parallel import current_executor
+from ..provenance import provenance, with_measurements
 from ._core import run_selection, split_budget
 from ._knn_step import KnnLog, check_knn_index, with_knn_record
 from .registry import selector
@@ -204,12 +220,14 @@ def infomax(
             this process). CPU only; each worker gets ``cores // workers`` threads. Started with
             ``spawn``, so a script calling this with ``workers > 1`` needs ``if __name__ == "__main__":``.
             Starting the pool costs a few seconds (each worker imports torch), worth it from parts of
-            roughly 10k rows. Not recorded in ``params``: the rows do not depend on it.
+            roughly 10k rows. Not recorded in ``params``: the rows do not depend on it. Ignored (with a
+            log line) inside ``hp.parallel.ray(...)``, where the executor's ``workers`` decide.
         distributed: under an initialised ``torch.distributed`` process group, spread the partitions
             over the ranks and gather the picks (default); ``False`` solves every part on every rank.
             Not recorded in ``params`` either.
         device: torch device for the solver and k-NN search; ``None`` picks CUDA when available (under
-            ``torch.distributed`` the current CUDA device of each rank, which accelerate sets).
+            ``torch.distributed`` the current CUDA device of each rank, which accelerate sets; inside
+            ``hp.parallel.ray(...)`` the CPU of each task, and a GPU device is an error).
         normalize: deprecated spelling of ``metric`` (hf_prune 0.1.0): ``True`` is ``"cosine"``,
             ``False`` is ``"ip"``; it warns with a `FutureWarning` and will be removed.
 
@@ -247,6 +265,11 @@ def infomax(
         >>> # Ten parts on four local processes; the same rows as workers=1.
         >>> sub = hp.select.infomax(ds, fraction=0.1, score_column="el2n", partitions=10, workers=4)
         >>> hp.provenance(sub)[-1]["stage_times"]["kernel_s"]  # seconds spent building K
+        >>> # The same ten parts as Ray tasks on a cluster (`ray start --head`); the same rows again.
+        >>> with hp.parallel.ray(address="auto"):
+        ...     sub = hp.select.infomax(ds, fraction=0.1, score_column="el2n", partitions=10)
+        >>> hp.provenance(sub)[-1]["executor"]["infomax_parts"]
+        10
     """
     metric = _resolve_metric("infomax", metric, normalize, stacklevel=5)  # through the decorator
     check_columns(dataset, score_column, embedding_column, label_column)
@@ -276,7 +299,20 @@ def infomax(
         # Over the rows that can be picked, so `alpha` weighs the same with and without a cutoff.
         low, high = scores[eligible].min(), scores[eligible].max()
         scores = (scores - low) / (high - low) if high > low else np.zeros_like(scores)
-    torch_device = resolve_device(device)
+    executor = current_executor()
+    if executor is not None:
+        # Checked before resolving: asking for a GPU here is the mistake, whether or not this machine has one.
+        if device not in (None, "auto") and torch.device(device).type != "cpu":
+            raise ValueError(
+                f"`device`={str(device)!r}: inside hp.parallel.ray(...) InfoMax's parts are Ray tasks that hold "
+                "CPUs only; pass device='cpu' (or None), or run one process per GPU under torch.distributed"
+            )
+        if workers > 1:
+            logger.warning("infomax: `workers`=%d is ignored inside hp.parallel.ray(...); the executor runs at most "
+                           "%d part(s) at once (hp.parallel.ray(workers=...))", workers, executor.workers)
+        workers, torch_device = 1, torch.device("cpu")
+    else:
+        torch_device = resolve_device(device)
     if workers > 1 and torch_device.type != "cpu":
         raise ValueError(
             f"`workers`={workers} starts CPU processes, but the device is {str(torch_device)!r}; "
@@ -285,7 +321,8 @@ def infomax(
     rank, world = _ranks() if distributed else (0, 1)
     settings = _Settings(k=k, kernel=kernel, metric=metric, knn_index=knn_index, alpha=alpha,
                          iterations=iterations, temperature=temperature, step_size=step_size)
-    runner = _PartRunner(embeddings, scores, settings, torch_device, workers=workers, rank=rank, world=world)
+    runner = _PartRunner(embeddings, scores, settings, torch_device, workers=workers, rank=rank, world=world,
+                         executor=executor)
 
     def pick(rows, budget, rng):
         pool = np.flatnonzero(eligible[rows])
@@ -325,15 +362,32 @@ def infomax(
         runner.close()
     stage_times = runner.stage_times(time.perf_counter() - started)
     logger.info(
-        "infomax: %d part(s) on %d worker(s) × %d rank(s): read %.3f s, pool start %.3f s, kernel %.3f s, "
-        "solve %.3f s (summed over parts), wall %.3f s", stage_times["parts"], workers, world,
-        stage_times["read_s"], stage_times["pool_start_s"], stage_times["kernel_s"], stage_times["solve_s"],
-        stage_times["wall_s"],
+        "infomax: %d part(s) (%s) on %d worker(s) × %d rank(s): read %.3f s, pool start %.3f s, kernel %.3f s, "
+        "solve %.3f s (summed over parts), wall %.3f s", stage_times["parts"], stage_times["backend"],
+        stage_times["workers"], world, stage_times["read_s"], stage_times["pool_start_s"], stage_times["kernel_s"],
+        stage_times["solve_s"], stage_times["wall_s"],
     )
     knn_log = KnnLog(knn_index)
     for report in runner.knn_reports:
         knn_log.add(report)
-    return with_knn_record(_with_stage_times(result, stage_times), knn_log)
+    result = with_knn_record(_with_stage_times(result, stage_times), knn_log)
+    if executor is not None:
+        result = _with_executor_record(result, executor, runner.ray_parts)
+    return result
+
+
+def _with_executor_record(result: Dataset, executor, parts: int) -> Dataset:
+    """``result`` with the executor's record on its last step, merged into one the selection runner left.
+
+    The per-class runner (`hf_prune.select._core.run_selection`) may already have recorded the executor
+    for its groups; its keys stay and InfoMax adds ``infomax_parts`` (parts solved as Ray tasks; groups
+    of one part are solved on the driver).
+    """
+    step = provenance(result, warn=False)[-1]
+    facts = dict(step.get("executor") or {})
+    facts.update({key: value for key, value in executor.record().items() if key not in facts})
+    facts["infomax_parts"] = parts
+    return with_measurements(result, "executor", facts)
 
 
 def _with_stage_times(result: Dataset, stage_times: dict[str, Any]) -> Dataset:
@@ -397,22 +451,26 @@ class _PartRunner:
 
     The pool is started on the first list that needs it and kept for the call's later groups (a worker
     costs an interpreter start and the imports); each list's rows get their own shared block, freed once
-    the list is solved. A part record's ``group`` counts the solved groups (classes in sorted order).
+    the list is solved. With a Ray ``executor`` the parts are Ray tasks instead (`_solve_ray`). A part
+    record's ``group`` counts the solved groups (classes in sorted order).
     """
 
-    def __init__(self, embeddings, scores, settings, device, *, workers, rank, world):
+    def __init__(self, embeddings, scores, settings, device, *, workers, rank, world, executor=None):
         self.embeddings, self.scores, self.settings, self.device = embeddings, scores, settings, device
-        self.workers, self.rank, self.world = workers, rank, world
+        self.workers, self.rank, self.world, self.executor = workers, rank, world, executor
         # The ranks of one machine share its cores with their pools (torchrun sets LOCAL_WORLD_SIZE).
         local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if world > 1 else 1
         self.threads = max(1, _cores() // (workers * max(1, local_ranks))) if workers > 1 else None
         self.records: list[dict[str, Any]] = []
         self.knn_reports: list[dict[str, Any]] = []
         self.read_s = 0.0
+        self.share_s = 0.0
         self.pool_start_s = 0.0
-        self.transport: str | None = None  # how the rows reached the workers: "shared_memory" or "pickle"
+        # How the rows reached the workers: "shared_memory", "pickle" or "object_store" (Ray).
+        self.transport: str | None = None
         self.pool: ProcessPoolExecutor | None = None
         self.group = 0
+        self.ray_parts = 0
 
     def run(self, parts: list[np.ndarray], budgets: list[int]) -> list[np.ndarray]:
         """Kept positions within each part (every part, on every rank)."""
@@ -446,6 +504,10 @@ class _PartRunner:
         return picks
 
     def _solve_mine(self, parts, budgets, mine) -> dict[int, tuple[np.ndarray, float, float, dict | None, int]]:
+        if self.executor is not None and len(parts) > 1 and mine:
+            return self._solve_ray(parts, budgets, mine)
+        if self.executor is not None and mine:
+            logger.info("infomax: group %d is one part (nothing to split); solved on the driver", self.group)
         if self.workers == 1 or len(mine) <= 1:
             done = {}
             for i in mine:
@@ -490,6 +552,16 @@ class _PartRunner:
             _close(block)
             block.unlink()
 
+    def _solve_ray(self, parts, budgets, mine):
+        # One Ray task a part; `_SharedParts` gathers and shares a part's rows only when its task is submitted.
+        self.transport = "object_store"
+        calls = _SharedParts(self, parts, budgets, mine)
+        labels = [f"group {self.group}, part {i} of {len(parts)} ({len(parts[i])} rows)" for i in mine]
+        solved = self.executor.run_tasks(solve_infomax_part, calls, labels=labels,
+                                         rows=[len(parts[i]) for i in mine], desc="infomax partitions")
+        self.ray_parts += len(mine)
+        return {i: (*value, self.rank) for i, value in zip(mine, solved)}
+
     def _solve_pickled(self, parts, budgets, mine):
         pool, done, running = self._pool(), {}, {}
         waiting = list(mine)
@@ -524,15 +596,26 @@ class _PartRunner:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
 
+    @property
+    def backend(self) -> str:
+        if self.ray_parts:
+            return "ray"
+        return "process_pool" if self.transport in ("shared_memory", "pickle") else "in_process"
+
     def stage_times(self, wall_s: float) -> dict[str, Any]:
+        on_ray = self.ray_parts > 0
+        if on_ray:
+            from ..parallel.ray_executor import task_threads  # Ray itself is not imported by it
         out = {
+            "backend": self.backend,
             "read_s": self.read_s,
+            "share_s": self.share_s,
             "pool_start_s": self.pool_start_s,
             "kernel_s": float(sum(r["kernel_s"] for r in self.records)),
             "solve_s": float(sum(r["solve_s"] for r in self.records)),
             "wall_s": wall_s,
-            "workers": self.workers,
-            "worker_threads": self.threads,
+            "workers": self.executor.workers if on_ray else self.workers,
+            "worker_threads": task_threads(self.executor.cpus_per_task) if on_ray else self.threads,
             "transport": self.transport,
             "world_size": self.world,
             "parts": len(self.records),
@@ -542,6 +625,47 @@ class _PartRunner:
         if len(self.records) <= STAGE_TIMES_PARTS:
             out["per_part"] = self.records
         return out
+
+
+class _SharedParts(Sequence):
+    """The Ray task arguments of a runner's parts, made when a task is submitted (``calls[j]``).
+
+    Each item gathers its part's rows from the column and puts them into the object store; the reference
+    goes with the task and Ray frees the rows when it is done, so at most the parts in flight are held.
+    """
+
+    def __init__(self, runner: _PartRunner, parts, budgets, mine):
+        self.runner, self.parts, self.budgets, self.mine = runner, parts, budgets, mine
+
+    def __len__(self) -> int:
+        return len(self.mine)
+
+    def __getitem__(self, j: int) -> tuple:
+        runner, i = self.runner, self.mine[j]
+        started = time.perf_counter()
+        rows = runner.embeddings.take(self.parts[i])
+        read = time.perf_counter()
+        ref = runner.executor.share(rows)
+        runner.read_s += read - started
+        runner.share_s += time.perf_counter() - read
+        return ref, runner.scores[self.parts[i]], self.budgets[i], runner.settings
+
+
+def solve_infomax_part(rows, scores, budget, settings) -> tuple[np.ndarray, float, float, dict | None]:
+    """One InfoMax part in a Ray task: `_solve_part` on the CPU, BLAS and faiss held to the task's threads.
+
+    The executor has set torch's threads to the task's CPUs (``cpus_per_task``); the BLAS/OpenMP pools
+    and faiss get the same number, as the local pool's workers do. ``rows`` arrive read-only from the
+    object store.
+
+    Example:
+        >>> kept, kernel_s, solve_s, report = solve_infomax_part(rows, scores, 10, settings)
+    """
+    threads = torch.get_num_threads()
+    with threadpool_limits(limits=threads):
+        if faiss_available():
+            import_faiss().omp_set_num_threads(threads)
+        return _solve_part(rows, scores, budget, settings, torch.device("cpu"))
 
 
 def _shared_memory_room() -> int | None:
