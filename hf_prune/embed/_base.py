@@ -620,7 +620,9 @@ class Embedder:
     ) -> Dataset:
         """``dataset.map(self, batched=True, with_rank=True, features=...)`` with the checks done first.
 
-        The result carries an ``"embed.<Class>"`` provenance step (`record_provenance`).
+        The result carries an ``"embed.<Class>"`` provenance step (`record_provenance`). Inside
+        ``with hp.parallel.ray(...)`` and without ``num_proc``, the map runs on Ray actors in
+        batch-aligned shards and returns the same Dataset (`hf_prune.parallel.ray_map.map_on_ray`).
 
         Args:
             dataset: the input; it is never modified.
@@ -645,6 +647,18 @@ class Embedder:
             if key in map_kwargs:
                 raise TypeError(f"`{key}` is set by {type(self).__name__}.map; call Dataset.map directly to change it")
         existing = check_new_columns(dataset, self.output_columns, overwrite)
+        if num_proc is None:
+            from ..parallel import current_executor
+
+            executor = current_executor()
+            if executor is not None:  # inside `with hp.parallel.ray(...)`: actors write the shards
+                if map_kwargs:
+                    raise TypeError(f"{sorted(map_kwargs)} are Dataset.map options; under hp.parallel.ray the map "
+                                    "runs on Ray actors, which take only batch_size, overwrite and desc")
+                from ..parallel.ray_map import map_on_ray
+
+                return map_on_ray(self, source, executor=executor, batch_size=batch_size, overwrite=overwrite,
+                                  desc=desc)
         if existing:
             dataset = dataset.remove_columns(existing)
         features = self.features_for(dataset)
