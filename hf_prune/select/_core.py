@@ -8,7 +8,8 @@ positions *into* ``rows``. `run_selection` validates, splits budgets and builds 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,8 @@ from datasets import Dataset, Value
 from ..ops.arrow import has_indices_mapping
 from ..ops.checks import check_columns, check_seed, seed_int
 from ..ops.columns import add_column, class_groups
-from ..provenance import with_provenance
+from ..parallel import current_executor
+from ..provenance import with_measurements, with_provenance
 
 __all__ = [
     "resolve_budget",
@@ -25,7 +27,11 @@ __all__ = [
     "run_selection",
     "finalize",
     "group_rows",
+    "group_label",
+    "pick_group",
 ]
+
+logger = logging.getLogger(__name__)
 
 ROW_ID = "row_id"
 Pick = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
@@ -97,6 +103,8 @@ def run_selection(
     seed: int | np.random.Generator,
     label_column: str | None,
     pick: Pick,
+    collect: Sequence[list] = (),
+    driver_reason: str | None = None,
 ) -> Dataset:
     """Split the budget (per class when ``label_column`` is given), call ``pick`` per group, finalize.
 
@@ -105,6 +113,28 @@ def run_selection(
     turned into an int by one draw (`hf_prune.ops.checks.seed_int`), after the other arguments are
     checked; that int is used as above and recorded as the step's ``seed``, so the same Generator
     state gives the same rows and the provenance can replay them.
+
+    On Ray (inside ``hp.parallel.ray(...)``) every group with a budget is one Ray task; see
+    `pick_group`. The per-partition seed rule is the rule above: the group's index in sorted class
+    order, never the task or worker, decides its generator, so the merged rows equal the
+    one-process call. ``pick`` and ``collect`` are put into the object store once
+    (``executor.share``), so a closure that holds the column (most do) costs one copy of it per
+    node, not one per task; each task then receives only its group's row positions. One group (no
+    ``label_column``) is one global problem that cannot be split: it runs here, on the driver, and
+    the provenance says so. The step records what ran where under ``"executor"``.
+
+    ``collect`` are lists that ``pick`` appends to (what a group measured: the k-means clusters
+    used, kNN reports, the pick order). A Ray task works on its own copy of them, so it sends its
+    appends back and they are appended here in group order: after the call the lists hold what
+    the one-process loop leaves in them. State that ``pick`` changes in any other way stays in the
+    task. ``driver_reason`` replaces the recorded reason why one group runs on the driver (a
+    selector whose single group is cheap or splits inside ``pick`` says so).
+
+    Example:
+        >>> with hp.parallel.ray(address="auto"):
+        ...     sub = hp.select.herding(ds, fraction=0.1, embedding_column="emb", label_column="label")
+        >>> hp.provenance(sub)[-1]["executor"]["split"], hp.provenance(sub)[-1]["executor"]["tasks"]
+        (True, 10)
     """
     if not isinstance(dataset, Dataset):
         raise TypeError(f"expected a datasets.Dataset, got {type(dataset).__name__}")
@@ -114,19 +144,75 @@ def run_selection(
     classes, groups = class_groups(dataset, label_column)
     budgets = split_budget(np.array([len(g) for g in groups]), total)
     seed = seed_int(seed)
+    collect = tuple(collect)
+    work = [(g, label, rows, int(k)) for g, (label, rows, k) in enumerate(zip(classes, groups, budgets)) if k > 0]
+    executor = current_executor()
+    if executor is not None and len(work) > 1:
+        shared = executor.share((pick, collect))
+        labels = [group_label(label, label_column, rows) for _, label, rows, _ in work]
+        outputs = executor.run_tasks(
+            pick_group, [(shared, rows, k, seed, g) for g, _, rows, k in work], labels=labels,
+            rows=[len(rows) for _, _, rows, _ in work], desc=f"{method} per {label_column!r} class",
+        )
+        facts = executor.record(groups=len(work), split=True, tasks=len(work),
+                                reason=f"one task per {label_column!r} class")
+    else:
+        outputs = [pick_group((pick, collect), rows, k, seed, g, local=True) for g, _, rows, k in work]
+        facts = None
+        if executor is not None:
+            if driver_reason is not None:
+                reason = driver_reason
+            elif label_column is None:
+                reason = ("no label_column: the selection is one global problem over all rows, which cannot be "
+                          "split without changing its result; it ran on the driver")
+            else:
+                reason = "one class has a budget: nothing to split; it ran on the driver"
+            logger.info("%s on Ray: %s", method, reason)
+            facts = executor.record(groups=len(work), split=False, tasks=0, reason=reason)
     chosen = []
-    for group_index, (label, rows, k) in enumerate(zip(classes, groups, budgets)):
-        if k == 0:
-            continue
-        rng = np.random.default_rng([seed, group_index])
-        local = np.asarray(pick(rows, int(k), rng), dtype=np.int64)
+    for (_, label, rows, k), (local, appended) in zip(work, outputs):
+        for target, items in zip(collect, appended or ()):
+            target.extend(items)
         where = "" if label is None else f" in class {label!r}"
         if local.shape != (k,) or len(np.unique(local)) != k or local.min() < 0 or local.max() >= len(rows):
             raise RuntimeError(f"{method} returned an invalid selection{where}: expected {k} distinct rows")
         chosen.append(rows[local])
     indices = np.sort(np.concatenate(chosen))
     params = {**params, "fraction": fraction, "size": size, "seed": seed, "label_column": label_column}
-    return finalize(dataset, indices, method=method, params=params)
+    result = finalize(dataset, indices, method=method, params=params)
+    return result if facts is None else with_measurements(result, "executor", facts)
+
+
+def group_label(label: Any, label_column: str | None, rows: np.ndarray) -> str:
+    """How errors and logs name a group: ``"class 3 of 'label' (1,200 rows, positions 4–11,873)"``.
+
+    Example:
+        >>> group_label(3, "label", np.array([4, 9, 17]))
+        "class 3 of 'label' (3 rows, positions 4–17)"
+    """
+    where = "all rows" if label_column is None else f"class {label!r} of {label_column!r}"
+    span = f", positions {int(rows[0]):,}–{int(rows[-1]):,}" if len(rows) else ""
+    return f"{where} ({len(rows):,} rows{span})"
+
+
+def pick_group(shared: tuple[Pick, tuple[list, ...]], rows: np.ndarray, k: int, seed: int, group: int,
+               *, local: bool = False) -> tuple[np.ndarray, list[list] | None]:
+    """One group's selection: ``pick(rows, k, default_rng([seed, group]))`` as int64 positions into ``rows``.
+
+    The task `run_selection` runs per group on Ray (and the same call in one process). ``shared`` is
+    ``(pick, collect)``; outside this process (``local=False``) it also returns what ``pick``
+    appended to each ``collect`` list, for the driver to append to its own lists.
+
+    Example:
+        >>> pick_group((lambda rows, k, rng: np.arange(k), ()), np.arange(10), 3, 0, 0, local=True)
+        (array([0, 1, 2]), None)
+    """
+    pick, collect = shared
+    before = [len(items) for items in collect]
+    local_rows = np.asarray(pick(rows, int(k), np.random.default_rng([seed, group])), dtype=np.int64)
+    if local:
+        return local_rows, None
+    return local_rows, [items[start:] for items, start in zip(collect, before)]
 
 
 def finalize(dataset: Dataset, indices: np.ndarray, *, method: str, params: dict[str, Any]) -> Dataset:

@@ -85,6 +85,7 @@ def run_ordered_selection(
     gain_column: str | None = None,
     overwrite: bool = False,
     initial_subset: Sequence[int] | None = None,
+    collect: Sequence[list] = (),
 ) -> Dataset:
     """`run_selection` for a greedy ``order(rows, budget, rng, initial)``, writing the pick order and gains.
 
@@ -92,6 +93,7 @@ def run_ordered_selection(
     called once per group with that group's budget, its seeded generator and ``initial``, the
     positions into ``rows`` of the group's ``initial_subset`` rows in the given order. The provenance
     step records ``rank_column`` and ``initial_subset`` (and ``gain_column`` when given).
+    ``collect``: lists ``order`` appends to, as in `run_selection` (so they survive a run on Ray).
 
     Example:
         >>> def order(rows, budget, rng, initial):  # keep the initial rows, then the lowest positions
@@ -109,8 +111,9 @@ def run_ordered_selection(
     if rank_column is not None and rank_column == gain_column:
         raise ValueError(f"`rank_column` and `gain_column` must differ, both are {rank_column!r}")
     initial = check_initial_subset(initial_subset, len(dataset))
-    rank = np.full(len(dataset), -1, dtype=np.int64)
-    gain = np.full(len(dataset), np.nan, dtype=np.float64)
+    # Each group's (kept positions in pick order, gains): appended by `pick`, which on Ray runs in a
+    # task, so run_selection sends the appends back (`collect`) and the columns are built from them here.
+    picked: list[tuple[np.ndarray, np.ndarray | None]] = []
 
     def pick(rows, budget, rng):
         mine = initial[np.isin(initial, rows)]
@@ -121,11 +124,9 @@ def run_ordered_selection(
         picks = np.asarray(picks, dtype=np.int64)
         if len(picks) != budget or not np.array_equal(picks[: len(mine)], np.searchsorted(rows, mine)):
             raise RuntimeError(f"{method}: the greedy order must start with this group's initial rows")
-        rank[rows[picks]] = np.arange(len(picks))
-        if gain_column is not None:
-            if gains is None:
-                raise TypeError(f"{method} has no gains to write into `gain_column`")
-            gain[rows[picks]] = np.asarray(gains, dtype=np.float64)
+        if gain_column is not None and gains is None:
+            raise TypeError(f"{method} has no gains to write into `gain_column`")
+        picked.append((rows[picks], None if gain_column is None else np.asarray(gains, dtype=np.float64)))
         return picks
 
     params = {**params, "rank_column": rank_column,
@@ -133,7 +134,13 @@ def run_ordered_selection(
     if gain_column is not None:
         params["gain_column"] = gain_column
     result = run_selection(dataset, method=method, params=params, fraction=fraction, size=size, seed=seed,
-                           label_column=label_column, pick=pick)
+                           label_column=label_column, pick=pick, collect=(picked, *collect))
+    rank = np.full(len(dataset), -1, dtype=np.int64)
+    gain = np.full(len(dataset), np.nan, dtype=np.float64)
+    for positions, gains in picked:
+        rank[positions] = np.arange(len(positions))
+        if gains is not None:
+            gain[positions] = gains
     if len(initial) and (rank[initial] < 0).any():
         # run_selection skips groups whose budget is 0: an initial row there would be dropped silently.
         _check_initial_budget(int((rank[initial] < 0).sum()), 0, label_column)

@@ -76,6 +76,11 @@ def ccs(
     stratum's share uniformly without replacement. Per class when ``label_column`` is given
     (cutoff, strata and allocation all inside the class).
 
+    On Ray (``hp.parallel.ray``) each class is one task. The strata are not split into tasks: all of
+    them are sampled in one vectorised pass (a sort by score, then one lexsort by stratum and a random
+    key), which costs less than shipping the strata to workers, so without ``label_column`` CCS runs
+    on the driver and its provenance says why.
+
     The paper uses AUM (hard = low, ``descending=False``), forgetting or EL2N (hard = high,
     ``descending=True``), 50 strata, and a cutoff tuned per pruning ratio (e.g. 0, 0, 10%, 10%,
     30% for CIFAR-10 at 30/50/70/80/90% pruning, as the DUAL paper reports).
@@ -129,4 +134,6 @@ def ccs(
         dataset, method="ccs",
         params={"score_column": score_column, "hard_cutoff": hard_cutoff, "bins": bins, "descending": descending},
         fraction=fraction, size=size, seed=seed, label_column=label_column, pick=pick,
+        driver_reason=("the strata are sampled in one vectorised pass over the rows (a sort and a lexsort), cheaper "
+                       "than sending them to workers; it ran on the driver"),
     )

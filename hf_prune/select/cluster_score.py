@@ -18,7 +18,7 @@ import torch
 from datasets import Dataset
 
 from ..ops.checks import check_bool, check_choice, check_nonnegative, check_positive_int
-from ..ops.columns import read_vector
+from ..ops.columns import class_groups, read_vector
 from ..ops.device import resolve_device
 from ..ops.kmeans import kmeans
 from ..ops.knn import normalize_rows
@@ -205,9 +205,12 @@ def cluster_top_k(
     scores = read_vector(dataset, score_column, dtype=np.float64)
     # One float32 copy at most: normalised block by block for cosine.
     emb = unit_rows(emb, embedding_column) if metric == "cosine" else emb.to_numpy()
+    for rows in class_groups(dataset, label_column)[1]:  # a class with too few rows fails here, before any work
+        cluster_count(n_clusters, rows, 1, dataset, label_column)
 
     def pick(rows, k, rng):
-        n_c = cluster_count(n_clusters, rows, math.ceil(math.sqrt(len(rows))), dataset, label_column)
+        # Checked above, so the per-class pick (a Ray task on Ray) needs no Dataset for the message.
+        n_c = cluster_count(n_clusters, rows, math.ceil(math.sqrt(len(rows))), None, None)
         _, assign, _ = fit_kmeans(emb[rows], n_c, max_iter=max_iter, tol=tol, seed=int(rng.integers(2**31 - 1)),
                                   spherical=metric == "cosine", device=dev)
         budgets = split_budget(np.bincount(assign, minlength=n_c), k)

@@ -153,7 +153,7 @@ def d2_pruning(
     result = run_ordered_selection(
         dataset, method="d2_pruning", params=params, fraction=fraction, size=size, seed=seed,
         label_column=label_column, order=order, rank_column=rank_column, gain_column=gain_column,
-        overwrite=overwrite, initial_subset=initial_subset,
+        overwrite=overwrite, initial_subset=initial_subset, collect=(log.reports,),
     )
     return with_knn_record(result, log)
 

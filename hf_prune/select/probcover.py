@@ -184,7 +184,7 @@ def probcover(
     result = run_ordered_selection(
         dataset, method="probcover", params=params, fraction=fraction, size=size, seed=seed,
         label_column=label_column, order=order, rank_column=rank_column, gain_column=gain_column,
-        overwrite=overwrite, initial_subset=initial_subset,
+        overwrite=overwrite, initial_subset=initial_subset, collect=(deltas, edges, log.reports),
     )
     return with_knn_record(result, log)
 

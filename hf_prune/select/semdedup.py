@@ -23,6 +23,16 @@ lowest ``M`` (`semdedup`), and a given ``ε`` is `semdedup_filter`.
 Memory: similarities are computed per cluster in ``chunk_size × chunk_size`` blocks on ``device``,
 with a running maximum, so a cluster of any size fits and no N×N (or cluster×cluster) matrix is
 ever held. The metric is cosine, fixed (the paper's, for CLIP-style embeddings).
+
+On Ray (inside ``hp.parallel.ray(...)``): the k-means is one global problem and runs on the driver,
+as does the ordering of every cluster by its distance to the centre (one vectorised pass that needs
+the centres; the tasks then need only each cluster's member positions in order, so the centres do
+not travel). The normalised embeddings are put into the object store once and the per-cluster
+step 3 runs as Ray tasks, the clusters packed into about ``4 × workers`` batches of similar cost
+(``Σ n_c²``), largest first, so thousands of small clusters do not cost one task each.
+``M_i`` of a cluster depends on that cluster alone, so the kept rows equal the one-process call's.
+The tasks compute on their worker's CPU. With ``label_column``, each class is one task instead
+(`hf_prune.select._core.run_selection`), clustered and deduplicated inside it.
 """
 
 from __future__ import annotations
@@ -45,16 +55,20 @@ from ..ops.checks import (
 from ..ops.columns import class_groups
 from ..ops.device import resolve_device, to_device
 from ..ops.matrix import open_matrix
-from ..provenance import stamp_output
+from ..parallel import current_executor
+from ..provenance import stamp_output, with_measurements
 from ._core import finalize, group_rows, run_selection
 from .cluster_score import cluster_count, fit_kmeans, unit_rows
 from .registry import derive_fingerprint, selector
 
-__all__ = ["semdedup", "semdedup_filter", "semdedup_similarity", "max_similarity_to_earlier"]
+__all__ = ["semdedup", "semdedup_filter", "semdedup_similarity", "max_similarity_to_earlier", "cluster_similarities"]
 
 _KEEP = ("farthest", "closest", "random")
 #: Rows per cluster on average when ``n_clusters`` is not given (the paper: 50,000 clusters for 440M rows).
 ROWS_PER_CLUSTER = 1000
+#: Ray tasks per worker for the per-cluster step: enough batches to balance uneven clusters, few enough
+#: that a task's overhead (tens of ms) stays small next to its work.
+TASKS_PER_WORKER = 4
 
 
 def max_similarity_to_earlier(x: torch.Tensor, *, chunk_size: int = 4096) -> np.ndarray:
@@ -95,11 +109,14 @@ def semdedup_similarity(
     tol: float = 1e-4,
     chunk_size: int = 4096,
     device: str | torch.device | None = "cpu",
+    runs: list | None = None,
 ) -> np.ndarray:
     """SemDeDup's ``M_i`` for every row of ``x`` (unit rows): its largest cosine similarity to a row
     before it in its cluster's order (the module docstring's steps 1–3); ``−inf`` for a cluster's first row.
 
     ``rng`` gives the k-means seed (one draw) and, for ``keep="random"``, the order inside clusters.
+    Inside ``hp.parallel.ray(...)`` the per-cluster step runs as Ray tasks (module docstring); what
+    ran is appended to ``runs`` (the executor's record) when given.
 
     Example:
         >>> m = semdedup_similarity(unit_rows(emb, "emb"), 10, np.random.default_rng(0))
@@ -118,13 +135,63 @@ def semdedup_similarity(
     # Rows by (cluster, key, position): lexsort is stable, so equal keys keep the lower position first.
     order = np.lexsort((key, assign))
     bounds = np.searchsorted(assign[order], np.arange(n_clusters + 1))
-    xt = to_device(x, dev)
+    clusters = [order[bounds[c] : bounds[c + 1]] for c in range(n_clusters)]
+    clusters = [members for members in clusters if len(members)]
+    executor = current_executor()
     m = np.empty(len(x), dtype=np.float64)
-    for c in range(n_clusters):
-        members = order[bounds[c] : bounds[c + 1]]
-        if len(members):
-            m[members] = max_similarity_to_earlier(xt[torch.from_numpy(members).to(dev)], chunk_size=chunk_size)
+    if executor is not None and len(clusters) > 1:
+        batches = cost_batches([len(members) for members in clusters], TASKS_PER_WORKER * executor.workers)
+        shared = executor.share(x)
+        labels = [f"{len(batch):,} of {len(clusters):,} k-means clusters ({sum(len(clusters[c]) for c in batch):,} "
+                  f"rows; clusters {', '.join(map(str, batch[:3]))}{', …' if len(batch) > 3 else ''})" for batch in batches]
+        results = executor.run_tasks(
+            cluster_similarities, [(shared, [clusters[c] for c in batch], chunk_size) for batch in batches],
+            labels=labels, rows=[sum(len(clusters[c]) for c in batch) for batch in batches], desc="semdedup clusters",
+        )
+        for batch, values in zip(batches, results):
+            for c, cluster_m in zip(batch, values):
+                m[clusters[c]] = cluster_m
+        if runs is not None:
+            runs.append(executor.record(groups=len(clusters), split=True, tasks=len(batches),
+                                        reason="k-means on the driver, then the clusters' similarities as tasks"))
+        return m
+    xt = to_device(x, dev)
+    for members in clusters:
+        m[members] = max_similarity_to_earlier(xt[torch.from_numpy(members).to(dev)], chunk_size=chunk_size)
     return m
+
+
+def cluster_similarities(x: np.ndarray, clusters: list[np.ndarray], chunk_size: int) -> list[np.ndarray]:
+    """``M`` of each cluster (`max_similarity_to_earlier` over ``x[members]``, members in cluster order), on the CPU.
+
+    The Ray task of `semdedup_similarity`: ``x`` comes from the object store, each cluster's rows are
+    gathered from it.
+
+    Example:
+        >>> cluster_similarities(unit, [np.array([4, 0, 9])], 4096)[0][0]
+        -inf
+    """
+    return [max_similarity_to_earlier(to_device(x[members], torch.device("cpu")), chunk_size=chunk_size)
+            for members in clusters]
+
+
+def cost_batches(sizes: list[int], count: int) -> list[list[int]]:
+    """Indices of ``sizes`` in at most ``count`` batches of similar cost ``Σ n²``: largest first, each to the cheapest batch.
+
+    Every batch lists its clusters in increasing order; batches come in the order of their first cluster.
+
+    Example:
+        >>> cost_batches([5, 1, 1, 4], 2)
+        [[0], [1, 2, 3]]
+    """
+    count = max(1, min(count, len(sizes)))
+    cost = [0] * count
+    batches: list[list[int]] = [[] for _ in range(count)]
+    for c in sorted(range(len(sizes)), key=lambda c: (-sizes[c], c)):
+        target = min(range(count), key=lambda b: (cost[b], b))
+        batches[target].append(c)
+        cost[target] += sizes[c] ** 2
+    return sorted((sorted(batch) for batch in batches if batch), key=lambda batch: batch[0])
 
 
 def _check_options(keep, n_clusters, max_iter, tol, chunk_size):
@@ -138,6 +205,26 @@ def _check_options(keep, n_clusters, max_iter, tol, chunk_size):
 
 def _default_clusters(n_clusters, rows, dataset, label_column) -> int:
     return cluster_count(n_clusters, rows, math.ceil(len(rows) / ROWS_PER_CLUSTER), dataset, label_column)
+
+
+def _group_clusters(n_clusters, n_rows: int) -> int:
+    """`_default_clusters` once `_check_clusters` passed: a function of the group's size alone, so the
+    per-group pick (a Ray task with ``label_column``) holds no Dataset."""
+    return n_clusters if n_clusters is not None else max(1, min(math.ceil(n_rows / ROWS_PER_CLUSTER), n_rows))
+
+
+def _check_clusters(n_clusters, dataset, label_column) -> None:
+    """`ValueError` naming ``n_clusters`` (and the class) where a group has fewer rows, before any work."""
+    for rows in class_groups(dataset, label_column)[1]:
+        _default_clusters(n_clusters, rows, dataset, label_column)
+
+
+def _with_ray_record(result: Dataset, runs: list) -> Dataset:
+    """``result`` with what the per-cluster tasks ran as its ``"executor"`` entry (the groups' totals)."""
+    if not runs:
+        return result
+    record = {**runs[0], "groups": sum(r["groups"] for r in runs), "tasks": sum(r["tasks"] for r in runs)}
+    return with_measurements(result, "executor", record)
 
 
 @selector(family="coverage", needs=("embedding_column",), device=True)
@@ -191,22 +278,25 @@ def semdedup(
         >>> sub = hp.select.semdedup(ds, fraction=0.7, embedding_column="image_emb", n_clusters=100)
     """
     _check_options(keep, n_clusters, max_iter, tol, chunk_size)
+    _check_clusters(n_clusters, dataset, label_column)
     dev = resolve_device(device)
     emb = unit_rows(open_matrix(dataset, embedding_column), embedding_column)
     options = dict(keep=keep, max_iter=max_iter, tol=tol, chunk_size=chunk_size, device=dev)
+    runs: list[dict] = []  # filled when the one group's clusters ran as Ray tasks
 
     def pick(rows, k, rng):
         # ``rng`` is default_rng([seed, group]), the generator semdedup_filter gives the same group,
         # so the budgeted and the ε forms cluster and order every group identically.
-        m = semdedup_similarity(group_rows(emb, rows), _default_clusters(n_clusters, rows, dataset, label_column), rng, **options)
+        m = semdedup_similarity(group_rows(emb, rows), _group_clusters(n_clusters, len(rows)), rng, runs=runs, **options)
         return np.argsort(m, kind="stable")[:k]
 
     params = {"embedding_column": embedding_column, "n_clusters": n_clusters, "keep": keep, "metric": "cosine",
               "max_iter": max_iter, "tol": tol, "chunk_size": chunk_size, "device": str(dev)}
-    return run_selection(
+    result = run_selection(
         dataset, method="semdedup", params=params, fraction=fraction, size=size, seed=seed,
         label_column=label_column, pick=pick,
     )
+    return _with_ray_record(result, runs)
 
 
 def semdedup_filter(
@@ -251,19 +341,22 @@ def semdedup_filter(
     check_columns(dataset, embedding_column, label_column)
     if len(dataset) == 0:
         raise ValueError("the dataset is empty")
+    _check_clusters(n_clusters, dataset, label_column)
     dev = resolve_device(device)
     emb = unit_rows(open_matrix(dataset, embedding_column), embedding_column)
     seed = seed_int(seed)
     options = dict(keep=keep, max_iter=max_iter, tol=tol, chunk_size=chunk_size, device=dev)
-    kept = []
+    kept, runs = [], []
+    # Group by group on the driver: each group's k-means here, its clusters as Ray tasks when on Ray.
     for group, rows in enumerate(class_groups(dataset, label_column)[1]):
-        m = semdedup_similarity(group_rows(emb, rows), _default_clusters(n_clusters, rows, dataset, label_column),
-                                np.random.default_rng([seed, group]), **options)
+        m = semdedup_similarity(group_rows(emb, rows), _group_clusters(n_clusters, len(rows)),
+                                np.random.default_rng([seed, group]), runs=runs, **options)
         kept.append(rows[m <= 1.0 - float(eps)])
     params = {"eps": float(eps), "embedding_column": embedding_column, "n_clusters": n_clusters, "keep": keep,
               "metric": "cosine", "max_iter": max_iter, "tol": tol, "chunk_size": chunk_size,
               "label_column": label_column, "seed": seed}
     source = fingerprint(dataset)
-    result = finalize(dataset, np.concatenate(kept), method="semdedup_filter", params={**params, "device": str(dev)})
+    result = _with_ray_record(finalize(dataset, np.concatenate(kept), method="semdedup_filter",
+                                       params={**params, "device": str(dev)}), runs)
     # Like a registered selector's: derived from the input, method and arguments (not the device).
     return stamp_output(result, derive_fingerprint(source, "semdedup_filter", params))

@@ -362,6 +362,7 @@ def _graph_selector(method, dataset, *, fraction, size, embedding_column, metric
     result = run_ordered_selection(
         dataset, method=method, params=params, fraction=fraction, size=size, seed=seed, label_column=label_column,
         order=group_order, rank_column=rank_column, overwrite=overwrite, initial_subset=initial_subset,
+        collect=(log.reports,),
     )
     return with_knn_record(result, log)
 

@@ -253,7 +253,7 @@ def typiclust(
     result = run_ordered_selection(
         dataset, method="typiclust", params=params, fraction=fraction, size=size, seed=seed,
         label_column=label_column, order=order, rank_column=rank_column, overwrite=overwrite,
-        initial_subset=initial_subset,
+        initial_subset=initial_subset, collect=(used_clusters, log.reports),
     )
     return with_knn_record(result, log)
 
