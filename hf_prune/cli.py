@@ -7,6 +7,12 @@
     hf-prune info PATH          # the provenance of a saved subset
     hf-prune list               # available selectors
 
+``run``, ``embed``, ``score`` and ``select`` take ``--executor {local,ray}``: ``ray`` runs their
+splittable work on a Ray cluster (``--address auto`` joins the one ``ray start`` runs; no address
+starts a local one), inside ``hp.parallel.ray(address=, workers=, max_retries=)``; ``local``, the
+default, never imports Ray. The executor is connected after the checks that need no data and
+before any work, so an unreachable cluster fails first.
+
 INPUT is a saved dataset folder, a folder of data files, a single ``.parquet``/``.csv``/``.jsonl``
 (``.json``, ``.tsv``, ``.arrow``, ``.txt``, optionally compressed; ``.tar`` webdataset shards) file, or a Hub dataset id. Every
 check that needs no data (selector options, output folder, Hub login) runs before anything is loaded.
@@ -19,6 +25,7 @@ recipe, ``hf-prune-demo`` (`recipes.demo`); ``hf-prune demo`` only says so.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -82,20 +89,60 @@ def _load(path_or_id: str, split: str | None, revision: str | None = None):
     return data
 
 
+def _executor_options(args) -> dict | None:
+    """The ``hp.parallel.ray`` options of ``--executor ray`` (``None`` for local); `ValueError` naming a bad flag."""
+    given = [flag for flag, value in (("--address", args.address), ("--workers", args.workers),
+                                      ("--max-retries", args.max_retries)) if value is not None]
+    if args.executor == "local":
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to `--executor ray` only (the executor is {args.executor!r})")
+        return None
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"`--workers` must be at least 1, got {args.workers}")
+    if args.max_retries is not None and args.max_retries < 0:
+        raise ValueError(f"`--max-retries` must be at least 0, got {args.max_retries}")
+    options = {"address": args.address, "workers": args.workers, "progress": not getattr(args, "no_progress", False)}
+    if args.max_retries is not None:
+        options["max_retries"] = args.max_retries
+    return options
+
+
+def _executor(options: dict | None):
+    """``hp.parallel.ray(**options)``, or a block that changes nothing for the local executor."""
+    if options is None:
+        return contextlib.nullcontext()
+    from .parallel import ray
+
+    return ray(**options)
+
+
+def _add_executor_flags(cmd) -> None:
+    cmd.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="where the splittable work runs: this process (default) or a Ray cluster")
+    cmd.add_argument("--address", default=None,
+                     help="with --executor ray: the cluster (auto, host:6379, ray://host:10001); default: a local one")
+    cmd.add_argument("--workers", type=int, default=None,
+                     help="with --executor ray: most tasks at once (default: the cluster's CPUs)")
+    cmd.add_argument("--max-retries", type=int, default=None,
+                     help="with --executor ray: times Ray re-runs a task whose worker died (default: 3)")
+
+
 def _cmd_select(args) -> int:
     from . import hub
     from .select.spec import check_spec
 
     # Everything that can fail without the data fails here, before a long load and selection.
     fn, kwargs = check_spec(args.selector)
+    options = _executor_options(args)
     if args.output:
         hub.check_save_path(args.output, overwrite=args.overwrite)
     if args.push:
         hub.check_push(args.push)
-    dataset = _load(args.input, args.split, args.revision)
-    if args.output:  # now that the data is known: it must not be read from the folder it would replace
-        hub.check_save_path(args.output, overwrite=args.overwrite, dataset=dataset)
-    subset = fn(dataset, **kwargs)
+    with _executor(options):  # connects (or fails) before the data is loaded
+        dataset = _load(args.input, args.split, args.revision)
+        if args.output:  # now that the data is known: it must not be read from the folder it would replace
+            hub.check_save_path(args.output, overwrite=args.overwrite, dataset=dataset)
+        subset = fn(dataset, **kwargs)
     print(f"kept {len(subset):,} of {len(dataset):,} rows")
     if args.output:
         hub.save_subset(subset, args.output, source=args.input, source_revision=args.revision, overwrite=args.overwrite)
@@ -148,9 +195,10 @@ def _cmd_demo(args) -> int:
 def _cmd_run(args) -> int:
     from .pipeline import apply_overrides, read_pipeline, run_pipeline
 
+    options = _executor_options(args)
     spec = apply_overrides(read_pipeline(args.pipeline), args.set or [])
     result = run_pipeline(spec, cache_dir=args.cache_dir, offline_models=args.offline_models, dry_run=args.dry_run,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, executor=options)
     if not args.dry_run:
         computed = [str(s["index"]) for s in result.steps if s["status"] == "computed"]
         print(f"done: {len(result.steps)} steps, computed {', '.join(computed) or 'none'} (the rest cached or "
@@ -164,6 +212,7 @@ def _cmd_step(args) -> int:
 
     from .pipeline import PipelineSpec, StepSpec, run_pipeline
 
+    options = _executor_options(args)
     load = {"path": args.input, "split": args.split, "revision": args.input_revision, "rows": args.rows}
     step = {args.component_key: args.component_name, **args.step_extras}
     for name in args.component_options:
@@ -177,7 +226,7 @@ def _cmd_step(args) -> int:
     spec = PipelineSpec(steps, text, source=f"hf-prune {args.command}")
     with tempfile.TemporaryDirectory(prefix="hf-prune-") as scratch:
         run_pipeline(spec, cache_dir=args.cache_dir or scratch, offline_models=args.offline_models,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, executor=options)
     return 0
 
 
@@ -208,6 +257,7 @@ def _add_component_commands(parent, command: str, kind: str, key: str) -> None:
         cmd.add_argument("--cache-dir", default=None, help="keep the step's output cached here (default: none kept)")
         cmd.add_argument("--offline-models", action="store_true", help="replace Hub models by tiny offline ones")
         cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
+        _add_executor_flags(cmd)
         options, extras = [], {}
         for option in valid:
             if option == key:
@@ -254,6 +304,7 @@ def make_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     select.add_argument("--overwrite", action="store_true", help="replace an existing saved dataset at --output")
     select.add_argument("--push", default=None, help="push the subset to this Hub repo id")
     select.add_argument("--private", action="store_true")
+    _add_executor_flags(select)
     select.set_defaults(func=_cmd_select)
 
     info = sub.add_parser("info", help="print the provenance of a saved subset (JSON)")
@@ -276,6 +327,7 @@ def make_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                           "STEP is a number or a kind that occurs once; an empty VALUE removes the option; recorded in the "
                           "subset's provenance)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (the step lines still print)")
+    _add_executor_flags(run)
     run.set_defaults(func=_cmd_run)
 
     # The flags of embed/score come from the Python API, which loads torch: build them only when needed.
@@ -304,6 +356,12 @@ def main(argv: list[str] | None = None) -> int:
         from .hub import HubAccessError
 
         from_hub = (HubAccessError,)
+    if getattr(args, "executor", "local") == "ray":
+        # Ray missing (an ImportError with the install hint) and a job that failed on the cluster are
+        # errors of this run, not crashes; the executor module imports Ray only when it connects.
+        from .parallel.ray_executor import TaskFailed
+
+        from_hub = (*from_hub, ImportError, TaskFailed)
     try:
         return args.func(args)
     except BrokenPipeError:

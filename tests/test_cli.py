@@ -275,6 +275,6 @@ def test_embed_and_score_flags_are_the_signatures(capsys):
                    if a.dest == "component_name").choices[name]
         flags = {a.dest for a in sub._actions if a.option_strings} - {
             "help", "output", "overwrite_output", "split", "input_revision", "rows", "cache_dir", "offline_models",
-            "no_progress", "num_proc", "map_batch_size"}
+            "no_progress", "num_proc", "map_batch_size", "executor", "address", "workers", "max_retries"}
         params = set(list(inspect.signature(fn).parameters)[0 if command == "embed" else 1:])
         assert flags == params, (name, flags ^ params)

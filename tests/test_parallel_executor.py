@@ -218,3 +218,33 @@ def test_ray_missing_is_an_install_hint(monkeypatch):
 def test_bad_executor_options_are_value_errors_naming_them(options, message):
     with pytest.raises(ValueError, match=f"`{message}`"):
         RayExecutor(**options)
+
+
+# --- the CLI switch, before any work ---------------------------------------------------------------
+
+
+def _cli(tmp_path, *flags):
+    from hf_prune.cli import main
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(f'{{"x": {i}}}\n' for i in range(10)))
+    return main(["select", str(data), "--selector", "random:size=3", "--output", str(tmp_path / "out"), *flags])
+
+
+def test_cli_executor_flags_are_checked_before_any_work(tmp_path, capsys):
+    assert _cli(tmp_path, "--workers", "2") == 2
+    assert "--workers apply to `--executor ray` only" in capsys.readouterr().err
+    assert _cli(tmp_path, "--executor", "ray", "--workers", "0") == 2
+    assert "`--workers` must be at least 1, got 0" in capsys.readouterr().err
+    assert _cli(tmp_path, "--executor", "ray", "--max-retries", "-1") == 2
+    assert "`--max-retries` must be at least 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_without_ray_names_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    assert _cli(tmp_path, "--executor", "ray") == 2
+    assert "hf-prune: error: Ray is needed for hp.parallel.ray / --executor ray: `pip install hf_prune[ray]`" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+    assert _cli(tmp_path) == 0  # the local default needs no Ray

@@ -9,7 +9,9 @@ whose worker process died: killed, out of memory, a lost node); an exception rai
 itself is not retried, since running the same deterministic code again gives the same error. The
 results come back in submission order whatever order the tasks finish in, so a merge over them is
 the same as the one-process loop. A task that still fails cancels the others and raises
-`TaskFailed`, whose message names the piece (``label``: e.g. ``"class 3, rows 1200-1599"``).
+`TaskFailed`, whose message names the piece (``label``: e.g. ``"class 3, rows 1200-1599"``); a
+`ValueError`, `KeyError` or `TypeError` the function raised (bad input) is raised as that type,
+with the same prefix, as the one-process call would raise it.
 
 Shared inputs (`RayExecutor.share`): an object that several tasks read (the selector's inputs, the
 k-means centres, a kNN graph) is put once into the object store with ``ray.put`` and handed to the
@@ -25,9 +27,11 @@ Progress: one bar for the whole job (rows done, rows/s and the time left), not o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,6 +43,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["RayExecutor", "TaskFailed", "import_ray"]
 
+#: Seconds to wait for a cluster at an explicit ``address`` before `RayExecutor.connect` fails.
+CONNECT_TIMEOUT_S = 5
+#: What a task raises for bad input; re-raised as the same type (with the piece's name), as in one process.
+INPUT_ERRORS = (ValueError, KeyError, TypeError)
 INSTALL_HINT = "Ray is needed for hp.parallel.ray / --executor ray: `pip install hf_prune[ray]` (or `pip install ray`)"
 
 
@@ -122,19 +130,36 @@ class RayExecutor:
 
     # ------------------------------------------------------------------ cluster
     def connect(self) -> None:
-        """Join (or start) the cluster; an unreachable address is a `ConnectionError` naming it."""
-        ray = import_ray()
-        self._ray = ray
-        if ray.is_initialized():
-            return
-        kwargs = {"include_dashboard": False, "log_to_driver": False, "ignore_reinit_error": True, **self.init_kwargs}
-        try:
-            ray.init(address=self.address, **kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as err:
-            raise ConnectionError(
-                f"no Ray cluster at `address`={self.address!r} ({err}); start one with `ray start --head` "
-                "(workers join with `ray start --address <head>:6379`), or pass address=None for a local one"
-            ) from err
+        """Join (or start) the cluster; an unreachable address is a `ConnectionError` naming it.
+
+        Ray itself would keep retrying an address where nothing listens for minutes (20 attempts of
+        about 40 s each in Ray 2.x). With an ``address``, Ray's own settings bound the wait instead:
+        one attempt (``RAY_gcs_server_port_wait_time_s``) with a `CONNECT_TIMEOUT_S` connection
+        timeout (``RAY_py_gcs_connect_timeout_s``, ``RAY_gcs_rpc_server_connect_timeout_s``), unless
+        the environment sets them. The two timeouts are read when Ray is imported, so they apply
+        when this is the first import of Ray in the process (a script, the CLI): the error then comes
+        in about 10 s; a process that imported Ray before gets Ray's 40 s attempt.
+        """
+        overrides = {}
+        if self.address is not None and "ray" not in sys.modules:
+            overrides = {"RAY_py_gcs_connect_timeout_s": str(CONNECT_TIMEOUT_S),
+                         "RAY_gcs_rpc_server_connect_timeout_s": str(max(1, CONNECT_TIMEOUT_S // 2))}
+        if self.address is not None:
+            overrides["RAY_gcs_server_port_wait_time_s"] = "1"
+        with _environ_defaults(overrides):
+            ray = import_ray()
+            self._ray = ray
+            if ray.is_initialized():
+                return
+            kwargs = {"include_dashboard": False, "log_to_driver": False, "ignore_reinit_error": True,
+                      **self.init_kwargs}
+            try:
+                ray.init(address=self.address, **kwargs)
+            except (ConnectionError, RuntimeError, ValueError) as err:
+                raise ConnectionError(
+                    f"no Ray cluster at `address`={self.address!r} ({err}); start one with `ray start --head` "
+                    "(workers join with `ray start --address <head>:6379`), or pass address=None for a local one"
+                ) from err
 
     @property
     def ray(self):
@@ -206,6 +231,7 @@ class RayExecutor:
         Raises:
             TaskFailed: a call that still failed after ``max_retries`` (worker deaths) or raised; the
                 other calls are cancelled and nothing is returned.
+            ValueError, KeyError, TypeError: what a call raised for bad input, prefixed with its label.
         """
         if len(labels) != len(calls):
             raise ValueError(f"{len(labels)} labels for {len(calls)} calls")
@@ -230,7 +256,7 @@ class RayExecutor:
                     try:
                         results[i] = ray.get(ref)
                     except Exception as err:  # noqa: BLE001 - re-raised with the piece's name
-                        raise TaskFailed(f"{desc}: {labels[i]} failed on Ray: {_cause(err, self.max_retries)}") from err
+                        raise _failure(err, f"{desc}: {labels[i]}", self.max_retries) from err
                     bar.update(rows[i])
         except BaseException:
             for ref in running:
@@ -243,6 +269,19 @@ class RayExecutor:
         return results
 
 
+@contextlib.contextmanager
+def _environ_defaults(values: dict[str, str]):
+    """Set the environment variables in ``values`` that are not set already, for the block only."""
+    added = [name for name in values if name not in os.environ]
+    for name in added:
+        os.environ[name] = values[name]
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
 def _call_with_threads(threads: int, fn: Callable, *args):
     """Run ``fn(*args)`` in a Ray worker with torch's intra-op threads set to the task's CPUs."""
     import torch
@@ -250,6 +289,23 @@ def _call_with_threads(threads: int, fn: Callable, *args):
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return fn(*args)
+
+
+def _failure(err: BaseException, where: str, max_retries: int) -> Exception:
+    """The error a failed task ends the job with: `TaskFailed`, or the task's own bad-input error.
+
+    A `ValueError`/`KeyError`/`TypeError` raised by the function is bad input (a budget a class
+    cannot meet, a missing column) and is raised again as the same type, its message prefixed with
+    ``where``, so callers catch what the one-process call raises.
+    """
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, INPUT_ERRORS) and not isinstance(cause, TaskFailed):
+        message = cause.args[0] if isinstance(cause, KeyError) and cause.args else cause
+        try:
+            return type(cause)(f"{where}: {message}")
+        except Exception:  # noqa: BLE001 - an error type with another constructor: TaskFailed below
+            pass
+    return TaskFailed(f"{where} failed on Ray: {_cause(err, max_retries)}")
 
 
 def _cause(err: BaseException, max_retries: int) -> str:

@@ -402,6 +402,7 @@ def run_pipeline(
     dry_run: bool = False,
     log: Callable[[str], None] | None = None,
     progress: bool = True,
+    executor: dict[str, Any] | None = None,
 ) -> PipelineResult:
     """Validate, then run a pipeline from its last cached step; returns the final Dataset and step report.
 
@@ -412,6 +413,10 @@ def run_pipeline(
         dry_run: print the plan (which steps are cached) and stop; nothing is loaded or written.
         log: where progress lines go (default: `tqdm.write`).
         progress: show a step progress bar (steps, rows, elapsed and ETA).
+        executor: options of `hf_prune.parallel.ray` (``address``, ``workers``, ``max_retries``, ...):
+            the steps run inside that block, so their splittable work runs on the Ray cluster. It is
+            connected after validation and the plan, before the first step (a dry run connects to
+            nothing). The cache keys do not include it: a step gives the same output on either executor.
 
     Raises:
         PipelineError: the file is invalid (before anything runs).
@@ -437,6 +442,19 @@ def run_pipeline(
         log, progress = (lambda line: None), False
     if main:
         _precheck_outputs(spec)
+    if executor is None:
+        return _run_steps(spec, entries, cache_dir, offline_models, state, main, log, progress)
+    from ..parallel import ray
+
+    with ray(**executor) as connected:
+        log(f"executor: Ray at {connected.address or 'a local cluster'}, {connected.workers} worker(s)")
+        return _run_steps(spec, entries, cache_dir, offline_models, state, main, log, progress)
+
+
+def _run_steps(spec, entries, cache_dir, offline_models, state, main, log, progress) -> PipelineResult:
+    """The steps of `run_pipeline` from the last cached one, once validated and planned."""
+    from tqdm.auto import tqdm
+
     ctx = Context(spec, offline_models=offline_models, log=log)
     if state is not None:
         log(f"{state.num_processes} processes: embed steps are split into one shard per process")
