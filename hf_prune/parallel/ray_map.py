@@ -10,8 +10,10 @@ returns: the same columns, features and values, in the input's row order, with t
 
 How the work is cut. The rows are cut into shards of whole map batches (`batch_aligned_bounds`):
 every forward batch an actor runs holds exactly the rows the one-process map puts in that batch
-(a text embedder sorts and pads it the same way), so on one device type the column is the same bits;
-on GPUs it differs from a CPU run as any two devices do (bf16/fp16 autocast). There are
+(a text embedder sorts and pads it the same way), so on CPUs the column is the same bits as the
+one-process map run with the actors' torch threads (``cpus_per_task``; CPU kernels split their sums
+by thread count: 2 threads against 1 moved a tiny BERT's values by up to 6e-8); on GPUs it differs
+from a CPU run as any two devices do (bf16/fp16 autocast). There are
 ``max(4 × actors, rows / 100,000)`` shards (at most one per batch): several per actor so that a
 slow actor does not hold up the end, and small enough that a lost worker costs little.
 
@@ -24,7 +26,7 @@ store: a Dataset loaded from disk (``load_from_disk``, a ``map`` result) pickles
 paths (under 1 kB measured for 200,000 rows, against 103 MB for the same rows in memory), and each
 actor memory-maps those files, so on a multi-node cluster they must be on a filesystem every node
 sees; an in-memory Dataset travels once through the object store. Only the input columns (and
-``row_id``) are shared.
+``row_id``) are shared; a shuffled or selected view keeps its order (its indices mapping goes along).
 
 Why actors and not Ray Data. The issue proposes reading the shards with Ray Data's
 ``map_batches``; this module schedules plain actors instead, because Ray Data re-blocks its input
@@ -43,8 +45,10 @@ Files, under ``executor.storage / "<dataset fingerprint>-<embedder fingerprint>"
 ``row_id`` is the Dataset's ``row_id`` column when it has one, else the row's position. A rerun with
 the same fingerprints skips every shard whose marker matches (resume after a killed job: only the
 missing shards are computed), in the layout of the shards already there, whatever the number of
-workers now. A marker written for another dataset or embedder in the folder is an error, never
-overwritten. The driver reads the shards back in order, checks each one's ``row_id`` against the
+workers now (a new batch size is a new layout, computed afresh). A marker written for another
+dataset or embedder in the folder is an error, never overwritten. A Dataset whose fingerprint is
+not stable across runs (``datasets`` gives a random one to some in-memory tables it cannot hash)
+gets a new folder every run: it is never resumed, and old folders are left for you to delete. The driver reads the shards back in order, checks each one's ``row_id`` against the
 input's, and writes the joined columns as one Arrow file that the result memory-maps (keep the
 folder while you use the result, as with ``datasets``' own cache files).
 
@@ -278,6 +282,36 @@ def _join_shards(folder: Path, shards: list[dict[str, Any]], features: Features,
     return Dataset.from_file(str(final))
 
 
+def _plan(executor: RayExecutor, dataset: Dataset, embedder: Embedder, embedder_fp: str, batch_size: int,
+          workers: int) -> tuple[Path, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The shard folder, every shard (bounds, file name, marker) and those not written yet."""
+    rows = len(dataset)
+    folder = Path(executor.storage) / f"{fingerprint(dataset)}-{embedder_fp}"
+    folder.mkdir(parents=True, exist_ok=True)
+    base = {
+        "format": MARKER_FORMAT,
+        "dataset_fingerprint": fingerprint(dataset),
+        "embedder_fingerprint": embedder_fp,
+        "embedder": f"{type(embedder).__module__}.{type(embedder).__qualname__}",
+        "output_columns": embedder.output_columns,
+        "features": embedder.features.to_dict(),
+        "num_rows": rows,
+        "batch_size": batch_size,
+        "row_id": ROW_ID if ROW_ID in dataset.column_names else "position",
+    }
+    markers = check_markers(folder, base, where=_WHERE, remedy=_REMEDY)
+    num_shards = _adopted_layout(markers, rows, batch_size) or _shard_count(rows, batch_size, workers)
+    shards = []
+    for index in range(num_shards):
+        start, stop = batch_aligned_bounds(rows, batch_size, num_shards, index)
+        if stop > start:
+            marker = {**base, "num_shards": num_shards, "index": index, "start": start, "stop": stop}
+            shards.append({"index": index, "name": shard_name(index, num_shards), "start": start, "stop": stop,
+                           "marker": marker})
+    todo = [s for s in shards if not shard_is_done(folder, s["name"], s["marker"], ".parquet", _WHERE)]
+    return folder, shards, todo
+
+
 def map_on_ray(
     embedder: Embedder,
     dataset: Dataset,
@@ -355,41 +389,17 @@ def map_on_ray(
         except ValueError:  # this driver lacks the actors' device (a CPU head node of a GPU cluster): ask them
             described = start_actors(min(workers, _shard_count(rows, batch_size, workers)))
             embedder_fp, params = described[0]["fingerprint"], described[0]["params"]
-
-        folder = Path(executor.storage) / f"{fingerprint(dataset)}-{embedder_fp}"
-        folder.mkdir(parents=True, exist_ok=True)
-        base = {
-            "format": MARKER_FORMAT,
-            "dataset_fingerprint": fingerprint(dataset),
-            "embedder_fingerprint": embedder_fp,
-            "embedder": f"{type(embedder).__module__}.{type(embedder).__qualname__}",
-            "output_columns": embedder.output_columns,
-            "features": embedder.features.to_dict(),
-            "num_rows": rows,
-            "batch_size": batch_size,
-            "row_id": ROW_ID if ROW_ID in dataset.column_names else "position",
-        }
-        markers = check_markers(folder, base, where=_WHERE, remedy=_REMEDY)
-        num_shards = _adopted_layout(markers, rows, batch_size) or _shard_count(rows, batch_size, workers)
-        shards = []
-        for index in range(num_shards):
-            start, stop = batch_aligned_bounds(rows, batch_size, num_shards, index)
-            if stop > start:
-                marker = {**base, "num_shards": num_shards, "index": index, "start": start, "stop": stop}
-                shards.append({"index": index, "name": shard_name(index, num_shards), "start": start, "stop": stop,
-                               "marker": marker})
-        todo = [s for s in shards if not shard_is_done(folder, s["name"], s["marker"], ".parquet", _WHERE)]
+        folder, shards, todo = _plan(executor, dataset, embedder, embedder_fp, batch_size, workers)
+        if todo and described is None:
+            described = start_actors(min(workers, len(todo)))
+            if described[0]["fingerprint"] != embedder_fp:  # their GPUs autocast otherwise than this one's
+                embedder_fp, params = described[0]["fingerprint"], described[0]["params"]
+                folder, shards, todo = _plan(executor, dataset, embedder, embedder_fp, batch_size, workers)
         reused = len(shards) - len(todo)
         if reused:
             logger.info("%s: %d of %d shard(s) already in %s, %d to compute", desc, reused, len(shards), folder, len(todo))
-
         done: list[dict[str, Any]] = []
         if todo:
-            if described is None:
-                described = start_actors(min(workers, len(todo)))
-                if described[0]["fingerprint"] != embedder_fp:
-                    raise RuntimeError(f"the actors' embedder fingerprint {described[0]['fingerprint']!r} is not this "
-                                       f"process's {embedder_fp!r}: their device or autocast differs from this one's")
             bar = _progress(executor.progress, total=rows, initial=rows - sum(s["stop"] - s["start"] for s in todo),
                             desc=f"{desc} on Ray")
             try:
