@@ -154,6 +154,8 @@ def test_bad_input_is_refused_before_any_actor_starts(tmp_path):
             emb.map(ds.rename_column("text", "words"))
         with pytest.raises(ValueError, match="emb"):
             emb.map(ds.add_column("emb", [[0.0]] * 6))
+        with pytest.raises(ValueError, match="`row_id` column holds"):
+            emb.map(ds.add_column("row_id", [str(i) for i in range(6)]))
         with pytest.raises(TypeError, match="cache_file_name"):
             emb.map(ds, cache_file_name=str(tmp_path / "x.arrow"))
         with pytest.raises(TypeError, match="`executor` must be a RayExecutor"):

@@ -267,15 +267,17 @@ def _join_shards(folder: Path, shards: list[dict[str, Any]], features: Features,
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as stream:
             for shard in shards:
                 name, start, stop = shard["name"], shard["start"], shard["stop"]
-                table = pq.read_table(folder / f"{name}.parquet")
-                if table.num_rows != stop - start:
-                    raise ValueError(f"{name}.parquet in {_WHERE} {str(folder)!r} has {table.num_rows:,} rows, "
+                data = pq.ParquetFile(folder / f"{name}.parquet")
+                if data.metadata.num_rows != stop - start:
+                    raise ValueError(f"{name}.parquet in {_WHERE} {str(folder)!r} has {data.metadata.num_rows:,} rows, "
                                      f"expected {stop - start:,}; delete it")
-                if not np.array_equal(table.column(ROW_ID).to_numpy(), keys[start:stop]):
-                    raise ValueError(f"{name}.parquet in {_WHERE} {str(folder)!r} holds other row_ids than rows "
-                                     f"{start}-{stop - 1} of the dataset; delete it")
-                for batch in table.select(schema.names).cast(schema).to_batches():
-                    stream.write_batch(batch)
+                at = start
+                for batch in data.iter_batches():  # one row group at a time: memory stays bounded
+                    if not np.array_equal(batch.column(ROW_ID).to_numpy(), keys[at : at + batch.num_rows]):
+                        raise ValueError(f"{name}.parquet in {_WHERE} {str(folder)!r} holds other row_ids than rows "
+                                         f"{start}-{stop - 1} of the dataset; delete it")
+                    at += batch.num_rows
+                    stream.write_table(pa.Table.from_batches([batch]).select(schema.names).cast(schema))
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
@@ -363,8 +365,14 @@ def map_on_ray(
     gpus = executor.gpus_per_actor
     device = _actor_device(embedder, gpus)
     workers = _actor_count(executor, gpus)
-    keys = column_array(dataset, ROW_ID).to_numpy().astype(np.int64) if ROW_ID in dataset.column_names \
-        else np.arange(rows, dtype=np.int64)
+    if ROW_ID in dataset.column_names:
+        keys = column_array(dataset, ROW_ID).to_numpy(zero_copy_only=False)
+        if not np.issubdtype(keys.dtype, np.integer):
+            raise ValueError(f"the `{ROW_ID}` column holds {keys.dtype} values; the shards are keyed by integer row ids "
+                             "(rename it: without one, rows are keyed by their position)")
+        keys = keys.astype(np.int64, copy=False)
+    else:
+        keys = np.arange(rows, dtype=np.int64)
 
     actors: list = []
     shared: list = []  # object-store references the actors' constructors need, kept alive for restarts
