@@ -1,6 +1,8 @@
-"""Reproduce the InfoMax paper's instruction-tuning comparison (Sec. 4.3, Fig. 6, App. A.3) at CPU size:
-LESS warm-up → gradient columns → LESS score → each selector keeps 5% / 10% of an instruction pool →
-LoRA-tune the model on each subset with ``recipes/instruction_tuning.py`` → accuracy per held-out target task.
+"""Reproduce the InfoMax paper's instruction-tuning comparison (Sec. 4.3, Fig. 6, App. A.3) at CPU size, with
+the later RDS+ study's methods beside it: LESS warm-up → gradient columns → LESS score (and per task), and
+the untuned model's hidden states → RDS score (and per task) → each selector keeps 5% / 10% of an
+instruction pool → LoRA-tune the model on each subset with ``recipes/instruction_tuning.py`` → accuracy per
+held-out target task, next to what each method's selection cost.
 
 Protocol (everything through the public API, `recipes.less_features` and the instruction-tuning recipe):
 
@@ -12,7 +14,14 @@ Protocol (everything through the public API, `recipes.less_features` and the ins
 3. Features, computed once and reused by every method and seed: `recipes.less_features.less_features`
    → one projected gradient column per checkpoint (Adam directions for the pool, plain gradients for the
    validation rows; ``--dim``), the ``less`` score (lr-weighted cosine, mean per target task, max over
-   tasks) and ``grad`` (the lr-weighted unit gradients concatenated: inner product = LESS's weighted cosine).
+   tasks), ``less_tasks`` (the per-task scores before that max, tasks in sorted order) and ``grad`` (the
+   lr-weighted unit gradients concatenated: inner product = LESS's weighted cosine).
+   Hidden states (RDS+, Ivison et al. 2025), also computed once: `hp.embed.HiddenStateEmbedder` of the
+   untuned base model (no warm-up: RDS+ uses the model before tuning), RDS+'s setting (last layer,
+   position-weighted mean, L2-normalised), over the same rows and tokens (chat-templated prompt and
+   response cut to ``--max-length``) and the validation rows → ``hidden``; `hp.score.rds` (cosine, max
+   over a task's validation rows as RDS+, max over tasks) → ``rds`` and ``rds_tasks``. Its cost (model
+   loading, forward passes in seconds and per 1,000 rows, scoring) is recorded like the other stages.
 4. Methods, each keeping 5% / 10% of the rows that have gradient features (rows left without a response
    token by the truncation to ``--max-length`` are dropped and counted, and never selected; the selection
    seed is the training seed): **random**; **LESS** (`top_k` on ``less``);
@@ -23,15 +32,24 @@ Protocol (everything through the public API, `recipes.less_features` and the ins
    hard cutoff drops the lowest-scored rows first; the CCS paper's 30% cutoff at ≥ 90% pruning);
    **Moderate** over LESS (the scores closest to the median). These are the conventions of
    ``reproduce_clip_pretraining.py`` with the CLIP score replaced by the LESS score.
+   From the RDS+ study: **LESS-RR** (`round_robin` over ``less_tasks``: the target tasks take turns
+   picking their best row not yet taken); **RDS+** (`top_k` on ``rds``); **RDS+-RR** (`round_robin`
+   over ``rds_tasks``, the RDS+ paper's own selection); **InfoMax over RDS** (I = ``rds``, K from
+   ``hidden``, the settings of InfoMax over LESS). `FEATURES` says which features each method reads.
 5. Training: the recipe on each subset (``--epochs`` epochs; LoRA as in
    `recipes/configs/instruction_smollm2_cpu.yaml`),
    then `recipes.trainer.llm_eval.evaluate_tasks` on the target tasks' test rows (multiple-choice
    log-likelihood for tasks with choices, exact match of the greedy answer otherwise). The untuned model
    (``--epochs 0``) is the floor.
 6. Output in ``--output-dir``: ``results.json`` (every run and the stage costs; rerunning resumes),
-   ``report.md`` (mean ± std over seeds per target task and on average, per-stage cost table) and
-   ``accuracy_vs_budget.png``; the report marks the paper's claim "InfoMax above LESS and D² at 5%" as
-   agree or disagree with the measured numbers.
+   ``report.md`` (mean ± std over seeds per target task and on average; a quality-vs-cost table, one
+   row per method: accuracy per budget, warm-up, features per 1,000 examples, scoring and selection
+   seconds measured in the run; the per-stage cost table) and ``accuracy_vs_budget.png``. The report
+   marks as agree or disagree with the measured numbers the InfoMax paper's claim "InfoMax above LESS and
+   D² at 5%" and the RDS+ study's "RDS+ above LESS" (at every budget) and "round-robin helps at small
+   budgets" (LESS-RR above LESS and RDS+-RR above RDS+ at the smallest budget), each with the per-task
+   numbers, the subsets' source mix and how the top-k subsets split over the tasks, the measured reason
+   when a claim is not seen.
 
 Sizing of the default. Rates measured here with SmolLM2-135M-Instruct, LoRA r=8 on q/k/v/o (921,600
 parameters), one torch thread, on the 2-core machine while other jobs ran (load average ≈ 4):
@@ -49,24 +67,27 @@ tokens left), the 6 `TARGETS` tasks × (4 validation + 10 test rows), 3 seeds, a
 - pool: ≈ 2 min (parsing ShareGPT, streaming the BIG-bench sdist twice);
 - warm-up: 5% ≈ 38 rows × 2 epochs × 106 tokens / 240 ≈ 35 s;
 - gradients, once: 2 checkpoints × (770 + 24) rows × 0.4 s ≈ 11 min;
-- training: 3 seeds × 6 methods × (38 + 77 rows) × 2 epochs × 106 tokens / 240 ≈ 31 min;
-- evaluation: 37 runs (36 + the untuned model) × 60 rows × 0.4 s ≈ 15 min;
+- hidden states, once: 794 rows × one forward pass of 106 tokens / 700 ≈ 0.15 s ≈ 2 min;
+- training: 3 seeds × 10 methods × (38 + 77 rows) × 2 epochs × 106 tokens / 240 ≈ 51 min;
+- evaluation: 61 runs (60 + the untuned model) × 60 rows × 0.4 s ≈ 25 min;
 
-≈ 1 h on an idle core; sharing the machine with one other job (≈ 2.5× slower) ≈ 2.5 h, and under the load
-the rates above were measured at (≈ 5×) about 5 h: lower ``--pool-size``, ``--test-per-task`` or
-``--seeds`` then. A measured reduced run (80-row pool, 3 targets, 1 seed, 10% kept) under that load took
+≈ 1.5 h on an idle core (the four RDS+-study methods add ≈ 0.5 h of it); sharing the machine with one
+other job (≈ 2.5× slower) ≈ 4 h, and under the load the rates above were measured at (≈ 5×) about
+8 h: lower ``--pool-size``, ``--test-per-task`` or ``--seeds`` then. A measured reduced run (80-row pool,
+3 targets, 1 seed, 10% kept) under that load took
 22 s warm-up, 328 s for 128 gradient rows, 15 s training and 27 s evaluation per subset.
 
-Default (CPU, ≈ 2.5 h in the background next to one other job; not run by the tests; ``bash scripts/dev.sh llm``
+Default (CPU, ≈ 4 h in the background next to one other job; not run by the tests; ``bash scripts/dev.sh llm``
 puts SmolLM2 and the BIG-bench sdist where the loaders find them, or set ``HF_PRUNE_BIGBENCH``)::
 
     OMP_NUM_THREADS=1 nohup \\
         python recipes/benchmarks/reproduce_instruction_tuning.py --threads 1 \\
         --output-dir runs/reproduce_instruction > runs/reproduce_instruction.log 2>&1 &
 
-Quick end-to-end check (about a minute): ``--quick`` (the recipe's tiny Llama, a 240-row pool with two
-target tasks, one seed, LESS, InfoMax and D² at 5%); with ``--pool-path`` (a saved train/validation/test
-DatasetDict in the schema) it needs neither ShareGPT nor the BIG-bench sdist, as in the tests.
+Quick end-to-end check (about two minutes): ``--quick`` (the recipe's tiny Llama, a 240-row pool with two
+target tasks, one seed, LESS, InfoMax, D², LESS-RR, RDS+, RDS+-RR and InfoMax over RDS at 5%); with
+``--pool-path`` (a saved train/validation/test DatasetDict in the schema) it needs neither ShareGPT nor
+the BIG-bench sdist, as in the tests.
 ``--report-only`` rebuilds the report and plot from ``results.json``.
 ``--gpu`` prints the commands of the paper-sized run (a 1B–8B model, the LESS mix from the Hub, MMLU /
 TydiQA / BBH) and exits.
@@ -87,7 +108,7 @@ import numpy as np
 from datasets import Dataset, DatasetDict, load_from_disk
 
 import hf_prune as hp
-from hf_prune.ops.columns import add_column, read_vector
+from hf_prune.ops.columns import add_column, read_matrix, read_vector
 from recipes import instruction_tuning as recipe
 from recipes import less_features as features
 from recipes.benchmarks.reporting import (
@@ -127,7 +148,7 @@ QUICK = {
     "epochs": 1,
     "dim": 256,
     "seeds": [0],
-    "methods": ["LESS", "InfoMax", "D² (LESS)"],
+    "methods": ["LESS", "InfoMax", "D² (LESS)", "LESS-RR", "RDS+", "RDS+-RR", "InfoMax over RDS"],
     "fractions": [0.05],
 }
 
@@ -331,7 +352,10 @@ def warm_up(out: Path, args) -> tuple[Path, dict]:
 
 
 def scored_pool(out: Path, pool: DatasetDict, warmup_dir: Path, args) -> tuple[Dataset, dict]:
-    """The pool with ``less``, ``less_01`` and ``grad`` (what the selectors read), computed once and cached.
+    """The pool with ``less``, ``less_tasks``, ``less_01`` and ``grad`` (what the selectors read), cached.
+
+    ``less_tasks`` holds the per-task LESS scores (tasks in sorted order, ``cost["tasks"]``), the input
+    of LESS-RR.
 
     Example:
         >>> scored, cost = scored_pool(Path("runs/x"), pool, warmup_dir, args)
@@ -339,7 +363,13 @@ def scored_pool(out: Path, pool: DatasetDict, warmup_dir: Path, args) -> tuple[D
     """
     path, info_path = out / "scored_pool", out / "features.json"
     if info_path.is_file():
-        return load_from_disk(str(path)), json.loads(info_path.read_text())
+        cached = load_from_disk(str(path))
+        if "less_tasks" not in cached.column_names:
+            raise SystemExit(
+                f"{path} was made before the per-task LESS column (less_tasks) existed: "
+                "use a new --output-dir (or --report-only for its old report)"
+            )
+        return cached, json.loads(info_path.read_text())
     checkpoints = features.checkpoints_of(warmup_dir)
     info0 = checkpoints[0].info
     result = features.less_features(
@@ -356,7 +386,7 @@ def scored_pool(out: Path, pool: DatasetDict, warmup_dir: Path, args) -> tuple[D
         device="cpu" if args.cpu else None,
     )
     weights = result.checkpoint_weights
-    scored = result.pool.select_columns(["row_id", "task", "source", "less", "grad"])
+    scored = result.pool.select_columns(["row_id", "task", "source", "less", "less_tasks", "grad"])
     # D² needs a non-negative node value: less ∈ [-W, W] with W = Σ weights, mapped to [0, 1].
     scored = add_column(
         scored, "less_01", (1.0 + read_vector(scored, "less", dtype=np.float64) / sum(weights)) / 2.0
@@ -366,6 +396,7 @@ def scored_pool(out: Path, pool: DatasetDict, warmup_dir: Path, args) -> tuple[D
     info = {
         **result.timings,
         "checkpoint_weights": weights,
+        "tasks": result.tasks,
         "rows": len(scored),
         "tokenize": result.tokenize_stats,
         "less_mean": float(less.mean()),
@@ -378,9 +409,106 @@ def scored_pool(out: Path, pool: DatasetDict, warmup_dir: Path, args) -> tuple[D
     return load_from_disk(str(path)), info
 
 
+def hidden_state_pool(
+    out: Path, pool: DatasetDict, scored: Dataset, warmup_dir: Path, args
+) -> tuple[Dataset, dict]:
+    """The scored pool plus ``hidden``, ``rds`` and ``rds_tasks`` (RDS+'s representation and score), cached.
+
+    RDS+'s setting: `hp.embed.HiddenStateEmbedder` (last layer, position-weighted mean, L2-normalised) of
+    the untuned base model (the warm-up's base: RDS+ needs no warm-up) over the same tokens the
+    gradients were taken over (the chat-templated prompt and response, cut to ``--max-length``), for the
+    rows of ``scored`` (those with gradient features) and the targets' validation rows; then
+    `hp.score.rds` (max cosine over a task's examples, max over tasks into ``rds``, the per-task
+    scores into ``rds_tasks``, tasks in sorted order). The cost is measured: model loading, the
+    forward passes (seconds and seconds per 1,000 rows) and the scoring.
+
+    Example:
+        >>> rds_pool, cost = hidden_state_pool(Path("runs/x"), pool, scored, warmup_dir, args)
+        >>> cost["hidden_s_per_1k_rows"], rds_pool.column_names[-3:]
+    """
+    from hf_prune.score.less import dataset_tasks
+    from recipes.trainer.llm import load_causal_lm
+
+    path, info_path = out / "rds_pool", out / "hidden_states.json"
+    if info_path.is_file():
+        return load_from_disk(str(path)), json.loads(info_path.read_text())
+    ckpt = features.checkpoints_of(warmup_dir)[0]
+    template = ckpt.info.get("template", "chat")
+    max_length = ckpt.info.get("max_length", args.max_length)
+    clock = time.perf_counter()
+    tokenizer = ckpt.load_tokenizer()
+    base = ckpt.info["base_model"]
+    model, tokenizer = load_causal_lm(base["path"] or base["name"], tokenizer=tokenizer)
+    load_s = time.perf_counter() - clock
+    rows, _ = features.tokenized(
+        pool["train"], tokenizer, template=template, max_length=max_length, name="pool", on_invalid="skip"
+    )
+    position = {int(r): i for i, r in enumerate(rows["row_id"])}
+    rows = rows.select([position[int(r)] for r in scored["row_id"]])  # the scored pool's rows, in its order
+    targets, _ = features.tokenized(
+        pool["validation"], tokenizer, template=template, max_length=max_length, name="validation set"
+    )
+    embedder = hp.embed.HiddenStateEmbedder(
+        model,
+        tokenizer=tokenizer,
+        input_ids_column="input_ids",
+        layer=-1,
+        pooling="weighted_mean",
+        max_length=max_length,
+        output_column="hidden",
+        batch_size=args.hidden_batch_size,
+        device="cpu" if args.cpu else None,
+    )
+    clock = time.perf_counter()
+    rows = embedder.map(rows)
+    pool_s = time.perf_counter() - clock
+    clock = time.perf_counter()
+    targets = embedder.map(targets)
+    target_s = time.perf_counter() - clock
+    del model, embedder
+    clock = time.perf_counter()
+    rds_pool = add_column(scored, "hidden", read_matrix(rows, "hidden"))
+    rds_pool = hp.score.rds(
+        rds_pool,
+        targets,
+        embedding_column="hidden",
+        task_column="task",
+        example_reduce="max",
+        reduce="max",
+        output_column="rds",
+        per_task_column="rds_tasks",
+    )
+    scoring_s = time.perf_counter() - clock
+    rds_pool.save_to_disk(str(path))
+    hidden_rows = len(rows) + len(targets)
+    rds = read_vector(rds_pool, "rds", dtype=np.float64)
+    info = {
+        "model_load_s": load_s,
+        "hidden_pool_s": pool_s,
+        "hidden_target_s": target_s,
+        "hidden_rows": hidden_rows,
+        "hidden_s": pool_s + target_s,
+        "hidden_s_per_1k_rows": 1000 * (pool_s + target_s) / hidden_rows,
+        "tokens_per_row": float(np.mean([len(r) for r in rows["input_ids"]])),
+        "scoring_s": scoring_s,
+        "tasks": dataset_tasks(targets, "task")[0],
+        "batch_size": args.hidden_batch_size,
+        "rds_mean": float(rds.mean()),
+        "rds_std": float(rds.std()),
+        "rds_by_source": {
+            s: float(rds[np.array(rds_pool["source"]) == s].mean()) for s in sorted(set(rds_pool["source"]))
+        },
+    }
+    write_json(info_path, info)
+    return load_from_disk(str(path)), info
+
+
 # ------------------------------------------------------------------------------------------ methods
 def methods() -> dict[str, Callable[[Dataset, float, int], Dataset]]:
-    """Name → ``select(pool, fraction, seed)`` over the scored pool (``less``, ``less_01``, ``grad``).
+    """Name → ``select(pool, fraction, seed)`` over the scored pool (`hidden_state_pool`'s columns).
+
+    LESS-based methods read ``less``/``less_01``/``less_tasks``/``grad``; RDS-based ones
+    ``rds``/``rds_tasks``/``hidden``. `FEATURES` says which features each needs (its cost).
 
     Example:
         >>> subset = methods()["InfoMax"](scored, 0.05, 0)
@@ -399,7 +527,30 @@ def methods() -> dict[str, Callable[[Dataset, float, int], Dataset]]:
             d, fraction=f, score_column="less", descending=False, hard_cutoff=CCS_CUTOFF.get(f, 0.0), seed=s
         ),
         "Moderate (LESS)": lambda d, f, s: hp.select.moderate(d, fraction=f, score_column="less", seed=s),
+        "LESS-RR": lambda d, f, s: hp.select.round_robin(d, fraction=f, score_column="less_tasks", seed=s),
+        "RDS+": lambda d, f, s: hp.select.top_k(d, fraction=f, score_column="rds", seed=s),
+        "RDS+-RR": lambda d, f, s: hp.select.round_robin(d, fraction=f, score_column="rds_tasks", seed=s),
+        "InfoMax over RDS": lambda d, f, s: hp.select.infomax(
+            d, fraction=f, score_column="rds", embedding_column="hidden", k=5, alpha=0.3, iterations=20,
+            partitions=1, seed=s,
+        ),
     }
+
+
+# Which features (hence which measured cost) each method reads: LESS's warm-up and gradients, or RDS+'s
+# forward pass of the untuned model; random reads none.
+FEATURES = {
+    "random": None,
+    "LESS": "less",
+    "InfoMax": "less",
+    "D² (LESS)": "less",
+    "CCS (LESS)": "less",
+    "Moderate (LESS)": "less",
+    "LESS-RR": "less",
+    "RDS+": "rds",
+    "RDS+-RR": "rds",
+    "InfoMax over RDS": "rds",
+}
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -563,6 +714,245 @@ def claim_lines(results: dict, fraction: float = CLAIM_FRACTION) -> list[str]:
     return lines
 
 
+def _cell(results: dict, name: str, fraction: float, metric: str = "average") -> dict | None:
+    return summarize(results, metric).get(name, {}).get(fraction)
+
+
+def _fractions(results: dict, *names: str) -> list[float]:
+    """The kept fractions at which every one of ``names`` was measured, ascending."""
+    per = summarize(results, "average")
+    common = [set(per.get(n, {})) for n in names]
+    return sorted(set.intersection(*common) - {0.0}) if common else []
+
+
+def _tasks(results: dict, names) -> list[str]:
+    return sorted({t for k, e in results["runs"].items() if k.split("|")[0] in names for t in e["tasks"]})
+
+
+def _source_share(results: dict, name: str, fraction: float) -> dict[str, float]:
+    """Mean share of each source in ``name``'s subsets at ``fraction`` over its seeds."""
+    entries = [e for k, e in results["runs"].items() if k.split("|")[:2] == [name, str(fraction)]]
+    sources = sorted({s for e in entries for s in e.get("sources", {})})
+    return {s: float(np.mean([e.get("sources", {}).get(s, 0.0) for e in entries])) for s in sources}
+
+
+def _pair(results: dict, ours: str, rival: str, fraction: float) -> str:
+    a, b = _cell(results, ours, fraction), _cell(results, rival, fraction)
+    return (
+        f"{fraction:.0%}: {ours} {a['mean'] * 100:.1f} ± {a['std'] * 100:.1f} vs {rival} "
+        f"{b['mean'] * 100:.1f} ± {b['std'] * 100:.1f} ({(a['mean'] - b['mean']) * 100:+.1f})"
+    )
+
+
+def _per_task_lines(results: dict, pairs: list[tuple[str, str]], fractions: list[float]) -> list[str]:
+    """One line per target task: each pair's accuracies at each fraction (the reason behind a verdict)."""
+    lines = []
+    for task in _tasks(results, {n for pair in pairs for n in pair}):
+        cells = []
+        for fraction in fractions:
+            for ours, rival in pairs:
+                a, b = _cell(results, ours, fraction, task), _cell(results, rival, fraction, task)
+                if a and b:
+                    cells.append(
+                        f"{fraction:.0%} {ours} {a['mean'] * 100:.1f} vs {rival} {b['mean'] * 100:.1f}"
+                    )
+        if cells:
+            lines.append(f"  - {task}: " + "; ".join(cells))
+    return lines
+
+
+def rds_claim_lines(results: dict) -> list[str]:
+    """The RDS+ study's claim: RDS+ above LESS (average accuracy, seed means, at every measured budget).
+
+    The verdict compares the top-k forms (RDS+ vs LESS); the lines after it give the round-robin forms,
+    each target task and the subsets' source mix (the measured reason when the claim is not seen).
+
+    Example:
+        >>> rds_claim_lines({"runs": {}})[0]
+        '- RDS+ above LESS: not measured (needs RDS+ and LESS at the same budget).'
+    """
+    fractions = _fractions(results, "RDS+", "LESS")
+    if not fractions:
+        return ["- RDS+ above LESS: not measured (needs RDS+ and LESS at the same budget)."]
+    above = [_cell(results, "RDS+", f)["mean"] > _cell(results, "LESS", f)["mean"] for f in fractions]
+    verdict = "agree" if all(above) else "disagree"
+    n = _cell(results, "RDS+", fractions[0])["n"]
+    lines = [
+        f"- RDS+ above LESS (average accuracy): **{verdict}** — "
+        + "; ".join(_pair(results, "RDS+", "LESS", f) for f in fractions)
+        + f" (n = {n} seeds)."
+    ]
+    rr = _fractions(results, "RDS+-RR", "LESS-RR")
+    if rr:
+        pairs = "; ".join(_pair(results, "RDS+-RR", "LESS-RR", f) for f in rr)
+        lines.append(f"  - round-robin on both: {pairs}")
+    lines += _per_task_lines(results, [("RDS+", "LESS")], fractions)
+    for f in fractions:
+        mix = {n: _source_share(results, n, f) for n in ("RDS+", "LESS")}
+        lines.append(
+            f"  - sources at {f:.0%}: "
+            + "; ".join(f"{n} " + ", ".join(f"{s} {v:.0%}" for s, v in m.items()) for n, m in mix.items())
+        )
+    return lines
+
+
+RR_PAIRS = (("LESS-RR", "LESS"), ("RDS+-RR", "RDS+"))
+
+
+def rr_claim_lines(results: dict) -> list[str]:
+    """The claim "round-robin helps at small budgets": at the smallest measured budget each round-robin
+    form (LESS-RR, RDS+-RR) above its top-k form (LESS, RDS+), on the average accuracy (seed means).
+
+    The lines after the verdict give the gap at every budget (whether it shrinks as the budget grows)
+    and per target task.
+
+    Example:
+        >>> rr_claim_lines({"runs": {}})[0]
+        '- round-robin helps at small budgets: not measured (needs LESS-RR and LESS, or RDS+-RR and RDS+).'
+    """
+    pairs = [pair for pair in RR_PAIRS if _fractions(results, *pair)]
+    if not pairs:
+        return [
+            "- round-robin helps at small budgets: not measured "
+            "(needs LESS-RR and LESS, or RDS+-RR and RDS+)."
+        ]
+    small = min(min(_fractions(results, *pair)) for pair in pairs)
+    pairs = [pair for pair in pairs if small in _fractions(results, *pair)]
+    above = [_cell(results, a, small)["mean"] > _cell(results, b, small)["mean"] for a, b in pairs]
+    verdict = "agree" if all(above) else "disagree"
+    lines = [
+        f"- round-robin helps at small budgets ({small:.0%} kept, the smallest measured): **{verdict}** — "
+        + "; ".join(_pair(results, a, b, small) for a, b in pairs)
+        + f" (n = {_cell(results, pairs[0][0], small)['n']} seeds)."
+    ]
+    for a, b in pairs:
+        gaps = ", ".join(
+            f"{f:.0%} {(_cell(results, a, f)['mean'] - _cell(results, b, f)['mean']) * 100:+.1f}"
+            for f in _fractions(results, a, b)
+        )
+        lines.append(f"  - {a} − {b} by budget: {gaps}")
+    lines += _per_task_lines(results, pairs, [small])
+    return lines
+
+
+def balance_lines(out: Path, fraction: float = CLAIM_FRACTION) -> list[str]:
+    """How the seed-0 top-k subsets (LESS, RDS+) at ``fraction`` split over the target tasks, each row
+    counted for the task it scores highest for (its per-task column's argmax), and how many rows each
+    shares with its round-robin form. Round-robin gives every task its turns; when top-k is already
+    spread over the tasks the two keep mostly the same rows, and round-robin cannot change much.
+
+    Example:
+        >>> balance_lines(Path("runs/x"))[0]
+        '- LESS (top-k): best task navigate 4, sports_understanding 8; 75% of its rows also in LESS-RR'
+    """
+    path, info_path = out / "rds_pool", out / "hidden_states.json"
+    if not (path / "dataset_info.json").is_file() or not info_path.is_file():
+        return []
+    pool = load_from_disk(str(path))
+    tasks = json.loads(info_path.read_text())["tasks"]
+    position = {int(r): i for i, r in enumerate(pool["row_id"])}
+    lines = []
+    for rr, top in RR_PAIRS:
+        subsets = {n: out / "subsets" / f"{run_slug(n)}_{fraction}_0" for n in (top, rr)}
+        if not all(p.is_dir() for p in subsets.values()):
+            continue
+        rows = {n: [position[int(r)] for r in load_from_disk(str(p))["row_id"]] for n, p in subsets.items()}
+        best = read_matrix(pool, f"{FEATURES[top]}_tasks").argmax(axis=1)
+        counts = np.bincount(best[rows[top]], minlength=len(tasks))
+        common = len(set(rows[top]) & set(rows[rr])) / max(1, len(rows[top]))
+        lines.append(
+            f"- {top} (top-k): best task " + ", ".join(f"{t} {c}" for t, c in zip(tasks, counts))
+            + f"; {common:.0%} of its rows also in {rr}"
+        )
+    return lines
+
+
+def method_costs(results: dict) -> dict[str, dict]:
+    """Method → what its selection cost before training, measured in this run.
+
+    ``warmup_s`` (LESS's warm-up; 0 for RDS, which uses the untuned model), ``features_s`` and
+    ``features_s_per_1k`` (per 1,000 examples, pool and validation rows, over all checkpoints: LESS's
+    gradients at every warm-up checkpoint, RDS's one forward pass), ``scoring_s`` and ``selection_s``
+    (the mean over its runs), and ``total_s``, their sum. Random needs no features.
+
+    Example:
+        >>> method_costs(results)["RDS+"]["warmup_s"]
+        0.0
+    """
+    w, f, h = results.get("warmup", {}), results.get("features", {}), results.get("hidden_states", {})
+    nan = float("nan")
+    checkpoints = max(1, len(f.get("checkpoint_weights", [])))
+    examples = f.get("gradient_rows", 0) / checkpoints
+    kinds = {
+        "less": {
+            "features": "LoRA gradients",
+            "warmup_s": w.get("warmup_s", nan),
+            "features_s": f.get("gradient_s", nan),
+            "features_s_per_1k": 1000 * f["gradient_s"] / examples if examples and "gradient_s" in f else nan,
+            "scoring_s": f.get("scoring_s", nan),
+        },
+        "rds": {
+            "features": "hidden states",
+            "warmup_s": 0.0,
+            "features_s": h.get("hidden_s", nan),
+            "features_s_per_1k": h.get("hidden_s_per_1k_rows", nan),
+            "scoring_s": h.get("scoring_s", nan),
+        },
+        None: {
+            "features": "none",
+            "warmup_s": 0.0,
+            "features_s": 0.0,
+            "features_s_per_1k": 0.0,
+            "scoring_s": 0.0,
+        },
+    }
+    selection: dict[str, list[float]] = {}
+    for key, entry in results["runs"].items():
+        name = key.split("|")[0]
+        if name != BASE:
+            selection.setdefault(name, []).append(entry["select_s"])
+    costs = {}
+    for name in [n for n in methods() if n in selection] + sorted(set(selection) - set(methods())):
+        cost = {**kinds[FEATURES.get(name)], "selection_s": float(np.mean(selection[name]))}
+        cost["total_s"] = sum(cost[k] for k in ("warmup_s", "features_s", "scoring_s", "selection_s"))
+        costs[name] = cost
+    return costs
+
+
+def quality_cost_table(results: dict) -> str:
+    """One row per method: average accuracy per kept fraction (mean ± std over seeds) and its measured cost.
+
+    Example:
+        >>> print(quality_cost_table(results))
+    """
+    fractions = sorted({float(k.split("|")[1]) for k in results["runs"]} - {0.0})
+    summary = summarize(results, "average")
+    head = (
+        "| method | "
+        + " | ".join(f"{f:.0%} kept" for f in fractions)
+        + " | features | warm-up s | features s / 1k examples | scoring s | selection s | total s |"
+    )
+    lines = [head, "|---|" + "---:|" * len(fractions) + "---|---:|---:|---:|---:|---:|"]
+    base = summary.get(BASE, {}).get(0.0)
+    if base:
+        lines.append(
+            f"| {BASE} | "
+            + " | ".join(f"{base['mean'] * 100:.1f}" for _ in fractions)
+            + " | – | – | – | – | – | – |"
+        )
+    for name, c in method_costs(results).items():
+        cells = []
+        for f in fractions:
+            a = summary.get(name, {}).get(f)
+            cells.append(f"{a['mean'] * 100:.1f} ± {a['std'] * 100:.1f}" if a else "–")
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {c['features']} | {c['warmup_s']:.0f} | "
+            f"{c['features_s_per_1k']:.0f} | {c['scoring_s']:.2f} | {c['selection_s']:.2f} | "
+            f"{c['total_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def overlap_lines(results: dict, out: Path, fraction: float = CLAIM_FRACTION) -> list[str]:
     """How much of LESS's top-k each score-based method keeps (seed 0): whether they differ at all.
 
@@ -612,6 +1002,15 @@ def cost_table(results: dict) -> str:
         f"{f.get('gradient_s_per_1k_rows') or float('nan'):.0f} s per 1k rows |",
         f"| LESS scoring + combined features | {f.get('scoring_s', float('nan')):.2f} s |",
     ]
+    h = results.get("hidden_states")
+    if h:
+        rows += [
+            f"| base model loading (RDS) | {h['model_load_s']:.1f} s |",
+            f"| hidden states, untuned model ({h['hidden_rows']} rows, "
+            f"{h['tokens_per_row']:.0f} tokens/row) | "
+            f"{h['hidden_s']:.0f} s = {h['hidden_s_per_1k_rows']:.0f} s per 1k rows |",
+            f"| RDS scoring | {h['scoring_s']:.2f} s |",
+        ]
     rows += [f"| selection: {name} | {np.mean(sel[name]):.2f} s |" for name in methods() if name in sel]
     if train:
         rows.append(f"| LoRA training per subset (mean) | {np.mean(train):.0f} s |")
@@ -672,17 +1071,45 @@ def report(out: Path, results: dict) -> str:
         floor = summarize(results, task).get(BASE, {}).get(0.0)
         if floor:
             parts += [f"Untuned: {floor['mean'] * 100:.1f}%.", ""]
-    parts += ["#### Cost per stage", "", cost_table(results), ""]
+    parts += [
+        "#### Quality vs cost (average accuracy %, mean ± std over seeds; cost measured in this run)",
+        "",
+        quality_cost_table(results),
+        "",
+        "Features per 1,000 examples: LESS's gradients at every warm-up checkpoint, RDS's one forward pass "
+        "of the untuned model; total = warm-up + features + scoring + selection (before training).",
+        "",
+        "#### Cost per stage",
+        "",
+        cost_table(results),
+        "",
+    ]
     f = results.get("features", {})
     if f.get("less_by_source"):
         parts += [
             "Mean LESS score by source: " + ", ".join(f"{s} {v:.2e}" for s, v in f["less_by_source"].items()),
             "",
         ]
+    h = results.get("hidden_states", {})
+    if h.get("rds_by_source"):
+        parts += [
+            "Mean RDS score by source: " + ", ".join(f"{s} {v:.3f}" for s, v in h["rds_by_source"].items()),
+            "",
+        ]
     overlap = overlap_lines(results, out)
     if overlap:
         parts += [f"#### Overlap with LESS's top-k at {CLAIM_FRACTION:.0%} (seed 0)", "", *overlap, ""]
     parts += ["#### The paper's claim: InfoMax above LESS and D² at 5% kept", "", *claim_lines(results), ""]
+    parts += ["#### The RDS+ study's claims", "", *rds_claim_lines(results), *rr_claim_lines(results), ""]
+    small = min(fractions) if fractions else CLAIM_FRACTION
+    balance = balance_lines(out, small)
+    if balance:
+        parts += [
+            f"Task balance at {small:.0%} (seed 0; each row counted for the task it scores highest for):",
+            "",
+            *balance,
+            "",
+        ]
     text = "\n".join(parts)
     (out / "report.md").write_text(text)
     plot(results, out / "accuracy_vs_budget.png")
@@ -729,6 +1156,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=2, help="training epochs on each subset (App. A.3: 4)")
     p.add_argument("--dim", type=int, default=2048, help="gradient projection dimension (LESS: 8192)")
     p.add_argument("--gradient-batch-size", type=int, default=8)
+    p.add_argument(
+        "--hidden-batch-size", type=int, default=16, help="rows per forward pass of the hidden-state embedder"
+    )
     p.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=None, help="only these methods (names as in the tables)")
@@ -776,6 +1206,8 @@ def main(argv: list[str] | None = None) -> dict:
         pool = build_pool(out, args)
         warmup_dir, results["warmup"] = warm_up(out, args)
         scored, results["features"] = scored_pool(out, pool, warmup_dir, args)
+        save_results(out, results)
+        scored, results["hidden_states"] = hidden_state_pool(out, pool, scored, warmup_dir, args)
         save_results(out, results)
         run_all(out, scored, args, results)
         save_results(out, results)
