@@ -21,7 +21,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "hf_prune"
 RECIPES = PACKAGE.parent / "recipes"
 LAYERS = [
-    {"ops", "version"},
+    {"ops", "version", "parallel"},  # parallel: the executor switch, below everything that splits work
     {"embed", "score", "data", "corrupt", "dynamics", "provenance"},
     {"select"},
     {"hub", "pipeline", "cli", ""},  # "": the package root, which can reach everything in hf_prune

@@ -622,7 +622,7 @@ class Embedder:
 
         The result carries an ``"embed.<Class>"`` provenance step (`record_provenance`). Inside
         ``with hp.parallel.ray(...)`` and without ``num_proc``, the map runs on Ray actors in
-        batch-aligned shards and returns the same Dataset (`hf_prune.parallel.ray_map.map_on_ray`).
+        batch-aligned shards and returns the same Dataset (`hf_prune.embed.ray_map.map_on_ray`).
 
         Args:
             dataset: the input; it is never modified.
@@ -655,7 +655,7 @@ class Embedder:
                 if map_kwargs:
                     raise TypeError(f"{sorted(map_kwargs)} are Dataset.map options; under hp.parallel.ray the map "
                                     "runs on Ray actors, which take only batch_size, overwrite and desc")
-                from ..parallel.ray_map import map_on_ray
+                from .ray_map import map_on_ray
 
                 return map_on_ray(self, source, executor=executor, batch_size=batch_size, overwrite=overwrite,
                                   desc=desc)

@@ -54,7 +54,7 @@ from ._base import Embedder
 
 __all__ = ["map_distributed", "batch_aligned_bounds", "shard_name"]
 
-# Shared with `hf_prune.parallel.ray_map`, which writes the same markers beside parquet shards.
+# Shared with `hf_prune.embed.ray_map`, which writes the same markers beside parquet shards.
 MARKER_FORMAT = 1
 SHARD_MARKER = re.compile(r"shard-(\d{5})-of-(\d{5})\.json")
 

@@ -84,8 +84,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets import Dataset, Features, concatenate_datasets
 
-from ..embed._base import Embedder
-from ..embed.distributed import (
+from ..ops.arrow import column_array, fingerprint
+from ..ops.checks import check_columns, check_new_columns, check_positive_int
+from ..parallel.ray_executor import RayExecutor, TaskFailed, task_threads
+from ..provenance import with_measurements, with_provenance
+from ._base import Embedder
+from .distributed import (
     MARKER_FORMAT,
     batch_aligned_bounds,
     check_markers,
@@ -93,10 +97,6 @@ from ..embed.distributed import (
     shard_name,
     write_marker,
 )
-from ..ops.arrow import column_array, fingerprint
-from ..ops.checks import check_columns, check_new_columns, check_positive_int
-from ..provenance import with_measurements, with_provenance
-from .ray_executor import RayExecutor, TaskFailed, task_threads
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def _on_device(embedder: Embedder, device: Any) -> Embedder:
     return local
 
 
-def _arrow_column(values: np.ndarray, dim: int | None) -> pa.Array:
+def _output_array(values: np.ndarray, dim: int | None) -> pa.Array:
     """An embedder output as the Arrow array its declared feature stores (fixed-size list or scalar)."""
     if dim is None:
         return pa.array(values)
@@ -169,7 +169,7 @@ class ColumnActor:
                 batch = self.dataset[first:last]
                 keys = np.asarray(batch[ROW_ID], dtype=np.int64) if has_row_id else np.arange(first, last, dtype=np.int64)
                 out = self.embedder({c: batch[c] for c in self.embedder.input_columns})
-                arrays = [pa.array(keys), *(_arrow_column(out[c], d) for c, d in dims.items())]
+                arrays = [pa.array(keys), *(_output_array(out[c], d) for c, d in dims.items())]
                 writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
             writer.close()
             os.replace(tmp, path / f"{name}.parquet")

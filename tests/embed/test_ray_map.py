@@ -13,10 +13,10 @@ import transformers as T
 from datasets import Dataset, Features, Image, Value
 
 import hf_prune as hp
+from hf_prune.embed.ray_map import map_on_ray
 from hf_prune.parallel.ray_executor import TaskFailed
-from hf_prune.parallel.ray_map import map_on_ray
 
-from .embed.test_length_batching import WORDS, word_tokenizer
+from .test_length_batching import WORDS, word_tokenizer
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
