@@ -867,6 +867,37 @@ def balance_lines(out: Path, fraction: float = CLAIM_FRACTION) -> list[str]:
     return lines
 
 
+def resolution_lines(out: Path, results: dict) -> list[str]:
+    """What one test answer is worth and how many runs the training moved off the untuned model.
+
+    With a few test rows per task, accuracies move in steps of ``100 / n`` points; a claim decided by
+    a difference of one or two such steps is within the evaluation's resolution. Counted from the saved
+    pool's test split and the runs.
+
+    Example:
+        >>> resolution_lines(Path("runs/x"), results)[0]
+        '- test rows per task: navigate 10, sports_understanding 10: one answer = 10.0 points of a task, 5.0 of the average'
+    """
+    path = out / "pool" / "dataset_dict.json"
+    if not path.is_file():
+        return []
+    test = load_from_disk(str(out / "pool"))["test"]
+    tasks, counts = np.unique(np.array(test["task"]), return_counts=True)
+    step = 100.0 / counts
+    lines = [
+        "- test rows per task: " + ", ".join(f"{t} {c}" for t, c in zip(tasks, counts))
+        + f": one answer = {step.max():.1f} points of a task, {step.mean() / len(tasks):.1f} of the average"
+    ]
+    base = results["runs"].get(f"{BASE}|0.0|0")
+    if base:
+        trained = [e for k, e in results["runs"].items() if not k.startswith(BASE)]
+        same = sum(e["tasks"] == base["tasks"] for e in trained)
+        lines.append(
+            f"- {same} of {len(trained)} trained runs have every task's accuracy equal to the untuned model's"
+        )
+    return lines
+
+
 def method_costs(results: dict) -> dict[str, dict]:
     """Method → what its selection cost before training, measured in this run.
 
@@ -1101,6 +1132,9 @@ def report(out: Path, results: dict) -> str:
         parts += [f"#### Overlap with LESS's top-k at {CLAIM_FRACTION:.0%} (seed 0)", "", *overlap, ""]
     parts += ["#### The paper's claim: InfoMax above LESS and D² at 5% kept", "", *claim_lines(results), ""]
     parts += ["#### The RDS+ study's claims", "", *rds_claim_lines(results), *rr_claim_lines(results), ""]
+    resolution = resolution_lines(out, results)
+    if resolution:
+        parts += ["Resolution of the evaluation:", "", *resolution, ""]
     small = min(fractions) if fractions else CLAIM_FRACTION
     balance = balance_lines(out, small)
     if balance:

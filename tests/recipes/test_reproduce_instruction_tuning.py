@@ -136,6 +136,9 @@ def test_quick_rds_stage_scores_the_same_rows_and_reports_their_cost(quick):
     for claim in ("RDS+ above LESS (average accuracy): **", "at small budgets (5% kept, the smallest measured): **"):
         assert claim + "agree**" in report or claim + "disagree**" in report
     assert "RDS+ (top-k): best task say" in report
+    resolution = "- test rows per task: say 19, sum_choice 19: one answer = 5.3 points of a task, 2.6 of the average"
+    assert resolution in report
+    assert f"of {len(QUICK['methods'])} trained runs have every task's accuracy equal" in report
 
 
 def test_rerun_resumes_without_training_or_features(quick, monkeypatch):
