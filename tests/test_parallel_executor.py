@@ -56,23 +56,26 @@ class PickleExecutor:
     cpus_per_task = 1.0
     max_retries = 0
     address = None
+    gpus_per_actor = 1.0
 
     def __init__(self):
         self.jobs: list[tuple[str, list[str]]] = []
         self.shared_bytes: list[int] = []
+        self.gpus: list[float] = []
 
     def share(self, value):
         data = _dumps(value)
         self.shared_bytes.append(len(data))
         return _Ref(data)
 
-    def run_tasks(self, fn, calls, *, labels, rows=None, desc="tasks"):
+    def run_tasks(self, fn, calls, *, labels, rows=None, desc="tasks", gpus=0):
         assert fn.__module__.startswith("hf_prune.") and "<locals>" not in fn.__qualname__  # importable by workers
         results = []
         for args in calls:
             args = [cloudpickle.loads(a.data if isinstance(a, _Ref) else _dumps(a)) for a in args]
             results.append(cloudpickle.loads(_dumps(fn(*args))))
         self.jobs.append((fn.__name__, list(labels)))
+        self.gpus.append(gpus)
         return results
 
     def record(self, **facts):
@@ -116,6 +119,16 @@ def test_every_selector_per_class_pickles_and_gives_the_one_process_rows(info, p
     tasks = [labels for fn, labels in pickle_executor.jobs if fn == "pick_group"]
     assert [len(labels) for labels in tasks] == [3]
     assert tasks[0][0].startswith("class 0 of 'label' (24 rows, positions 0–23")
+
+
+def test_class_tasks_hold_a_gpu_where_this_process_sees_cuda(pickle_executor, monkeypatch):
+    import torch
+
+    hp.select.random(DATA, size=10, label_column="label")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    sub = hp.select.random(DATA, size=10, label_column="label")
+    assert pickle_executor.gpus == [0.0, 1.0]
+    assert provenance(sub, warn=False)[-1]["executor"]["gpus_per_task"] == 1.0
 
 
 def test_one_group_runs_on_the_driver_and_says_why(pickle_executor):

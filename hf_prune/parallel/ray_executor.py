@@ -205,11 +205,11 @@ class RayExecutor:
         return self.ray.put(value)
 
     # ------------------------------------------------------------------ tasks
-    def _remote(self, fn: Callable, num_cpus: float):
-        key = (fn, num_cpus, self.max_retries)
+    def _remote(self, fn: Callable, num_cpus: float, num_gpus: float = 0):
+        key = (fn, num_cpus, num_gpus, self.max_retries)
         if key not in self._remote_cache:
             self._remote_cache[key] = self.ray.remote(
-                num_cpus=num_cpus, max_retries=self.max_retries, retry_exceptions=False
+                num_cpus=num_cpus, num_gpus=num_gpus, max_retries=self.max_retries, retry_exceptions=False
             )(_call_with_threads).options(name=getattr(fn, "__name__", "task"))
         return self._remote_cache[key]
 
@@ -221,12 +221,14 @@ class RayExecutor:
         labels: Sequence[str],
         rows: Sequence[int] | None = None,
         desc: str = "tasks",
+        gpus: float = 0,
     ) -> list[Any]:
         """``[fn(*args) for args in calls]``, each call a Ray task; results in the order of ``calls``.
 
         ``fn`` must be importable (a module-level function); ``args`` may hold references from `share`,
         which reach ``fn`` as the objects. ``labels`` name the pieces in errors and logs; ``rows``
-        (rows per call) drive the progress bar's rows/s and ETA.
+        (rows per call) drive the progress bar's rows/s and ETA. ``gpus``: GPUs each task holds (Ray
+        hides the GPUs from a task that holds none).
 
         Raises:
             TaskFailed: a call that still failed after ``max_retries`` (worker deaths) or raised; the
@@ -237,7 +239,7 @@ class RayExecutor:
             raise ValueError(f"{len(labels)} labels for {len(calls)} calls")
         rows = [1] * len(calls) if rows is None else [int(r) for r in rows]
         ray = self.ray
-        remote = self._remote(fn, self.cpus_per_task)
+        remote = self._remote(fn, self.cpus_per_task, gpus)
         threads = task_threads(self.cpus_per_task)
         limit = self.workers
         results: list[Any] = [None] * len(calls)

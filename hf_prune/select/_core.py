@@ -29,6 +29,7 @@ __all__ = [
     "group_rows",
     "group_label",
     "pick_group",
+    "task_gpus",
 ]
 
 logger = logging.getLogger(__name__)
@@ -119,7 +120,10 @@ def run_selection(
     order, never the task or worker, decides its generator, so the merged rows equal the
     one-process call. ``pick`` and ``collect`` are put into the object store once
     (``executor.share``), so a closure that holds the column (most do) costs one copy of it per
-    node, not one per task; each task then receives only its group's row positions. One group (no
+    node, not one per task; each task then receives only its group's row positions (measured: the
+    herding and GM-matching picks over a 100,000 × 128 float32 column pickle to 51.2 MB, the
+    column's own 51.2 MB plus a few kB, in 0.07–0.1 s, and ``ray.put`` takes 0.02–0.35 s on one
+    machine). One group (no
     ``label_column``) is one global problem that cannot be split: it runs here, on the driver, and
     the provenance says so. The step records what ran where under ``"executor"``.
 
@@ -150,11 +154,12 @@ def run_selection(
     if executor is not None and len(work) > 1:
         shared = executor.share((pick, collect))
         labels = [group_label(label, label_column, rows) for _, label, rows, _ in work]
+        gpus = task_gpus(executor)
         outputs = executor.run_tasks(
             pick_group, [(shared, rows, k, seed, g) for g, _, rows, k in work], labels=labels,
-            rows=[len(rows) for _, _, rows, _ in work], desc=f"{method} per {label_column!r} class",
+            rows=[len(rows) for _, _, rows, _ in work], desc=f"{method} per {label_column!r} class", gpus=gpus,
         )
-        facts = executor.record(groups=len(work), split=True, tasks=len(work),
+        facts = executor.record(groups=len(work), split=True, tasks=len(work), gpus_per_task=gpus,
                                 reason=f"one task per {label_column!r} class")
     else:
         outputs = [pick_group((pick, collect), rows, k, seed, g, local=True) for g, _, rows, k in work]
@@ -181,6 +186,18 @@ def run_selection(
     params = {**params, "fraction": fraction, "size": size, "seed": seed, "label_column": label_column}
     result = finalize(dataset, indices, method=method, params=params)
     return result if facts is None else with_measurements(result, "executor", facts)
+
+
+def task_gpus(executor) -> float:
+    """GPUs per class task: the executor's ``gpus_per_actor`` when this process sees CUDA, else 0.
+
+    A selector whose ``device`` resolved to CUDA here builds a pick that runs on CUDA, and Ray hides
+    the GPUs from a task that holds none, so on a GPU machine every class task holds a GPU (one by
+    default; ``gpus_per_actor=0`` keeps them on CPUs, for selectors called with ``device="cpu"``).
+    """
+    import torch
+
+    return float(executor.gpus_per_actor) if torch.cuda.is_available() else 0.0
 
 
 def group_label(label: Any, label_column: str | None, rows: np.ndarray) -> str:
