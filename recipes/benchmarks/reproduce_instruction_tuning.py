@@ -76,6 +76,10 @@ other job (≈ 2.5× slower) ≈ 4 h, and under the load the rates above were me
 8 h: lower ``--pool-size``, ``--test-per-task`` or ``--seeds`` then. A measured reduced run (80-row pool,
 3 targets, 1 seed, 10% kept) under that load took
 22 s warm-up, 328 s for 128 gradient rows, 15 s training and 27 s evaluation per subset.
+With the RDS+ study's methods (200-row pool → 150 rows, 3 targets, 2 seeds, 5% and 10% kept; stored in
+``results/instruction_tuning_rds.json``), load 2–10: warm-up 107 s, gradients 1,010 s for 324 rows
+(3.1 s a row per checkpoint), hidden states 150 s for 162 rows (0.93 s a row), training 12–52 s and
+evaluation 27–54 s per subset; 48 min for the first seed (features included), 19 min for the second.
 
 Default (CPU, ≈ 4 h in the background next to one other job; not run by the tests; ``bash scripts/dev.sh llm``
 puts SmolLM2 and the BIG-bench sdist where the loaders find them, or set ``HF_PRUNE_BIGBENCH``)::
