@@ -37,6 +37,8 @@ def data():
     return clustered()
 
 
+# No labels: each of the 8 parts is a Ray task. Per class: each of the 3 classes is a task (the
+# per-class runner's), which solves its 5 parts.
 CASES = {
     "whole set, 8 parts": dict(fraction=0.1, score_column="score", k=5, partitions=8, seed=3),
     "per class, 5 parts each": dict(fraction=0.12, score_column="score", k=5, alpha=0.5, partitions=5,
@@ -58,14 +60,22 @@ def test_ray_parts_give_the_rows_of_one_process(ray_cluster, data, case):
     times = step["stage_times"]
     assert times["backend"] == "ray" and times["transport"] == "object_store"
     assert times["parts"] == parts and times["workers"] == executor.workers == 2 and times["worker_threads"] == 1
-    assert times["read_s"] > 0 and times["share_s"] > 0
+    # Rows gathered in the tasks (per class) or on the driver, which then shares each part (whole set).
+    assert times["read_s"] > 0 and (times["share_s"] > 0) == (groups == 1)
     # Each part was really solved in its task (kernel and solve timed there) and came back to its place.
     assert all(part["kernel_s"] > 0 and part["solve_s"] > 0 for part in times["per_part"])
     assert [(part["group"], part["part"]) for part in times["per_part"]] == [
         (g, p) for g in range(groups) for p in range(settings["partitions"])]
     assert sum(part["budget"] for part in times["per_part"]) == len(single)
+    assert all(part["backend"] == "ray" for part in times["per_part"])
     record = step["executor"]
     assert record["name"] == "ray" and record["infomax_parts"] == parts and record["workers"] == 2
+    # What the per-class runner recorded stays beside InfoMax's counts.
+    if groups > 1:
+        assert record["split"] is True and record["tasks"] == groups and record["infomax_part_tasks"] == 0
+    else:
+        assert record["split"] is False and record["infomax_part_tasks"] == parts
+        assert "partitions" in record["reason"]
     assert "executor" not in step["params"]
     # The kNN reports of the tasks are merged as in process: one exact search a part.
     assert step["knn"]["searches"] == hp.provenance(single)[-1]["knn"]["searches"] == parts
@@ -92,15 +102,16 @@ def test_a_gpu_device_is_refused_before_any_work(ray_cluster, data):
         hp.select.infomax(data, **CASES["whole set, 8 parts"], device="cuda")
 
 
-def test_groups_of_one_part_are_solved_on_the_driver(ray_cluster, data, caplog):
-    settings = dict(fraction=0.1, score_column="score", k=5, label_column="label", seed=0)  # partitions=1
+def test_one_global_part_is_solved_on_the_driver(ray_cluster, data, caplog):
+    settings = dict(fraction=0.1, score_column="score", k=5, seed=0)  # partitions=1, no labels
     single = hp.select.infomax(data, **settings)
     with caplog.at_level("INFO", logger="hf_prune.select.infomax"), hp.parallel.ray(progress=False):
         driver = hp.select.infomax(data, **settings)
     assert list(driver["row_id"]) == list(single["row_id"])
     step = hp.provenance(driver)[-1]
     assert step["stage_times"]["backend"] == "in_process" and step["executor"]["infomax_parts"] == 0
-    assert sum("nothing to split" in r.getMessage() for r in caplog.records) == 3  # one line a class
+    assert step["executor"]["split"] is False and "cannot be split" in step["executor"]["reason"]
+    assert any("nothing to split" in r.getMessage() for r in caplog.records)
 
 
 # Parts long enough (3,000 iterations: about a second each) for a poll to find their worker mid-task.

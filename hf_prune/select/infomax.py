@@ -78,18 +78,25 @@ and ``partitions``, never on where or how many at a time the parts were solved:
   rank's own ``read_s``, ``pool_start_s`` and ``wall_s`` differ in its stage times). ``distributed=False`` solves
   everything on each rank instead. Every rank must make the same call (the groups and parts are the
   same on every rank since they depend only on the data and ``seed``). Both can be combined.
-* Inside ``with hp.parallel.ray(...)`` (`hf_prune.parallel`) the parts of each group are Ray tasks
-  (`solve_infomax_part`, one per part, at most the executor's ``workers`` at once, each on
-  ``cpus_per_task`` CPUs; a task whose worker dies is re-run by Ray up to ``max_retries`` times). The
-  driver gathers each part's rows from the column and puts them into the object store once, when the
-  task is submitted, so the store holds at most ``workers`` parts and no task reads the column itself;
-  a task gets its rows, scores, budget and settings and returns its picks. Ray's tasks hold CPUs
-  only, so the parts are solved on the CPU (an explicit GPU ``device`` is an error); ``workers`` of
-  this call is ignored, with a log line (the executor's ``workers`` decides). A group of one part
-  (``partitions=1``) has nothing to split and is solved on the driver. A part that still fails ends
-  the call with `hf_prune.parallel.ray_executor.TaskFailed` naming its group, part and row count.
-  The step's provenance carries ``"executor"`` (`RayExecutor.record`: workers, nodes, CPUs, with
-  ``infomax_parts``, the number of parts solved on Ray, added to what the selection runner recorded).
+* Inside ``with hp.parallel.ray(...)`` (`hf_prune.parallel`) the work goes to Ray tasks, one of two ways:
+
+  - per class (``label_column`` with more than one class to pick from): each class is one task, as for
+    every selector (`hf_prune.select._core.run_selection`), and its parts are solved in that task, one
+    after another;
+  - one group (no ``label_column``) split into ``partitions > 1``: each part is one task
+    (`solve_infomax_part`), at most the executor's ``workers`` at once. The driver gathers a part's
+    rows from the column and puts them into the object store when its task is submitted, so the store
+    holds at most ``workers`` parts and no task reads the column. A group of one part (``partitions=1``)
+    is one global problem with nothing to split and is solved on the driver.
+
+  Each task holds ``cpus_per_task`` CPUs (and as many torch, BLAS and faiss threads); a task whose worker
+  dies is re-run by Ray up to ``max_retries`` times, and one that still fails ends the call with
+  `hf_prune.parallel.ray_executor.TaskFailed` naming its class or its part and row count. Ray's tasks
+  hold CPUs only, so the parts are solved on the CPU (an explicit GPU ``device`` is an error), and
+  ``workers`` of this call is ignored with a log line (the executor's ``workers`` decides). The rows are
+  those of the one-process call either way. The step's ``"executor"`` record (`RayExecutor.record`:
+  workers, nodes, CPUs; ``split``/``tasks``/``reason`` from the per-class runner) gets
+  ``infomax_parts`` (parts solved on Ray) and ``infomax_part_tasks`` (parts that were a task each).
 
 Stage times (App. B.2 reports its kernel and solve stages separately): the step recorded by
 `hf_prune.provenance` carries ``stage_times`` next to its ``params`` (measured facts stay out of the
@@ -356,10 +363,13 @@ def infomax(
     try:
         result = run_selection(
             dataset, method="infomax", params=params, fraction=fraction, size=size, seed=seed,
-            label_column=label_column, pick=pick,
+            label_column=label_column, pick=pick, collect=(runner.records, runner.knn_reports, runner.reads),
+            driver_reason=None if partitions == 1 else (
+                f"one group, split into its {partitions} partitions: one Ray task a partition"),
         )
     finally:
         runner.close()
+    runner.renumber_groups()
     stage_times = runner.stage_times(time.perf_counter() - started)
     logger.info(
         "infomax: %d part(s) (%s) on %d worker(s) × %d rank(s): read %.3f s, pool start %.3f s, kernel %.3f s, "
@@ -372,21 +382,22 @@ def infomax(
         knn_log.add(report)
     result = with_knn_record(_with_stage_times(result, stage_times), knn_log)
     if executor is not None:
-        result = _with_executor_record(result, executor, runner.ray_parts)
+        result = _with_executor_record(result, executor, runner)
     return result
 
 
-def _with_executor_record(result: Dataset, executor, parts: int) -> Dataset:
-    """``result`` with the executor's record on its last step, merged into one the selection runner left.
+def _with_executor_record(result: Dataset, executor, runner: _PartRunner) -> Dataset:
+    """``result`` with the executor's record on its last step, merged into the one the selection runner left.
 
-    The per-class runner (`hf_prune.select._core.run_selection`) may already have recorded the executor
-    for its groups; its keys stay and InfoMax adds ``infomax_parts`` (parts solved as Ray tasks; groups
-    of one part are solved on the driver).
+    `hf_prune.select._core.run_selection` records how it ran the groups (``split``, ``tasks``, ``reason``);
+    those keys stay, and InfoMax adds ``infomax_parts`` (parts solved in Ray tasks: their own, or their
+    class's) and ``infomax_part_tasks`` (parts that were a Ray task each).
     """
     step = provenance(result, warn=False)[-1]
     facts = dict(step.get("executor") or {})
     facts.update({key: value for key, value in executor.record().items() if key not in facts})
-    facts["infomax_parts"] = parts
+    facts["infomax_parts"] = sum(record["backend"] == "ray" for record in runner.records)
+    facts["infomax_part_tasks"] = runner.ray_parts
     return with_measurements(result, "executor", facts)
 
 
@@ -463,14 +474,21 @@ class _PartRunner:
         self.threads = max(1, _cores() // (workers * max(1, local_ranks))) if workers > 1 else None
         self.records: list[dict[str, Any]] = []
         self.knn_reports: list[dict[str, Any]] = []
-        self.read_s = 0.0
+        self.reads: list[float] = []  # seconds gathering rows, one entry a gather (summed as read_s)
         self.share_s = 0.0
         self.pool_start_s = 0.0
         # How the rows reached the workers: "shared_memory", "pickle" or "object_store" (Ray).
         self.transport: str | None = None
         self.pool: ProcessPoolExecutor | None = None
         self.group = 0
-        self.ray_parts = 0
+        self.ray_parts = 0  # parts solved as their own Ray task
+        self.shipped = False  # this runner is a copy inside a Ray task (its group is the task)
+
+    def __getstate__(self):
+        # Shipped into a Ray task with `pick` (per-class groups, `run_selection`): the copy solves its
+        # group's parts there, in process; no executor (work never nests) and no pool go with it.
+        state = dict(self.__dict__, executor=None, pool=None, shipped=True)
+        return state
 
     def run(self, parts: list[np.ndarray], budgets: list[int]) -> list[np.ndarray]:
         """Kept positions within each part (every part, on every rank)."""
@@ -491,12 +509,14 @@ class _PartRunner:
         if failure is not None:
             raise failure
         picks = []
+        backend = "ray" if self.shipped or (self.executor is not None and len(parts) > 1) else (
+            "process_pool" if self.workers > 1 and len(mine) > 1 else "in_process")
         for i, (part, budget) in enumerate(zip(parts, budgets)):
             kept, kernel_s, solve_s, report, rank = done[i]
             if report is not None:
                 self.knn_reports.append(report)
             record = {"group": self.group, "part": i, "rows": len(part), "budget": budget, "rank": rank,
-                      "kernel_s": kernel_s, "solve_s": solve_s}
+                      "backend": backend, "kernel_s": kernel_s, "solve_s": solve_s}
             logger.debug("infomax part %s", record)
             self.records.append(record)
             picks.append(np.asarray(kept, dtype=np.int64))
@@ -513,7 +533,7 @@ class _PartRunner:
             for i in mine:
                 started = time.perf_counter()
                 x = self.embeddings.take(parts[i])
-                self.read_s += time.perf_counter() - started
+                self.reads.append(time.perf_counter() - started)
                 done[i] = (*_solve_part(x, self.scores[parts[i]], budgets[i], self.settings, self.device), self.rank)
             return done
         sizes = [len(parts[i]) for i in mine]
@@ -540,7 +560,7 @@ class _PartRunner:
             for j, i in enumerate(mine):
                 shared[bounds[j] : bounds[j + 1]] = self.embeddings.take(parts[i])
             del shared  # the parent's view must go before the block can be closed
-            self.read_s += time.perf_counter() - started
+            self.reads.append(time.perf_counter() - started)
             pool = self._pool()
             futures = {
                 i: pool.submit(_worker_solve, block.name, (int(bounds[-1]), dim), int(bounds[j]), int(bounds[j + 1]),
@@ -571,7 +591,7 @@ class _PartRunner:
                 i = waiting.pop(0)
                 started = time.perf_counter()
                 rows = self.embeddings.take(parts[i])
-                self.read_s += time.perf_counter() - started
+                self.reads.append(time.perf_counter() - started)
                 running[pool.submit(_solve_part, rows, self.scores[parts[i]], budgets[i], self.settings,
                                     torch.device("cpu"))] = i
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -596,19 +616,26 @@ class _PartRunner:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
 
+    def renumber_groups(self) -> None:
+        """Number the part records' groups in order: a group's parts start at 0. Copies of this runner in
+        Ray tasks (one a class) each counted from 0; their records come back here in group order."""
+        group = -1
+        for record in self.records:
+            group += record["part"] == 0
+            record["group"] = group
+
     @property
     def backend(self) -> str:
-        if self.ray_parts:
-            return "ray"
-        return "process_pool" if self.transport in ("shared_memory", "pickle") else "in_process"
+        backends = {record["backend"] for record in self.records}
+        return next((b for b in ("ray", "process_pool") if b in backends), "in_process")
 
     def stage_times(self, wall_s: float) -> dict[str, Any]:
-        on_ray = self.ray_parts > 0
+        on_ray = self.executor is not None and self.backend == "ray"
         if on_ray:
             from ..parallel.ray_executor import task_threads  # Ray itself is not imported by it
         out = {
             "backend": self.backend,
-            "read_s": self.read_s,
+            "read_s": float(sum(self.reads)),
             "share_s": self.share_s,
             "pool_start_s": self.pool_start_s,
             "kernel_s": float(sum(r["kernel_s"] for r in self.records)),
@@ -616,7 +643,8 @@ class _PartRunner:
             "wall_s": wall_s,
             "workers": self.executor.workers if on_ray else self.workers,
             "worker_threads": task_threads(self.executor.cpus_per_task) if on_ray else self.threads,
-            "transport": self.transport,
+            # Parts solved inside their class's task had their rows sent with the selection's inputs.
+            "transport": "object_store" if on_ray else self.transport,
             "world_size": self.world,
             "parts": len(self.records),
             "kernel_s_max": max((r["kernel_s"] for r in self.records), default=0.0),
@@ -646,7 +674,7 @@ class _SharedParts(Sequence):
         rows = runner.embeddings.take(self.parts[i])
         read = time.perf_counter()
         ref = runner.executor.share(rows)
-        runner.read_s += read - started
+        runner.reads.append(read - started)
         runner.share_s += time.perf_counter() - read
         return ref, runner.scores[self.parts[i]], self.budgets[i], runner.settings
 

@@ -51,6 +51,23 @@ A subset, with the competing job:
 On a GPU machine (N = 1M and 10M × 768, ``device="cuda"``; fails clearly without a GPU). The InfoMax
 paper selects 1M ImageNet rows in 16.1 min on 8 V100s (1.7 min of solve): the line to beat.
     python recipes/benchmarks/scale.py --gpu --output-dir runs/scale_gpu
+
+Ray (``--ray``, issue 17; runs only this section, about 15 min on 2 cores): the same 1M × 384 column,
+each run in a fresh process: plain (one process, no Ray) against a local Ray cluster started in that
+process (``num_cpus=2``, ``cpus_per_task=1``) with 1 and 2 workers, for
+
+* InfoMax with ``partitions=100`` (10% kept, k = 5, exact search per 10,000-row part), the 1M row above;
+  InfoMax's local process pool (``workers=2``) is run beside it for reference;
+* one embedding-like map: ``ProjectionEmbedder`` (a seeded 384 → 384 → 384 MLP) over the column with
+  ``Embedder.map`` in map batches of 10,000 rows (on Ray: actors writing parquet shards).
+
+Each run records its wall time after a warm-up call, a hash of what it returned (the kept ``row_id`` s or
+the new column's bytes: each Ray run must equal the plain one), the driver's peak heap (as above), the
+peak RSS of each worker process (``ray::`` workers, or the pool's) and of Ray's own processes (the raylet
+holds the object store), sampled every 0.25 s with psutil, the cluster's start (``ray_start_s``, outside
+the wall time: a cluster is started once for many jobs) and ``os.getloadavg()`` before and after.
+    python -m recipes.benchmarks.scale --ray --output-dir runs/scale_ray
+``--gpu-cluster`` prints the commands for a GPU Ray cluster (DataComp small; not run here).
 """
 
 from __future__ import annotations
@@ -416,6 +433,8 @@ def measure(spec: dict) -> dict:
     import hf_prune as hp
 
     disable_progress_bars()
+    if spec["kind"] == "ray":
+        return measure_ray(spec)
     ds = load_from_disk(spec["path"])
     result: dict[str, Any] = {"rows": len(ds)}
     device = spec.get("device", "cpu")
@@ -491,6 +510,383 @@ def measure(spec: dict) -> dict:
         if "stage_times" in step:
             result["stage_times"] = step["stage_times"]
     return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Ray (issue 17): plain against a local Ray cluster with 1 and 2 workers
+
+RAY_CPUS = 2
+RAY_SIZE = 1_000_000
+RAY_INFOMAX = {"fraction": 0.1, "partitions": 100, "k": 5}
+RAY_MAP_BATCH = 10_000
+# (backend, workers): "plain" is one process without Ray, "pool" InfoMax's local process pool.
+RAY_VARIANTS = {"infomax": [("plain", 1), ("ray", 1), ("ray", 2), ("pool", 2)],
+                "map": [("plain", 1), ("ray", 1), ("ray", 2)]}
+RAY_TIMEOUT = 600.0
+RAY_TARGETS = "Ray with 1 worker within 10% of plain; 2 workers >= 1.7x one on the partitioned work"
+
+
+def _projection_embedder_class():
+    import torch
+    from torch import nn
+
+    from hf_prune.embed._base import Embedder
+
+    class ProjectionEmbedder(Embedder):
+        """An embedding-like map for the benchmark: a seeded ``d → d → d`` MLP (GELU) over a vector column.
+
+        Example:
+            >>> out = ProjectionEmbedder(dim=384).map(ds.with_format("numpy"), batch_size=10_000)
+        """
+
+        def __init__(self, column: str = "emb", output_column: str = "proj", dim: int = 384, seed: int = 0,
+                     batch_size: int = 1024):
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                self.model = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim)).eval()
+            self.column, self.output_column, self.dim, self.seed = column, output_column, dim, seed
+            super().__init__(input_columns=[column], device="cpu", dtype=torch.float32, batch_size=batch_size)
+
+        def _output_dims(self):
+            return {self.output_column: self.dim}
+
+        def _modules(self):
+            return {"model": self.model}
+
+        def _spec(self):
+            return {"column": self.column, "dim": self.dim, "seed": self.seed}
+
+        def _embed(self, batch, device):
+            x = torch.as_tensor(np.asarray(batch[self.column], dtype=np.float32), device=device)
+            return {self.output_column: self.model(x)}
+
+    ProjectionEmbedder.__module__ = __name__
+    ProjectionEmbedder.__qualname__ = "ProjectionEmbedder"
+    return ProjectionEmbedder
+
+
+def __getattr__(name: str):
+    # Built on first use (torch and hf_prune are imported only by the measured processes) and importable
+    # by name, since Ray's actors unpickle the embedder from this module.
+    if name == "ProjectionEmbedder":
+        cls = _projection_embedder_class()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class ProcessTreeSampler:
+    """Peak RSS of this process's descendants, sampled every ``interval`` s (psutil): workers and Ray's own.
+
+    A worker is a ``ray::`` process (a task or actor worker, ``ray::IDLE`` between tasks) or a process
+    pool's spawned interpreter; every other descendant (raylet, which holds the object store, GCS, Ray's
+    agents) is Ray's own. A worker's RSS includes the object-store pages it has mapped, so RSS less its
+    shared pages is kept beside it.
+
+    Example:
+        >>> with ProcessTreeSampler() as tree:
+        ...     run_the_job()
+        >>> tree.facts()["worker_max_rss_bytes"]
+    """
+
+    def __init__(self, interval: float = 0.25):
+        import psutil
+
+        self.psutil, self.interval = psutil, interval
+        self.workers: dict[int, dict] = {}
+        self.system: dict[int, dict] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def sample(self):
+        for proc in self.psutil.Process().children(recursive=True):
+            try:
+                cmdline = proc.cmdline()
+                memory = proc.memory_info()
+            except self.psutil.Error:
+                continue
+            title = cmdline[0] if cmdline else proc.name()
+            worker = title.startswith("ray::") or any("multiprocessing" in part for part in cmdline)
+            table = self.workers if worker else self.system
+            entry = table.setdefault(proc.pid, {"title": title[:60], "rss": 0, "rss_minus_shared": 0})
+            entry["rss"] = max(entry["rss"], memory.rss)
+            entry["rss_minus_shared"] = max(entry["rss_minus_shared"], memory.rss - getattr(memory, "shared", 0))
+            if title.startswith("ray::") and not title.startswith("ray::IDLE"):
+                entry["title"] = title[:60]  # the task or actor it ran, not its idle name
+
+    def __enter__(self):
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def facts(self) -> dict:
+        workers = sorted(self.workers.values(), key=lambda e: -e["rss"])
+        system = sorted(self.system.values(), key=lambda e: -e["rss"])
+        return {
+            "worker_processes": len(workers),
+            "worker_max_rss_bytes": max((w["rss"] for w in workers), default=0),
+            "worker_max_rss_minus_shared_bytes": max((w["rss_minus_shared"] for w in workers), default=0),
+            "workers": workers[:8],
+            "ray_system_rss_bytes": {e["title"]: e["rss"] for e in system[:6]},
+        }
+
+
+def _result_hash(out, work: str) -> str:
+    """A hash of what the call returned: the kept ``row_id`` s (InfoMax) or the new column's float32 bytes."""
+    import xxhash
+
+    from hf_prune.ops.columns import column_array
+
+    h = xxhash.xxh64()
+    if work == "infomax":
+        h.update(np.asarray(out["row_id"], dtype=np.int64).tobytes())
+    else:
+        for chunk in column_array(out, "proj").chunks:
+            h.update(np.asarray(chunk.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def measure_ray(spec: dict) -> dict:
+    """One run of the Ray section in this process: ``spec`` names the work, the backend and the workers.
+
+    Example:
+        >>> measure_ray({"kind": "ray", "work": "infomax", "backend": "ray", "workers": 2, "path": str(path)})["wall_s"]
+    """
+    import contextlib
+    import resource
+    import shutil
+    import warnings
+
+    from datasets import load_from_disk
+
+    import hf_prune as hp
+
+    work, backend, workers = spec["work"], spec["backend"], int(spec["workers"])
+    ds = load_from_disk(spec["path"])
+    result: dict[str, Any] = {"rows": len(ds), "loadavg_start": list(os.getloadavg())}
+    storage = tempfile.mkdtemp(prefix="ray-", dir=spec.get("scratch"))
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, storage, ignore_errors=True)
+        if backend == "ray":
+            started = time.perf_counter()
+            stack.enter_context(hp.parallel.ray(workers=workers, cpus_per_task=1, progress=False, storage=storage,
+                                                init_kwargs={"num_cpus": RAY_CPUS}))
+            result["ray_start_s"] = time.perf_counter() - started
+        if work == "infomax":
+            kwargs = {"score_column": "score", "embedding_column": "emb", "k": RAY_INFOMAX["k"],
+                      "workers": workers if backend == "pool" else 1}
+            kept = int(round(RAY_INFOMAX["fraction"] * len(ds)))
+            tiny = ds.select(range(2000))
+
+            def call(data, size, partitions):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    return hp.select.infomax(data, size=size, partitions=partitions, **kwargs)
+
+            def warm():  # imports, faiss and BLAS set-up; on Ray the workers' own (one part each)
+                return call(tiny, 20, max(2, workers))
+
+            def timed():
+                return call(ds, kept, RAY_INFOMAX["partitions"])
+        else:
+            from recipes.benchmarks.scale import ProjectionEmbedder
+
+            embedder = ProjectionEmbedder(dim=len(ds[0]["emb"]))
+            data = ds.with_format("numpy")  # the column as 2-D arrays (Python lists cost 10× the map itself)
+
+            def options(name):  # a fresh output file each time: the plain map must not find a cached one
+                return {} if backend == "ray" else {"load_from_cache_file": False,
+                                                    "cache_file_name": str(Path(storage) / name)}
+
+            def warm():
+                small = RAY_MAP_BATCH // 100
+                return embedder.map(data.select(range(4 * small)), batch_size=small, **options("warm.arrow"))
+
+            def timed():
+                return embedder.map(data, batch_size=RAY_MAP_BATCH, **options("map.arrow"))
+
+        started = time.perf_counter()
+        warm()
+        result["warmup_s"] = time.perf_counter() - started
+        hwm_reset = reset_high_water_mark()
+        children_before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        before = proc_status()
+        with PeakSampler() as sampler, ProcessTreeSampler() as tree:
+            started = time.perf_counter()
+            out = timed()
+            wall = time.perf_counter() - started
+        hwm = proc_status()["VmHWM"]
+        children_after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        heap = sampler.peak["RssAnon"] + sampler.peak.get("RssShmem", 0)
+        if hwm_reset:
+            heap = max(heap, hwm - sampler.peak["RssFile"])
+        result.update(
+            wall_s=wall, peak_heap_bytes=heap - before["RssAnon"] - before.get("RssShmem", 0),
+            peak_file_bytes=sampler.peak["RssFile"], hwm_reset=hwm_reset, **tree.facts(),
+            children_max_rss_bytes=children_after * 1024 if children_after > children_before else 0,
+            result_hash=_result_hash(out, work), output_rows=len(out), loadavg_end=list(os.getloadavg()),
+        )
+        step = hp.provenance(out, warn=False)[-1]
+        for key in ("stage_times", "executor"):
+            if key in step:
+                result[key] = step[key]
+        del out
+    if backend == "ray":
+        hp.parallel.ray_executor.import_ray().shutdown()
+    return result
+
+
+def ray_plan(work: list[str]) -> list[dict]:
+    """The runs of the Ray section: each work's variants, plain first.
+
+    Example:
+        >>> [run["key"] for run in ray_plan(["map"])]
+        ['ray/map/plain/workers=1', 'ray/map/ray/workers=1', 'ray/map/ray/workers=2']
+    """
+    return [{"key": f"ray/{w}/{backend}/workers={n}", "work": w, "backend": backend, "workers": n}
+            for w in work for backend, n in RAY_VARIANTS[w]]
+
+
+def ray_report(results: dict) -> str:
+    """The Markdown table of the Ray section, with the two targets checked against the measured runs.
+
+    Example:
+        >>> print(ray_report(load_results(Path("runs/scale_ray"), settings)))
+    """
+    s, runs = results["settings"], results["runs"]
+    env = results.get("environment", {})
+    lines = [f"Ray section: N = {s['n']:,} × {s['dim']} {s['dtype']} (memory-mapped); local Ray cluster "
+             f"num_cpus={RAY_CPUS}, cpus_per_task=1; {env.get('cpu_count')} cores; Ray {env.get('ray')}, torch "
+             f"{env.get('torch')}, faiss {env.get('faiss')}. InfoMax: {RAY_INFOMAX}; map: ProjectionEmbedder "
+             f"(384 → 384 → 384 MLP), map batch {RAY_MAP_BATCH:,}.", "",
+             "| work | run | wall s | vs plain | speed-up vs Ray 1 | driver heap MiB | worker peak RSS MiB "
+             "(less shared) | Ray start s | same result | load 1-min before → after |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    verdicts = []
+    for work in RAY_VARIANTS:
+        plain = runs.get(f"ray/{work}/plain/workers=1", {})
+        one = runs.get(f"ray/{work}/ray/workers=1", {})
+        for backend, n in RAY_VARIANTS[work]:
+            e = runs.get(f"ray/{work}/{backend}/workers={n}")
+            if e is None:
+                continue
+            name = {"plain": "plain (one process)", "ray": f"Ray, {n} worker{'s' * (n > 1)}",
+                    "pool": f"local pool, workers={n}"}[backend]
+            if e.get("status") != "ok":
+                lines.append(f"| {work} | {name} | — | | | | | | | {e.get('status')} |")
+                continue
+            vs = e["wall_s"] / plain["wall_s"] if plain.get("status") == "ok" else None
+            up = one["wall_s"] / e["wall_s"] if one.get("status") == "ok" and backend == "ray" else None
+            same = "yes" if plain.get("result_hash") == e["result_hash"] else "NO"
+            workers = (f"{mib(e['worker_max_rss_bytes'])} ({mib(e['worker_max_rss_minus_shared_bytes'])})"
+                       if e.get("worker_processes") else "–")
+            load = f"{e['loadavg_start'][0]:.2f} → {e['loadavg_end'][0]:.2f}"
+            lines.append(f"| {work} | {name} | {fmt_seconds(e['wall_s'])} | {'' if vs is None else f'{vs:.2f}×'} | "
+                         f"{'' if up is None else f'{up:.2f}×'} | {mib(e['peak_heap_bytes'])} | {workers} | "
+                         f"{fmt_seconds(e['ray_start_s']) if 'ray_start_s' in e else '–'} | {same} | {load} |")
+        two = runs.get(f"ray/{work}/ray/workers=2", {})
+        if plain.get("status") == one.get("status") == "ok":
+            ratio = one["wall_s"] / plain["wall_s"]
+            verdicts.append(f"{work}: Ray 1 worker / plain = {ratio:.3f} (target <= 1.10: "
+                            f"{'met' if ratio <= 1.10 else 'missed'})")
+        if one.get("status") == two.get("status") == "ok":
+            up = one["wall_s"] / two["wall_s"]
+            verdicts.append(f"{work}: Ray 2 workers speed-up over 1 = {up:.2f}× (target >= 1.7: "
+                            f"{'met' if up >= 1.7 else 'missed'})")
+    lines += ["", f"Targets ({RAY_TARGETS}):", *[f"- {v}" for v in verdicts]]
+    return "\n".join(lines)
+
+
+GPU_CLUSTER_COMMANDS = '''\
+# NOT RUN HERE (no GPU cluster): a GPU Ray cluster, DataComp small (12.8M image-text pairs), DINOv2 and
+# CLIP actors, partitioned InfoMax and SemDeDup. Paths under /shared: a file system every node sees.
+# 1. The cluster: the head, then every other GPU node joins it (under SLURM: `ray start --head` in the
+#    first task, `ray start --address` in the others, then this script on the head):
+ray start --head --port=6379 --num-gpus=8
+ray start --address=<head-host>:6379 --num-gpus=8
+# 2. The pipeline on the head (DataComp small saved with `save_to_disk`: image, text and row_id):
+cat > datacomp_small_ray.py <<'PY'
+from datasets import load_from_disk
+import hf_prune as hp
+
+ds = load_from_disk("/shared/datacomp_small")
+with hp.parallel.ray(address="auto", gpus_per_actor=1, max_retries=3, storage="/shared/hf_prune_ray"):
+    ds = hp.embed.ImageEmbedder("facebook/dinov2-base", image_column="image", output_column="dino",
+                                batch_size=256).map(ds, batch_size=4096)
+    ds = hp.embed.CLIPEmbedder("openai/clip-vit-base-patch32", image_column="image", text_column="text",
+                               batch_size=256).map(ds, batch_size=4096)
+    # 12.8M rows in 1,280 parts of 10,000 rows: one Ray task a part.
+    sub = hp.select.infomax(ds, fraction=0.3, score_column="clip_score", embedding_column="dino",
+                            partitions=1280)
+    dedup = hp.select.semdedup(ds, fraction=0.5, embedding_column="image_emb", n_clusters=50_000)
+sub.save_to_disk("/shared/datacomp_small_infomax30")
+dedup.save_to_disk("/shared/datacomp_small_semdedup50")
+print(hp.provenance(sub)[-1]["executor"], hp.provenance(sub)[-1]["stage_times"]["wall_s"])
+PY
+python datacomp_small_ray.py
+'''
+
+
+def ray_main(args) -> dict:
+    """The Ray section: each run of `ray_plan` in a fresh process (resumable), then `ray_report`.
+
+    Example:
+        >>> ray_main(make_parser().parse_args(["--ray", "--sizes", "20000", "--output-dir", "runs/ray_20k"]))
+    """
+    import importlib.metadata
+
+    work = _csv(args.ray_work, str)
+    unknown = sorted(set(work) - set(RAY_VARIANTS))
+    if unknown:
+        raise SystemExit(f"--ray-work: unknown {unknown}; choose from {sorted(RAY_VARIANTS)}")
+    n = _csv(args.sizes, int)[0] if args.sizes else RAY_SIZE
+    dim = args.dim or 384
+    settings = {"n": n, "dim": dim, "dtype": args.dtype, "seed": args.seed, "ray_cpus": RAY_CPUS,
+                "infomax": RAY_INFOMAX, "map_batch": RAY_MAP_BATCH}
+    from datasets import disable_progress_bars
+
+    disable_progress_bars()
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = load_results(out, settings)
+    results["environment"] = {**versions(), "ray": importlib.metadata.version("ray")}
+    timeout = args.run_timeout or RAY_TIMEOUT
+    path = str(ensure_data(Path(args.workdir), n, dim, args.dtype, args.seed, print))
+    started = time.perf_counter()
+    for run in ray_plan(work):
+        old = results["runs"].get(run["key"])
+        if old and old.get("status") == "ok":
+            continue  # resume: done
+        print(f"[{run['key']}] ... (load {os.getloadavg()[0]:.2f})", flush=True)
+        spec = {"kind": "ray", **{k: run[k] for k in ("work", "backend", "workers")}, "path": path,
+                "scratch": str(out.resolve())}
+        load_before = list(os.getloadavg())
+        entry = run_child(spec, timeout)
+        entry.update(spec={k: v for k, v in spec.items() if k not in ("path", "scratch")},
+                     loadavg_before=load_before, loadavg_after=list(os.getloadavg()))
+        results["runs"][run["key"]] = entry
+        save_results(out, results)
+        detail = f"{entry['wall_s']:.2f}s" if entry["status"] == "ok" else entry.get("stderr_tail", "")[-2000:]
+        print(f"[{run['key']}]   {entry['status']} {detail}", flush=True)
+    results["report"] = ray_report(results)
+    save_results(out, results)
+    (out / "report.md").write_text(results["report"] + "\n")
+    print(f"\ntotal {(time.perf_counter() - started) / 60:.1f} min\n")
+    print(results["report"])
+    print("\nGPU cluster commands (not run here; `--gpu-cluster` prints them):\n" + GPU_CLUSTER_COMMANDS)
+    failed = [k for k, e in results["runs"].items() if e["status"] != "ok"]
+    if failed:
+        raise SystemExit(f"{len(failed)} run(s) did not finish: {failed} (see {out / 'results.json'})")
+    return results
 
 
 def child_main(spec_path: str) -> None:
@@ -707,6 +1103,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", action="store_true", help="N = 1M, 10M × 768 with device='cuda' (needs a GPU)")
     p.add_argument("--workdir", default="runs/scale/data", help="cache of the generated datasets")
     p.add_argument("--output-dir", default="runs/scale", help="results.json and report.md go here")
+    p.add_argument("--ray", action="store_true", help="run only the Ray section: plain vs Ray with 1 and 2 workers")
+    p.add_argument("--ray-work", default="infomax,map", help="comma-separated work of --ray: infomax, map")
+    p.add_argument("--gpu-cluster", action="store_true", help="print the GPU Ray cluster commands (nothing runs)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return p
 
@@ -725,6 +1124,11 @@ def main(argv=None) -> dict:
     if args.child:
         child_main(args.child)
         return {}
+    if args.gpu_cluster:
+        print(GPU_CLUSTER_COMMANDS)
+        return {}
+    if args.ray:
+        return ray_main(args)
     device = "cpu"
     if args.gpu:
         import torch
