@@ -355,6 +355,16 @@ def warm_up(out: Path, args) -> tuple[Path, dict]:
     return warmup_dir, info
 
 
+def score_summary(name: str, values: np.ndarray, sources) -> dict:
+    """``<name>_mean``, ``<name>_std`` and ``<name>_by_source`` (the mean per pool source) of a score column."""
+    sources = np.array(sources)
+    return {
+        f"{name}_mean": float(values.mean()),
+        f"{name}_std": float(values.std()),
+        f"{name}_by_source": {s: float(values[sources == s].mean()) for s in sorted(set(sources))},
+    }
+
+
 def scored_pool(out: Path, pool: DatasetDict, warmup_dir: Path, args) -> tuple[Dataset, dict]:
     """The pool with ``less``, ``less_tasks``, ``less_01`` and ``grad`` (what the selectors read), cached.
 
@@ -403,11 +413,7 @@ def scored_pool(out: Path, pool: DatasetDict, warmup_dir: Path, args) -> tuple[D
         "tasks": result.tasks,
         "rows": len(scored),
         "tokenize": result.tokenize_stats,
-        "less_mean": float(less.mean()),
-        "less_std": float(less.std()),
-        "less_by_source": {
-            s: float(less[np.array(scored["source"]) == s].mean()) for s in sorted(set(scored["source"]))
-        },
+        **score_summary("less", less, scored["source"]),
     }
     write_json(info_path, info)
     return load_from_disk(str(path)), info
@@ -497,11 +503,7 @@ def hidden_state_pool(
         "scoring_s": scoring_s,
         "tasks": dataset_tasks(targets, "task")[0],
         "batch_size": args.hidden_batch_size,
-        "rds_mean": float(rds.mean()),
-        "rds_std": float(rds.std()),
-        "rds_by_source": {
-            s: float(rds[np.array(rds_pool["source"]) == s].mean()) for s in sorted(set(rds_pool["source"]))
-        },
+        **score_summary("rds", rds, rds_pool["source"]),
     }
     write_json(info_path, info)
     return load_from_disk(str(path)), info
