@@ -275,30 +275,42 @@ def proc_status() -> dict[str, int]:
     return out
 
 
-class PeakSampler:
-    """A thread sampling `proc_status` every ``interval`` seconds; ``peak`` holds the largest of each."""
+class SamplingThread:
+    """A context manager calling ``sample()`` on entry, every ``interval`` seconds from a thread, and on exit."""
 
-    def __init__(self, interval: float = 0.01):
-        self.interval, self.peak = interval, proc_status()
+    def __init__(self, interval: float):
+        self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def sample(self):
+        raise NotImplementedError
+
     def _run(self):
         while not self._stop.wait(self.interval):
-            self._update()
-
-    def _update(self):
-        for key, value in proc_status().items():
-            self.peak[key] = max(self.peak[key], value)
+            self.sample()
 
     def __enter__(self):
+        self.sample()
         self._thread.start()
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self._update()
+        self.sample()
+
+
+class PeakSampler(SamplingThread):
+    """A thread sampling `proc_status` every ``interval`` seconds; ``peak`` holds the largest of each."""
+
+    def __init__(self, interval: float = 0.01):
+        super().__init__(interval)
+        self.peak = proc_status()
+
+    def sample(self):
+        for key, value in proc_status().items():
+            self.peak[key] = max(self.peak[key], value)
 
 
 def reset_high_water_mark() -> bool:
@@ -575,7 +587,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class ProcessTreeSampler:
+class ProcessTreeSampler(SamplingThread):
     """Peak RSS of this process's descendants, sampled every ``interval`` s (psutil): workers and Ray's own.
 
     A worker is a ``ray::`` process (a task or actor worker, ``ray::IDLE`` between tasks) or a process
@@ -592,15 +604,10 @@ class ProcessTreeSampler:
     def __init__(self, interval: float = 0.25):
         import psutil
 
-        self.psutil, self.interval = psutil, interval
+        super().__init__(interval)
+        self.psutil = psutil
         self.workers: dict[int, dict] = {}
         self.system: dict[int, dict] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.wait(self.interval):
-            self.sample()
 
     def sample(self):
         for proc in self.psutil.Process().children(recursive=True):
@@ -617,16 +624,6 @@ class ProcessTreeSampler:
             entry["rss_minus_shared"] = max(entry["rss_minus_shared"], memory.rss - getattr(memory, "shared", 0))
             if title.startswith("ray::") and not title.startswith("ray::IDLE"):
                 entry["title"] = title[:60]  # the task or actor it ran, not its idle name
-
-    def __enter__(self):
-        self.sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.sample()
 
     def facts(self) -> dict:
         workers = sorted(self.workers.values(), key=lambda e: -e["rss"])
