@@ -47,6 +47,7 @@ from datasets.table import InMemoryTable
 from datasets.utils.tqdm import tqdm
 
 from ..ops.checks import check_bool, check_positive_int, check_seed, seed_int
+from ..ops.files import cache_root
 from ..version import __version__
 from .instructions import EVAL_FEATURES
 
@@ -90,7 +91,7 @@ def bigbench_path() -> Path:
         if not path.exists():
             raise FileNotFoundError(f"{BIGBENCH_ENV}={value!r} does not exist; fetch the sdist with `{_DOWNLOAD}`")
         return path
-    cached = Path(os.environ.get("HF_PRUNE_CACHE", Path.home() / ".cache" / "hf_prune")) / _SDIST
+    cached = cache_root() / _SDIST
     if cached.exists():
         return cached
     raise FileNotFoundError(

@@ -1,6 +1,7 @@
-"""Folders replaced whole: a finished folder is renamed into place, never written into it.
+"""Folders replaced whole (a finished folder is renamed into place, never written into it), and
+hf_prune's cache root.
 
-Used by `hf_prune.hub.save_subset` and by the recipes' checkpoints and dynamics output, so that a
+`replace_folder` is used by `hf_prune.hub.save_subset` and by the recipes' checkpoints and dynamics output, so that a
 kill or an error leaves either the old folder or the new one at the target path, never a mix.
 """
 
@@ -10,7 +11,17 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["replace_folder"]
+__all__ = ["replace_folder", "cache_root"]
+
+
+def cache_root() -> Path:
+    """hf_prune's own cache folder: ``$HF_PRUNE_CACHE``, else ``~/.cache/hf_prune``.
+
+    Example:
+        >>> cache_root().name
+        'hf_prune'
+    """
+    return Path(os.environ.get("HF_PRUNE_CACHE", Path.home() / ".cache" / "hf_prune"))
 
 
 def _sync_folder(path: Path) -> None:

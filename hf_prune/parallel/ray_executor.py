@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ..ops.checks import check_positive_int
+from ..ops.files import cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +124,7 @@ class RayExecutor:
         self.max_retries = max_retries
         self.progress = progress
         self.init_kwargs = dict(init_kwargs or {})
-        cache = os.environ.get("HF_PRUNE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "hf_prune"))
-        self.storage = Path(storage) if storage is not None else Path(cache) / "ray"
+        self.storage = Path(storage) if storage is not None else cache_root() / "ray"
         self._ray = None
         self._remote_cache: dict[tuple, Any] = {}
 

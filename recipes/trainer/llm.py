@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from hf_prune.ops.files import cache_root
+
 __all__ = [
     "CHATML_TEMPLATE", "SMOLLM2_GGUF", "SMOLLM2_PACKAGE", "LoRASettings", "smollm2_gguf_path", "default_cache_dir",
     "train_chat_tokenizer", "tiny_llama", "load_causal_lm", "save_base_model", "linear_module_names", "apply_lora",
@@ -105,7 +107,7 @@ def default_cache_dir() -> Path:
         >>> default_cache_dir().name in ("hf_prune", os.environ.get("HF_PRUNE_CACHE", "hf_prune").split("/")[-1])
         True
     """
-    return Path(os.environ.get("HF_PRUNE_CACHE", Path.home() / ".cache" / "hf_prune"))
+    return cache_root()
 
 
 def _load_smollm2(cache_dir: str | os.PathLike | None, dtype: torch.dtype | None):
