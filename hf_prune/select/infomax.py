@@ -689,10 +689,7 @@ def solve_infomax_part(rows, scores, budget, settings) -> tuple[np.ndarray, floa
     Example:
         >>> kept, kernel_s, solve_s, report = solve_infomax_part(rows, scores, 10, settings)
     """
-    threads = torch.get_num_threads()
-    with threadpool_limits(limits=threads):
-        if faiss_available():
-            import_faiss().omp_set_num_threads(threads)
+    with _limit_native_threads(torch.get_num_threads()):
         return _solve_part(rows, scores, budget, settings, torch.device("cpu"))
 
 
@@ -716,9 +713,15 @@ _WORKER: dict[str, Any] = {}
 def _worker_init(threads: int) -> None:
     """Pool initializer: ``threads`` for torch, the BLAS/OpenMP pools and faiss, so workers share the cores."""
     torch.set_num_threads(threads)
-    _WORKER["limits"] = threadpool_limits(limits=threads)
+    _WORKER["limits"] = _limit_native_threads(threads)
+
+
+def _limit_native_threads(threads: int) -> threadpool_limits:
+    """Hold the BLAS/OpenMP pools to ``threads`` (until the returned limits exit) and set faiss's threads."""
+    limits = threadpool_limits(limits=threads)
     if faiss_available():
         import_faiss().omp_set_num_threads(threads)
+    return limits
 
 
 def _worker_ready(_: int) -> int:
