@@ -86,7 +86,7 @@ from datasets import Dataset, Features, concatenate_datasets
 
 from ..ops.arrow import column_array, fingerprint
 from ..ops.checks import check_columns, check_new_columns, check_positive_int
-from ..parallel.ray_executor import RayExecutor, TaskFailed, task_threads
+from ..parallel.ray_executor import RayExecutor, TaskFailed, failure_cause, progress_bar, task_threads
 from ..provenance import with_measurements, with_provenance
 from ._base import Embedder
 from .distributed import (
@@ -205,21 +205,6 @@ def _actor_count(executor: RayExecutor, gpus: float) -> int:
     return actors
 
 
-def _cause(err: BaseException, retries: int) -> str:
-    cause = getattr(err, "cause", None)
-    if isinstance(cause, BaseException):  # the embedder raised (deterministic: not retried)
-        return f"{type(cause).__name__}: {cause}"
-    lines = str(err).strip().splitlines()
-    return f"its actor died more than {retries} time(s) ({type(err).__name__}: {lines[0] if lines else ''})"
-
-
-def _progress(enabled: bool, *, total: int, initial: int, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="row",
-                disable=not enabled or os.environ.get("HF_PRUNE_NO_PROGRESS") == "1")
-
-
 def _run_shards(executor: RayExecutor, actors: list, todo: list[dict[str, Any]], folder: Path, batch_size: int,
                 bar, desc: str) -> list[dict[str, Any]]:
     """Give each idle actor the next shard until all are written; `TaskFailed` on the first that fails."""
@@ -238,9 +223,10 @@ def _run_shards(executor: RayExecutor, actors: list, todo: list[dict[str, Any]],
                 try:
                     done.append(ray.get(ref))
                 except Exception as err:  # noqa: BLE001 - re-raised naming the shard
+                    lost = f"its actor died more than {executor.max_retries} time(s)"
                     raise TaskFailed(
                         f"{desc}: shard {shard['index']} of {shard['marker']['num_shards']} (rows {shard['start']}-"
-                        f"{shard['stop'] - 1}, {shard['name']}) failed on Ray: {_cause(err, executor.max_retries)}; "
+                        f"{shard['stop'] - 1}, {shard['name']}) failed on Ray: {failure_cause(err, lost)}; "
                         "it has no marker, the shards already written are kept for the next run"
                     ) from err
                 bar.update(shard["stop"] - shard["start"])
@@ -408,7 +394,7 @@ def map_on_ray(
             logger.info("%s: %d of %d shard(s) already in %s, %d to compute", desc, reused, len(shards), folder, len(todo))
         done: list[dict[str, Any]] = []
         if todo:
-            bar = _progress(executor.progress, total=rows, initial=rows - sum(s["stop"] - s["start"] for s in todo),
+            bar = progress_bar(executor.progress, total=rows, initial=rows - sum(s["stop"] - s["start"] for s in todo),
                             desc=f"{desc} on Ray")
             try:
                 done = _run_shards(executor, actors, todo, folder, batch_size, bar, desc)

@@ -42,7 +42,7 @@ from ..ops.files import cache_root
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RayExecutor", "TaskFailed", "import_ray"]
+__all__ = ["RayExecutor", "TaskFailed", "import_ray", "task_threads", "failure_cause", "progress_bar"]
 
 #: Seconds to wait for a cluster at an explicit ``address`` before `RayExecutor.connect` fails.
 CONNECT_TIMEOUT_S = 5
@@ -245,7 +245,7 @@ class RayExecutor:
         results: list[Any] = [None] * len(calls)
         pending = list(range(len(calls)))[::-1]
         running: dict[Any, int] = {}
-        bar = _progress(self.progress, total=sum(rows), desc=f"{desc} on Ray")
+        bar = progress_bar(self.progress, total=sum(rows), desc=f"{desc} on Ray")
         started = time.perf_counter()
         try:
             while pending or running:
@@ -307,20 +307,24 @@ def _failure(err: BaseException, where: str, max_retries: int) -> Exception:
             return type(cause)(f"{where}: {message}")
         except Exception:  # noqa: BLE001 - an error type with another constructor: TaskFailed below
             pass
-    return TaskFailed(f"{where} failed on Ray: {_cause(err, max_retries)}")
+    lost = f"its worker was lost on {max_retries + 1} attempt(s)"
+    return TaskFailed(f"{where} failed on Ray: {failure_cause(err, lost)}")
 
 
-def _cause(err: BaseException, max_retries: int) -> str:
-    """The original error of a Ray task failure, in one line: what the task raised, or a lost worker."""
+def failure_cause(err: BaseException, lost: str) -> str:
+    """The original error of a failed Ray task or actor call, in one line: what the function raised,
+    or ``lost`` (what Ray's retries could not get past) with Ray's own first line."""
     cause = getattr(err, "cause", None)
     if isinstance(cause, BaseException):  # RayTaskError: the function itself raised (never retried)
         return f"{type(cause).__name__}: {cause}"
     text = str(err).strip().splitlines()
-    # WorkerCrashedError, a lost node, ...: Ray already re-ran the task `max_retries` times.
-    return f"its worker was lost on {max_retries + 1} attempt(s) ({type(err).__name__}: {text[0] if text else ''})"
+    # WorkerCrashedError, ActorDiedError, a lost node, ...: Ray already re-ran it `max_retries` times.
+    return f"{lost} ({type(err).__name__}: {text[0] if text else ''})"
 
 
-def _progress(enabled: bool, *, total: int, desc: str):
+def progress_bar(enabled: bool, *, total: int, desc: str, initial: int = 0):
+    """One tqdm bar in rows for a whole Ray job (off when ``enabled`` is false or ``HF_PRUNE_NO_PROGRESS=1``)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="row", disable=not enabled or os.environ.get("HF_PRUNE_NO_PROGRESS") == "1")
+    return tqdm(total=total, initial=initial, desc=desc, unit="row",
+                disable=not enabled or os.environ.get("HF_PRUNE_NO_PROGRESS") == "1")
