@@ -12,7 +12,7 @@ the cost depends on the shapes only) with LoRA r=8 on q/k/v/o (0.92M LoRA parame
   ``model(**batch).loss.backward()``, then the ``.grad`` of every trainable parameter flattened
   into one vector (``model.zero_grad()`` before each example).
 - projection: `hf_prune.ops.projection.RandomProjection` to ``--dim`` applied to passes of 8
-  rows (the embedder's old behaviour: one pass per gradient batch), 16 rows (LESS's default
+  rows (`--batch-size`: the embedder's old behaviour, one pass per gradient batch), 16 rows (LESS's default
   ``project_interval``) and ``--projection-batch-size`` rows (the new default: one pass per map
   batch); the cost of generating the matrix is shared by the rows of a pass.
 
@@ -85,7 +85,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--kinds", default="rademacher,srht",
                    help="projections compared on this run's gradients (rademacher, gaussian, srht; empty: none)")
     p.add_argument("--projection-passes", default=None,
-                   help="rows per dense projection pass to time (default: 8,16,--projection-batch-size; none: skip)")
+                   help="rows per dense projection pass to time (default: --batch-size,16,--projection-batch-size; none: skip)")
     return p
 
 
@@ -156,7 +156,11 @@ def main(argv=None) -> dict:
     """Run the timings and print them as markdown tables; returns the measured numbers.
 
     Example:
-        >>> main(["--rows", "2", "--layers", "2", "--methods", "loop,hooks", "--dim", "256"])["gradients"]["hooks"]
+        >>> import contextlib, io
+        >>> with contextlib.redirect_stdout(io.StringIO()):
+        ...     measured = main(["--rows", "2", "--layers", "2", "--methods", "loop,hooks", "--dim", "256"])
+        >>> sorted(measured["gradients"]), measured["gradients"]["hooks"] > 0
+        (['hooks', 'loop'], True)
     """
     args = make_parser().parse_args(argv)
     if args.threads:
@@ -210,7 +214,7 @@ def main(argv=None) -> dict:
     projection = RandomProjection(num_params, args.dim, seed=0)
     proj_s: dict[int, float] = {}
     if args.projection_passes is None:
-        passes = [8, 16, args.projection_batch_size]
+        passes = [args.batch_size, 16, args.projection_batch_size]
     elif args.projection_passes.strip().lower() == "none":
         passes = []
     else:
@@ -288,7 +292,8 @@ def main(argv=None) -> dict:
         ratio = f"{reference_total / s:.2f}×" if reference_total else "–"
         print(f"| {label} | {s:.2f} | {1 / s:.3f} | {ratio} |")
 
-    per_thousand = cost_per_thousand(grad_s, proj_s, structured, args.projection_batch_size, len(ids))
+    per_thousand = cost_per_thousand(grad_s, proj_s, structured, args.projection_batch_size, len(ids),
+                                     args.batch_size)
     if structured:
         print()
         print(f"| projection of {len(ids)} real gradient rows to {args.dim} | s/row | inner-product error × √dim "
@@ -305,6 +310,10 @@ def main(argv=None) -> dict:
         for kind, r in per_thousand.items():
             ratio = f"{r['total'] / dense_total:.3f}×" if dense_total else "–"
             print(f"| {kind} ({r['note']}) | {r['gradients']:.0f} | {r['projection']:.0f} | {r['total']:.0f} | {ratio} |")
+        if "before" in per_thousand and "fastest" in per_thousand:
+            before, fastest = per_thousand["before"], per_thousand["fastest"]
+            print(f"\nFeatures now ({fastest['note']}) vs when the target was set ({before['note']}): "
+                  f"{fastest['total'] / before['total']:.3f}× the cost per 1,000 examples")
     return {"gradients": grad_s, "projection": proj_s, "exactness": exactness, "combined": dict(combos),
             "num_parameters": num_params, "structured": structured, "per_thousand": per_thousand}
 
@@ -327,29 +336,46 @@ def pair_errors(exact: torch.Tensor, z: torch.Tensor) -> tuple[float, float]:
     return float(inner.square().mean().sqrt()), float(cosine.square().mean().sqrt())
 
 
-def cost_per_thousand(grad_s: dict, proj_s: dict, structured: dict, batch: int, rows: int) -> dict:
+def cost_per_thousand(grad_s: dict, proj_s: dict, structured: dict, batch: int, rows: int,
+                      gradient_batch: int | None = None) -> dict:
     """Seconds of features per 1,000 examples: ``hooks`` (else ``loop``) gradients plus each projection.
 
     The dense kinds are charged at ``batch`` rows per pass when that pass was timed, else at the
     pass of this run's ``rows`` gradient rows; the SRHT's cost per row does not depend on the batching.
+    Two more lines when their parts were timed: ``"before"``, the embedder as it was when the
+    gradient-cost target was set (``vmap`` gradients, one dense pass per ``gradient_batch`` rows), and
+    ``"fastest"``, the fastest measured gradient strategy with the SRHT.
 
     Example:
         >>> cost_per_thousand({"hooks": 0.5}, {}, {"srht": {"s_per_row": 0.1}}, 64, 8)["srht"]["total"]
         600.0
+        >>> out = cost_per_thousand({"vmap": 2.0, "loop": 1.5}, {8: 7.0}, {"srht": {"s_per_row": 0.1}}, 64, 8, 8)
+        >>> out["before"]["total"], out["fastest"]["total"]
+        (9000.0, 1600.0)
     """
     method = next((m for m in ("hooks", "loop", "vmap", "reference") if m in grad_s), None)
     if method is None:
         return {}
+
+    def line(gradient_method: str, seconds: float, note: str) -> dict:
+        return {"gradients": 1000 * grad_s[gradient_method], "projection": 1000 * seconds,
+                "total": 1000 * (grad_s[gradient_method] + seconds), "note": note}
+
     out = {}
     for kind, r in structured.items():
         if kind == "rademacher" and batch in proj_s:
-            seconds, note = proj_s[batch], f"`{method}` + {batch} rows per pass"
+            out[kind] = line(method, proj_s[batch], f"`{method}` + {batch} rows per pass")
         elif kind == "srht":
-            seconds, note = r["s_per_row"], f"`{method}` + SRHT"
+            out[kind] = line(method, r["s_per_row"], f"`{method}` + SRHT")
         else:
-            seconds, note = r["s_per_row"], f"`{method}` + {rows} rows per pass"
-        out[kind] = {"gradients": 1000 * grad_s[method], "projection": 1000 * seconds,
-                     "total": 1000 * (grad_s[method] + seconds), "note": note}
+            out[kind] = line(method, r["s_per_row"], f"`{method}` + {rows} rows per pass")
+    if "vmap" in grad_s and gradient_batch in proj_s:
+        out["before"] = line("vmap", proj_s[gradient_batch],
+                             f"`vmap` + dense, one pass per {gradient_batch}-row gradient batch")
+    if "srht" in structured:
+        fastest = min((m for m in grad_s if m != "reference"), key=grad_s.get, default=None)
+        if fastest is not None:
+            out["fastest"] = line(fastest, structured["srht"]["s_per_row"], f"`{fastest}` + SRHT")
     return out
 
 

@@ -11,7 +11,13 @@ def test_benchmark_times_every_strategy_and_they_agree():
     # The ratios are only meaningful when every strategy computes the same per-example gradients.
     assert max(out["exactness"].values()) < 1e-5
     # Both projections of this run's gradients, with their distortion against the exact inner products.
-    assert set(out["structured"]) == {"rademacher", "srht"} == set(out["per_thousand"])
+    assert set(out["structured"]) == {"rademacher", "srht"}
+    assert set(out["per_thousand"]) == {"rademacher", "srht", "before", "fastest"}
     assert all(0 < r["inner"] < 1 and 0 <= r["cosine"] < 1 for r in out["structured"].values())
     thousand = out["per_thousand"]["srht"]
     assert thousand["total"] == thousand["gradients"] + thousand["projection"] > 0
+    # The target's baseline: vmap gradients with one dense pass per gradient batch (2 rows here).
+    before, fastest = out["per_thousand"]["before"], out["per_thousand"]["fastest"]
+    assert before["gradients"] == 1000 * out["gradients"]["vmap"]
+    assert before["projection"] == 1000 * out["projection"][2]
+    assert fastest["gradients"] == 1000 * min(s for m, s in out["gradients"].items() if m != "reference")
