@@ -28,6 +28,8 @@ __all__ = ["knn", "normalize_rows", "neighbour_pairs", "radius_neighbors", "Radi
 _CHUNK_ELEMENTS = 1 << 24
 # Neighbour values gathered at once by `neighbour_pairs`: a (rows, k, d) float64 block of 32 MiB.
 _PAIR_ELEMENTS = 1 << 22
+# Exact search on the CPU keeps its top 2k candidates for the thread-independent re-ranking.
+_FLAT_RERANK = 2
 
 
 def normalize_rows(x, eps: float = 1e-12) -> np.ndarray:
@@ -113,6 +115,11 @@ def knn(
     A query for which an approximate index returns fewer than ``k`` rows (its probed lists hold too
     few) is searched again exactly, so the table is always complete.
 
+    Exact search on the CPU keeps each query's best ``2k`` and re-ranks them by exact row products
+    (NumPy, one summation order; equal values to the lower row): the table, values included, is then the
+    same whatever the BLAS/faiss thread count, so a selection made in one process equals the one made by
+    one-thread workers (Ray tasks, a process pool). GPU search skips this (its own float order).
+
     ``backend="auto"``: faiss on the CPU, faiss on the GPU(s) for ``device="cuda"`` when the installed
     faiss has GPUs (several: a sharded index), else torch for exact search on ``device``; approximate
     indexes always use faiss (on the CPU when it has no GPU support).
@@ -156,17 +163,21 @@ def knn(
     if backend == "torch" and spec.kind != "flat":
         raise ValueError(f"index={spec.kind!r} needs faiss; backend='torch' searches exactly (index='flat')")
     started = time.perf_counter()
+    gpu = dev.type == "cuda" and (backend == "torch" or gpu_count() > 0)
+    # Candidates per query, re-ranked below by exact per-row products: IVF-PQ's codes are approximate, and
+    # on the CPU a BLAS product rounds differently with its thread count (≈5e-7 at d = 384), which reorders
+    # near-tied neighbours; re-ranking exact search's top 2k makes its table the same on any thread count.
+    rerank = spec.rerank if spec.rerank is not None else (None if gpu or spec.kind != "flat" else _FLAT_RERANK)
+    width = search_k if rerank is None else min(n, rerank * search_k)
     if backend == "faiss":
-        gpu = dev.type == "cuda" and gpu_count() > 0
         built, keepalive = build_index(rows, spec, metric, seed=seed, gpu=gpu, batch_rows=batch_size)
-
-        def search(block):
-            if spec.rerank is None:
-                return built.search(block, search_k)
-            _, candidates = built.search(block, spec.rerank * search_k)
-            return _rerank(rows, block, candidates, search_k, metric)
+        candidates = lambda block: built.search(block, width)  # noqa: E731
     else:
-        search, keepalive = _torch_searcher(rows, metric, search_k, dev), None
+        candidates, keepalive = _torch_searcher(rows, metric, width, dev), None
+
+    def search(block):
+        found = candidates(block)
+        return found if rerank is None else _rerank(rows, block, found[1], search_k, metric)
     build_s = time.perf_counter() - started
     started = time.perf_counter()
     values = np.empty((q_rows.shape[0], k), dtype=np.float32)
@@ -207,7 +218,10 @@ def knn(
 
 
 def _rerank(rows, queries, candidates, k, metric):
-    """The best ``k`` of each query's ``candidates``, by exact values from the source rows (IVF-PQ)."""
+    """The best ``k`` of each query's ``candidates``, by exact values from the source rows.
+
+    Values are NumPy ``einsum`` products row by row (one summation order, no BLAS), so they do not depend
+    on the thread count; equal values go to the lower row position."""
     width = candidates.shape[1]
     values = np.full((len(queries), k), np.inf if metric == "l2" else -np.inf, dtype=np.float32)
     indices = np.full((len(queries), k), -1, dtype=np.int64)

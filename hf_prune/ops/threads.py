@@ -33,6 +33,7 @@ e.g. to measure what it buys (``recipes/benchmarks/greedy_under_load.py``).
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -138,9 +139,17 @@ def small_step_threads(
 _controller: ThreadpoolController | None = None
 
 
+_controller_modules = 0
+
+
 def _blas_controller() -> ThreadpoolController:
-    """The BLAS / OpenMP pools loaded in this process, found once (discovery takes milliseconds)."""
-    global _controller
-    if _controller is None:
+    """The BLAS / OpenMP pools loaded in this process, found again only after new imports.
+
+    Discovery takes milliseconds, so a selection of many tiny classes must not pay it per class; but a
+    module imported since (scipy, faiss, a model library) can bring its own BLAS or OpenMP pool, which a
+    controller found before it would leave unlimited."""
+    global _controller, _controller_modules
+    if _controller is None or len(sys.modules) != _controller_modules:
         _controller = ThreadpoolController()
+        _controller_modules = len(sys.modules)
     return _controller
