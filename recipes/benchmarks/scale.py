@@ -53,8 +53,9 @@ paper selects 1M ImageNet rows in 16.1 min on 8 V100s (1.7 min of solve): the li
     python recipes/benchmarks/scale.py --gpu --output-dir runs/scale_gpu
 
 Ray (``--ray``, issue 17; runs only this section, about 15 min on 2 cores): the same 1M × 384 column,
-each run in a fresh process: plain (one process, no Ray) against a local Ray cluster started in that
-process (``num_cpus=2``, ``cpus_per_task=1``) with 1 and 2 workers, for
+each run in a fresh process: plain (one process, no Ray, held to 1 thread — the CPUs one Ray worker
+gets, so the overhead is compared at equal resources — and to 2 threads, a user's default) against a
+local Ray cluster started in that process (``num_cpus=2``, ``cpus_per_task=1``) with 1 and 2 workers, for
 
 * InfoMax with ``partitions=100`` (10% kept, k = 5, exact search per 10,000-row part), the 1M row above;
   InfoMax's local process pool (``workers=2``) is run beside it for reference;
@@ -73,6 +74,7 @@ the wall time: a cluster is started once for many jobs) and ``os.getloadavg()`` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import os
@@ -531,9 +533,11 @@ RAY_CPUS = 2
 RAY_SIZE = 1_000_000
 RAY_INFOMAX = {"fraction": 0.1, "partitions": 100, "k": 5}
 RAY_MAP_BATCH = 10_000
-# (backend, workers): "plain" is one process without Ray, "pool" InfoMax's local process pool.
-RAY_VARIANTS = {"infomax": [("plain", 1), ("ray", 1), ("ray", 2), ("pool", 2)],
-                "map": [("plain", 1), ("ray", 1), ("ray", 2)]}
+# (backend, workers): "plain" is one process without Ray held to `workers` threads (1: the CPUs one Ray
+# worker gets, so Ray's overhead is compared at equal resources; 2: every core, the default of a user's
+# process); "ray" a local cluster with `workers` one-CPU workers; "pool" InfoMax's local process pool.
+RAY_VARIANTS = {"infomax": [("plain", 1), ("plain", 2), ("ray", 1), ("ray", 2), ("pool", 2)],
+                "map": [("plain", 1), ("plain", 2), ("ray", 1), ("ray", 2)]}
 RAY_TIMEOUT = 600.0
 RAY_TARGETS = "Ray with 1 worker within 10% of plain; 2 workers >= 1.7x one on the partitioned work"
 
@@ -647,9 +651,28 @@ def _result_hash(out, work: str) -> str:
     if work == "infomax":
         h.update(np.asarray(out["row_id"], dtype=np.int64).tobytes())
     else:
-        for chunk in column_array(out, "proj").chunks:
+        column = column_array(out, "proj")  # a ChunkedArray, or one array when the table has one chunk
+        for chunk in getattr(column, "chunks", [column]):
             h.update(np.asarray(chunk.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).tobytes())
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _held_threads(threads: int):
+    """torch, the BLAS/OpenMP pools and faiss held to ``threads`` for the block (a plain run's CPUs)."""
+    import faiss
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads):
+            yield
+    finally:
+        torch.set_num_threads(before)
+        faiss.omp_set_num_threads(before)
 
 
 def measure_ray(spec: dict) -> dict:
@@ -658,7 +681,6 @@ def measure_ray(spec: dict) -> dict:
     Example:
         >>> measure_ray({"kind": "ray", "work": "infomax", "backend": "ray", "workers": 2, "path": str(path)})["wall_s"]
     """
-    import contextlib
     import resource
     import shutil
     import warnings
@@ -673,6 +695,8 @@ def measure_ray(spec: dict) -> dict:
     storage = tempfile.mkdtemp(prefix="ray-", dir=spec.get("scratch"))
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, storage, ignore_errors=True)
+        if backend == "plain":
+            stack.enter_context(_held_threads(workers))
         if backend == "ray":
             started = time.perf_counter()
             stack.enter_context(hp.parallel.ray(workers=workers, cpus_per_task=1, progress=False, storage=storage,
@@ -776,7 +800,7 @@ def ray_report(results: dict) -> str:
             e = runs.get(f"ray/{work}/{backend}/workers={n}")
             if e is None:
                 continue
-            name = {"plain": "plain (one process)", "ray": f"Ray, {n} worker{'s' * (n > 1)}",
+            name = {"plain": f"plain (one process, {n} thread{'s' * (n > 1)})", "ray": f"Ray, {n} worker{'s' * (n > 1)}",
                     "pool": f"local pool, workers={n}"}[backend]
             if e.get("status") != "ok":
                 lines.append(f"| {work} | {name} | — | | | | | | | {e.get('status')} |")
