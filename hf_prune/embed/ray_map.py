@@ -60,7 +60,10 @@ appears only once it is complete, so no row is missing or written twice). A shar
 the shard and its rows; it leaves no marker, so nothing incomplete looks finished, and the shards
 already written are kept for the next run.
 
-Progress: one bar for the whole job (rows done, rows/s and the time left), updated per shard.
+Progress: one bar for the whole job (rows done, rows/s and the time left), updated per shard. The
+provenance's ``"executor"`` entry splits the wall time (``seconds``) into ``actors_start_s`` (actor
+processes, imports, the model and Dataset handed over), ``shards_s`` (the shards computed and written)
+and ``join_s`` (the driver reading the shards back into one Arrow file).
 
 Scorers. The ``hp.score`` functions are column arithmetic over columns already in the Dataset
 (dynamics, gradients, embeddings), not batched model callables: they stay in one process. The
@@ -362,8 +365,10 @@ def map_on_ray(
 
     actors: list = []
     shared: list = []  # object-store references the actors' constructors need, kept alive for restarts
+    stages = {"actors_start_s": 0.0, "shards_s": 0.0, "join_s": 0.0}  # where the wall time goes
 
     def start_actors(count: int) -> list[dict[str, Any]]:
+        begun = time.perf_counter()
         columns = list(dict.fromkeys([*embedder.input_columns, *([ROW_ID] if ROW_ID in dataset.column_names else [])]))
         shared[:] = [executor.share(embedder), executor.share(dataset.select_columns(columns))]
         remote = ray.remote(num_cpus=executor.cpus_per_task, num_gpus=gpus, max_restarts=executor.max_retries,
@@ -373,6 +378,7 @@ def map_on_ray(
         if len({d["fingerprint"] for d in described}) > 1:
             raise RuntimeError(f"the actors compute different fingerprints ({sorted({d['fingerprint'] for d in described})}): "
                                "their devices differ (GPU types, bf16 support); run on one kind of node")
+        stages["actors_start_s"] += time.perf_counter() - begun
         return described
 
     try:
@@ -396,15 +402,19 @@ def map_on_ray(
         if todo:
             bar = progress_bar(executor.progress, total=rows, initial=rows - sum(s["stop"] - s["start"] for s in todo),
                             desc=f"{desc} on Ray")
+            begun = time.perf_counter()
             try:
                 done = _run_shards(executor, actors, todo, folder, batch_size, bar, desc)
             finally:
                 bar.close()
+                stages["shards_s"] = time.perf_counter() - begun
     finally:
         for actor in actors:  # give their CPUs/GPUs back to the cluster
             ray.kill(actor, no_restart=True)
 
+    begun = time.perf_counter()
     columns = _join_shards(folder, shards, embedder.features, keys)
+    stages["join_s"] = time.perf_counter() - begun
     source = dataset
     base_ds = dataset.remove_columns(existing) if existing else dataset
     result = concatenate_datasets([base_ds, columns], axis=1)
@@ -413,5 +423,6 @@ def map_on_ray(
         actors=len(actors), shards=len(shards), shards_computed=len(todo), shards_reused=reused,
         batch_size=batch_size, shard_folder=folder.name, actor_processes=len({d["pid"] for d in done}),
         device_type=params.get("device_type"), seconds=round(time.perf_counter() - started, 3),
+        **{name: round(value, 3) for name, value in stages.items()},
     )
     return with_measurements(result, "executor", facts)

@@ -824,6 +824,12 @@ def ray_report(results: dict) -> str:
             verdicts.append(f"{work}: Ray 2 workers speed-up over 1 = {up:.2f}× (target >= 1.7: "
                             f"{'met' if up >= 1.7 else 'missed'})")
     lines += ["", f"Targets ({RAY_TARGETS}):", *[f"- {v}" for v in verdicts]]
+    stages = [(key, e["executor"]) for key, e in runs.items()
+              if e.get("status") == "ok" and "actors_start_s" in e.get("executor", {})]
+    if stages:  # where a Ray map's wall time goes (hf_prune.embed.ray_map)
+        lines += ["", "Ray map stages (s): " + "; ".join(
+            f"{key.split('/')[-1]}: actor start {x['actors_start_s']:.1f}, shards {x['shards_s']:.1f}, "
+            f"join {x['join_s']:.1f}" for key, x in stages)]
     return "\n".join(lines)
 
 

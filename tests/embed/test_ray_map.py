@@ -62,6 +62,8 @@ def test_text_column_equals_one_process_and_resumes(tmp_path):
     facts = step["executor"]
     # 61 rows in 8 map batches: 8 shards of one batch each (4 x 2 actors), all computed here.
     assert (facts["name"], facts["actors"], facts["shards"], facts["shards_computed"]) == ("ray", 2, 8, 8)
+    stages = [facts["actors_start_s"], facts["shards_s"], facts["join_s"]]
+    assert all(t > 0 for t in stages) and sum(stages) <= facts["seconds"]
     folder = tmp_path / facts["shard_folder"]
     before = shard_files(folder)
     assert len(before) == 16  # a parquet file and a marker per shard
@@ -73,6 +75,7 @@ def test_text_column_equals_one_process_and_resumes(tmp_path):
         again = emb.map(ds, batch_size=8)
     facts = hp.provenance(again)[-1]["executor"]
     assert (facts["shards"], facts["shards_computed"], facts["shards_reused"]) == (8, 1, 7)
+    assert facts["actors_start_s"] > 0 and facts["shards_s"] > 0
     after = shard_files(folder)
     changed = sorted(name for name in after if after[name] != before.get(name))
     assert changed == ["shard-00003-of-00008.json", "shard-00003-of-00008.parquet"]
