@@ -28,6 +28,8 @@ __all__ = ["knn", "normalize_rows", "neighbour_pairs", "radius_neighbors", "Radi
 _CHUNK_ELEMENTS = 1 << 24
 # Neighbour values gathered at once by `neighbour_pairs`: a (rows, k, d) float64 block of 32 MiB.
 _PAIR_ELEMENTS = 1 << 22
+# Pairs one block of `radius_neighbors` aims at: 4M (about 80 MiB of rows, columns and distances).
+_RADIUS_BLOCK_PAIRS = 1 << 22
 # Exact search on the CPU keeps its top 2k candidates for the thread-independent re-ranking.
 _FLAT_RERANK = 2
 
@@ -225,7 +227,8 @@ def _rerank(rows, queries, candidates, k, metric):
     width = candidates.shape[1]
     values = np.full((len(queries), k), np.inf if metric == "l2" else -np.inf, dtype=np.float32)
     indices = np.full((len(queries), k), -1, dtype=np.int64)
-    step = max(1, _CHUNK_ELEMENTS // max(1, width * queries.shape[1]))  # bounded gather
+    # A bounded gather: 4M values (16 MiB, and as much again for the l2 differences) per step.
+    step = max(1, (_CHUNK_ELEMENTS >> 2) // max(1, width * queries.shape[1]))
     for lo in range(0, len(queries), step):
         cand = candidates[lo : lo + step]
         q = queries[lo : lo + step]
@@ -309,7 +312,7 @@ def radius_neighbors(
     float32 rounding bound; the pairs inside that margin are then decided in float64 from the rows'
     differences. So the graph equals the float64 one, is symmetric, and holds the same pairs on every
     backend. Memory is the edges (int32 ``indices``, about 8 bytes per edge at the peak) plus one
-    block, which shrinks when balls are large so it holds about 16M pairs. More than ``max_edges``
+    block, which shrinks when balls are large so it holds about 4M pairs. More than ``max_edges``
     pairs raise `RadiusGraphTooLarge` (a `ValueError`) with the count found so far;
     ``max_edges=None`` removes the cap.
 
@@ -372,7 +375,7 @@ def radius_neighbors(
         counts[start:stop] = np.bincount(rows - start, minlength=stop - start)
         parts.append(cols.astype(index_dtype, copy=False))
         # Dense balls make a block's pairs (int64 + float32 each) large: size blocks by the pairs seen.
-        block = int(np.clip(_CHUNK_ELEMENTS * stop // max(total, 1), 1, chunk_size))
+        block = int(np.clip(_RADIUS_BLOCK_PAIRS * stop // max(total, 1), 1, chunk_size))
         start = stop
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])

@@ -90,8 +90,9 @@ def _lloyd_steps(x, n_clusters, init, steps, seed, spherical, device):
     return centroids, assign
 
 
-def _mean_feature_variance(x: np.ndarray, block_rows: int = 1 << 14) -> float:
-    """``x.var(axis=0).mean()`` in float64, two passes over row blocks (no float64 copy of ``x``)."""
+def _mean_feature_variance(x: np.ndarray, block_values: int = 1 << 20) -> float:
+    """``x.var(axis=0).mean()`` in float64, two passes over row blocks of 8 MiB (no float64 copy of ``x``)."""
+    block_rows = max(1, block_values // max(1, x.shape[1]))
     mean = np.zeros(x.shape[1])
     for start in range(0, len(x), block_rows):
         mean += x[start : start + block_rows].sum(axis=0, dtype=np.float64)

@@ -130,7 +130,12 @@ def semdedup_similarity(
     if keep == "random":
         key = rng.permutation(len(x)).astype(np.float64)
     else:
-        distance = 1.0 - np.einsum("id,id->i", x.astype(np.float64), centroids[assign])
+        # Block by block: a float64 copy of the rows and of their centroids would be 4 columns' worth.
+        distance = np.empty(len(x))
+        for start in range(0, len(x), chunk_size):
+            stop = min(len(x), start + chunk_size)
+            distance[start:stop] = 1.0 - np.einsum("id,id->i", np.asarray(x[start:stop], dtype=np.float64),
+                                                   centroids[assign[start:stop]])
         key = -distance if keep == "farthest" else distance
     # Rows by (cluster, key, position): lexsort is stable, so equal keys keep the lower position first.
     order = np.lexsort((key, assign))

@@ -59,23 +59,32 @@ def typicality(
     return (out, report) if return_report else out
 
 
-#: Rows converted to float64 at a time by the k-means++ seeding (8 MiB blocks at d = 64).
+#: Most rows converted to float64 at a time by the k-means++ seeding; fewer for wide rows, so a block
+#: stays at 8 MiB (16,384 rows at d = 64, 2,730 at d = 384).
 SEEDING_BLOCK_ROWS = 16384
+_SEEDING_BLOCK_VALUES = 1 << 20
+
+
+def _seeding_rows(x: np.ndarray) -> int:
+    width = x.shape[1] if x.ndim > 1 else 1
+    return max(1, min(SEEDING_BLOCK_ROWS, _SEEDING_BLOCK_VALUES // max(1, width)))
 
 
 def _row_norms64(x: np.ndarray) -> np.ndarray:
     """Float64 squared row norms of ``x``, converting one block of rows at a time."""
     out = np.empty(len(x), dtype=np.float64)
-    for start in range(0, len(x), SEEDING_BLOCK_ROWS):
-        block = np.asarray(x[start : start + SEEDING_BLOCK_ROWS], dtype=np.float64)
+    step = _seeding_rows(x)
+    for start in range(0, len(x), step):
+        block = np.asarray(x[start : start + step], dtype=np.float64)
         out[start : start + len(block)] = np.einsum("ij,ij->i", block, block)
     return out
 
 
 def _products64(x: np.ndarray, centre: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``out = x @ centre`` in float64, converting one block of rows at a time (no N×d float64 copy)."""
-    for start in range(0, len(x), SEEDING_BLOCK_ROWS):
-        block = np.asarray(x[start : start + SEEDING_BLOCK_ROWS], dtype=np.float64)
+    step = _seeding_rows(x)
+    for start in range(0, len(x), step):
+        block = np.asarray(x[start : start + step], dtype=np.float64)
         np.matmul(block, centre, out=out[start : start + len(block)])
     return out
 
@@ -87,7 +96,7 @@ def kmeans_plus_plus(
     nearest seed so far (Arthur & Vassilvitskii). O(N·d) per seed.
 
     Distances are computed in float64 whatever the dtype of ``x``, from blocks of
-    `SEEDING_BLOCK_ROWS` rows converted one at a time: the memory above ``x`` is a few float64
+    at most `SEEDING_BLOCK_ROWS` rows (8 MiB) converted one at a time: the memory above ``x`` is a few float64
     vectors of length N, not a float64 copy of the rows. ``sq`` optionally passes the float64
     squared row norms of ``x`` (`best_kmeans` reuses them).
 

@@ -155,4 +155,4 @@ def test_mean_feature_variance_streams_to_numpys_value():
 
     x = np.random.default_rng(1).normal(3.0, 2.0, size=(5000, 7)).astype(np.float32)
     expected = float(x.astype(np.float64).var(axis=0).mean())
-    assert _mean_feature_variance(x, block_rows=333) == pytest.approx(expected, rel=1e-12)
+    assert _mean_feature_variance(x, block_values=333 * 7) == pytest.approx(expected, rel=1e-12)  # 333-row blocks

@@ -219,3 +219,25 @@ def test_a_chain_of_near_duplicates_is_dropped_after_its_first_row_as_the_paper_
     # b and c both have M ≈ cos 0.1 (equal up to rounding): a budget of 3 adds one of them to d and a.
     kept = ids(semdedup(ds, size=3, n_clusters=1))
     assert len(kept) == 3 and {0, 3} <= set(kept)
+
+
+def test_similarity_and_its_kmeans_hold_no_float64_copy_of_wide_rows():
+    # 20,000 unit rows of width 384 (29 MiB): the cluster distances, the k-means++ seeding and the
+    # tolerance's variance used to convert whole blocks or the whole column to float64 (3.3× the rows).
+    import tracemalloc
+
+    from hf_prune.select.cluster_score import fit_kmeans
+    from hf_prune.select.semdedup import semdedup_similarity
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((40, 384))[rng.integers(0, 40, 20_000)] + 0.3 * rng.standard_normal((20_000, 384)))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    for run in (lambda: fit_kmeans(x, 20, seed=0, spherical=True, max_iter=5),
+                lambda: semdedup_similarity(x, 20, np.random.default_rng(0), max_iter=5)):
+        tracemalloc.start()
+        try:
+            run()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 1.0 * x.nbytes, f"peak {peak / x.nbytes:.2f}× the rows"
