@@ -118,6 +118,17 @@ def test_a_training_row_identical_to_the_validation_row_ranks_first(chain):
     assert pool.column_names == ["input_ids", "labels", "task"]  # the caller's pool is untouched
 
 
+def test_the_structured_projection_gives_its_own_features_and_the_same_first_row(chain):
+    pool, validation, checkpoints = chain
+    dense = lf.less_features(pool, validation, checkpoints, dim=256, seed=0, batch_size=8)
+    srht = lf.less_features(pool, validation, checkpoints, dim=256, seed=0, batch_size=8, projection="srht")
+    assert int(np.argmax(np.array(srht.pool["less"]))) == 5  # the duplicated validation row, as with the dense one
+    assert not np.allclose(np.array(srht.pool["grad_1"]), np.array(dense.pool["grad_1"]))  # another projection ran
+    # Both projections keep the gradients' geometry: their LESS scores rank the pool alike.
+    ranks = [np.argsort(np.argsort(np.array(out.pool["less"]))) for out in (dense, srht)]
+    assert np.corrcoef(*ranks)[0, 1] > 0.5
+
+
 def test_the_per_task_column_holds_each_tasks_score_and_less_is_its_max(chain):
     pool, validation, checkpoints = chain
     # Two target tasks, each a copy of one pool row: row 9 for "b_task", row 5 (validation's row) for "a_task".
