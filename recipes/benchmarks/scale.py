@@ -432,6 +432,46 @@ def _floor(name: str, ds, device: str) -> tuple[Callable[[], Any], dict]:
     raise ValueError(f"unknown floor {name!r}; choose from {FLOORS}")
 
 
+def measured_call(fn: Callable[[], Any]) -> tuple[Any, dict]:
+    """``fn()`` and what it cost: wall time, peak heap above the level before it, file-backed pages, and
+    the largest RSS of a worker process that ended during it.
+
+    Example:
+        >>> out, measured = measured_call(lambda: np.ones(10**7))
+        >>> measured["peak_heap_bytes"] > 70e6
+        True
+    """
+    import resource
+
+    hwm_reset = reset_high_water_mark()
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    before = proc_status()
+    with PeakSampler() as sampler:
+        started = time.perf_counter()
+        out = fn()
+        wall = time.perf_counter() - started
+    hwm = proc_status()["VmHWM"]
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # The sampler can miss a temporary that lives < 10 ms; the reset high-water mark cannot. At its moment
+    # the file-backed pages were at most their sampled maximum (mapped pages stay resident), so the heap
+    # (anonymous + shared memory) was at least VmHWM minus that maximum.
+    heap = sampler.peak["RssAnon"] + sampler.peak.get("RssShmem", 0)
+    if hwm_reset:
+        heap = max(heap, hwm - sampler.peak["RssFile"])
+    return out, {
+        "wall_s": wall,
+        "rss_before": before,
+        "peak": sampler.peak,
+        "hwm_reset": hwm_reset,
+        "peak_heap_bytes": heap - before["RssAnon"] - before.get("RssShmem", 0),
+        "peak_file_bytes": sampler.peak["RssFile"],
+        "vm_hwm_bytes": hwm,
+        # The largest RSS of a worker process that ended during the call (0 when none beat earlier ones;
+        # in a fresh process there are no earlier ones).
+        "children_max_rss_bytes": children_after * 1024 if children_after > children_before else 0,
+    }
+
+
 def measure(spec: dict) -> dict:
     """Run one spec (a selector call or a floor) in this process and return its measurements.
 
@@ -485,36 +525,9 @@ def measure(spec: dict) -> dict:
                 warnings.simplefilter("ignore")
                 return selector(ds, size=spec["kept"], **kwargs)
 
-    import resource
-
-    hwm_reset = reset_high_water_mark()
-    children_before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    before = proc_status()
-    with PeakSampler() as sampler:
-        started = time.perf_counter()
-        out = fn()
-        wall = time.perf_counter() - started
-    hwm = proc_status()["VmHWM"]
-    children_after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    # The sampler can miss a temporary that lives < 10 ms; the reset high-water mark cannot. At its moment
-    # the file-backed pages were at most their sampled maximum (mapped pages stay resident), so the heap
-    # (anonymous + shared memory) was at least VmHWM minus that maximum.
-    heap = sampler.peak["RssAnon"] + sampler.peak.get("RssShmem", 0)
-    if hwm_reset:
-        heap = max(heap, hwm - sampler.peak["RssFile"])
+    out, measured = measured_call(fn)
     result.update(facts)
-    result.update(
-        wall_s=wall,
-        rss_before=before,
-        peak=sampler.peak,
-        hwm_reset=hwm_reset,
-        peak_heap_bytes=heap - before["RssAnon"] - before.get("RssShmem", 0),
-        peak_file_bytes=sampler.peak["RssFile"],
-        vm_hwm_bytes=hwm,
-        # The largest RSS of a worker process that ended during the call (0 when none beat earlier ones;
-        # in a fresh process there are no earlier ones).
-        children_max_rss_bytes=children_after * 1024 if children_after > children_before else 0,
-    )
+    result.update(measured)
     if spec["kind"] == "selector":
         step = hp.provenance(out, warn=False)[-1]
         result["kept_rows"] = len(out)
@@ -681,7 +694,6 @@ def measure_ray(spec: dict) -> dict:
     Example:
         >>> measure_ray({"kind": "ray", "work": "infomax", "backend": "ray", "workers": 2, "path": str(path)})["wall_s"]
     """
-    import resource
     import shutil
     import warnings
 
@@ -738,23 +750,13 @@ def measure_ray(spec: dict) -> dict:
         started = time.perf_counter()
         warm()
         result["warmup_s"] = time.perf_counter() - started
-        hwm_reset = reset_high_water_mark()
-        children_before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        before = proc_status()
-        with PeakSampler() as sampler, ProcessTreeSampler() as tree:
-            started = time.perf_counter()
-            out = timed()
-            wall = time.perf_counter() - started
-        hwm = proc_status()["VmHWM"]
-        children_after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        heap = sampler.peak["RssAnon"] + sampler.peak.get("RssShmem", 0)
-        if hwm_reset:
-            heap = max(heap, hwm - sampler.peak["RssFile"])
+        with ProcessTreeSampler() as tree:
+            out, measured = measured_call(timed)
         result.update(
-            wall_s=wall, peak_heap_bytes=heap - before["RssAnon"] - before.get("RssShmem", 0),
-            peak_file_bytes=sampler.peak["RssFile"], hwm_reset=hwm_reset, **tree.facts(),
-            children_max_rss_bytes=children_after * 1024 if children_after > children_before else 0,
-            result_hash=_result_hash(out, work), output_rows=len(out), loadavg_end=list(os.getloadavg()),
+            **{k: measured[k] for k in ("wall_s", "peak_heap_bytes", "peak_file_bytes", "hwm_reset",
+                                        "children_max_rss_bytes")},
+            **tree.facts(), result_hash=_result_hash(out, work), output_rows=len(out),
+            loadavg_end=list(os.getloadavg()),
         )
         step = hp.provenance(out, warn=False)[-1]
         for key in ("stage_times", "executor"):
