@@ -173,7 +173,9 @@ def knn(
     width = search_k if rerank is None else min(n, rerank * search_k)
     if backend == "faiss":
         built, keepalive = build_index(rows, spec, metric, seed=seed, gpu=gpu, batch_rows=batch_size)
-        candidates = lambda block: built.search(block, width)  # noqa: E731
+
+        def candidates(block):
+            return built.search(block, width)
     else:
         candidates, keepalive = _torch_searcher(rows, metric, width, dev), None
 
