@@ -30,7 +30,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
-import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
 
@@ -115,20 +114,13 @@ def _thread_limit(threads: int | None) -> Iterator[None]:
     if threads is None:
         yield
         return
-    # Load every library's pool first: threadpoolctl only reaches the ones already loaded.
+    # Load sklearn's pools first: threadpoolctl only reaches the ones already loaded.
     import sklearn.linear_model  # noqa: F401
-    from threadpoolctl import threadpool_limits
 
-    from hf_prune.ops.faiss_import import faiss_available
+    from hf_prune.ops.threads import held_threads
 
-    faiss_available()
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with threadpool_limits(limits=threads):
-            yield
-    finally:
-        torch.set_num_threads(before)
+    with held_threads(threads):
+        yield
 
 
 def _cell(values: list[float], same_rows: bool) -> str:

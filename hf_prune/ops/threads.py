@@ -43,7 +43,7 @@ from threadpoolctl import ThreadpoolController
 
 from .checks import check_bool
 
-__all__ = ["SMALL_STEP_WORK", "loop_threads", "small_step_threads", "thread_policy", "thread_policy_enabled"]
+__all__ = ["SMALL_STEP_WORK", "held_threads", "loop_threads", "small_step_threads", "thread_policy", "thread_policy_enabled"]
 
 # Numbers read per step below which a loop runs on one thread (see the table in the module docstring).
 SMALL_STEP_WORK = 1 << 22
@@ -153,3 +153,33 @@ def _blas_controller() -> ThreadpoolController:
         _controller = ThreadpoolController()
         _controller_modules = len(sys.modules)
     return _controller
+
+
+@contextmanager
+def held_threads(threads: int) -> Iterator[None]:
+    """Hold torch, the BLAS/OpenMP pools and faiss (when installed) to ``threads`` inside the block.
+
+    For a whole job run on a given number of cores (a benchmark's one-thread baseline, a demo sharing
+    its machine); the previous settings come back after the block, also on an error. Pools loaded
+    inside the block are not reached (threadpoolctl limits the loaded ones), so faiss is loaded first.
+
+    Example:
+        >>> with held_threads(1):
+        ...     sub = hp.select.infomax(ds, fraction=0.1, partitions=10)
+    """
+    from threadpoolctl import threadpool_limits
+
+    from .faiss_import import faiss_available, import_faiss
+
+    faiss = import_faiss() if faiss_available() else None
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    if faiss is not None:
+        faiss.omp_set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads):
+            yield
+    finally:
+        torch.set_num_threads(before)
+        if faiss is not None:
+            faiss.omp_set_num_threads(before)

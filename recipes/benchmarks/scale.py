@@ -670,24 +670,6 @@ def _result_hash(out, work: str) -> str:
     return h.hexdigest()
 
 
-@contextlib.contextmanager
-def _held_threads(threads: int):
-    """torch, the BLAS/OpenMP pools and faiss held to ``threads`` for the block (a plain run's CPUs)."""
-    import faiss
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    faiss.omp_set_num_threads(threads)
-    try:
-        with threadpool_limits(limits=threads):
-            yield
-    finally:
-        torch.set_num_threads(before)
-        faiss.omp_set_num_threads(before)
-
-
 def measure_ray(spec: dict) -> dict:
     """One run of the Ray section in this process: ``spec`` names the work, the backend and the workers.
 
@@ -708,7 +690,9 @@ def measure_ray(spec: dict) -> dict:
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, storage, ignore_errors=True)
         if backend == "plain":
-            stack.enter_context(_held_threads(workers))
+            from hf_prune.ops.threads import held_threads
+
+            stack.enter_context(held_threads(workers))
         if backend == "ray":
             started = time.perf_counter()
             stack.enter_context(hp.parallel.ray(workers=workers, cpus_per_task=1, progress=False, storage=storage,

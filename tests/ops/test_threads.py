@@ -62,3 +62,18 @@ def test_bad_input():
     with pytest.raises((TypeError, ValueError), match="enabled"):
         with thread_policy("yes"):
             pass
+
+
+def test_held_threads_sets_every_pool_and_restores_them(two_threads):
+    import faiss
+
+    from hf_prune.ops.threads import held_threads
+
+    with held_threads(1):
+        assert torch.get_num_threads() == 1 and blas_threads() == 1
+        assert faiss.omp_get_max_threads() == 1
+    assert torch.get_num_threads() == 2
+    with pytest.raises(RuntimeError, match="boom"):
+        with held_threads(1):
+            raise RuntimeError("boom")
+    assert torch.get_num_threads() == 2
