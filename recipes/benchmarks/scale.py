@@ -658,15 +658,13 @@ def _result_hash(out, work: str) -> str:
     """A hash of what the call returned: the kept ``row_id`` s (InfoMax) or the new column's float32 bytes."""
     import xxhash
 
-    from hf_prune.ops.columns import column_array
+    from hf_prune.ops.columns import read_matrix
 
     h = xxhash.xxh64()
     if work == "infomax":
         h.update(np.asarray(out["row_id"], dtype=np.int64).tobytes())
     else:
-        column = column_array(out, "proj")  # a ChunkedArray, or one array when the table has one chunk
-        for chunk in getattr(column, "chunks", [column]):
-            h.update(np.asarray(chunk.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).tobytes())
+        h.update(np.ascontiguousarray(read_matrix(out, "proj", allow_nonfinite=True)).tobytes())
     return h.hexdigest()
 
 
@@ -736,12 +734,8 @@ def measure_ray(spec: dict) -> dict:
         result["warmup_s"] = time.perf_counter() - started
         with ProcessTreeSampler() as tree:
             out, measured = measured_call(timed)
-        result.update(
-            **{k: measured[k] for k in ("wall_s", "peak_heap_bytes", "peak_file_bytes", "hwm_reset",
-                                        "children_max_rss_bytes")},
-            **tree.facts(), result_hash=_result_hash(out, work), output_rows=len(out),
-            loadavg_end=list(os.getloadavg()),
-        )
+        result.update(measured, **tree.facts(), result_hash=_result_hash(out, work), output_rows=len(out),
+                      loadavg_end=list(os.getloadavg()))
         step = hp.provenance(out, warn=False)[-1]
         for key in ("stage_times", "executor"):
             if key in step:
