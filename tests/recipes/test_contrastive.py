@@ -62,6 +62,8 @@ def _worker(rank, world, port, sizes, queue):
         dist.all_gather(losses, out.loss.detach().reshape(1))
         queue.put((rank, float(torch.cat(losses).mean()), {n: p.grad.numpy().copy() for n, p in model.module.named_parameters()},
                    out.labels.tolist(), out.global_batch_size))
+        # Both ranks done before either tears gloo down: one rank leaving early aborted the other at exit.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
