@@ -6,7 +6,7 @@ instead of running them in this process; outside it nothing changes and nothing 
     import hf_prune as hp
 
     with hp.parallel.ray(address="auto", max_retries=3):      # a running cluster (`ray start --head`)
-        ds = hp.embed.ImageEmbedder(model, processor=proc).map(ds)   # actor pool, parquet shards
+        ds = hp.embed.ImageEmbedder(model, processor=proc).map(ds)   # actor pool, Arrow shards
         sub = hp.select.infomax(ds, fraction=0.1, score_column="el2n", partitions=10)  # one task a part
 
 ``address=None`` starts a local cluster in this process (``ray.init()``), the way tests run it.
@@ -54,13 +54,14 @@ def ray(
     max_retries: int = 3,
     progress: bool = True,
     storage: str | None = None,
+    shard_format: str = "arrow",
     init_kwargs: dict | None = None,
 ) -> Iterator[RayExecutor]:
     """Run the work inside the block on Ray; see `hf_prune.parallel.ray_executor.RayExecutor` for the options.
 
     Connects before the block starts (an unreachable ``address`` fails here, before any work) and
     leaves a cluster it started itself running until the interpreter exits, as ``ray.init`` does,
-    so that several blocks share one.
+    so that several blocks share one. The embedding actors the block started are killed when it ends.
 
     Example:
         >>> with hp.parallel.ray(address="auto", workers=2) as executor:
@@ -72,7 +73,8 @@ def ray(
 
     executor = RayExecutor(
         address=address, workers=workers, cpus_per_task=cpus_per_task, gpus_per_actor=gpus_per_actor,
-        max_retries=max_retries, progress=progress, storage=storage, init_kwargs=init_kwargs,
+        max_retries=max_retries, progress=progress, storage=storage, shard_format=shard_format,
+        init_kwargs=init_kwargs,
     )
     executor.connect()
     token = _CURRENT.set(executor)
@@ -80,3 +82,4 @@ def ray(
         yield executor
     finally:
         _CURRENT.reset(token)
+        executor.release_actors()

@@ -4,6 +4,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -47,10 +48,12 @@ def shard_files(folder):
     return {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.name.startswith("shard-")}
 
 
-def test_text_column_equals_one_process_and_resumes(tmp_path):
+@pytest.mark.parametrize("shard_format", ["arrow", "parquet"])
+def test_text_column_equals_one_process_and_resumes(tmp_path, shard_format):
     emb, ds = tiny_text_embedder(), Dataset.from_dict({"text": texts(61)})
     single = one_process(emb, ds, batch_size=8)
-    with hp.parallel.ray(workers=2, storage=tmp_path, progress=False) as executor:
+    suffix = f".{shard_format}"
+    with hp.parallel.ray(workers=2, storage=tmp_path, progress=False, shard_format=shard_format) as executor:
         out = emb.map(ds, batch_size=8)
         assert hp.parallel.current_executor() is executor
     assert out.column_names == single.column_names and out.features == single.features
@@ -66,25 +69,49 @@ def test_text_column_equals_one_process_and_resumes(tmp_path):
     assert all(t > 0 for t in stages) and sum(stages) <= facts["seconds"]
     folder = tmp_path / facts["shard_folder"]
     before = shard_files(folder)
-    assert len(before) == 16  # a parquet file and a marker per shard
+    assert len(before) == 16 and len([n for n in before if n.endswith(suffix)]) == 8  # a data file and a marker each
+    # Arrow shards are the result's own files; parquet ones are joined into one Arrow file.
+    cache = {Path(f["filename"]).name for f in out.cache_files}
+    assert cache >= ({f"shard-{i:05d}-of-00008.arrow" for i in range(8)} if shard_format == "arrow"
+                     else {"columns-00008.arrow"})
 
     # Resume: delete one shard; a rerun (with another number of workers) computes only that one.
-    for suffix in (".parquet", ".json"):
-        (folder / f"shard-00003-of-00008{suffix}").unlink()
-    with hp.parallel.ray(workers=1, storage=tmp_path, progress=False):
+    for name in (f"shard-00003-of-00008{suffix}", "shard-00003-of-00008.json"):
+        (folder / name).unlink()
+    with hp.parallel.ray(workers=1, storage=tmp_path, progress=False, shard_format=shard_format):
         again = emb.map(ds, batch_size=8)
     facts = hp.provenance(again)[-1]["executor"]
     assert (facts["shards"], facts["shards_computed"], facts["shards_reused"]) == (8, 1, 7)
     assert facts["actors_start_s"] > 0 and facts["shards_s"] > 0
     after = shard_files(folder)
     changed = sorted(name for name in after if after[name] != before.get(name))
-    assert changed == ["shard-00003-of-00008.json", "shard-00003-of-00008.parquet"]
+    assert changed == sorted(["shard-00003-of-00008.json", f"shard-00003-of-00008{suffix}"])
     assert np.array_equal(np.asarray(again["emb"], np.float32), np.asarray(single["emb"], np.float32))
 
     # Everything written: no actor at all, same column; a changed batch size is a new layout.
-    with hp.parallel.ray(workers=2, storage=tmp_path, progress=False):
+    with hp.parallel.ray(workers=2, storage=tmp_path, progress=False, shard_format=shard_format):
         third = emb.map(ds, batch_size=8)
     assert hp.provenance(third)[-1]["executor"]["actors"] == 0 and third["emb"] == again["emb"]
+
+
+def test_actors_are_kept_for_the_next_map_and_given_back_to_tasks(tmp_path):
+    emb, ds = tiny_text_embedder(), Dataset.from_dict({"text": texts(24), "label": [i % 2 for i in range(24)]})
+    with hp.parallel.ray(workers=2, storage=tmp_path, progress=False) as executor:
+        first = emb.map(ds, batch_size=4)
+        assert executor.ray.available_resources().get("CPU", 0) == 0  # the two idle actors keep their CPUs
+        second = emb.map(ds.select(range(12)), batch_size=4)  # another dataset: new shards, the same processes
+        pids = [hp.provenance(out)[-1]["executor"]["actor_pids"] for out in (first, second)]
+        assert len(pids[0]) == 2 and set(pids[1]) <= set(pids[0])
+        assert second["emb"] == first["emb"][:12]
+        # A selector's Ray tasks get the CPUs: the actors are handed back rather than waited for.
+        sub = hp.select.gm_matching(first, fraction=0.5, embedding_column="emb", label_column="label")
+        assert len(sub) == 12 and hp.provenance(sub)[-1]["executor"]["name"] == "ray"
+        third = emb.map(ds.select(range(8)), batch_size=4)  # new actors, new processes
+        assert not set(hp.provenance(third)[-1]["executor"]["actor_pids"]) & set(pids[0])
+    deadline = time.monotonic() + 30  # the block's end kills them (Ray frees their CPUs asynchronously)
+    while executor.ray.available_resources().get("CPU") != 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert executor.ray.available_resources().get("CPU") == 2
 
 
 def tiny_images(n):
@@ -140,7 +167,7 @@ def test_a_failing_shard_is_named_and_left_without_a_marker(tmp_path):
             tiny_text_embedder().map(ds, batch_size=4)
         (folder,) = tmp_path.iterdir()
         names = {p.name for p in folder.iterdir()}
-        assert "shard-00006-of-00008.json" not in names and "shard-00006-of-00008.parquet" not in names
+        assert "shard-00006-of-00008.json" not in names and "shard-00006-of-00008.arrow" not in names
         assert not any(name.startswith("columns-") or ".tmp" in name for name in names)
         deadline = time.monotonic() + 30  # the actors' CPUs come back to the cluster (asynchronously)
         while executor.ray.available_resources().get("CPU") != 2 and time.monotonic() < deadline:

@@ -131,3 +131,42 @@ def test_smoke_end_to_end_in_fresh_processes(data, tmp_path):
     # Resume: nothing is redone.
     again = main(argv)
     assert again["runs"]["herding/N=2000/f=0.1"]["wall_s"] == results["runs"]["herding/N=2000/f=0.1"]["wall_s"]
+
+
+def test_split_reference_maps_each_part_in_its_own_process(data, tmp_path):
+    from recipes.benchmarks.scale import ProjectionEmbedder, _split_processes
+
+    _, path = data
+    ds = load_from_disk(str(path))
+    warm, timed = _split_processes(str(path), 2, str(tmp_path), len(ds), batch_size=300)  # 7 batches: 3 and 4
+    assert warm() is None  # both processes warmed up and waiting
+    out = timed()
+    assert len(out.cache_files) == 2 and len(out) == len(ds)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the parts ran on one thread each: the same kernels, so the same bits
+    try:
+        whole = ProjectionEmbedder(dim=16).map(ds.with_format("numpy"), batch_size=300)
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(np.asarray(out["proj"], np.float32), np.asarray(whole["proj"], np.float32))
+
+
+def test_ray_report_checks_the_targets_against_the_runs():
+    from recipes.benchmarks.scale import ray_report
+
+    def run(wall, digest="h", **extra):
+        return {"status": "ok", "wall_s": wall, "result_hash": digest, "peak_heap_bytes": 2**20,
+                "loadavg_start": [1.0], "loadavg_end": [1.0], **extra}
+
+    results = {"settings": {"n": 1000, "dim": 16, "dtype": "float32"}, "environment": {}, "runs": {
+        "ray/map/plain/workers=1": run(20.0),
+        "ray/map/split/workers=2": run(12.5),
+        "ray/map/ray/workers=1": run(21.0, executor={"actors_start_s": 0.1, "shards_s": 20.5, "join_s": 0.2}),
+        "ray/map/ray/workers=2": run(14.0, digest="other"),
+    }}
+    text = ray_report(results)
+    assert "Ray 1 worker / plain = 1.050 (target <= 1.10: met)" in text
+    assert "Ray 2 workers speed-up over 1 = 1.50× (target >= 1.7: missed)" in text
+    assert "against one: 1.60×" in text
+    assert "| NO |" in text  # a run whose result differs from the plain one is flagged
+    assert "shards 20.5" in text
