@@ -387,13 +387,20 @@ def radius_neighbors(
 def _faiss_range(x, threshold):
     """``search(start, stop)`` → pairs ``(rows, cols, squared float32 distances)`` below ``threshold``."""
     faiss = import_faiss()
-    index = faiss.IndexFlatL2(x.shape[1])
-    index.add(x)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, d = x.shape
 
     def search(start, stop):
-        lims, sq, cols = index.range_search(x[start:stop], threshold)
-        rows = np.repeat(np.arange(start, stop, dtype=np.int64), np.diff(lims.astype(np.int64)))
-        return rows, cols.astype(np.int64, copy=False), sq
+        # The kernel of IndexFlatL2.range_search, on ``x`` where it lies (an index would copy every row).
+        queries = x[start:stop]
+        found = faiss.RangeSearchResult(len(queries))
+        faiss.range_search_L2sqr(faiss.swig_ptr(queries), faiss.swig_ptr(x), d, len(queries), n, float(threshold), found)
+        lims = faiss.rev_swig_ptr(found.lims, len(queries) + 1).astype(np.int64)
+        pairs = int(lims[-1])
+        sq = faiss.rev_swig_ptr(found.distances, pairs).copy()
+        cols = faiss.rev_swig_ptr(found.labels, pairs).astype(np.int64)
+        rows = np.repeat(np.arange(start, stop, dtype=np.int64), np.diff(lims))
+        return rows, cols, sq
 
     return search
 

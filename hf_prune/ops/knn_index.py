@@ -195,6 +195,9 @@ def build_index(rows, spec: IndexSpec, metric: str, *, seed: int = 0, gpu: bool 
     n, d = rows.shape
     cosine = metric == "cosine"
     faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    if spec.kind == "flat" and not gpu:
+        # faiss's flat index would copy every row into itself: search the rows where they lie instead.
+        return RowsFlatIndex(_normalised(rows.to_numpy(), cosine), faiss_metric), None
     if spec.kind == "flat":
         index = faiss.IndexFlatL2(d) if metric == "l2" else faiss.IndexFlatIP(d)
     elif spec.kind == "hnsw":
@@ -219,6 +222,26 @@ def build_index(rows, spec: IndexSpec, metric: str, *, seed: int = 0, gpu: bool 
     for _, block in rows.blocks(batch_rows):
         index.add(_normalised(block, cosine))
     return index, keepalive
+
+
+class RowsFlatIndex:
+    """Exact search over an ``(N, d)`` float32 array in place: ``faiss.knn``, the kernel ``IndexFlat`` runs.
+
+    ``IndexFlat.add`` copies all N rows onto the heap (one more column); this searches a NumPy array
+    (a selector's normalised copy) or a single-chunk column where it lies, and gathers a column of
+    several record batches once, as the index did. The array must not change while it is used.
+
+    Example:
+        >>> values, ids = RowsFlatIndex(unit_rows, faiss.METRIC_INNER_PRODUCT).search(queries, 10)
+    """
+
+    def __init__(self, rows: np.ndarray, metric: int):
+        self.rows = np.ascontiguousarray(rows, dtype=np.float32)
+        self.metric = metric
+        self.ntotal, self.d = self.rows.shape
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return import_faiss().knn(queries, self.rows, k, metric=self.metric)
 
 
 def _to_gpus(faiss, index, spec):

@@ -235,7 +235,7 @@ def purity_delta(
     """
     log = KnnLog(knn_index) if log is None else log
     n = len(x)
-    labels = np.asarray(labels)
+    codes = np.unique(np.asarray(labels), return_inverse=True)[1].reshape(-1).astype(np.int32)  # 4 bytes a candidate
     need = n - int(np.ceil(purity * n - 1e-9))  # position of δ among the sorted r_x
     r = np.full(n, np.inf)
     bound_only = np.zeros(n, dtype=bool)  # r holds a lower bound, not the exact distance
@@ -243,17 +243,17 @@ def purity_delta(
     m = min(n, first_neighbors)
     while True:
         sims, idx = _candidates(x, m, pending, device, first_search, log, seed)
-        dist = _unit_distances(sims)
-        other = labels[idx] != labels[pending][:, None]
+        other = codes[idx] != codes[pending][:, None]
         found = other.any(axis=1)
         first = np.argmax(other, axis=1)
-        r[pending[found]] = dist[found, first[found]]
+        # Distances only where they are read (one or two per row), not an N×m float64 table.
+        r[pending[found]] = _unit_distances(sims[found, first[found]])
         if m >= n:
             r[pending[~found]] = np.inf  # every point was a candidate: no other label anywhere
             bound_only[pending] = False
         else:
             # Other labels lie beyond every candidate: the farthest candidate's distance is a lower bound.
-            r[pending[~found]] = dist[~found, -1]
+            r[pending[~found]] = _unit_distances(sims[~found, -1])
             bound_only[pending] = ~found
         estimate = np.partition(r, need)[need]
         # A bound above the estimate cannot change the order statistic (the true value is larger still).

@@ -252,3 +252,26 @@ def test_gpu_index_gives_the_cpu_neighbours():
     c_cpu, a_cpu, _ = kmeans(x, 30, seed=0, device="cpu")
     c_gpu, a_gpu, _ = kmeans(x, 30, seed=0, device="cuda")
     assert (a_cpu == a_gpu).mean() > 0.99
+
+
+def test_exact_search_reads_the_rows_in_place_and_matches_faiss_flat_index():
+    from hf_prune.ops.faiss_import import import_faiss
+    from hf_prune.ops.knn_index import RowsFlatIndex, build_index
+    from hf_prune.ops.matrix import as_matrix
+
+    faiss = import_faiss()
+    x = clustered(n=1500, d=16)
+    built, _ = build_index(as_matrix(x), resolve_spec("flat", 1500, 16, 10), "ip")
+    # The caller's rows themselves, not a copy (faiss's IndexFlat.add would copy all of them).
+    assert isinstance(built, RowsFlatIndex) and np.shares_memory(built.rows, x)
+    reference = faiss.IndexFlatIP(16)
+    reference.add(x)
+    values, ids = built.search(x[:200], 10)
+    ref_values, ref_ids = reference.search(x[:200], 10)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_array_equal(values, ref_values)
+    # A column of several record batches is gathered once (as IndexFlat would), with the same neighbours.
+    chunked = open_matrix(Dataset.from_dict({"emb": x[:700]}).add_item({"emb": x[700]}), "emb")
+    assert "chunks=2" in repr(chunked)
+    again, _ = build_index(chunked, resolve_spec("flat", 701, 16, 5), "l2")
+    np.testing.assert_array_equal(again.search(x[:50], 5)[1], faiss.knn(x[:50], x[:701], 5)[1])
