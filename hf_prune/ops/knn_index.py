@@ -175,6 +175,10 @@ def gpu_count() -> int:
     return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
 
 
+#: Rows a chunked column is searched in at most (the blocks of `ColumnMatrix.blocks`; chunks are views).
+_PART_ROWS = 65_536
+
+
 def _normalised(block: np.ndarray, cosine: bool) -> np.ndarray:
     if not cosine:
         return block
@@ -197,7 +201,7 @@ def build_index(rows, spec: IndexSpec, metric: str, *, seed: int = 0, gpu: bool 
     faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
     if spec.kind == "flat" and not gpu:
         # faiss's flat index would copy every row into itself: search the rows where they lie instead.
-        return RowsFlatIndex(_normalised(rows.to_numpy(), cosine), faiss_metric), None
+        return RowsFlatIndex(rows, faiss_metric, cosine=cosine), None
     if spec.kind == "flat":
         index = faiss.IndexFlatL2(d) if metric == "l2" else faiss.IndexFlatIP(d)
     elif spec.kind == "hnsw":
@@ -225,23 +229,45 @@ def build_index(rows, spec: IndexSpec, metric: str, *, seed: int = 0, gpu: bool 
 
 
 class RowsFlatIndex:
-    """Exact search over an ``(N, d)`` float32 array in place: ``faiss.knn``, the kernel ``IndexFlat`` runs.
+    """Exact search over rows where they lie: ``faiss.knn``, the kernel ``IndexFlat.search`` runs.
 
-    ``IndexFlat.add`` copies all N rows onto the heap (one more column); this searches a NumPy array
-    (a selector's normalised copy) or a single-chunk column where it lies, and gathers a column of
-    several record batches once, as the index did. The array must not change while it is used.
+    ``IndexFlat.add`` copies all N rows onto the heap (one more column). This searches a NumPy array
+    (a selector's normalised copy) or a one-chunk column in place, and a column of many record batches
+    (what ``datasets`` writes) chunk by chunk from its memory-mapped pages, keeping each query's best
+    ``k`` so far; cosine rows are normalised one block at a time. The rows must not change while it is used.
 
     Example:
-        >>> values, ids = RowsFlatIndex(unit_rows, faiss.METRIC_INNER_PRODUCT).search(queries, 10)
+        >>> values, ids = RowsFlatIndex(as_matrix(unit_rows), faiss.METRIC_INNER_PRODUCT).search(queries, 10)
     """
 
-    def __init__(self, rows: np.ndarray, metric: int):
-        self.rows = np.ascontiguousarray(rows, dtype=np.float32)
-        self.metric = metric
-        self.ntotal, self.d = self.rows.shape
+    def __init__(self, rows, metric: int, *, cosine: bool = False):
+        self.rows, self.metric, self.cosine = rows, metric, cosine
+        self.ntotal, self.d = rows.shape
+        whole = rows.to_numpy() if rows.zero_copy else None
+        self._whole = None if whole is None else _normalised(whole, cosine)
+
+    def _parts(self):
+        if self._whole is not None:
+            yield 0, self._whole
+            return
+        for start, block in self.rows.blocks(_PART_ROWS):
+            yield start, _normalised(block, self.cosine)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return import_faiss().knn(queries, self.rows, k, metric=self.metric)
+        faiss = import_faiss()
+        smaller_first = self.metric == faiss.METRIC_L2
+        values = ids = None
+        for start, part in self._parts():
+            v, i = faiss.knn(queries, part, min(k, len(part)), metric=self.metric)
+            i += start
+            if values is not None:
+                v, i = np.concatenate([values, v], axis=1), np.concatenate([ids, i], axis=1)
+            if v.shape[1] > k:  # keep each query's best k of the two tables
+                top = np.argpartition(v if smaller_first else -v, k - 1, axis=1)[:, :k]
+                v, i = np.take_along_axis(v, top, axis=1), np.take_along_axis(i, top, axis=1)
+            values, ids = v, i
+        order = np.argsort(values if smaller_first else -values, axis=1, kind="stable")
+        return np.take_along_axis(values, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
 
 def _to_gpus(faiss, index, spec):

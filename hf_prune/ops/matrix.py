@@ -174,6 +174,11 @@ class ColumnMatrix:
         table_rows = positions if self._positions is None else self._positions[positions]
         return ColumnMatrix(self._chunks, self.column, table_rows)
 
+    @property
+    def zero_copy(self) -> bool:
+        """Whether `to_numpy` (float32) returns a view rather than a copy: one float32 chunk, no row selection."""
+        return self._positions is None and len(self._chunks) == 1 and self.dtype == np.float32
+
     def to_numpy(self, dtype=np.float32) -> np.ndarray:
         """All rows as one ``(N, d)`` array: a zero-copy view of a single chunk stored as ``dtype``, else one copy."""
         dtype = np.dtype(dtype)

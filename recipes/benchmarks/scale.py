@@ -1187,6 +1187,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", action="store_true", help="select per class (label_column='label')")
     p.add_argument("--threads", type=int, default=None, help="BLAS / OpenMP threads of each run (default: inherited)")
     p.add_argument("--infomax-workers", type=int, default=None, help="InfoMax `workers=` (default: all cores)")
+    p.add_argument("--floors", default=None, help=f"comma-separated floors to measure (default all: {','.join(FLOORS)})")
+    p.add_argument("--knn-index", default=None, help="comma-separated knn_index variants of the k-NN selectors "
+                   "(default: every one a selector accepts)")
     p.add_argument("--load", action="store_true", help="also run every selector with a competing CPU job")
     p.add_argument("--gpu", action="store_true", help="N = 1M, 10M × 768 with device='cuda' (needs a GPU)")
     p.add_argument("--workdir", default="runs/scale/data", help="cache of the generated datasets")
@@ -1233,6 +1236,10 @@ def main(argv=None) -> dict:
     unknown = sorted(set(args.selectors) - set(CASES))
     if unknown:
         raise SystemExit(f"--selectors: unknown {unknown}; choose from {sorted(CASES)}")
+    args.floors = _csv(args.floors, str) if args.floors else FLOORS
+    if sorted(set(args.floors) - set(FLOORS)):
+        raise SystemExit(f"--floors: unknown {sorted(set(args.floors) - set(FLOORS))}; choose from {FLOORS}")
+    args.knn_index = _csv(args.knn_index, str) if args.knn_index else None
     bad = [f for f in args.fractions if not 0.0 < f < 1.0]
     if bad or min(args.sizes) < 100:
         raise SystemExit(f"--fractions must lie in (0, 1) and --sizes be at least 100, got {args.fractions}, {args.sizes}")
@@ -1251,7 +1258,7 @@ def main(argv=None) -> dict:
     results.setdefault("knn_choices", {})
     for name in args.selectors:
         if CASES[name].knn:
-            results["knn_choices"][name] = knn_choices(name)
+            results["knn_choices"][name] = [c for c in knn_choices(name) if args.knn_index is None or c in args.knn_index]
 
     def log(msg):
         print(msg, flush=True)
@@ -1275,7 +1282,7 @@ def main(argv=None) -> dict:
     runs = plan(args, results["knn_choices"])
     for n in args.sizes:
         path = str(ensure_data(Path(args.workdir), n, args.dim, args.dtype, args.seed, log))
-        for f in FLOORS:
+        for f in args.floors:
             record(f"floor/{f}/N={n}", {"kind": "floor", "name": f, "path": path})
         for run in (r for r in runs if r["n"] == n):
             record(run["key"], {"kind": "selector", "name": run["selector"], "knn_index": run["knn_index"],

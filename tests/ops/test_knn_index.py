@@ -270,8 +270,17 @@ def test_exact_search_reads_the_rows_in_place_and_matches_faiss_flat_index():
     ref_values, ref_ids = reference.search(x[:200], 10)
     np.testing.assert_array_equal(ids, ref_ids)
     np.testing.assert_array_equal(values, ref_values)
-    # A column of several record batches is gathered once (as IndexFlat would), with the same neighbours.
-    chunked = open_matrix(Dataset.from_dict({"emb": x[:700]}).add_item({"emb": x[700]}), "emb")
-    assert "chunks=2" in repr(chunked)
-    again, _ = build_index(chunked, resolve_spec("flat", 701, 16, 5), "l2")
-    np.testing.assert_array_equal(again.search(x[:50], 5)[1], faiss.knn(x[:50], x[:701], 5)[1])
+    # A column of many record batches is searched chunk by chunk (no copy of it): the same neighbours.
+    chunked = open_matrix(Dataset.from_dict({"emb": x}).with_format("arrow").map(lambda t: t, batched=True,
+                                                                                batch_size=400), "emb")
+    assert "chunks=4" in repr(chunked) and not chunked.zero_copy
+    for metric, faiss_metric in (("l2", faiss.METRIC_L2), ("ip", faiss.METRIC_INNER_PRODUCT)):
+        again, _ = build_index(chunked, resolve_spec("flat", 1500, 16, 7), metric)
+        v, i = again.search(x[:300], 7)
+        ref_v, ref_i = faiss.knn(x[:300], x, 7, metric=faiss_metric)
+        np.testing.assert_array_equal(i, ref_i)
+        np.testing.assert_allclose(v, ref_v, rtol=1e-5, atol=1e-5)
+    # Cosine: each block is normalised before it is searched, as the whole column would be.
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    cos, _ = build_index(chunked, resolve_spec("flat", 1500, 16, 7), "cosine")
+    np.testing.assert_array_equal(cos.search(unit[:300], 7)[1], faiss.knn(unit[:300], unit, 7, metric=faiss.METRIC_INNER_PRODUCT)[1])

@@ -133,6 +133,17 @@ def test_smoke_end_to_end_in_fresh_processes(data, tmp_path):
     assert again["runs"]["herding/N=2000/f=0.1"]["wall_s"] == results["runs"]["herding/N=2000/f=0.1"]["wall_s"]
 
 
+def test_floors_and_knn_index_variants_can_be_chosen(data, tmp_path):
+    workdir, _ = data
+    argv = ["--sizes", "2000", "--dim", "16", "--selectors", "d2_pruning", "--knn-index", "ivf", "--floors", "pass",
+            "--fractions", "0.1", "--workdir", str(workdir), "--output-dir", str(tmp_path), "--run-timeout", "120"]
+    results = main(argv)
+    assert set(results["runs"]) == {"floor/pass/N=2000", "d2_pruning_ivf_/N=2000/f=0.1"}
+    assert all(entry["status"] == "ok" for entry in results["runs"].values())
+    with pytest.raises(SystemExit, match="--floors: unknown"):
+        main([*argv[:-2], "--floors", "pass,bogus"])
+
+
 def test_split_reference_maps_each_part_in_its_own_process(data, tmp_path):
     from recipes.benchmarks.scale import ProjectionEmbedder, _split_processes
 
