@@ -108,7 +108,8 @@ def knn(
 
     ``x`` (and ``queries``) is an array or a `hf_prune.ops.matrix.ColumnMatrix`: rows are added to the
     index and queries searched ``batch_size`` rows at a time, so beyond the index itself the extra
-    memory is one block (cosine normalises each block, never an N×d normalised copy).
+    memory is one block (cosine normalises each block, never an N×d normalised copy). Exact search on
+    the CPU has no index: it reads the rows in place (`hf_prune.ops.knn_index.RowsFlatIndex`).
 
     ``index`` (see `hf_prune.ops.knn_index` for the defaults and the ``"auto"`` rule): ``"flat"`` /
     ``"exact"`` (exact), ``"ivf"`` (IVF-Flat: ``nlist``, ``nprobe``), ``"ivfpq"`` (IVF-PQ: also
@@ -308,9 +309,10 @@ def radius_neighbors(
 
     Row ``i``'s neighbours are ``indices[indptr[i]:indptr[i + 1]]`` (in no particular order): every
     ``j`` with ``‖x_i − x_j‖ < radius`` (Euclidean; ``metric="cosine"`` measures it between
-    L2-normalised copies, so ``cos ≥ 1 − radius²/2``). The search is exact: faiss ``range_search`` on
-    a flat index (or a chunked torch matmul on ``device``; in float64 if torch is set to TF32/bf16
-    matmuls) over blocks of at most ``chunk_size`` query rows, run in float32 with a margin above the
+    L2-normalised copies, so ``cos ≥ 1 − radius²/2``). The search is exact: faiss's flat range search
+    (``range_search_L2sqr`` on the rows in place, without an index's copy of them) or a chunked torch
+    matmul on ``device`` (in float64 if torch is set to TF32/bf16 matmuls), over blocks of at most
+    ``chunk_size`` query rows, run in float32 with a margin above the
     float32 rounding bound; the pairs inside that margin are then decided in float64 from the rows'
     differences. So the graph equals the float64 one, is symmetric, and holds the same pairs on every
     backend. Memory is the edges (int32 ``indices``, about 8 bytes per edge at the peak) plus one

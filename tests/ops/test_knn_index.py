@@ -254,7 +254,11 @@ def test_gpu_index_gives_the_cpu_neighbours():
     assert (a_cpu == a_gpu).mean() > 0.99
 
 
-def test_exact_search_reads_the_rows_in_place_and_matches_faiss_flat_index():
+@pytest.mark.parametrize("part_rows", [400, 1000, 10**6])  # parts of one or several record batches, or all
+def test_exact_search_reads_the_rows_in_place_and_matches_faiss_flat_index(monkeypatch, part_rows):
+    import hf_prune.ops.knn_index as knn_index
+
+    monkeypatch.setattr(knn_index, "_PART_BYTES", part_rows * 16 * 4)
     from hf_prune.ops.faiss_import import import_faiss
     from hf_prune.ops.knn_index import RowsFlatIndex, build_index
     from hf_prune.ops.matrix import as_matrix
