@@ -92,6 +92,7 @@ import copy
 import logging
 import math
 import os
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -184,9 +185,11 @@ class ColumnActor:
             self.embedder, self.dataset, self.key = _on_device(embedder, job["device"]), dataset, job["key"]
 
     def describe(self, job: dict[str, Any]) -> dict[str, Any]:
-        """This actor's fingerprint and provenance parameters (its device type and autocast included)."""
+        """This actor's fingerprint and provenance parameters (its device type and autocast included), its
+        process and its host."""
         self._load(job)
-        return {"fingerprint": self.embedder.fingerprint(), "params": self.embedder.provenance_params()}
+        return {"fingerprint": self.embedder.fingerprint(), "params": self.embedder.provenance_params(),
+                "pid": os.getpid(), "host": socket.gethostname()}
 
     def release(self) -> None:
         """Drop the job's embedder and Dataset (the process, with torch imported, stays for the next map)."""
@@ -283,11 +286,24 @@ def _run_shards(executor: RayExecutor, actors: list, job: dict[str, Any], todo: 
         executor.release_actors()
         if running:
             ray.wait(list(running), num_returns=len(running), timeout=60)
+        _wait_for_exit(job.get("pids", []))  # a killed actor's process can still create its file for a moment
         for shard, _ in running.values():
             for stale in folder.glob(f"{shard['name']}{SHARD_SUFFIX[executor.shard_format]}.tmp-*"):
                 stale.unlink(missing_ok=True)
         raise
     return done
+
+
+def _wait_for_exit(pids: list[int], timeout: float = 10.0) -> None:
+    """Wait (at most ``timeout`` s) until the processes ``pids`` of this host are gone."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except (ProcessLookupError, PermissionError):
+                break
+            time.sleep(0.02)
 
 
 def _check_row_ids(folder: Path, name: str, row_ids: np.ndarray, keys: np.ndarray) -> None:
@@ -448,6 +464,7 @@ def map_on_ray(
                    refs=[executor.share(embedder), executor.share(dataset.select_columns(columns))])
         actors[:] = executor.actors(ColumnActor, count, task_threads(executor.cpus_per_task), num_gpus=gpus)
         described = ray.get([actor.describe.remote(job) for actor in actors])
+        job["pids"] = [d["pid"] for d in described if d["host"] == socket.gethostname()]  # for a failed job's clean-up
         if len({d["fingerprint"] for d in described}) > 1:
             raise RuntimeError(f"the actors compute different fingerprints ({sorted({d['fingerprint'] for d in described})}): "
                                "their devices differ (GPU types, bf16 support); run on one kind of node")

@@ -237,8 +237,9 @@ class RowsFlatIndex:
 
     ``IndexFlat.add`` copies all N rows onto the heap (one more column). This searches a NumPy array
     (a selector's normalised copy) or a one-chunk column in place, and a column of many record batches
-    (what ``datasets`` writes) chunk by chunk from its memory-mapped pages, keeping each query's best
-    ``k`` so far; cosine rows are normalised one block at a time. The rows must not change while it is used.
+    (what ``datasets`` writes) in parts of about 32 MiB gathered from its memory-mapped pages, keeping
+    each query's best ``k`` so far; cosine rows are normalised one part at a time. The rows must not
+    change while it is used.
 
     Example:
         >>> values, ids = RowsFlatIndex(as_matrix(unit_rows), faiss.METRIC_INNER_PRODUCT).search(queries, 10)
@@ -258,16 +259,19 @@ class RowsFlatIndex:
         # faiss call and merge covers many (one part's copy at a time, never the column's).
         part_rows = max(1, _PART_BYTES // (4 * self.d))
         pending: list[np.ndarray] = []
-        first = 0
+        first = filled = 0
         for start, block in self.rows.blocks(part_rows):
-            if not pending:
-                first = start
+            first = start if not pending else first
             pending.append(block)
-            if sum(len(b) for b in pending) >= part_rows:
-                yield first, _normalised(np.concatenate(pending) if len(pending) > 1 else pending[0], self.cosine)
-                pending = []
+            filled += len(block)
+            if filled >= part_rows:
+                yield first, self._part(pending)
+                pending, filled = [], 0
         if pending:
-            yield first, _normalised(np.concatenate(pending) if len(pending) > 1 else pending[0], self.cosine)
+            yield first, self._part(pending)
+
+    def _part(self, blocks: list[np.ndarray]) -> np.ndarray:
+        return _normalised(np.concatenate(blocks) if len(blocks) > 1 else blocks[0], self.cosine)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         faiss = import_faiss()

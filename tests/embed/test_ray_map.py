@@ -168,7 +168,7 @@ def test_a_failing_shard_is_named_and_left_without_a_marker(tmp_path):
         (folder,) = tmp_path.iterdir()
         names = {p.name for p in folder.iterdir()}
         assert "shard-00006-of-00008.json" not in names and "shard-00006-of-00008.arrow" not in names
-        assert not any(name.startswith("columns-") or ".tmp" in name for name in names)
+        assert not any(name.startswith("columns-") or ".tmp" in name for name in names), sorted(names)
         deadline = time.monotonic() + 30  # the actors' CPUs come back to the cluster (asynchronously)
         while executor.ray.available_resources().get("CPU") != 2 and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -192,4 +192,6 @@ def test_bad_input_is_refused_before_any_actor_starts(tmp_path):
             map_on_ray(emb, ds, executor="ray")
         with pytest.raises(ValueError, match="batch_size"):
             map_on_ray(emb, ds, executor=executor, batch_size=0)
+    with pytest.raises(ValueError, match="`shard_format` must be one of"):
+        hp.parallel.ray(workers=2, storage=tmp_path, shard_format="csv").__enter__()
     assert list(tmp_path.iterdir()) == []
