@@ -502,7 +502,10 @@ def map_on_ray(
         succeeded = True
     finally:
         if actors and succeeded:  # kept for the block's next map, without this job's model and data
-            ray.get([actor.release.remote() for actor in actors])
+            try:
+                ray.get([actor.release.remote() for actor in actors])
+            except Exception:  # noqa: BLE001 - an actor that died since is not kept; the job's result stands
+                executor.release_actors()
         elif actors:  # a failed job: their CPUs/GPUs go back to the cluster
             executor.release_actors()
 

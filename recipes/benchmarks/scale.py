@@ -882,15 +882,15 @@ def ray_report(results: dict) -> str:
     stages = [(key, e["executor"]) for key, e in runs.items()
               if e.get("status") == "ok" and "actors_start_s" in e.get("executor", {})]
     if stages:  # where a Ray map's wall time goes (hf_prune.embed.ray_map)
-        def split(x):
+        def stage_line(x):
             return f"actor start {x['actors_start_s']:.1f}, shards {x['shards_s']:.1f}, join {x['join_s']:.1f}"
 
         lines += ["", "Ray map stages (s), timed map: " + "; ".join(
-            f"{'/'.join(key.split('/')[-2:])}: {split(x)}" for key, x in stages)]
+            f"{'/'.join(key.split('/')[-2:])}: {stage_line(x)}" for key, x in stages)]
         cold = [(key, e["warmup_executor"]) for key, e in runs.items() if e.get("status") == "ok" and "warmup_executor" in e]
         if cold:
             lines.append("First map of the block (the warm-up, 400 rows; actors started cold): " + "; ".join(
-                f"{'/'.join(key.split('/')[-2:])}: {split(x)}" for key, x in cold))
+                f"{'/'.join(key.split('/')[-2:])}: {stage_line(x)}" for key, x in cold))
     return "\n".join(lines)
 
 
