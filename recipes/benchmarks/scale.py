@@ -641,6 +641,8 @@ class ProcessTreeSampler(SamplingThread):
             except self.psutil.Error:
                 continue
             title = cmdline[0] if cmdline else proc.name()
+            if os.sep in title:  # a program path: its name only (raylet, gcs_server, python), no machine path
+                title = os.path.basename(title)
             worker = title.startswith("ray::") or any("multiprocessing" in part for part in cmdline)
             table = self.workers if worker else self.system
             entry = table.setdefault(proc.pid, {"title": title[:60], "rss": 0, "rss_minus_shared": 0})
