@@ -256,8 +256,11 @@ def _actor_count(executor: RayExecutor, gpus: float) -> int:
 
 
 def _run_shards(executor: RayExecutor, actors: list, job: dict[str, Any], todo: list[dict[str, Any]], folder: Path,
-                batch_size: int, bar, desc: str) -> list[dict[str, Any]]:
-    """Give each idle actor the next shard until all are written; `TaskFailed` on the first that fails."""
+                batch_size: int, bar, desc: str, local_pids: list[int]) -> list[dict[str, Any]]:
+    """Give each idle actor the next shard until all are written; `TaskFailed` on the first that fails.
+
+    ``local_pids``: the actors' processes on this host, waited for after a failure before their partial
+    files are removed."""
     ray = executor.ray
     idle, pending, running, done = list(actors), list(reversed(todo)), {}, []
     try:
@@ -286,7 +289,7 @@ def _run_shards(executor: RayExecutor, actors: list, job: dict[str, Any], todo: 
         executor.release_actors()
         if running:
             ray.wait(list(running), num_returns=len(running), timeout=60)
-        _wait_for_exit(job.get("pids", []))  # a killed actor's process can still create its file for a moment
+        _wait_for_exit(local_pids)  # a killed actor's process can still create its file for a moment
         for shard, _ in running.values():
             for stale in folder.glob(f"{shard['name']}{SHARD_SUFFIX[executor.shard_format]}.tmp-*"):
                 stale.unlink(missing_ok=True)
@@ -455,6 +458,7 @@ def map_on_ray(
 
     actors: list = []
     job: dict[str, Any] = {}  # what the actors load: its references stay alive here for restarts
+    local_pids: list[int] = []  # the actors' processes on this host
     stages = {"actors_start_s": 0.0, "shards_s": 0.0, "join_s": 0.0}  # where the wall time goes
 
     def start_actors(count: int) -> list[dict[str, Any]]:
@@ -464,7 +468,7 @@ def map_on_ray(
                    refs=[executor.share(embedder), executor.share(dataset.select_columns(columns))])
         actors[:] = executor.actors(ColumnActor, count, task_threads(executor.cpus_per_task), num_gpus=gpus)
         described = ray.get([actor.describe.remote(job) for actor in actors])
-        job["pids"] = [d["pid"] for d in described if d["host"] == socket.gethostname()]  # for a failed job's clean-up
+        local_pids[:] = [d["pid"] for d in described if d["host"] == socket.gethostname()]  # a failed job's clean-up
         if len({d["fingerprint"] for d in described}) > 1:
             raise RuntimeError(f"the actors compute different fingerprints ({sorted({d['fingerprint'] for d in described})}): "
                                "their devices differ (GPU types, bf16 support); run on one kind of node")
@@ -495,7 +499,7 @@ def map_on_ray(
                                desc=f"{desc} on Ray")
             begun = time.perf_counter()
             try:
-                done = _run_shards(executor, actors, job, todo, folder, batch_size, bar, desc)
+                done = _run_shards(executor, actors, job, todo, folder, batch_size, bar, desc, local_pids)
             finally:
                 bar.close()
                 stages["shards_s"] = time.perf_counter() - begun

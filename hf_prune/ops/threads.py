@@ -173,6 +173,7 @@ def held_threads(threads: int) -> Iterator[None]:
 
     faiss = import_faiss() if faiss_available() else None
     before = torch.get_num_threads()
+    faiss_before = faiss.omp_get_max_threads() if faiss is not None else None
     torch.set_num_threads(threads)
     if faiss is not None:
         faiss.omp_set_num_threads(threads)
@@ -182,4 +183,4 @@ def held_threads(threads: int) -> Iterator[None]:
     finally:
         torch.set_num_threads(before)
         if faiss is not None:
-            faiss.omp_set_num_threads(before)
+            faiss.omp_set_num_threads(faiss_before)  # faiss's own count, which need not be torch's

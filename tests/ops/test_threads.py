@@ -69,10 +69,11 @@ def test_held_threads_sets_every_pool_and_restores_them(two_threads):
 
     from hf_prune.ops.threads import held_threads
 
+    faiss_before = faiss.omp_get_max_threads()
     with held_threads(1):
         assert torch.get_num_threads() == 1 and blas_threads() == 1
         assert faiss.omp_get_max_threads() == 1
-    assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == 2 and faiss.omp_get_max_threads() == faiss_before
     with pytest.raises(RuntimeError, match="boom"):
         with held_threads(1):
             raise RuntimeError("boom")
