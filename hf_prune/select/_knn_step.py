@@ -23,7 +23,7 @@ from ..provenance import with_measurements
 __all__ = ["KNN_INDEXES", "check_knn_index", "KnnLog", "with_knn_record"]
 
 KNN_INDEXES = INDEX_KINDS
-#: Searches recorded one by one; beyond this only the summary (TypiClust searches once per pick).
+#: Searches recorded one by one; beyond this only the summary (TypiClust searches once per cluster).
 MAX_RECORDED_SEARCHES = 16
 
 

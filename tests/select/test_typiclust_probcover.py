@@ -6,7 +6,7 @@ import pytest
 
 import hf_prune as hp
 from hf_prune.select.probcover import coverage_graph, max_coverage, purity_delta
-from hf_prune.select.typiclust import _typiclust_pick, typicality
+from hf_prune.select.typiclust import ClusterTypicality, _typiclust_pick, typicality
 from tests.conftest import make_dataset
 
 # Four well-separated directions (tetrahedron vertices): blobs stay apart after L2 normalisation.
@@ -181,6 +181,41 @@ def test_typiclust_round_robin_matches_the_plain_visit_loop():
                 _typiclust_pick(x, assign, budget, k=4, min_cluster_size=5),
                 reference(x, assign, budget, 4, 5),
             )
+
+
+def test_cluster_typicality_matches_a_fresh_search_on_every_take(monkeypatch):
+    # Taking every point of a cluster one by one empties every neighbour list (each point keeps 2k),
+    # so lists are searched again; duplicates give infinite typicality and ties at distance 0.
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(90, 5)).astype(np.float32)
+    x[60:70] = x[0]  # eleven copies of one row
+    x[70:75] = x[10:15]
+    searched_again = []
+    real = ClusterTypicality._search_again
+    monkeypatch.setattr(ClusterTypicality, "_search_again",
+                        lambda self, rows: (searched_again.append(len(rows)), real(self, rows)))
+    for k in (1, 3, 6):
+        members = rng.permutation(90)[:80]
+        cluster = ClusterTypicality(x, members, k)
+        remaining = list(members)
+        for _ in range(80):
+            points = np.array(remaining)
+            if len(points) == 1:
+                best = 0
+            else:
+                best = int(np.argmax(typicality(x[points], max(1, min(k, len(points) // 2)))))
+            assert cluster.take_most_typical() == points[best]
+            remaining.pop(best)
+        with pytest.raises(ValueError, match="every point"):
+            cluster.take_most_typical()
+    assert sum(searched_again) > 0
+
+
+def test_cluster_typicality_keeps_lists_not_distances():
+    x = np.random.default_rng(0).normal(size=(500, 4)).astype(np.float32)
+    cluster = ClusterTypicality(x, np.arange(500), k=5)
+    assert cluster.near.shape == (500, 10) and cluster.near.dtype == np.int32
+    assert cluster.dist2.shape == (500, 10) and cluster.dist2.dtype == np.float32
 
 
 def test_typiclust_what_holds_of_the_order():
