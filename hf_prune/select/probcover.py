@@ -22,7 +22,7 @@ from ..ops.device import resolve_device
 from ..ops.knn import RadiusGraphTooLarge, normalize_rows, radius_neighbors
 from ..ops.matrix import open_matrix
 from ._core import group_rows
-from ._knn_step import KnnLog, with_knn_record
+from ._knn_step import KnnLog, check_knn_index, with_knn_record
 from ._ordered import run_ordered_selection
 from .registry import selector
 from .typiclust import best_kmeans
@@ -61,10 +61,13 @@ def probcover(
 
     Embeddings are L2-normalised (as ProbCover loads its self-supervised features), so ``δ`` is a
     Euclidean distance between unit vectors (``cos ≥ 1 − δ²/2``). The graph has an edge ``x → y`` iff
-    ``‖x − y‖ < δ`` (strict, as in ProbCover's code; every point covers itself). It holds *every* such
-    pair, found by an exact radius search (`hf_prune.ops.knn.radius_neighbors`: faiss ``range_search``
-    in row blocks, boundary pairs decided in float64), stored as a CSR graph whose memory is its
-    edges, never an N×N matrix; more than ``max_edges`` edges raise a `ValueError` with the count.
+    ``‖x − y‖ < δ`` (strict, as in ProbCover's code; every point covers itself). With exact search it
+    holds *every* such pair, found by an exact radius search (`hf_prune.ops.knn.radius_neighbors`:
+    faiss ``range_search`` in row blocks, boundary pairs decided in float64); with an approximate
+    ``knn_index`` (``"auto"`` above 50,000 rows per group) an IVF-Flat radius search finds most of them
+    (its edge recall is measured and recorded) and nothing farther than δ. The graph is stored as CSR,
+    whose memory is its edges, never an N×N matrix; more than ``max_edges`` edges raise a
+    `ValueError` with the count.
     The greedy loop is exact: each step picks the point whose ball holds the most uncovered points
     (ties to the lower row position), marks them covered and subtracts them from the counts of the
     balls that hold them (O(edges) over the whole run, never a recount). Once everything is covered
@@ -106,9 +109,11 @@ def probcover(
         max_edges: cap on the δ-graph's edges (about 8 bytes each while it is built); ``None`` for no cap.
         knn_index: the index of the purity rule's k-NN searches (`hf_prune.select._knn_step`):
             ``"auto"`` (default: exact up to 50,000 rows per group), ``"exact"``/``"flat"``,
-            ``"ivf"``, ``"ivfpq"`` or ``"hnsw"`` (see `purity_delta`). The δ-graph itself is always an
-            exact radius search. The indexes used and their recall@k are recorded on the provenance
-            step under ``"knn"``.
+            ``"ivf"``, ``"ivfpq"`` or ``"hnsw"`` (see `purity_delta`). The δ-graph is an exact radius
+            search where the searches are exact, and an IVF-Flat one for every approximate kind
+            (`coverage_graph`; symmetrising its edges costs about 24 bytes per edge while it runs).
+            The indexes used and their recall@k (for the graph: the share of the exact graph's edges
+            it holds) are recorded on the provenance step under ``"knn"``.
         label_column: if given, the budget is split per class and ProbCover runs inside each class.
         rank_column: if given, an int64 column with each kept row's pick position (0 first; per
             class when ``label_column`` is given).
@@ -147,15 +152,15 @@ def probcover(
     def order(rows, k, rng, initial):
         n = len(rows)
         x = group_rows(unit, rows)
+        # A child stream seeds the indexes: `rng`'s own draws (the covered-pool picks) stay as they were.
+        index_seed = int(rng.spawn(1)[0].integers(2**31 - 1))
         if delta is None:
             if n == 1:
                 radius = float("inf")
             else:
                 n_labels = n_pseudo_labels if n_pseudo_labels is not None else max(2, min(k, MAX_PSEUDO_LABELS))
                 labels = best_kmeans(x, min(n_labels, n), rng, n_init, device=dev)
-                # A child stream seeds the index: `rng`'s own draws (the covered-pool picks) stay as they were.
-                radius = purity_delta(x, labels, purity=purity, device=dev, log=log,
-                                      seed=int(rng.spawn(1)[0].integers(2**31 - 1)))
+                radius = purity_delta(x, labels, purity=purity, device=dev, log=log, seed=index_seed)
         else:
             radius = float(delta)
         deltas.append(radius)
@@ -167,7 +172,7 @@ def probcover(
             gains = np.zeros(k)
             gains[0] = n
             return np.concatenate([first, rest]).astype(np.int64), gains
-        indptr, indices = coverage_graph(x, radius, max_edges=max_edges, device=dev)
+        indptr, indices = coverage_graph(x, radius, max_edges=max_edges, device=dev, seed=index_seed, log=log)
         edges.append(len(indices))
         return max_coverage(indptr, indices, k, rng, initial=initial, return_gains=True)
 
@@ -271,24 +276,41 @@ def coverage_graph(
     max_edges: int | None = MAX_EDGES,
     device: str | torch.device | None = "cpu",
     chunk_size: int = 4096,
+    knn_index: str = "flat",
+    seed: int = 0,
+    log: KnnLog | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """ProbCover's δ-graph on L2-normalised rows as CSR ``(indptr, indices)``: all ``‖x_i − x_j‖ < delta``.
 
-    Row ``i``'s ball (self included) is ``indices[indptr[i]:indptr[i + 1]]``. Exact and symmetric (see
+    Row ``i``'s ball (self included) is ``indices[indptr[i]:indptr[i + 1]]``, symmetric (see
     `hf_prune.ops.knn.radius_neighbors`); memory is the edges. More than ``max_edges`` edges raise a
-    `ValueError` naming ``delta`` and ``max_edges`` with the number of edges found.
+    `ValueError` naming ``delta`` and ``max_edges`` with the number of edges found. Exact with
+    ``knn_index="flat"`` (and ``"auto"`` where it means exact search); any approximate kind searches
+    the balls in IVF-Flat lists, seeded by ``seed`` (IVF-PQ's distances are too coarse for a radius
+    and faiss's HNSW has no range search), missing the pairs of lists a ball does not probe. ``log`` (a
+    `hf_prune.select._knn_step.KnnLog`) then decides the kind instead of ``knn_index`` and keeps the
+    search's report, whose ``recall_at_k`` is the share of the exact graph's edges found.
 
     Example:
         >>> indptr, indices = coverage_graph(unit_embeddings, 0.5)
         >>> ball_sizes = np.diff(indptr)
+        >>> indptr, indices = coverage_graph(unit_embeddings, 0.5, knn_index="ivf")  # approximate
     """
+    kind = check_knn_index(knn_index if log is None else log.knn_index)
+    if kind not in ("auto", "flat", "exact"):
+        kind = "ivf"
     try:
-        return radius_neighbors(x, delta, metric="l2", max_edges=max_edges, device=device, chunk_size=chunk_size)
+        indptr, indices, report = radius_neighbors(x, delta, metric="l2", max_edges=max_edges, device=device,
+                                                   chunk_size=chunk_size, index=kind, seed=seed,
+                                                   return_report=True)
     except RadiusGraphTooLarge as err:
         raise ValueError(
             f"ProbCover: delta={delta:.6g} makes the coverage graph too large ({err}); pass a smaller "
             "`delta` (or `n_pseudo_labels`/`purity` that give one), or raise `max_edges`"
         ) from err
+    if log is not None:
+        log.add(report)
+    return indptr, indices
 
 
 def _gather(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -127,7 +127,7 @@ class Case:
     selector: str
     kind: str  # "pass" | "greedy" | "knn" | "kmeans": which floor its ratio is taken to
     kwargs: Callable[[dict], dict] = field(default=lambda ctx: {})
-    knn: bool = False  # run once per accepted `knn_index`
+    knn: bool | tuple[str, ...] = False  # run once per accepted `knn_index` (or per listed one)
     note: str = ""
 
 
@@ -158,7 +158,9 @@ CASES = {
         Case("infomax", "knn", _infomax_kwargs, knn=True, note="partitions = N / 10,000"),
         Case("facility_location", "knn", knn=True),
         Case("graph_cut", "knn", knn=True),
-        Case("probcover", "knn", lambda ctx: {"delta": ctx["delta"]}, note="δ from a 20k-row sample"),
+        # Its δ-graph is exact or IVF-Flat (IVF-PQ and HNSW give the IVF-Flat graph too): three variants.
+        Case("probcover", "knn", lambda ctx: {"delta": ctx["delta"]}, knn=("auto", "flat", "ivf"),
+             note="δ from a 20k-row sample"),
         Case("typiclust", "kmeans"),
         Case("semdedup", "kmeans"),
         Case("cluster_top_k", "kmeans", lambda ctx: {"score_column": "score"}),
@@ -198,7 +200,7 @@ def knn_choices(selector: str) -> list[str]:
     extra = CASES[selector].kwargs({"n": 16, "parameters": params, "workers": 1, "delta": 0.5})
     extra.pop("k", None)
     try:
-        fn(tiny, size=2, embedding_column="emb", knn_index=probe, k=2, **extra)
+        fn(tiny, size=2, embedding_column="emb", knn_index=probe, **({"k": 2} if "k" in params else {}), **extra)
     except ValueError as error:
         message = str(error)
         if "knn_index" in message:
@@ -1259,8 +1261,10 @@ def main(argv=None) -> dict:
     results["environment"] = versions()
     results.setdefault("knn_choices", {})
     for name in args.selectors:
-        if CASES[name].knn:
-            results["knn_choices"][name] = [c for c in knn_choices(name) if args.knn_index is None or c in args.knn_index]
+        listed = CASES[name].knn
+        if listed:
+            results["knn_choices"][name] = [c for c in knn_choices(name) if (args.knn_index is None or c in args.knn_index)
+                                            and (listed is True or c in listed)]
 
     def log(msg):
         print(msg, flush=True)

@@ -76,3 +76,43 @@ def test_torch_blocks_switch_to_float64_under_reduced_matmul_precision():
     finally:
         torch.set_float32_matmul_precision(previous)
     np.testing.assert_array_equal(as_dense(indptr, indices, len(x)), distances(x) < 1.5)
+
+
+def clustered_unit_rows(n=3000, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(30, d))
+    return normalize_rows(centres[rng.integers(0, 30, n)] + 0.35 * rng.normal(size=(n, d)))
+
+
+def test_ivf_radius_graph_is_a_symmetric_part_of_the_exact_one_with_its_recall_measured():
+    x = clustered_unit_rows()
+    n = len(x)
+    exact = distances(x) < 0.45
+    indptr, indices, report = radius_neighbors(x, 0.45, index="ivf", nlist=60, nprobe=2, return_report=True,
+                                               recall_queries=n, chunk_size=500)
+    found = as_dense(indptr, indices, n)
+    assert len(indices) == found.sum()  # no repeated edge
+    assert not (found & ~exact).any()  # nothing beyond the radius
+    np.testing.assert_array_equal(found, found.T)  # kept at both ends
+    assert found.diagonal().all()
+    true_recall = found.sum() / exact.sum()
+    assert 0.5 < true_recall < 1.0  # two of 60 lists probed: some pairs are missed
+    assert report["recall_at_k"] == pytest.approx(true_recall) and report["recall_measured"] is True
+    assert report["index"] == "ivf" and report["params"]["nprobe"] == 2 and report["edges"] == len(indices)
+    # A sample of the rows estimates it; probing every list finds the exact graph.
+    sampled = radius_neighbors(x, 0.45, index="ivf", nlist=60, nprobe=2, return_report=True, recall_queries=300)
+    assert abs(sampled[2]["recall_at_k"] - true_recall) < 0.05
+    indptr, indices, report = radius_neighbors(x, 0.45, index="ivf", nlist=60, nprobe=60, return_report=True)
+    np.testing.assert_array_equal(as_dense(indptr, indices, n), exact)
+    assert report["recall_at_k"] == 1.0
+    # "auto" is exact at this size, and says so.
+    indptr, indices, report = radius_neighbors(x, 0.45, index="auto", return_report=True)
+    np.testing.assert_array_equal(as_dense(indptr, indices, n), exact)
+    assert report["index"] == "flat" and report["recall_measured"] is False
+
+
+def test_ivf_radius_graph_bad_index():
+    x = clustered_unit_rows(200)
+    for index in ("hnsw", "ivfpq", "kd"):
+        with pytest.raises(ValueError, match="index"):
+            radius_neighbors(x, 0.5, index=index)

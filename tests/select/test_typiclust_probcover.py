@@ -338,6 +338,26 @@ def test_probcover_covers_more_than_random():
     assert ours > max(random) and ours > np.mean(random) + 0.1, (ours, np.mean(random))
 
 
+def test_probcover_on_an_ivf_graph_covers_about_as_much_as_on_the_exact_one():
+    rng = np.random.default_rng(4)
+    centers = rng.normal(size=(30, 16))
+    emb = centers[rng.integers(0, 30, 3000)] + 0.3 * rng.normal(size=(3000, 16))
+    ds = make_dataset(emb)
+    d = pairwise(unit(emb))
+    exact = hp.select.probcover(ds, size=30, delta=0.6)
+    approx = hp.select.probcover(ds, size=30, delta=0.6, knn_index="ivf")
+
+    def coverage(ids):
+        return (d[np.asarray(ids)] < 0.6).any(0).mean()
+
+    assert coverage(approx["row_id"]) >= coverage(exact["row_id"]) - 0.02
+    graph = hp.provenance(approx)[-1]["knn"]["reports"][-1]
+    assert graph["index"] == "ivf" and graph["radius"] == 0.6 and graph["recall_measured"] is True
+    assert 0.8 < graph["recall_at_k"] <= 1.0
+    assert graph["edges"] == hp.provenance(approx)[-1]["params"]["graph_edges"][0] <= (d < 0.6).sum()
+    assert hp.provenance(exact)[-1]["knn"]["reports"][-1]["edges"] == (d < 0.6).sum()
+
+
 def test_probcover_purity_rule_on_separated_blobs():
     emb, blob, _ = cored_blobs([50, 50, 50, 50], seed=3, core_fraction=0.5)
     sub = hp.select.probcover(make_dataset(emb), size=4, n_pseudo_labels=4, purity=0.95)
