@@ -8,7 +8,8 @@ Kinds (``index=`` of `hf_prune.ops.knn.knn`, ``knn_index=`` of the selectors):
   hold a float32 copy of every row). On GPUs the rows are copied to the devices.
 * ``"ivf"``: IVF-Flat. ``nlist`` lists (default ``4·√N``, at most ``N/39`` so every list gets the
   39 training points faiss asks for), ``nprobe`` of them searched per query (default 16, or
-  ``nlist`` when that is smaller). Stores the rows in float32 (``4·N·d`` bytes).
+  ``nlist`` when that is smaller). Stores the rows in float32 (``4·N·d`` bytes). A k-NN graph (every
+  row a query) on the CPU is searched as a self-join with probes per list (`hf_prune.ops.ivf_join`).
 * ``"ivfpq"``: IVF-PQ, the same lists with product-quantised residuals: ``pq_m`` sub-quantizers of
   8 bits (default: the largest divisor of ``d`` up to ``d/4``, so a row costs ``d/4`` bytes, 1/16 of
   float32). For pools whose float32 index would not fit in memory. PQ distances are coarse, so
@@ -55,6 +56,8 @@ __all__ = [
     "resolve_spec",
     "build_index",
     "gpu_count",
+    "trained_ivf",
+    "normalised_block",
     "EXACT_MAX_ROWS",
     "EXACT_MAX_WORK",
     "DEFAULT_MEMORY_BUDGET",
@@ -183,10 +186,35 @@ def gpu_count() -> int:
 _PART_BYTES = 32 << 20
 
 
-def _normalised(block: np.ndarray, cosine: bool) -> np.ndarray:
+def normalised_block(block: np.ndarray, cosine: bool) -> np.ndarray:
+    """``block`` as faiss stores it: float32 rows, L2-normalised for the cosine metric."""
     if not cosine:
-        return block
+        return np.ascontiguousarray(block, dtype=np.float32)
     return (block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)).astype(np.float32, copy=False)
+
+
+def trained_ivf(rows, spec: IndexSpec, metric: str, *, seed: int = 0):
+    """An empty IVF-Flat / IVF-PQ index of ``spec`` with its lists trained on ``spec.train_size`` rows of
+    ``rows`` drawn with ``seed`` (normalised for cosine), ``nprobe`` set.
+
+    Example:
+        >>> index = trained_ivf(as_matrix(emb), resolve_spec("ivf", len(emb), emb.shape[1], 10), "l2")
+    """
+    faiss = import_faiss()
+    n, d = rows.shape
+    faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    quantizer = faiss.IndexFlatL2(d) if metric == "l2" else faiss.IndexFlatIP(d)
+    if spec.kind == "ivf":
+        index = faiss.IndexIVFFlat(quantizer, d, spec.nlist, faiss_metric)
+    else:
+        index = faiss.IndexIVFPQ(quantizer, d, spec.nlist, spec.pq_m, spec.pq_bits, faiss_metric)
+    index.cp.seed = int(seed) % 2**31
+    index.cp.min_points_per_centroid = 1
+    index.cp.max_points_per_centroid = max(256, spec.train_size)  # the sample is already the subsample
+    sample = np.sort(np.random.default_rng(seed).choice(n, size=spec.train_size, replace=False))
+    index.train(normalised_block(rows.take(sample), metric == "cosine"))
+    index.nprobe = spec.nprobe
+    return index
 
 
 def build_index(rows, spec: IndexSpec, metric: str, *, seed: int = 0, gpu: bool = False, batch_rows=None):
@@ -213,22 +241,12 @@ def build_index(rows, spec: IndexSpec, metric: str, *, seed: int = 0, gpu: bool 
         index.hnsw.efConstruction = spec.ef_construction
         index.hnsw.efSearch = spec.ef_search
     else:
-        quantizer = faiss.IndexFlatL2(d) if metric == "l2" else faiss.IndexFlatIP(d)
-        if spec.kind == "ivf":
-            index = faiss.IndexIVFFlat(quantizer, d, spec.nlist, faiss_metric)
-        else:
-            index = faiss.IndexIVFPQ(quantizer, d, spec.nlist, spec.pq_m, spec.pq_bits, faiss_metric)
-        index.cp.seed = int(seed) % 2**31
-        index.cp.min_points_per_centroid = 1
-        index.cp.max_points_per_centroid = max(256, spec.train_size)  # the sample is already the subsample
-        sample = np.sort(np.random.default_rng(seed).choice(n, size=spec.train_size, replace=False))
-        index.train(_normalised(rows.take(sample), cosine))
-        index.nprobe = spec.nprobe
+        index = trained_ivf(rows, spec, metric, seed=seed)
     keepalive = None
     if gpu and spec.kind != "hnsw":
         index, keepalive = _to_gpus(faiss, index, spec)
     for _, block in rows.blocks(batch_rows):
-        index.add(_normalised(block, cosine))
+        index.add(normalised_block(block, cosine))
     return index, keepalive
 
 
@@ -249,7 +267,7 @@ class RowsFlatIndex:
         self.rows, self.metric, self.cosine = rows, metric, cosine
         self.ntotal, self.d = rows.shape
         whole = rows.to_numpy() if rows.zero_copy else None
-        self._whole = None if whole is None else _normalised(whole, cosine)
+        self._whole = None if whole is None else normalised_block(whole, cosine)
 
     def _parts(self):
         if self._whole is not None:
@@ -271,7 +289,7 @@ class RowsFlatIndex:
             yield first, self._part(pending)
 
     def _part(self, blocks: list[np.ndarray]) -> np.ndarray:
-        return _normalised(np.concatenate(blocks) if len(blocks) > 1 else blocks[0], self.cosine)
+        return normalised_block(np.concatenate(blocks) if len(blocks) > 1 else blocks[0], self.cosine)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         faiss = import_faiss()

@@ -1,0 +1,63 @@
+"""The IVF self-join behind an IVF-Flat k-NN graph on the CPU: probes per list, exact when every list is
+probed, the same table on any thread count, and its recall measured."""
+
+import numpy as np
+import pytest
+
+from hf_prune.ops.ivf_join import ivf_self_join
+from hf_prune.ops.knn import knn
+from hf_prune.ops.knn_index import resolve_spec, trained_ivf
+from hf_prune.ops.matrix import as_matrix
+from hf_prune.ops.threads import held_threads
+from tests.ops.test_knn_index import Blocks, brute, clustered
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_probing_every_list_is_exact_search(metric):
+    x = clustered(1200, 8, centres=12)
+    _, joined = knn(x, 7, metric=metric, index="ivf", nlist=12, nprobe=12)
+    _, exact = knn(x, 7, metric=metric, index="flat")
+    np.testing.assert_array_equal(joined, exact)
+    if metric != "ip":  # inner products tie too often on these rows for an argsort reference
+        np.testing.assert_array_equal(joined, brute(x, 7, metric))
+
+
+def test_each_list_searches_the_lists_nearest_its_centroid():
+    x = clustered(2000, 6, centres=20)
+    spec = resolve_spec("ivf", len(x), 6, 5, nlist=20, nprobe=3)
+    values, indices = ivf_self_join(as_matrix(x), spec, "l2", 5, seed=0)
+    quantizer = (index := trained_ivf(as_matrix(x), spec, "l2", seed=0)).quantizer
+    lists = quantizer.search(x, 1)[1][:, 0]
+    probes = quantizer.search(quantizer.reconstruct_n(0, 20), 3)[1]
+    for row in np.random.default_rng(0).choice(len(x), 60, replace=False):
+        allowed = np.flatnonzero(np.isin(lists, probes[lists[row]]))
+        d2 = ((x[allowed] - x[row]) ** 2).sum(1)
+        best = allowed[np.lexsort((allowed, d2))[:5]]
+        assert indices[row].tolist() == best.tolist()  # the row itself first (distance 0)
+        np.testing.assert_allclose(values[row], np.sort(d2)[:5], atol=1e-4)
+    del index
+
+
+def test_the_graph_is_the_same_on_one_and_two_threads_and_from_a_column():
+    x = clustered(3000, 24, centres=30)
+    with held_threads(1):
+        one = knn(x, 10, metric="cosine", index="ivf", nlist=40, nprobe=4)
+    with held_threads(2):
+        two = knn(x, 10, metric="cosine", index="ivf", nlist=40, nprobe=4)
+    column = knn(Blocks(x), 10, metric="cosine", index="ivf", nlist=40, nprobe=4)
+    for other in (two, column):
+        np.testing.assert_array_equal(one[1], other[1])
+        np.testing.assert_array_equal(one[0], other[0])
+
+
+def test_recall_is_measured_and_short_lists_refilled():
+    x = clustered(3000, 16, centres=30, spread=0.6)
+    _, indices, report = knn(x, 10, metric="l2", index="ivf", nlist=60, nprobe=2, return_report=True,
+                             recall_queries=len(x))
+    exact = brute(x, 10, "l2")
+    truth = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(indices, exact)])
+    assert 0.3 < report["recall_at_k"] < 1.0 and report["recall_at_k"] == pytest.approx(truth, abs=1e-3)
+    # Tiny lists, one probed: rows whose lists hold fewer than k + 1 rows are searched exactly.
+    small = clustered(400, 4, centres=40, spread=0.05)
+    _, indices, report = knn(small, 30, metric="l2", index="ivf", nlist=10, nprobe=1, return_report=True)
+    assert report["refilled"] > 0 and (indices >= 0).all() and all(len(set(r)) == 30 for r in indices)
