@@ -206,6 +206,9 @@ def _candidates(x, m, pending, device, first_search, log, seed):
     """
     if first_search is not None and len(pending) == len(x) and first_search[1].shape[1] == m:
         return first_search
+    if len(pending) == len(x):
+        # Every row a query, in order: a self-search (for IVF, the self-join of `hf_prune.ops.ivf_join`).
+        return log.search(x, m, exclude_self=False, metric="ip", device=device, seed=seed)
     return log.search(x, m, queries=x[pending], metric="ip", device=device, seed=seed)
 
 
