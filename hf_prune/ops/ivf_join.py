@@ -61,11 +61,11 @@ def ivf_self_join(rows, spec: IndexSpec, metric: str, width: int, *, seed: int =
             continue
         probed = [p for p in probes[lst] if p >= 0 and bounds[p + 1] > bounds[p]]
         candidates = np.concatenate([np.arange(bounds[p], bounds[p + 1]) for p in probed])
-        products = sorted_rows[lo:hi] @ sorted_rows[candidates].T
+        key = sorted_rows[lo:hi] @ sorted_rows[candidates].T
+        # Ranked by ‖c‖² − 2q·c (or −q·c), in place: a query's own ‖q‖² does not change its order.
+        key *= -2.0 if smaller_first else -1.0
         if smaller_first:
-            key = sq[lo:hi, None] + sq[candidates][None] - 2.0 * products
-        else:
-            key = -products
+            key += sq[candidates][None]
         found = order[candidates]
         take = min(width, len(candidates))
         if take < len(candidates):
@@ -76,6 +76,7 @@ def ivf_self_join(rows, spec: IndexSpec, metric: str, width: int, *, seed: int =
         # Best first; equal values to the lower row position.
         ranked = np.lexsort((found, key), axis=1)
         queries = order[lo:hi]
-        values[queries, :take] = np.take_along_axis(key, ranked, axis=1) * (1.0 if smaller_first else -1.0)
+        best_keys = np.take_along_axis(key, ranked, axis=1)
+        values[queries, :take] = best_keys + sq[lo:hi, None] if smaller_first else -best_keys
         indices[queries, :take] = np.take_along_axis(found, ranked, axis=1)
     return values, indices
