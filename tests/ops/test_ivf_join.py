@@ -29,12 +29,21 @@ def test_each_list_searches_the_lists_nearest_its_centroid():
     quantizer = (index := trained_ivf(as_matrix(x), spec, "l2", seed=0)).quantizer
     lists = quantizer.search(x, 1)[1][:, 0]
     probes = quantizer.search(quantizer.reconstruct_n(0, 20), 3)[1]
-    for row in np.random.default_rng(0).choice(len(x), 60, replace=False):
+    # knn's self-search is this join (re-ranked, self dropped); a search with queries probes per query.
+    _, graph = knn(x, 4, metric="l2", index="ivf", nlist=20, nprobe=3)
+    _, per_query = knn(x, 5, metric="l2", index="ivf", nlist=20, nprobe=3, queries=x, exclude_self=False)
+    outside = 0
+    for row in range(len(x)):
         allowed = np.flatnonzero(np.isin(lists, probes[lists[row]]))
+        assert np.isin(graph[row], allowed).all()
+        outside += int(not np.isin(per_query[row], allowed).all())
+        if row % 40:
+            continue
         d2 = ((x[allowed] - x[row]) ** 2).sum(1)
         best = allowed[np.lexsort((allowed, d2))[:5]]
         assert indices[row].tolist() == best.tolist()  # the row itself first (distance 0)
         np.testing.assert_allclose(values[row], np.sort(d2)[:5], atol=1e-4)
+    assert outside > 0  # the two probe rules differ on these rows
     del index
 
 
