@@ -19,7 +19,41 @@ import numpy as np
 
 from .knn_index import IndexSpec, normalised_block, trained_ivf
 
-__all__ = ["ivf_self_join"]
+__all__ = ["ivf_self_join", "ivf_self_pairs"]
+
+
+def _list_products(rows, spec: IndexSpec, metric: str, *, seed: int, batch_rows: int):
+    """Per non-empty IVF list: ``(queries, candidates, key, query_sq)``: the row positions of the list's
+    rows, those of the rows in the ``nprobe`` lists nearest its centroid, and the ``(q, c)`` table
+    ``‖c‖² − 2q·c`` (``"l2"``; a query's own ``‖q‖²``, ``query_sq``, does not change its order) or
+    ``−q·c`` (``"ip"``/``"cosine"``; ``query_sq`` is ``None``), smaller first."""
+    n, d = rows.shape
+    cosine = metric == "cosine"
+    l2 = metric == "l2"
+    trained = trained_ivf(rows, spec, metric, seed=seed)
+    quantizer = trained.quantizer  # owned by `trained`, which must stay referenced
+    lists = np.empty(n, dtype=np.int64)
+    for start, block in rows.blocks(batch_rows):
+        lists[start : start + len(block)] = quantizer.search(normalised_block(block, cosine), 1)[1][:, 0]
+    order = np.argsort(lists, kind="stable")
+    bounds = np.searchsorted(lists[order], np.arange(spec.nlist + 1))
+    del lists
+    sorted_rows = np.empty((n, d), dtype=np.float32)
+    for lo in range(0, n, batch_rows):
+        sorted_rows[lo : lo + batch_rows] = normalised_block(rows.take(order[lo : lo + batch_rows]), cosine)
+    sq = np.einsum("ij,ij->i", sorted_rows, sorted_rows) if l2 else None
+    probes = quantizer.search(quantizer.reconstruct_n(0, spec.nlist), spec.nprobe)[1]
+    for lst in range(spec.nlist):
+        lo, hi = bounds[lst], bounds[lst + 1]
+        if lo == hi:
+            continue
+        probed = [p for p in probes[lst] if p >= 0 and bounds[p + 1] > bounds[p]]
+        candidates = np.concatenate([np.arange(bounds[p], bounds[p + 1]) for p in probed])
+        key = sorted_rows[lo:hi] @ sorted_rows[candidates].T
+        key *= -2.0 if l2 else -1.0  # in place: one table of products per list
+        if l2:
+            key += sq[candidates][None]
+        yield order[lo:hi], order[candidates], key, (sq[lo:hi] if l2 else None)
 
 
 def ivf_self_join(rows, spec: IndexSpec, metric: str, width: int, *, seed: int = 0, batch_rows: int = 4096):
@@ -36,47 +70,39 @@ def ivf_self_join(rows, spec: IndexSpec, metric: str, width: int, *, seed: int =
         >>> spec = resolve_spec("ivf", len(x), x.shape[1], 10)
         >>> values, indices = ivf_self_join(as_matrix(x), spec, "l2", 10)
     """
-    n, d = rows.shape
-    cosine = metric == "cosine"
-    smaller_first = metric == "l2"
-    trained = trained_ivf(rows, spec, metric, seed=seed)
-    quantizer = trained.quantizer  # owned by `trained`, which must stay referenced
-    lists = np.empty(n, dtype=np.int64)
-    for start, block in rows.blocks(batch_rows):
-        lists[start : start + len(block)] = quantizer.search(normalised_block(block, cosine), 1)[1][:, 0]
-    order = np.argsort(lists, kind="stable")
-    bounds = np.searchsorted(lists[order], np.arange(spec.nlist + 1))
-    del lists
-    sorted_rows = np.empty((n, d), dtype=np.float32)
-    for lo in range(0, n, batch_rows):
-        sorted_rows[lo : lo + batch_rows] = normalised_block(rows.take(order[lo : lo + batch_rows]), cosine)
-    sq = np.einsum("ij,ij->i", sorted_rows, sorted_rows) if smaller_first else None
-    centroids = quantizer.reconstruct_n(0, spec.nlist)
-    probes = quantizer.search(centroids, spec.nprobe)[1]
-    values = np.full((n, width), np.inf if smaller_first else -np.inf, dtype=np.float32)
+    n = rows.shape[0]
+    l2 = metric == "l2"
+    values = np.full((n, width), np.inf if l2 else -np.inf, dtype=np.float32)
     indices = np.full((n, width), -1, dtype=np.int64)
-    for lst in range(spec.nlist):
-        lo, hi = bounds[lst], bounds[lst + 1]
-        if lo == hi:
-            continue
-        probed = [p for p in probes[lst] if p >= 0 and bounds[p + 1] > bounds[p]]
-        candidates = np.concatenate([np.arange(bounds[p], bounds[p + 1]) for p in probed])
-        key = sorted_rows[lo:hi] @ sorted_rows[candidates].T
-        # Ranked by ‖c‖² − 2q·c (or −q·c), in place: a query's own ‖q‖² does not change its order.
-        key *= -2.0 if smaller_first else -1.0
-        if smaller_first:
-            key += sq[candidates][None]
-        found = order[candidates]
-        take = min(width, len(candidates))
-        if take < len(candidates):
+    for queries, found, key, query_sq in _list_products(rows, spec, metric, seed=seed, batch_rows=batch_rows):
+        take = min(width, len(found))
+        if take < len(found):
             best = np.argpartition(key, take - 1, axis=1)[:, :take]
             key, found = np.take_along_axis(key, best, axis=1), found[best]
         else:
             found = np.broadcast_to(found, key.shape)
         # Best first; equal values to the lower row position.
         ranked = np.lexsort((found, key), axis=1)
-        queries = order[lo:hi]
         best_keys = np.take_along_axis(key, ranked, axis=1)
-        values[queries, :take] = best_keys + sq[lo:hi, None] if smaller_first else -best_keys
+        values[queries, :take] = best_keys + query_sq[:, None] if l2 else -best_keys
         indices[queries, :take] = np.take_along_axis(found, ranked, axis=1)
     return values, indices
+
+
+def ivf_self_pairs(rows, spec: IndexSpec, threshold: float, *, seed: int = 0, batch_rows: int = 4096):
+    """Per IVF list, ``(queries, rows, cols, squared distances)``: the list's number of rows and its
+    pairs closer than ``sqrt(threshold)`` among the rows of the ``spec.nprobe`` lists nearest that
+    list's centroid (self-pairs included).
+
+    A radius search of every row, list by list as `ivf_self_join` (``"l2"`` on ``rows`` as given):
+    what `hf_prune.ops.knn.radius_neighbors` runs for ``index="ivf"``. Pairs come grouped by list, not
+    in row order; each is found from its first row's list (the caller symmetrises).
+
+    Example:
+        >>> for _, r, c, sq in ivf_self_pairs(as_matrix(x), resolve_spec("ivf", len(x), x.shape[1], 1), 0.25):
+        ...     pass
+    """
+    for queries, found, key, query_sq in _list_products(rows, spec, "l2", seed=seed, batch_rows=batch_rows):
+        key += query_sq[:, None]
+        q, c = np.nonzero(key < threshold)
+        yield len(queries), queries[q], found[c], key[q, c]

@@ -18,7 +18,7 @@ import torch
 from .checks import check_choice, check_positive, check_positive_int
 from .device import resolve_device
 from .faiss_import import faiss_available, import_faiss
-from .ivf_join import ivf_self_join
+from .ivf_join import ivf_self_join, ivf_self_pairs
 from .knn_index import build_index, gpu_count, resolve_spec
 from .knn_recall import exact_neighbours, knn_recall
 from .matrix import ColumnMatrix, as_matrix
@@ -350,10 +350,11 @@ def radius_neighbors(
     ``max_edges=None`` removes the cap.
 
     ``index="ivf"`` (or ``"auto"`` where `hf_prune.ops.knn_index.choose_index` leaves exact search)
-    searches each row's ball in ``nprobe`` of ``nlist`` IVF-Flat lists (defaults and training sample as
-    for `knn`; a float32 copy of the rows) instead of every row: a pair lying in lists a query does not
-    probe is missed, nothing farther than ``radius`` is added (the same float64 decision of boundary
-    pairs), and a pair found from either end is kept at both, so the graph stays symmetric. Its edge
+    searches the balls of each IVF-Flat list's rows in the ``nprobe`` of ``nlist`` lists nearest that
+    list's centroid (`hf_prune.ops.ivf_join.ivf_self_pairs`; defaults and training sample as for
+    `knn`; a float32 copy of the rows sorted by list) instead of every row: a pair in lists not probed
+    is missed, nothing farther than ``radius`` is added (the same float64 decision of boundary pairs),
+    and a pair found from either end is kept at both, so the graph stays symmetric. Its edge
     recall, the share of the exact graph's edges it holds, is measured on ``recall_queries`` seeded
     rows searched exactly. IVF-PQ and HNSW are not offered: PQ distances are too coarse to decide a
     radius, and faiss's HNSW has no range search. With ``return_report=True`` a third value is
@@ -395,53 +396,36 @@ def radius_neighbors(
                         nlist=nlist, nprobe=nprobe, train_size=train_size)
     spec = spec if spec.kind in ("flat", "ivf") else resolve_spec("ivf", n, d, 1, nlist=nlist, nprobe=nprobe,
                                                                 train_size=train_size)
-    started = time.perf_counter()
-    if spec.kind == "ivf":
-        # faiss's GPU indexes have no range search: the IVF lists are searched on the CPU.
-        ivf, _ = build_index(as_matrix(x32), spec, "l2", seed=seed, batch_rows=chunk_size)
-        search = _index_range(ivf, x32, r2 + margin)
-    elif backend == "faiss":
-        search = _faiss_range(x32, r2 + margin)
-    else:
-        search = _torch_range(x32 if dtype == torch.float32 else exact, r2 + margin, dev, dtype)
-    build_s = time.perf_counter() - started
-    started = time.perf_counter()
-    counts = np.zeros(n, dtype=np.int64)
-    parts: list[np.ndarray] = []
-    total = 0
     index_dtype = np.int32 if n < 2**31 else np.int64
-    start, block = 0, min(chunk_size, 256)
-    while start < n:
-        stop = min(n, start + block)
-        rows, cols, sq = search(start, stop)
-        band = np.flatnonzero(sq > r2 - margin)
-        if len(band):
-            keep = np.ones(len(rows), dtype=bool)
-            step = max(1, (_CHUNK_ELEMENTS >> 2) // d)
-            for lo in range(0, len(band), step):
-                part = band[lo : lo + step]
-                diff = exact[rows[part]].astype(np.float64) - exact[cols[part]].astype(np.float64)
-                keep[part] = np.einsum("ij,ij->i", diff, diff) < r2
-            rows, cols = rows[keep], cols[keep]
-        total += len(cols)
-        if max_edges is not None and total > max_edges:
-            raise RadiusGraphTooLarge(
-                f"the radius-{radius:g} graph holds more than max_edges={max_edges:,} edges: {total:,} in "
-                f"its first {stop:,} of {n:,} rows (≈{total / stop:,.0f} per row, ≈{total / stop * n:,.0f} "
-                "in all); lower the radius or raise `max_edges`"
-            )
-        counts[start:stop] = np.bincount(rows - start, minlength=stop - start)
-        parts.append(cols.astype(index_dtype, copy=False))
-        # Dense balls make a block's pairs (int64 + float32 each) large: size blocks by the pairs seen.
-        block = int(np.clip(_RADIUS_BLOCK_PAIRS * stop // max(total, 1), 1, chunk_size))
-        start = stop
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(counts, out=indptr[1:])
-    indices = np.concatenate(parts) if parts else np.zeros(0, dtype=index_dtype)
-    del parts
+    started = time.perf_counter()
     if spec.kind == "ivf":
-        indptr, indices = _symmetric(indptr, indices)
-        del ivf
+        build_s = 0.0  # the lists are trained inside the join: its whole time is search time
+        indptr, indices = _ivf_radius_graph(x32, exact, spec, r2, margin, radius, max_edges, seed, chunk_size)
+    else:
+        if backend == "faiss":
+            search = _faiss_range(x32, r2 + margin)
+        else:
+            search = _torch_range(x32 if dtype == torch.float32 else exact, r2 + margin, dev, dtype)
+        build_s = time.perf_counter() - started
+        started = time.perf_counter()
+        counts = np.zeros(n, dtype=np.int64)
+        parts: list[np.ndarray] = []
+        total = 0
+        start, block = 0, min(chunk_size, 256)
+        while start < n:
+            stop = min(n, start + block)
+            rows, cols = _decide_band(*search(start, stop), exact, r2, margin)
+            total += len(cols)
+            _check_edges(total, max_edges, radius, stop, n)
+            counts[start:stop] = np.bincount(rows - start, minlength=stop - start)
+            parts.append(cols.astype(index_dtype, copy=False))
+            # Dense balls make a block's pairs (int64 + float32 each) large: size blocks by the pairs seen.
+            block = int(np.clip(_RADIUS_BLOCK_PAIRS * stop // max(total, 1), 1, chunk_size))
+            start = stop
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        indices = np.concatenate(parts) if parts else np.zeros(0, dtype=index_dtype)
+        del parts
     search_s = time.perf_counter() - started
     if not return_report:
         return indptr, indices
@@ -459,30 +443,60 @@ def radius_neighbors(
     return indptr, indices, report
 
 
-def _index_range(index, x, threshold):
-    """``search(start, stop)`` → pairs below ``threshold`` among the rows a faiss index returns."""
+def _decide_band(rows, cols, sq, exact, r2, margin):
+    """The pairs ``(rows, cols)`` closer than ``sqrt(r2)``: float32 values within ``margin`` of it are
+    decided again in float64 from the rows' differences."""
+    band = np.flatnonzero(sq > r2 - margin)
+    if len(band) == 0:
+        return rows, cols
+    keep = np.ones(len(rows), dtype=bool)
+    step = max(1, (_CHUNK_ELEMENTS >> 2) // exact.shape[1])
+    for lo in range(0, len(band), step):
+        part = band[lo : lo + step]
+        diff = exact[rows[part]].astype(np.float64) - exact[cols[part]].astype(np.float64)
+        keep[part] = np.einsum("ij,ij->i", diff, diff) < r2
+    return rows[keep], cols[keep]
 
-    def search(start, stop):
-        lims, sq, cols = index.range_search(np.ascontiguousarray(x[start:stop]), float(threshold))
-        rows = np.repeat(np.arange(start, stop, dtype=np.int64), np.diff(lims.astype(np.int64)))
-        return rows, cols.astype(np.int64), sq
 
-    return search
+def _check_edges(total, max_edges, radius, rows_done, n):
+    if max_edges is not None and total > max_edges:
+        raise RadiusGraphTooLarge(
+            f"the radius-{radius:g} graph holds more than max_edges={max_edges:,} edges: {total:,} in "
+            f"its first {rows_done:,} of {n:,} rows (≈{total / rows_done:,.0f} per row, "
+            f"≈{total / rows_done * n:,.0f} in all); lower the radius or raise `max_edges`"
+        )
 
 
-def _symmetric(indptr, indices):
-    """The CSR graph with every edge also in the other direction (repeats dropped, rows sorted).
+def _ivf_radius_graph(x32, exact, spec, r2, margin, radius, max_edges, seed, chunk_size):
+    """The radius graph through the IVF self-join (`hf_prune.ops.ivf_join.ivf_self_pairs`), symmetric:
+    a pair found from either end is kept at both."""
+    n = len(x32)
+    parts, total, rows_done = [], 0, 0
+    for queries, rows, cols, sq in ivf_self_pairs(as_matrix(x32), spec, r2 + margin, seed=seed,
+                                                  batch_rows=chunk_size):
+        rows, cols = _decide_band(rows, cols, sq, exact, r2, margin)
+        total += len(rows)
+        rows_done += queries
+        _check_edges(total, max_edges, radius, rows_done, n)
+        parts.append(rows * n + cols)
+    return _symmetric(parts, n, np.int32 if n < 2**31 else np.int64)
 
-    The pairs are sorted as one int64 key each way (16 bytes per edge) and written out in blocks, so
-    the peak is about 24 bytes per edge beside the input."""
-    n = len(indptr) - 1
-    keys = np.empty(2 * len(indices), dtype=np.int64)
-    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
-    np.add(rows * n, indices, out=keys[: len(indices)])
-    np.add(indices.astype(np.int64) * n, rows, out=keys[len(indices) :])
-    del rows
+
+def _symmetric(parts, n, index_dtype):
+    """CSR of the pairs ``row * n + col`` in ``parts`` and their reverses (repeats dropped, rows sorted).
+
+    The keys both ways are sorted as one int64 array (16 bytes per pair found) and written out in
+    blocks, so the peak is about 24 bytes per pair beside the input."""
+    total = sum(len(part) for part in parts)
+    keys = np.empty(2 * total, dtype=np.int64)
+    at = 0
+    while parts:
+        part = parts.pop(0)
+        keys[at : at + len(part)] = part
+        np.add((part % n) * n, part // n, out=keys[total + at : total + at + len(part)])
+        at += len(part)
     keys.sort()  # sorting, then dropping repeats: NumPy's hash-based `unique` is ~10x slower here
-    out = np.empty(len(keys), dtype=indices.dtype)
+    out = np.empty(len(keys), dtype=index_dtype)
     counts = np.zeros(n, dtype=np.int64)
     written = 0
     for lo in range(0, len(keys), _CHUNK_ELEMENTS):
@@ -496,9 +510,9 @@ def _symmetric(indptr, indices):
         counts += np.bincount(block // n, minlength=n)
         written += len(block)
     del keys
-    out_indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(counts, out=out_indptr[1:])
-    return out_indptr, out[:written].copy()
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return indptr, out[:written].copy()
 
 
 def _exact_degrees(x32, exact, rows, r2, margin):
@@ -507,12 +521,8 @@ def _exact_degrees(x32, exact, rows, r2, margin):
     for lo in range(0, len(rows), 256):
         part = rows[lo : lo + 256]
         found_rows, cols, sq = _flat_range(np.ascontiguousarray(x32[part]), x32, r2 + margin)
-        keep = sq <= r2 - margin
-        band = np.flatnonzero(~keep)
-        if len(band):
-            diff = exact[part[found_rows[band]]].astype(np.float64) - exact[cols[band]].astype(np.float64)
-            keep[band] = np.einsum("ij,ij->i", diff, diff) < r2
-        degrees[lo : lo + len(part)] = np.bincount(found_rows[keep], minlength=len(part))
+        found_rows, _ = _decide_band(part[found_rows], cols, sq, exact, r2, margin)
+        degrees[lo : lo + len(part)] = np.bincount(np.searchsorted(part, found_rows), minlength=len(part))
     return degrees
 
 
