@@ -160,7 +160,7 @@ CASES = {
         Case("graph_cut", "knn", knn=True),
         # Its δ-graph is exact or IVF-Flat (IVF-PQ and HNSW give the IVF-Flat graph too): three variants.
         Case("probcover", "knn", lambda ctx: {"delta": ctx["delta"]}, knn=("auto", "flat", "ivf"),
-             note="δ from a 20k-row sample"),
+             note="δ: balls of about 20 rows"),
         Case("typiclust", "kmeans"),
         Case("semdedup", "kmeans"),
         Case("cluster_top_k", "kmeans", lambda ctx: {"score_column": "score"}),
@@ -360,13 +360,19 @@ def find_recall(step: Any) -> Any:
     return None
 
 
-def sample_delta(ds, rows: int = 20_000, target_degree: int = 20) -> float:
-    """ProbCover's δ from the first ``rows`` rows: a radius whose balls hold about ``target_degree`` rows."""
+def sample_delta(ds, target_degree: int = 20, queries: int = 256, seed: int = 1) -> float:
+    """ProbCover's δ for the benchmark: a radius whose balls in the whole pool hold about ``target_degree``
+    other rows (the median distance from ``queries`` seeded rows to their ``target_degree``-th nearest
+    row, by exact search over the memory-mapped column), so the δ-graph has about ``target_degree·N``
+    edges at every N."""
+    from hf_prune.ops.knn import knn, normalize_rows
     from hf_prune.ops.matrix import open_matrix
-    from recipes.benchmarks.selectors_speed import probcover_delta
 
-    m = open_matrix(ds.select(range(min(rows, len(ds)))), "emb")
-    return probcover_delta(m.to_numpy(), target_degree=target_degree)
+    m = open_matrix(ds, "emb")
+    degree = min(target_degree, len(ds) - 1)
+    rows = np.sort(np.random.default_rng(seed).choice(len(ds), size=min(queries, len(ds)), replace=False))
+    sims, _ = knn(m, degree + 1, queries=normalize_rows(m.take(rows)), metric="cosine", index="flat")
+    return float(np.median(np.sqrt(np.maximum(2.0 - 2.0 * sims[:, degree].astype(np.float64), 0.0))))
 
 
 def _floor(name: str, ds, device: str) -> tuple[Callable[[], Any], dict]:
