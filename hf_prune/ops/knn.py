@@ -394,8 +394,8 @@ def radius_neighbors(
     margin = 2 * (4 * d + 16) * unit_roundoff * max(max_sq, 1e-30)
     spec = resolve_spec(check_choice("index", index, ("auto", "flat", "exact", "ivf")), n, d, 1,
                         nlist=nlist, nprobe=nprobe, train_size=train_size)
-    spec = spec if spec.kind in ("flat", "ivf") else resolve_spec("ivf", n, d, 1, nlist=nlist, nprobe=nprobe,
-                                                                train_size=train_size)
+    if spec.kind == "ivfpq":  # what "auto" picks beyond the memory budget: PQ codes cannot decide a radius
+        spec = resolve_spec("ivf", n, d, 1, nlist=nlist, nprobe=nprobe, train_size=train_size)
     index_dtype = np.int32 if n < 2**31 else np.int64
     started = time.perf_counter()
     if spec.kind == "ivf":

@@ -64,7 +64,7 @@ def probcover(
     ``‖x − y‖ < δ`` (strict, as in ProbCover's code; every point covers itself). With exact search it
     holds *every* such pair, found by an exact radius search (`hf_prune.ops.knn.radius_neighbors`:
     faiss ``range_search`` in row blocks, boundary pairs decided in float64); with an approximate
-    ``knn_index`` (``"auto"`` above 50,000 rows per group) an IVF-Flat radius search finds most of them
+    ``knn_index`` (``"auto"`` where it leaves exact search) an IVF-Flat radius search finds most of them
     (its edge recall is measured and recorded) and nothing farther than δ. The graph is stored as CSR,
     whose memory is its edges, never an N×N matrix; more than ``max_edges`` edges raise a
     `ValueError` with the count.
