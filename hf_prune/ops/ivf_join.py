@@ -21,11 +21,14 @@ from .knn_index import IndexSpec, normalised_block, trained_ivf
 
 __all__ = ["ivf_self_join", "ivf_self_pairs"]
 
+#: Products held at once (64 MiB of float32): a list's queries are searched in blocks of this size.
+_PRODUCTS = 1 << 24
+
 
 def _list_products(rows, spec: IndexSpec, metric: str, *, seed: int, batch_rows: int):
-    """Per non-empty IVF list: ``(queries, candidates, key, query_sq)``: the row positions of the list's
-    rows, those of the rows in the ``nprobe`` lists nearest its centroid, and the ``(q, c)`` table
-    ``‖c‖² − 2q·c`` (``"l2"``; a query's own ``‖q‖²``, ``query_sq``, does not change its order) or
+    """Per non-empty IVF list (in query blocks of at most `_PRODUCTS` values): ``(queries, candidates,
+    key, query_sq)``: the row positions of the list's rows, those of the rows in the ``nprobe`` lists
+    nearest its centroid, and the ``(q, c)`` table ``‖c‖² − 2q·c`` (``"l2"``; a query's own ``‖q‖²``, ``query_sq``, does not change its order) or
     ``−q·c`` (``"ip"``/``"cosine"``; ``query_sq`` is ``None``), smaller first."""
     n, d = rows.shape
     cosine = metric == "cosine"
@@ -49,11 +52,16 @@ def _list_products(rows, spec: IndexSpec, metric: str, *, seed: int, batch_rows:
             continue
         probed = [p for p in probes[lst] if p >= 0 and bounds[p + 1] > bounds[p]]
         candidates = np.concatenate([np.arange(bounds[p], bounds[p + 1]) for p in probed])
-        key = sorted_rows[lo:hi] @ sorted_rows[candidates].T
-        key *= -2.0 if l2 else -1.0  # in place: one table of products per list
-        if l2:
-            key += sq[candidates][None]
-        yield order[lo:hi], order[candidates], key, (sq[lo:hi] if l2 else None)
+        points = sorted_rows[candidates]
+        # A crowded list (duplicates, a dense mode) is searched in query blocks of at most ~16M products.
+        step = max(1, _PRODUCTS // len(candidates))
+        for q_lo in range(lo, hi, step):
+            q_hi = min(hi, q_lo + step)
+            key = sorted_rows[q_lo:q_hi] @ points.T
+            key *= -2.0 if l2 else -1.0  # in place: one table of products at a time
+            if l2:
+                key += sq[candidates][None]
+            yield order[q_lo:q_hi], order[candidates], key, (sq[q_lo:q_hi] if l2 else None)
 
 
 def ivf_self_join(rows, spec: IndexSpec, metric: str, width: int, *, seed: int = 0, batch_rows: int = 4096):
@@ -90,7 +98,7 @@ def ivf_self_join(rows, spec: IndexSpec, metric: str, width: int, *, seed: int =
 
 
 def ivf_self_pairs(rows, spec: IndexSpec, threshold: float, *, seed: int = 0, batch_rows: int = 4096):
-    """Per IVF list, ``(queries, rows, cols, squared distances)``: the list's number of rows and its
+    """Per IVF list (or block of its rows), ``(queries, rows, cols, squared distances)``: its number of rows and its
     pairs closer than ``sqrt(threshold)`` among the rows of the ``spec.nprobe`` lists nearest that
     list's centroid (self-pairs included).
 

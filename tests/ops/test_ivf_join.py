@@ -4,7 +4,7 @@ probed, the same table on any thread count, and its recall measured."""
 import numpy as np
 import pytest
 
-from hf_prune.ops.ivf_join import ivf_self_join
+from hf_prune.ops.ivf_join import ivf_self_join, ivf_self_pairs
 from hf_prune.ops.knn import knn
 from hf_prune.ops.knn_index import resolve_spec, trained_ivf
 from hf_prune.ops.matrix import as_matrix
@@ -70,3 +70,22 @@ def test_recall_is_measured_and_short_lists_refilled():
     small = clustered(400, 4, centres=40, spread=0.05)
     _, indices, report = knn(small, 30, metric="l2", index="ivf", nlist=10, nprobe=1, return_report=True)
     assert report["refilled"] > 0 and (indices >= 0).all() and all(len(set(r)) == 30 for r in indices)
+
+
+def test_crowded_lists_are_searched_in_query_blocks(monkeypatch):
+    import hf_prune.ops.ivf_join as join
+    from hf_prune.ops.knn import radius_neighbors
+
+    x = clustered(2000, 8, centres=5)
+    x[:600] = x[0] + 0.05 * np.random.default_rng(1).normal(size=(600, 8)).astype(np.float32)  # one dense mode
+    spec = resolve_spec("ivf", len(x), 8, 5, nlist=10, nprobe=3)
+    options = dict(index="ivf", nlist=10, nprobe=3)
+    whole = knn(x, 6, metric="l2", **options), radius_neighbors(x, 0.1, **options)
+    assert sum(q for q, *_ in ivf_self_pairs(as_matrix(x), spec, 0.01)) == len(x)
+    monkeypatch.setattr(join, "_PRODUCTS", 5000)  # fewer products than one list's queries × candidates
+    blocked = knn(x, 6, metric="l2", **options), radius_neighbors(x, 0.1, **options)
+    for a, b in zip(whole, blocked):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    blocks = list(ivf_self_pairs(as_matrix(x), spec, 0.01))
+    assert sum(q for q, *_ in blocks) == len(x) and len(blocks) > 30
