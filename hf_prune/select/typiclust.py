@@ -80,11 +80,14 @@ def _row_norms64(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _products64(x: np.ndarray, centre: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``out = x @ centre`` in float64, converting one block of rows at a time (no N×d float64 copy)."""
+def _products64(x: np.ndarray, centre: np.ndarray, out: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """``out = x[rows] @ centre`` (all rows when ``rows`` is None) in float64, gathering and converting
+    one block of rows at a time (no N×d float64 copy, nor a float32 one of the rows)."""
     step = _seeding_rows(x)
-    for start in range(0, len(x), step):
-        block = np.asarray(x[start : start + step], dtype=np.float64)
+    count = len(x) if rows is None else len(rows)
+    for start in range(0, count, step):
+        part = slice(start, start + step)
+        block = np.asarray(x[part] if rows is None else x[rows[part]], dtype=np.float64)
         np.matmul(block, centre, out=out[start : start + len(block)])
     return out
 
@@ -93,35 +96,58 @@ def kmeans_plus_plus(
     x: np.ndarray, n_clusters: int, rng: np.random.Generator, *, sq: np.ndarray | None = None
 ) -> np.ndarray:
     """Row indices of k-means++ seeds: each next seed drawn with probability ∝ squared distance to the
-    nearest seed so far (Arthur & Vassilvitskii). O(N·d) per seed.
+    nearest seed so far (Arthur & Vassilvitskii).
 
     Distances are computed in float64 whatever the dtype of ``x``, from blocks of
     at most `SEEDING_BLOCK_ROWS` rows (8 MiB) converted one at a time: the memory above ``x`` is a few float64
     vectors of length N, not a float64 copy of the rows. ``sq`` optionally passes the float64
     squared row norms of ``x`` (`best_kmeans` reuses them).
 
+    A new seed ``c`` is measured only against the rows it could be nearer to: a row whose nearest seed
+    ``a`` lies at least twice as far from ``c`` as from the row (``‖a − c‖² ≥ 4·‖x − a‖²``, with a
+    margin for rounding) keeps its distance, by the triangle inequality (Raff, "Exact Acceleration of
+    K-Means++ and K-Means‖", IJCAI 2021). The seeds are those of measuring every row each time; the
+    later seeds, nearer to fewer rows, read a small part of them (at 1M × 384 and 500 seeds the rows
+    were read 500 times before).
+
     Example:
         >>> seeds = kmeans_plus_plus(x, 10, np.random.default_rng(0))
     """
     x = np.asarray(x)
+    n = len(x)
     if sq is None:
         sq = _row_norms64(x)
-    products = np.empty(len(x), dtype=np.float64)
+    # Rows closer than this to their seed, relative to ‖x‖², are measured again whatever the bound says.
+    slack = 1e-9 * max(float(sq.max(initial=0.0)), 1e-300)
 
-    def distances(seed: int) -> np.ndarray:
-        centre = np.asarray(x[seed], dtype=np.float64)
-        return np.maximum(sq - 2 * _products64(x, centre, products) + sq[seed], 0.0)
+    def distances(rows: np.ndarray | None, seed: int, centre: np.ndarray) -> np.ndarray:
+        if rows is None:
+            products = _products64(x, centre, np.empty(n, dtype=np.float64))
+            return np.maximum(sq - 2 * products + sq[seed], 0.0)
+        products = _products64(x, centre, np.empty(len(rows), dtype=np.float64), rows)
+        return np.maximum(sq[rows] - 2 * products + sq[seed], 0.0)
 
     seeds = np.empty(n_clusters, dtype=np.int64)
-    seeds[0] = rng.integers(len(x))
-    nearest = distances(seeds[0])
+    centres = np.empty((n_clusters, x.shape[1] if x.ndim > 1 else 1), dtype=np.float64)
+    seeds[0] = rng.integers(n)
+    centres[0] = np.asarray(x[seeds[0]], dtype=np.float64).reshape(-1)
+    nearest = distances(None, seeds[0], centres[0])
+    owner = np.zeros(n, dtype=np.int32)  # each row's nearest seed so far (its position in `seeds`)
     for j in range(1, n_clusters):
         cumulative = np.cumsum(nearest)
         if cumulative[-1] > 0:
-            seeds[j] = min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), len(x) - 1)
+            seeds[j] = min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), n - 1)
         else:  # only duplicates of the seeds are left
-            seeds[j] = rng.choice(np.setdiff1d(np.arange(len(x)), seeds[:j]))
-        np.minimum(nearest, distances(seeds[j]), out=nearest)
+            seeds[j] = rng.choice(np.setdiff1d(np.arange(n), seeds[:j]))
+        centres[j] = np.asarray(x[seeds[j]], dtype=np.float64).reshape(-1)
+        gap = ((centres[:j] - centres[j]) ** 2).sum(axis=1)
+        rows = np.flatnonzero(4.0 * nearest * (1 + 1e-6) + slack > gap[owner])
+        if len(rows) == 0:
+            continue
+        new = distances(rows, seeds[j], centres[j])
+        closer = new < nearest[rows]
+        nearest[rows[closer]] = new[closer]
+        owner[rows[closer]] = j
     return seeds
 
 
