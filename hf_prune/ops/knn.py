@@ -516,13 +516,19 @@ def _symmetric(parts, n, index_dtype):
 
 
 def _exact_degrees(x32, exact, rows, r2, margin):
-    """Exact ball sizes (self included) of ``rows``: the flat range search and float64 boundary check."""
+    """Exact ball sizes (self included) of ``rows``: products with every row by BLAS, column block by
+    column block (faiss's range kernel took 77 s for 1,000 balls at 1M × 384, this ~10 s), and the same
+    float64 decision of the pairs near the radius."""
+    queries = np.ascontiguousarray(x32[rows])
+    q_sq = np.einsum("ij,ij->i", queries, queries)
     degrees = np.zeros(len(rows), dtype=np.int64)
-    for lo in range(0, len(rows), 256):
-        part = rows[lo : lo + 256]
-        found_rows, cols, sq = _flat_range(np.ascontiguousarray(x32[part]), x32, r2 + margin)
-        found_rows, _ = _decide_band(part[found_rows], cols, sq, exact, r2, margin)
-        degrees[lo : lo + len(part)] = np.bincount(np.searchsorted(part, found_rows), minlength=len(part))
+    step = max(1, _CHUNK_ELEMENTS // max(1, len(rows)))
+    for lo in range(0, len(x32), step):
+        block = x32[lo : lo + step]
+        sq = q_sq[:, None] + np.einsum("ij,ij->i", block, block)[None] - 2.0 * (queries @ block.T)
+        q, c = np.nonzero(sq < r2 + margin)
+        found_rows, _ = _decide_band(rows[q], c + lo, sq[q, c], exact, r2, margin)
+        degrees += np.bincount(np.searchsorted(rows, found_rows), minlength=len(rows))
     return degrees
 
 
