@@ -12,12 +12,22 @@ from .faiss_import import faiss_available, import_faiss
 from .knn_index import gpu_count
 from .matrix import as_matrix
 
-__all__ = ["kmeans", "MIN_TRAIN_ROWS"]
+__all__ = ["kmeans", "MIN_TRAIN_ROWS", "default_train_size"]
 
 
 #: Rows k-means trains on by default: ``max(256·K, 65,536)`` (faiss's own cap is 256 points per centroid).
 MIN_TRAIN_ROWS = 1 << 16
 _POINTS_PER_CENTROID = 256
+
+
+def default_train_size(n_clusters: int) -> int:
+    """Rows k-means trains on by default for ``n_clusters`` centroids: ``max(256·K, 65,536)``.
+
+    Example:
+        >>> default_train_size(10), default_train_size(1000)
+        (65536, 256000)
+    """
+    return max(_POINTS_PER_CENTROID * int(n_clusters), MIN_TRAIN_ROWS)
 
 
 def kmeans(
@@ -64,7 +74,7 @@ def kmeans(
         if init.shape != (n_clusters, d):
             raise ValueError(f"`init` must have shape ({n_clusters}, {d}), got {init.shape}")
     if train_size is None:
-        train_size = max(_POINTS_PER_CENTROID * int(n_clusters), MIN_TRAIN_ROWS)
+        train_size = default_train_size(n_clusters)
     train_size = max(int(n_clusters), check_positive_int("train_size", train_size))
     batch_size = check_positive_int("batch_size", batch_size)
     dev = resolve_device(device)

@@ -25,7 +25,7 @@ from ..ops.knn import normalize_rows
 from ..ops.matrix import open_matrix
 from ._core import run_selection, split_budget
 from .registry import selector
-from .typiclust import kmeans_plus_plus
+from .typiclust import kmeans_plus_plus_init
 
 __all__ = ["cluster_top_k", "fit_kmeans", "unit_rows", "cluster_count"]
 
@@ -47,7 +47,8 @@ def fit_kmeans(
     """k-means run until it converges: ``(centroids (K, d), assignment (N,), Lloyd steps taken)``.
 
     The centroids start from k-means++ seeds drawn with ``seed`` (Arthur & Vassilvitskii 2007,
-    `hf_prune.select.typiclust.kmeans_plus_plus`: one pass over the rows per cluster; seeding from
+    `hf_prune.select.typiclust.kmeans_plus_plus_init`: from the rows the Lloyd steps train on, one pass
+    over them per cluster; seeding from
     random rows often merges two well-separated clusters and splits another), and every step is one
     Lloyd step of `hf_prune.ops.kmeans.kmeans` (faiss when installed) from the previous centroids.
     It stops after ``max_iter`` steps, or earlier once no row changes cluster or the centroids move
@@ -66,7 +67,7 @@ def fit_kmeans(
     tol = check_nonnegative("tol", tol)
     x = np.ascontiguousarray(x, dtype=np.float32)
     limit = tol * _mean_feature_variance(x)
-    centroids = x[kmeans_plus_plus(x, n_clusters, np.random.default_rng(seed))]
+    centroids = kmeans_plus_plus_init(x, n_clusters, np.random.default_rng(seed))
     assign, steps = None, 0
     while steps < max_iter:
         run = min(_CHECK_EVERY, max_iter - steps)

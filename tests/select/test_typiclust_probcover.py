@@ -456,3 +456,22 @@ def test_plus_plus_seeding_by_blocks_matches_a_float64_copy_and_holds_no_copy(mo
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < x.size * 8 / 2  # well under the float64 copy (10.2 MB) the seeding used to make
+
+
+def test_plus_plus_init_draws_from_the_rows_kmeans_trains_on(monkeypatch):
+    tc = importlib.import_module("hf_prune.select.typiclust")
+    x = np.random.default_rng(2).standard_normal((3000, 8)).astype(np.float32)
+    # Up to the training size (65,536 rows here): the seeds of all rows, the same draws.
+    np.testing.assert_array_equal(tc.kmeans_plus_plus_init(x, 12, np.random.default_rng(0)),
+                                  x[tc.kmeans_plus_plus(x, 12, np.random.default_rng(0))])
+    # Beyond it: a seeded sample of that size, and the seeds are rows of the sample.
+    monkeypatch.setattr(tc, "default_train_size", lambda k: 500)
+    pools = []
+    real = tc.kmeans_plus_plus
+    monkeypatch.setattr(tc, "kmeans_plus_plus", lambda rows, k, rng, sq=None: (pools.append(len(rows)),
+                                                                              real(rows, k, rng, sq=sq))[1])
+    init = tc.kmeans_plus_plus_init(x, 12, np.random.default_rng(0))
+    again = tc.kmeans_plus_plus_init(x, 12, np.random.default_rng(0))
+    assert pools == [500, 500] and init.shape == (12, 8)
+    np.testing.assert_array_equal(init, again)
+    assert all((x == row).all(axis=1).any() for row in init)
