@@ -106,9 +106,11 @@ def kmeans_plus_plus(
     A new seed ``c`` is measured only against the rows it could be nearer to: a row whose nearest seed
     ``a`` lies at least twice as far from ``c`` as from the row (``‖a − c‖² ≥ 4·‖x − a‖²``, with a
     margin for rounding) keeps its distance, by the triangle inequality (Raff, "Exact Acceleration of
-    K-Means++ and K-Means‖", IJCAI 2021). The seeds are those of measuring every row each time; the
-    later seeds, nearer to fewer rows, read a small part of them (at 1M × 384 and 500 seeds the rows
-    were read 500 times before).
+    K-Means++ and K-Means‖", IJCAI 2021). The seeds are those of measuring every row each time. What it
+    saves depends on the geometry: on 40 Gaussian blobs in 16-d it measured 37% of the rows of 60
+    seeds; on unit 384-d rows, whose distances concentrate, the bound rarely holds, and when more than
+    half the rows are reachable they are all read in order, as without the bound (same time, measured
+    at 100k × 384 with 500 seeds).
 
     Example:
         >>> seeds = kmeans_plus_plus(x, 10, np.random.default_rng(0))
