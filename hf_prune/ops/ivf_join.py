@@ -5,9 +5,10 @@ an IVF-Flat index for N searches, each scanning the ``nprobe`` lists nearest to 
 list scans of scattered rows, memory-bound (at 1M × 384, nprobe 16 of 4,000 lists, this took more than
 15 minutes on one core). The self-join groups the queries instead: the rows are sorted by the list they
 fall in, and the rows of one list are searched together in the ``nprobe`` lists nearest to *that list's*
-centroid, as one matrix product (BLAS, compute-bound). The probes are chosen per list, not per query,
-so a row near its list's edge may miss a neighbour a per-query probe would have reached (or find one
-it would have missed); `hf_prune.ops.knn.knn` measures the recall either way.
+centroid, as one matrix product (BLAS, compute-bound: 353 s for that 1M-row graph, recall@10 0.9995).
+The probes are chosen per list, not per query, so a row near its list's edge may miss a neighbour a
+per-query probe would have reached (or find one it would have missed); `hf_prune.ops.knn.knn` measures
+the recall either way.
 
 Memory: the rows sorted by list (one float32 copy, what IVF-Flat stores too), the candidate table, and
 one list's products at a time.
