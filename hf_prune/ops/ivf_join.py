@@ -10,8 +10,10 @@ The probes are chosen per list, not per query, so a row near its list's edge may
 per-query probe would have reached (or find one it would have missed); `hf_prune.ops.knn.knn` measures
 the recall either way.
 
-Memory: the rows sorted by list (one float32 copy, what IVF-Flat stores too), the candidate table, and
-one list's products at a time.
+Memory: the candidate table and one list's products at a time, plus the rows sorted by list (one
+float32 copy, what IVF-Flat stores too) unless they already lie in one float32 array (a selector's
+normalised copy, an in-memory matrix) and the metric is not cosine: then each list's rows are gathered
+from that array.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ _PRODUCTS = 1 << 24
 def _list_products(rows, spec: IndexSpec, metric: str, *, seed: int, batch_rows: int):
     """Per non-empty IVF list (in query blocks of at most `_PRODUCTS` values): ``(queries, candidates,
     key, query_sq)``: the row positions of the list's rows, those of the rows in the ``nprobe`` lists
-    nearest its centroid, and the ``(q, c)`` table ``‖c‖² − 2q·c`` (``"l2"``; a query's own ``‖q‖²``, ``query_sq``, does not change its order) or
-    ``−q·c`` (``"ip"``/``"cosine"``; ``query_sq`` is ``None``), smaller first."""
+    nearest its centroid, and the ``(q, c)`` table ``‖c‖² − 2q·c`` (``"l2"``; a query's own ``‖q‖²``,
+    ``query_sq``, does not change its order) or ``−q·c`` (``"ip"``/``"cosine"``; ``query_sq`` is ``None``), smaller first."""
     n, d = rows.shape
     cosine = metric == "cosine"
     l2 = metric == "l2"
@@ -42,10 +44,24 @@ def _list_products(rows, spec: IndexSpec, metric: str, *, seed: int, batch_rows:
     order = np.argsort(lists, kind="stable")
     bounds = np.searchsorted(lists[order], np.arange(spec.nlist + 1))
     del lists
-    sorted_rows = np.empty((n, d), dtype=np.float32)
-    for lo in range(0, n, batch_rows):
-        sorted_rows[lo : lo + batch_rows] = normalised_block(rows.take(order[lo : lo + batch_rows]), cosine)
-    sq = np.einsum("ij,ij->i", sorted_rows, sorted_rows) if l2 else None
+    if rows.zero_copy and not cosine:
+        # The rows already lie in one array (e.g. a selector's normalised copy): each list's rows are
+        # gathered from it, and no second, sorted copy is made.
+        source = np.ascontiguousarray(rows.to_numpy(), dtype=np.float32)
+
+        def take(positions):
+            return source[order[positions]]
+
+        sq = np.einsum("ij,ij->i", source, source)[order] if l2 else None
+    else:
+        sorted_rows = np.empty((n, d), dtype=np.float32)
+        for lo in range(0, n, batch_rows):
+            sorted_rows[lo : lo + batch_rows] = normalised_block(rows.take(order[lo : lo + batch_rows]), cosine)
+
+        def take(positions):
+            return sorted_rows[positions]
+
+        sq = np.einsum("ij,ij->i", sorted_rows, sorted_rows) if l2 else None
     probes = quantizer.search(quantizer.reconstruct_n(0, spec.nlist), spec.nprobe)[1]
     for lst in range(spec.nlist):
         lo, hi = bounds[lst], bounds[lst + 1]
@@ -53,12 +69,12 @@ def _list_products(rows, spec: IndexSpec, metric: str, *, seed: int, batch_rows:
             continue
         probed = [p for p in probes[lst] if p >= 0 and bounds[p + 1] > bounds[p]]
         candidates = np.concatenate([np.arange(bounds[p], bounds[p + 1]) for p in probed])
-        points = sorted_rows[candidates]
+        points = take(candidates)
         # A crowded list (duplicates, a dense mode) is searched in query blocks of at most ~16M products.
         step = max(1, _PRODUCTS // len(candidates))
         for q_lo in range(lo, hi, step):
             q_hi = min(hi, q_lo + step)
-            key = sorted_rows[q_lo:q_hi] @ points.T
+            key = take(np.arange(q_lo, q_hi)) @ points.T
             key *= -2.0 if l2 else -1.0  # in place: one table of products at a time
             if l2:
                 key += sq[candidates][None]

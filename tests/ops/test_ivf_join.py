@@ -57,6 +57,11 @@ def test_the_graph_is_the_same_on_one_and_two_threads_and_from_a_column():
     for other in (two, column):
         np.testing.assert_array_equal(one[1], other[1])
         np.testing.assert_array_equal(one[0], other[0])
+    # l2 on an array gathers each list from it (no sorted copy); from a chunked column it sorts a copy.
+    in_place = knn(x, 10, metric="l2", index="ivf", nlist=40, nprobe=4)
+    sorted_copy = knn(Blocks(x), 10, metric="l2", index="ivf", nlist=40, nprobe=4)
+    np.testing.assert_array_equal(in_place[1], sorted_copy[1])
+    np.testing.assert_array_equal(in_place[0], sorted_copy[0])
 
 
 def test_recall_is_measured_and_short_lists_refilled():
