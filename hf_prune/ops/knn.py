@@ -522,10 +522,13 @@ def _exact_degrees(x32, exact, rows, r2, margin):
     queries = np.ascontiguousarray(x32[rows])
     q_sq = np.einsum("ij,ij->i", queries, queries)
     degrees = np.zeros(len(rows), dtype=np.int64)
-    step = max(1, _CHUNK_ELEMENTS // max(1, len(rows)))
+    step = max(1, (_CHUNK_ELEMENTS >> 2) // max(1, len(rows)))  # 16 MiB of distances at a time
     for lo in range(0, len(x32), step):
         block = x32[lo : lo + step]
-        sq = q_sq[:, None] + np.einsum("ij,ij->i", block, block)[None] - 2.0 * (queries @ block.T)
+        sq = queries @ block.T
+        sq *= -2.0  # in place: one table, not four
+        sq += q_sq[:, None]
+        sq += np.einsum("ij,ij->i", block, block)[None]
         q, c = np.nonzero(sq < r2 + margin)
         found_rows, _ = _decide_band(rows[q], c + lo, sq[q, c], exact, r2, margin)
         degrees += np.bincount(np.searchsorted(rows, found_rows), minlength=len(rows))
