@@ -383,19 +383,20 @@ def radius_neighbors(
     if check_choice("backend", backend, ("auto", "faiss", "torch")) == "auto":
         backend = "faiss" if faiss_available() and resolve_device(device).type == "cpu" else "torch"
     dev = resolve_device(device) if backend == "torch" else torch.device("cpu")
-    # torch may run float32 matmuls in TF32/bf16 (a global setting); then its blocks use float64.
+    spec = resolve_spec(check_choice("index", index, ("auto", "flat", "exact", "ivf")), n, d, 1,
+                        nlist=nlist, nprobe=nprobe, train_size=train_size)
+    if spec.kind == "ivfpq":  # what "auto" picks beyond the memory budget: PQ codes cannot decide a radius
+        spec = resolve_spec("ivf", n, d, 1, nlist=nlist, nprobe=nprobe, train_size=train_size)
+    # torch may run float32 matmuls in TF32/bf16 (a global setting); then its blocks use float64. The IVF
+    # join's NumPy products are float32 whatever the backend, and so is the margin they need.
     reduced = torch.get_float32_matmul_precision() != "highest" or torch.backends.cuda.matmul.allow_tf32
-    dtype = torch.float64 if backend == "torch" and reduced else torch.float32
+    dtype = torch.float64 if backend == "torch" and reduced and spec.kind != "ivf" else torch.float32
     # ‖a‖² + ‖b‖² − 2a·b is off by at most about (4d + 16)·u·max‖x‖² (u the unit roundoff), and
     # rounding float64 rows to float32 by 8u·max‖x‖²: twice the first covers both, and only the pairs
     # in that band are re-decided in float64.
     unit_roundoff = 2.0**-53 if dtype == torch.float64 else 2.0**-24
     max_sq = float(np.max(np.einsum("ij,ij->i", x32, x32, dtype=np.float64)))
     margin = 2 * (4 * d + 16) * unit_roundoff * max(max_sq, 1e-30)
-    spec = resolve_spec(check_choice("index", index, ("auto", "flat", "exact", "ivf")), n, d, 1,
-                        nlist=nlist, nprobe=nprobe, train_size=train_size)
-    if spec.kind == "ivfpq":  # what "auto" picks beyond the memory budget: PQ codes cannot decide a radius
-        spec = resolve_spec("ivf", n, d, 1, nlist=nlist, nprobe=nprobe, train_size=train_size)
     index_dtype = np.int32 if n < 2**31 else np.int64
     started = time.perf_counter()
     if spec.kind == "ivf":

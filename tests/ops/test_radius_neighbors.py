@@ -116,3 +116,21 @@ def test_ivf_radius_graph_bad_index():
     for index in ("hnsw", "ivfpq", "kd"):
         with pytest.raises(ValueError, match="index"):
             radius_neighbors(x, 0.5, index=index)
+
+
+def test_ivf_graph_keeps_the_float32_margin_under_reduced_matmul_precision():
+    # The IVF join multiplies float32 rows with NumPy whatever torch's setting: pairs a hair inside or
+    # outside the radius must still be decided in float64 (a float64 margin would trust float32 values).
+    import torch
+
+    rng = np.random.default_rng(4)
+    x = normalize_rows(rng.normal(size=(60, 384))).astype(np.float32)
+    gaps = distances(x)[0, 1:]
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        for radius in (gaps * (1 + 1e-9)).tolist()[:20] + (gaps * (1 - 1e-9)).tolist()[:20]:
+            indptr, indices = radius_neighbors(x, radius, backend="torch", index="ivf", nlist=1)
+            np.testing.assert_array_equal(as_dense(indptr, indices, len(x)), distances(x) < radius)
+    finally:
+        torch.set_float32_matmul_precision(previous)
