@@ -70,6 +70,7 @@ def _list_products(rows, spec: IndexSpec, metric: str, *, seed: int, batch_rows:
         probed = [p for p in probes[lst] if p >= 0 and bounds[p + 1] > bounds[p]]
         candidates = np.concatenate([np.arange(bounds[p], bounds[p + 1]) for p in probed])
         points = take(candidates)
+        points_sq = sq[candidates][None] if l2 else None
         # A crowded list (duplicates, a dense mode) is searched in query blocks of at most ~16M products.
         step = max(1, _PRODUCTS // len(candidates))
         for q_lo in range(lo, hi, step):
@@ -77,7 +78,7 @@ def _list_products(rows, spec: IndexSpec, metric: str, *, seed: int, batch_rows:
             key = take(np.arange(q_lo, q_hi)) @ points.T
             key *= -2.0 if l2 else -1.0  # in place: one table of products at a time
             if l2:
-                key += sq[candidates][None]
+                key += points_sq
             yield order[q_lo:q_hi], order[candidates], key, (sq[q_lo:q_hi] if l2 else None)
 
 

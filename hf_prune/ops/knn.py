@@ -23,7 +23,7 @@ from .knn_index import build_index, gpu_count, resolve_spec
 from .knn_recall import exact_neighbours, knn_recall
 from .matrix import ColumnMatrix, as_matrix
 
-__all__ = ["knn", "normalize_rows", "neighbour_pairs", "radius_neighbors", "RadiusGraphTooLarge"]
+__all__ = ["knn", "normalize_rows", "neighbour_pairs", "radius_neighbors", "RadiusGraphTooLarge", "drop_own_rows"]
 
 # Values per block of the searches and radius graph below: ~16M numbers.
 _CHUNK_ELEMENTS = 1 << 24
@@ -215,7 +215,7 @@ def knn(
         v, i = search(start, np.ascontiguousarray(block, dtype=np.float32))
         v, i = np.asarray(v, dtype=np.float32), np.asarray(i, dtype=np.int64)
         if drop_self:
-            v, i = _drop_self(v, i, k, offset=start)
+            v, i = drop_own_rows(v, i, np.arange(start, start + len(i)))
         stop = start + len(block)
         values[start:stop], indices[start:stop] = v, i
         missing = np.flatnonzero((i < 0).any(axis=1))
@@ -299,10 +299,17 @@ def _torch_searcher(rows, metric, k, device):
     return search
 
 
-def _drop_self(values, indices, k, offset=0):
-    """Remove each row's own index (``offset`` + its position) from its k+1 results (the last one when absent)."""
-    rows = offset + np.arange(len(indices))[:, None]
-    is_self = indices == rows
+def drop_own_rows(values, indices, own):
+    """Each query's table without its own row ``own[q]`` (the first match; its last, worst entry when
+    the row is absent, e.g. pushed out by duplicates), one column narrower: what a self-search returns
+    when the query rows were searched as ``queries=``.
+
+    Example:
+        >>> drop_own_rows(np.array([[0.0, 1.0]]), np.array([[7, 3]]), np.array([7]))
+        (array([[1.]]), array([[3]]))
+    """
+    k = indices.shape[1] - 1
+    is_self = indices == np.asarray(own)[:, None]
     # Rows without a self-match drop their last (worst) neighbour instead.
     no_self = ~is_self.any(1)
     is_self[no_self, -1] = True
@@ -352,7 +359,7 @@ def radius_neighbors(
     ``index="ivf"`` (or ``"auto"`` where `hf_prune.ops.knn_index.choose_index` leaves exact search)
     searches the balls of each IVF-Flat list's rows in the ``nprobe`` of ``nlist`` lists nearest that
     list's centroid (`hf_prune.ops.ivf_join.ivf_self_pairs`; defaults and training sample as for
-    `knn`; a float32 copy of the rows sorted by list) instead of every row: a pair in lists not probed
+    `knn`; the rows are gathered list by list, no copy) instead of every row: a pair in lists not probed
     is missed, nothing farther than ``radius`` is added (the same float64 decision of boundary pairs),
     and a pair found from either end is kept at both, so the graph stays symmetric. Its edge
     recall, the share of the exact graph's edges it holds, is measured on ``recall_queries`` seeded

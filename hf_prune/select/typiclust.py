@@ -18,7 +18,7 @@ from datasets import Dataset
 from ..ops.checks import check_positive_int
 from ..ops.device import resolve_device
 from ..ops.kmeans import default_train_size, kmeans
-from ..ops.knn import knn, normalize_rows
+from ..ops.knn import drop_own_rows, knn, normalize_rows
 from ..ops.matrix import open_matrix
 from ._core import group_rows
 from ._knn_step import KnnLog, check_knn_index, with_knn_record
@@ -122,9 +122,11 @@ def kmeans_plus_plus(
     # Rows closer than this to their seed, relative to ‖x‖², are measured again whatever the bound says.
     slack = 1e-9 * max(float(sq.max(initial=0.0)), 1e-300)
 
+    every_row = np.empty(n, dtype=np.float64)  # the products of a pass over all rows, reused
+
     def distances(rows: np.ndarray | None, seed: int, centre: np.ndarray) -> np.ndarray:
         if rows is None:
-            products = _products64(x, centre, np.empty(n, dtype=np.float64))
+            products = _products64(x, centre, every_row)
             return np.maximum(sq - 2 * products + sq[seed], 0.0)
         products = _products64(x, centre, np.empty(len(rows), dtype=np.float64), rows)
         return np.maximum(sq[rows] - 2 * products + sq[seed], 0.0)
@@ -468,14 +470,8 @@ class ClusterTypicality:
         points = self.x[self.members[remaining]]
         values, found = knn(points, width + 1, metric="l2", queries=self.x[self.members[rows]],
                             exclude_self=False, index="flat", device=self.device)
-        found = remaining[found]
-        # Drop each row's own entry (the last one when a run of duplicates pushed it out), as a
-        # self-search does.
-        is_self = found == rows[:, None]
-        is_self[~is_self.any(axis=1), -1] = True
-        keep = np.ones_like(is_self)
-        keep[np.arange(len(rows)), np.argmax(is_self, axis=1)] = False
+        values, found = drop_own_rows(values, remaining[found], rows)  # as a self-search does
         self.dist2[rows] = np.inf
         self.near[rows] = -1
-        self.dist2[rows, :width] = values[keep].reshape(len(rows), width)
-        self.near[rows, :width] = found[keep].reshape(len(rows), width)
+        self.dist2[rows, :width] = values
+        self.near[rows, :width] = found
