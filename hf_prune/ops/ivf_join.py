@@ -28,11 +28,13 @@ __all__ = ["ivf_self_join", "ivf_self_pairs"]
 _PRODUCTS = 1 << 24
 
 
-def _list_products(rows, spec: IndexSpec, metric: str, *, seed: int, batch_rows: int):
+def _list_products(rows, spec: IndexSpec, metric: str, *, seed: int, batch_rows: int, mutual: bool = False):
     """Per non-empty IVF list (in query blocks of at most `_PRODUCTS` values): ``(queries, candidates,
-    key, query_sq)``: the row positions of the list's rows, those of the rows in the ``nprobe`` lists
-    nearest its centroid, and the ``(q, c)`` table ``‖c‖² − 2q·c`` (``"l2"``; a query's own ``‖q‖²``,
-    ``query_sq``, does not change its order) or ``−q·c`` (``"ip"``/``"cosine"``; ``query_sq`` is ``None``), smaller first."""
+    key, query_sq, probes_back)``: the row positions of the list's rows, those of the rows in the
+    ``nprobe`` lists nearest its centroid, and the ``(q, c)`` table ``‖c‖² − 2q·c`` (``"l2"``; a query's
+    own ``‖q‖²``, ``query_sq``, does not change its order) or ``−q·c`` (``"ip"``/``"cosine"``;
+    ``query_sq`` is ``None``), smaller first. With ``mutual=True``, ``probes_back`` says per candidate
+    whether its own list probes this list (so the pair is also met from the candidate's end); else ``None``."""
     n, d = rows.shape
     cosine = metric == "cosine"
     l2 = metric == "l2"
@@ -63,12 +65,24 @@ def _list_products(rows, spec: IndexSpec, metric: str, *, seed: int, batch_rows:
 
         sq = np.einsum("ij,ij->i", sorted_rows, sorted_rows) if l2 else None
     probes = quantizer.search(quantizer.reconstruct_n(0, spec.nlist), spec.nprobe)[1]
+    if mutual:  # which lists probe each list: a CSR of the probe table read backwards
+        probing = np.repeat(np.arange(spec.nlist), probes.shape[1])
+        targets = probes.reshape(-1)
+        by_target = np.argsort(targets, kind="stable")
+        probed_by_bounds = np.searchsorted(targets[by_target], np.arange(spec.nlist + 1))
+        probed_by = probing[by_target]
+        sizes = np.diff(bounds)
     for lst in range(spec.nlist):
         lo, hi = bounds[lst], bounds[lst + 1]
         if lo == hi:
             continue
         probed = [p for p in probes[lst] if p >= 0 and bounds[p + 1] > bounds[p]]
         candidates = np.concatenate([np.arange(bounds[p], bounds[p + 1]) for p in probed])
+        probes_back = None
+        if mutual:
+            back = np.zeros(spec.nlist, dtype=bool)
+            back[probed_by[probed_by_bounds[lst] : probed_by_bounds[lst + 1]]] = True
+            probes_back = np.repeat(back[probed], sizes[probed])
         points = take(candidates)
         points_sq = sq[candidates][None] if l2 else None
         # A crowded list (duplicates, a dense mode) is searched in query blocks of at most ~16M products.
@@ -79,7 +93,7 @@ def _list_products(rows, spec: IndexSpec, metric: str, *, seed: int, batch_rows:
             key *= -2.0 if l2 else -1.0  # in place: one table of products at a time
             if l2:
                 key += points_sq
-            yield order[q_lo:q_hi], order[candidates], key, (sq[q_lo:q_hi] if l2 else None)
+            yield order[q_lo:q_hi], order[candidates], key, (sq[q_lo:q_hi] if l2 else None), probes_back
 
 
 def ivf_self_join(rows, spec: IndexSpec, metric: str, width: int, *, seed: int = 0, batch_rows: int = 4096):
@@ -100,7 +114,7 @@ def ivf_self_join(rows, spec: IndexSpec, metric: str, width: int, *, seed: int =
     l2 = metric == "l2"
     values = np.full((n, width), np.inf if l2 else -np.inf, dtype=np.float32)
     indices = np.full((n, width), -1, dtype=np.int64)
-    for queries, found, key, query_sq in _list_products(rows, spec, metric, seed=seed, batch_rows=batch_rows):
+    for queries, found, key, query_sq, _ in _list_products(rows, spec, metric, seed=seed, batch_rows=batch_rows):
         take = min(width, len(found))
         if take < len(found):
             best = np.argpartition(key, take - 1, axis=1)[:, :take]
@@ -115,20 +129,30 @@ def ivf_self_join(rows, spec: IndexSpec, metric: str, width: int, *, seed: int =
     return values, indices
 
 
-def ivf_self_pairs(rows, spec: IndexSpec, threshold: float, *, seed: int = 0, batch_rows: int = 4096):
-    """Per IVF list (or block of its rows), ``(queries, rows, cols, squared distances)``: its number of rows and its
-    pairs closer than ``sqrt(threshold)`` among the rows of the ``spec.nprobe`` lists nearest that
-    list's centroid (self-pairs included).
+def ivf_self_pairs(rows, spec: IndexSpec, threshold: float, *, seed: int = 0, batch_rows: int = 4096,
+                   once: bool = False):
+    """Per IVF list (or block of its rows), ``(queries, rows, cols, squared distances)``: its number of
+    rows and its pairs closer than ``sqrt(threshold)`` among the rows of the ``spec.nprobe`` lists nearest
+    that list's centroid (self-pairs included).
 
     A radius search of every row, list by list as `ivf_self_join` (``"l2"`` on ``rows`` as given):
     what `hf_prune.ops.knn.radius_neighbors` runs for ``index="ivf"``. Pairs come grouped by list, not
-    in row order; each is found from its first row's list (the caller symmetrises).
+    in row order; each is found from its first row's list (the caller symmetrises). A pair whose two
+    lists probe each other is met from both ends; ``once=True`` keeps it only from the end with the
+    lower row (``rows < cols``), so each unordered pair the join finds comes once, and self-pairs once.
+    That holds as long as the test against ``threshold`` agrees from both ends, which a caller that
+    re-decides the pairs near it in higher precision ensures.
 
     Example:
         >>> for _, r, c, sq in ivf_self_pairs(as_matrix(x), resolve_spec("ivf", len(x), x.shape[1], 1), 0.25):
         ...     pass
     """
-    for queries, found, key, query_sq in _list_products(rows, spec, "l2", seed=seed, batch_rows=batch_rows):
+    for queries, found, key, query_sq, back in _list_products(rows, spec, "l2", seed=seed, batch_rows=batch_rows,
+                                                              mutual=once):
         key += query_sq[:, None]
         q, c = np.nonzero(key < threshold)
-        yield len(queries), queries[q], found[c], key[q, c]
+        r, col, sq = queries[q], found[c], key[q, c]
+        if once:  # the other end finds it too: keep it from the lower row's end only
+            keep = ~back[c] | (r <= col)
+            r, col, sq = r[keep], col[keep], sq[keep]
+        yield len(queries), r, col, sq

@@ -94,3 +94,23 @@ def test_crowded_lists_are_searched_in_query_blocks(monkeypatch):
         np.testing.assert_array_equal(a[1], b[1])
     blocks = list(ivf_self_pairs(as_matrix(x), spec, 0.01))
     assert sum(q for q, *_ in blocks) == len(x) and len(blocks) > 30
+
+
+def test_pairs_once_give_each_unordered_pair_one_time_and_the_same_graph():
+    # nprobe 3 of 25 lists: some pairs are met from both ends (their lists probe each other), some from one.
+    x = clustered(2500, 6, centres=25, spread=0.5)
+    spec = resolve_spec("ivf", len(x), 6, 1, nlist=25, nprobe=3)
+
+    def pairs(once):
+        found = [(r, c) for _, rows, cols, _ in ivf_self_pairs(as_matrix(x), spec, 0.3, once=once)
+                 for r, c in zip(rows.tolist(), cols.tolist())]
+        return found
+
+    both_ends = pairs(False)
+    once = pairs(True)
+    unordered = [(min(r, c), max(r, c)) for r, c in once]
+    assert len(unordered) == len(set(unordered))  # no pair twice, self-pairs once
+    assert set(unordered) == {(min(r, c), max(r, c)) for r, c in both_ends}
+    # The probes are not symmetric here, so some pairs are met from one end only, and kept from it.
+    assert len(set(both_ends)) < 2 * len(unordered) - sum(r == c for r, c in once)
+    assert any(r > c for r, c in once)

@@ -134,3 +134,17 @@ def test_ivf_graph_keeps_the_float32_margin_under_reduced_matmul_precision():
             np.testing.assert_array_equal(as_dense(indptr, indices, len(x)), distances(x) < radius)
     finally:
         torch.set_float32_matmul_precision(previous)
+
+
+def test_ivf_radius_graph_filled_in_many_row_ranges_is_the_same(monkeypatch):
+    import hf_prune.ops.knn as knn_module
+
+    x = clustered_unit_rows(2000)
+    options = dict(index="ivf", nlist=40, nprobe=3)
+    whole = radius_neighbors(x, 0.45, **options)
+    monkeypatch.setattr(knn_module, "_CHUNK_ELEMENTS", 997)  # dozens of ranges, one row's edges may exceed it
+    ranges = radius_neighbors(x, 0.45, **options)
+    np.testing.assert_array_equal(whole[0], ranges[0])
+    np.testing.assert_array_equal(whole[1], ranges[1])
+    for row in range(0, 2000, 97):  # each row's columns ascending
+        assert (np.diff(whole[1][whole[0][row] : whole[0][row + 1]]) > 0).all()
