@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_norm_order", "row_norms"]
+__all__ = ["check_norm_order", "row_norms", "squared_row_norms"]
 
 # Rows converted to float64 at once: bounds the extra memory for wide or long columns
 # (a million 768-d rows would otherwise need a 6 GB float64 copy).
@@ -24,6 +24,29 @@ def check_norm_order(p: Any) -> float:
     return float(p)
 
 
+def _float64_blocks(matrix, block_rows: int = CHUNK_ROWS):
+    if hasattr(matrix, "blocks"):
+        return matrix.blocks(block_rows, dtype=np.float64)
+    matrix = np.asarray(matrix)
+    if matrix.ndim != 2:
+        raise ValueError(f"expected a 2-d (rows, dim) matrix, got shape {matrix.shape}")
+    return ((s, matrix[s : s + block_rows].astype(np.float64)) for s in range(0, len(matrix), block_rows))
+
+
+def squared_row_norms(matrix, block_rows: int = CHUNK_ROWS) -> np.ndarray:
+    """``‖x_i‖²`` of every row, summed in float64 (not a rounded square of `row_norms`), by blocks of
+    ``block_rows`` rows as `row_norms`.
+
+    Example:
+        >>> squared_row_norms(np.array([[3.0, -4.0], [1.0, 0.0]]))
+        array([25.,  1.])
+    """
+    out = np.empty(len(matrix))
+    for start, block in _float64_blocks(matrix, block_rows):
+        out[start : start + len(block)] = np.einsum("ij,ij->i", block, block)
+    return out
+
+
 def row_norms(matrix, p: float | str = 2) -> np.ndarray:
     """The ℓp norm of every row, computed in float64 blocks of `CHUNK_ROWS` rows.
 
@@ -35,14 +58,7 @@ def row_norms(matrix, p: float | str = 2) -> np.ndarray:
         array([7., 1.])
     """
     p = check_norm_order(p)
-    if hasattr(matrix, "blocks"):
-        blocks = matrix.blocks(CHUNK_ROWS, dtype=np.float64)
-    else:
-        matrix = np.asarray(matrix)
-        if matrix.ndim != 2:
-            raise ValueError(f"expected a 2-d (rows, dim) matrix, got shape {matrix.shape}")
-        blocks = ((s, matrix[s : s + CHUNK_ROWS].astype(np.float64)) for s in range(0, len(matrix), CHUNK_ROWS))
     out = np.empty(len(matrix))
-    for start, block in blocks:
+    for start, block in _float64_blocks(matrix):
         out[start : start + len(block)] = np.linalg.norm(block, ord=p, axis=1)
     return out

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import hf_prune as hp
+from hf_prune.ops.knn import normalize_rows
 from hf_prune.select.probcover import coverage_graph, max_coverage, purity_delta
 from hf_prune.select.typiclust import ClusterTypicality, _typiclust_pick, typicality
 from tests.conftest import make_dataset
@@ -441,8 +442,8 @@ def test_plus_plus_seeding_by_blocks_matches_a_float64_copy_and_holds_no_copy(mo
     centres = rng.normal(scale=4.0, size=(40, 16))
     blobs = (centres[rng.integers(0, 40, 6000)] + rng.normal(size=(6000, 16))).astype(np.float32)
     measured = []
-    products = tc._products64
-    monkeypatch.setattr(tc, "_products64", lambda x, c, out, rows=None: (measured.append(len(out)),
+    products = tc._products
+    monkeypatch.setattr(tc, "_products", lambda x, c, out, rows=None: (measured.append(len(out)),
                                                                          products(x, c, out, rows))[1])
     for seed in range(3):
         np.testing.assert_array_equal(tc.kmeans_plus_plus(blobs, 60, np.random.default_rng(seed)),
@@ -456,6 +457,32 @@ def test_plus_plus_seeding_by_blocks_matches_a_float64_copy_and_holds_no_copy(mo
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < x.size * 8 / 2  # well under the float64 copy (10.2 MB) the seeding used to make
+
+
+def test_plus_plus_seeding_in_float32_does_not_depend_on_threads_and_skips_duplicates():
+    from hf_prune.ops.threads import held_threads
+
+    tc = importlib.import_module("hf_prune.select.typiclust")
+    # Large enough that BLAS splits the products over both threads.
+    x = normalize_rows(np.random.default_rng(3).standard_normal((40000, 384))).astype(np.float32)
+    with held_threads(1):
+        one = tc.kmeans_plus_plus(x, 30, np.random.default_rng(0))
+    with held_threads(2):
+        two = tc.kmeans_plus_plus(x, 30, np.random.default_rng(0))
+    np.testing.assert_array_equal(one, two)
+    # A seed's duplicates count as distance zero although their float32 products round: a row repeated
+    # 5,000 times whose ‖x‖² − 2x·x + ‖x‖² rounds above zero, and one other row 0.96 away. Drawn from the
+    # rounding residues, the second seed would be a duplicate about two times in three.
+    rng = np.random.default_rng(4)
+    while True:
+        row = (rng.standard_normal(384) * 3.7).astype(np.float32)
+        sq = (row.astype(np.float64) ** 2).sum()
+        if (2 * sq - 2 * tc._products(row[None], row.astype(np.float64), np.empty(1)))[0] > 2e-4:
+            break
+    rows = np.vstack([np.repeat(row[None], 5000, axis=0), row + np.float32(0.05)])
+    for seed in range(10):
+        seeds = tc.kmeans_plus_plus(rows, 2, np.random.default_rng(seed))
+        assert sorted(seeds.tolist())[-1] == 5000 and len(set(seeds.tolist())) == 2
 
 
 def test_plus_plus_init_draws_from_the_rows_kmeans_trains_on(monkeypatch):
