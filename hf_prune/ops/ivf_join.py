@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from .knn_index import IndexSpec, normalised_block, trained_ivf
+from .threads import parallel_steps
 
 __all__ = ["ivf_self_join", "ivf_self_pairs"]
 
@@ -28,13 +29,16 @@ __all__ = ["ivf_self_join", "ivf_self_pairs"]
 _PRODUCTS = 1 << 24
 
 
-def _list_products(rows, spec: IndexSpec, metric: str, *, seed: int, batch_rows: int, mutual: bool = False):
-    """Per non-empty IVF list (in query blocks of at most `_PRODUCTS` values): ``(queries, candidates,
-    key, query_sq, probes_back)``: the row positions of the list's rows, those of the rows in the
-    ``nprobe`` lists nearest its centroid, and the ``(q, c)`` table ``‖c‖² − 2q·c`` (``"l2"``; a query's
-    own ``‖q‖²``, ``query_sq``, does not change its order) or ``−q·c`` (``"ip"``/``"cosine"``;
-    ``query_sq`` is ``None``), smaller first. With ``mutual=True``, ``probes_back`` says per candidate
-    whether its own list probes this list (so the pair is also met from the candidate's end); else ``None``."""
+def _list_products(rows, spec: IndexSpec, metric: str, reduce, *, seed: int, batch_rows: int, mutual: bool = False):
+    """``reduce(queries, candidates, key, query_sq, probes_back)`` per non-empty IVF list (in query blocks
+    of at most `_PRODUCTS` values), yielded in list order: the row positions of the list's rows, those of
+    the rows in the ``nprobe`` lists nearest its centroid, and the ``(q, c)`` table ``‖c‖² − 2q·c``
+    (``"l2"``; a query's own ``‖q‖²``, ``query_sq``, does not change its order) or ``−q·c``
+    (``"ip"``/``"cosine"``; ``query_sq`` is ``None``), smaller first. With ``mutual=True``,
+    ``probes_back`` says per candidate whether its own list probes this list (so the pair is also met
+    from the candidate's end); else ``None``. The lists run on the caller's threads, each list's
+    products and ``reduce`` on one (`hf_prune.ops.threads.parallel_steps`: they are steps of a few
+    million numbers, which a shared CPU would stall at a BLAS barrier)."""
     n, d = rows.shape
     cosine = metric == "cosine"
     l2 = metric == "l2"
@@ -72,10 +76,8 @@ def _list_products(rows, spec: IndexSpec, metric: str, *, seed: int, batch_rows:
         probed_by_bounds = np.searchsorted(targets[by_target], np.arange(spec.nlist + 1))
         probed_by = probing[by_target]
         sizes = np.diff(bounds)
-    for lst in range(spec.nlist):
+    def one_list(lst):
         lo, hi = bounds[lst], bounds[lst + 1]
-        if lo == hi:
-            continue
         probed = [p for p in probes[lst] if p >= 0 and bounds[p + 1] > bounds[p]]
         candidates = np.concatenate([np.arange(bounds[p], bounds[p + 1]) for p in probed])
         probes_back = None
@@ -85,6 +87,8 @@ def _list_products(rows, spec: IndexSpec, metric: str, *, seed: int, batch_rows:
             probes_back = np.repeat(back[probed], sizes[probed])
         points = take(candidates)
         points_sq = sq[candidates][None] if l2 else None
+        found = order[candidates]
+        out = []
         # A crowded list (duplicates, a dense mode) is searched in query blocks of at most ~16M products.
         step = max(1, _PRODUCTS // len(candidates))
         for q_lo in range(lo, hi, step):
@@ -93,7 +97,11 @@ def _list_products(rows, spec: IndexSpec, metric: str, *, seed: int, batch_rows:
             key *= -2.0 if l2 else -1.0  # in place: one table of products at a time
             if l2:
                 key += points_sq
-            yield order[q_lo:q_hi], order[candidates], key, (sq[q_lo:q_hi] if l2 else None), probes_back
+            out.append(reduce(order[q_lo:q_hi], found, key, (sq[q_lo:q_hi] if l2 else None), probes_back))
+        return out
+
+    for results in parallel_steps(one_list, (lst for lst in range(spec.nlist) if bounds[lst + 1] > bounds[lst])):
+        yield from results
 
 
 def ivf_self_join(rows, spec: IndexSpec, metric: str, width: int, *, seed: int = 0, batch_rows: int = 4096):
@@ -114,18 +122,23 @@ def ivf_self_join(rows, spec: IndexSpec, metric: str, width: int, *, seed: int =
     l2 = metric == "l2"
     values = np.full((n, width), np.inf if l2 else -np.inf, dtype=np.float32)
     indices = np.full((n, width), -1, dtype=np.int64)
-    for queries, found, key, query_sq, _ in _list_products(rows, spec, metric, seed=seed, batch_rows=batch_rows):
+
+    def best(queries, found, key, query_sq, _):
         take = min(width, len(found))
         if take < len(found):
-            best = np.argpartition(key, take - 1, axis=1)[:, :take]
-            key, found = np.take_along_axis(key, best, axis=1), found[best]
+            picked = np.argpartition(key, take - 1, axis=1)[:, :take]
+            key, found = np.take_along_axis(key, picked, axis=1), found[picked]
         else:
             found = np.broadcast_to(found, key.shape)
         # Best first; equal values to the lower row position.
         ranked = np.lexsort((found, key), axis=1)
         best_keys = np.take_along_axis(key, ranked, axis=1)
-        values[queries, :take] = best_keys + query_sq[:, None] if l2 else -best_keys
-        indices[queries, :take] = np.take_along_axis(found, ranked, axis=1)
+        return queries, best_keys + query_sq[:, None] if l2 else -best_keys, np.take_along_axis(found, ranked, axis=1)
+
+    for queries, best_values, best_indices in _list_products(rows, spec, metric, best, seed=seed,
+                                                             batch_rows=batch_rows):
+        values[queries, : best_values.shape[1]] = best_values
+        indices[queries, : best_indices.shape[1]] = best_indices
     return values, indices
 
 
@@ -147,12 +160,13 @@ def ivf_self_pairs(rows, spec: IndexSpec, threshold: float, *, seed: int = 0, ba
         >>> for _, r, c, sq in ivf_self_pairs(as_matrix(x), resolve_spec("ivf", len(x), x.shape[1], 1), 0.25):
         ...     pass
     """
-    for queries, found, key, query_sq, back in _list_products(rows, spec, "l2", seed=seed, batch_rows=batch_rows,
-                                                              mutual=once):
+    def pairs(queries, found, key, query_sq, back):
         key += query_sq[:, None]
         q, c = np.nonzero(key < threshold)
         r, col, sq = queries[q], found[c], key[q, c]
         if once:  # the other end finds it too: keep it from the lower row's end only
             keep = ~back[c] | (r <= col)
             r, col, sq = r[keep], col[keep], sq[keep]
-        yield len(queries), r, col, sq
+        return len(queries), r, col, sq
+
+    yield from _list_products(rows, spec, "l2", pairs, seed=seed, batch_rows=batch_rows, mutual=once)

@@ -55,6 +55,7 @@ from ..ops.checks import (
 from ..ops.columns import class_groups
 from ..ops.device import resolve_device, to_device
 from ..ops.matrix import open_matrix
+from ..ops.threads import parallel_steps
 from ..parallel import current_executor
 from ..provenance import stamp_output, with_measurements
 from ._core import finalize, group_rows, run_selection
@@ -161,8 +162,15 @@ def semdedup_similarity(
                                         reason="k-means on the driver, then the clusters' similarities as tasks"))
         return m
     xt = to_device(x, dev)
-    for members in clusters:
-        m[members] = max_similarity_to_earlier(xt[torch.from_numpy(members).to(dev)], chunk_size=chunk_size)
+
+    def similarities(members):
+        return max_similarity_to_earlier(xt[torch.from_numpy(members).to(dev)], chunk_size=chunk_size)
+
+    # On the CPU each cluster is one step on one thread (`parallel_steps`): a cluster's products are
+    # small, and split over threads they stall at a barrier when other work shares the cores.
+    threads = None if dev.type == "cpu" else 1
+    for members, values in zip(clusters, parallel_steps(similarities, clusters, threads=threads)):
+        m[members] = values
     return m
 
 

@@ -21,6 +21,7 @@ from ..ops.kmeans import default_train_size, kmeans
 from ..ops.knn import drop_own_rows, knn, normalize_rows
 from ..ops.matrix import open_matrix
 from ..ops.norms import squared_row_norms
+from ..ops.threads import parallel_steps, step_pool
 from ._core import group_rows
 from ._knn_step import KnnLog, check_knn_index, with_knn_record
 from ._ordered import run_ordered_selection
@@ -71,20 +72,25 @@ def _seeding_rows(x: np.ndarray) -> int:
     return max(1, min(SEEDING_BLOCK_ROWS, _SEEDING_BLOCK_VALUES // max(1, width)))
 
 
-def _products(x: np.ndarray, centre: np.ndarray, out: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+def _products(x: np.ndarray, centre: np.ndarray, out: np.ndarray, rows: np.ndarray | None = None, run=map) -> np.ndarray:
     """``out = x[rows] @ centre`` (all rows when ``rows`` is None), one block of rows at a time (no N×d
-    copy). Float64 rows are multiplied in float64, all others in float32: BLAS's matrix–vector product
-    gives each row's value from that row alone, so it does not change with the thread count or the
-    blocks (tested), and reading float32 rows directly is 3.4× faster than converting them (measured:
-    128,000 × 384, 17 ms against 58 ms per pass, one thread)."""
+    copy), the blocks run by ``run`` (`hf_prune.ops.threads.step_pool`'s, or ``map``). Float64 rows
+    are multiplied in float64, all others in float32: BLAS's matrix–vector product gives each row's
+    value from that row alone, so it does not change with the thread count or the blocks (tested), and
+    reading float32 rows directly is 3.4× faster than converting them (measured: 128,000 × 384, 17 ms
+    against 58 ms per pass, one thread)."""
     step = _seeding_rows(x)
     dtype = np.float64 if x.dtype == np.float64 else np.float32
     centre = centre.astype(dtype)
     count = len(x) if rows is None else len(rows)
-    for start in range(0, count, step):
+
+    def block(start):
         part = slice(start, start + step)
-        block = np.asarray(x[part] if rows is None else x[rows[part]], dtype=dtype)
-        out[start : start + len(block)] = block @ centre
+        values = np.asarray(x[part] if rows is None else x[rows[part]], dtype=dtype)
+        out[start : start + len(values)] = values @ centre
+
+    for _ in run(block, range(0, count, step)):
+        pass
     return out
 
 
@@ -132,12 +138,18 @@ def kmeans_plus_plus(
     slack = 8 * error + 1e-9 * max_sq
 
     every_row = np.empty(n, dtype=np.float64)  # the products of a pass over all rows, reused
+    with step_pool() as run:
+        return _draw_seeds(x, n_clusters, rng, sq, error, slack, every_row, run)
+
+
+def _draw_seeds(x, n_clusters, rng, sq, error, slack, every_row, run):
+    n = len(x)
 
     def distances(rows: np.ndarray | None, seed: int, centre: np.ndarray) -> np.ndarray:
         if rows is None:
-            found = sq - 2 * _products(x, centre, every_row) + sq[seed]
+            found = sq - 2 * _products(x, centre, every_row, run=run) + sq[seed]
         else:
-            found = sq[rows] - 2 * _products(x, centre, np.empty(len(rows), dtype=np.float64), rows) + sq[seed]
+            found = sq[rows] - 2 * _products(x, centre, np.empty(len(rows), dtype=np.float64), rows, run) + sq[seed]
         found[found <= error] = 0.0  # within rounding of zero: the seed itself and its duplicates
         return found
 
@@ -369,21 +381,34 @@ def _typiclust_pick(
     taken[initial] = True
     members = {int(c): (m := by_cluster[bounds[c] : bounds[c + 1]])[~taken[m]] for c in order}
     left = np.array([len(members[int(c)]) for c in order], dtype=np.int64)
-    clusters: dict[int, ClusterTypicality] = {}
     # Round-robin in `order`: the next cluster is the one visited least so far (ties: earlier in
-    # `order`); exhausted clusters are skipped.
+    # `order`); exhausted clusters are skipped. The visits depend on the clusters' sizes only, not on
+    # the picks, so they are laid out first.
     visits = visits[order].astype(np.float64)
+    sequence = np.empty(budget - len(initial), dtype=np.int64)
+    for step in range(len(sequence)):
+        slot = int(np.argmin(np.where(left > 0, visits, np.inf)))
+        visits[slot] += 1
+        left[slot] -= 1
+        sequence[step] = order[slot]
+    # Each visited cluster's search is one step of its own, run on the caller's threads one thread each
+    # (`parallel_steps`: small searches stall at their threads' barrier on a shared CPU). The searches'
+    # reports are recorded in the order of first visits, whatever the thread that ran them.
+    visited = sequence[np.sort(np.unique(sequence, return_index=True)[1])].tolist()
+
+    def build(cluster):
+        own_log = KnnLog(log.knn_index, log.seed)
+        return ClusterTypicality(x, members[cluster], k, log=own_log, device=device, seed=seed), own_log
+
+    threads = None if resolve_device(device).type == "cpu" else 1
+    clusters: dict[int, ClusterTypicality] = {}
+    for cluster, (typical, own_log) in zip(visited, parallel_steps(build, visited, threads=threads)):
+        clusters[cluster] = typical
+        log.reports.extend(own_log.reports)
     chosen = np.empty(budget, dtype=np.int64)
     chosen[: len(initial)] = initial
-    for step in range(len(initial), budget):
-        slot = int(np.argmin(np.where(left > 0, visits, np.inf)))
-        cluster = int(order[slot])
-        visits[slot] += 1
-        if cluster not in clusters:
-            clusters[cluster] = ClusterTypicality(x, members.pop(cluster), k, log=log, device=device,
-                                                  seed=seed)
+    for step, cluster in enumerate(sequence.tolist(), start=len(initial)):
         chosen[step] = clusters[cluster].take_most_typical()
-        left[slot] -= 1
     return chosen
 
 

@@ -78,3 +78,44 @@ def test_held_threads_sets_every_pool_and_restores_them(two_threads):
         with held_threads(1):
             raise RuntimeError("boom")
     assert torch.get_num_threads() == 2
+
+
+def test_parallel_steps_run_in_order_on_one_thread_each_and_restore_the_settings(two_threads):
+    import threading
+    import time
+
+    from hf_prune.ops.threads import parallel_steps, step_pool
+
+    seen = []
+    blas_before = blas_threads()
+
+    def step(i):
+        seen.append((threading.get_ident(), torch.get_num_threads(), blas_threads()))
+        time.sleep(0.002 * (i % 3))  # uneven steps still come back in order
+        return i * i
+
+    assert list(parallel_steps(step, range(40))) == [i * i for i in range(40)]
+    assert len({ident for ident, *_ in seen}) == 2  # torch's two threads: two workers
+    assert all(torch_threads == 1 and blas == 1 for _, torch_threads, blas in seen)
+    assert torch.get_num_threads() == 2 and blas_threads() == blas_before  # restored
+    # One worker, or the policy off: the steps run here with the caller's settings.
+    seen.clear()
+    with thread_policy(False):
+        assert list(parallel_steps(step, range(5))) == [i * i for i in range(5)]
+    assert {ident for ident, *_ in seen} == {threading.get_ident()} and all(t == 2 for _, t, _ in seen)
+    seen.clear()
+    assert list(parallel_steps(step, range(5), threads=1)) == [i * i for i in range(5)]
+    assert {ident for ident, *_ in seen} == {threading.get_ident()}
+
+    # A failing step ends the loop with its error, and the settings come back.
+    def failing(i):
+        if i == 7:
+            raise ValueError("step 7")
+        return i
+
+    with pytest.raises(ValueError, match="step 7"):
+        list(parallel_steps(failing, range(20)))
+    assert torch.get_num_threads() == 2 and blas_threads() == blas_before
+    # A pool kept for several loops.
+    with step_pool(2) as run:
+        assert [list(run(lambda i: i + 1, range(3))) for _ in range(3)] == [[1, 2, 3]] * 3

@@ -443,8 +443,8 @@ def test_plus_plus_seeding_by_blocks_matches_a_float64_copy_and_holds_no_copy(mo
     blobs = (centres[rng.integers(0, 40, 6000)] + rng.normal(size=(6000, 16))).astype(np.float32)
     measured = []
     products = tc._products
-    monkeypatch.setattr(tc, "_products", lambda x, c, out, rows=None: (measured.append(len(out)),
-                                                                         products(x, c, out, rows))[1])
+    monkeypatch.setattr(tc, "_products", lambda x, c, out, rows=None, run=map: (measured.append(len(out)),
+                                                                                  products(x, c, out, rows, run))[1])
     for seed in range(3):
         np.testing.assert_array_equal(tc.kmeans_plus_plus(blobs, 60, np.random.default_rng(seed)),
                                       reference(blobs, 60, np.random.default_rng(seed)))
@@ -502,3 +502,24 @@ def test_plus_plus_init_draws_from_the_rows_kmeans_trains_on(monkeypatch):
     assert pools == [500, 500] and init.shape == (12, 8)
     np.testing.assert_array_equal(init, again)
     assert all((x == row).all(axis=1).any() for row in init)
+
+
+def test_clusters_searched_on_parallel_workers_keep_the_rows_and_the_search_log_order():
+    from hf_prune.ops.threads import held_threads, thread_policy
+
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(40, 24))
+    x = (centres[rng.integers(0, 40, 6000)] + 0.4 * rng.normal(size=(6000, 24))).astype(np.float32)
+    ds = make_dataset(x)
+    picks, logs = [], []
+    for threads, policy in ((1, True), (2, True), (2, False)):
+        with held_threads(threads), thread_policy(policy):
+            out = hp.select.typiclust(ds, size=120, n_clusters=40, seed=0)
+            dedup = hp.select.semdedup(ds, size=3000, seed=0)
+        picks.append((out["row_id"], dedup["row_id"]))
+        record = hp.provenance(out)[-1]["knn"]
+        logs.append((record["searches"], [report["rows"] for report in record["reports"]]))
+    assert picks[0] == picks[1] == picks[2]
+    # One search per visited cluster, recorded in the order of first visits (largest cluster first).
+    searches, sizes = logs[0]
+    assert logs[0] == logs[1] == logs[2] and searches == 40 and sizes == sorted(sizes, reverse=True)
