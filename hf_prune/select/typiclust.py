@@ -72,15 +72,14 @@ def _seeding_rows(x: np.ndarray) -> int:
     return max(1, min(SEEDING_BLOCK_ROWS, _SEEDING_BLOCK_VALUES // max(1, width)))
 
 
-def _products(x: np.ndarray, centre: np.ndarray, out: np.ndarray, rows: np.ndarray | None = None, run=map) -> np.ndarray:
-    """``out = x[rows] @ centre`` (all rows when ``rows`` is None), one block of rows at a time (no N×d
-    copy), the blocks run by ``run`` (`hf_prune.ops.threads.step_pool`'s, or ``map``). Float64 rows
-    are multiplied in float64, all others in float32: BLAS's matrix–vector product gives each row's
-    value from that row alone, so it does not change with the thread count or the blocks (tested), and
-    reading float32 rows directly is 3.4× faster than converting them (measured: 128,000 × 384, 17 ms
-    against 58 ms per pass, one thread)."""
+def _products(x: np.ndarray, centre: np.ndarray, out: np.ndarray, rows: np.ndarray | None = None, run=map,
+              dtype=np.float64) -> np.ndarray:
+    """``out = x[rows] @ centre`` (all rows when ``rows`` is None) in ``dtype``, one block of rows at a
+    time (no N×d copy), the blocks run by ``run`` (`hf_prune.ops.threads.step_pool`'s, or ``map``).
+    BLAS's matrix–vector product gives each row's value from that row alone, so it does not change with
+    the thread count or the blocks (tested); reading float32 rows in float32 is 3.4× faster than
+    converting them to float64 (measured: 128,000 × 384, 17 ms against 58 ms per pass, one thread)."""
     step = _seeding_rows(x)
-    dtype = np.float64 if x.dtype == np.float64 else np.float32
     centre = centre.astype(dtype)
     count = len(x) if rows is None else len(rows)
 
@@ -94,9 +93,9 @@ def _products(x: np.ndarray, centre: np.ndarray, out: np.ndarray, rows: np.ndarr
     return out
 
 
-def _product_error(x: np.ndarray, max_sq: float) -> float:
-    """A bound on the rounding of ``‖x‖² − 2x·c + ‖c‖²`` computed from `_products`' values."""
-    unit_roundoff = 2.0**-53 if x.dtype == np.float64 else 2.0**-24
+def _product_error(x: np.ndarray, max_sq: float, dtype) -> float:
+    """A bound on the rounding of ``‖x‖² − 2x·c + ‖c‖²`` computed from `_products`' values in ``dtype``."""
+    unit_roundoff = 2.0**-53 if dtype == np.float64 else 2.0**-24
     width = x.shape[1] if x.ndim > 1 else 1
     return 2 * (width + 2) * unit_roundoff * max_sq
 
@@ -107,13 +106,17 @@ def kmeans_plus_plus(
     """Row indices of k-means++ seeds: each next seed drawn with probability ∝ squared distance to the
     nearest seed so far (Arthur & Vassilvitskii).
 
-    Distances are ``‖x‖² − 2x·c + ‖c‖²`` with float64 norms and products in float32 (float64 for
-    float64 rows; `_products`), from blocks of at most `SEEDING_BLOCK_ROWS` rows: the memory above ``x``
-    is a few float64 vectors of length N, not a copy of the rows. Distances within the products'
-    rounding bound (`_product_error`, about 2·(d + 2)·2⁻²⁴·max‖x‖²) count as zero, so a seed and its
-    duplicates are never drawn again; nothing else is: those distances weigh below 10⁻⁴ of the typical
-    one. The seeds do not depend on the BLAS thread count (tested). ``sq`` optionally passes the
-    float64 squared row norms of ``x`` (`best_kmeans` reuses them).
+    Distances are ``‖x‖² − 2x·c + ‖c‖²`` with float64 norms, from blocks of at most
+    `SEEDING_BLOCK_ROWS` rows (`_products`): the memory above ``x`` is a few float64 vectors of length N,
+    not a copy of the rows. The first seed's distances are computed in float64; the later products are
+    float32 when the rows are and float32's rounding bound (`_product_error`, about
+    2·(d + 2)·2⁻²⁴·max‖x‖², a worst case) is below 0.1% of the mean of those distances (unit rows up to
+    a few thousand wide), else float64 (rows far from the origin for their spread, whose float32
+    products would cancel).
+    Distances within the rounding bound count as zero, so a seed and its duplicates are never drawn
+    again. The seeds do not depend on the BLAS thread count (tested), and on 128,000 unit rows of the
+    scale benchmark all 500 were those of float64 products. ``sq`` optionally passes the float64
+    squared row norms of ``x`` (`best_kmeans` reuses them).
 
     A new seed ``c`` is measured only against the rows it could be nearer to: a row whose nearest seed
     ``a`` lies at least twice as far from ``c`` as from the row (``‖a − c‖² ≥ 4·‖x − a‖²``, with a
@@ -133,23 +136,22 @@ def kmeans_plus_plus(
     if sq is None:
         sq = squared_row_norms(x, _seeding_rows(x))
     max_sq = max(float(sq.max(initial=0.0)), 1e-300)
-    error = _product_error(x, max_sq)
-    # Rows closer than this to their seed are measured again whatever the triangle bound says.
-    slack = 8 * error + 1e-9 * max_sq
-
     every_row = np.empty(n, dtype=np.float64)  # the products of a pass over all rows, reused
     with step_pool() as run:
-        return _draw_seeds(x, n_clusters, rng, sq, error, slack, every_row, run)
+        return _draw_seeds(x, n_clusters, rng, sq, max_sq, every_row, run)
 
 
-def _draw_seeds(x, n_clusters, rng, sq, error, slack, every_row, run):
+def _draw_seeds(x, n_clusters, rng, sq, max_sq, every_row, run):
+    """`kmeans_plus_plus`'s draws, its products' blocks run by ``run``."""
     n = len(x)
+    dtype = np.float64  # the first seed's pass; then float32 where its rounding allows
 
     def distances(rows: np.ndarray | None, seed: int, centre: np.ndarray) -> np.ndarray:
         if rows is None:
-            found = sq - 2 * _products(x, centre, every_row, run=run) + sq[seed]
+            found = sq - 2 * _products(x, centre, every_row, run=run, dtype=dtype) + sq[seed]
         else:
-            found = sq[rows] - 2 * _products(x, centre, np.empty(len(rows), dtype=np.float64), rows, run) + sq[seed]
+            products = _products(x, centre, np.empty(len(rows), dtype=np.float64), rows, run, dtype)
+            found = sq[rows] - 2 * products + sq[seed]
         found[found <= error] = 0.0  # within rounding of zero: the seed itself and its duplicates
         return found
 
@@ -157,7 +159,13 @@ def _draw_seeds(x, n_clusters, rng, sq, error, slack, every_row, run):
     centres = np.empty((n_clusters, x.shape[1] if x.ndim > 1 else 1), dtype=np.float64)
     seeds[0] = rng.integers(n)
     centres[0] = np.asarray(x[seeds[0]], dtype=np.float64).reshape(-1)
+    error = _product_error(x, max_sq, np.float64)
     nearest = distances(None, seeds[0], centres[0])
+    if x.dtype != np.float64 and _product_error(x, max_sq, np.float32) <= 1e-3 * float(nearest.mean()):
+        dtype = np.float32
+    error = _product_error(x, max_sq, dtype)
+    # Rows closer than this to their seed are measured again whatever the triangle bound says.
+    slack = 8 * error + 1e-9 * max_sq
     owner = np.zeros(n, dtype=np.int32)  # each row's nearest seed so far (its position in `seeds`)
     for j in range(1, n_clusters):
         cumulative = np.cumsum(nearest)

@@ -416,38 +416,41 @@ def test_kmeans_init_and_plus_plus_seeding():
         kmeans(x, 4, init=centers[:3])
 
 
+def textbook_plus_plus(x, n, rng):
+    """k-means++ in its textbook form, on one float64 copy of the rows."""
+    x64 = x.astype(np.float64)
+    sq = (x64 * x64).sum(1)
+    seeds = [int(rng.integers(len(x)))]
+    nearest = np.maximum(sq - 2 * (x64 @ x64[seeds[0]]) + sq[seeds[0]], 0.0)
+    for _ in range(1, n):
+        cumulative = np.cumsum(nearest)
+        seeds.append(min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), len(x) - 1))
+        nearest = np.minimum(nearest, np.maximum(sq - 2 * (x64 @ x64[seeds[-1]]) + sq[seeds[-1]], 0.0))
+    return np.array(seeds)
+
+
 def test_plus_plus_seeding_by_blocks_matches_a_float64_copy_and_holds_no_copy(monkeypatch):
     import tracemalloc
 
     tc = importlib.import_module("hf_prune.select.typiclust")  # the module, not the selector function
 
-    def reference(x, n, rng):  # the textbook form: one float64 copy of the rows
-        x64 = x.astype(np.float64)
-        sq = (x64 * x64).sum(1)
-        seeds = [int(rng.integers(len(x)))]
-        nearest = np.maximum(sq - 2 * (x64 @ x64[seeds[0]]) + sq[seeds[0]], 0.0)
-        for _ in range(1, n):
-            cumulative = np.cumsum(nearest)
-            seeds.append(min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), len(x) - 1))
-            nearest = np.minimum(nearest, np.maximum(sq - 2 * (x64 @ x64[seeds[-1]]) + sq[seeds[-1]], 0.0))
-        return np.array(seeds)
 
     monkeypatch.setattr(tc, "SEEDING_BLOCK_ROWS", 1000)  # several blocks, one of them partial
     x = np.random.default_rng(0).standard_normal((5500, 64)).astype(np.float32)
     for seed in range(3):
         np.testing.assert_array_equal(tc.kmeans_plus_plus(x, 25, np.random.default_rng(seed)),
-                                      reference(x, 25, np.random.default_rng(seed)))
+                                      textbook_plus_plus(x, 25, np.random.default_rng(seed)))
     # On clustered rows the triangle bound spares most rows of the later seeds, with the same seeds.
     rng = np.random.default_rng(5)
     centres = rng.normal(scale=4.0, size=(40, 16))
     blobs = (centres[rng.integers(0, 40, 6000)] + rng.normal(size=(6000, 16))).astype(np.float32)
     measured = []
     products = tc._products
-    monkeypatch.setattr(tc, "_products", lambda x, c, out, rows=None, run=map: (measured.append(len(out)),
-                                                                                  products(x, c, out, rows, run))[1])
+    monkeypatch.setattr(tc, "_products", lambda x, c, out, rows=None, run=map, dtype=np.float64: (
+        measured.append(len(out)), products(x, c, out, rows, run, dtype))[1])
     for seed in range(3):
         np.testing.assert_array_equal(tc.kmeans_plus_plus(blobs, 60, np.random.default_rng(seed)),
-                                      reference(blobs, 60, np.random.default_rng(seed)))
+                                      textbook_plus_plus(blobs, 60, np.random.default_rng(seed)))
     assert sum(measured) < 0.5 * 3 * 60 * len(blobs)  # 37% here: the first 40 seeds (one per blob) read most rows
     # Memory: rows enough that a copy of them stands out from the 1,000-row blocks (0.77 MB in float32
     # and float64) and the few length-N vectors.
@@ -470,19 +473,29 @@ def test_plus_plus_seeding_in_float32_does_not_depend_on_threads_and_skips_dupli
     with held_threads(2):
         two = tc.kmeans_plus_plus(x, 30, np.random.default_rng(0))
     np.testing.assert_array_equal(one, two)
-    # A seed's duplicates count as distance zero although their float32 products round: a row repeated
-    # 5,000 times whose ‖x‖² − 2x·x + ‖x‖² rounds above zero, and one other row 0.96 away. Drawn from the
-    # rounding residues, the second seed would be a duplicate about two times in three.
+    # A seed's duplicates count as distance zero although their float32 products round. Two rows repeated
+    # 5,000 times each, whose ‖x‖² − 2x·x + ‖x‖² rounds above zero in float32, and a row 0.96 from each:
+    # the first pass is float64, the later ones float32, and drawn from the rounding residues the last
+    # seeds would be duplicates.
     rng = np.random.default_rng(4)
-    while True:
+    groups = []
+    while len(groups) < 2:
         row = (rng.standard_normal(384) * 3.7).astype(np.float32)
-        sq = (row.astype(np.float64) ** 2).sum()
-        if (2 * sq - 2 * tc._products(row[None], row.astype(np.float64), np.empty(1)))[0] > 2e-4:
-            break
-    rows = np.vstack([np.repeat(row[None], 5000, axis=0), row + np.float32(0.05)])
+        residue = 2 * (row.astype(np.float64) ** 2).sum() - 2 * tc._products(row[None], row.astype(np.float64),
+                                                                              np.empty(1), dtype=np.float32)[0]
+        if residue > 2e-4:
+            groups.append(row)
+    rows = np.vstack([np.repeat(groups[0][None], 5000, axis=0), np.repeat(groups[1][None], 5000, axis=0),
+                      groups[0] + np.float32(0.05), groups[1] + np.float32(0.05)])
     for seed in range(10):
-        seeds = tc.kmeans_plus_plus(rows, 2, np.random.default_rng(seed))
-        assert sorted(seeds.tolist())[-1] == 5000 and len(set(seeds.tolist())) == 2
+        seeds = tc.kmeans_plus_plus(rows, 4, np.random.default_rng(seed))
+        assert len({tuple(rows[s]) for s in seeds}) == 4  # four different points, no duplicate drawn
+    # Rows far from the origin for their spread: float32 products would cancel, so they stay float64,
+    # and the seeds are those of float64 products.
+    far = (1000.0 + np.random.default_rng(5).standard_normal((3000, 8))).astype(np.float32)
+    for seed in range(3):
+        np.testing.assert_array_equal(tc.kmeans_plus_plus(far, 20, np.random.default_rng(seed)),
+                                      textbook_plus_plus(far, 20, np.random.default_rng(seed)))
 
 
 def test_plus_plus_init_draws_from_the_rows_kmeans_trains_on(monkeypatch):
