@@ -56,7 +56,8 @@ def ssp(
             `hf_prune.ops.checks.seed_int`, which the ``"score.ssp"`` provenance step records); per
             class it is derived from that integer and the class's position in the sorted class order.
         overwrite: replace an existing ``output_column``.
-        backend: ``"auto"`` (faiss when installed), ``"faiss"`` or ``"torch"``.
+        backend: `hf_prune.ops.kmeans.kmeans`'s: ``"auto"`` (faiss itself on a GPU it can use, its
+            algorithm as parallel row-block steps elsewhere), ``"faiss"`` or ``"torch"``.
         train_size: rows (per k-means) the centroids are trained on, a seeded sample
             (`hf_prune.ops.kmeans.kmeans`: default ``max(256·n_clusters, 65,536)``; every row of a
             smaller group); every row is then scored against the centroids.

@@ -50,7 +50,7 @@ def fit_kmeans(
     `hf_prune.select.typiclust.kmeans_plus_plus_init`: from the rows the Lloyd steps train on, one pass
     over them per cluster; seeding from
     random rows often merges two well-separated clusters and splits another), and every step is one
-    Lloyd step of `hf_prune.ops.kmeans.kmeans` (faiss when installed) from the previous centroids.
+    Lloyd step of `hf_prune.ops.kmeans.kmeans` (faiss's algorithm) from the previous centroids.
     It stops after ``max_iter`` steps, or earlier once no row changes cluster or the centroids move
     by ``Σ‖c_new − c_old‖² ≤ tol · mean_j Var(x_j)`` (scikit-learn's rule: the tolerance is relative
     to the data's per-feature variance). Convergence is checked after every run of ``_CHECK_EVERY``

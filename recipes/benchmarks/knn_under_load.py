@@ -1,4 +1,4 @@
-"""The k-NN and k-means selectors beside a competing CPU job, with the thread policy off and on.
+"""The k-NN and k-means selectors, and one k-means, beside a competing CPU job, with the thread policy off and on.
 
 TypiClust, SemDeDup and D² run loops of independent medium steps: the IVF join's lists, each
 cluster's first search, each cluster's similarities, the row blocks of a k-means++ pass. With the
@@ -7,6 +7,9 @@ each. With ``thread_policy(False)``, the steps run one after the other, each pro
 BLAS threads, as before the change. Each selector runs with the policy off, then on, alternating for
 ``--rounds`` rounds, alone and then beside a process running 2-thread BLAS products (the scale
 benchmark's `CompetingLoad`), all in this one process. Every run must keep the same rows, which is checked.
+``kmeans`` is one k-means of the rows into as many clusters as the kept size (its Lloyd steps,
+`hf_prune.ops.kmeans`), ``kmeans_faiss`` the same through ``faiss.Kmeans``, whose OpenMP loop the
+policy does not reach: the reference for the steps.
 
     python -m recipes.benchmarks.knn_under_load                  # 100k × 384, about 12 minutes here
     python -m recipes.benchmarks.knn_under_load --rows 20000     # a quick look
@@ -28,6 +31,8 @@ import numpy as np
 from datasets import disable_progress_bars, load_from_disk
 
 import hf_prune as hp
+from hf_prune.ops.kmeans import kmeans
+from hf_prune.ops.matrix import open_matrix
 from hf_prune.ops.threads import thread_policy
 from recipes.benchmarks.results_store import save_results
 from recipes.benchmarks.scale import CompetingLoad, ensure_data
@@ -37,6 +42,10 @@ SELECTORS = {
     "semdedup": lambda ds, size: hp.select.semdedup(ds, size=size, embedding_column="emb", seed=0),
     "d2_pruning": lambda ds, size: hp.select.d2_pruning(ds, size=size, embedding_column="emb",
                                                         score_column="score", k=10, seed=0),
+    # One k-means of the rows into `size` clusters: its Lloyd steps (the CPU default), and faiss.Kmeans
+    # itself, whose OpenMP loop the thread policy does not reach (the reference).
+    "kmeans": lambda ds, size: kmeans(open_matrix(ds, "emb"), size, seed=0, backend="torch")[1],
+    "kmeans_faiss": lambda ds, size: kmeans(open_matrix(ds, "emb"), size, seed=0, backend="faiss")[1],
 }
 
 
@@ -52,8 +61,10 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-def rows_hash(subset) -> str:
-    return hashlib.sha256(np.asarray(subset["row_id"], dtype=np.int64).tobytes()).hexdigest()[:16]
+def rows_hash(result) -> str:
+    """The kept ``row_id``s of a selection, or a k-means assignment, hashed."""
+    rows = result if isinstance(result, np.ndarray) else result["row_id"]
+    return hashlib.sha256(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
 def main(argv=None) -> dict:

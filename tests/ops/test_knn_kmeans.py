@@ -81,3 +81,133 @@ def test_exact_search_ties_go_to_the_lower_row():
     x = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]], dtype=np.float32)
     _, idx = knn(x, 2, metric="ip", queries=np.array([[0.0, 1.0]], dtype=np.float32))
     np.testing.assert_array_equal(idx, [[1, 2]])
+
+
+# ---------------------------------------------------------------------------------------------
+# The CPU k-means (`_lloyd`): faiss's algorithm step for step, its assignment as parallel steps.
+
+
+def _faiss_kmeans(x, k, **kw):
+    import faiss
+
+    km = faiss.Kmeans(x.shape[1], k, seed=kw.pop("seed"), niter=kw.pop("iterations", 25),
+                      spherical=kw.pop("spherical", False), max_points_per_centroid=10**7,
+                      min_points_per_centroid=1, verbose=False)
+    km.train(x, init_centroids=kw.pop("init", None))
+    return km
+
+
+@pytest.mark.parametrize("case", ["random start", "one iteration", "no iteration", "given start", "cosine"])
+def test_lloyd_steps_are_faiss_kmeans(case):
+    from hf_prune.ops.kmeans import _assign, _lloyd
+
+    x = np.random.default_rng(4).standard_normal((3000, 24)).astype(np.float32)
+    kw = {"seed": 7}
+    if case == "one iteration":
+        kw["iterations"] = 1
+    if case == "no iteration":
+        kw["iterations"] = 0  # the starting rows alone: faiss's rand_perm(N, seed + 1)
+    if case == "given start":
+        kw["init"] = x[100:115].copy()
+    if case == "cosine":
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        kw["spherical"] = True
+    expected = _faiss_kmeans(x, 15, **dict(kw))
+    ours = _lloyd(x, 15, kw.get("iterations", 25), kw["seed"], kw.get("spherical", False), kw.get("init"))
+    np.testing.assert_allclose(ours, expected.centroids, rtol=0, atol=1e-5)
+    _, faiss_assign = expected.index.search(x, 1)
+    assert np.array_equal(_assign(x, ours, inner_product=kw.get("spherical", False))[0], faiss_assign[:, 0])
+
+
+def test_lloyd_splits_empty_clusters_as_faiss_does():
+    # Five points repeated 200 times and 10 loose ones into 30 clusters: 25 random starting rows are
+    # duplicates, so the first iteration empties 25 clusters and splits others to refill them.
+    from hf_prune.ops.kmeans import _lloyd
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.repeat(rng.standard_normal((5, 8)), 200, axis=0),
+                        rng.standard_normal((10, 8))]).astype(np.float32)
+    expected = _faiss_kmeans(x, 30, seed=1, iterations=1)
+    assert expected.iteration_stats[0]["nsplit"] == 25
+    np.testing.assert_allclose(_lloyd(x, 30, 1, 1, False), expected.centroids, rtol=0, atol=1e-6)
+
+
+def test_split_of_an_empty_cluster_by_hand():
+    # counts (0, 3), N = 3, K = 2: cluster 1 is drawn with p = (3 − 1)/(3 − 2) ≥ 1 (cluster 0's p < 0),
+    # copied into cluster 0 with factors (1 + ε, 1 − ε), pushed to (1 − ε, 1 + ε), the count shared.
+    from hf_prune.ops.kmeans import _split_empty_clusters
+
+    centroids = np.array([[0.0, 0.0], [1.0, 2.0]], dtype=np.float32)
+    counts = np.array([0.0, 3.0], dtype=np.float32)
+    assert _split_empty_clusters(centroids, counts, 3) == 1
+    eps = 1 / 1024
+    np.testing.assert_array_equal(centroids, np.array([[1 + eps, 2 * (1 - eps)], [1 - eps, 2 * (1 + eps)]], np.float32))
+    np.testing.assert_array_equal(counts, [1.5, 1.5])
+
+
+def test_faiss_random_streams_are_reproduced():
+    import faiss
+
+    from hf_prune.ops.kmeans import _faiss_permutation_head, _mersenne_twister, _UniformDraws
+
+    for n, k, seed in [(10, 9, 1), (1000, 37, 12345), (50_000, 500, 2**31 - 1)]:
+        perm = np.empty(n, dtype=np.int32)
+        faiss.rand_perm(faiss.swig_ptr(perm), n, seed)
+        np.testing.assert_array_equal(_faiss_permutation_head(n, k, seed), perm[:k])
+    generator = faiss.RandomGenerator(1234)
+    stream = [generator.rand_float() for _ in range(20_000)]
+
+    def faiss_walk(position, p):  # split_clusters' loop: one draw per cluster visited, cyclically
+        cj = 0
+        while True:
+            r, position = stream[position], position + 1
+            if r < p[cj]:
+                return cj, position
+            cj = (cj + 1) % len(p)
+
+    draws = _UniformDraws(_mersenne_twister(1234))
+    rng = np.random.default_rng(0)
+    position = 0
+    for _ in range(40):  # chances of 0.01–0.05 per cluster, some clusters never drawn (p < 0)
+        p = rng.uniform(-0.02, 0.05, size=int(rng.integers(3, 60))).astype(np.float32)
+        p[0] = max(p[0], 0.01)
+        expected, position = faiss_walk(position, p)
+        assert draws.first_success(p) == expected
+
+
+def test_kmeans_steps_are_the_same_on_one_and_two_threads_and_policy_off():
+    import torch
+
+    from hf_prune.ops.threads import thread_policy
+
+    x = np.random.default_rng(2).standard_normal((20_000, 96)).astype(np.float32)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads, policy in [(1, True), (2, True), (2, False)]:
+            torch.set_num_threads(threads)
+            with thread_policy(policy):
+                results.append(kmeans(x, 40, seed=3, backend="torch"))
+    finally:
+        torch.set_num_threads(before)
+    for centroids, assign, dist in results[1:]:
+        np.testing.assert_array_equal(centroids, results[0][0])
+        np.testing.assert_array_equal(assign, results[0][1])
+        np.testing.assert_array_equal(dist, results[0][2])
+
+
+def test_torch_block_kernel_matches_the_numpy_one():
+    import torch
+
+    from hf_prune.ops.kmeans import _nearest_numpy, _nearest_torch
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((500, 32)).astype(np.float32)
+    c = rng.standard_normal((12, 32)).astype(np.float32)
+    for inner_product in (False, True):
+        i_np, v_np = _nearest_numpy(c, inner_product)(x)
+        i_t, v_t = _nearest_torch(c, inner_product, torch.device("cpu"))(x)
+        np.testing.assert_array_equal(i_t, i_np)
+        np.testing.assert_allclose(v_t, v_np, rtol=1e-5, atol=1e-4)
+        reference = x @ c.T if inner_product else ((x[:, None] - c[None]) ** 2).sum(-1)
+        np.testing.assert_array_equal(i_np, reference.argmax(1) if inner_product else reference.argmin(1))

@@ -17,13 +17,13 @@ def test_each_selector_runs_off_and_on_alone_and_loaded_and_keeps_its_rows(tmp_p
         return original(self, *exc)
 
     monkeypatch.setattr(bench.CompetingLoad, "__exit__", leave)
-    out = bench.main(["--rows", "2000", "--fraction", "0.02", "--rounds", "1", "--selectors", "typiclust,semdedup",
+    out = bench.main(["--rows", "2000", "--fraction", "0.02", "--rounds", "1", "--selectors", "typiclust,kmeans",
                       "--workdir", str(tmp_path / "data"), "--output-dir", str(tmp_path / "out")])
     runs = out["runs"]
     assert {(r["selector"], r["condition"], r["policy"]) for r in runs} == {
-        (s, c, p) for s in ("typiclust", "semdedup") for c in ("alone", "loaded") for p in ("off", "on")}
+        (s, c, p) for s in ("typiclust", "kmeans") for c in ("alone", "loaded") for p in ("off", "on")}
     assert len(loads) == 4 and all(load.proc.poll() is not None for load in loads)  # one job per loaded run, stopped
-    for name in ("typiclust", "semdedup"):
+    for name in ("typiclust", "kmeans"):
         assert len({r["rows"] for r in runs if r["selector"] == name}) == 1
     assert json.loads((tmp_path / "out" / "results.json").read_text())["runs"] == runs
     table = bench.report(out)
