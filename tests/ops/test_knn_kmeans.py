@@ -211,3 +211,19 @@ def test_torch_block_kernel_matches_the_numpy_one():
         np.testing.assert_allclose(v_t, v_np, rtol=1e-5, atol=1e-4)
         reference = x @ c.T if inner_product else ((x[:, None] - c[None]) ** 2).sum(-1)
         np.testing.assert_array_equal(i_np, reference.argmax(1) if inner_product else reference.argmin(1))
+
+
+def test_lloyd_stops_at_a_fixed_point_with_the_centroids_of_every_iteration(monkeypatch):
+    from hf_prune.ops import kmeans as kmeans_module
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([c + rng.normal(size=(300, 4)) for c in rng.normal(scale=6, size=(6, 4))]).astype(np.float32)
+    calls = []
+    assign = kmeans_module._assign
+    monkeypatch.setattr(kmeans_module, "_assign", lambda *a, **kw: calls.append(1) or assign(*a, **kw))
+    stopped = kmeans_module._lloyd(x, 6, 300, 0, False)
+    assert 2 <= len(calls) < 300  # it stopped once an assignment repeated
+    monkeypatch.setattr(kmeans_module, "_assign", assign)
+    # The centroids of the iterations that moved anything are those of 300 iterations, and faiss's.
+    np.testing.assert_array_equal(kmeans_module._lloyd(x, 6, len(calls) - 1, 0, False), stopped)
+    np.testing.assert_allclose(stopped, _faiss_kmeans(x, 6, seed=0, iterations=300).centroids, rtol=0, atol=1e-5)
