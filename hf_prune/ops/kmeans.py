@@ -213,20 +213,27 @@ def _lloyd(x: np.ndarray, k: int, iterations: int, seed: int, spherical: bool,
     of every iteration run as `parallel_steps` over row blocks.
 
     faiss splits each iteration's search over its OpenMP threads and waits for the slowest at every
-    block: beside a competing 2-thread job, 25 iterations of 100,000 × 384 rows into 1,000 centroids
-    took 30.7 s on two threads against 22.0 s on one (12.2 s alone); these steps took 12.2 s alone and
-    22.4 s loaded. What is faiss's here: the starting centroids (the first K rows of faiss's
-    ``rand_perm(N, seed + 1)``, reproduced with the same Mersenne Twister), the update (each centroid
-    the float32 mean of its rows, summed in row order, times the reciprocal of the count), the split
-    of an empty cluster (``split_clusters``: a cluster drawn with probability (size − 1)/(N − K) by
-    faiss's ``RandomGenerator(1234)``, copied and pushed apart by ±1/1024 per coordinate, its count
-    halved), cosine centroids renormalised after every update (and at the start), the assignment by
-    the largest inner product when ``spherical``, N = K copying the rows, and stopping early once
-    nothing moves (faiss stops when the objective stops falling; here, when an iteration assigns every
-    row as the one before, which makes the centroids a fixed point: the result is exactly that of all
-    ``iterations``). What is not: the
-    products' rounding, which differs from faiss's BLAS by ulps, so a row within rounding of two
-    centroids may go to the other one (tested against ``faiss.Kmeans``).
+    block. 100,000 × 384 rows into 1,000 centroids: ``faiss.Kmeans`` took 10.8–11.5 s alone and
+    27.1–27.9 s beside a competing 2-thread job; these steps took 10.8–11.1 s and 19.8–20.8 s, with the
+    same assignment (``recipes/benchmarks/knn_under_load.py``).
+
+    What is faiss's here:
+    - the starting centroids: the first K rows of faiss's ``rand_perm(N, seed + 1)``, reproduced with
+      the same Mersenne Twister;
+    - the update: each centroid the float32 mean of its rows, summed in row order, times the
+      reciprocal of the count;
+    - the split of an empty cluster (``split_clusters``): a cluster drawn with probability
+      (size − 1)/(N − K) by faiss's ``RandomGenerator(1234)``, copied and pushed apart by ±1/1024 per
+      coordinate, its count halved;
+    - cosine centroids renormalised at the start and after every update, and assigned by the largest
+      inner product; N = K copies the rows;
+    - stopping once nothing moves. faiss stops when its objective stops falling; here an iteration
+      that assigns every row as the one before stops the loop. Its centroids are a fixed point, so the
+      result is exactly that of all ``iterations``.
+
+    What is not: the products' rounding, which may differ from faiss's BLAS by ulps. A row within
+    rounding of two centroids (a duplicate between a cluster and its split copy) may go to the other
+    one. Tested against ``faiss.Kmeans``.
     """
     n, d = x.shape
     if n == k:
