@@ -59,13 +59,13 @@ def kmeans(
     their rows exactly as before.
 
     ``backend``: ``"torch"`` runs faiss's k-means algorithm step for step (`_lloyd`: faiss's starting
-    rows, update and empty-cluster split) with torch products on ``device``, each iteration's
-    assignment as parallel row-block steps on the CPU, so that a competing job on the cores delays
-    one step rather than every iteration's barrier; ``"faiss"`` calls ``faiss.Kmeans`` itself (its
-    OpenMP loop on the CPU, the GPU(s) for ``device="cuda"`` when the installed faiss has GPUs).
-    ``"auto"``: faiss's own on a GPU that faiss can use, the torch steps everywhere else. Both run the
-    same algorithm from the same starting rows, so they differ only where float rounding moves a row
-    between two nearly equidistant centroids.
+    rows, update and empty-cluster split). On the CPU each iteration's assignment runs as parallel
+    row-block steps of NumPy products, so a competing job on the cores delays one step rather than
+    every iteration's barrier; on another ``device`` torch's products run there. ``"faiss"`` calls
+    ``faiss.Kmeans`` itself: its OpenMP loop on the CPU, the GPU(s) for ``device="cuda"`` when the
+    installed faiss has GPUs. ``"auto"`` takes faiss's own on a GPU that faiss can use and the steps
+    everywhere else. Both run the same algorithm from the same starting rows, so they differ only
+    where float rounding moves a row between two nearly equidistant centroids.
 
     Example:
         >>> centroids, assign, dist = kmeans(emb, 100, seed=0)
