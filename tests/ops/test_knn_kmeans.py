@@ -227,3 +227,35 @@ def test_lloyd_stops_at_a_fixed_point_with_the_centroids_of_every_iteration(monk
     # The centroids of the iterations that moved anything are those of 300 iterations, and faiss's.
     np.testing.assert_array_equal(kmeans_module._lloyd(x, 6, len(calls) - 1, 0, False), stopped)
     np.testing.assert_allclose(stopped, _faiss_kmeans(x, 6, seed=0, iterations=300).centroids, rtol=0, atol=1e-5)
+
+
+def test_default_cpu_kmeans_gives_faiss_kmeans_assignment_on_a_sampled_column():
+    # The CPU default (the steps) against faiss.Kmeans through the same entry point: a seeded training
+    # sample smaller than the pool, k-means++-style starting centroids, every row assigned in blocks.
+    from datasets import Dataset
+
+    from hf_prune.ops.matrix import open_matrix
+
+    rng = np.random.default_rng(8)
+    centres = rng.normal(scale=3, size=(40, 64))
+    x = (centres[rng.integers(0, 40, 30_000)] + rng.normal(size=(30_000, 64))).astype(np.float32)
+    column = open_matrix(Dataset.from_dict({"emb": x}), "emb")
+    init = x[rng.choice(len(x), 40, replace=False)]
+    steps = kmeans(column, 40, seed=2, init=init, train_size=8_000, batch_size=7_000)
+    reference = kmeans(column, 40, seed=2, init=init, train_size=8_000, batch_size=7_000, backend="faiss")
+    np.testing.assert_allclose(steps[0], reference[0], rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(steps[1], reference[1])
+    np.testing.assert_allclose(steps[2], reference[2], rtol=1e-5, atol=1e-4)
+
+
+def test_the_cpu_default_runs_the_steps(monkeypatch):
+    from hf_prune.ops import kmeans as kmeans_module
+
+    calls = []
+    lloyd = kmeans_module._lloyd
+    monkeypatch.setattr(kmeans_module, "_lloyd", lambda *a, **kw: calls.append(1) or lloyd(*a, **kw))
+    x = np.random.default_rng(0).standard_normal((500, 8)).astype(np.float32)
+    kmeans(x, 5, seed=0)
+    kmeans(x, 5, seed=0, device="cpu", backend="auto")
+    kmeans(x, 5, seed=0, backend="faiss")
+    assert len(calls) == 2
