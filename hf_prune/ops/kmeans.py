@@ -12,7 +12,7 @@ from .device import resolve_device
 from .faiss_import import faiss_available, import_faiss
 from .knn_index import gpu_count
 from .matrix import as_matrix
-from .threads import step_pool
+from .threads import step_pool, step_threads
 
 __all__ = ["kmeans", "MIN_TRAIN_ROWS", "default_train_size"]
 
@@ -115,7 +115,7 @@ def kmeans(
 def _assign_blocks(rows, centroids, device, batch_size):
     assign = np.empty(rows.shape[0], dtype=np.int64)
     dist = np.empty(rows.shape[0], dtype=np.float32)
-    with _step_pool(device, rows.shape[0] * centroids.size) as run:
+    with step_pool(step_threads(device, rows.shape[0] * centroids.size)) as run:
         for start, block in rows.blocks(batch_size):
             a, v = _assign(block, centroids, device, run=run)
             assign[start : start + len(block)], dist[start : start + len(block)] = a, v
@@ -129,27 +129,16 @@ _DISTANCE_ELEMENTS = 1 << 22
 _STEP_ROWS = 1024
 
 
-def _step_pool(device: torch.device | None, work: int):
-    """Workers for the row-block steps of one pass of ``work`` multiply-adds: the CPU's threads, or the
-    caller alone for a GPU's one stream and for a pass too small to be worth starting workers."""
-    on_cpu = device is None or device.type == "cpu"
-    return step_pool(None if on_cpu and work >= _POOL_WORK else 1)
-
-
-# Below this many multiply-adds per pass (about a millisecond on one core) the steps run here.
-_POOL_WORK = 1 << 26
-
-
 def _assign(x: np.ndarray, centroids: np.ndarray, device: torch.device | None = None, *,
             inner_product: bool = False, run=None) -> tuple[np.ndarray, np.ndarray]:
     """Each row's nearest centroid and its squared distance, or with ``inner_product`` its largest
     inner product, as faiss's flat search computes them: ``(‖x‖² + ‖c‖²) − 2x·c`` clamped at 0, the
     lowest centroid on ties. The row blocks run as `parallel_steps` on the CPU (one thread per step),
     on ``run`` from `step_pool` when the caller holds one."""
-    if run is None:
-        with _step_pool(device, len(x) * centroids.size) as run:
-            return _assign(x, centroids, device, inner_product=inner_product, run=run)
     device = torch.device("cpu") if device is None else device
+    if run is None:
+        with step_pool(step_threads(device, len(x) * centroids.size)) as run:
+            return _assign(x, centroids, device, inner_product=inner_product, run=run)
     centroids = np.ascontiguousarray(centroids, dtype=np.float32)
     # The outputs are allocated once: small per-step arrays kept between the large temporaries fragment
     # the heap so that it grew by about a column's worth over one pass (100k × 384).
@@ -236,13 +225,15 @@ def _lloyd(x: np.ndarray, k: int, iterations: int, seed: int, spherical: bool,
     one. Tested against ``faiss.Kmeans``.
     """
     n, d = x.shape
+    device = torch.device("cpu") if device is None else device
     if n == k:
         return np.array(x, dtype=np.float32, copy=True)  # faiss: "same number of points as clusters"
-    centroids = init.copy() if init is not None else x[_faiss_permutation_head(n, k, seed + 1)].astype(np.float32)
+    centroids = init.copy() if init is not None else np.asarray(x[_faiss_permutation_head(n, k, seed + 1)],
+                                                                 dtype=np.float32)
     if spherical:
         _renormalise(centroids)
     previous = None
-    with _step_pool(device, x.size * k) as run:
+    with step_pool(step_threads(device, x.size * k)) as run:
         for _ in range(iterations):
             assign, _ = _assign(x, centroids, device, inner_product=spherical, run=run)
             if previous is not None and np.array_equal(assign, previous):
@@ -354,4 +345,4 @@ class _UniformDraws:
 def _renormalise(centroids: np.ndarray) -> None:
     """Unit rows in place, as faiss's ``fvec_renorm_L2``: a zero row stays zero."""
     norms = np.sqrt(np.einsum("ij,ij->i", centroids, centroids))
-    centroids *= np.where(norms > 0, np.float32(1) / np.maximum(norms, np.float32(1e-30)), np.float32(1))[:, None]
+    centroids *= np.divide(1, norms, out=np.ones_like(norms), where=norms > 0)[:, None]

@@ -53,6 +53,7 @@ from .checks import check_bool
 
 __all__ = [
     "SMALL_STEP_WORK", "held_threads", "loop_threads", "parallel_steps", "small_step_threads", "step_pool",
+    "step_threads", "SMALL_LOOP_WORK",
     "thread_policy", "thread_policy_enabled",
 ]
 
@@ -218,6 +219,28 @@ def parallel_steps(step: Callable, items: Iterable, *, threads: int | None = Non
     """
     with step_pool(threads) as run:
         yield from run(step, items)
+
+
+#: Below this many multiply-adds in a whole loop (about a millisecond on one core), starting workers
+#: costs more than they save: `step_threads` runs such a loop's steps in the caller.
+SMALL_LOOP_WORK = 1 << 26
+
+
+def step_threads(device: str | torch.device | None = "cpu", work: int | None = None) -> int | None:
+    """The ``threads`` for `parallel_steps` / `step_pool` on ``device`` (as `hf_prune.ops.device.resolve_device`
+    reads it): ``None`` (torch's thread count) on
+    the CPU, ``1`` (the steps run in the caller, one after the other) on another device, whose one
+    stream Python threads would not feed faster, and for a loop of fewer than `SMALL_LOOP_WORK`
+    multiply-adds in all (``work``, when given).
+
+    Example:
+        >>> step_threads("cpu"), step_threads("cuda"), step_threads("cpu", work=1000)
+        (None, 1, 1)
+    """
+    from .device import resolve_device
+
+    on_cpu = resolve_device(device).type == "cpu"
+    return None if on_cpu and (work is None or work >= SMALL_LOOP_WORK) else 1
 
 
 @contextmanager

@@ -55,7 +55,7 @@ from ..ops.checks import (
 from ..ops.columns import class_groups
 from ..ops.device import resolve_device, to_device
 from ..ops.matrix import open_matrix
-from ..ops.threads import parallel_steps
+from ..ops.threads import parallel_steps, step_threads
 from ..parallel import current_executor
 from ..provenance import stamp_output, with_measurements
 from ._core import finalize, group_rows, run_selection
@@ -168,8 +168,7 @@ def semdedup_similarity(
 
     # On the CPU each cluster is one step on one thread (`parallel_steps`): a cluster's products are
     # small, and split over threads they stall at a barrier when other work shares the cores.
-    threads = None if dev.type == "cpu" else 1
-    for members, values in zip(clusters, parallel_steps(similarities, clusters, threads=threads)):
+    for members, values in zip(clusters, parallel_steps(similarities, clusters, threads=step_threads(dev))):
         m[members] = values
     return m
 

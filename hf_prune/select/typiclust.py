@@ -21,7 +21,7 @@ from ..ops.kmeans import default_train_size, kmeans
 from ..ops.knn import drop_own_rows, knn, normalize_rows
 from ..ops.matrix import open_matrix
 from ..ops.norms import squared_row_norms
-from ..ops.threads import parallel_steps, step_pool
+from ..ops.threads import parallel_steps, step_pool, step_threads
 from ._core import group_rows
 from ._knn_step import KnnLog, check_knn_index, with_knn_record
 from ._ordered import run_ordered_selection
@@ -408,9 +408,8 @@ def _typiclust_pick(
         own_log = KnnLog(log.knn_index, log.seed)
         return ClusterTypicality(x, members[cluster], k, log=own_log, device=device, seed=seed), own_log
 
-    threads = None if resolve_device(device).type == "cpu" else 1
     clusters: dict[int, ClusterTypicality] = {}
-    for cluster, (typical, own_log) in zip(visited, parallel_steps(build, visited, threads=threads)):
+    for cluster, (typical, own_log) in zip(visited, parallel_steps(build, visited, threads=step_threads(device))):
         clusters[cluster] = typical
         log.reports.extend(own_log.reports)
     chosen = np.empty(budget, dtype=np.int64)

@@ -119,3 +119,12 @@ def test_parallel_steps_run_in_order_on_one_thread_each_and_restore_the_settings
     # A pool kept for several loops.
     with step_pool(2) as run:
         assert [list(run(lambda i: i + 1, range(3))) for _ in range(3)] == [[1, 2, 3]] * 3
+
+
+def test_step_threads_by_device_and_loop_size():
+    from hf_prune.ops.threads import SMALL_LOOP_WORK, step_threads
+
+    assert step_threads("cpu") is None and step_threads(torch.device("cpu")) is None
+    assert step_threads("cpu", work=SMALL_LOOP_WORK) is None
+    assert step_threads("cpu", work=SMALL_LOOP_WORK - 1) == 1  # too small to start workers
+    assert step_threads("meta") == 1  # another device: the steps run in the caller
