@@ -23,85 +23,119 @@ import numpy as np
 from .knn_index import IndexSpec, normalised_block, trained_ivf
 from .threads import parallel_steps
 
-__all__ = ["ivf_self_join", "ivf_self_pairs"]
+__all__ = ["IvfLists", "ivf_list_products", "ivf_self_join", "ivf_self_pairs"]
 
 #: Products held at once (64 MiB of float32): a list's queries are searched in blocks of this size.
 _PRODUCTS = 1 << 24
 
 
-def _list_products(rows, spec: IndexSpec, metric: str, reduce, *, seed: int, batch_rows: int, mutual: bool = False):
-    """``reduce(queries, candidates, key, query_sq, probes_back)`` per non-empty IVF list (in query blocks
-    of at most `_PRODUCTS` values), yielded in list order: the row positions of the list's rows, those of
-    the rows in the ``nprobe`` lists nearest its centroid, and the ``(q, c)`` table ``‖c‖² − 2q·c``
-    (``"l2"``; a query's own ``‖q‖²``, ``query_sq``, does not change its order) or ``−q·c``
-    (``"ip"``/``"cosine"``; ``query_sq`` is ``None``), smaller first. With ``mutual=True``,
-    ``probes_back`` says per candidate whether its own list probes this list (so the pair is also met
-    from the candidate's end); else ``None``. The lists run on the caller's threads, each list's
-    products and ``reduce`` on one (`hf_prune.ops.threads.parallel_steps`: they are steps of a few
-    million numbers, which a shared CPU would stall at a BLAS barrier)."""
-    n, d = rows.shape
-    cosine = metric == "cosine"
-    l2 = metric == "l2"
-    trained = trained_ivf(rows, spec, metric, seed=seed)
-    quantizer = trained.quantizer  # owned by `trained`, which must stay referenced
-    lists = np.empty(n, dtype=np.int64)
-    for start, block in rows.blocks(batch_rows):
-        lists[start : start + len(block)] = quantizer.search(normalised_block(block, cosine), 1)[1][:, 0]
-    order = np.argsort(lists, kind="stable")
-    bounds = np.searchsorted(lists[order], np.arange(spec.nlist + 1))
-    del lists
-    if rows.zero_copy and not cosine:
-        # The rows already lie in one array (e.g. a selector's normalised copy): each list's rows are
-        # gathered from it, and no second, sorted copy is made.
-        source = np.ascontiguousarray(rows.to_numpy(), dtype=np.float32)
+class IvfLists:
+    """The rows of ``rows`` sorted into the lists of an IVF-Flat index trained like
+    `hf_prune.ops.knn_index.build_index` (same sample, same seed), for list-by-list products.
 
-        def take(positions):
-            return source[order[positions]]
+    The lists are trained and the rows assigned once, so several passes (e.g. a wider ``nprobe`` for
+    the rows a first pass left without an answer) reuse them.
 
-        sq = np.einsum("ij,ij->i", source, source)[order] if l2 else None
-    else:
-        sorted_rows = np.empty((n, d), dtype=np.float32)
-        for lo in range(0, n, batch_rows):
-            sorted_rows[lo : lo + batch_rows] = normalised_block(rows.take(order[lo : lo + batch_rows]), cosine)
+    Example:
+        >>> lists = IvfLists(as_matrix(x), resolve_spec("ivf", len(x), x.shape[1], 10), "ip")
+        >>> for result in lists.products(reduce, nprobe=64, queries=rows_left):
+        ...     pass
+    """
 
-        def take(positions):
-            return sorted_rows[positions]
+    def __init__(self, rows, spec: IndexSpec, metric: str, *, seed: int = 0, batch_rows: int = 4096):
+        n, d = rows.shape
+        self.spec, self.n = spec, n
+        cosine = metric == "cosine"
+        self.l2 = metric == "l2"
+        trained = trained_ivf(rows, spec, metric, seed=seed)
+        self.quantizer = trained.quantizer
+        self._trained = trained  # owns the quantizer, which must stay referenced
+        lists = np.empty(n, dtype=np.int64)
+        for start, block in rows.blocks(batch_rows):
+            lists[start : start + len(block)] = self.quantizer.search(normalised_block(block, cosine), 1)[1][:, 0]
+        self.order = np.argsort(lists, kind="stable")
+        self.bounds = np.searchsorted(lists[self.order], np.arange(spec.nlist + 1))
+        del lists
+        if rows.zero_copy and not cosine:
+            # The rows already lie in one array (e.g. a selector's normalised copy): each list's rows are
+            # gathered from it, and no second, sorted copy is made.
+            source = np.ascontiguousarray(rows.to_numpy(), dtype=np.float32)
+            self._take = lambda positions: source[self.order[positions]]
+            self.sq = np.einsum("ij,ij->i", source, source)[self.order] if self.l2 else None
+        else:
+            sorted_rows = np.empty((n, d), dtype=np.float32)
+            for lo in range(0, n, batch_rows):
+                sorted_rows[lo : lo + batch_rows] = normalised_block(rows.take(self.order[lo : lo + batch_rows]), cosine)
+            self._take = lambda positions: sorted_rows[positions]
+            self.sq = np.einsum("ij,ij->i", sorted_rows, sorted_rows) if self.l2 else None
 
-        sq = np.einsum("ij,ij->i", sorted_rows, sorted_rows) if l2 else None
-    probes = quantizer.search(quantizer.reconstruct_n(0, spec.nlist), spec.nprobe)[1]
-    if mutual:  # which lists probe each list: a CSR of the probe table read backwards
-        probing = np.repeat(np.arange(spec.nlist), probes.shape[1])
-        targets = probes.reshape(-1)
-        by_target = np.argsort(targets, kind="stable")
-        probed_by_bounds = np.searchsorted(targets[by_target], np.arange(spec.nlist + 1))
-        probed_by = probing[by_target]
-        sizes = np.diff(bounds)
-    def one_list(lst):
-        lo, hi = bounds[lst], bounds[lst + 1]
-        probed = [p for p in probes[lst] if p >= 0 and bounds[p + 1] > bounds[p]]
-        candidates = np.concatenate([np.arange(bounds[p], bounds[p + 1]) for p in probed])
-        probes_back = None
-        if mutual:
-            back = np.zeros(spec.nlist, dtype=bool)
-            back[probed_by[probed_by_bounds[lst] : probed_by_bounds[lst + 1]]] = True
-            probes_back = np.repeat(back[probed], sizes[probed])
-        points = take(candidates)
-        points_sq = sq[candidates][None] if l2 else None
-        found = order[candidates]
-        out = []
-        # A crowded list (duplicates, a dense mode) is searched in query blocks of at most ~16M products.
-        step = max(1, _PRODUCTS // len(candidates))
-        for q_lo in range(lo, hi, step):
-            q_hi = min(hi, q_lo + step)
-            key = take(np.arange(q_lo, q_hi)) @ points.T
-            key *= -2.0 if l2 else -1.0  # in place: one table of products at a time
-            if l2:
-                key += points_sq
-            out.append(reduce(order[q_lo:q_hi], found, key, (sq[q_lo:q_hi] if l2 else None), probes_back))
-        return out
+    def products(self, reduce, *, nprobe: int | None = None, queries: np.ndarray | None = None,
+                 mutual: bool = False):
+        """``reduce(queries, candidates, key, query_sq, probes_back)`` per IVF list holding queries (in
+        query blocks of at most `_PRODUCTS` values), yielded in list order: the row positions of the
+        list's query rows (all its rows, or those among the row positions ``queries``), those of the
+        rows in the ``nprobe`` lists (default ``spec.nprobe``) nearest its centroid, and the ``(q, c)``
+        table ``‖c‖² − 2q·c`` (``"l2"``; a query's own ``‖q‖²``, ``query_sq``, does not change its
+        order) or ``−q·c`` (``"ip"``/``"cosine"``; ``query_sq`` is ``None``), smaller first. With
+        ``mutual=True``, ``probes_back`` says per candidate whether its own list probes this list (so
+        the pair is also met from the candidate's end); else ``None``. The lists run on the caller's
+        threads, each list's products and ``reduce`` on one (`hf_prune.ops.threads.parallel_steps`:
+        they are steps of a few million numbers, which a shared CPU would stall at a BLAS barrier)."""
+        nlist, bounds, order, take, sq, l2 = self.spec.nlist, self.bounds, self.order, self._take, self.sq, self.l2
+        nprobe = self.spec.nprobe if nprobe is None else min(int(nprobe), nlist)
+        probes = self.quantizer.search(self.quantizer.reconstruct_n(0, nlist), nprobe)[1]
+        if queries is None:
+            asked = None
+        else:  # the positions, in the sorted order, of the rows asked for
+            asked = np.zeros(self.n, dtype=bool)
+            asked[np.asarray(queries, dtype=np.int64)] = True
+            asked = np.flatnonzero(asked[order])
+        if mutual:  # which lists probe each list: a CSR of the probe table read backwards
+            probing = np.repeat(np.arange(nlist), probes.shape[1])
+            targets = probes.reshape(-1)
+            by_target = np.argsort(targets, kind="stable")
+            probed_by_bounds = np.searchsorted(targets[by_target], np.arange(nlist + 1))
+            probed_by = probing[by_target]
+            sizes = np.diff(bounds)
 
-    for results in parallel_steps(one_list, (lst for lst in range(spec.nlist) if bounds[lst + 1] > bounds[lst])):
-        yield from results
+        def one_list(lst):
+            if asked is None:
+                own = np.arange(bounds[lst], bounds[lst + 1])
+            else:
+                own = asked[np.searchsorted(asked, bounds[lst]) : np.searchsorted(asked, bounds[lst + 1])]
+            probed = [p for p in probes[lst] if p >= 0 and bounds[p + 1] > bounds[p]]
+            candidates = np.concatenate([np.arange(bounds[p], bounds[p + 1]) for p in probed])
+            probes_back = None
+            if mutual:
+                back = np.zeros(nlist, dtype=bool)
+                back[probed_by[probed_by_bounds[lst] : probed_by_bounds[lst + 1]]] = True
+                probes_back = np.repeat(back[probed], sizes[probed])
+            points = take(candidates)
+            points_sq = sq[candidates][None] if l2 else None
+            found = order[candidates]
+            out = []
+            # A crowded list (duplicates, a dense mode) is searched in query blocks of at most ~16M products.
+            step = max(1, _PRODUCTS // len(candidates))
+            for q_lo in range(0, len(own), step):
+                block = own[q_lo : q_lo + step]
+                key = take(block) @ points.T
+                key *= -2.0 if l2 else -1.0  # in place: one table of products at a time
+                if l2:
+                    key += points_sq
+                out.append(reduce(order[block], found, key, (sq[block] if l2 else None), probes_back))
+            return out
+
+        if asked is None:
+            busy = np.flatnonzero(np.diff(bounds) > 0)
+        else:
+            busy = np.flatnonzero(np.diff(np.searchsorted(asked, bounds)) > 0)
+        for results in parallel_steps(one_list, busy):
+            yield from results
+
+
+def ivf_list_products(rows, spec: IndexSpec, metric: str, reduce, *, seed: int, batch_rows: int, mutual: bool = False):
+    """`IvfLists.products` of every row with ``spec.nprobe``, the lists trained for this one pass."""
+    yield from IvfLists(rows, spec, metric, seed=seed, batch_rows=batch_rows).products(reduce, mutual=mutual)
 
 
 def ivf_self_join(rows, spec: IndexSpec, metric: str, width: int, *, seed: int = 0, batch_rows: int = 4096):
@@ -135,7 +169,7 @@ def ivf_self_join(rows, spec: IndexSpec, metric: str, width: int, *, seed: int =
         best_keys = np.take_along_axis(key, ranked, axis=1)
         return queries, best_keys + query_sq[:, None] if l2 else -best_keys, np.take_along_axis(found, ranked, axis=1)
 
-    for queries, best_values, best_indices in _list_products(rows, spec, metric, best, seed=seed,
+    for queries, best_values, best_indices in ivf_list_products(rows, spec, metric, best, seed=seed,
                                                              batch_rows=batch_rows):
         values[queries, : best_values.shape[1]] = best_values
         indices[queries, : best_indices.shape[1]] = best_indices
@@ -169,4 +203,4 @@ def ivf_self_pairs(rows, spec: IndexSpec, threshold: float, *, seed: int = 0, ba
             r, col, sq = r[keep], col[keep], sq[keep]
         return len(queries), r, col, sq
 
-    yield from _list_products(rows, spec, "l2", pairs, seed=seed, batch_rows=batch_rows, mutual=once)
+    yield from ivf_list_products(rows, spec, "l2", pairs, seed=seed, batch_rows=batch_rows, mutual=once)

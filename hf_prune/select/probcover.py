@@ -21,6 +21,7 @@ from ..ops.checks import check_optional_positive, check_positive_int, check_prob
 from ..ops.device import resolve_device
 from ..ops.knn import RadiusGraphTooLarge, normalize_rows, radius_neighbors
 from ..ops.matrix import open_matrix
+from ..ops.other_label import nearest_other_label
 from ._core import group_rows
 from ._knn_step import KnnLog, check_knn_index, with_knn_record
 from ._ordered import run_ordered_selection
@@ -29,7 +30,6 @@ from .typiclust import best_kmeans
 
 __all__ = ["probcover", "purity_delta", "coverage_graph", "max_coverage"]
 
-_FIRST_NEIGHBOURS = 32
 #: Default cap on the δ-graph's edges (2²⁸ ≈ 268M, about 2 GiB while it is built).
 MAX_EDGES = 1 << 28
 #: Default number of k-means pseudo-labels is the budget, capped like TypiClust's cluster count.
@@ -78,7 +78,8 @@ def probcover(
     gives pseudo-labels, a ball ``B_δ(x)`` is pure iff no point of another cluster lies within ``δ`` of
     ``x``, and δ is the largest radius at which at least ``purity`` of the balls are pure. This is
     computed exactly (not on a grid): with ``r_x`` the distance from ``x`` to the nearest point of
-    another cluster, δ is the ``(N − ⌈purity·N⌉)``-th smallest ``r_x``, found with adaptive kNN. ProbCover
+    another cluster, δ is the ``(N − ⌈purity·N⌉)``-th smallest ``r_x``, each ``r_x`` found in one pass
+    that masks the row's own cluster out of its products (`purity_delta`). ProbCover
     uses as many pseudo-labels as classes; without that knowledge the default is the budget (capped at
     500, like TypiClust's clusters), which equals the class count at ProbCover's typical budgets. Pass
     ``n_pseudo_labels`` (e.g. the number of classes) to follow the paper exactly. The δ used per group
@@ -107,13 +108,14 @@ def probcover(
         n_pseudo_labels: k-means clusters for the purity rule; default ``min(budget, 500)``, at least 2.
         n_init: k-means runs with different seeds for the pseudo-labels; the lowest inertia is used.
         max_edges: cap on the δ-graph's edges (about 8 bytes each while it is built); ``None`` for no cap.
-        knn_index: the index of the purity rule's k-NN searches (`hf_prune.select._knn_step`):
+        knn_index: the index of the purity rule's search and of the δ-graph (`hf_prune.select._knn_step`):
             ``"auto"`` (default: exact up to 50,000 rows per group), ``"exact"``/``"flat"``,
-            ``"ivf"``, ``"ivfpq"`` or ``"hnsw"`` (see `purity_delta`). The δ-graph is an exact radius
-            search where the searches are exact, and an IVF-Flat one for every approximate kind
-            (`coverage_graph`; symmetrising its edges costs about 24 bytes per edge while it runs).
-            The indexes used and their recall@k (for the graph: the share of the exact graph's edges
-            it holds) are recorded on the provenance step under ``"knn"``.
+            ``"ivf"``, ``"ivfpq"`` or ``"hnsw"``. Both are exact where the search is exact, and run on
+            IVF-Flat lists for every approximate kind: the purity rule's nearest other-cluster rows (see
+            `purity_delta`) and the δ-graph's radius search (`coverage_graph`; symmetrising its edges
+            costs about 24 bytes per edge while it runs). The indexes used and their recall (for the
+            purity rule: the share of sampled rows whose ``r_x`` is exact; for the graph: the share of
+            the exact graph's edges it holds) are recorded on the provenance step under ``"knn"``.
         label_column: if given, the budget is split per class and ProbCover runs inside each class.
         rank_column: if given, an int64 column with each kept row's pick position (0 first; per
             class when ``label_column`` is given).
@@ -198,28 +200,12 @@ def _unit_distances(sims: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(2.0 - 2.0 * sims.astype(np.float64), 0.0, None))
 
 
-def _candidates(x, m, pending, device, first_search, log, seed):
-    """``(sims, idx)`` of the ``m`` most similar rows for each row in ``pending``.
-
-    ``first_search`` is a caller's ``knn(x, m0, queries=x, metric="ip")``; it is the same search
-    when every row is pending and ``m == m0``, so it is reused then.
-    """
-    if first_search is not None and len(pending) == len(x) and first_search[1].shape[1] == m:
-        return first_search
-    if len(pending) == len(x):
-        # Every row a query, in order: a self-search (for IVF, the self-join of `hf_prune.ops.ivf_join`).
-        return log.search(x, m, exclude_self=False, metric="ip", device=device, seed=seed)
-    return log.search(x, m, queries=x[pending], metric="ip", device=device, seed=seed)
-
-
 def purity_delta(
     x: np.ndarray,
     labels: np.ndarray,
     *,
     purity: float = 0.95,
     device: str | torch.device | None = "cpu",
-    first_neighbors: int = _FIRST_NEIGHBOURS,
-    first_search: tuple[np.ndarray, np.ndarray] | None = None,
     knn_index: str = "auto",
     seed: int = 0,
     log: KnnLog | None = None,
@@ -227,49 +213,27 @@ def purity_delta(
     """The largest δ such that at least ``purity`` of the balls ``{y : ‖x − y‖ < δ}`` are label-pure.
 
     ``x`` must be L2-normalised. A ball around ``x`` is pure iff ``δ ≤ r_x``, the distance to the
-    nearest point with another label, so the answer is an order statistic of ``r``. Each point's
-    neighbours are searched with ``first_neighbors`` candidates; points without another label among
-    them only get a lower bound, and are searched again with twice as many candidates while that bound
-    could still change the order statistic. Returns ``inf`` when every point has the same label.
-    ``first_search`` may pass ``knn(x, min(N, first_neighbors), queries=x, metric="ip")`` when the
-    caller already ran it. ``knn_index`` and ``seed`` choose and seed the index of these searches
-    (`hf_prune.ops.knn_index`; ``"auto"`` is exact up to 50,000 rows, and with exact search δ is
-    exact; an approximate index can miss the nearest other-label point and so overestimate an
-    ``r_x``); ``log`` (a `hf_prune.select._knn_step.KnnLog`) keeps the searches' reports and then
-    decides the index instead of ``knn_index``.
+    nearest point with another label, so the answer is the ``(N − ⌈purity·N⌉)``-th smallest ``r_x``.
+    Every ``r_x`` comes from one pass in which each row's own label is masked out of its products
+    (`hf_prune.ops.other_label.nearest_other_label`), so the memory is one block of products per worker
+    whatever the size of the clusters. Returns ``inf`` when every point has the same label.
+    ``knn_index`` and ``seed`` choose and seed that pass (``"auto"`` is exact up to 50,000 rows, and
+    with exact search δ is exact; every approximate kind runs the masked IVF-Flat self-join, which can
+    miss the nearest other-label point and so overestimate an ``r_x``; on a GPU the pass is exact);
+    ``log`` (a `hf_prune.select._knn_step.KnnLog`) keeps the pass's report (its ``recall_at_k`` is the
+    share of sampled rows whose ``r_x`` is the exact one) and then decides the index instead of
+    ``knn_index``.
 
     Example:
         >>> purity_delta(unit_embeddings, kmeans_labels, purity=0.95)
     """
     log = KnnLog(knn_index) if log is None else log
     n = len(x)
-    codes = np.unique(np.asarray(labels), return_inverse=True)[1].reshape(-1).astype(np.int32)  # 4 bytes a candidate
     need = n - int(np.ceil(purity * n - 1e-9))  # position of δ among the sorted r_x
-    r = np.full(n, np.inf)
-    bound_only = np.zeros(n, dtype=bool)  # r holds a lower bound, not the exact distance
-    pending = np.arange(n)
-    m = min(n, first_neighbors)
-    while True:
-        sims, idx = _candidates(x, m, pending, device, first_search, log, seed)
-        other = codes[idx] != codes[pending][:, None]
-        found = other.any(axis=1)
-        first = np.argmax(other, axis=1)
-        # Distances only where they are read (one or two per row), not an N×m float64 table.
-        r[pending[found]] = _unit_distances(sims[found, first[found]])
-        if m >= n:
-            r[pending[~found]] = np.inf  # every point was a candidate: no other label anywhere
-            bound_only[pending] = False
-        else:
-            # Other labels lie beyond every candidate: the farthest candidate's distance is a lower bound.
-            r[pending[~found]] = _unit_distances(sims[~found, -1])
-            bound_only[pending] = ~found
-        estimate = np.partition(r, need)[need]
-        # A bound above the estimate cannot change the order statistic (the true value is larger still).
-        pending = np.flatnonzero(bound_only & (r <= estimate))
-        if len(pending) == 0:
-            break
-        m = min(n, 2 * m)
-    return float(np.partition(r, need)[need])
+    sims, report = nearest_other_label(x, labels, index=log.knn_index, device=device, seed=seed,
+                                       return_report=True)
+    log.add(report)
+    return float(np.partition(_unit_distances(sims), need)[need])  # no other label: -inf → r = inf
 
 
 def coverage_graph(

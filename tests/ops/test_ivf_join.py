@@ -114,3 +114,31 @@ def test_pairs_once_give_each_unordered_pair_one_time_and_the_same_graph():
     # The probes are not symmetric here, so some pairs are met from one end only, and kept from it.
     assert len(set(both_ends)) < 2 * len(unordered) - sum(r == c for r, c in once)
     assert any(r > c for r, c in once)
+
+
+def test_lists_trained_once_serve_a_wider_pass_over_some_rows():
+    from hf_prune.ops.ivf_join import IvfLists
+
+    x = clustered(2000, 6, centres=20)
+    spec = resolve_spec("ivf", len(x), 6, 5, nlist=20, nprobe=3)
+    lists = IvfLists(as_matrix(x), spec, "l2", seed=0)
+
+    def candidates(queries, found, key, _sq, _back):
+        return {int(q): set(found.tolist()) for q in queries}
+
+    def gather(**kwargs):
+        seen = {}
+        for part in lists.products(candidates, **kwargs):
+            seen.update(part)
+        return seen
+
+    everyone = gather()
+    assert sorted(everyone) == list(range(2000))
+    # The same lists as a fresh join of every row; a subset of queries gets the same candidates.
+    _, fresh = ivf_self_join(as_matrix(x), spec, "l2", 5, seed=0)
+    assert all(set(fresh[row]) <= everyone[row] for row in range(0, 2000, 50))
+    some = np.arange(0, 2000, 7)
+    subset = gather(queries=some)
+    assert sorted(subset) == some.tolist() and all(subset[q] == everyone[q] for q in some)
+    # Probing every list makes every row a candidate of every query.
+    assert all(len(c) == 2000 for c in gather(nprobe=20, queries=some[:5]).values())

@@ -288,13 +288,31 @@ def test_purity_delta_matches_brute_force():
     other = labels[:, None] != labels[None]
     radius = np.where(other, d, np.inf).min(1)  # ball B_δ(x) is pure iff δ ≤ radius[x]
     for alpha in (0.5, 0.9, 0.95, 1.0):
-        delta = purity_delta(x, labels, purity=alpha, first_neighbors=2)  # forces the adaptive search
+        delta = purity_delta(x, labels, purity=alpha)
         pure = lambda r: np.mean([not (other[i] & (d[i] < r)).any() for i in range(len(x))])  # noqa: E731
         # δ is computed in float32: compare just inside and just outside it.
         assert pure(delta * (1 - 1e-5)) >= alpha
         assert pure(delta * (1 + 1e-5)) < alpha  # the largest such δ
         assert delta == pytest.approx(np.sort(radius)[len(x) - int(np.ceil(alpha * len(x)))], rel=1e-5)
     assert purity_delta(x, np.zeros(150, dtype=int)) == np.inf
+
+
+def test_purity_delta_with_clusters_larger_than_any_first_search():
+    # Six labels of ~1,000 rows: almost every row's nearest hundreds share its label (a k-NN search that
+    # widens until another label appears needed rounds up to all rows here). One masked pass is exact.
+    rng = np.random.default_rng(4)
+    member = rng.integers(0, 6, 6000)
+    x = unit(rng.normal(size=(6, 8))[member] + 0.4 * rng.normal(size=(6000, 8))).astype(np.float32)
+    sims = np.where(member[:, None] != member[None], x.astype(np.float64) @ x.T.astype(np.float64), -np.inf)
+    radius = np.sqrt(np.clip(2 - 2 * sims.max(1), 0, None))
+    from hf_prune.select._knn_step import KnnLog
+
+    log = KnnLog("auto")
+    delta = purity_delta(x, member, purity=0.95, log=log)
+    assert delta == pytest.approx(np.sort(radius)[6000 - 5700], rel=1e-6)
+    assert [r["search"] for r in log.reports] == ["nearest other label"]
+    # The IVF pass can only overestimate an r_x, so its δ is at least the exact one.
+    assert purity_delta(x, member, purity=0.95, knn_index="ivf") >= delta
 
 
 def test_coverage_graph_and_greedy_match_dense_references():
