@@ -4,7 +4,7 @@ ProbCover's δ is an order statistic of ``r_x``, the distance from ``x`` to the 
 pseudo-label. Searching k nearest neighbours and widening k until another label turns up costs a
 search per widening and a table of pending rows × k candidates, which grows without bound when the
 pseudo-labels are large clusters (50,000 rows in 500 k-means clusters: 11 widenings, 32,768 candidates
-per pending row, more than 100 s; 100,000 rows ran out of 24 GB). Here the rows of the row's own label
+per pending row, more than 200 s; 100,000 rows ran out of 24 GB). Here the rows of the row's own label
 are masked out of the products themselves, so one pass gives every row its answer, whatever the
 cluster sizes, in memory bounded by one block of products per worker:
 
@@ -14,8 +14,9 @@ cluster sizes, in memory bounded by one block of products per worker:
   IVF self-join of `hf_prune.ops.ivf_join` with the own label masked, so a row is compared with the
   rows of the ``nprobe`` lists nearest its list's centroid. The rows whose probed lists hold no other
   label are searched again in 4× as many lists (the lists trained once), and so on; those left when
-  every list is probed have no other label at all. Missing the true nearest other-label row can only *over*estimate ``r_x``;
-  the share of seeded sampled rows whose answer equals the exact one is measured and reported;
+  every list is probed have no other label at all. Missing the true nearest other-label row can
+  only *over*estimate ``r_x``; the share of seeded sampled rows whose answer equals the exact one is
+  measured and reported;
 * on a GPU (any ``device`` but the CPU): the exact scan in torch, whatever ``index`` says (an N² product
   is seconds there).
 
