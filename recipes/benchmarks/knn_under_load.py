@@ -9,7 +9,8 @@ BLAS threads, as before the change. Each selector runs with the policy off, then
 benchmark's `CompetingLoad`), all in this one process. Every run must keep the same rows, which is checked.
 ``kmeans`` is one k-means of the rows into as many clusters as the kept size (its Lloyd steps,
 `hf_prune.ops.kmeans`), ``kmeans_faiss`` the same through ``faiss.Kmeans``, whose OpenMP loop the
-policy does not reach: the reference for the steps.
+policy does not reach: the reference for the steps. ``probcover`` is ProbCover with its default δ (the
+purity rule).
 
     python -m recipes.benchmarks.knn_under_load                  # 100k × 384, about 12 minutes here
     python -m recipes.benchmarks.knn_under_load --rows 20000     # a quick look
@@ -42,6 +43,9 @@ SELECTORS = {
     "semdedup": lambda ds, size: hp.select.semdedup(ds, size=size, embedding_column="emb", seed=0),
     "d2_pruning": lambda ds, size: hp.select.d2_pruning(ds, size=size, embedding_column="emb",
                                                         score_column="score", k=10, seed=0),
+    # ProbCover with its default δ: k-means pseudo-labels, then the purity rule's masked pass
+    # (`hf_prune.ops.other_label`), then the δ-graph and the greedy.
+    "probcover": lambda ds, size: hp.select.probcover(ds, size=size, embedding_column="emb", seed=0),
     # One k-means of the rows into `size` clusters: its Lloyd steps (the CPU default), and faiss.Kmeans
     # itself, whose OpenMP loop the thread policy does not reach (the reference).
     "kmeans": lambda ds, size: kmeans(open_matrix(ds, "emb"), size, seed=0, backend="torch")[1],
