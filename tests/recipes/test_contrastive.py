@@ -46,22 +46,28 @@ def single_process(n):
     return float(out.loss.detach()), {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
+def _rank_results(rank, world, sizes):
+    torch.manual_seed(0)
+    model = torch.nn.parallel.DistributedDataParallel(TwoTower())
+    images, texts = make_batch(sum(sizes))
+    start = sum(sizes[:rank])
+    local = slice(start, start + sizes[rank])
+    out = clip_loss(*model(images[local], texts[local]), model.module.logit_scale)
+    out.loss.backward()  # DDP averages the gradients over the processes
+    losses = [torch.zeros(1) for _ in range(world)]
+    dist.all_gather(losses, out.loss.detach().reshape(1))
+    return (rank, float(torch.cat(losses).mean()), {n: p.grad.numpy().copy() for n, p in model.module.named_parameters()},
+            out.labels.tolist(), out.global_batch_size)
+
+
 def _worker(rank, world, port, sizes, queue):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        torch.manual_seed(0)
-        model = torch.nn.parallel.DistributedDataParallel(TwoTower())
-        images, texts = make_batch(sum(sizes))
-        start = sum(sizes[:rank])
-        local = slice(start, start + sizes[rank])
-        out = clip_loss(*model(images[local], texts[local]), model.module.logit_scale)
-        out.loss.backward()  # DDP averages the gradients over the processes
-        losses = [torch.zeros(1) for _ in range(world)]
-        dist.all_gather(losses, out.loss.detach().reshape(1))
-        queue.put((rank, float(torch.cat(losses).mean()), {n: p.grad.numpy().copy() for n, p in model.module.named_parameters()},
-                   out.labels.tolist(), out.global_batch_size))
+        # The DDP model lives in `_rank_results` only: its reducer is freed while the process group is
+        # still up (a reducer outliving `destroy_process_group` can abort the process at exit).
+        queue.put(_rank_results(rank, world, sizes))
         # Both ranks done before either tears gloo down: one rank leaving early aborted the other at exit.
         dist.barrier()
     finally:
