@@ -102,11 +102,14 @@ def kmeans(
             min_points_per_centroid=1, verbose=False,
         )
         km.train(sample, init_centroids=init)
-        centroids = km.centroids.astype(np.float32)
+        centroids, settled = km.centroids.astype(np.float32), None
     else:
-        centroids = _lloyd(sample, int(n_clusters), iterations, seed, spherical, init, dev)
+        centroids, settled = _lloyd(sample, int(n_clusters), iterations, seed, spherical, init, dev)
     if n <= train_size and isinstance(x, np.ndarray):
-        assign, dist = _assign(sample, centroids, dev)
+        if settled is not None and not spherical:
+            assign, dist = settled  # the steps' last pass was this very call: not run again
+        else:
+            assign, dist = _assign(sample, centroids, dev)
     else:
         assign, dist = _assign_blocks(rows, centroids, dev, batch_size)
     return centroids, assign, dist
@@ -197,9 +200,12 @@ def _nearest_torch(centroids: np.ndarray, inner_product: bool, device: torch.dev
 
 
 def _lloyd(x: np.ndarray, k: int, iterations: int, seed: int, spherical: bool,
-           init: np.ndarray | None = None, device: torch.device | None = None) -> np.ndarray:
+           init: np.ndarray | None = None, device: torch.device | None = None,
+           ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
     """faiss's k-means (``faiss::Clustering::train`` with one redo), step for step, with the assignment
-    of every iteration run as `parallel_steps` over row blocks.
+    of every iteration run as `parallel_steps` over row blocks. Returns the centroids and, when the loop
+    stopped at a fixed point, that last pass's ``_assign(x, centroids, device, inner_product=spherical)``
+    (else ``None``).
 
     faiss splits each iteration's search over its OpenMP threads and waits for the slowest at every
     block. 100,000 × 384 rows into 1,000 centroids: ``faiss.Kmeans`` took 10.8–11.5 s alone and
@@ -227,7 +233,7 @@ def _lloyd(x: np.ndarray, k: int, iterations: int, seed: int, spherical: bool,
     n, d = x.shape
     device = torch.device("cpu") if device is None else device
     if n == k:
-        return np.array(x, dtype=np.float32, copy=True)  # faiss: "same number of points as clusters"
+        return np.array(x, dtype=np.float32, copy=True), None  # faiss: "same number of points as clusters"
     centroids = init.copy() if init is not None else np.asarray(x[_faiss_permutation_head(n, k, seed + 1)],
                                                                  dtype=np.float32)
     if spherical:
@@ -235,15 +241,16 @@ def _lloyd(x: np.ndarray, k: int, iterations: int, seed: int, spherical: bool,
     previous = None
     with step_pool(step_threads(device, x.size * k)) as run:
         for _ in range(iterations):
-            assign, _ = _assign(x, centroids, device, inner_product=spherical, run=run)
+            assign, value = _assign(x, centroids, device, inner_product=spherical, run=run)
             if previous is not None and np.array_equal(assign, previous):
-                break  # the centroids are those of this assignment: every further iteration repeats it
+                # The centroids are those of this assignment: every further iteration repeats it.
+                return centroids, (assign, value)
             previous = assign
             centroids, counts = _centroid_means(x, assign, k, run)
             _split_empty_clusters(centroids, counts, n)
             if spherical:
                 _renormalise(centroids)
-    return centroids
+    return centroids, None
 
 
 def _mersenne_twister(seed: int) -> np.random.MT19937:

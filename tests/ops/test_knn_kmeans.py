@@ -113,7 +113,7 @@ def test_lloyd_steps_are_faiss_kmeans(case):
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         kw["spherical"] = True
     expected = _faiss_kmeans(x, 15, **dict(kw))
-    ours = _lloyd(x, 15, kw.get("iterations", 25), kw["seed"], kw.get("spherical", False), kw.get("init"))
+    ours, _ = _lloyd(x, 15, kw.get("iterations", 25), kw["seed"], kw.get("spherical", False), kw.get("init"))
     np.testing.assert_allclose(ours, expected.centroids, rtol=0, atol=1e-5)
     _, faiss_assign = expected.index.search(x, 1)
     assert np.array_equal(_assign(x, ours, inner_product=kw.get("spherical", False))[0], faiss_assign[:, 0])
@@ -129,7 +129,7 @@ def test_lloyd_splits_empty_clusters_as_faiss_does():
                         rng.standard_normal((10, 8))]).astype(np.float32)
     expected = _faiss_kmeans(x, 30, seed=1, iterations=1)
     assert expected.iteration_stats[0]["nsplit"] == 25
-    np.testing.assert_allclose(_lloyd(x, 30, 1, 1, False), expected.centroids, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(_lloyd(x, 30, 1, 1, False)[0], expected.centroids, rtol=0, atol=1e-6)
 
 
 def test_split_of_an_empty_cluster_by_hand():
@@ -221,12 +221,25 @@ def test_lloyd_stops_at_a_fixed_point_with_the_centroids_of_every_iteration(monk
     calls = []
     assign = kmeans_module._assign
     monkeypatch.setattr(kmeans_module, "_assign", lambda *a, **kw: calls.append(1) or assign(*a, **kw))
-    stopped = kmeans_module._lloyd(x, 6, 300, 0, False)
+    stopped, settled = kmeans_module._lloyd(x, 6, 300, 0, False)
     assert 2 <= len(calls) < 300  # it stopped once an assignment repeated
     monkeypatch.setattr(kmeans_module, "_assign", assign)
     # The centroids of the iterations that moved anything are those of 300 iterations, and faiss's.
-    np.testing.assert_array_equal(kmeans_module._lloyd(x, 6, len(calls) - 1, 0, False), stopped)
+    np.testing.assert_array_equal(kmeans_module._lloyd(x, 6, len(calls) - 1, 0, False)[0], stopped)
     np.testing.assert_allclose(stopped, _faiss_kmeans(x, 6, seed=0, iterations=300).centroids, rtol=0, atol=1e-5)
+    # The last pass is returned: it is the assignment to the centroids returned.
+    for got, expected in zip(settled, assign(x, stopped)):
+        np.testing.assert_array_equal(got, expected)
+    # `kmeans` of an in-memory array takes that pass as its assignment instead of running it again.
+    lloyd_calls = len(calls)
+    calls.clear()
+    monkeypatch.setattr(kmeans_module, "_assign", lambda *a, **kw: calls.append(1) or assign(*a, **kw))
+    centroids, labels, dist = kmeans_module.kmeans(x, 6, iterations=300, seed=0)
+    monkeypatch.setattr(kmeans_module, "_assign", assign)
+    assert len(calls) == lloyd_calls  # the steps' passes, and no further one
+    np.testing.assert_array_equal(centroids, stopped)
+    for got, expected in zip((labels, dist), assign(x, centroids)):
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_default_cpu_kmeans_gives_faiss_kmeans_assignment_on_a_sampled_column():
