@@ -86,11 +86,10 @@ def nearest_other_label(x, labels, *, index: str = "flat", device: str | torch.d
         spec = resolve_spec("ivf", n, d, 1)
     exact = spec.kind == "flat" or dev.type != "cpu"
     started = time.perf_counter()
-    widened: list[int] = []
     if exact:
-        values = _exact(x, codes, np.arange(n), dev)
+        values, widened = _exact(x, codes, np.arange(n), dev), []
     else:
-        values = _ivf(x, codes, spec, seed, widened)
+        values, widened = _ivf(x, codes, spec, seed)
     search_s = time.perf_counter() - started
     if not return_report:
         return values
@@ -114,18 +113,17 @@ def _best_with_ties(sims: np.ndarray, same: np.ndarray, floor: np.ndarray | None
     the ``(row, column)`` positions and products within `_TIE_TOLERANCE` of it (or of ``floor``, a
     running best from earlier tiles, when that is higher): they hold the exact best."""
     np.putmask(sims, same, -np.inf)
-    best = sims.max(axis=1) if sims.shape[1] else np.full(len(sims), -np.inf, dtype=np.float32)
+    best = sims.max(axis=1)
     level = best if floor is None else np.maximum(best, floor)
     threshold = np.where(np.isfinite(level), level - _TIE_TOLERANCE, np.inf).astype(np.float32)
     rows, cols = np.nonzero(sims >= threshold[:, None])
     return best, rows, cols, sims[rows, cols]
 
 
-def _exact_values(x: np.ndarray, queries: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                  n_queries: int) -> np.ndarray:
+def _exact_values(x: np.ndarray, queries: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Per query, the largest exact product over its candidate pairs ``(queries[rows], cols)`` (``-inf``
     for a query without one)."""
-    out = np.full(n_queries, -np.inf, dtype=np.float32)
+    out = np.full(len(queries), -np.inf, dtype=np.float32)
     if len(rows):
         np.maximum.at(out, rows, np.einsum("ij,ij->i", x[queries[rows]], x[cols]))
     return out
@@ -152,7 +150,7 @@ def _exact(x: np.ndarray, codes: np.ndarray, queries: np.ndarray, device: torch.
         rows, cols, values = np.concatenate(near_rows), np.concatenate(near_cols), np.concatenate(near_values)
         # A pair collected against an earlier, lower running best may lie far below the final one.
         close = values >= running[rows] - _TIE_TOLERANCE
-        return lo, _exact_values(x, block, rows[close], cols[close], len(block))
+        return lo, _exact_values(x, block, rows[close], cols[close])
 
     out = np.empty(len(queries), dtype=np.float32)
     with step_pool(step_threads(device, len(queries) * n * x.shape[1])) as run:
@@ -179,25 +177,25 @@ def _exact_torch(x: np.ndarray, codes: np.ndarray, queries: np.ndarray, device: 
     return out
 
 
-def _ivf(x: np.ndarray, codes: np.ndarray, spec, seed: int, widened: list[int]) -> np.ndarray:
+def _ivf(x: np.ndarray, codes: np.ndarray, spec, seed: int) -> tuple[np.ndarray, list[int]]:
     """The masked IVF self-join: each row against the rows of the lists its own list probes; rows
     whose probed lists hold only their own label are searched again in `_WIDENING` times as many
-    lists, the lists trained once, until no row is left or every list is probed (``-inf``: none). The
-    number of rows of each further pass is appended to ``widened``."""
+    lists, the lists trained once, until no row is left or every list is probed (``-inf``: none).
+    Returns the values and the number of rows of each further pass."""
     out = np.full(len(x), -np.inf, dtype=np.float32)
     lists = IvfLists(as_matrix(x), spec, "ip", seed=seed)
 
     def reduce(queries, found, key, _query_sq, _back):
         np.negative(key, out=key)  # −q·c → q·c
         _, rows, cols, _ = _best_with_ties(key, codes[queries][:, None] == codes[found][None, :])
-        return queries, _exact_values(x, queries, rows, found[cols], len(queries))
+        return queries, _exact_values(x, queries, rows, found[cols])
 
-    left, nprobe = None, spec.nprobe
+    left, nprobe, widened = None, spec.nprobe, []
     while True:
         for queries, values in lists.products(reduce, nprobe=nprobe, queries=left):
             out[queries] = values
         left = np.flatnonzero(out == -np.inf)
         if len(left) == 0 or nprobe >= spec.nlist:
-            return out
+            return out, widened
         nprobe = min(spec.nlist, nprobe * _WIDENING)
         widened.append(int(len(left)))
