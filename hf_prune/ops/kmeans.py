@@ -274,6 +274,10 @@ def _faiss_permutation_head(n: int, k: int, seed: int) -> np.ndarray:
     return head
 
 
+# Centroid ranges per update: enough for two threads to share the sums evenly.
+_UPDATE_STEPS = 8
+
+
 def _centroid_means(x: np.ndarray, assign: np.ndarray, k: int, run=map) -> tuple[np.ndarray, np.ndarray]:
     """Each centroid's float32 mean of its rows (rows summed in row order, as faiss sums them), zero for
     an empty one, and the counts (float32, as faiss keeps them). Ranges of centroids holding about
@@ -298,10 +302,7 @@ def _centroid_means(x: np.ndarray, assign: np.ndarray, k: int, run=map) -> tuple
     return sums, counts
 
 
-# Centroid ranges per update: enough for two threads to share the sums evenly.
-_UPDATE_STEPS = 8
-
-
+# Each empty cluster's copy and its original move apart by this factor per coordinate (faiss's EPS).
 _SPLIT_EPS = 1.0 / 1024.0
 
 
