@@ -84,12 +84,14 @@ class IvfLists:
         nlist, bounds, order, take, sq, l2 = self.spec.nlist, self.bounds, self.order, self._take, self.sq, self.l2
         nprobe = self.spec.nprobe if nprobe is None else min(int(nprobe), nlist)
         probes = self.quantizer.search(self.quantizer.reconstruct_n(0, nlist), nprobe)[1]
+        # The positions, in the sorted order, of the query rows, and where each list's own begin.
         if queries is None:
-            asked = None
-        else:  # the positions, in the sorted order, of the rows asked for
-            asked = np.zeros(self.n, dtype=bool)
-            asked[np.asarray(queries, dtype=np.int64)] = True
-            asked = np.flatnonzero(asked[order])
+            asked = np.arange(self.n)
+        else:
+            wanted = np.zeros(self.n, dtype=bool)
+            wanted[np.asarray(queries, dtype=np.int64)] = True
+            asked = np.flatnonzero(wanted[order])
+        asked_bounds = np.searchsorted(asked, bounds)
         if mutual:  # which lists probe each list: a CSR of the probe table read backwards
             probing = np.repeat(np.arange(nlist), probes.shape[1])
             targets = probes.reshape(-1)
@@ -99,10 +101,7 @@ class IvfLists:
             sizes = np.diff(bounds)
 
         def one_list(lst):
-            if asked is None:
-                own = np.arange(bounds[lst], bounds[lst + 1])
-            else:
-                own = asked[np.searchsorted(asked, bounds[lst]) : np.searchsorted(asked, bounds[lst + 1])]
+            own = asked[asked_bounds[lst] : asked_bounds[lst + 1]]
             probed = [p for p in probes[lst] if p >= 0 and bounds[p + 1] > bounds[p]]
             candidates = np.concatenate([np.arange(bounds[p], bounds[p + 1]) for p in probed])
             probes_back = None
@@ -125,11 +124,7 @@ class IvfLists:
                 out.append(reduce(order[block], found, key, (sq[block] if l2 else None), probes_back))
             return out
 
-        if asked is None:
-            busy = np.flatnonzero(np.diff(bounds) > 0)
-        else:
-            busy = np.flatnonzero(np.diff(np.searchsorted(asked, bounds)) > 0)
-        for results in parallel_steps(one_list, busy):
+        for results in parallel_steps(one_list, np.flatnonzero(np.diff(asked_bounds) > 0)):
             yield from results
 
 
