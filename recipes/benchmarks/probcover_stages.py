@@ -11,6 +11,7 @@ uses both cores; a one-thread stage should see less.
 
     python -m recipes.benchmarks.probcover_stages                           # 1M × 384, δ as scale.py
     python -m recipes.benchmarks.probcover_stages --rows 100000 --purity    # δ by the purity rule
+    python -m recipes.benchmarks.probcover_stages --rows 100000 --purity --delta-only --alone --knn-index flat
 
 Results: ``--output-dir``/results.json and a table on stdout.
 """
@@ -18,9 +19,11 @@ Results: ``--output-dir``/results.json and a table on stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import platform
+import resource
 import time
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from datasets import disable_progress_bars, load_from_disk
 
 from hf_prune.ops.knn import normalize_rows
 from hf_prune.ops.matrix import open_matrix
+from hf_prune.select._knn_step import KnnLog
 from hf_prune.select.probcover import MAX_PSEUDO_LABELS, coverage_graph, max_coverage, purity_delta
 from hf_prune.select.typiclust import best_kmeans
 from recipes.benchmarks.results_store import save_results
@@ -44,6 +48,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--knn-index", default="ivf", help="knn_index of the graph and purity pass (default ivf)")
     p.add_argument("--purity", action="store_true",
                    help="δ by ProbCover's purity rule (k-means pseudo-labels); default: scale.py's δ")
+    p.add_argument("--delta-only", action="store_true",
+                   help="with --purity: stop after the purity rule's δ (no graph, no greedy)")
+    p.add_argument("--alone", action="store_true", help="no run beside the competing job")
     p.add_argument("--rounds", type=int, default=1, help="alone/loaded pairs (default 1)")
     p.add_argument("--load-threads", type=int, default=os.cpu_count(), help="BLAS threads of the competing job")
     p.add_argument("--workdir", default="runs/scale/data", help="cache of the generated dataset (shared with scale.py)")
@@ -51,9 +58,10 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_stages(ds, size: int, knn_index: str, delta: float | None) -> tuple[dict, str]:
+def run_stages(ds, size: int, knn_index: str, delta: float | None, delta_only: bool = False) -> tuple[dict, str]:
     """Seconds per stage, δ, the edge count and a hash of the picks: ProbCover's steps as
-    `hp.select.probcover` runs them on one group (no ``label_column``), seeded from ``seed=0``."""
+    `hp.select.probcover` runs them on one group (no ``label_column``), seeded from ``seed=0``. With
+    ``delta_only`` the stages stop at the purity rule's δ (the hash is then δ's)."""
     rng = np.random.default_rng(0)
     times = {}
     started = time.perf_counter()
@@ -65,8 +73,13 @@ def run_stages(ds, size: int, knn_index: str, delta: float | None) -> tuple[dict
         labels = best_kmeans(x, max(2, min(size, MAX_PSEUDO_LABELS)), rng, 3)
         times["pseudo_labels"] = time.perf_counter() - started
         started = time.perf_counter()
-        delta = purity_delta(x, labels, knn_index=knn_index, seed=index_seed)
+        log = KnnLog(knn_index)
+        delta = purity_delta(x, labels, seed=index_seed, log=log)
         times["purity_delta"] = time.perf_counter() - started
+        times["purity_pass"] = {key: log.reports[-1][key] for key in ("index", "recall_at_k", "widened")}
+        if delta_only:
+            times["delta"] = float(delta)
+            return times, hashlib.sha256(np.float64(delta).tobytes()).hexdigest()[:16]
     started = time.perf_counter()
     indptr, indices = coverage_graph(x, delta, knn_index=knn_index, seed=index_seed)
     times["graph"] = time.perf_counter() - started
@@ -79,20 +92,21 @@ def run_stages(ds, size: int, knn_index: str, delta: float | None) -> tuple[dict
 
 def main(argv=None) -> dict:
     args = make_parser().parse_args(argv)
+    if args.delta_only and not args.purity:
+        raise SystemExit("--delta-only needs --purity (otherwise δ is given, not computed)")
     disable_progress_bars()
     ds = load_from_disk(str(ensure_data(Path(args.workdir), args.rows, 384, "float32", 0)))
     size = max(1, int(round(args.fraction * args.rows)))
     delta = None if args.purity else sample_delta(ds)
-    run_stages(ds.select(range(min(3000, len(ds)))), 30, args.knn_index, delta)  # warm-up
+    run_stages(ds.select(range(min(3000, len(ds)))), 30, args.knn_index, delta, args.delta_only)  # warm-up
     runs = []
     for round_ in range(args.rounds):
-        for loaded in (False, True):
-            if loaded:
-                with CompetingLoad(args.load_threads):
-                    times, picks = run_stages(ds, size, args.knn_index, delta)
-            else:
-                times, picks = run_stages(ds, size, args.knn_index, delta)
-            runs.append({"round": round_, "loaded": loaded, "picks": picks, **times})
+        for loaded in (False,) if args.alone else (False, True):
+            with CompetingLoad(args.load_threads) if loaded else contextlib.nullcontext():
+                times, picks = run_stages(ds, size, args.knn_index, delta, args.delta_only)
+            # The process's peak so far (ru_maxrss is a high-water mark): the first run's is its own.
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            runs.append({"round": round_, "loaded": loaded, "picks": picks, "max_rss_gib": peak, **times})
             print(runs[-1], flush=True)
     if len({r["picks"] for r in runs}) != 1:
         raise SystemExit("the runs picked different rows")
@@ -115,7 +129,11 @@ def report(results: dict) -> str:
     lines = ["| stage | alone s | loaded s | loaded / alone |", "|---|---:|---:|---:|"]
     for stage in (*STAGES, "total"):
         alone, loaded = _median(results["runs"], stage, False), _median(results["runs"], stage, True)
-        if alone is not None:
+        if alone is None:
+            continue
+        if loaded is None:
+            lines.append(f"| {stage} | {alone:.1f} | | |")
+        else:
             lines.append(f"| {stage} | {alone:.1f} | {loaded:.1f} | {loaded / max(alone, 1e-9):.2f}× |")
     return "\n".join(lines)
 
